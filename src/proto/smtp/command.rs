@@ -1,0 +1,399 @@
+//! SMTP command lines -> [`Command`] (RFC 5321 4.1.1 and the extension parameters we advertise).
+//!
+//! The input is one line without its CRLF. Parsing never panics and never allocates for
+//! commands without arguments; addresses are validated by [`super::address`].
+
+use super::address::{self, AddressError, Mailbox};
+
+/// A parsed command. Verbs are case-insensitive (RFC 5321 2.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Helo(String),
+    Ehlo(String),
+    Mail(MailFrom),
+    Rcpt(RcptTo),
+    Data,
+    /// BDAT chunk-size [LAST] (RFC 3030 2)
+    Bdat { size: u64, last: bool },
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    StartTls,
+    Auth,
+}
+
+/// `MAIL FROM:<reverse-path> [params]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailFrom {
+    /// `None` is the null reverse-path `<>` (bounces).
+    pub from: Option<Mailbox>,
+    /// SIZE= (RFC 1870)
+    pub size: Option<u64>,
+    /// BODY= (RFC 6152): 7BIT or 8BITMIME
+    pub body: Option<BodyType>,
+    /// SMTPUTF8 (RFC 6531 3.4)
+    pub smtputf8: bool,
+    /// RET= (RFC 3461 4.3)
+    pub ret: Option<Ret>,
+    /// ENVID= (RFC 3461 4.4), kept as xtext
+    pub envid: Option<String>,
+}
+
+/// `RCPT TO:<forward-path> [params]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptTo {
+    pub to: Mailbox,
+    /// NOTIFY= (RFC 3461 4.1); `None` means the parameter was absent.
+    pub notify: Option<Notify>,
+    /// ORCPT= (RFC 3461 4.2), as `addr-type;xtext`
+    pub orcpt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BodyType {
+    SevenBit,
+    EightBitMime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// NOTIFY=NEVER or a combination of SUCCESS, FAILURE, DELAY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub fn is_never(&self) -> bool {
+        !self.success && !self.failure && !self.delay
+    }
+}
+
+/// A command that could not be parsed, carrying what its reply needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// 500 5.5.1
+    #[error("command unrecognized")]
+    Unrecognized,
+    /// 501 5.5.2 Syntax error, expected: ...
+    #[error("syntax error, expected: {0}")]
+    Syntax(&'static str),
+    /// 501 5.1.7 / 5.1.3
+    #[error("bad address: {0}")]
+    Address(&'static str, AddressError),
+    /// 555 5.5.4 (RFC 5321 4.1.1.11)
+    #[error("parameter not recognized or not implemented: {0}")]
+    UnknownParameter(String),
+    /// 501 5.5.4
+    #[error("bad parameter value: {0}")]
+    BadParameter(&'static str),
+}
+
+impl CommandError {
+    pub fn reply(&self) -> super::Reply {
+        use super::Reply;
+        match self {
+            CommandError::Unrecognized => super::reply::UNRECOGNIZED,
+            CommandError::Syntax(s) => Reply::owned(501, "5.5.2", format!("Syntax error, expected: {s}")),
+            CommandError::Address(which, e) => {
+                let enhanced = if *which == "sender" { "5.1.7" } else { "5.1.3" };
+                Reply::owned(501, enhanced, format!("Bad {which} address syntax: {e}"))
+            }
+            CommandError::UnknownParameter(p) => {
+                Reply::owned(555, "5.5.4", format!("Parameter not recognized or not implemented: {p}"))
+            }
+            CommandError::BadParameter(p) => Reply::owned(501, "5.5.4", format!("Bad parameter value: {p}")),
+        }
+    }
+}
+
+/// Parses one command line (without CRLF).
+pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
+    let line = std::str::from_utf8(line).map_err(|_| CommandError::Syntax("UTF-8 command line"))?;
+    let (verb, arg) = match line.find(' ') {
+        Some(i) => (&line[..i], line[i + 1..].trim_end_matches(' ')),
+        None => (line, ""),
+    };
+    let no_arg = |cmd: Command, expected: &'static str| {
+        if arg.trim().is_empty() { Ok(cmd) } else { Err(CommandError::Syntax(expected)) }
+    };
+    match verb.len() {
+        4 if verb.eq_ignore_ascii_case("HELO") => Ok(Command::Helo(domain_arg(arg)?)),
+        4 if verb.eq_ignore_ascii_case("EHLO") => Ok(Command::Ehlo(domain_arg(arg)?)),
+        4 if verb.eq_ignore_ascii_case("MAIL") => parse_mail(arg).map(Command::Mail),
+        4 if verb.eq_ignore_ascii_case("RCPT") => parse_rcpt(arg).map(Command::Rcpt),
+        4 if verb.eq_ignore_ascii_case("DATA") => no_arg(Command::Data, "DATA"),
+        4 if verb.eq_ignore_ascii_case("BDAT") => parse_bdat(arg),
+        4 if verb.eq_ignore_ascii_case("RSET") => no_arg(Command::Rset, "RSET"),
+        4 if verb.eq_ignore_ascii_case("NOOP") => Ok(Command::Noop),
+        4 if verb.eq_ignore_ascii_case("QUIT") => no_arg(Command::Quit, "QUIT"),
+        4 if verb.eq_ignore_ascii_case("VRFY") => Ok(Command::Vrfy),
+        4 if verb.eq_ignore_ascii_case("EXPN") => Ok(Command::Expn),
+        4 if verb.eq_ignore_ascii_case("HELP") => Ok(Command::Help),
+        4 if verb.eq_ignore_ascii_case("AUTH") => Ok(Command::Auth),
+        8 if verb.eq_ignore_ascii_case("STARTTLS") => no_arg(Command::StartTls, "STARTTLS"),
+        _ => Err(CommandError::Unrecognized),
+    }
+}
+
+fn domain_arg(arg: &str) -> Result<String, CommandError> {
+    let arg = arg.trim();
+    if arg.is_empty() || arg.contains(' ') {
+        return Err(CommandError::Syntax("HELO/EHLO domain"));
+    }
+    Ok(arg.to_string())
+}
+
+/// Strips `prefix` (e.g. "FROM:") case-insensitively; tolerates a space after the colon, which
+/// many clients send although RFC 5321 4.1.1.2 has none.
+fn strip_keyword<'a>(arg: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = arg.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| arg[prefix.len()..].trim_start())
+}
+
+fn params(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    text.split(' ').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (p, None),
+    })
+}
+
+/// `Mail-parameters` of RFC 5321 4.1.2 with SIZE, BODY, SMTPUTF8, RET, ENVID, AUTH.
+fn parse_mail(arg: &str) -> Result<MailFrom, CommandError> {
+    let rest = strip_keyword(arg, "FROM:").ok_or(CommandError::Syntax("MAIL FROM:<address>"))?;
+    let (inner, ptext) =
+        address::split_path(rest).map_err(|e| CommandError::Address("sender", e))?;
+    let from = address::parse_path(inner, false).map_err(|e| CommandError::Address("sender", e))?;
+    let mut mail = MailFrom { from, ..Default::default() };
+    for (key, value) in params(ptext) {
+        let upper = key.to_ascii_uppercase();
+        match (upper.as_str(), value) {
+            ("SIZE", Some(v)) => {
+                mail.size = Some(v.parse().map_err(|_| CommandError::BadParameter("SIZE"))?)
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
+                mail.body = Some(BodyType::SevenBit)
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                mail.body = Some(BodyType::EightBitMime)
+            }
+            ("SMTPUTF8", None) => mail.smtputf8 = true,
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => mail.ret = Some(Ret::Full),
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
+            ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => {
+                mail.envid = Some(v.to_string())
+            }
+            ("RET", _) | ("ENVID", _) => return Err(CommandError::BadParameter("RET/ENVID")),
+            // RFC 4954 5: AUTH=<mailbox> is accepted and, without trust, ignored.
+            ("AUTH", Some(_)) => {}
+            _ => return Err(CommandError::UnknownParameter(key.to_string())),
+        }
+    }
+    Ok(mail)
+}
+
+/// `Rcpt-parameters` with NOTIFY and ORCPT (RFC 3461 4.1, 4.2).
+fn parse_rcpt(arg: &str) -> Result<RcptTo, CommandError> {
+    let rest = strip_keyword(arg, "TO:").ok_or(CommandError::Syntax("RCPT TO:<address>"))?;
+    let (inner, ptext) =
+        address::split_path(rest).map_err(|e| CommandError::Address("recipient", e))?;
+    let to = address::parse_path(inner, true)
+        .map_err(|e| CommandError::Address("recipient", e))?
+        .ok_or(CommandError::Address("recipient", AddressError::LocalPart))?;
+    let mut rcpt = RcptTo { to, notify: None, orcpt: None };
+    for (key, value) in params(ptext) {
+        let upper = key.to_ascii_uppercase();
+        match (upper.as_str(), value) {
+            ("NOTIFY", Some(v)) => rcpt.notify = Some(parse_notify(v)?),
+            ("ORCPT", Some(v)) => match v.split_once(';') {
+                Some((kind, addr)) if !kind.is_empty() && is_xtext(addr) && v.len() <= 500 => {
+                    rcpt.orcpt = Some(v.to_string())
+                }
+                _ => return Err(CommandError::BadParameter("ORCPT")),
+            },
+            _ => return Err(CommandError::UnknownParameter(key.to_string())),
+        }
+    }
+    Ok(rcpt)
+}
+
+/// NOTIFY="NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )
+fn parse_notify(v: &str) -> Result<Notify, CommandError> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Ok(Notify::default());
+    }
+    let mut n = Notify::default();
+    for item in v.split(',') {
+        match item.to_ascii_uppercase().as_str() {
+            "SUCCESS" => n.success = true,
+            "FAILURE" => n.failure = true,
+            "DELAY" => n.delay = true,
+            _ => return Err(CommandError::BadParameter("NOTIFY")),
+        }
+    }
+    Ok(n)
+}
+
+/// xtext = *( xchar / hexchar ) (RFC 3461 4): printable ASCII except "+" and "=", or "+XX".
+/// With SMTPUTF8 (RFC 6533) UTF-8 is also allowed.
+fn is_xtext(v: &str) -> bool {
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+                if i + 2 >= b.len() || !hex(b[i + 1]) || !hex(b[i + 2]) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            c if (b'!'..=b'~').contains(&c) || c >= 0x80 => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] (RFC 3030 2)
+fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
+    let mut parts = arg.split(' ').filter(|s| !s.is_empty());
+    let size = parts
+        .next()
+        .filter(|s| s.bytes().all(|c| c.is_ascii_digit()) && s.len() <= 19)
+        .and_then(|s| s.parse().ok())
+        .ok_or(CommandError::Syntax("BDAT chunk-size [LAST]"))?;
+    let last = match parts.next() {
+        None => false,
+        Some(m) if m.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(CommandError::Syntax("BDAT chunk-size [LAST]")),
+    };
+    if parts.next().is_some() {
+        return Err(CommandError::Syntax("BDAT chunk-size [LAST]"));
+    }
+    Ok(Command::Bdat { size, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mbox(s: &str) -> Mailbox {
+        address::parse_path(s, true).unwrap().unwrap()
+    }
+
+    /// RFC 5321 4.1.1 commands, case-insensitive verbs (2.4).
+    #[test]
+    fn rfc5321_4_1_1_commands() {
+        let cases: Vec<(&str, Command)> = vec![
+            ("HELO client.example", Command::Helo("client.example".into())),
+            ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
+            ("DATA", Command::Data),
+            ("rset", Command::Rset),
+            ("NOOP anything", Command::Noop),
+            ("QUIT", Command::Quit),
+            ("VRFY user", Command::Vrfy),
+            ("EXPN list", Command::Expn),
+            ("HELP", Command::Help),
+            ("BDAT 100", Command::Bdat { size: 100, last: false }),
+            ("BDAT 0 LAST", Command::Bdat { size: 0, last: true }),
+            ("bdat 7 last", Command::Bdat { size: 7, last: true }),
+            (
+                "MAIL FROM:<a@example.com>",
+                Command::Mail(MailFrom { from: Some(mbox("a@example.com")), ..Default::default() }),
+            ),
+            ("MAIL FROM:<>", Command::Mail(MailFrom::default())),
+            (
+                "mail from: <a@example.com> SIZE=1000 BODY=8BITMIME",
+                Command::Mail(MailFrom {
+                    from: Some(mbox("a@example.com")),
+                    size: Some(1000),
+                    body: Some(BodyType::EightBitMime),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159 SMTPUTF8 AUTH=<>",
+                Command::Mail(MailFrom {
+                    from: Some(mbox("a@example.com")),
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("QQ314159".into()),
+                    smtputf8: true,
+                    ..Default::default()
+                }),
+            ),
+            (
+                "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.org",
+                Command::Rcpt(RcptTo {
+                    to: mbox("b@example.org"),
+                    notify: Some(Notify { success: true, failure: true, delay: false }),
+                    orcpt: Some("rfc822;b+40example.org".into()),
+                }),
+            ),
+            (
+                "RCPT TO:<b@example.org> NOTIFY=NEVER",
+                Command::Rcpt(RcptTo {
+                    to: mbox("b@example.org"),
+                    notify: Some(Notify::default()),
+                    orcpt: None,
+                }),
+            ),
+            (
+                "RCPT TO:<postmaster>",
+                Command::Rcpt(RcptTo { to: mbox("postmaster"), notify: None, orcpt: None }),
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line.as_bytes()), Ok(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_rfc_replies() {
+        let cases: &[(&str, u16, &str)] = &[
+            ("FOO", 500, "5.5.1"),
+            ("", 500, "5.5.1"),
+            ("HELO", 501, "5.5.2"),
+            ("MAIL TO:<a@b.c>", 501, "5.5.2"),
+            ("MAIL FROM:a@b.c", 501, "5.1.7"),
+            ("RCPT TO:<>", 501, "5.1.3"),
+            ("RCPT TO:<a@@b>", 501, "5.1.3"),
+            ("MAIL FROM:<a@b.c> FOO=1", 555, "5.5.4"),
+            ("MAIL FROM:<a@b.c> BODY=BINARYMIME", 555, "5.5.4"),
+            ("MAIL FROM:<a@b.c> SIZE=abc", 501, "5.5.4"),
+            ("RCPT TO:<a@b.c> NOTIFY=SOMETIMES", 501, "5.5.4"),
+            ("RCPT TO:<a@b.c> ORCPT=nosemicolon", 501, "5.5.4"),
+            ("MAIL FROM:<a@b.c> ENVID=a=b", 501, "5.5.4"),
+            ("BDAT", 501, "5.5.2"),
+            ("BDAT -1", 501, "5.5.2"),
+            ("BDAT 10 FIRST", 501, "5.5.2"),
+            ("BDAT 99999999999999999999999", 501, "5.5.2"),
+            ("DATA now", 501, "5.5.2"),
+        ];
+        for (line, code, enhanced) in cases {
+            let err = parse(line.as_bytes()).unwrap_err();
+            let reply = err.reply();
+            assert_eq!((reply.code, reply.enhanced), (*code, Some(*enhanced)), "{line}: {err}");
+        }
+        assert!(parse(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn xtext_rfc3461_4() {
+        assert!(is_xtext("abc+2Bdef"));
+        assert!(!is_xtext("abc+2"));
+        assert!(!is_xtext("abc+zz"));
+        assert!(!is_xtext("a b"));
+        assert!(!is_xtext("a=b"));
+    }
+}

@@ -1,0 +1,155 @@
+//! SMTP replies (RFC 5321 4.2) with enhanced status codes (RFC 2034, RFC 3463).
+//!
+//! Every reply the server sends is built here, so codes and texts stay consistent; the session
+//! only chooses which one.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::BytesMut;
+
+/// One SMTP reply: a three-digit code, an optional enhanced status code and text.
+/// Text lines are separated by `\n` and encoded as a multi-line reply (`250-...`, `250 ...`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<&'static str>,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, enhanced: &'static str, text: &'static str) -> Self {
+        Reply { code, enhanced: Some(enhanced), text: Cow::Borrowed(text) }
+    }
+
+    pub fn owned(code: u16, enhanced: &'static str, text: String) -> Self {
+        Reply { code, enhanced: Some(enhanced), text: Cow::Owned(text) }
+    }
+
+    /// A reply without an enhanced code (the greeting, RFC 2034 section 3).
+    pub fn plain(code: u16, text: String) -> Self {
+        Reply { code, enhanced: None, text: Cow::Owned(text) }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// Appends the wire form to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut lines = self.text.split('\n').peekable();
+        let code = itoa3(self.code);
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(&code);
+            out.extend_from_slice(if lines.peek().is_some() { b"-" } else { b" " });
+            if let Some(e) = self.enhanced {
+                out.extend_from_slice(e.as_bytes());
+                out.extend_from_slice(b" ");
+            }
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The last line as text, e.g. for logs and the queue's `last_reply`.
+    pub fn to_line(&self) -> String {
+        match self.enhanced {
+            Some(e) => format!("{} {} {}", self.code, e, self.text.replace('\n', " / ")),
+            None => format!("{} {}", self.code, self.text.replace('\n', " / ")),
+        }
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_line())
+    }
+}
+
+fn itoa3(code: u16) -> [u8; 3] {
+    let c = code.min(999);
+    [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+}
+
+// Static replies. Texts follow RFC 5321 4.2.2/4.2.3 and the enhanced codes RFC 3463 / RFC 5248.
+pub const OK: Reply = Reply::new(250, "2.0.0", "OK");
+pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Sender OK");
+pub const RECIPIENT_OK: Reply = Reply::new(250, "2.1.5", "Recipient OK");
+pub const RESET_OK: Reply = Reply::new(250, "2.0.0", "Reset OK");
+pub const START_DATA: Reply = Reply::plain_static(354, "Start mail input; end with <CRLF>.<CRLF>");
+pub const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
+pub const VRFY: Reply =
+    Reply::new(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery");
+pub const EXPN: Reply = Reply::new(502, "5.5.1", "EXPN not supported");
+pub const HELP: Reply = Reply::new(
+    214,
+    "2.0.0",
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\nSee RFC 5321",
+);
+pub const UNRECOGNIZED: Reply = Reply::new(500, "5.5.1", "Command unrecognized");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2", "Line too long");
+pub const NEED_HELO: Reply = Reply::new(503, "5.5.1", "Send HELO/EHLO first");
+pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Nested MAIL command");
+pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Need MAIL before RCPT");
+pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Need RCPT before DATA");
+pub const NO_VALID_RCPT: Reply = Reply::new(554, "5.5.1", "No valid recipients");
+pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1", "DATA not allowed after BDAT");
+pub const BDAT_NOT_NEXT: Reply = Reply::new(503, "5.5.1", "BDAT transaction in progress");
+pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
+pub const MESSAGE_TOO_BIG: Reply =
+    Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+pub const TEXT_LINE_TOO_LONG: Reply =
+    Reply::new(500, "5.5.2", "Message line too long (limit 1000 octets, RFC 5321 4.5.3.1.6)");
+pub const BARE_CR_LF: Reply = Reply::new(
+    550,
+    "5.5.2",
+    "Message refused: bare CR or LF in message text (RFC 5321 2.3.8); closing connection",
+);
+pub const UTF8_NOT_ALLOWED: Reply =
+    Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");
+pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");
+pub const TOO_MANY_ERRORS: Reply =
+    Reply::new(421, "4.7.0", "Too many errors in this session; closing connection");
+pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded; closing connection");
+pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.0", "Service shutting down; closing connection");
+pub const STORAGE_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
+pub const STORAGE_ERROR: Reply =
+    Reply::new(451, "4.3.0", "Local error while storing the message; try again later");
+pub const MEMORY_BUDGET: Reply =
+    Reply::new(452, "4.3.1", "Insufficient system resources; try again later");
+pub const TOO_MANY_SESSIONS: Reply =
+    Reply::new(421, "4.3.2", "Too many concurrent sessions; try again later");
+pub const TOO_MANY_SESSIONS_IP: Reply =
+    Reply::new(421, "4.7.0", "Too many concurrent sessions from your address; try again later");
+
+impl Reply {
+    const fn plain_static(code: u16, text: &'static str) -> Self {
+        Reply { code, enhanced: None, text: Cow::Borrowed(text) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_single_and_multi_line_replies_rfc5321_4_2_1() {
+        let cases: &[(Reply, &str)] = &[
+            (OK, "250 2.0.0 OK\r\n"),
+            (START_DATA, "354 Start mail input; end with <CRLF>.<CRLF>\r\n"),
+            (
+                Reply::owned(250, "2.0.0", "a\nb\nc".into()),
+                "250-2.0.0 a\r\n250-2.0.0 b\r\n250 2.0.0 c\r\n",
+            ),
+        ];
+        for (reply, wire) in cases {
+            let mut out = BytesMut::new();
+            reply.encode(&mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), *wire);
+        }
+    }
+}

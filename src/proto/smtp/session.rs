@@ -1,0 +1,622 @@
+//! The inbound SMTP state machine (RFC 5321 3.3, 4.1.4): bytes in, replies and steps out.
+//!
+//! ```text
+//!   greeting ──► Command ──DATA──► Data ──<CRLF>.<CRLF>──► AwaitStore ──stored──► Command
+//!                  │  ▲                    (bare CR/LF ──► Closed)
+//!                  │  └──BDAT n──► Bdat ──chunk read (not LAST)──┘
+//!                  │                 └──LAST──► AwaitStore
+//!                  └──QUIT / too many errors / timeout / shutdown──► Closed
+//! ```
+//! The driver owns the socket. It reads into [`Session::input`], calls [`Session::advance`]
+//! and acts on the returned [`Step`]: write [`Session::output`], read more, store a message
+//! durably (then call [`Session::handle_stored`]), or close. The session never blocks, never
+//! does I/O and never looks at a clock: timeouts and shutdown are inputs too.
+//!
+//! Policy that needs no I/O (relay networks, local domains, limits) is decided here; what needs
+//! I/O (storage) is a [`Step`].
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::address::Mailbox;
+use super::command::{self, BodyType, Command, MailFrom, RcptTo};
+use super::data::{DataEvent, DataFailure, DataReceiver};
+use super::message::{self, TraceInfo};
+use super::reply::{self, Reply};
+use ipnet::IpNet;
+
+/// Limits and policy for one listener; shared by its sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Name in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    /// Advertised in SIZE and enforced at MAIL and while reading the body.
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Longest command line including CRLF (RFC 5321 4.5.3.1.4: 512).
+    pub max_command_line: usize,
+    /// Longest text line including CRLF (RFC 5321 4.5.3.1.6: 1000).
+    pub max_text_line: usize,
+    /// Replies >= 500 tolerated before the session is closed with 421.
+    pub max_errors: u32,
+    /// Clients allowed to relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+    /// Domains accepted from anyone (lower case, no trailing dot).
+    pub local_domains: HashSet<String>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            hostname: "localhost".into(),
+            max_message_size: 50 << 20,
+            max_recipients: 1000,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 20,
+            relay_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            local_domains: HashSet::new(),
+        }
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Write [`Session::output`], then read more into [`Session::input`] (with the timeout of
+    /// [`Session::waiting_for`]) and call `advance` again.
+    NeedInput,
+    /// Store this message durably, then call [`Session::handle_stored`]. Do not call `advance`
+    /// before that.
+    Store(Box<Transaction>),
+    /// Write [`Session::output`] and close the connection.
+    Close,
+}
+
+/// What the session waits for, so the driver can pick the RFC 5321 4.5.3.2 timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    Command,
+    Data,
+}
+
+/// Things worth counting, drained by the driver into metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Accepted { bytes: usize },
+    Rejected(RejectReason),
+}
+
+/// Why a command or message was refused (a bounded label set for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Syntax,
+    Sequence,
+    Size,
+    LineTooLong,
+    BareCrLf,
+    RelayDenied,
+    TooManyRecipients,
+    TooManyErrors,
+    Timeout,
+    Storage,
+    NotImplemented,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Syntax => "syntax",
+            RejectReason::Sequence => "sequence",
+            RejectReason::Size => "size",
+            RejectReason::LineTooLong => "line_too_long",
+            RejectReason::BareCrLf => "bare_cr_lf",
+            RejectReason::RelayDenied => "relay_denied",
+            RejectReason::TooManyRecipients => "too_many_recipients",
+            RejectReason::TooManyErrors => "too_many_errors",
+            RejectReason::Timeout => "timeout",
+            RejectReason::Storage => "storage",
+            RejectReason::NotImplemented => "not_implemented",
+        }
+    }
+}
+
+/// A complete mail transaction, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub mail: MailFrom,
+    pub rcpts: Vec<RcptTo>,
+    /// The message as received, unstuffed, without the Received header.
+    pub body: Bytes,
+    pub helo: String,
+    pub esmtp: bool,
+    pub client_ip: IpAddr,
+    /// Whether the body came with BDAT (RFC 3030) rather than DATA.
+    pub chunking: bool,
+}
+
+impl Transaction {
+    /// The `Received:` header for this transaction, as its own buffer.
+    pub fn trace_header(&self, hostname: &str, queue_id: &str, unix_time: u64) -> String {
+        let single = match self.rcpts.as_slice() {
+            [one] => Some(one.to.as_str()),
+            _ => None,
+        };
+        message::received_header(&TraceInfo {
+            helo: &self.helo,
+            client_ip: self.client_ip,
+            hostname,
+            protocol: if self.esmtp { "ESMTP" } else { "SMTP" },
+            queue_id,
+            single_recipient: single,
+            unix_time,
+        })
+    }
+}
+
+/// Why storing failed, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Disk full or over a storage limit: 452 4.3.1.
+    NoSpace,
+    /// Any other storage failure: 451 4.3.0.
+    Failed,
+    /// The server is stopping: 421 4.3.0.
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    Data(DataReceiver),
+    Bdat(BdatChunk),
+    AwaitStore,
+    Closed,
+}
+
+#[derive(Debug)]
+struct BdatChunk {
+    remaining: usize,
+    last: bool,
+    /// When set, the chunk is read and dropped, and this is the reply.
+    refuse: Option<(Reply, RejectReason)>,
+}
+
+/// The transaction being built between MAIL and the end of data.
+#[derive(Debug, Default)]
+struct Draft {
+    mail: MailFrom,
+    rcpts: Vec<RcptTo>,
+    /// BDAT chunks so far.
+    chunks: BytesMut,
+    chunking: bool,
+    /// A BDAT chunk was refused; the rest of the transaction is refused too (RFC 3030 2).
+    failed: Option<(Reply, RejectReason)>,
+}
+
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    client_ip: IpAddr,
+    state: State,
+    /// HELO/EHLO argument and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    draft: Option<Draft>,
+    errors: u32,
+    /// Discarding the rest of an over-long command line.
+    skipping_line: bool,
+    input: BytesMut,
+    output: BytesMut,
+    events: Vec<Event>,
+}
+
+impl Session {
+    /// A new session; the greeting is already in [`Session::output`].
+    pub fn new(cfg: Arc<SessionConfig>, client_ip: IpAddr) -> Self {
+        let mut output = BytesMut::with_capacity(512);
+        Reply::plain(220, format!("{} ESMTP sluice ready", cfg.hostname)).encode(&mut output);
+        Session {
+            cfg,
+            client_ip,
+            state: State::Command,
+            helo: None,
+            draft: None,
+            errors: 0,
+            skipping_line: false,
+            input: BytesMut::with_capacity(4096),
+            output,
+            events: Vec::new(),
+        }
+    }
+
+    /// The read buffer: the driver appends what it reads here.
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Replies to send; the driver writes and clears it.
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.output
+    }
+
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    pub fn waiting_for(&self) -> Waiting {
+        match self.state {
+            State::Data(_) | State::Bdat(_) => Waiting::Data,
+            _ => Waiting::Command,
+        }
+    }
+
+    /// Bytes of message text held by this session (for the memory budget).
+    pub fn held_bytes(&self) -> usize {
+        match &self.state {
+            State::Data(rx) => rx.held(),
+            _ => self.draft.as_ref().map_or(0, |d| d.chunks.len()),
+        }
+    }
+
+    /// The read timed out (RFC 5321 4.5.3.2): 421 and close.
+    pub fn handle_timeout(&mut self) {
+        self.close_with(reply::TIMEOUT, Some(RejectReason::Timeout));
+    }
+
+    /// The server is stopping: 421 and close. Not for use while a store is pending.
+    pub fn handle_shutdown(&mut self) {
+        self.close_with(reply::SHUTTING_DOWN, None);
+    }
+
+    /// The outcome of a [`Step::Store`]: `Ok(queue id)` once the message is durable.
+    pub fn handle_stored(&mut self, result: Result<&str, StoreError>, size: usize) {
+        debug_assert!(matches!(self.state, State::AwaitStore));
+        self.state = State::Command;
+        match result {
+            Ok(id) => {
+                self.events.push(Event::Accepted { bytes: size });
+                self.reply(Reply::owned(250, "2.0.0", format!("OK queued as {id}")));
+            }
+            Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL, RejectReason::Storage),
+            Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR, RejectReason::Storage),
+            Err(StoreError::ShuttingDown) => self.close_with(reply::SHUTTING_DOWN, None),
+        }
+    }
+
+    /// Processes buffered input until the session needs more input, storage, or to close.
+    pub fn advance(&mut self) -> Step {
+        loop {
+            match &mut self.state {
+                State::Closed => return Step::Close,
+                State::AwaitStore => {
+                    debug_assert!(false, "advance() while a store is pending");
+                    return Step::Close;
+                }
+                State::Command => {
+                    if let Some(step) = self.next_command() {
+                        return step;
+                    }
+                }
+                State::Data(rx) => match rx.ingest(&mut self.input) {
+                    DataEvent::NeedMore => return Step::NeedInput,
+                    DataEvent::End(body) => return self.finish_data(body.freeze(), false),
+                    DataEvent::Refused(f) => {
+                        self.state = State::Command;
+                        self.draft = None;
+                        match f {
+                            DataFailure::TooBig => {
+                                self.reject(reply::MESSAGE_TOO_BIG, RejectReason::Size)
+                            }
+                            DataFailure::LineTooLong => {
+                                self.reject(reply::TEXT_LINE_TOO_LONG, RejectReason::LineTooLong)
+                            }
+                        }
+                    }
+                    DataEvent::BareCrLf => {
+                        self.draft = None;
+                        self.close_with(reply::BARE_CR_LF, Some(RejectReason::BareCrLf));
+                    }
+                },
+                State::Bdat(_) => {
+                    if let Some(step) = self.read_chunk() {
+                        return step;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- command lines ----------------------------------------------------------------------
+
+    /// Handles one command line if a whole one is buffered; `Some(step)` when the caller must
+    /// return.
+    fn next_command(&mut self) -> Option<Step> {
+        let Some(lf) = memchr::memchr(b'\n', &self.input) else {
+            if self.input.len() > self.cfg.max_command_line {
+                // Drop what we have and the rest of the line when it comes.
+                self.input.clear();
+                if !self.skipping_line {
+                    self.skipping_line = true;
+                    self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+                }
+            }
+            return Some(if self.state_is_closed() { Step::Close } else { Step::NeedInput });
+        };
+        let line = self.input.split_to(lf + 1).freeze();
+        if std::mem::take(&mut self.skipping_line) {
+            return None;
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() + 2 > self.cfg.max_command_line {
+            self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+            return None;
+        }
+        match command::parse(line) {
+            Ok(cmd) => self.handle_command(cmd),
+            Err(e) => {
+                let reason = match e {
+                    command::CommandError::Unrecognized => RejectReason::NotImplemented,
+                    _ => RejectReason::Syntax,
+                };
+                self.reject(e.reply(), reason);
+                None
+            }
+        }
+    }
+
+    fn state_is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    fn handle_command(&mut self, cmd: Command) -> Option<Step> {
+        match cmd {
+            Command::Ehlo(domain) => self.handle_ehlo(domain),
+            Command::Helo(domain) => self.handle_helo(domain),
+            Command::Mail(mail) => self.handle_mail(mail),
+            Command::Rcpt(rcpt) => self.handle_rcpt(rcpt),
+            Command::Data => self.handle_data(),
+            Command::Bdat { size, last } => self.handle_bdat(size, last),
+            Command::Rset => {
+                self.draft = None;
+                self.reply(reply::RESET_OK);
+            }
+            Command::Noop => self.reply(reply::OK),
+            Command::Vrfy => self.reply(reply::VRFY),
+            Command::Expn => self.reject(reply::EXPN, RejectReason::NotImplemented),
+            Command::Help => self.reply(reply::HELP),
+            Command::Quit => {
+                self.reply(reply::BYE);
+                self.state = State::Closed;
+                return Some(Step::Close);
+            }
+            Command::StartTls | Command::Auth => self.reject(
+                Reply::new(502, "5.5.1", "Command not implemented"),
+                RejectReason::NotImplemented,
+            ),
+        }
+        if self.state_is_closed() { Some(Step::Close) } else { None }
+    }
+
+    /// RFC 5321 4.1.1.1: EHLO resets the transaction and lists the extensions.
+    fn handle_ehlo(&mut self, domain: String) {
+        self.draft = None;
+        let text = format!(
+            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nDSN\nHELP",
+            self.cfg.hostname, self.cfg.max_message_size
+        );
+        self.helo = Some((domain, true));
+        // EHLO keyword lines carry no enhanced code (RFC 2034 3).
+        self.reply(Reply::plain(250, text));
+    }
+
+    fn handle_helo(&mut self, domain: String) {
+        self.draft = None;
+        self.helo = Some((domain, false));
+        self.reply(Reply::plain(250, self.cfg.hostname.clone()));
+    }
+
+    /// RFC 5321 4.1.1.2, with SIZE (RFC 1870 6) and SMTPUTF8 (RFC 6531 3.4).
+    fn handle_mail(&mut self, mail: MailFrom) {
+        if self.helo.is_none() {
+            return self.reject(reply::NEED_HELO, RejectReason::Sequence);
+        }
+        if self.draft.is_some() {
+            return self.reject(reply::NESTED_MAIL, RejectReason::Sequence);
+        }
+        if mail.size.is_some_and(|s| s > self.cfg.max_message_size as u64) {
+            return self.reject(reply::MESSAGE_TOO_BIG, RejectReason::Size);
+        }
+        if mail.from.as_ref().is_some_and(|f| !f.is_ascii()) && !mail.smtputf8 {
+            return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+        }
+        self.draft = Some(Draft { mail, ..Default::default() });
+        self.reply(reply::SENDER_OK);
+    }
+
+    /// RFC 5321 4.1.1.3 with the relay policy (RFC 5321 3.6, 7.1).
+    fn handle_rcpt(&mut self, rcpt: RcptTo) {
+        let Some(draft) = self.draft.as_ref() else {
+            return self.reject(reply::NEED_MAIL, RejectReason::Sequence);
+        };
+        if draft.rcpts.len() >= self.cfg.max_recipients {
+            // RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
+            return self.reject(reply::TOO_MANY_RCPTS, RejectReason::TooManyRecipients);
+        }
+        if !rcpt.to.is_ascii() && !draft.mail.smtputf8 {
+            return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+        }
+        if !self.may_send_to(&rcpt.to) {
+            return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
+        }
+        if let Some(d) = self.draft.as_mut() {
+            d.rcpts.push(rcpt);
+        }
+        self.reply(reply::RECIPIENT_OK);
+    }
+
+    /// Local domains (and `<postmaster>`) from anyone; other domains only from relay networks.
+    fn may_send_to(&self, to: &Mailbox) -> bool {
+        let domain = to.domain().trim_end_matches('.').to_ascii_lowercase();
+        domain.is_empty()
+            || self.cfg.local_domains.contains(&domain)
+            || self.cfg.relay_networks.iter().any(|n| n.contains(&self.client_ip))
+    }
+
+    /// Checks shared by DATA and BDAT; `Err` carries the refusal.
+    fn check_ready_for_body(&self) -> Result<(), (Reply, RejectReason)> {
+        if self.helo.is_none() {
+            return Err((reply::NEED_HELO, RejectReason::Sequence));
+        }
+        match &self.draft {
+            None => Err((reply::NEED_RCPT, RejectReason::Sequence)),
+            Some(d) if d.rcpts.is_empty() => {
+                Err((reply::NO_VALID_RCPT, RejectReason::Sequence))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// RFC 5321 4.1.1.4
+    fn handle_data(&mut self) {
+        if let Err((r, why)) = self.check_ready_for_body() {
+            return self.reject(r, why);
+        }
+        if self.draft.as_ref().is_some_and(|d| d.chunking) {
+            return self.reject(reply::DATA_AFTER_BDAT, RejectReason::Sequence);
+        }
+        // With SIZE= we know how much to expect: one allocation instead of repeated doubling.
+        if let Some(size) = self.draft.as_ref().and_then(|d| d.mail.size) {
+            let want = (size as usize).min(self.cfg.max_message_size) + 1024;
+            self.input.reserve(want.saturating_sub(self.input.len()));
+        }
+        self.reply(reply::START_DATA);
+        self.state = State::Data(DataReceiver::new(
+            self.cfg.max_message_size,
+            self.cfg.max_text_line,
+        ));
+    }
+
+    /// RFC 3030 2: the chunk follows the command line and must be consumed whatever the reply.
+    fn handle_bdat(&mut self, size: u64, last: bool) {
+        let held = self.draft.as_ref().map_or(0, |d| d.chunks.len() as u64);
+        let refuse = match self.check_ready_for_body() {
+            Err(e) => Some(e),
+            Ok(()) => match self.draft.as_ref().and_then(|d| d.failed.clone()) {
+                Some(e) => Some(e),
+                None if held + size > self.cfg.max_message_size as u64 => {
+                    Some((reply::MESSAGE_TOO_BIG, RejectReason::Size))
+                }
+                None => None,
+            },
+        };
+        if let Some(d) = self.draft.as_mut() {
+            d.chunking = true;
+            if refuse.is_some() && d.failed.is_none() {
+                d.failed = refuse.clone();
+                d.chunks = BytesMut::new();
+            }
+        }
+        // `usize` on 64-bit holds any u64; on 32-bit an oversized chunk is refused above.
+        let remaining = usize::try_from(size).unwrap_or(usize::MAX);
+        self.state = State::Bdat(BdatChunk { remaining, last, refuse });
+    }
+
+    /// Reads (or discards) the current BDAT chunk.
+    fn read_chunk(&mut self) -> Option<Step> {
+        let State::Bdat(chunk) = &mut self.state else { return None };
+        if chunk.refuse.is_some() {
+            // Stream refused chunks through without holding them.
+            let n = chunk.remaining.min(self.input.len());
+            self.input.advance(n);
+            chunk.remaining -= n;
+        } else if self.input.len() >= chunk.remaining {
+            let part = self.input.split_to(chunk.remaining);
+            chunk.remaining = 0;
+            if let Some(d) = self.draft.as_mut() {
+                // O(1) when the chunks are adjacent in one allocation, a copy otherwise.
+                d.chunks.unsplit(part);
+            }
+        } else {
+            // Wait for the whole chunk; its size was checked against the limit.
+            self.input.reserve(chunk.remaining - self.input.len());
+            return Some(Step::NeedInput);
+        }
+        if chunk.remaining > 0 {
+            return Some(Step::NeedInput);
+        }
+        let (last, refuse) = (chunk.last, chunk.refuse.take());
+        self.state = State::Command;
+        match refuse {
+            Some((r, why)) => {
+                if last {
+                    self.draft = None;
+                }
+                self.reject(r, why);
+                None
+            }
+            None if last => {
+                let body = self.draft.as_mut().map(|d| std::mem::take(&mut d.chunks));
+                Some(self.finish_data(body.unwrap_or_default().freeze(), true))
+            }
+            None => {
+                let held = self.draft.as_ref().map_or(0, |d| d.chunks.len());
+                self.reply(Reply::owned(250, "2.0.0", format!("{held} octets received")));
+                None
+            }
+        }
+    }
+
+    fn finish_data(&mut self, body: Bytes, chunking: bool) -> Step {
+        let draft = self.draft.take().unwrap_or_default();
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        self.state = State::AwaitStore;
+        Step::Store(Box::new(Transaction {
+            mail: draft.mail,
+            rcpts: draft.rcpts,
+            body,
+            helo,
+            esmtp,
+            client_ip: self.client_ip,
+            chunking,
+        }))
+    }
+
+    // ---- replies ----------------------------------------------------------------------------
+
+    fn reply(&mut self, r: Reply) {
+        r.encode(&mut self.output);
+    }
+
+    /// A refusal: counted, and after `max_errors` of them the session ends (421 4.7.0).
+    fn reject(&mut self, r: Reply, why: RejectReason) {
+        self.events.push(Event::Rejected(why));
+        self.reply(r);
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors && !self.state_is_closed() {
+            self.close_with(reply::TOO_MANY_ERRORS, Some(RejectReason::TooManyErrors));
+        }
+    }
+
+    fn close_with(&mut self, r: Reply, why: Option<RejectReason>) {
+        if let Some(why) = why {
+            self.events.push(Event::Rejected(why));
+        }
+        self.reply(r);
+        self.state = State::Closed;
+    }
+}
+
+impl BodyType {
+    pub fn label(self) -> &'static str {
+        match self {
+            BodyType::SevenBit => "7BIT",
+            BodyType::EightBitMime => "8BITMIME",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

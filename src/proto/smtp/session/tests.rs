@@ -1,0 +1,333 @@
+//! Session tests without sockets: scripted `C:`/`S:` exchanges, table-driven.
+
+use super::*;
+
+/// Drives a session like the I/O driver does, storing every message successfully.
+struct Harness {
+    s: Session,
+    stored: Vec<Transaction>,
+    closed: bool,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(SessionConfig::default(), "127.0.0.1")
+    }
+
+    fn with(cfg: SessionConfig, ip: &str) -> Self {
+        let mut h =
+            Harness { s: Session::new(Arc::new(cfg), ip.parse().unwrap()), stored: vec![], closed: false };
+        let greeting = h.take_output();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        h
+    }
+
+    fn take_output(&mut self) -> String {
+        let out = self.s.output().split();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// Sends raw bytes and returns everything the server answered.
+    fn send(&mut self, bytes: &[u8]) -> String {
+        self.s.input().extend_from_slice(bytes);
+        loop {
+            match self.s.advance() {
+                Step::NeedInput => break,
+                Step::Close => {
+                    self.closed = true;
+                    break;
+                }
+                Step::Store(tx) => {
+                    let size = tx.body.len();
+                    self.stored.push(*tx);
+                    let id = format!("ID{}", self.stored.len());
+                    self.s.handle_stored(Ok(&id), size);
+                }
+            }
+        }
+        self.take_output()
+    }
+
+    /// Sends one line and returns the reply codes it produced.
+    fn cmd(&mut self, line: &str) -> Vec<u16> {
+        codes(&self.send(format!("{line}\r\n").as_bytes()))
+    }
+
+    fn expect(&mut self, line: &str, code: u16) {
+        let got = self.cmd(line);
+        assert_eq!(got.last().copied(), Some(code), "C: {line} -> {got:?}");
+    }
+}
+
+/// The code of each reply (multi-line replies count once).
+fn codes(out: &str) -> Vec<u16> {
+    out.split("\r\n")
+        .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+        .map(|l| l[..3].parse().unwrap())
+        .collect()
+}
+
+fn enhanced(out: &str) -> Vec<String> {
+    out.split("\r\n")
+        .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect()
+}
+
+/// RFC 5321 Appendix D.1: a typical SMTP transaction scenario.
+#[test]
+fn rfc5321_d1_typical_transaction() {
+    let mut h = Harness::new();
+    let ehlo = h.send(b"EHLO bar.com\r\n");
+    for ext in ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"] {
+        assert!(ehlo.contains(&format!("250-{ext}\r\n")), "{ext} missing in {ehlo}");
+    }
+    assert!(ehlo.ends_with("250 HELP\r\n"));
+    h.expect("MAIL FROM:<Smith@bar.com>", 250);
+    h.expect("RCPT TO:<Jones@foo.com>", 250);
+    h.expect("RCPT TO:<Green@foo.com>", 250);
+    h.expect("RCPT TO:<Brown@foo.com>", 250);
+    h.expect("DATA", 354);
+    assert!(h.cmd("Blah blah blah...").is_empty());
+    let end = h.send(b"...etc. etc. etc.\r\n.\r\n");
+    assert!(end.starts_with("250 2.0.0 OK queued as ID1"), "{end}");
+    h.expect("QUIT", 221);
+    assert!(h.closed);
+    let tx = &h.stored[0];
+    assert_eq!(tx.rcpts.len(), 3);
+    assert_eq!(&tx.body[..], b"Blah blah blah...\r\n..etc. etc. etc.\r\n");
+}
+
+/// RFC 5321 Appendix D.2: aborted transaction (RSET discards the envelope).
+#[test]
+fn rfc5321_d2_aborted_transaction() {
+    let mut h = Harness::new();
+    h.expect("EHLO bar.com", 250);
+    h.expect("MAIL FROM:<Smith@bar.com>", 250);
+    h.expect("RCPT TO:<Jones@foo.com>", 250);
+    h.expect("RSET", 250);
+    h.expect("RCPT TO:<Green@foo.com>", 503);
+    h.expect("QUIT", 221);
+    assert!(h.stored.is_empty());
+}
+
+/// RFC 5321 Appendix D.3: relayed mail scenario (a relay accepts and re-sends with a trace).
+#[test]
+fn rfc5321_d3_relay_adds_received_header() {
+    let mut h = Harness::new();
+    h.expect("HELO foo.com", 250);
+    h.expect("MAIL FROM:<JQP@bar.com>", 250);
+    h.expect("RCPT TO:<Jones@XYZ.COM>", 250);
+    h.expect("DATA", 354);
+    h.send(b"Date: Thu, 21 May 1998 05:33:29 -0700\r\nMessage-ID: <x@bar.com>\r\n\r\nHi\r\n.\r\n");
+    let tx = &h.stored[0];
+    assert!(!tx.esmtp);
+    let trace = tx.trace_header("foo.com", "ID1", 0);
+    assert!(trace.starts_with("Received: from foo.com ([127.0.0.1])\r\n\tby foo.com (sluice) with SMTP id ID1\r\n\tfor <Jones@XYZ.COM>;"), "{trace}");
+    assert_eq!(message::message_id(&tx.body).as_deref(), Some("<x@bar.com>"));
+}
+
+/// RFC 5321 Appendix D.4: verifying and sending; VRFY answers 252 (we never verify).
+#[test]
+fn rfc5321_d4_vrfy_then_send() {
+    let mut h = Harness::new();
+    h.expect("EHLO foo.com", 250);
+    h.expect("VRFY Crispin", 252);
+    h.expect("MAIL FROM:<EAK@bar.com>", 250);
+    h.expect("RCPT TO:<Admin.MRC@foo.com>", 250);
+    h.expect("DATA", 354);
+    h.send(b"Blah\r\n");
+    h.expect(".", 250);
+    h.expect("QUIT", 221);
+}
+
+/// Every command's reply in every state (RFC 5321 4.1.4 sequencing, 4.2 codes).
+#[test]
+fn rfc5321_4_1_4_command_sequencing_replies() {
+    type Script = &'static [(&'static str, u16, &'static str)];
+    let scripts: &[Script] = &[
+        &[("MAIL FROM:<a@b.c>", 503, "5.5.1"), ("RCPT TO:<a@b.c>", 503, "5.5.1"), ("DATA", 503, "5.5.1")],
+        &[("HELO x", 250, ""), ("DATA", 503, "5.5.1"), ("RCPT TO:<a@b.c>", 503, "5.5.1")],
+        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("MAIL FROM:<a@b.c>", 503, "5.5.1")],
+        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("DATA", 554, "5.5.1")],
+        &[("EHLO x", 250, ""), ("NOOP", 250, "2.0.0"), ("HELP", 214, "2.0.0"), ("EXPN x", 502, "5.5.1")],
+        &[("EHLO x", 250, ""), ("FROB", 500, "5.5.1"), ("MAIL FROM:<a@b.c> XYZ=1", 555, "5.5.4")],
+        &[("EHLO x", 250, ""), ("MAIL FROM:bad", 501, "5.1.7"), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("RCPT TO:<@@>", 501, "5.1.3")],
+        &[("EHLO x", 250, ""), ("STARTTLS", 502, "5.5.1"), ("AUTH PLAIN", 502, "5.5.1")],
+        &[("EHLO x", 250, ""), ("DATA extra", 501, "5.5.2"), ("RSET", 250, "2.0.0"), ("QUIT", 221, "2.0.0")],
+        // RFC 1870 6.1: a declared SIZE over the limit is refused at MAIL.
+        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c> SIZE=52428801", 552, "5.3.4"), ("MAIL FROM:<a@b.c> SIZE=52428800", 250, "2.1.0")],
+        // RFC 6531 3.4: UTF-8 addresses need SMTPUTF8.
+        &[("EHLO x", 250, ""), ("MAIL FROM:<δ@b.c>", 553, "5.6.7"), ("MAIL FROM:<δ@b.c> SMTPUTF8", 250, "2.1.0"), ("RCPT TO:<ω@πα.gr>", 250, "2.1.5")],
+        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("RCPT TO:<ω@πα.gr>", 553, "5.6.7")],
+    ];
+    for script in scripts {
+        let mut h = Harness::new();
+        for (line, code, enh) in *script {
+            let out = h.send(format!("{line}\r\n").as_bytes());
+            assert_eq!(codes(&out).last(), Some(code), "C: {line} S: {out}");
+            if !enh.is_empty() {
+                assert_eq!(enhanced(&out).last().map(String::as_str), Some(*enh), "C: {line} S: {out}");
+            }
+        }
+    }
+}
+
+/// RFC 2920: a whole pipelined transaction in one packet gets its replies in order.
+#[test]
+fn rfc2920_pipelining() {
+    let mut h = Harness::new();
+    let out = h.send(
+        b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<g@h.i>\r\nDATA\r\nhello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nsecond\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(codes(&out), vec![250, 250, 250, 250, 354, 250, 250, 250, 354, 250, 221]);
+    assert_eq!(h.stored.len(), 2);
+    assert_eq!(h.stored[1].mail.from, None);
+    assert_eq!(&h.stored[1].body[..], b"second\r\n");
+}
+
+/// RFC 3030 2: BDAT chunks, LAST, and BDAT after a failure.
+#[test]
+fn rfc3030_bdat_chunks() {
+    let mut h = Harness::new();
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c> BODY=8BITMIME\r\nRCPT TO:<d@e.f>\r\nBDAT 5\r\nhel\n\rBDAT 0\r\nBDAT 3 LAST\r\nlo.");
+    assert_eq!(codes(&out), vec![250, 250, 250, 250, 250, 250]);
+    // Binary content is taken as sent: bare LF/CR are not special in BDAT.
+    assert_eq!(&h.stored[0].body[..], b"hel\n\rlo.");
+    assert!(h.stored[0].chunking);
+    // The chunk arrives across several reads.
+    let mut h = Harness::new();
+    h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 10 LAST\r\n01234");
+    assert!(h.stored.is_empty());
+    assert_eq!(codes(&h.send(b"56789NOOP\r\n")), vec![250, 250]);
+    assert_eq!(&h.stored[0].body[..], b"0123456789");
+}
+
+#[test]
+fn rfc3030_bdat_errors_consume_the_chunk() {
+    // BDAT without a transaction: 503, and the chunk is not read as commands.
+    let mut h = Harness::new();
+    let out = h.send(b"EHLO x\r\nBDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(codes(&out), vec![250, 503, 250]);
+    assert!(!h.closed);
+    // DATA after BDAT is a sequence error.
+    let mut h = Harness::new();
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 1\r\nxDATA\r\n");
+    assert_eq!(codes(&out), vec![250, 250, 250, 250, 503]);
+    // A chunk over SIZE is refused, so is the rest of the transaction, then it resets.
+    let cfg = SessionConfig { max_message_size: 10, ..Default::default() };
+    let mut h = Harness::with(cfg, "127.0.0.1");
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 8\r\n12345678BDAT 8\r\n12345678BDAT 1 LAST\r\nxMAIL FROM:<a@b.c>\r\n");
+    assert_eq!(codes(&out), vec![250, 250, 250, 250, 552, 552, 250]);
+    assert!(h.stored.is_empty());
+}
+
+/// RFC 1870 6.2 (size during DATA) and RFC 5321 4.5.3.1.6 (text line length).
+#[test]
+fn rfc1870_size_enforced_during_data() {
+    let cfg = SessionConfig { max_message_size: 20, ..Default::default() };
+    let mut h = Harness::with(cfg, "127.0.0.1");
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n0123456789\r\n0123456789\r\n.\r\nNOOP\r\n");
+    assert_eq!(codes(&out), vec![250, 250, 250, 354, 552, 250]);
+    assert!(h.stored.is_empty());
+    let mut h = Harness::new();
+    let long = format!("EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n{}\r\n.\r\n", "x".repeat(1200));
+    assert_eq!(codes(&h.send(long.as_bytes())).last(), Some(&500));
+    assert!(h.stored.is_empty());
+}
+
+/// SMTP smuggling: a bare LF/CR refuses the message and closes; nothing after it is a command.
+#[test]
+fn rfc5321_2_3_8_smuggling_is_refused() {
+    let attacks: &[&[u8]] = &[
+        b"legit\r\n\n.\nMAIL FROM:<evil@x.y>\r\nRCPT TO:<v@x.y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        b"legit\r\n\r.\rMAIL FROM:<evil@x.y>\r\nRCPT TO:<v@x.y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        b"legit\r\n.\nMAIL FROM:<evil@x.y>\r\nRCPT TO:<v@x.y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        b"legit\n.\r\nMAIL FROM:<evil@x.y>\r\nRCPT TO:<v@x.y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    ];
+    for attack in attacks {
+        let mut h = Harness::new();
+        h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n");
+        let out = h.send(attack);
+        assert_eq!(codes(&out), vec![550], "{}", String::from_utf8_lossy(attack));
+        assert!(h.closed);
+        assert!(h.stored.is_empty());
+    }
+}
+
+#[test]
+fn rfc5321_4_5_3_1_4_command_line_limit() {
+    let mut h = Harness::new();
+    let long = format!("NOOP {}\r\n", "x".repeat(600));
+    assert_eq!(h.cmd(long.trim_end()), vec![500]);
+    // A line arriving in pieces longer than the limit is refused once and skipped whole.
+    let out = h.send(format!("NOOP {}", "y".repeat(700)).as_bytes());
+    assert_eq!(codes(&out), vec![500]);
+    let out = h.send(b"yyyy\r\nNOOP\r\n");
+    assert_eq!(codes(&out), vec![250]);
+}
+
+#[test]
+fn relay_policy_rfc5321_3_6() {
+    let mut cfg = SessionConfig::default();
+    cfg.local_domains.insert("local.example".into());
+    // From a non-relay address: local domains and postmaster only.
+    let mut h = Harness::with(cfg.clone(), "192.0.2.10");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    h.expect("RCPT TO:<user@LOCAL.example>", 250);
+    // A trailing dot is not a domain (RFC 5321 4.1.2) and never a way around the policy.
+    h.expect("RCPT TO:<user@local.example.>", 501);
+    h.expect("RCPT TO:<postmaster>", 250);
+    let out = h.send(b"RCPT TO:<user@elsewhere.example>\r\n");
+    assert!(out.starts_with("554 5.7.1"), "{out}");
+    // From loopback (the default relay network): anything.
+    let mut h = Harness::with(cfg, "127.0.0.1");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    h.expect("RCPT TO:<user@elsewhere.example>", 250);
+}
+
+#[test]
+fn limits_recipients_and_errors() {
+    let cfg = SessionConfig { max_recipients: 2, max_errors: 3, ..Default::default() };
+    let mut h = Harness::with(cfg, "127.0.0.1");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    h.expect("RCPT TO:<1@b.c>", 250);
+    h.expect("RCPT TO:<2@b.c>", 250);
+    let out = h.send(b"RCPT TO:<3@b.c>\r\n");
+    assert!(out.starts_with("452 4.5.3"), "{out}");
+    h.expect("FOO", 500);
+    let out = h.send(b"BAR\r\n");
+    assert_eq!(codes(&out), vec![500, 421]);
+    assert!(h.closed);
+}
+
+#[test]
+fn timeout_shutdown_and_storage_errors() {
+    let mut h = Harness::new();
+    h.s.handle_timeout();
+    assert!(h.take_output().starts_with("421 4.4.2"));
+    assert!(matches!(h.s.advance(), Step::Close));
+
+    let mut h = Harness::new();
+    h.s.handle_shutdown();
+    assert!(h.take_output().starts_with("421 4.3.0"));
+
+    let mut h = Harness::new();
+    h.s.input().extend_from_slice(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n");
+    let Step::Store(_) = h.s.advance() else { panic!("expected a store") };
+    h.s.handle_stored(Err(StoreError::NoSpace), 0);
+    assert!(h.take_output().ends_with("452 4.3.1 Insufficient system storage\r\n"));
+    // The session goes on after a storage failure.
+    assert_eq!(h.cmd("MAIL FROM:<a@b.c>"), vec![250]);
+}
+
+#[test]
+fn events_are_reported() {
+    let mut h = Harness::new();
+    h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nxy\r\n.\r\nFOO\r\n");
+    let events: Vec<Event> = h.s.drain_events().collect();
+    assert_eq!(events, vec![Event::Accepted { bytes: 4 }, Event::Rejected(RejectReason::NotImplemented)]);
+}
