@@ -1,0 +1,651 @@
+//! [`LogSpool`]: the portable segment-log implementation of [`Spool`].
+//!
+//! Threads: one commit thread (group commit: take the whole pending batch, one vectored write,
+//! one fdatasync, wake every waiter) and one checkpoint thread (save the index to redb, then
+//! delete dead segments). Sessions never wait on each other except through the batch they share.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::index::{CheckpointStore, IndexEntry, Location, Position};
+use super::record::{self, Encoded, Invalid, Record};
+use super::{
+    Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError,
+    SpoolStats, Ticket,
+};
+use crate::metrics;
+
+#[derive(Clone, Debug)]
+pub struct SpoolOptions {
+    /// Folder for segments and the index (`<data_dir>/spool`).
+    pub dir: PathBuf,
+    /// A new segment is started once the current one is this large.
+    pub segment_size: u64,
+    /// How often the index is checkpointed (and dead segments deleted).
+    pub checkpoint_interval: Duration,
+    /// Below this much free disk space new mail is refused with 452 4.3.1.
+    pub min_free_space: u64,
+    /// TEST ONLY: acknowledge records before they are written, to show that the crash tests
+    /// catch a spool that does. Never set in production.
+    pub unsafe_ack_before_write: bool,
+    /// Open for inspection only: no writer, no truncation, the index is rebuilt in memory from
+    /// the log (the daemon may hold the redb lock).
+    pub read_only: bool,
+}
+
+impl SpoolOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SpoolOptions {
+            dir: dir.into(),
+            segment_size: 16 << 20,
+            checkpoint_interval: Duration::from_secs(10),
+            min_free_space: 64 << 20,
+            unsafe_ack_before_write: false,
+            read_only: false,
+        }
+    }
+}
+
+pub struct LogSpool {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Shared {
+    opts: SpoolOptions,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    index: RwLock<IndexState>,
+    next_id: AtomicU64,
+    /// Free bytes on the spool's filesystem, refreshed by the commit thread.
+    free_space: AtomicU64,
+    /// Set after a write failure that could not be repaired: every store fails from then on.
+    broken: AtomicBool,
+    checkpoint: Mutex<Option<CheckpointStore>>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Op>,
+    closed: bool,
+}
+
+struct Op {
+    rec: Encoded,
+    apply: Apply,
+    done: Option<oneshot::Sender<Result<(), SpoolError>>>,
+    queued_at: Instant,
+}
+
+enum Apply {
+    Insert(Box<Envelope>),
+    Update(RecipientUpdate),
+    Remove(QueueId),
+}
+
+#[derive(Default)]
+struct IndexState {
+    entries: BTreeMap<QueueId, IndexEntry>,
+    /// Live messages per existing segment (every segment on disk has a key).
+    live: BTreeMap<u64, u64>,
+    /// Bytes per existing segment.
+    seg_bytes: BTreeMap<u64, u64>,
+    /// Position after the last record applied to `entries`.
+    applied: Position,
+    /// Ids changed since the last checkpoint.
+    dirty: HashSet<QueueId>,
+    records_written: u64,
+    fsyncs: u64,
+}
+
+impl IndexState {
+    fn apply(&mut self, apply: Apply, loc: Location) {
+        match apply {
+            Apply::Insert(env) => {
+                *self.live.entry(loc.segment).or_default() += 1;
+                self.dirty.insert(env.id);
+                self.entries.insert(env.id, IndexEntry { envelope: *env, loc });
+            }
+            Apply::Update(u) => {
+                if let Some(e) = self.entries.get_mut(&u.id) {
+                    if let Some(r) = e.envelope.recipients.get_mut(u.index as usize) {
+                        r.state = u.state;
+                        r.attempts = u.attempts;
+                        r.next_attempt = u.next_attempt;
+                        r.last_reply = u.last_reply;
+                        self.dirty.insert(u.id);
+                    }
+                }
+            }
+            Apply::Remove(id) => {
+                if let Some(e) = self.entries.remove(&id) {
+                    if let Some(n) = self.live.get_mut(&e.loc.segment) {
+                        *n = n.saturating_sub(1);
+                    }
+                    self.dirty.insert(id);
+                }
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        metrics::SPOOL_MESSAGES.set(self.entries.len() as i64);
+        metrics::SPOOL_SEGMENTS.set(self.live.len() as i64);
+        metrics::SPOOL_DISK_BYTES.set(self.seg_bytes.values().sum::<u64>() as i64);
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:016x}.log"))
+}
+
+fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut segs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(hex) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) {
+            if let Ok(n) = u64::from_str_radix(hex, 16) {
+                segs.push(n);
+            }
+        }
+    }
+    segs.sort_unstable();
+    Ok(segs)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+
+fn free_space(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return u64::MAX };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return u64::MAX; // unknown: do not refuse mail on a failed statistic
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// The segment file being appended to; owned by the commit thread.
+struct Writer {
+    dir: PathBuf,
+    segment: u64,
+    file: File,
+    len: u64,
+}
+
+impl Writer {
+    fn create(dir: &Path, segment: u64) -> std::io::Result<Writer> {
+        let file = OpenOptions::new().create_new(true).append(true).read(true).open(segment_path(dir, segment))?;
+        // The new name must survive a power cut before any record in it is acknowledged.
+        sync_dir(dir)?;
+        Ok(Writer { dir: dir.to_path_buf(), segment, file, len: 0 })
+    }
+
+    /// Appends all slices and makes them durable.
+    fn write_durably(&mut self, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+        while !slices.is_empty() {
+            let n = self.file.write_vectored(slices)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        let t = Instant::now();
+        self.file.sync_data()?;
+        metrics::SPOOL_FSYNC_SECONDS.observe(t.elapsed().as_secs_f64());
+        metrics::SPOOL_FSYNCS.inc();
+        Ok(())
+    }
+}
+
+impl LogSpool {
+    /// Opens the spool, recovering from the log (and the index checkpoint when it is usable).
+    pub fn open(opts: SpoolOptions) -> Result<LogSpool, SpoolError> {
+        if !opts.read_only {
+            fs::create_dir_all(&opts.dir)?;
+        }
+        let segments = list_segments(&opts.dir)?;
+        let mut state = IndexState::default();
+        let mut max_id = 0u64;
+
+        // 1. The checkpoint, when it is usable.
+        let mut start = Position { segment: segments.first().copied().unwrap_or(0), offset: 0 };
+        let mut store = None;
+        if !opts.read_only {
+            let path = opts.dir.join("index.redb");
+            let opened = CheckpointStore::open(&path).or_else(|e| {
+                tracing::warn!(error = %e, "spool index unreadable; rebuilding it from the log");
+                let _ = fs::remove_file(&path);
+                CheckpointStore::open(&path)
+            });
+            let (s, loaded) = opened.map_err(SpoolError::Io)?;
+            let usable = match loaded.position {
+                Some(p) => segments.contains(&p.segment) || segments.first().is_some_and(|&f| p.segment < f),
+                None => false,
+            };
+            if usable {
+                if let Some(p) = loaded.position {
+                    if segments.contains(&p.segment) {
+                        start = p;
+                    }
+                }
+                for e in loaded.entries {
+                    max_id = max_id.max(e.envelope.id.0);
+                    *state.live.entry(e.loc.segment).or_default() += 1;
+                    state.entries.insert(e.envelope.id, e);
+                }
+                store = Some(s);
+            } else {
+                if loaded.position.is_some() {
+                    tracing::warn!("spool index does not match the log; rebuilding it from the log");
+                }
+                drop(s);
+                let _ = fs::remove_file(&path);
+                let (s, _) = CheckpointStore::open(&path).map_err(SpoolError::Io)?;
+                store = Some(s);
+            }
+        }
+
+        // 2. Replay the log from the checkpoint position, cutting a torn tail.
+        let last = segments.last().copied();
+        for &seg in segments.iter().filter(|&&s| s >= start.segment) {
+            let path = segment_path(&opts.dir, seg);
+            let data = fs::read(&path)?;
+            state.live.entry(seg).or_default();
+            let mut off = if seg == start.segment { start.offset as usize } else { 0 };
+            while off < data.len() {
+                match record::decode(&data[off..]) {
+                    Ok((rec, len)) => {
+                        let loc = Location { segment: seg, offset: off as u64, len: len as u64, content_offset: 0 };
+                        let apply = match rec {
+                            Record::Message { envelope, content_offset } => {
+                                max_id = max_id.max(envelope.id.0);
+                                Apply::Insert(Box::new(envelope)).with_offset(content_offset)
+                            }
+                            Record::Update(u) => (Apply::Update(u), 0),
+                            Record::Remove(id) => {
+                                max_id = max_id.max(id.0);
+                                (Apply::Remove(id), 0)
+                            }
+                        };
+                        state.apply(apply.0, Location { content_offset: apply.1, ..loc });
+                        off += len;
+                    }
+                    Err(why) => {
+                        if Some(seg) != last {
+                            // Not a torn tail: later segments exist. Stop here and say so loudly;
+                            // nothing is deleted, the later segments are kept aside for an operator.
+                            tracing::error!(segment = seg, offset = off, ?why, "corrupt record in the middle of the spool log; later segments moved aside");
+                            if !opts.read_only {
+                                for &later in segments.iter().filter(|&&s| s > seg) {
+                                    let p = segment_path(&opts.dir, later);
+                                    let _ = fs::rename(&p, p.with_extension("corrupt"));
+                                    state.live.remove(&later);
+                                }
+                            }
+                        } else if why != Invalid::Truncated || !data[off..].iter().all(|&b| b == 0) {
+                            tracing::warn!(segment = seg, offset = off, ?why, bytes = data.len() - off, "cutting an incomplete record at the end of the spool log");
+                        }
+                        if !opts.read_only {
+                            let f = OpenOptions::new().write(true).open(&path)?;
+                            f.set_len(off as u64)?;
+                            f.sync_all()?;
+                        }
+                        break;
+                    }
+                }
+            }
+            state.seg_bytes.insert(seg, off as u64);
+            if Some(seg) != last && off < data.len() {
+                break;
+            }
+        }
+        for &seg in segments.iter().filter(|&&s| s < start.segment) {
+            state.live.entry(seg).or_default();
+            let bytes = fs::metadata(segment_path(&opts.dir, seg)).map(|m| m.len()).unwrap_or(0);
+            state.seg_bytes.insert(seg, bytes);
+        }
+
+        let micros = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let shared = Arc::new(Shared {
+            free_space: AtomicU64::new(free_space(&opts.dir)),
+            opts,
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            index: RwLock::new(IndexState::default()),
+            next_id: AtomicU64::new(max_id.max(micros) + 1),
+            broken: AtomicBool::new(false),
+            checkpoint: Mutex::new(store),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let spool = LogSpool { shared: shared.clone(), threads: Mutex::new(Vec::new()) };
+        if shared.opts.read_only {
+            *shared.index.write().unwrap_or_else(|e| e.into_inner()) = state;
+            return Ok(spool);
+        }
+
+        // 3. Always append to a fresh segment: the last one may end where a torn record was cut.
+        let writer = Writer::create(&shared.opts.dir, last.map_or(1, |l| l + 1))?;
+        state.live.insert(writer.segment, 0);
+        state.seg_bytes.insert(writer.segment, 0);
+        state.applied = Position { segment: writer.segment, offset: 0 };
+        state.publish_gauges();
+        tracing::info!(messages = state.entries.len(), segments = state.live.len(), "spool recovered");
+        *shared.index.write().unwrap_or_else(|e| e.into_inner()) = state;
+
+        let s = shared.clone();
+        let commit = std::thread::Builder::new().name("spool-commit".into()).spawn(move || s.commit_loop(writer))?;
+        let s = shared.clone();
+        let ckpt = std::thread::Builder::new().name("spool-checkpoint".into()).spawn(move || s.checkpoint_loop())?;
+        spool.threads.lock().unwrap_or_else(|e| e.into_inner()).extend([commit, ckpt]);
+        Ok(spool)
+    }
+
+    /// Writes an index checkpoint now and deletes dead segments (normally periodic).
+    pub fn checkpoint_now(&self) {
+        self.shared.checkpoint();
+    }
+
+    fn submit(&self, rec: Encoded, apply: Apply) -> Ticket {
+        let sh = &self.shared;
+        if sh.opts.read_only {
+            return ready(Err(SpoolError::Closed));
+        }
+        if sh.broken.load(Ordering::Relaxed) {
+            return ready(Err(SpoolError::Io("spool disabled after a write failure".into())));
+        }
+        // Back-pressure before the disk is full: accepted mail keeps room for its state changes.
+        if matches!(apply, Apply::Insert(_)) && sh.free_space.load(Ordering::Relaxed) < sh.opts.min_free_space {
+            return ready(Err(SpoolError::NoSpace));
+        }
+        let (tx, rx) = oneshot::channel();
+        let done = if sh.opts.unsafe_ack_before_write {
+            let _ = tx.send(Ok(()));
+            None
+        } else {
+            Some(tx)
+        };
+        {
+            let mut p = sh.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.closed {
+                return ready(Err(SpoolError::Closed));
+            }
+            p.ops.push(Op { rec, apply, done, queued_at: Instant::now() });
+        }
+        sh.wake.notify_one();
+        Box::pin(async move { rx.await.unwrap_or(Err(SpoolError::Closed)) })
+    }
+}
+
+impl Apply {
+    fn with_offset(self, content_offset: usize) -> (Apply, u32) {
+        (self, content_offset as u32)
+    }
+}
+
+fn ready(r: Result<(), SpoolError>) -> Ticket {
+    Box::pin(std::future::ready(r))
+}
+
+impl Shared {
+    fn commit_loop(self: Arc<Self>, mut writer: Writer) {
+        loop {
+            let ops = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                while p.ops.is_empty() && !p.closed {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.ops.is_empty() {
+                    return; // closed and drained
+                }
+                std::mem::take(&mut p.ops)
+            };
+            self.commit_batch(&mut writer, ops);
+            self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+        }
+    }
+
+    fn commit_batch(&self, writer: &mut Writer, ops: Vec<Op>) {
+        let total: u64 = ops.iter().map(|o| o.rec.len() as u64).sum();
+        let result = (|| -> std::io::Result<()> {
+            if writer.len > 0 && writer.len + total > self.opts.segment_size {
+                self.roll(writer)?;
+            }
+            let mut slices = Vec::with_capacity(ops.len() * 3);
+            for op in &ops {
+                slices.push(IoSlice::new(&op.rec.head));
+                for part in [&op.rec.trace, &op.rec.body] {
+                    if !part.is_empty() {
+                        slices.push(IoSlice::new(part));
+                    }
+                }
+            }
+            writer.write_durably(&mut slices)
+        })();
+
+        match result {
+            Ok(()) => {
+                let n = ops.len() as u64;
+                let mut waiters = Vec::with_capacity(ops.len());
+                {
+                    let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+                    let mut off = writer.len;
+                    for op in ops {
+                        let len = op.rec.len() as u64;
+                        let loc = Location { segment: writer.segment, offset: off, len, content_offset: op.rec.head.len() as u32 };
+                        st.apply(op.apply, loc);
+                        off += len;
+                        waiters.push((op.done, op.queued_at));
+                    }
+                    writer.len = off;
+                    st.applied = Position { segment: writer.segment, offset: off };
+                    st.seg_bytes.insert(writer.segment, off);
+                    st.records_written += n;
+                    st.fsyncs += 1;
+                    st.publish_gauges();
+                }
+                metrics::SPOOL_RECORDS.inc_by(n);
+                metrics::SPOOL_BATCH_RECORDS.observe(n as f64);
+                for (done, queued_at) in waiters {
+                    metrics::SPOOL_COMMIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::SPOOL_COMMIT_ERRORS.inc();
+                tracing::error!(error = %e, records = ops.len(), "spool commit failed; the batch is refused with 4xx");
+                // Cut what may have been written, then continue in a fresh segment: after a failed
+                // fsync the state of the old file's pages is unknown (fsyncgate).
+                let repaired = writer.file.set_len(writer.len).and_then(|_| writer.file.sync_all()).and_then(|_| self.roll(writer));
+                if let Err(e2) = repaired {
+                    tracing::error!(error = %e2, "spool cannot recover from the write failure; refusing new mail until restart");
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                let err = SpoolError::from(e);
+                for op in ops {
+                    if let Some(done) = op.done {
+                        let _ = done.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn roll(&self, writer: &mut Writer) -> std::io::Result<()> {
+        let next = Writer::create(&writer.dir, writer.segment + 1)?;
+        *writer = next;
+        let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+        st.live.insert(writer.segment, 0);
+        st.seg_bytes.insert(writer.segment, 0);
+        Ok(())
+    }
+
+    fn checkpoint_loop(self: Arc<Self>) {
+        let (lock, cv) = &self.stop;
+        loop {
+            let stopped = {
+                let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (g, _) = cv.wait_timeout_while(g, self.opts.checkpoint_interval, |s| !*s).unwrap_or_else(|e| e.into_inner());
+                *g
+            };
+            self.checkpoint();
+            if stopped {
+                return;
+            }
+        }
+    }
+
+    /// Saves the changed index entries with the position they reflect, then deletes segments
+    /// that hold no live message, lie below that position and have no older segment left (so a
+    /// removal record is never deleted before the message it removes).
+    fn checkpoint(&self) {
+        let guard = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = guard.as_ref() else { return };
+        let (changes, position) = {
+            let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let ids = std::mem::take(&mut st.dirty);
+            let changes: Vec<_> = ids.into_iter().map(|id| (id, st.entries.get(&id).cloned())).collect();
+            (changes, st.applied)
+        };
+        let t = Instant::now();
+        if let Err(e) = store.save(&changes, position) {
+            tracing::error!(error = %e, "spool index checkpoint failed; will retry");
+            let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+            st.dirty.extend(changes.into_iter().map(|(id, _)| id));
+            return;
+        }
+        metrics::SPOOL_CHECKPOINT_SECONDS.observe(t.elapsed().as_secs_f64());
+        let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+        while let Some((&seg, &live)) = st.live.iter().next() {
+            if live > 0 || seg >= position.segment {
+                break;
+            }
+            if let Err(e) = fs::remove_file(segment_path(&self.opts.dir, seg)) {
+                tracing::warn!(segment = seg, error = %e, "could not delete a dead segment");
+                break;
+            }
+            st.live.remove(&seg);
+            st.seg_bytes.remove(&seg);
+        }
+        st.publish_gauges();
+    }
+}
+
+impl Spool for LogSpool {
+    fn next_id(&self) -> QueueId {
+        QueueId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn store(&self, msg: NewMessage) -> Ticket {
+        match record::encode_message(&msg.envelope, msg.trace, msg.body) {
+            Ok(rec) => self.submit(rec, Apply::Insert(Box::new(msg.envelope))),
+            Err(e) => ready(Err(e)),
+        }
+    }
+
+    fn update(&self, update: RecipientUpdate) -> Ticket {
+        match record::encode_update(&update) {
+            Ok(rec) => self.submit(rec, Apply::Update(update)),
+            Err(e) => ready(Err(e)),
+        }
+    }
+
+    fn remove(&self, id: QueueId) -> Ticket {
+        self.submit(record::encode_remove(id), Apply::Remove(id))
+    }
+
+    fn list(&self) -> Vec<Envelope> {
+        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        st.entries.values().map(|e| e.envelope.clone()).collect()
+    }
+
+    fn get(&self, id: QueueId) -> Option<Envelope> {
+        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        st.entries.get(&id).map(|e| e.envelope.clone())
+    }
+
+    fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError> {
+        let loc = {
+            let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+            st.entries.get(&id).map(|e| e.loc).ok_or(SpoolError::NotFound)?
+        };
+        let file = File::open(segment_path(&self.shared.opts.dir, loc.segment))?;
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        match record::decode(&buf) {
+            Ok((Record::Message { envelope, content_offset }, _)) if envelope.id == id => {
+                Ok(Bytes::from(buf).slice(content_offset..))
+            }
+            Ok(_) => Err(SpoolError::Corrupt(format!("record at {}:{} is not message {id}", loc.segment, loc.offset))),
+            Err(why) => Err(SpoolError::Corrupt(format!("{why:?} at {}:{}", loc.segment, loc.offset))),
+        }
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut s = SpoolStats {
+            messages: st.entries.len() as u64,
+            segments: st.live.len() as u64,
+            disk_bytes: st.seg_bytes.values().sum(),
+            records_written: st.records_written,
+            fsyncs: st.fsyncs,
+            ..Default::default()
+        };
+        for r in st.entries.values().flat_map(|e| &e.envelope.recipients) {
+            match r.state {
+                RecipientState::Queued => s.recipients_queued += 1,
+                RecipientState::Delivered => s.recipients_delivered += 1,
+                RecipientState::Failed => s.recipients_failed += 1,
+            }
+        }
+        s
+    }
+
+    fn close(&self) {
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.shared.wake.notify_all();
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        // The commit thread drains first, then the checkpoint thread saves the final state.
+        if !threads.is_empty() {
+            let commit = threads.remove(0);
+            let _ = commit.join();
+        }
+        *self.shared.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.stop.1.notify_all();
+        for t in threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LogSpool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Unix milliseconds now (for envelopes).
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

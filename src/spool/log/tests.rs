@@ -1,0 +1,174 @@
+use super::*;
+use crate::spool::Recipient;
+
+fn opts(dir: &Path) -> SpoolOptions {
+    SpoolOptions { min_free_space: 0, ..SpoolOptions::new(dir.join("spool")) }
+}
+
+fn message(spool: &LogSpool, body: &str) -> NewMessage {
+    let id = spool.next_id();
+    NewMessage {
+        envelope: Envelope {
+            id,
+            received_at: 1,
+            sender: "a@b.c".into(),
+            recipients: vec![Recipient {
+                address: "d@e.f".into(),
+                orcpt: None,
+                notify: None,
+                state: RecipientState::Queued,
+                attempts: 0,
+                next_attempt: 0,
+                last_reply: None,
+            }],
+            message_id: None,
+            size: body.len() as u64 + 4,
+            helo: "x".into(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            body_type: None,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        },
+        trace: Bytes::from_static(b"R:\r\n"),
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+#[test]
+fn stored_messages_survive_reopen_with_and_without_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = vec![];
+    {
+        let spool = LogSpool::open(opts(dir.path())).unwrap();
+        for i in 0..10 {
+            let m = message(&spool, &format!("body {i}\r\n"));
+            ids.push(m.envelope.id);
+            block(spool.store(m)).unwrap();
+        }
+        block(spool.update(RecipientUpdate { id: ids[1], index: 0, state: RecipientState::Delivered, attempts: 1, next_attempt: 0, last_reply: Some("250 ok".into()) })).unwrap();
+        block(spool.remove(ids[2])).unwrap();
+        // No close(): like kill -9 after the acknowledgements.
+        std::mem::forget(spool);
+    }
+    let check = |spool: &LogSpool| {
+        assert_eq!(spool.list().len(), 9);
+        assert!(spool.get(ids[2]).is_none());
+        assert_eq!(spool.get(ids[1]).unwrap().recipients[0].state, RecipientState::Delivered);
+        assert_eq!(&spool.read_message(ids[9]).unwrap()[..], b"R:\r\nbody 9\r\n");
+    };
+    {
+        let spool = LogSpool::open(opts(dir.path())).unwrap();
+        check(&spool);
+        spool.close();
+    }
+    // A lost index costs a replay, never a message.
+    fs::remove_file(dir.path().join("spool/index.redb")).unwrap();
+    let spool = LogSpool::open(opts(dir.path())).unwrap();
+    check(&spool);
+    // New ids never collide with recovered ones.
+    assert!(spool.next_id() > ids[9]);
+    // Read-only inspection sees the same.
+    let ro = LogSpool::open(SpoolOptions { read_only: true, ..opts(dir.path()) }).unwrap();
+    check(&ro);
+}
+
+#[test]
+fn torn_tail_is_cut_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, torn);
+    {
+        let spool = LogSpool::open(opts(dir.path())).unwrap();
+        let a = message(&spool, "kept\r\n");
+        keep = a.envelope.id;
+        block(spool.store(a)).unwrap();
+        let b = message(&spool, "torn\r\n");
+        torn = b.envelope.id;
+        block(spool.store(b)).unwrap();
+        std::mem::forget(spool);
+    }
+    // Chop the last record in half, as a power cut during its write would.
+    let seg = *list_segments(&dir.path().join("spool")).unwrap().iter().rev().find(|&&s| {
+        fs::metadata(segment_path(&dir.path().join("spool"), s)).unwrap().len() > 0
+    }).unwrap();
+    let path = segment_path(&dir.path().join("spool"), seg);
+    let len = fs::metadata(&path).unwrap().len();
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
+    fs::remove_file(dir.path().join("spool/index.redb")).unwrap();
+
+    let spool = LogSpool::open(opts(dir.path())).unwrap();
+    assert!(spool.get(keep).is_some());
+    assert!(spool.get(torn).is_none());
+    assert!(fs::metadata(&path).unwrap().len() < len - 10, "the torn record was cut off");
+    // New records go after the cut, and survive another restart.
+    let c = message(&spool, "after\r\n");
+    let after = c.envelope.id;
+    block(spool.store(c)).unwrap();
+    spool.close();
+    drop(spool);
+    let spool = LogSpool::open(opts(dir.path())).unwrap();
+    assert_eq!(&spool.read_message(after).unwrap()[..], b"R:\r\nafter\r\n");
+}
+
+#[test]
+fn group_commit_batches_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(LogSpool::open(opts(dir.path())).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    rt.block_on(async {
+        let mut tasks = vec![];
+        for i in 0..256 {
+            let s = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                let m = message(&s, &format!("{i}\r\n"));
+                s.store(m).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    let stats = spool.stats();
+    assert_eq!(stats.records_written, 256);
+    assert!(stats.fsyncs < 256, "concurrent stores share fsyncs: {stats:?}");
+}
+
+#[test]
+fn dead_segments_are_deleted_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = LogSpool::open(SpoolOptions { segment_size: 4096, ..opts(dir.path()) }).unwrap();
+    let body = "x".repeat(1000) + "\r\n";
+    let mut ids = vec![];
+    for _ in 0..20 {
+        let m = message(&spool, &body);
+        ids.push(m.envelope.id);
+        block(spool.store(m)).unwrap();
+    }
+    let before = spool.stats().segments;
+    assert!(before >= 5, "{before}");
+    // Keep the newest message: its segment must stay, and every older one can go.
+    for id in &ids[..19] {
+        block(spool.remove(*id)).unwrap();
+    }
+    spool.checkpoint_now();
+    let after = spool.stats();
+    assert!(after.segments <= 2, "{after:?}");
+    assert_eq!(&spool.read_message(ids[19]).unwrap()[4..], body.as_bytes());
+    spool.close();
+    drop(spool);
+    let spool = LogSpool::open(SpoolOptions { segment_size: 4096, ..opts(dir.path()) }).unwrap();
+    assert_eq!(spool.list().len(), 1);
+}
+
+#[test]
+fn unsafe_ack_mode_acks_before_durability() {
+    // The switch the crash tests use to prove they can fail: acknowledged but not yet written.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = LogSpool::open(SpoolOptions { unsafe_ack_before_write: true, ..opts(dir.path()) }).unwrap();
+    let m = message(&spool, "x\r\n");
+    block(spool.store(m)).unwrap();
+}

@@ -1,0 +1,190 @@
+//! The durable queue: what has been accepted stays here until it is delivered, bounced or
+//! deleted by an operator.
+//!
+//! Design (DESIGN.md, "The spool"): an append-only, checksummed segment log is the source of truth
+//! for envelopes, bodies and every later state change; one commit thread writes each pending batch
+//! with one vectored write and one `fdatasync` (group commit), and only then are its waiters told
+//! the records are durable. An in-memory index (no bodies) answers queries; it is checkpointed
+//! lazily to redb together with the log position it reflects, so a restart replays only the tail.
+//! A lost or corrupt index costs a full replay, never a message.
+//!
+//! What this module does not do: scheduling and delivery (they read and update it through
+//! [`Spool`]), and it never holds a body in memory after it is written.
+
+mod index;
+mod log;
+mod record;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use self::log::{LogSpool, SpoolOptions, unix_millis};
+use crate::proto::smtp::command::{BodyType, Notify, Ret};
+
+/// A queued message's id: unique across restarts, shown as 16 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QueueId(pub u64);
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+impl std::str::FromStr for QueueId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(QueueId)
+    }
+}
+
+/// Everything known about a message except its content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// Milliseconds since the Unix epoch.
+    pub received_at: u64,
+    /// Empty for the null reverse-path `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// The `Message-ID` header, if the message has one.
+    pub message_id: Option<String>,
+    /// Octets stored: trace header plus body.
+    pub size: u64,
+    pub helo: String,
+    pub client_ip: IpAddr,
+    pub body_type: Option<BodyType>,
+    pub smtputf8: bool,
+    /// RFC 3461 RET and ENVID.
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// RFC 3461 ORCPT and NOTIFY.
+    pub orcpt: Option<String>,
+    pub notify: Option<Notify>,
+    pub state: RecipientState,
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch; 0 = as soon as possible.
+    pub next_attempt: u64,
+    pub last_reply: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientState {
+    /// Waiting for (another) delivery attempt.
+    Queued,
+    /// A next hop answered 2xx.
+    Delivered,
+    /// Permanently failed; a bounce was queued (or not wanted).
+    Failed,
+}
+
+impl RecipientState {
+    pub fn label(self) -> &'static str {
+        match self {
+            RecipientState::Queued => "queued",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Failed => "failed",
+        }
+    }
+}
+
+/// A change to one recipient, recorded in the log like everything else.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecipientUpdate {
+    pub id: QueueId,
+    pub index: u32,
+    pub state: RecipientState,
+    pub attempts: u32,
+    pub next_attempt: u64,
+    pub last_reply: Option<String>,
+}
+
+/// A message to store: the envelope, the trace header sluice added and the body as received.
+/// Both buffers are written as they are (vectored), never copied together.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub envelope: Envelope,
+    pub trace: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// The disk is (nearly) full: new mail gets 452 4.3.1, accepted mail is untouched.
+    #[error("insufficient storage")]
+    NoSpace,
+    #[error("spool I/O error: {0}")]
+    Io(String),
+    #[error("spool is closed")]
+    Closed,
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("no such message")]
+    NotFound,
+}
+
+impl From<std::io::Error> for SpoolError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            SpoolError::NoSpace
+        } else {
+            SpoolError::Io(e.to_string())
+        }
+    }
+}
+
+/// Resolves once the record is durable (or failed). Dropping it does not cancel the write.
+pub type Ticket = Pin<Box<dyn Future<Output = Result<(), SpoolError>> + Send>>;
+
+/// Counters for `sluice queue stats` and tests.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SpoolStats {
+    pub messages: u64,
+    pub recipients_queued: u64,
+    pub recipients_delivered: u64,
+    pub recipients_failed: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+    pub records_written: u64,
+    pub fsyncs: u64,
+}
+
+/// The durable queue's contract. Implementations decide how records reach the disk (portable
+/// writer now, io_uring later); callers never see the difference.
+pub trait Spool: Send + Sync + 'static {
+    /// A fresh id for a message about to be stored. Cheap: no I/O.
+    fn next_id(&self) -> QueueId;
+
+    /// Appends a message. The ticket resolves `Ok` only after the record is on disk and
+    /// fdatasync'd: only then may the client be told 250.
+    fn store(&self, msg: NewMessage) -> Ticket;
+
+    /// Records a recipient state change durably.
+    fn update(&self, update: RecipientUpdate) -> Ticket;
+
+    /// Removes a message durably (delivered to all, bounced, or deleted by an operator).
+    fn remove(&self, id: QueueId) -> Ticket;
+
+    /// Envelopes of all queued messages, oldest first. Cost: a copy of the index.
+    fn list(&self) -> Vec<Envelope>;
+
+    fn get(&self, id: QueueId) -> Option<Envelope>;
+
+    /// The stored message as it will be sent: trace header followed by the body. Reads the
+    /// disk and verifies the record's checksum.
+    fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError>;
+
+    fn stats(&self) -> SpoolStats;
+
+    /// Stops accepting records, finishes those pending, writes a final checkpoint.
+    fn close(&self);
+}
