@@ -1,3 +1,20 @@
+//! sluice: a high-throughput outbound mail transfer agent that never loses acknowledged mail.
+//!
+//! # Layout
+//! - [`config`]: TOML configuration, embedded defaults, validation (`sluice check-config`).
+//! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
+//! - [`smtp`]: the SMTP server: listeners, connection limits, the per-connection driver.
+//! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
+//! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
+//! - [`metrics`]: every Prometheus metric, declared once.
+//! - [`server`]: `sluice serve`: start-up, graceful shutdown.
+//! - [`cli`]: `sluice queue ...`.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
 pub mod metrics;
 pub mod proto;
+pub mod server;
+pub mod smtp;
 pub mod spool;

@@ -1,1 +1,126 @@
-fn main(){}
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use sluice::cli::{self, Source};
+use sluice::config::Config;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A high-throughput mail transfer agent that never loses acknowledged mail")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults without --config: SMTP on 127.0.0.1:2525, admin HTTP on
+    /// 127.0.0.1:8025, spool under ./data, relaying only from loopback).
+    Serve {
+        /// Configuration file (TOML); see config/sluice.toml for every key.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit: errors name the file, line and key.
+    CheckConfig {
+        /// The file to check (default: the embedded defaults).
+        file: Option<PathBuf>,
+    },
+    /// Inspect the queue (asks the running daemon; reads the spool directly if none runs).
+    Queue {
+        /// Configuration file, for the admin address and data_dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Admin API address of the daemon (default: from the configuration).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages.
+    List {
+        /// One JSON object per message and line: id, message_id, sender, recipients (address,
+        /// state, attempts, next_attempt, last_reply), size, received_at.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's envelope and recipient states as JSON.
+    Show { id: String },
+    /// Queue counters as JSON.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, data_dir } => {
+            init_logging();
+            let mut cfg = cli::load_config(config.as_deref())?;
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            let unsafe_ack = std::env::var("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE").is_ok_and(|v| v == "1");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(sluice::server::run(cfg, shutdown_signal(), unsafe_ack))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            match &file {
+                Some(f) => Config::load(f)?,
+                None => Config::default(),
+            };
+            println!("{}: ok", file.map_or("embedded defaults".into(), |f| f.display().to_string()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { config, admin, command } => {
+            let cfg = cli::load_config(config.as_deref())?;
+            let source = Source::connect(&cfg, admin.as_deref())?;
+            match command {
+                QueueCommand::List { json } => cli::print_list(&source.list()?, json),
+                QueueCommand::Show { id } => println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?),
+                QueueCommand::Stats => println!("{}", serde_json::to_string_pretty(&source.stats()?)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+/// SIGTERM or SIGINT: drain and stop.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still stops on the default disposition.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

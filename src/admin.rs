@@ -1,0 +1,127 @@
+//! The admin HTTP endpoint: `/metrics`, `/health` and the queue API that `sluice queue` uses.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /health` | `ok` (200), or 503 while stopping |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/queue` | JSON array of queued messages (see [`message_json`]) |
+//! | `GET /api/queue/stats` | JSON counters |
+//! | `GET /api/queue/{id}` | one message's JSON |
+//! | `GET /api/queue/{id}/message` | the stored message (trace header + body) |
+//!
+//! Bind it to loopback or a management network: it has no authentication.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+
+#[derive(Clone)]
+struct AppState {
+    spool: Arc<dyn Spool>,
+    stopping: CancellationToken,
+}
+
+pub fn router(spool: Arc<dyn Spool>, stopping: CancellationToken) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/api/queue", get(queue_list))
+        .route("/api/queue/stats", get(queue_stats))
+        .route("/api/queue/{id}", get(queue_show))
+        .route("/api/queue/{id}/message", get(queue_message))
+        .with_state(AppState { spool, stopping })
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    if st.stopping.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
+async fn metrics_text() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()).into_response()
+}
+
+async fn queue_list(State(st): State<AppState>) -> Response {
+    let list: Vec<Value> = st.spool.list().iter().map(message_json).collect();
+    axum::Json(list).into_response()
+}
+
+async fn queue_stats(State(st): State<AppState>) -> Response {
+    axum::Json(st.spool.stats()).into_response()
+}
+
+fn parse_id(id: &str) -> Result<QueueId, Response> {
+    id.parse().map_err(|_| (StatusCode::BAD_REQUEST, "bad queue id\n").into_response())
+}
+
+async fn queue_show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match st.spool.get(id) {
+        Some(env) => axum::Json(message_json(&env)).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such message\n").into_response(),
+    }
+}
+
+async fn queue_message(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let spool = st.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.read_message(id)).await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response(),
+        Ok(Err(SpoolError::NotFound)) => (StatusCode::NOT_FOUND, "no such message\n").into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn rfc3339(millis: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(millis)).to_string()
+}
+
+/// The queue's JSON form of a message, shared by the API and `sluice queue list --json`.
+/// `next_attempt` is null when the recipient is due as soon as possible.
+pub fn message_json(env: &Envelope) -> Value {
+    json!({
+        "id": env.id.to_string(),
+        "message_id": env.message_id,
+        "sender": env.sender,
+        "recipients": env.recipients.iter().map(|r| json!({
+            "address": r.address,
+            "state": r.state.label(),
+            "attempts": r.attempts,
+            "next_attempt": (r.next_attempt != 0).then(|| rfc3339(r.next_attempt)),
+            "last_reply": r.last_reply,
+            "notify": r.notify.map(|n| if n.is_never() { "NEVER".to_string() } else {
+                [("SUCCESS", n.success), ("FAILURE", n.failure), ("DELAY", n.delay)]
+                    .iter().filter(|x| x.1).map(|x| x.0).collect::<Vec<_>>().join(",")
+            }),
+            "orcpt": r.orcpt,
+        })).collect::<Vec<_>>(),
+        "size": env.size,
+        "received_at": rfc3339(env.received_at),
+        "client_ip": env.client_ip.to_string(),
+        "helo": env.helo,
+        "body": env.body_type.map(|b| b.label()),
+        "smtputf8": env.smtputf8,
+        "ret": env.ret.map(|r| format!("{r:?}").to_uppercase()),
+        "envid": env.envid,
+    })
+}

@@ -1,0 +1,111 @@
+//! `sluice queue ...`: asks the running daemon over its admin API; when no daemon answers, reads
+//! the spool directly (read-only, rebuilt from the log, nothing modified).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::admin::message_json;
+use crate::config::Config;
+use crate::spool::{LogSpool, Spool, SpoolOptions};
+
+pub enum Source {
+    Daemon(String),
+    Offline(LogSpool),
+}
+
+impl Source {
+    /// The daemon at `admin` if it answers, else the spool under the config's data dir.
+    pub fn connect(cfg: &Config, admin: Option<&str>) -> anyhow::Result<Source> {
+        let base = format!("http://{}", admin.map_or_else(|| cfg.admin.address.to_string(), str::to_string));
+        match http_get(&format!("{base}/health")) {
+            Ok(_) => Ok(Source::Daemon(base)),
+            Err(_) if admin.is_some() => bail!("no sluice admin API answers at {base}"),
+            Err(_) => {
+                let dir = cfg.data_dir.join("spool");
+                if !dir.exists() {
+                    bail!("no daemon answers at {base} and there is no spool at {}", dir.display());
+                }
+                eprintln!("note: no daemon answers at {base}; reading the spool at {} directly", dir.display());
+                let spool = LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(Source::Offline(spool))
+            }
+        }
+    }
+
+    pub fn list(&self) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"))?)?),
+            Source::Offline(s) => Ok(s.list().iter().map(message_json).collect()),
+        }
+    }
+
+    pub fn show(&self, id: &str) -> anyhow::Result<Value> {
+        match self {
+            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"))?)?),
+            Source::Offline(s) => {
+                let id = id.parse().context("bad queue id")?;
+                s.get(id).map(|e| message_json(&e)).context("no such message")
+            }
+        }
+    }
+
+    pub fn stats(&self) -> anyhow::Result<Value> {
+        match self {
+            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"))?)?),
+            Source::Offline(s) => Ok(serde_json::to_value(s.stats())?),
+        }
+    }
+}
+
+fn http_get(url: &str) -> anyhow::Result<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+pub fn print_list(list: &[Value], json: bool) {
+    if json {
+        for m in list {
+            println!("{m}");
+        }
+        return;
+    }
+    println!("{:<16}  {:>9}  {:<24}  {:<30}  recipients", "id", "size", "received", "sender");
+    for m in list {
+        let rcpts = m["recipients"].as_array().map(|r| {
+            r.iter()
+                .map(|r| format!("{} ({})", r["address"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let sender = m["sender"].as_str().unwrap_or("");
+        println!(
+            "{:<16}  {:>9}  {:<24}  {:<30}  {}",
+            m["id"].as_str().unwrap_or(""),
+            m["size"],
+            m["received_at"].as_str().unwrap_or(""),
+            if sender.is_empty() { "<>" } else { sender },
+            rcpts.unwrap_or_default()
+        );
+    }
+    println!("{} message(s)", list.len());
+}
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}

@@ -1,0 +1,416 @@
+//! Configuration: one TOML file (see `config/sluice.toml`), embedded defaults when there is none.
+//!
+//! Parsing reports file, line and key (toml's spans); [`Config::validate`] then checks what types
+//! cannot. Keys not known here are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {err}")]
+    Read { file: String, err: std::io::Error },
+    #[error("{file}: {msg}")]
+    Parse { file: String, msg: String },
+    #[error("{file}: {key}: {msg}")]
+    Invalid { file: String, key: String, msg: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name in the banner, EHLO and Received headers.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Spool and other state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_listeners")]
+    pub listener: Vec<Listener>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub relay: Relay,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub queue: Queue,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub local: Local,
+    /// How long a graceful stop waits for sessions and commits before exiting anyway.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// MX and relay (port 25).
+    Smtp,
+    /// Message submission with AUTH (port 587): needs TLS and AUTH, not available yet.
+    Submission,
+    /// Implicit TLS submission (port 465): not available yet.
+    Submissions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub mode: ListenerMode,
+    pub address: SocketAddr,
+    /// Name used in metrics; defaults to the mode.
+    pub name: Option<String>,
+}
+
+impl Listener {
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("{:?}", self.mode).to_lowercase())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// HTTP: /metrics, /health and the queue API. Keep it on loopback or a management network.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Clients in these networks may relay to any domain (CIDR, IPv4 and IPv6).
+    #[serde(default = "default_relay_networks")]
+    pub networks: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_message_size", deserialize_with = "size")]
+    pub max_message_size: u64,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+    /// Command line limit including CRLF (RFC 5321 4.5.3.1.4 minimum: 512).
+    #[serde(default = "default_max_command_line")]
+    pub max_command_line: usize,
+    /// Text line limit in DATA including CRLF (RFC 5321 4.5.3.1.6: 1000).
+    #[serde(default = "default_max_line_length")]
+    pub max_line_length: usize,
+    /// Refused commands per session before 421 and close.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+    /// Waiting for a command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Waiting for the next block of message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    #[serde(default = "default_data_timeout", deserialize_with = "duration")]
+    pub data_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Retry intervals; the last one repeats.
+    #[serde(default = "default_retry", deserialize_with = "durations")]
+    pub retry: Vec<Duration>,
+    /// After this long a message is bounced as expired.
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Size at which a new log segment is started (8–32 MiB is the measured sweet spot).
+    #[serde(default = "default_segment_size", deserialize_with = "size")]
+    pub segment_size: u64,
+    /// How often the index is checkpointed to redb.
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// Below this much free disk space new mail gets 452 4.3.1.
+    #[serde(default = "default_min_free_space", deserialize_with = "size")]
+    pub min_free_space: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    /// Domains accepted from anyone.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+fn default_hostname() -> String {
+    system_hostname().unwrap_or_else(|| "localhost".into())
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener { mode: ListenerMode::Smtp, address: ([127, 0, 0, 1], 2525).into(), name: None }]
+}
+fn default_admin_address() -> SocketAddr {
+    ([127, 0, 0, 1], 8025).into()
+}
+fn default_relay_networks() -> Vec<IpNet> {
+    vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")]
+}
+fn default_max_message_size() -> u64 {
+    50 << 20
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+fn default_max_sessions_per_ip() -> usize {
+    100
+}
+fn default_max_command_line() -> usize {
+    512
+}
+fn default_max_line_length() -> usize {
+    1000
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_retry() -> Vec<Duration> {
+    [5, 10, 20, 40, 60, 120, 240].iter().map(|m| Duration::from_secs(m * 60)).collect()
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(5 * 86_400)
+}
+fn default_segment_size() -> u64 {
+    16 << 20
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_free_space() -> u64 {
+    256 << 20
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { address: default_admin_address() }
+    }
+}
+impl Default for Relay {
+    fn default() -> Self {
+        Relay { networks: default_relay_networks() }
+    }
+}
+impl Default for Limits {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for Queue {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// "50MiB", "10MB", "512KiB", "1024" -> bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (e.g. \"50MiB\")"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")")))
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}"))))
+        .collect()
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: file.clone(), err })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), msg: e.to_string().trim_end().to_string() })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: String| Err(ConfigError::Invalid { file: file.into(), key: key.into(), msg });
+        if self.listener.is_empty() {
+            return invalid("listener", "at least one [[listener]] is needed".into());
+        }
+        for (i, l) in self.listener.iter().enumerate() {
+            if l.mode != ListenerMode::Smtp {
+                return invalid(
+                    &format!("listener[{i}].mode"),
+                    format!("mode {:?} needs TLS and AUTH, which this version does not have yet; use \"smtp\"", l.mode),
+                );
+            }
+            if self.listener[..i].iter().any(|o| o.address == l.address) || l.address == self.admin.address && l.address.port() != 0 {
+                return invalid(&format!("listener[{i}].address"), format!("{} is used twice", l.address));
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_message_size == 0 || lim.max_message_size > 1 << 30 {
+            return invalid("limits.max_message_size", "must be between 1 byte and 1GiB".into());
+        }
+        if lim.max_command_line < 512 {
+            return invalid("limits.max_command_line", "RFC 5321 4.5.3.1.4 requires at least 512".into());
+        }
+        if lim.max_line_length < 1000 {
+            return invalid("limits.max_line_length", "RFC 5321 4.5.3.1.6 requires at least 1000".into());
+        }
+        for (key, v) in [("limits.max_recipients", lim.max_recipients), ("limits.max_sessions", lim.max_sessions), ("limits.max_sessions_per_ip", lim.max_sessions_per_ip)] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if lim.max_errors == 0 {
+            return invalid("limits.max_errors", "must be at least 1".into());
+        }
+        if self.queue.retry.is_empty() || self.queue.retry.iter().any(|d| d.is_zero()) {
+            return invalid("queue.retry", "needs at least one non-zero interval".into());
+        }
+        if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
+            return invalid("spool.segment_size", "must be between 1MiB and 1GiB".into());
+        }
+        for (i, d) in self.local.domains.iter().enumerate() {
+            if d.is_empty() || d.contains('@') || d.contains(' ') {
+                return invalid(&format!("local.domains[{i}]"), format!("{d:?} is not a domain"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_dev_set() {
+        let c = Config::default();
+        assert_eq!(c.listener[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.admin.address.to_string(), "127.0.0.1:8025");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.limits.max_message_size, 50 << 20);
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
+        assert!(c.relay.networks.iter().any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
+        c.validate("defaults").unwrap();
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(!c.listener.is_empty());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50MiB"), Ok(50 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("hostname = \"x\"\n[limits]\nmax_mesage_size = \"1MiB\"\n", &["f.toml", "line 3", "max_mesage_size"]),
+            ("[limits]\nmax_message_size = \"5XB\"\n", &["f.toml", "line 2", "5XB"]),
+            ("[limits]\ncommand_timeout = \"soon\"\n", &["line 2", "invalid duration"]),
+            ("[[listener]]\nmode = \"smtp\"\naddress = \"nowhere\"\n", &["line 3"]),
+            ("[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:2587\"\n", &["listener[0].mode", "TLS"]),
+            ("[limits]\nmax_command_line = 100\n", &["limits.max_command_line", "512"]),
+            ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", &["line 2"]),
+        ];
+        for (text, needles) in cases {
+            let err = Config::parse(text, "f.toml").unwrap_err().to_string();
+            for n in *needles {
+                assert!(err.contains(n), "{err:?} should mention {n:?}");
+            }
+        }
+    }
+}

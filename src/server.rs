@@ -1,0 +1,107 @@
+//! `sluice serve`: opens the spool, binds every listener, runs until shutdown, then drains.
+//!
+//! Shutdown order (STYLE.md 4): stop accepting; idle sessions get 421 at their next read; a
+//! session whose message is being committed gets its 250 (or 4xx) first; wait up to
+//! `shutdown_timeout`; then the spool finishes pending commits and writes a final checkpoint.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::proto::smtp::session::SessionConfig;
+use crate::smtp::{ListenerContext, listener};
+use crate::spool::{LogSpool, Spool, SpoolOptions};
+use crate::{admin, metrics};
+
+/// Where the bound addresses are written (useful with port 0, e.g. in tests).
+pub fn addresses_file(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("sluice.addresses.json")
+}
+
+/// Runs the server until `shutdown` completes. `unsafe_ack_before_write` is for crash-test
+/// demonstrations only.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, unsafe_ack_before_write: bool) -> anyhow::Result<()> {
+    metrics::init();
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let opts = SpoolOptions {
+        segment_size: cfg.spool.segment_size,
+        checkpoint_interval: cfg.spool.checkpoint_interval,
+        min_free_space: cfg.spool.min_free_space,
+        unsafe_ack_before_write,
+        ..SpoolOptions::new(cfg.data_dir.join("spool"))
+    };
+    if unsafe_ack_before_write {
+        tracing::error!("UNSAFE: the spool acknowledges messages before writing them (test mode); mail WILL be lost on a crash");
+    }
+    let spool: Arc<dyn Spool> = Arc::new(
+        tokio::task::spawn_blocking(move || LogSpool::open(opts)).await?.context("opening the spool")?,
+    );
+
+    let session = Arc::new(SessionConfig {
+        hostname: cfg.hostname.clone(),
+        max_message_size: cfg.limits.max_message_size as usize,
+        max_recipients: cfg.limits.max_recipients,
+        max_command_line: cfg.limits.max_command_line,
+        max_text_line: cfg.limits.max_line_length,
+        max_errors: cfg.limits.max_errors,
+        relay_networks: cfg.relay.networks.clone(),
+        local_domains: cfg.local.domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect::<HashSet<_>>(),
+    });
+    let limits = listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
+    let stop = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    let mut accept_loops = Vec::new();
+    for l in &cfg.listener {
+        let sock = TcpListener::bind(l.address).await.with_context(|| format!("binding {} listener on {}", l.name(), l.address))?;
+        let addr = sock.local_addr()?;
+        tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
+        bound.entry(l.name()).or_default().push(addr);
+        let ctx = Arc::new(ListenerContext {
+            name: l.name(),
+            session: session.clone(),
+            spool: spool.clone(),
+            command_timeout: cfg.limits.command_timeout,
+            data_timeout: cfg.limits.data_timeout,
+            limits: limits.clone(),
+        });
+        accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
+    }
+
+    let admin_sock = TcpListener::bind(cfg.admin.address).await.with_context(|| format!("binding admin on {}", cfg.admin.address))?;
+    let admin_addr = admin_sock.local_addr()?;
+    tracing::info!(addr = %admin_addr, "admin HTTP (metrics, health, queue API)");
+    bound.insert("admin".into(), vec![admin_addr]);
+    let app = admin::router(spool.clone(), stop.clone());
+    let admin_stop = stop.clone();
+    let admin_task = tokio::spawn(async move {
+        let _ = axum::serve(admin_sock, app).with_graceful_shutdown(async move { admin_stop.cancelled().await }).await;
+    });
+    let addr_file = addresses_file(&cfg);
+    std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
+
+    shutdown.await;
+    tracing::info!("stopping: no new connections; draining sessions");
+    stop.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(cfg.shutdown_timeout, sessions.wait()).await.is_err() {
+        tracing::warn!(remaining = sessions.len(), "shutdown timeout: closing remaining sessions");
+    }
+    let _ = admin_task.await;
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || s.close()).await?;
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("stopped");
+    Ok(())
+}
