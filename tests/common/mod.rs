@@ -1,0 +1,221 @@
+//! Shared test harness: a real sluice process from a config in a temp dir, a small blocking SMTP
+//! client for scripted exchanges, and checks for the external clients the tests drive.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Whether an external tool is available. Under `CI=true` a missing tool fails the test; elsewhere
+/// the test says loudly that it is skipped.
+pub fn require_tool(tool: &str, install_hint: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required under CI=true ({install_hint})");
+        }
+        eprintln!("SKIPPED: {tool} is not installed ({install_hint}); run .ci/run to install test tools");
+    }
+    found
+}
+
+pub struct Sluice {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub smtp: SocketAddr,
+    pub admin: SocketAddr,
+    env: Vec<(String, String)>,
+}
+
+impl Sluice {
+    /// Starts sluice with listeners on loopback port 0 and `extra` TOML appended.
+    pub fn start(extra: &str) -> Sluice {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Sluice {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Self::start_in(dir, data_dir, extra, env)
+    }
+
+    /// Starts sluice with its data dir at `data_dir` (e.g. on a plfs mount).
+    pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, extra: &str, env: &[(&str, &str)]) -> Sluice {
+        let config = dir.path().join("sluice.toml");
+        let text = format!(
+            "hostname = \"sluice.test\"\ndata_dir = \"{}\"\n{}\n[[listener]]\nmode = \"smtp\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+            data_dir.display(),
+            extra
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut s = Sluice {
+            dir,
+            data_dir,
+            config,
+            child: None,
+            smtp: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:1".parse().unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let addr_file = self.data_dir.join("sluice.addresses.json");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&self.config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    self.smtp = v["smtp"][0].as_str().unwrap().parse().unwrap();
+                    self.admin = v["admin"][0].as_str().unwrap().parse().unwrap();
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sluice exited at start ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "sluice did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status once it stopped.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "sluice did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut resp = agent.get(&format!("http://{}{}", self.admin, path)).call().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
+    }
+
+    /// `sluice queue list --json` against the running daemon, one object per message.
+    pub fn queue_list(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["queue", "list", "--json", "--config"])
+            .arg(&self.config)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// The stored message (trace header + body).
+    pub fn raw_message(&self, id: &str) -> Vec<u8> {
+        let (status, body) = self.http_get(&format!("/api/queue/{id}/message"));
+        assert_eq!(status, 200, "message {id}");
+        body
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal blocking SMTP client for scripted exchanges over a real socket.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { reader, stream }
+    }
+
+    /// Reads one (possibly multi-line) reply; `None` on EOF.
+    pub fn reply(&mut self) -> Option<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return if all.is_empty() { None } else { Some(all) },
+                Ok(_) => {}
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return Some(all);
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply().unwrap_or_default()
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+pub fn code(reply: &str) -> u16 {
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Runs a Python script with arguments, returning stdout; fails the test on a non-zero exit.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
