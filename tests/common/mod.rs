@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod load;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Whether an external tool is available. Under `CI=true` a missing tool fails the test; elsewhere
@@ -31,6 +33,7 @@ pub struct Sluice {
     pub smtp: SocketAddr,
     pub admin: SocketAddr,
     env: Vec<(String, String)>,
+    agent: ureq::Agent,
 }
 
 impl Sluice {
@@ -62,6 +65,7 @@ impl Sluice {
             smtp: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(),
         };
         s.spawn();
         s
@@ -125,8 +129,7 @@ impl Sluice {
     }
 
     pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut resp = agent.get(&format!("http://{}{}", self.admin, path)).call().unwrap();
+        let mut resp = self.agent.get(&format!("http://{}{}", self.admin, path)).call().unwrap();
         let status = resp.status().as_u16();
         (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
     }
