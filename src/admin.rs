@@ -63,14 +63,14 @@ async fn queue_stats(State(st): State<AppState>) -> Response {
     axum::Json(st.spool.stats()).into_response()
 }
 
-fn parse_id(id: &str) -> Result<QueueId, Response> {
-    id.parse().map_err(|_| (StatusCode::BAD_REQUEST, "bad queue id\n").into_response())
+fn parse_id(id: &str) -> Result<QueueId, Box<Response>> {
+    id.parse().map_err(|_| Box::new((StatusCode::BAD_REQUEST, "bad queue id\n").into_response()))
 }
 
 async fn queue_show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match st.spool.get(id) {
         Some(env) => axum::Json(message_json(&env)).into_response(),
@@ -81,12 +81,14 @@ async fn queue_show(State(st): State<AppState>, Path(id): Path<String>) -> Respo
 async fn queue_message(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let spool = st.spool.clone();
     match tokio::task::spawn_blocking(move || spool.read_message(id)).await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response(),
-        Ok(Err(SpoolError::NotFound)) => (StatusCode::NOT_FOUND, "no such message\n").into_response(),
+        Ok(Err(SpoolError::NotFound)) => {
+            (StatusCode::NOT_FOUND, "no such message\n").into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

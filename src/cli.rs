@@ -18,7 +18,10 @@ pub enum Source {
 impl Source {
     /// The daemon at `admin` if it answers, else the spool under the config's data dir.
     pub fn connect(cfg: &Config, admin: Option<&str>) -> anyhow::Result<Source> {
-        let base = format!("http://{}", admin.map_or_else(|| cfg.admin.address.to_string(), str::to_string));
+        let base = format!(
+            "http://{}",
+            admin.map_or_else(|| cfg.admin.address.to_string(), str::to_string)
+        );
         match http_get(&format!("{base}/health")) {
             Ok(_) => Ok(Source::Daemon(base)),
             Err(_) if admin.is_some() => bail!("no sluice admin API answers at {base}"),
@@ -27,9 +30,13 @@ impl Source {
                 if !dir.exists() {
                     bail!("no daemon answers at {base} and there is no spool at {}", dir.display());
                 }
-                eprintln!("note: no daemon answers at {base}; reading the spool at {} directly", dir.display());
-                let spool = LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                eprintln!(
+                    "note: no daemon answers at {base}; reading the spool at {} directly",
+                    dir.display()
+                );
+                let spool =
+                    LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok(Source::Offline(spool))
             }
         }
@@ -37,14 +44,18 @@ impl Source {
 
     pub fn list(&self) -> anyhow::Result<Vec<Value>> {
         match self {
-            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"))?)?),
+            Source::Daemon(base) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"))?)?)
+            }
             Source::Offline(s) => Ok(s.list().iter().map(message_json).collect()),
         }
     }
 
     pub fn show(&self, id: &str) -> anyhow::Result<Value> {
         match self {
-            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"))?)?),
+            Source::Daemon(base) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"))?)?)
+            }
             Source::Offline(s) => {
                 let id = id.parse().context("bad queue id")?;
                 s.get(id).map(|e| message_json(&e)).context("no such message")
@@ -54,7 +65,9 @@ impl Source {
 
     pub fn stats(&self) -> anyhow::Result<Value> {
         match self {
-            Source::Daemon(base) => Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"))?)?),
+            Source::Daemon(base) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"))?)?)
+            }
             Source::Offline(s) => Ok(serde_json::to_value(s.stats())?),
         }
     }
@@ -86,7 +99,13 @@ pub fn print_list(list: &[Value], json: bool) {
     for m in list {
         let rcpts = m["recipients"].as_array().map(|r| {
             r.iter()
-                .map(|r| format!("{} ({})", r["address"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or("")))
+                .map(|r| {
+                    format!(
+                        "{} ({})",
+                        r["address"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or("")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         });

@@ -269,7 +269,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
@@ -289,13 +293,18 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")"))
+    })
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.iter()
-        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}"))))
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        })
         .collect()
 }
 
@@ -303,19 +312,25 @@ impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: file.clone(), err })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::Read { file: file.clone(), err })?;
         Self::parse(&text, &file)
     }
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), msg: e.to_string().trim_end().to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            msg: e.to_string().trim_end().to_string(),
+        })?;
         cfg.validate(file)?;
         Ok(cfg)
     }
 
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, msg: String| Err(ConfigError::Invalid { file: file.into(), key: key.into(), msg });
+        let invalid = |key: &str, msg: String| {
+            Err(ConfigError::Invalid { file: file.into(), key: key.into(), msg })
+        };
         if self.listener.is_empty() {
             return invalid("listener", "at least one [[listener]] is needed".into());
         }
@@ -323,11 +338,19 @@ impl Config {
             if l.mode != ListenerMode::Smtp {
                 return invalid(
                     &format!("listener[{i}].mode"),
-                    format!("mode {:?} needs TLS and AUTH, which this version does not have yet; use \"smtp\"", l.mode),
+                    format!(
+                        "mode {:?} needs TLS and AUTH, which this version does not have yet; use \"smtp\"",
+                        l.mode
+                    ),
                 );
             }
-            if self.listener[..i].iter().any(|o| o.address == l.address) || l.address == self.admin.address && l.address.port() != 0 {
-                return invalid(&format!("listener[{i}].address"), format!("{} is used twice", l.address));
+            if self.listener[..i].iter().any(|o| o.address == l.address)
+                || l.address == self.admin.address && l.address.port() != 0
+            {
+                return invalid(
+                    &format!("listener[{i}].address"),
+                    format!("{} is used twice", l.address),
+                );
             }
         }
         let lim = &self.limits;
@@ -335,12 +358,22 @@ impl Config {
             return invalid("limits.max_message_size", "must be between 1 byte and 1GiB".into());
         }
         if lim.max_command_line < 512 {
-            return invalid("limits.max_command_line", "RFC 5321 4.5.3.1.4 requires at least 512".into());
+            return invalid(
+                "limits.max_command_line",
+                "RFC 5321 4.5.3.1.4 requires at least 512".into(),
+            );
         }
         if lim.max_line_length < 1000 {
-            return invalid("limits.max_line_length", "RFC 5321 4.5.3.1.6 requires at least 1000".into());
+            return invalid(
+                "limits.max_line_length",
+                "RFC 5321 4.5.3.1.6 requires at least 1000".into(),
+            );
         }
-        for (key, v) in [("limits.max_recipients", lim.max_recipients), ("limits.max_sessions", lim.max_sessions), ("limits.max_sessions_per_ip", lim.max_sessions_per_ip)] {
+        for (key, v) in [
+            ("limits.max_recipients", lim.max_recipients),
+            ("limits.max_sessions", lim.max_sessions),
+            ("limits.max_sessions_per_ip", lim.max_sessions_per_ip),
+        ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
             }
@@ -375,7 +408,12 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.limits.max_message_size, 50 << 20);
         assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
-        assert!(c.relay.networks.iter().any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
+        assert!(
+            c.relay
+                .networks
+                .iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()))
+        );
         c.validate("defaults").unwrap();
     }
 
@@ -398,11 +436,17 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_key() {
         let cases: &[(&str, &[&str])] = &[
-            ("hostname = \"x\"\n[limits]\nmax_mesage_size = \"1MiB\"\n", &["f.toml", "line 3", "max_mesage_size"]),
+            (
+                "hostname = \"x\"\n[limits]\nmax_mesage_size = \"1MiB\"\n",
+                &["f.toml", "line 3", "max_mesage_size"],
+            ),
             ("[limits]\nmax_message_size = \"5XB\"\n", &["f.toml", "line 2", "5XB"]),
             ("[limits]\ncommand_timeout = \"soon\"\n", &["line 2", "invalid duration"]),
             ("[[listener]]\nmode = \"smtp\"\naddress = \"nowhere\"\n", &["line 3"]),
-            ("[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:2587\"\n", &["listener[0].mode", "TLS"]),
+            (
+                "[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:2587\"\n",
+                &["listener[0].mode", "TLS"],
+            ),
             ("[limits]\nmax_command_line = 100\n", &["limits.max_command_line", "512"]),
             ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", &["line 2"]),
         ];

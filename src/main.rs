@@ -9,7 +9,11 @@ use sluice::cli::{self, Source};
 use sluice::config::Config;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A high-throughput mail transfer agent that never loses acknowledged mail")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A high-throughput mail transfer agent that never loses acknowledged mail"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
-            let unsafe_ack = std::env::var("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE").is_ok_and(|v| v == "1");
+            let unsafe_ack =
+                std::env::var("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE").is_ok_and(|v| v == "1");
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(sluice::server::run(cfg, shutdown_signal(), unsafe_ack))?;
             Ok(ExitCode::SUCCESS)
@@ -89,7 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(f) => Config::load(f)?,
                 None => Config::default(),
             };
-            println!("{}: ok", file.map_or("embedded defaults".into(), |f| f.display().to_string()));
+            println!(
+                "{}: ok",
+                file.map_or("embedded defaults".into(), |f| f.display().to_string())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { config, admin, command } => {
@@ -97,8 +105,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let source = Source::connect(&cfg, admin.as_deref())?;
             match command {
                 QueueCommand::List { json } => cli::print_list(&source.list()?, json),
-                QueueCommand::Show { id } => println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?),
-                QueueCommand::Stats => println!("{}", serde_json::to_string_pretty(&source.stats()?)?),
+                QueueCommand::Show { id } => {
+                    println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?)
+                }
+                QueueCommand::Stats => {
+                    println!("{}", serde_json::to_string_pretty(&source.stats()?)?)
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -106,16 +118,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// SIGTERM or SIGINT: drain and stop.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         // Without signal handlers the process still stops on the default disposition.
         return std::future::pending().await;
     };

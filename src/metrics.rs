@@ -30,7 +30,10 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric"),
+    )
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -38,7 +41,11 @@ const LATENCY_BUCKETS: &[f64] =
 
 /// SMTP connections accepted, by listener.
 pub static SMTP_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("sluice_smtp_connections_total", "SMTP connections accepted, by listener.", &["listener"])
+    counter_vec(
+        "sluice_smtp_connections_total",
+        "SMTP connections accepted, by listener.",
+        &["listener"],
+    )
 });
 /// SMTP connections open now, by listener.
 pub static SMTP_CONNECTIONS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -88,15 +95,23 @@ pub static SPOOL_COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 });
 /// Duration of one fdatasync of the segment log.
 pub static SPOOL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram("sluice_spool_fsync_seconds", "Duration of one fdatasync of the segment log.", LATENCY_BUCKETS.to_vec())
+    histogram(
+        "sluice_spool_fsync_seconds",
+        "Duration of one fdatasync of the segment log.",
+        LATENCY_BUCKETS.to_vec(),
+    )
 });
 /// fdatasync calls on the segment log; records_total / fsyncs_total = records per fsync.
 pub static SPOOL_FSYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter("sluice_spool_fsyncs_total", "fdatasync calls on the segment log (one per group commit).")
+    counter(
+        "sluice_spool_fsyncs_total",
+        "fdatasync calls on the segment log (one per group commit).",
+    )
 });
 /// Records made durable (messages, state changes, removals).
-pub static SPOOL_RECORDS: LazyLock<IntCounter> =
-    LazyLock::new(|| counter("sluice_spool_records_total", "Records made durable in the segment log."));
+pub static SPOOL_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("sluice_spool_records_total", "Records made durable in the segment log.")
+});
 /// Records per group commit.
 pub static SPOOL_BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
@@ -107,7 +122,10 @@ pub static SPOOL_BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
 });
 /// Group commits that failed (write or fsync error); their messages were answered 4xx.
 pub static SPOOL_COMMIT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter("sluice_spool_commit_errors_total", "Group commits that failed; their messages got 4xx.")
+    counter(
+        "sluice_spool_commit_errors_total",
+        "Group commits that failed; their messages got 4xx.",
+    )
 });
 /// Messages in the queue now.
 pub static SPOOL_MESSAGES: LazyLock<IntGauge> =
@@ -120,7 +138,11 @@ pub static SPOOL_DISK_BYTES: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("sluice_spool_disk_bytes", "Bytes in segment log files on disk."));
 /// Index checkpoints written (redb), and their duration.
 pub static SPOOL_CHECKPOINT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram("sluice_spool_checkpoint_seconds", "Duration of one index checkpoint.", LATENCY_BUCKETS.to_vec())
+    histogram(
+        "sluice_spool_checkpoint_seconds",
+        "Duration of one index checkpoint.",
+        LATENCY_BUCKETS.to_vec(),
+    )
 });
 
 /// Forces registration of every metric, so `/metrics` lists them all from the start.

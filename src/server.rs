@@ -28,9 +28,14 @@ pub fn addresses_file(cfg: &Config) -> PathBuf {
 
 /// Runs the server until `shutdown` completes. `unsafe_ack_before_write` is for crash-test
 /// demonstrations only.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, unsafe_ack_before_write: bool) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    unsafe_ack_before_write: bool,
+) -> anyhow::Result<()> {
     metrics::init();
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let opts = SpoolOptions {
         segment_size: cfg.spool.segment_size,
         checkpoint_interval: cfg.spool.checkpoint_interval,
@@ -39,10 +44,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, unsafe_ack_bef
         ..SpoolOptions::new(cfg.data_dir.join("spool"))
     };
     if unsafe_ack_before_write {
-        tracing::error!("UNSAFE: the spool acknowledges messages before writing them (test mode); mail WILL be lost on a crash");
+        tracing::error!(
+            "UNSAFE: the spool acknowledges messages before writing them (test mode); mail WILL be lost on a crash"
+        );
     }
     let spool: Arc<dyn Spool> = Arc::new(
-        tokio::task::spawn_blocking(move || LogSpool::open(opts)).await?.context("opening the spool")?,
+        tokio::task::spawn_blocking(move || LogSpool::open(opts))
+            .await?
+            .context("opening the spool")?,
     );
 
     let session = Arc::new(SessionConfig {
@@ -53,15 +62,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, unsafe_ack_bef
         max_text_line: cfg.limits.max_line_length,
         max_errors: cfg.limits.max_errors,
         relay_networks: cfg.relay.networks.clone(),
-        local_domains: cfg.local.domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect::<HashSet<_>>(),
+        local_domains: cfg
+            .local
+            .domains
+            .iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect::<HashSet<_>>(),
     });
-    let limits = listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
+    let limits =
+        listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     let mut accept_loops = Vec::new();
     for l in &cfg.listener {
-        let sock = TcpListener::bind(l.address).await.with_context(|| format!("binding {} listener on {}", l.name(), l.address))?;
+        let sock = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("binding {} listener on {}", l.name(), l.address))?;
         let addr = sock.local_addr()?;
         tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
         bound.entry(l.name()).or_default().push(addr);
@@ -76,14 +93,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, unsafe_ack_bef
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
 
-    let admin_sock = TcpListener::bind(cfg.admin.address).await.with_context(|| format!("binding admin on {}", cfg.admin.address))?;
+    let admin_sock = TcpListener::bind(cfg.admin.address)
+        .await
+        .with_context(|| format!("binding admin on {}", cfg.admin.address))?;
     let admin_addr = admin_sock.local_addr()?;
     tracing::info!(addr = %admin_addr, "admin HTTP (metrics, health, queue API)");
     bound.insert("admin".into(), vec![admin_addr]);
     let app = admin::router(spool.clone(), stop.clone());
     let admin_stop = stop.clone();
     let admin_task = tokio::spawn(async move {
-        let _ = axum::serve(admin_sock, app).with_graceful_shutdown(async move { admin_stop.cancelled().await }).await;
+        let _ = axum::serve(admin_sock, app)
+            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+            .await;
     });
     let addr_file = addresses_file(&cfg);
     std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;

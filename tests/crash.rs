@@ -26,7 +26,11 @@ fn kill9_rounds(rounds: usize, env: &[(&str, &str)]) -> Vec<String> {
         stop.store(true, Ordering::Relaxed);
         let acked = load.join().unwrap();
         eprintln!("round {round}: killed after {delay} ms, {} acknowledged", acked.len());
-        assert!(!acked.is_empty(), "round {round}: the load sent nothing before the kill:\n{}", s.log());
+        assert!(
+            !acked.is_empty(),
+            "round {round}: the load sent nothing before the kill:\n{}",
+            s.log()
+        );
         s.spawn();
         // This round's messages are verified byte for byte, earlier rounds' for presence.
         lost.extend(load::missing(&s, &acked, true));
@@ -42,7 +46,12 @@ fn kill9_rounds(rounds: usize, env: &[(&str, &str)]) -> Vec<String> {
 #[test]
 fn kill9_under_load_loses_no_acknowledged_message() {
     let lost = kill9_rounds(5, &[]);
-    assert!(lost.is_empty(), "{} acknowledged messages lost or damaged: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost or damaged: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
 }
 
 /// The test above must be able to fail: with a spool that acknowledges before writing, it does.

@@ -18,7 +18,8 @@ use common::*;
 fn plfs() -> Option<PathBuf> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let manifest = repo_root().join("../shared/tools/plfs/Cargo.toml");
-    let usable = manifest.exists() && Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
+    let usable =
+        manifest.exists() && Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
     if !usable {
         let why = "needs ../shared/tools/plfs, /dev/fuse and root";
         assert!(!ci, "power-loss test cannot run under CI=true: {why}");
@@ -44,10 +45,24 @@ struct Round {
 
 /// One round: mount plfs over `load_dir`, run sluice on it under load, kill -9, cut the power,
 /// then restart sluice on the durable view (`dump_dir`) and check everything acknowledged so far.
-fn round(plfs: &Path, work: &Path, n: usize, load_dir: &Path, all: &mut Vec<Acked>, env: &[(&str, &str)]) -> (Round, PathBuf) {
+fn round(
+    plfs: &Path,
+    work: &Path,
+    n: usize,
+    load_dir: &Path,
+    all: &mut Vec<Acked>,
+    env: &[(&str, &str)],
+) -> (Round, PathBuf) {
     let mnt = work.join(format!("mnt{n}"));
     let dump = work.join(format!("dump{n}"));
-    let mut fs = Command::new(plfs).arg(&mnt).arg(load_dir).arg(&dump).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut fs = Command::new(plfs)
+        .arg(&mnt)
+        .arg(load_dir)
+        .arg(&dump)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(fs.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -67,7 +82,11 @@ fn round(plfs: &Path, work: &Path, n: usize, load_dir: &Path, all: &mut Vec<Acke
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("DUMPED"), "{line}");
     fs.wait().unwrap();
-    eprintln!("round {n}: power cut after {delay} ms, {} acknowledged; plfs: {}", acked.len(), line.trim());
+    eprintln!(
+        "round {n}: power cut after {delay} ms, {} acknowledged; plfs: {}",
+        acked.len(),
+        line.trim()
+    );
 
     // Restart on the durable view, as the machine would after the power comes back.
     let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), dump.join("data"), "", &[]);
@@ -114,14 +133,24 @@ fn rounds(n: usize, env: &[(&str, &str)]) -> Option<(Vec<String>, usize)> {
 fn power_loss_20_rounds_loses_no_acknowledged_message() {
     let Some((lost, acked)) = rounds(20, &[]) else { return };
     eprintln!("20 power cuts, {acked} acknowledged messages, {} lost", lost.len());
-    assert!(lost.is_empty(), "{} acknowledged messages lost or damaged: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost or damaged: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
 }
 
 /// The power-loss check must be able to fail: a spool that acknowledges before its data is
 /// durable loses mail here.
 #[test]
 fn power_loss_test_catches_a_spool_that_acks_early() {
-    let Some((lost, _)) = rounds(5, &[("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE", "1")]) else { return };
-    assert!(!lost.is_empty(), "the power-loss test did not notice acknowledged-but-not-durable messages");
+    let Some((lost, _)) = rounds(5, &[("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE", "1")]) else {
+        return;
+    };
+    assert!(
+        !lost.is_empty(),
+        "the power-loss test did not notice acknowledged-but-not-durable messages"
+    );
     eprintln!("as expected, the unsafe spool lost {} acknowledged messages", lost.len());
 }

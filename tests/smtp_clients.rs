@@ -44,7 +44,8 @@ print("sent")
     );
     assert_eq!(out.trim(), "sent");
     let list = s.queue_list();
-    let ids: BTreeSet<String> = list.iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<String> =
+        list.iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, ["<big@t>", "<eight@t>", "<plain@t>", "<utf8@t>"].map(String::from).into());
     let by_id = |mid: &str| list.iter().find(|m| m["message_id"] == mid).unwrap().clone();
     let plain = by_id("<plain@t>");
@@ -73,28 +74,52 @@ fn swaks_plain_pipelining_and_over_size() {
     let server = s.smtp.to_string();
     let swaks = |extra: &[&str]| {
         Command::new("swaks")
-            .args(["--server", &server, "--from", "a@example.com", "--to", "b@example.org", "--timeout", "30"])
+            .args([
+                "--server",
+                &server,
+                "--from",
+                "a@example.com",
+                "--to",
+                "b@example.org",
+                "--timeout",
+                "30",
+            ])
             .args(extra)
             .output()
             .unwrap()
     };
     let out = swaks(&["--header", "Message-Id: <swaks-plain@t>"]);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = swaks(&["--pipeline", "--header", "Message-Id: <swaks-pipe@t>"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     // swaks sent MAIL, RCPT and DATA in one write only because the server offered PIPELINING.
-    assert!(text.contains("PIPELINING") && text.contains(" -> MAIL FROM:<a@example.com>\n -> RCPT TO:<b@example.org>\n -> DATA"), "{text}");
+    assert!(
+        text.contains("PIPELINING")
+            && text
+                .contains(" -> MAIL FROM:<a@example.com>\n -> RCPT TO:<b@example.org>\n -> DATA"),
+        "{text}"
+    );
     // Over SIZE, undeclared: refused after the data with 552 5.3.4 (RFC 1870 6.2).
     let big_body = format!("{}\r\n", "z".repeat(900)).repeat(1300);
     let body_file = s.dir.path().join("big-body.txt");
     std::fs::write(&body_file, big_body).unwrap();
     let body_arg = format!("@{}", body_file.display());
     let out = swaks(&["--header", "Message-Id: <swaks-big@t>", "--body", &body_arg]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("552 5.3.4"), "{text}");
-    assert_eq!(queued_message_ids(&s), ["<swaks-pipe@t>", "<swaks-plain@t>"].map(String::from).into());
+    assert_eq!(
+        queued_message_ids(&s),
+        ["<swaks-pipe@t>", "<swaks-plain@t>"].map(String::from).into()
+    );
 }
 
 /// RFC 2920 over a real socket: a whole transaction in one write, replies in order.
@@ -121,7 +146,10 @@ fn bdat_chunks_over_a_socket() {
     c.reply();
     assert_eq!(code(&c.cmd("EHLO b")), 250);
     assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME RET=HDRS ENVID=env+2B1")), 250);
-    assert_eq!(code(&c.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.org")), 250);
+    assert_eq!(
+        code(&c.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.org")),
+        250
+    );
     let part1 = b"Message-ID: <bdat@t>\r\n\r\nline with bare\nLF and a lone\r";
     c.send(format!("BDAT {}\r\n", part1.len()).as_bytes()).unwrap();
     c.send(part1).unwrap();

@@ -10,14 +10,14 @@ fn smuggling_variants_are_refused_and_nothing_is_queued() {
     let s = Sluice::start("");
     // Each variant tries to end the first message early and start a second one.
     let variants: &[&[u8]] = &[
-        b"\n.\n",       // <LF>.<LF>
-        b"\r.\r",       // <CR>.<CR>
-        b"\r\n.\n",     // <CR><LF>.<LF>
-        b"\n.\r\n",     // <LF>.<CR><LF>
-        b"\r.\r\n",     // <CR>.<CR><LF>
-        b"\r\n.\r",     // <CR><LF>.<CR>
-        b"\n",          // a bare LF anywhere
-        b"\r",          // a bare CR anywhere
+        b"\n.\n",   // <LF>.<LF>
+        b"\r.\r",   // <CR>.<CR>
+        b"\r\n.\n", // <CR><LF>.<LF>
+        b"\n.\r\n", // <LF>.<CR><LF>
+        b"\r.\r\n", // <CR>.<CR><LF>
+        b"\r\n.\r", // <CR><LF>.<CR>
+        b"\n",      // a bare LF anywhere
+        b"\r",      // a bare CR anywhere
     ];
     for (i, v) in variants.iter().enumerate() {
         let mut c = Client::connect(s.smtp);
@@ -42,9 +42,16 @@ fn smuggling_variants_are_refused_and_nothing_is_queued() {
     c.cmd("RCPT TO:<b@example.org>");
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <clean@t>\r\n\r\nok\r\n.")), 250);
-    let ids: Vec<String> = s.queue_list().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        s.queue_list().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, vec!["<clean@t>".to_string()]);
     let (_, metrics) = s.http_get("/metrics");
     let metrics = String::from_utf8(metrics).unwrap();
-    assert!(metrics.contains(&format!("sluice_smtp_rejections_total{{reason=\"bare_cr_lf\"}} {}", variants.len())), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "sluice_smtp_rejections_total{{reason=\"bare_cr_lf\"}} {}",
+            variants.len()
+        )),
+        "{metrics}"
+    );
 }

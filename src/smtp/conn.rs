@@ -24,7 +24,12 @@ impl Drop for ActiveGuard {
     }
 }
 
-pub async fn run(mut stream: TcpStream, ip: IpAddr, ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
+pub async fn run(
+    mut stream: TcpStream,
+    ip: IpAddr,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
     metrics::SMTP_CONNECTIONS_ACTIVE.with_label_values(&[&ctx.name]).inc();
     let _active = ActiveGuard(ctx.name.clone());
     let _ = stream.set_nodelay(true);
@@ -59,7 +64,8 @@ pub async fn run(mut stream: TcpStream, ip: IpAddr, ctx: Arc<ListenerContext>, s
                 let size = tx.body.len();
                 let (id, result) = store(&ctx, *tx).await;
                 let id = id.to_string();
-                session.handle_stored(result.as_ref().map(|_| id.as_str()).map_err(|e| store_error(e)), size);
+                session
+                    .handle_stored(result.as_ref().map(|_| id.as_str()).map_err(store_error), size);
                 if let Err(e) = result {
                     tracing::warn!(%ip, error = %e, "message refused: spool did not store it");
                 }
@@ -73,7 +79,11 @@ pub async fn run(mut stream: TcpStream, ip: IpAddr, ctx: Arc<ListenerContext>, s
     }
 }
 
-async fn flush(stream: &mut TcpStream, session: &mut Session, ctx: &ListenerContext) -> std::io::Result<()> {
+async fn flush(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    ctx: &ListenerContext,
+) -> std::io::Result<()> {
     let out = session.output();
     if out.is_empty() {
         return Ok(());
@@ -93,7 +103,9 @@ fn record_events(session: &mut Session, listener: &str) {
                 metrics::MESSAGES_RECEIVED.with_label_values(&[listener]).inc();
                 metrics::BYTES_RECEIVED.inc_by(bytes as u64);
             }
-            Event::Rejected(why) => metrics::MESSAGES_REJECTED.with_label_values(&[why.label()]).inc(),
+            Event::Rejected(why) => {
+                metrics::MESSAGES_REJECTED.with_label_values(&[why.label()]).inc()
+            }
         }
     }
 }

@@ -109,7 +109,9 @@ pub async fn serve(
             Err(why) => {
                 let (label, r) = match why {
                     Refusal::MaxSessions => ("max_sessions", reply::TOO_MANY_SESSIONS),
-                    Refusal::MaxSessionsPerIp => ("max_sessions_per_ip", reply::TOO_MANY_SESSIONS_IP),
+                    Refusal::MaxSessionsPerIp => {
+                        ("max_sessions_per_ip", reply::TOO_MANY_SESSIONS_IP)
+                    }
                 };
                 metrics::SMTP_CONNECTIONS_REFUSED.with_label_values(&[label]).inc();
                 tracing::debug!(%ip, reason = label, "connection refused");

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use super::index::{CheckpointStore, IndexEntry, Location, Position};
 use super::record::{self, Encoded, Invalid, Record};
 use super::{
-    Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError,
-    SpoolStats, Ticket,
+    Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError, SpoolStats,
+    Ticket,
 };
 use crate::metrics;
 
@@ -118,14 +118,14 @@ impl IndexState {
                 self.entries.insert(env.id, IndexEntry { envelope: *env, loc });
             }
             Apply::Update(u) => {
-                if let Some(e) = self.entries.get_mut(&u.id) {
-                    if let Some(r) = e.envelope.recipients.get_mut(u.index as usize) {
-                        r.state = u.state;
-                        r.attempts = u.attempts;
-                        r.next_attempt = u.next_attempt;
-                        r.last_reply = u.last_reply;
-                        self.dirty.insert(u.id);
-                    }
+                if let Some(e) = self.entries.get_mut(&u.id)
+                    && let Some(r) = e.envelope.recipients.get_mut(u.index as usize)
+                {
+                    r.state = u.state;
+                    r.attempts = u.attempts;
+                    r.next_attempt = u.next_attempt;
+                    r.last_reply = u.last_reply;
+                    self.dirty.insert(u.id);
                 }
             }
             Apply::Remove(id) => {
@@ -155,10 +155,10 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(hex) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) {
-            if let Ok(n) = u64::from_str_radix(hex, 16) {
-                segs.push(n);
-            }
+        if let Some(hex) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log"))
+            && let Ok(n) = u64::from_str_radix(hex, 16)
+        {
+            segs.push(n);
         }
     }
     segs.sort_unstable();
@@ -168,7 +168,6 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
-
 
 fn free_space(dir: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
@@ -191,7 +190,11 @@ struct Writer {
 
 impl Writer {
     fn create(dir: &Path, segment: u64) -> std::io::Result<Writer> {
-        let file = OpenOptions::new().create_new(true).append(true).read(true).open(segment_path(dir, segment))?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(segment_path(dir, segment))?;
         // The new name must survive a power cut before any record in it is acknowledged.
         sync_dir(dir)?;
         Ok(Writer { dir: dir.to_path_buf(), segment, file, len: 0 })
@@ -236,14 +239,17 @@ impl LogSpool {
             });
             let (s, loaded) = opened.map_err(SpoolError::Io)?;
             let usable = match loaded.position {
-                Some(p) => segments.contains(&p.segment) || segments.first().is_some_and(|&f| p.segment < f),
+                Some(p) => {
+                    segments.contains(&p.segment)
+                        || segments.first().is_some_and(|&f| p.segment < f)
+                }
                 None => false,
             };
             if usable {
-                if let Some(p) = loaded.position {
-                    if segments.contains(&p.segment) {
-                        start = p;
-                    }
+                if let Some(p) = loaded.position
+                    && segments.contains(&p.segment)
+                {
+                    start = p;
                 }
                 for e in loaded.entries {
                     max_id = max_id.max(e.envelope.id.0);
@@ -253,7 +259,9 @@ impl LogSpool {
                 store = Some(s);
             } else {
                 if loaded.position.is_some() {
-                    tracing::warn!("spool index does not match the log; rebuilding it from the log");
+                    tracing::warn!(
+                        "spool index does not match the log; rebuilding it from the log"
+                    );
                 }
                 drop(s);
                 let _ = fs::remove_file(&path);
@@ -272,7 +280,12 @@ impl LogSpool {
             while off < data.len() {
                 match record::decode(&data[off..]) {
                     Ok((rec, len)) => {
-                        let loc = Location { segment: seg, offset: off as u64, len: len as u64, content_offset: 0 };
+                        let loc = Location {
+                            segment: seg,
+                            offset: off as u64,
+                            len: len as u64,
+                            content_offset: 0,
+                        };
                         let apply = match rec {
                             Record::Message { envelope, content_offset } => {
                                 max_id = max_id.max(envelope.id.0);
@@ -291,7 +304,12 @@ impl LogSpool {
                         if Some(seg) != last {
                             // Not a torn tail: later segments exist. Stop here and say so loudly;
                             // nothing is deleted, the later segments are kept aside for an operator.
-                            tracing::error!(segment = seg, offset = off, ?why, "corrupt record in the middle of the spool log; later segments moved aside");
+                            tracing::error!(
+                                segment = seg,
+                                offset = off,
+                                ?why,
+                                "corrupt record in the middle of the spool log; later segments moved aside"
+                            );
                             if !opts.read_only {
                                 for &later in segments.iter().filter(|&&s| s > seg) {
                                     let p = segment_path(&opts.dir, later);
@@ -299,8 +317,15 @@ impl LogSpool {
                                     state.live.remove(&later);
                                 }
                             }
-                        } else if why != Invalid::Truncated || !data[off..].iter().all(|&b| b == 0) {
-                            tracing::warn!(segment = seg, offset = off, ?why, bytes = data.len() - off, "cutting an incomplete record at the end of the spool log");
+                        } else if why != Invalid::Truncated || !data[off..].iter().all(|&b| b == 0)
+                        {
+                            tracing::warn!(
+                                segment = seg,
+                                offset = off,
+                                ?why,
+                                bytes = data.len() - off,
+                                "cutting an incomplete record at the end of the spool log"
+                            );
                         }
                         if !opts.read_only {
                             let f = OpenOptions::new().write(true).open(&path)?;
@@ -322,7 +347,9 @@ impl LogSpool {
             state.seg_bytes.insert(seg, bytes);
         }
 
-        let micros = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let micros = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let shared = Arc::new(Shared {
             free_space: AtomicU64::new(free_space(&opts.dir)),
             opts,
@@ -346,13 +373,21 @@ impl LogSpool {
         state.seg_bytes.insert(writer.segment, 0);
         state.applied = Position { segment: writer.segment, offset: 0 };
         state.publish_gauges();
-        tracing::info!(messages = state.entries.len(), segments = state.live.len(), "spool recovered");
+        tracing::info!(
+            messages = state.entries.len(),
+            segments = state.live.len(),
+            "spool recovered"
+        );
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = state;
 
         let s = shared.clone();
-        let commit = std::thread::Builder::new().name("spool-commit".into()).spawn(move || s.commit_loop(writer))?;
+        let commit = std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || s.commit_loop(writer))?;
         let s = shared.clone();
-        let ckpt = std::thread::Builder::new().name("spool-checkpoint".into()).spawn(move || s.checkpoint_loop())?;
+        let ckpt = std::thread::Builder::new()
+            .name("spool-checkpoint".into())
+            .spawn(move || s.checkpoint_loop())?;
         spool.threads.lock().unwrap_or_else(|e| e.into_inner()).extend([commit, ckpt]);
         Ok(spool)
     }
@@ -371,7 +406,9 @@ impl LogSpool {
             return ready(Err(SpoolError::Io("spool disabled after a write failure".into())));
         }
         // Back-pressure before the disk is full: accepted mail keeps room for its state changes.
-        if matches!(apply, Apply::Insert(_)) && sh.free_space.load(Ordering::Relaxed) < sh.opts.min_free_space {
+        if matches!(apply, Apply::Insert(_))
+            && sh.free_space.load(Ordering::Relaxed) < sh.opts.min_free_space
+        {
             return ready(Err(SpoolError::NoSpace));
         }
         let (tx, rx) = oneshot::channel();
@@ -448,7 +485,12 @@ impl Shared {
                     let mut off = writer.len;
                     for op in ops {
                         let len = op.rec.len() as u64;
-                        let loc = Location { segment: writer.segment, offset: off, len, content_offset: op.rec.head.len() as u32 };
+                        let loc = Location {
+                            segment: writer.segment,
+                            offset: off,
+                            len,
+                            content_offset: op.rec.head.len() as u32,
+                        };
                         st.apply(op.apply, loc);
                         off += len;
                         waiters.push((op.done, op.queued_at));
@@ -474,7 +516,11 @@ impl Shared {
                 tracing::error!(error = %e, records = ops.len(), "spool commit failed; the batch is refused with 4xx");
                 // Cut what may have been written, then continue in a fresh segment: after a failed
                 // fsync the state of the old file's pages is unknown (fsyncgate).
-                let repaired = writer.file.set_len(writer.len).and_then(|_| writer.file.sync_all()).and_then(|_| self.roll(writer));
+                let repaired = writer
+                    .file
+                    .set_len(writer.len)
+                    .and_then(|_| writer.file.sync_all())
+                    .and_then(|_| self.roll(writer));
                 if let Err(e2) = repaired {
                     tracing::error!(error = %e2, "spool cannot recover from the write failure; refusing new mail until restart");
                     self.broken.store(true, Ordering::Relaxed);
@@ -503,7 +549,9 @@ impl Shared {
         loop {
             let stopped = {
                 let g = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let (g, _) = cv.wait_timeout_while(g, self.opts.checkpoint_interval, |s| !*s).unwrap_or_else(|e| e.into_inner());
+                let (g, _) = cv
+                    .wait_timeout_while(g, self.opts.checkpoint_interval, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
                 *g
             };
             self.checkpoint();
@@ -522,7 +570,8 @@ impl Shared {
         let (changes, position) = {
             let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
             let ids = std::mem::take(&mut st.dirty);
-            let changes: Vec<_> = ids.into_iter().map(|id| (id, st.entries.get(&id).cloned())).collect();
+            let changes: Vec<_> =
+                ids.into_iter().map(|id| (id, st.entries.get(&id).cloned())).collect();
             (changes, st.applied)
         };
         let t = Instant::now();
@@ -594,8 +643,13 @@ impl Spool for LogSpool {
             Ok((Record::Message { envelope, content_offset }, _)) if envelope.id == id => {
                 Ok(Bytes::from(buf).slice(content_offset..))
             }
-            Ok(_) => Err(SpoolError::Corrupt(format!("record at {}:{} is not message {id}", loc.segment, loc.offset))),
-            Err(why) => Err(SpoolError::Corrupt(format!("{why:?} at {}:{}", loc.segment, loc.offset))),
+            Ok(_) => Err(SpoolError::Corrupt(format!(
+                "record at {}:{} is not message {id}",
+                loc.segment, loc.offset
+            ))),
+            Err(why) => {
+                Err(SpoolError::Corrupt(format!("{why:?} at {}:{}", loc.segment, loc.offset)))
+            }
         }
     }
 

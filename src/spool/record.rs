@@ -181,14 +181,24 @@ mod tests {
     #[test]
     fn round_trip_every_kind() {
         let env = envelope(7);
-        let msg = flat(&encode_message(&env, Bytes::from_static(b"T:\r\n"), Bytes::from_static(b"body\r\n")).unwrap());
+        let msg = flat(
+            &encode_message(&env, Bytes::from_static(b"T:\r\n"), Bytes::from_static(b"body\r\n"))
+                .unwrap(),
+        );
         let (rec, len) = decode(&msg).unwrap();
         assert_eq!(len, msg.len());
         let Record::Message { envelope, content_offset } = rec else { panic!() };
         assert_eq!(envelope, env);
         assert_eq!(&msg[content_offset..], b"T:\r\nbody\r\n");
 
-        let up = RecipientUpdate { id: QueueId(7), index: 0, state: RecipientState::Delivered, attempts: 1, next_attempt: 0, last_reply: Some("250 ok".into()) };
+        let up = RecipientUpdate {
+            id: QueueId(7),
+            index: 0,
+            state: RecipientState::Delivered,
+            attempts: 1,
+            next_attempt: 0,
+            last_reply: Some("250 ok".into()),
+        };
         let buf = flat(&encode_update(&up).unwrap());
         assert!(matches!(decode(&buf).unwrap().0, Record::Update(u) if u == up));
         let buf = flat(&encode_remove(QueueId(7)));
@@ -198,7 +208,14 @@ mod tests {
     /// A torn or flipped record is never decoded, whatever byte is damaged.
     #[test]
     fn every_truncation_and_bit_flip_is_detected() {
-        let msg = flat(&encode_message(&envelope(1), Bytes::from_static(b"T:\r\n"), Bytes::from_static(b"body\r\n")).unwrap());
+        let msg = flat(
+            &encode_message(
+                &envelope(1),
+                Bytes::from_static(b"T:\r\n"),
+                Bytes::from_static(b"body\r\n"),
+            )
+            .unwrap(),
+        );
         for cut in 0..msg.len() {
             assert!(decode(&msg[..cut]).is_err(), "cut at {cut}");
         }

@@ -34,7 +34,13 @@ pub fn run_load(addr: SocketAddr, sessions: usize, tag: &str, stop: Arc<AtomicBo
     Arc::try_unwrap(acked).map(|m| m.into_inner().unwrap()).unwrap_or_default()
 }
 
-fn client_loop(addr: SocketAddr, t: usize, tag: &str, stop: &AtomicBool, acked: &Mutex<Vec<Acked>>) -> std::io::Result<()> {
+fn client_loop(
+    addr: SocketAddr,
+    t: usize,
+    tag: &str,
+    stop: &AtomicBool,
+    acked: &Mutex<Vec<Acked>>,
+) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -68,7 +74,8 @@ fn client_loop(addr: SocketAddr, t: usize, tag: &str, stop: &AtomicBool, acked: 
             "MAIL FROM:<load@example.com>\r\nRCPT TO:<sink@example.org>\r\nDATA\r\nMessage-ID: {message_id}\r\nX-Check: {crc}\r\n\r\n{text}.\r\n"
         );
         stream.write_all(msg.as_bytes())?;
-        let codes = [reply(&mut reader)?, reply(&mut reader)?, reply(&mut reader)?, reply(&mut reader)?];
+        let codes =
+            [reply(&mut reader)?, reply(&mut reader)?, reply(&mut reader)?, reply(&mut reader)?];
         if codes == [250, 250, 354, 250] {
             acked.lock().unwrap().push(Acked { message_id, crc });
         } else if codes[3] >= 400 {
@@ -85,7 +92,12 @@ pub fn missing(s: &Sluice, acked: &[Acked], bodies: bool) -> Vec<String> {
     let list = s.queue_list();
     let ids: std::collections::HashMap<String, String> = list
         .iter()
-        .map(|m| (m["message_id"].as_str().unwrap_or("").to_string(), m["id"].as_str().unwrap().to_string()))
+        .map(|m| {
+            (
+                m["message_id"].as_str().unwrap_or("").to_string(),
+                m["id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut bad = Vec::new();
     let newest = acked.len().saturating_sub(500);
@@ -99,7 +111,8 @@ pub fn missing(s: &Sluice, acked: &[Acked], bodies: bool) -> Vec<String> {
             let raw = s.raw_message(qid);
             let text = String::from_utf8_lossy(&raw);
             let ok = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                head.contains(&format!("X-Check: {}", a.crc)) && crc32fast::hash(body.as_bytes()) == a.crc
+                head.contains(&format!("X-Check: {}", a.crc))
+                    && crc32fast::hash(body.as_bytes()) == a.crc
             });
             if !ok {
                 bad.push(format!("{} damaged", a.message_id));
@@ -111,6 +124,8 @@ pub fn missing(s: &Sluice, acked: &[Acked], bodies: bool) -> Vec<String> {
 
 /// A pseudo-random number from the clock, printed by callers so a failing round can be retraced.
 pub fn jitter(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            as u64;
     (nanos.wrapping_mul(6364136223846793005) >> 33) % max.max(1)
 }

@@ -15,12 +15,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// Whether an external tool is available. Under `CI=true` a missing tool fails the test; elsewhere
 /// the test says loudly that it is skipped.
 pub fn require_tool(tool: &str, install_hint: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{tool} is required under CI=true ({install_hint})");
         }
-        eprintln!("SKIPPED: {tool} is not installed ({install_hint}); run .ci/run to install test tools");
+        eprintln!(
+            "SKIPPED: {tool} is not installed ({install_hint}); run .ci/run to install test tools"
+        );
     }
     found
 }
@@ -49,7 +55,12 @@ impl Sluice {
     }
 
     /// Starts sluice with its data dir at `data_dir` (e.g. on a plfs mount).
-    pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, extra: &str, env: &[(&str, &str)]) -> Sluice {
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Sluice {
         let config = dir.path().join("sluice.toml");
         let text = format!(
             "hostname = \"sluice.test\"\ndata_dir = \"{}\"\n{}\n[[listener]]\nmode = \"smtp\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
@@ -74,21 +85,29 @@ impl Sluice {
     pub fn spawn(&mut self) {
         let addr_file = self.data_dir.join("sluice.addresses.json");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sluice.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config"]).arg(&self.config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    self.smtp = v["smtp"][0].as_str().unwrap().parse().unwrap();
-                    self.admin = v["admin"][0].as_str().unwrap().parse().unwrap();
-                    return;
-                }
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                self.smtp = v["smtp"][0].as_str().unwrap().parse().unwrap();
+                self.admin = v["admin"][0].as_str().unwrap().parse().unwrap();
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("sluice exited at start ({status}):\n{}", self.log());
@@ -143,8 +162,16 @@ impl Sluice {
             .arg(self.admin.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// The stored message (trace header + body).
@@ -215,7 +242,12 @@ pub fn code(reply: &str) -> u16 {
 /// Runs a Python script with arguments, returning stdout; fails the test on a non-zero exit.
 pub fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

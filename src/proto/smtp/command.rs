@@ -14,7 +14,10 @@ pub enum Command {
     Rcpt(RcptTo),
     Data,
     /// BDAT chunk-size [LAST] (RFC 3030 2)
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -103,15 +106,21 @@ impl CommandError {
         use super::Reply;
         match self {
             CommandError::Unrecognized => super::reply::UNRECOGNIZED,
-            CommandError::Syntax(s) => Reply::owned(501, "5.5.2", format!("Syntax error, expected: {s}")),
+            CommandError::Syntax(s) => {
+                Reply::owned(501, "5.5.2", format!("Syntax error, expected: {s}"))
+            }
             CommandError::Address(which, e) => {
                 let enhanced = if *which == "sender" { "5.1.7" } else { "5.1.3" };
                 Reply::owned(501, enhanced, format!("Bad {which} address syntax: {e}"))
             }
-            CommandError::UnknownParameter(p) => {
-                Reply::owned(555, "5.5.4", format!("Parameter not recognized or not implemented: {p}"))
+            CommandError::UnknownParameter(p) => Reply::owned(
+                555,
+                "5.5.4",
+                format!("Parameter not recognized or not implemented: {p}"),
+            ),
+            CommandError::BadParameter(p) => {
+                Reply::owned(501, "5.5.4", format!("Bad parameter value: {p}"))
             }
-            CommandError::BadParameter(p) => Reply::owned(501, "5.5.4", format!("Bad parameter value: {p}")),
         }
     }
 }
@@ -189,9 +198,7 @@ fn parse_mail(arg: &str) -> Result<MailFrom, CommandError> {
             ("SMTPUTF8", None) => mail.smtputf8 = true,
             ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => mail.ret = Some(Ret::Full),
             ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
-            ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => {
-                mail.envid = Some(v.to_string())
-            }
+            ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => mail.envid = Some(v.to_string()),
             ("RET", _) | ("ENVID", _) => return Err(CommandError::BadParameter("RET/ENVID")),
             // RFC 4954 5: AUTH=<mailbox> is accepted and, without trust, ignored.
             ("AUTH", Some(_)) => {}

@@ -241,7 +241,11 @@ mod tests {
             (b"..\r\n.\r\n", b".\r\n", b""),
             (b".x\r\n.\r\n", b"x\r\n", b""),
             (b"a.\r\n.b.\r\n.\r\n", b"a.\r\nb.\r\n", b""),
-            (b"Subject: x\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\n", b"Subject: x\r\n\r\nbody\r\n", b"MAIL FROM:<>\r\n"),
+            (
+                b"Subject: x\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\n",
+                b"Subject: x\r\n\r\nbody\r\n",
+                b"MAIL FROM:<>\r\n",
+            ),
         ];
         for (input, want_body, want_rest) in cases {
             let (ev, rest) = run(&[input]);

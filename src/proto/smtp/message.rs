@@ -24,10 +24,10 @@ pub fn header_value(body: &[u8], name: &str) -> Option<String> {
             (Some(v), true) => v.extend_from_slice(line),
             (Some(_), false) => break,
             (None, false) => {
-                if let Some(colon) = memchr::memchr(b':', line) {
-                    if line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
-                        found = Some(line[colon + 1..].to_vec());
-                    }
+                if let Some(colon) = memchr::memchr(b':', line)
+                    && line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes())
+                {
+                    found = Some(line[colon + 1..].to_vec());
                 }
             }
             (None, true) => {}
@@ -58,7 +58,11 @@ pub fn received_header(t: &TraceInfo<'_>) -> String {
         std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
     let helo: String = t.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
-    let _ = write!(h, "Received: from {helo} ([{ip}])\r\n\tby {} (sluice) with {} id {}", t.hostname, t.protocol, t.queue_id);
+    let _ = write!(
+        h,
+        "Received: from {helo} ([{ip}])\r\n\tby {} (sluice) with {} id {}",
+        t.hostname, t.protocol, t.queue_id
+    );
     if let Some(rcpt) = t.single_recipient {
         let _ = write!(h, "\r\n\tfor <{rcpt}>");
     }

@@ -115,7 +115,8 @@ pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");
 pub const TOO_MANY_ERRORS: Reply =
     Reply::new(421, "4.7.0", "Too many errors in this session; closing connection");
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded; closing connection");
-pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.0", "Service shutting down; closing connection");
+pub const SHUTTING_DOWN: Reply =
+    Reply::new(421, "4.3.0", "Service shutting down; closing connection");
 pub const STORAGE_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
 pub const STORAGE_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while storing the message; try again later");

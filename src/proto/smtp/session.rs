@@ -472,9 +472,7 @@ impl Session {
         }
         match &self.draft {
             None => Err((reply::NEED_RCPT, RejectReason::Sequence)),
-            Some(d) if d.rcpts.is_empty() => {
-                Err((reply::NO_VALID_RCPT, RejectReason::Sequence))
-            }
+            Some(d) if d.rcpts.is_empty() => Err((reply::NO_VALID_RCPT, RejectReason::Sequence)),
             Some(_) => Ok(()),
         }
     }
@@ -493,10 +491,8 @@ impl Session {
             self.input.reserve(want.saturating_sub(self.input.len()));
         }
         self.reply(reply::START_DATA);
-        self.state = State::Data(DataReceiver::new(
-            self.cfg.max_message_size,
-            self.cfg.max_text_line,
-        ));
+        self.state =
+            State::Data(DataReceiver::new(self.cfg.max_message_size, self.cfg.max_text_line));
     }
 
     /// RFC 3030 2: the chunk follows the command line and must be consumed whatever the reply.

@@ -50,7 +50,15 @@ fn stored_messages_survive_reopen_with_and_without_index() {
             ids.push(m.envelope.id);
             block(spool.store(m)).unwrap();
         }
-        block(spool.update(RecipientUpdate { id: ids[1], index: 0, state: RecipientState::Delivered, attempts: 1, next_attempt: 0, last_reply: Some("250 ok".into()) })).unwrap();
+        block(spool.update(RecipientUpdate {
+            id: ids[1],
+            index: 0,
+            state: RecipientState::Delivered,
+            attempts: 1,
+            next_attempt: 0,
+            last_reply: Some("250 ok".into()),
+        }))
+        .unwrap();
         block(spool.remove(ids[2])).unwrap();
         // No close(): like kill -9 after the acknowledgements.
         std::mem::forget(spool);
@@ -92,9 +100,12 @@ fn torn_tail_is_cut_never_served() {
         std::mem::forget(spool);
     }
     // Chop the last record in half, as a power cut during its write would.
-    let seg = *list_segments(&dir.path().join("spool")).unwrap().iter().rev().find(|&&s| {
-        fs::metadata(segment_path(&dir.path().join("spool"), s)).unwrap().len() > 0
-    }).unwrap();
+    let seg = *list_segments(&dir.path().join("spool"))
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|&&s| fs::metadata(segment_path(&dir.path().join("spool"), s)).unwrap().len() > 0)
+        .unwrap();
     let path = segment_path(&dir.path().join("spool"), seg);
     let len = fs::metadata(&path).unwrap().len();
     OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
@@ -168,7 +179,8 @@ fn dead_segments_are_deleted_after_a_checkpoint() {
 fn unsafe_ack_mode_acks_before_durability() {
     // The switch the crash tests use to prove they can fail: acknowledged but not yet written.
     let dir = tempfile::tempdir().unwrap();
-    let spool = LogSpool::open(SpoolOptions { unsafe_ack_before_write: true, ..opts(dir.path()) }).unwrap();
+    let spool =
+        LogSpool::open(SpoolOptions { unsafe_ack_before_write: true, ..opts(dir.path()) }).unwrap();
     let m = message(&spool, "x\r\n");
     block(spool.store(m)).unwrap();
 }

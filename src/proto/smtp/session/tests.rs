@@ -15,8 +15,11 @@ impl Harness {
     }
 
     fn with(cfg: SessionConfig, ip: &str) -> Self {
-        let mut h =
-            Harness { s: Session::new(Arc::new(cfg), ip.parse().unwrap()), stored: vec![], closed: false };
+        let mut h = Harness {
+            s: Session::new(Arc::new(cfg), ip.parse().unwrap()),
+            stored: vec![],
+            closed: false,
+        };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 "), "{greeting}");
         h
@@ -79,7 +82,15 @@ fn enhanced(out: &str) -> Vec<String> {
 fn rfc5321_d1_typical_transaction() {
     let mut h = Harness::new();
     let ehlo = h.send(b"EHLO bar.com\r\n");
-    for ext in ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+    ] {
         assert!(ehlo.contains(&format!("250-{ext}\r\n")), "{ext} missing in {ehlo}");
     }
     assert!(ehlo.ends_with("250 HELP\r\n"));
@@ -146,20 +157,56 @@ fn rfc5321_d4_vrfy_then_send() {
 fn rfc5321_4_1_4_command_sequencing_replies() {
     type Script = &'static [(&'static str, u16, &'static str)];
     let scripts: &[Script] = &[
-        &[("MAIL FROM:<a@b.c>", 503, "5.5.1"), ("RCPT TO:<a@b.c>", 503, "5.5.1"), ("DATA", 503, "5.5.1")],
+        &[
+            ("MAIL FROM:<a@b.c>", 503, "5.5.1"),
+            ("RCPT TO:<a@b.c>", 503, "5.5.1"),
+            ("DATA", 503, "5.5.1"),
+        ],
         &[("HELO x", 250, ""), ("DATA", 503, "5.5.1"), ("RCPT TO:<a@b.c>", 503, "5.5.1")],
-        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("MAIL FROM:<a@b.c>", 503, "5.5.1")],
+        &[
+            ("EHLO x", 250, ""),
+            ("MAIL FROM:<a@b.c>", 250, "2.1.0"),
+            ("MAIL FROM:<a@b.c>", 503, "5.5.1"),
+        ],
         &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("DATA", 554, "5.5.1")],
-        &[("EHLO x", 250, ""), ("NOOP", 250, "2.0.0"), ("HELP", 214, "2.0.0"), ("EXPN x", 502, "5.5.1")],
+        &[
+            ("EHLO x", 250, ""),
+            ("NOOP", 250, "2.0.0"),
+            ("HELP", 214, "2.0.0"),
+            ("EXPN x", 502, "5.5.1"),
+        ],
         &[("EHLO x", 250, ""), ("FROB", 500, "5.5.1"), ("MAIL FROM:<a@b.c> XYZ=1", 555, "5.5.4")],
-        &[("EHLO x", 250, ""), ("MAIL FROM:bad", 501, "5.1.7"), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("RCPT TO:<@@>", 501, "5.1.3")],
+        &[
+            ("EHLO x", 250, ""),
+            ("MAIL FROM:bad", 501, "5.1.7"),
+            ("MAIL FROM:<a@b.c>", 250, "2.1.0"),
+            ("RCPT TO:<@@>", 501, "5.1.3"),
+        ],
         &[("EHLO x", 250, ""), ("STARTTLS", 502, "5.5.1"), ("AUTH PLAIN", 502, "5.5.1")],
-        &[("EHLO x", 250, ""), ("DATA extra", 501, "5.5.2"), ("RSET", 250, "2.0.0"), ("QUIT", 221, "2.0.0")],
+        &[
+            ("EHLO x", 250, ""),
+            ("DATA extra", 501, "5.5.2"),
+            ("RSET", 250, "2.0.0"),
+            ("QUIT", 221, "2.0.0"),
+        ],
         // RFC 1870 6.1: a declared SIZE over the limit is refused at MAIL.
-        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c> SIZE=52428801", 552, "5.3.4"), ("MAIL FROM:<a@b.c> SIZE=52428800", 250, "2.1.0")],
+        &[
+            ("EHLO x", 250, ""),
+            ("MAIL FROM:<a@b.c> SIZE=52428801", 552, "5.3.4"),
+            ("MAIL FROM:<a@b.c> SIZE=52428800", 250, "2.1.0"),
+        ],
         // RFC 6531 3.4: UTF-8 addresses need SMTPUTF8.
-        &[("EHLO x", 250, ""), ("MAIL FROM:<δ@b.c>", 553, "5.6.7"), ("MAIL FROM:<δ@b.c> SMTPUTF8", 250, "2.1.0"), ("RCPT TO:<ω@πα.gr>", 250, "2.1.5")],
-        &[("EHLO x", 250, ""), ("MAIL FROM:<a@b.c>", 250, "2.1.0"), ("RCPT TO:<ω@πα.gr>", 553, "5.6.7")],
+        &[
+            ("EHLO x", 250, ""),
+            ("MAIL FROM:<δ@b.c>", 553, "5.6.7"),
+            ("MAIL FROM:<δ@b.c> SMTPUTF8", 250, "2.1.0"),
+            ("RCPT TO:<ω@πα.gr>", 250, "2.1.5"),
+        ],
+        &[
+            ("EHLO x", 250, ""),
+            ("MAIL FROM:<a@b.c>", 250, "2.1.0"),
+            ("RCPT TO:<ω@πα.gr>", 553, "5.6.7"),
+        ],
     ];
     for script in scripts {
         let mut h = Harness::new();
@@ -167,7 +214,11 @@ fn rfc5321_4_1_4_command_sequencing_replies() {
             let out = h.send(format!("{line}\r\n").as_bytes());
             assert_eq!(codes(&out).last(), Some(code), "C: {line} S: {out}");
             if !enh.is_empty() {
-                assert_eq!(enhanced(&out).last().map(String::as_str), Some(*enh), "C: {line} S: {out}");
+                assert_eq!(
+                    enhanced(&out).last().map(String::as_str),
+                    Some(*enh),
+                    "C: {line} S: {out}"
+                );
             }
         }
     }
@@ -231,7 +282,10 @@ fn rfc1870_size_enforced_during_data() {
     assert_eq!(codes(&out), vec![250, 250, 250, 354, 552, 250]);
     assert!(h.stored.is_empty());
     let mut h = Harness::new();
-    let long = format!("EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n{}\r\n.\r\n", "x".repeat(1200));
+    let long = format!(
+        "EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n{}\r\n.\r\n",
+        "x".repeat(1200)
+    );
     assert_eq!(codes(&h.send(long.as_bytes())).last(), Some(&500));
     assert!(h.stored.is_empty());
 }
@@ -316,7 +370,8 @@ fn timeout_shutdown_and_storage_errors() {
     assert!(h.take_output().starts_with("421 4.3.0"));
 
     let mut h = Harness::new();
-    h.s.input().extend_from_slice(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n");
+    h.s.input()
+        .extend_from_slice(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n");
     let Step::Store(_) = h.s.advance() else { panic!("expected a store") };
     h.s.handle_stored(Err(StoreError::NoSpace), 0);
     assert!(h.take_output().ends_with("452 4.3.1 Insufficient system storage\r\n"));
@@ -329,5 +384,8 @@ fn events_are_reported() {
     let mut h = Harness::new();
     h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nxy\r\n.\r\nFOO\r\n");
     let events: Vec<Event> = h.s.drain_events().collect();
-    assert_eq!(events, vec![Event::Accepted { bytes: 4 }, Event::Rejected(RejectReason::NotImplemented)]);
+    assert_eq!(
+        events,
+        vec![Event::Accepted { bytes: 4 }, Event::Rejected(RejectReason::NotImplemented)]
+    );
 }
