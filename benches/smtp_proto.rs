@@ -61,6 +61,11 @@ fn data_reader(c: &mut Criterion) {
                 criterion::BatchSize::SmallInput,
             )
         });
+        // Baseline: the least any DATA reader must do, finding the terminator (no unstuffing).
+        g.bench_function(format!("baseline_memmem_find_end_{}k", size >> 10), |b| {
+            let finder = memchr::memmem::Finder::new(b"\r\n.\r\n");
+            b.iter(|| std::hint::black_box(finder.find(std::hint::black_box(&wire))))
+        });
         // Same input arriving in 4 KiB reads, as from a socket.
         g.bench_function(format!("unstuff_{}k_in_4k_reads", size >> 10), |b| {
             b.iter(|| {

@@ -165,6 +165,23 @@ pub fn init() {
     LazyLock::force(&SPOOL_CHECKPOINT_SECONDS);
 }
 
+/// Creates every labelled series with its bounded label values, so dashboards show zeros rather
+/// than nothing before the first event.
+pub fn init_labels(listeners: &[String]) {
+    init();
+    for l in listeners {
+        SMTP_CONNECTIONS.with_label_values(&[l]);
+        SMTP_CONNECTIONS_ACTIVE.with_label_values(&[l]);
+        MESSAGES_RECEIVED.with_label_values(&[l]);
+    }
+    for r in crate::proto::smtp::session::RejectReason::ALL {
+        MESSAGES_REJECTED.with_label_values(&[r.label()]);
+    }
+    for r in ["max_sessions", "max_sessions_per_ip"] {
+        SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);
+    }
+}
+
 /// The text exposition format for `/metrics`.
 pub fn render() -> String {
     let mut out = Vec::with_capacity(8192);

@@ -33,7 +33,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     unsafe_ack_before_write: bool,
 ) -> anyhow::Result<()> {
-    metrics::init();
+    metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let opts = SpoolOptions {

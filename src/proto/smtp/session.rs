@@ -107,6 +107,21 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, so metrics can show zero before the first refusal.
+    pub const ALL: [RejectReason; 11] = [
+        RejectReason::Syntax,
+        RejectReason::Sequence,
+        RejectReason::Size,
+        RejectReason::LineTooLong,
+        RejectReason::BareCrLf,
+        RejectReason::RelayDenied,
+        RejectReason::TooManyRecipients,
+        RejectReason::TooManyErrors,
+        RejectReason::Timeout,
+        RejectReason::Storage,
+        RejectReason::NotImplemented,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             RejectReason::Syntax => "syntax",

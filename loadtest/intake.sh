@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Durable intake rate: 10 KB messages at 1, 16 and 64 concurrent sessions, fsync before 250.
+# The baseline in the same run is sluice with durability switched off (acknowledge before
+# writing), so the ratio shows what fsync-before-250 costs. Everything stays on 127.0.0.1.
+#   usage: bash loadtest/intake.sh [messages_per_session_count_scale]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale="${1:-1}"
+cargo build --release --workspace --locked --quiet
+bin=target/release/sluice
+lt=target/release/loadtest
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+run_server() { # $1 = label, $2 = unsafe flag
+  rm -rf "$work/data"
+  cat > "$work/sluice.toml" <<TOML
+data_dir = "$work/data"
+[[listener]]
+mode = "smtp"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+max_sessions_per_ip = 1000
+TOML
+  SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" "$bin" serve --config "$work/sluice.toml" 2>"$work/$1.log" &
+  pid=$!
+  for _ in $(seq 100); do [ -f "$work/data/sluice.addresses.json" ] && break; sleep 0.05; done
+  smtp=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["smtp"][0])' "$work/data/sluice.addresses.json")
+  admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"][0])' "$work/data/sluice.addresses.json")
+}
+
+printf '%-10s %8s %12s %10s %10s %12s\n' mode sessions msgs/s p50_ms p99_ms msgs/fsync
+for mode in durable no-fsync; do
+  flag=0; [ "$mode" = no-fsync ] && flag=1
+  run_server "$mode" "$flag"
+  for c in 1 16 64; do
+    n=$(( (c == 1 ? 3000 : c == 16 ? 40000 : 80000) * scale ))
+    out=$("$lt" inject --server "$smtp" --sessions "$c" --messages "$n" --size 10240 --metrics "http://$admin/metrics" --max-seconds 120)
+    python3 - "$mode" "$c" <<PY
+import json, sys
+r = json.loads('''$out''')
+print(f"{sys.argv[1]:<10} {sys.argv[2]:>8} {r['messages_per_second']:>12.0f} {r['latency_ms']['p50']:>10.3f} {r['latency_ms']['p99']:>10.3f} {r.get('messages_per_fsync', 0):>12}")
+PY
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
