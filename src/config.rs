@@ -107,6 +107,9 @@ pub struct Limits {
     /// Text line limit in DATA including CRLF (RFC 5321 4.5.3.1.6: 1000).
     #[serde(default = "default_max_line_length")]
     pub max_line_length: usize,
+    /// Message bytes all sessions together may buffer; past it messages get 452 4.3.1.
+    #[serde(default = "default_memory_budget", deserialize_with = "size")]
+    pub memory_budget: u64,
     /// Refused commands per session before 421 and close.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
@@ -183,6 +186,9 @@ fn default_max_command_line() -> usize {
 }
 fn default_max_line_length() -> usize {
     1000
+}
+fn default_memory_budget() -> u64 {
+    1 << 30
 }
 fn default_max_errors() -> u32 {
     20

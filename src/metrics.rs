@@ -145,6 +145,14 @@ pub static SPOOL_CHECKPOINT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Messages refused because the memory budget for bodies in flight was spent.
+pub static MEMORY_BUDGET_EXCEEDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_memory_budget_exceeded_total",
+        "Messages refused (452 4.3.1) because the budget for bodies in flight was spent.",
+    )
+});
+
 /// Forces registration of every metric, so `/metrics` lists them all from the start.
 pub fn init() {
     LazyLock::force(&SMTP_CONNECTIONS);
@@ -163,6 +171,7 @@ pub fn init() {
     LazyLock::force(&SPOOL_SEGMENTS);
     LazyLock::force(&SPOOL_DISK_BYTES);
     LazyLock::force(&SPOOL_CHECKPOINT_SECONDS);
+    LazyLock::force(&MEMORY_BUDGET_EXCEEDED);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather

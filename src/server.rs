@@ -71,6 +71,7 @@ pub async fn run(
     });
     let limits =
         listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
+    let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
@@ -89,6 +90,7 @@ pub async fn run(
             command_timeout: cfg.limits.command_timeout,
             data_timeout: cfg.limits.data_timeout,
             limits: limits.clone(),
+            budget: budget.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }

@@ -89,3 +89,100 @@ fn graceful_shutdown_answers_421_and_keeps_committed_mail() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["message_id"], "<before-stop@t>");
 }
+
+/// DESIGN.md invariant 5: bodies in flight share one budget; past it 452 4.3.1, then life goes on.
+#[test]
+fn memory_budget_refuses_with_452_and_recovers() {
+    let s = Sluice::start("[limits]\nmemory_budget = \"1MiB\"\n");
+    let mut c = Client::connect(s.smtp);
+    c.reply();
+    c.cmd("EHLO x");
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    let line = format!("{}\r\n", "m".repeat(998));
+    for _ in 0..3000 {
+        c.send(line.as_bytes()).unwrap();
+    }
+    let r = c.cmd(".");
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    // The budget is released: a normal message right after is accepted.
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <small@t>\r\n\r\nx\r\n.")), 250);
+    let list = s.queue_list();
+    assert_eq!(list.len(), 1);
+    let (_, m) = s.http_get("/metrics");
+    assert!(String::from_utf8(m).unwrap().contains("sluice_memory_budget_exceeded_total 1"));
+}
+
+/// DESIGN.md invariant 6: a full disk gives 452 4.3.1 to new mail; accepted mail is untouched.
+#[test]
+fn full_disk_gives_452_and_keeps_accepted_mail() {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the full-disk test needs root under CI"
+        );
+        eprintln!("SKIPPED: full-disk test needs root (tmpfs mount)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    // Ballast, removed later to make room for the restart.
+    std::fs::write(mnt.join("ballast"), vec![0u8; 1 << 20]).unwrap();
+    let mut s = Sluice::start_in(
+        tempfile::tempdir().unwrap(),
+        mnt.join("data"),
+        "[spool]\nmin_free_space = 0\n",
+        &[],
+    );
+    let mut c = Client::connect(s.smtp);
+    c.reply();
+    c.cmd("EHLO x");
+    let body = format!("{}\r\n", "d".repeat(998)).repeat(100);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        c.cmd("MAIL FROM:<a@example.com>");
+        c.cmd("RCPT TO:<b@example.org>");
+        c.cmd("DATA");
+        let r = c.cmd(&format!("Message-ID: <full{i}@t>\r\n\r\n{body}."));
+        match code(&r) {
+            250 => acked.push(format!("<full{i}@t>")),
+            _ => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk never filled up");
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    assert!(!acked.is_empty());
+    assert!(s.log().contains("spool commit failed"));
+    s.kill9();
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    s.spawn();
+    let queued: Vec<String> =
+        s.queue_list().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
+    for id in &acked {
+        assert!(queued.contains(id), "{id} was acknowledged but is gone");
+    }
+    assert_eq!(queued.len(), acked.len(), "only acknowledged messages are queued");
+}

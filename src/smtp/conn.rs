@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::ListenerContext;
+use super::{Charge, ListenerContext};
 use crate::metrics;
 use crate::proto::smtp::message;
 use crate::proto::smtp::session::{Event, Session, Step, StoreError, Transaction, Waiting};
@@ -34,8 +34,10 @@ pub async fn run(
     let _active = ActiveGuard(ctx.name.clone());
     let _ = stream.set_nodelay(true);
     let mut session = Session::new(ctx.session.clone(), ip);
+    let mut charge = Charge::new(ctx.budget.clone());
     loop {
         let step = session.advance();
+        charge.set(session.held_bytes());
         record_events(&mut session, &ctx.name);
         match step {
             Step::NeedInput => {
@@ -56,7 +58,14 @@ pub async fn run(
                     read = tokio::time::timeout(timeout, stream.read_buf(session.input())) => match read {
                         Err(_) => session.handle_timeout(),
                         Ok(Ok(0)) | Ok(Err(_)) => return, // the client went away
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => {
+                            if charge.set(session.held_bytes())
+                                && session.reading_body()
+                                && session.handle_over_budget()
+                            {
+                                metrics::MEMORY_BUDGET_EXCEEDED.inc();
+                            }
+                        }
                     },
                 }
             }

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod listener;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::proto::smtp::session::SessionConfig;
@@ -21,4 +22,53 @@ pub struct ListenerContext {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub limits: Arc<listener::ConnectionLimits>,
+    pub budget: Arc<MemoryBudget>,
+}
+
+/// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the
+/// session that asks for more has its message refused with 452 4.3.1.
+pub struct MemoryBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(MemoryBudget { used: AtomicUsize::new(0), limit })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection has charged to the budget; returned when it ends.
+pub struct Charge {
+    budget: Arc<MemoryBudget>,
+    charged: usize,
+}
+
+impl Charge {
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        Charge { budget, charged: 0 }
+    }
+
+    /// Sets this connection's charge to `held`; true when the budget is now exceeded.
+    pub fn set(&mut self, held: usize) -> bool {
+        let used = if held >= self.charged {
+            self.budget.used.fetch_add(held - self.charged, Ordering::Relaxed)
+                + (held - self.charged)
+        } else {
+            self.budget.used.fetch_sub(self.charged - held, Ordering::Relaxed)
+                - (self.charged - held)
+        };
+        self.charged = held;
+        used > self.budget.limit
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.charged, Ordering::Relaxed);
+    }
 }

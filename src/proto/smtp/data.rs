@@ -19,6 +19,8 @@ pub enum DataFailure {
     TooBig,
     /// A text line over the limit (RFC 5321 4.5.3.1.6).
     LineTooLong,
+    /// The server-wide memory budget for bodies in flight is spent: 452 4.3.1.
+    OverBudget,
 }
 
 /// What one call to [`DataReceiver::ingest`] found.
@@ -147,6 +149,15 @@ impl DataReceiver {
         if self.line_len > self.max_line {
             self.fail(DataFailure::LineTooLong);
         }
+    }
+
+    /// Refuses the message from now on: the rest is read and dropped, and the terminator
+    /// produces [`DataEvent::Refused`].
+    /// Returns false if the message was already refused.
+    pub fn refuse(&mut self, f: DataFailure) -> bool {
+        let fresh = self.failure.is_none();
+        self.fail(f);
+        fresh
     }
 
     fn fail(&mut self, f: DataFailure) {

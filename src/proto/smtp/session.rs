@@ -267,11 +267,32 @@ impl Session {
         }
     }
 
-    /// Bytes of message text held by this session (for the memory budget).
+    /// Bytes this session buffers (read buffer plus BDAT chunks), for the memory budget.
     pub fn held_bytes(&self) -> usize {
-        match &self.state {
-            State::Data(rx) => rx.held(),
-            _ => self.draft.as_ref().map_or(0, |d| d.chunks.len()),
+        self.input.len() + self.draft.as_ref().map_or(0, |d| d.chunks.len())
+    }
+
+    /// Whether the session is reading a message body (the only time the budget is enforced).
+    pub fn reading_body(&self) -> bool {
+        matches!(self.state, State::Data(_) | State::Bdat(_))
+    }
+
+    /// The server-wide budget for bodies in flight is spent (DESIGN.md invariant 5): the current
+    /// message is refused with 452 4.3.1 and what it holds is dropped as it is read. Returns
+    /// true if this refused the message (false if it was refused already).
+    pub fn handle_over_budget(&mut self) -> bool {
+        match &mut self.state {
+            State::Data(rx) => rx.refuse(DataFailure::OverBudget),
+            State::Bdat(chunk) if chunk.refuse.is_none() => {
+                let refusal = (reply::MEMORY_BUDGET, RejectReason::Storage);
+                chunk.refuse = Some(refusal.clone());
+                if let Some(d) = self.draft.as_mut() {
+                    d.failed = Some(refusal);
+                    d.chunks = BytesMut::new();
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -326,6 +347,9 @@ impl Session {
                             }
                             DataFailure::LineTooLong => {
                                 self.reject(reply::TEXT_LINE_TOO_LONG, RejectReason::LineTooLong)
+                            }
+                            DataFailure::OverBudget => {
+                                self.reject(reply::MEMORY_BUDGET, RejectReason::Storage)
                             }
                         }
                     }
@@ -500,9 +524,10 @@ impl Session {
         if self.draft.as_ref().is_some_and(|d| d.chunking) {
             return self.reject(reply::DATA_AFTER_BDAT, RejectReason::Sequence);
         }
-        // With SIZE= we know how much to expect: one allocation instead of repeated doubling.
+        // With SIZE= we know how much to expect: fewer reallocations. Capped, so that a declared
+        // size alone cannot make a session allocate much before the data arrives.
         if let Some(size) = self.draft.as_ref().and_then(|d| d.mail.size) {
-            let want = (size as usize).min(self.cfg.max_message_size) + 1024;
+            let want = (size as usize).min(self.cfg.max_message_size).min(4 << 20) + 1024;
             self.input.reserve(want.saturating_sub(self.input.len()));
         }
         self.reply(reply::START_DATA);
@@ -551,8 +576,8 @@ impl Session {
                 d.chunks.unsplit(part);
             }
         } else {
-            // Wait for the whole chunk; its size was checked against the limit.
-            self.input.reserve(chunk.remaining - self.input.len());
+            // Wait for the whole chunk (its size was checked against the limit); the buffer grows
+            // as data arrives, so a declared size alone allocates nothing.
             return Some(Step::NeedInput);
         }
         if chunk.remaining > 0 {
