@@ -49,13 +49,7 @@ fn check_config_accepts_the_example_and_names_file_line_key_on_errors() {
 #[test]
 fn queue_commands_online_and_offline() {
     let mut s = Sluice::start("");
-    let mut c = Client::connect(s.smtp);
-    c.reply();
-    c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<b@example.org>");
-    c.cmd("DATA");
-    let r = c.cmd("Message-ID: <cli@t>\r\n\r\nx\r\n.");
+    let r = Client::ehlo(s.smtp).send_message("<cli@t>", "x\r\n");
     let id = r.trim().rsplit(' ').next().unwrap().to_string();
     let cfg = s.config.to_str().unwrap().to_string();
     let admin = s.admin.to_string();

@@ -53,12 +53,8 @@ fn idle_session_is_closed_after_its_timeout() {
     assert!(c.closed());
     assert!(t.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", t.elapsed());
     // A stalled DATA is timed out too, and the partial message is not queued.
-    let mut c = Client::connect(s.smtp);
-    c.reply();
-    c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<b@example.org>");
-    assert_eq!(code(&c.cmd("DATA")), 354);
+    let mut c = Client::ehlo(s.smtp);
+    assert_eq!(c.start_data(), 354);
     c.send(b"Subject: half a message\r\n").unwrap();
     let r = c.reply().unwrap();
     assert!(r.starts_with("421 4.4.2"), "{r}");
@@ -68,16 +64,8 @@ fn idle_session_is_closed_after_its_timeout() {
 #[test]
 fn graceful_shutdown_answers_421_and_keeps_committed_mail() {
     let mut s = Sluice::start("");
-    let mut idle = Client::connect(s.smtp);
-    idle.reply();
-    idle.cmd("EHLO idle");
-    let mut sender = Client::connect(s.smtp);
-    sender.reply();
-    sender.cmd("EHLO x");
-    sender.cmd("MAIL FROM:<a@example.com>");
-    sender.cmd("RCPT TO:<b@example.org>");
-    sender.cmd("DATA");
-    assert_eq!(code(&sender.cmd("Message-ID: <before-stop@t>\r\n\r\nx\r\n.")), 250);
+    let mut idle = Client::ehlo(s.smtp);
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<before-stop@t>", "x\r\n")), 250);
     let status = s.terminate();
     assert!(status.success(), "{status}");
     let r = idle.reply().unwrap();
@@ -94,12 +82,8 @@ fn graceful_shutdown_answers_421_and_keeps_committed_mail() {
 #[test]
 fn memory_budget_refuses_with_452_and_recovers() {
     let s = Sluice::start("[limits]\nmemory_budget = \"1MiB\"\n");
-    let mut c = Client::connect(s.smtp);
-    c.reply();
-    c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<b@example.org>");
-    assert_eq!(code(&c.cmd("DATA")), 354);
+    let mut c = Client::ehlo(s.smtp);
+    assert_eq!(c.start_data(), 354);
     let line = format!("{}\r\n", "m".repeat(998));
     for _ in 0..3000 {
         c.send(line.as_bytes()).unwrap();
@@ -107,10 +91,7 @@ fn memory_budget_refuses_with_452_and_recovers() {
     let r = c.cmd(".");
     assert!(r.starts_with("452 4.3.1"), "{r}");
     // The budget is released: a normal message right after is accepted.
-    c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<b@example.org>");
-    c.cmd("DATA");
-    assert_eq!(code(&c.cmd("Message-ID: <small@t>\r\n\r\nx\r\n.")), 250);
+    assert_eq!(code(&c.send_message("<small@t>", "x\r\n")), 250);
     let list = s.queue_list();
     assert_eq!(list.len(), 1);
     let (_, m) = s.http_get("/metrics");
@@ -153,17 +134,12 @@ fn full_disk_gives_452_and_keeps_accepted_mail() {
         "[spool]\nmin_free_space = 0\n",
         &[],
     );
-    let mut c = Client::connect(s.smtp);
-    c.reply();
-    c.cmd("EHLO x");
+    let mut c = Client::ehlo(s.smtp);
     let body = format!("{}\r\n", "d".repeat(998)).repeat(100);
     let mut acked = Vec::new();
     let mut refused = None;
     for i in 0..200 {
-        c.cmd("MAIL FROM:<a@example.com>");
-        c.cmd("RCPT TO:<b@example.org>");
-        c.cmd("DATA");
-        let r = c.cmd(&format!("Message-ID: <full{i}@t>\r\n\r\n{body}."));
+        let r = c.send_message(&format!("<full{i}@t>"), &body);
         match code(&r) {
             250 => acked.push(format!("<full{i}@t>")),
             _ => {

@@ -133,12 +133,7 @@ fn rounds(n: usize, env: &[(&str, &str)]) -> Option<(Vec<String>, usize)> {
 fn power_loss_20_rounds_loses_no_acknowledged_message() {
     let Some((lost, acked)) = rounds(20, &[]) else { return };
     eprintln!("20 power cuts, {acked} acknowledged messages, {} lost", lost.len());
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages lost or damaged: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    load::assert_none_lost(&lost);
 }
 
 /// The power-loss check must be able to fail: a spool that acknowledges before its data is

@@ -142,6 +142,33 @@ impl From<std::io::Error> for SpoolError {
     }
 }
 
+/// A one-recipient envelope for unit tests.
+#[cfg(test)]
+pub(crate) fn test_envelope(id: QueueId, size: u64) -> Envelope {
+    Envelope {
+        id,
+        received_at: 1,
+        sender: "a@b.c".into(),
+        recipients: vec![Recipient {
+            address: "d@e.f".into(),
+            orcpt: None,
+            notify: None,
+            state: RecipientState::Queued,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+        }],
+        message_id: Some("<m@b.c>".into()),
+        size,
+        helo: "x".into(),
+        client_ip: "127.0.0.1".parse().expect("literal"),
+        body_type: None,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+    }
+}
+
 /// Resolves once the record is durable (or failed). Dropping it does not cancel the write.
 pub type Ticket = Pin<Box<dyn Future<Output = Result<(), SpoolError>> + Send>>;
 

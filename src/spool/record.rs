@@ -147,31 +147,10 @@ fn read_u32(data: &[u8], at: usize) -> Result<u32, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Recipient, RecipientState};
+    use crate::spool::RecipientState;
 
-    pub fn envelope(id: u64) -> Envelope {
-        Envelope {
-            id: QueueId(id),
-            received_at: 1,
-            sender: "a@b.c".into(),
-            recipients: vec![Recipient {
-                address: "d@e.f".into(),
-                orcpt: None,
-                notify: None,
-                state: RecipientState::Queued,
-                attempts: 0,
-                next_attempt: 0,
-                last_reply: None,
-            }],
-            message_id: Some("<m@b.c>".into()),
-            size: 9,
-            helo: "x".into(),
-            client_ip: "127.0.0.1".parse().unwrap(),
-            body_type: None,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        }
+    fn envelope(id: u64) -> Envelope {
+        crate::spool::test_envelope(QueueId(id), 9)
     }
 
     fn flat(e: &Encoded) -> Vec<u8> {

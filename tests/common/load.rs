@@ -122,6 +122,16 @@ pub fn missing(s: &Sluice, acked: &[Acked], bodies: bool) -> Vec<String> {
     bad
 }
 
+/// Fails the test if anything acknowledged was lost or damaged.
+pub fn assert_none_lost(lost: &[String]) {
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost or damaged: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
 /// A pseudo-random number from the clock, printed by callers so a failing round can be retraced.
 pub fn jitter(max: u64) -> u64 {
     let nanos =

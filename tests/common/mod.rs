@@ -202,6 +202,27 @@ impl Client {
         Client { reader, stream }
     }
 
+    /// Connects, reads the greeting and says EHLO.
+    pub fn ehlo(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        assert_eq!(code(&c.reply().unwrap_or_default()), 220);
+        assert_eq!(code(&c.cmd("EHLO client.test")), 250);
+        c
+    }
+
+    /// MAIL FROM:<a@example.com>, RCPT TO:<b@example.org>, DATA; returns DATA's reply code.
+    pub fn start_data(&mut self) -> u16 {
+        self.cmd("MAIL FROM:<a@example.com>");
+        self.cmd("RCPT TO:<b@example.org>");
+        code(&self.cmd("DATA"))
+    }
+
+    /// A whole transaction with a `Message-ID` header; returns the reply after the data.
+    pub fn send_message(&mut self, message_id: &str, body: &str) -> String {
+        assert_eq!(self.start_data(), 354);
+        self.cmd(&format!("Message-ID: {message_id}\r\n\r\n{body}."))
+    }
+
     /// Reads one (possibly multi-line) reply; `None` on EOF.
     pub fn reply(&mut self) -> Option<String> {
         let mut all = String::new();

@@ -1,5 +1,4 @@
 use super::*;
-use crate::spool::Recipient;
 
 fn opts(dir: &Path) -> SpoolOptions {
     SpoolOptions { min_free_space: 0, ..SpoolOptions::new(dir.join("spool")) }
@@ -8,28 +7,7 @@ fn opts(dir: &Path) -> SpoolOptions {
 fn message(spool: &LogSpool, body: &str) -> NewMessage {
     let id = spool.next_id();
     NewMessage {
-        envelope: Envelope {
-            id,
-            received_at: 1,
-            sender: "a@b.c".into(),
-            recipients: vec![Recipient {
-                address: "d@e.f".into(),
-                orcpt: None,
-                notify: None,
-                state: RecipientState::Queued,
-                attempts: 0,
-                next_attempt: 0,
-                last_reply: None,
-            }],
-            message_id: None,
-            size: body.len() as u64 + 4,
-            helo: "x".into(),
-            client_ip: "127.0.0.1".parse().unwrap(),
-            body_type: None,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        },
+        envelope: crate::spool::test_envelope(id, body.len() as u64 + 4),
         trace: Bytes::from_static(b"R:\r\n"),
         body: Bytes::from(body.to_string()),
     }
