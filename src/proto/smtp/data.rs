@@ -10,7 +10,7 @@
 //! of the rest of the stream is unknowable, so the message is refused and the session closed;
 //! nothing after it is ever interpreted as a command.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Why a message was refused; the receiver keeps reading to the terminator (framing is intact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,32 +189,43 @@ impl DataReceiver {
     }
 }
 
-/// Dot-stuffs `body` for sending with DATA (RFC 5321 4.5.2), calling `out` with borrowed slices
-/// of the body and small static pieces, so the body is never copied. The body must end with CRLF
-/// (or be empty); the terminator is appended.
-pub fn dot_stuff<'a>(body: &'a [u8], mut out: impl FnMut(&'a [u8])) {
-    let mut start = 0;
-    let mut line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        if line_start && body[i] == b'.' {
-            out(&body[start..i]);
-            out(b".");
-            start = i;
-        }
-        match memchr::memchr(b'\n', &body[i..]) {
-            Some(n) => {
-                i += n + 1;
-                line_start = true;
+/// Adds `content` to `parts` dot-stuffed for DATA (RFC 5321 4.5.2), as slices of the original
+/// buffers (never a copy of the body), followed by the terminator.
+/// A line may span two buffers; stuffing works on the byte stream, so buffer boundaries that fall
+/// at a line start are handled by carrying the "at line start" state across them.
+pub fn dot_stuff(content: &[Bytes], parts: &mut Vec<Bytes>) {
+    let mut at_line_start = true;
+    for buf in content.iter().filter(|b| !b.is_empty()) {
+        let mut start = 0;
+        let mut i = 0;
+        while i < buf.len() {
+            if at_line_start && buf[i] == b'.' {
+                if i > start {
+                    parts.push(buf.slice(start..i));
+                }
+                parts.push(Bytes::from_static(b"."));
+                start = i;
             }
-            None => break,
+            match memchr::memchr(b'\n', &buf[i..]) {
+                Some(n) => {
+                    i += n + 1;
+                    at_line_start = true;
+                }
+                None => {
+                    i = buf.len();
+                    at_line_start = false;
+                }
+            }
+        }
+        if start < buf.len() {
+            parts.push(buf.slice(start..));
         }
     }
-    out(&body[start..]);
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        out(b"\r\n");
+    // The terminator must start a line (RFC 5321 4.1.1.4).
+    if !at_line_start {
+        parts.push(Bytes::from_static(b"\r\n"));
     }
-    out(b".\r\n");
+    parts.push(Bytes::from_static(b".\r\n"));
 }
 
 #[cfg(test)]
@@ -327,8 +338,22 @@ mod tests {
     fn dot_stuffing_round_trips() {
         let bodies: &[&[u8]] = &[b"", b"a\r\n", b".\r\n", b"..x\r\n.\r\nb.\r\n", b"x\r\n.y\r\n"];
         for b in bodies {
-            let mut wire = Vec::new();
-            dot_stuff(b, |s| wire.extend_from_slice(s));
+            // Split the content at every position: stuffing must not depend on buffer edges.
+            for cut in 0..=b.len() {
+                let content = [
+                    bytes::Bytes::copy_from_slice(&b[..cut]),
+                    bytes::Bytes::copy_from_slice(&b[cut..]),
+                ];
+                let mut parts = Vec::new();
+                dot_stuff(&content, &mut parts);
+                let wire: Vec<u8> = parts.concat();
+                let (ev, rest) = run(&[&wire]);
+                assert_eq!(body(ev), *b);
+                assert!(rest.is_empty());
+            }
+            let mut parts = Vec::new();
+            dot_stuff(&[bytes::Bytes::copy_from_slice(b)], &mut parts);
+            let wire: Vec<u8> = parts.concat();
             let (ev, rest) = run(&[&wire]);
             assert_eq!(body(ev), *b);
             assert!(rest.is_empty());

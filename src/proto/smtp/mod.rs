@@ -10,6 +10,7 @@
 //! It does not do TLS, AUTH or delivery; those are separate layers.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod message;

@@ -1,0 +1,508 @@
+//! The outbound SMTP client as a sans-IO state machine (RFC 5321 3.3, 4.1; RFC 2920 pipelining;
+//! RFC 3030 BDAT; RFC 1870 SIZE; RFC 6152/6531 8BITMIME/SMTPUTF8 checks).
+//!
+//! ```text
+//!  Greeting ─220─► Ehlo ─250─► Ready ──start()──► Envelope ──► Body ──► Ready ──quit()──► Closed
+//!                   └─5xx─► Helo ─250─┘   (RSET between transactions when one was aborted)
+//! ```
+//! The driver writes what [`Client::poll_transmit`] returns, feeds what it reads to
+//! [`Client::handle_input`], and acts on [`Client::poll_event`]. The body is handed over as
+//! `Bytes` and sent as slices of it (dot-stuffed for DATA, as is for BDAT): never copied.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::data::dot_stuff;
+use super::reply::Reply;
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    pub size: Option<u64>,
+    pub eightbitmime: bool,
+    pub smtputf8: bool,
+    pub chunking: bool,
+    pub starttls: bool,
+    pub dsn: bool,
+}
+
+impl Capabilities {
+    /// Parses EHLO reply lines (the first line is the greeting).
+    pub fn from_ehlo(reply: &Reply) -> Self {
+        let mut caps = Capabilities { esmtp: true, ..Default::default() };
+        for line in reply.text.split('\n').skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                "8BITMIME" => caps.eightbitmime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "CHUNKING" => caps.chunking = true,
+                "STARTTLS" => caps.starttls = true,
+                "DSN" => caps.dsn = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// One message to send over this connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Empty for the null reverse-path.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// The message: added headers first, then the body; sent in this order without copying.
+    pub content: Vec<Bytes>,
+    pub eightbit: bool,
+    pub smtputf8: bool,
+}
+
+impl Outbound {
+    pub fn len(&self) -> usize {
+        self.content.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The outcome of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionResult {
+    /// One reply per recipient, in order: the RCPT reply if it was refused, else the reply to the
+    /// end of data (which applies to every accepted recipient).
+    pub recipients: Vec<Reply>,
+}
+
+/// Why the connection cannot go on; every pending recipient takes this outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// The server answered something that ends the session (greeting refused, 421, ...).
+    Refused(Reply),
+    /// A reply line that is not SMTP.
+    Protocol(String),
+    /// The message cannot be sent to this server as it is (RFC 6152, 6531, 1870 checks): a
+    /// permanent failure without talking to the server.
+    Unsendable(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Connected and greeted; `start` may be called.
+    Ready(Capabilities),
+    Done(TransactionResult),
+    /// A message could not be sent (see [`ClientFailure::Unsendable`]); the session is Ready.
+    Skipped(ClientFailure),
+    /// The session is over; no further transaction on it.
+    Failed(ClientFailure),
+}
+
+/// What the client waits for, so the driver picks the RFC 5321 4.5.3.2 timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Greeting,
+    Command,
+    DataInit,
+    DataTerm,
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    /// DATA's 354 (or its refusal).
+    Data,
+    /// The reply after the body (DATA) or to BDAT LAST.
+    End,
+    Rset,
+    Quit,
+}
+
+pub struct Client {
+    helo_name: String,
+    caps: Capabilities,
+    input: BytesMut,
+    transmit: VecDeque<Bytes>,
+    events: VecDeque<ClientEvent>,
+    /// Commands sent whose replies are awaited, in order.
+    outstanding: VecDeque<Expect>,
+    /// Commands not yet sent (one command may be several buffers: BDAT and its chunk).
+    unsent: VecDeque<(Vec<Bytes>, Expect)>,
+    tx: Option<InFlight>,
+    closed: bool,
+}
+
+struct InFlight {
+    msg: Outbound,
+    /// Refusal per recipient (None = accepted so far).
+    refused: Vec<Option<Reply>>,
+    replies_seen: usize,
+    mail_refused: Option<Reply>,
+    /// Set once the end-of-data reply arrived.
+    end: Option<Reply>,
+}
+
+impl InFlight {
+    fn accepted(&self) -> usize {
+        if self.mail_refused.is_some() {
+            return 0;
+        }
+        self.refused[..self.replies_seen].iter().filter(|r| r.is_none()).count()
+    }
+}
+
+impl Client {
+    pub fn new(helo_name: impl Into<String>) -> Self {
+        Client {
+            helo_name: helo_name.into(),
+            caps: Capabilities::default(),
+            input: BytesMut::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            outstanding: VecDeque::from([Expect::Greeting]),
+            unsent: VecDeque::new(),
+            tx: None,
+            closed: false,
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Bytes to write, in order.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a reply is awaited (the driver reads only then).
+    pub fn wants_input(&self) -> bool {
+        !self.outstanding.is_empty() && !self.closed
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.outstanding.front() {
+            None => Phase::Idle,
+            Some(Expect::Greeting) => Phase::Greeting,
+            Some(Expect::Data) => Phase::DataInit,
+            Some(Expect::End) => Phase::DataTerm,
+            Some(_) => Phase::Command,
+        }
+    }
+
+    /// Starts a transaction; only when idle after `Ready`, `Done` or `Skipped`.
+    pub fn start(&mut self, msg: Outbound) {
+        debug_assert!(self.tx.is_none() && self.outstanding.is_empty());
+        // Checks that need no round trip (RFC 1870 4, RFC 6531 3.2, RFC 6152 3).
+        let unsendable = if self.caps.size.is_some_and(|max| msg.len() as u64 > max) {
+            Some(Reply::owned(
+                552,
+                "5.3.4",
+                format!("message size {} exceeds the next hop's limit", msg.len()),
+            ))
+        } else if msg.smtputf8 && !self.caps.smtputf8 {
+            Some(Reply::new(553, "5.6.7", "next hop does not support SMTPUTF8 (RFC 6531)"))
+        } else if msg.eightbit && !self.caps.eightbitmime {
+            Some(Reply::new(
+                554,
+                "5.6.3",
+                "8-bit message and next hop lacks 8BITMIME; no conversion",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = unsendable {
+            self.events.push_back(ClientEvent::Skipped(ClientFailure::Unsendable(r)));
+            return;
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.len()));
+        }
+        if msg.eightbit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        self.queue(mail, Expect::Mail);
+        for (i, r) in msg.recipients.iter().enumerate() {
+            self.queue(format!("RCPT TO:<{r}>\r\n"), Expect::Rcpt(i));
+        }
+        let n = msg.recipients.len();
+        let bdat = self.caps.chunking;
+        if bdat {
+            // BDAT len LAST, then the content as is (RFC 3030 2).
+            let len = msg.len();
+            let mut parts = vec![Bytes::from(format!("BDAT {len} LAST\r\n"))];
+            parts.extend(msg.content.iter().cloned());
+            self.queue_parts(parts, Expect::End);
+        } else {
+            self.queue("DATA\r\n".to_string(), Expect::Data);
+        }
+        self.tx = Some(InFlight {
+            msg,
+            refused: vec![None; n],
+            replies_seen: 0,
+            mail_refused: None,
+            end: None,
+        });
+        self.fill();
+    }
+
+    /// Ends the session politely.
+    pub fn quit(&mut self) {
+        if !self.closed {
+            self.queue("QUIT\r\n".to_string(), Expect::Quit);
+            self.fill();
+        }
+    }
+
+    fn queue(&mut self, line: String, e: Expect) {
+        self.unsent.push_back((vec![Bytes::from(line)], e));
+    }
+
+    fn queue_parts(&mut self, parts: Vec<Bytes>, e: Expect) {
+        self.unsent.push_back((parts, e));
+    }
+
+    /// Sends what may be sent now: everything up to the first command whose reply decides what
+    /// follows (DATA), with PIPELINING; one command at a time without it.
+    fn fill(&mut self) {
+        while let Some((_, e)) = self.unsent.front() {
+            let e = *e;
+            let pipelined = self.caps.pipelining
+                && matches!(
+                    e,
+                    Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::End | Expect::Quit
+                );
+            if !self.outstanding.is_empty() && !pipelined {
+                return;
+            }
+            // Without PIPELINING, skip DATA/BDAT when no recipient was accepted.
+            if !self.caps.pipelining
+                && matches!(e, Expect::Data | Expect::End)
+                && let Some(tx) = &self.tx
+                && tx.end.is_none()
+                && tx.accepted() == 0
+            {
+                self.unsent.clear();
+                self.abort_transaction();
+                return;
+            }
+            if self.outstanding.back() == Some(&Expect::Data) {
+                return; // nothing goes after DATA until its 354
+            }
+            let (parts, e) = self.unsent.pop_front().expect("front exists");
+            self.transmit.extend(parts);
+            self.outstanding.push_back(e);
+        }
+    }
+
+    /// Feeds bytes read from the server.
+    pub fn handle_input(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+        while !self.closed {
+            match parse_reply(&mut self.input) {
+                Ok(Some(reply)) => self.handle_reply(reply),
+                Ok(None) => break,
+                Err(line) => {
+                    self.fail(ClientFailure::Protocol(line));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The connection ended (EOF or error): whatever is in flight fails with `reply`.
+    pub fn handle_disconnect(&mut self, reason: &str) {
+        if !self.closed && self.outstanding.front() != Some(&Expect::Quit) {
+            self.fail(ClientFailure::Refused(Reply::owned(
+                421,
+                "4.4.2",
+                format!("connection lost: {reason}"),
+            )));
+        }
+        self.closed = true;
+    }
+
+    fn handle_reply(&mut self, reply: Reply) {
+        let Some(expect) = self.outstanding.pop_front() else {
+            return self
+                .fail(ClientFailure::Protocol(format!("unexpected reply: {}", reply.to_line())));
+        };
+        // 421: the server is closing the session (RFC 5321 3.8), whatever we asked.
+        if reply.code == 421 && expect != Expect::Quit {
+            return self.fail(ClientFailure::Refused(reply));
+        }
+        match expect {
+            Expect::Greeting if reply.code == 220 => {
+                self.queue(format!("EHLO {}\r\n", self.helo_name), Expect::Ehlo);
+            }
+            Expect::Greeting => return self.fail(ClientFailure::Refused(reply)),
+            Expect::Ehlo if reply.code == 250 => {
+                self.caps = Capabilities::from_ehlo(&reply);
+                self.events.push_back(ClientEvent::Ready(self.caps.clone()));
+            }
+            Expect::Ehlo if reply.code >= 500 => {
+                self.queue(format!("HELO {}\r\n", self.helo_name), Expect::Helo);
+            }
+            Expect::Helo if reply.code == 250 => {
+                self.caps = Capabilities::default();
+                self.events.push_back(ClientEvent::Ready(self.caps.clone()));
+            }
+            Expect::Ehlo | Expect::Helo => return self.fail(ClientFailure::Refused(reply)),
+            Expect::Mail => {
+                if let Some(tx) = self.tx.as_mut()
+                    && reply.code != 250
+                {
+                    tx.mail_refused = Some(reply);
+                    if !self.caps.pipelining {
+                        self.unsent.clear();
+                        self.abort_transaction();
+                        return;
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.replies_seen = i + 1;
+                    if !(250..=252).contains(&reply.code) {
+                        tx.refused[i] = Some(reply);
+                    }
+                }
+            }
+            Expect::Data => {
+                if reply.code == 354 {
+                    // Send the body, dot-stuffed, as slices of the content (RFC 5321 4.5.2).
+                    let accepted = self.tx.as_ref().map_or(0, InFlight::accepted);
+                    let mut parts = Vec::new();
+                    if accepted > 0 {
+                        if let Some(tx) = &self.tx {
+                            dot_stuff(&tx.msg.content, &mut parts);
+                        }
+                    } else {
+                        parts.push(Bytes::from_static(b".\r\n")); // RFC 2920 3.1: end the empty DATA
+                    }
+                    for p in parts {
+                        self.transmit.push_back(p);
+                    }
+                    self.outstanding.push_back(Expect::End);
+                } else if let Some(tx) = self.tx.as_mut() {
+                    // DATA refused: the transaction is over without data.
+                    if tx.mail_refused.is_none() && tx.accepted() > 0 {
+                        tx.end = Some(reply);
+                    }
+                    self.abort_transaction();
+                    return;
+                }
+            }
+            Expect::End => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.end = Some(reply);
+                }
+                self.finish_transaction();
+            }
+            Expect::Rset => self.finish_transaction(),
+            Expect::Quit => {
+                self.closed = true;
+                return;
+            }
+        }
+        self.fill();
+    }
+
+    /// The transaction stops before its data: RSET, then report.
+    fn abort_transaction(&mut self) {
+        self.queue("RSET\r\n".to_string(), Expect::Rset);
+        self.fill();
+    }
+
+    fn finish_transaction(&mut self) {
+        // Replies still owed for pipelined commands are consumed first.
+        if self
+            .outstanding
+            .iter()
+            .any(|e| matches!(e, Expect::Rcpt(_) | Expect::Data | Expect::End | Expect::Rset))
+        {
+            return;
+        }
+        let Some(tx) = self.tx.take() else { return };
+        let end = tx.end.clone();
+        let recipients = tx
+            .refused
+            .into_iter()
+            .map(|r| match (&tx.mail_refused, r, &end) {
+                (Some(m), _, _) => m.clone(),
+                (None, Some(r), _) => r,
+                (None, None, Some(e)) => e.clone(),
+                (None, None, None) => Reply::new(451, "4.3.0", "transaction aborted before data"),
+            })
+            .collect();
+        self.events.push_back(ClientEvent::Done(TransactionResult { recipients }));
+    }
+
+    fn fail(&mut self, f: ClientFailure) {
+        self.closed = true;
+        self.outstanding.clear();
+        self.unsent.clear();
+        self.tx = None;
+        self.events.push_back(ClientEvent::Failed(f));
+    }
+}
+
+/// Parses one complete reply from the front of `buf` (RFC 5321 4.2: `ddd-text` lines, then
+/// `ddd text`). `Ok(None)` = need more input; `Err` = not an SMTP reply.
+pub fn parse_reply(buf: &mut BytesMut) -> Result<Option<Reply>, String> {
+    let mut pos = 0;
+    let mut lines = Vec::new();
+    let mut code = 0u16;
+    loop {
+        let Some(n) = memchr::memchr(b'\n', &buf[pos..]) else {
+            if buf.len() > 64 * 1024 {
+                return Err("reply too long".into());
+            }
+            return Ok(None);
+        };
+        let raw = &buf[pos..pos + n];
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        pos += n + 1;
+        let text = String::from_utf8_lossy(line);
+        let digits = text.get(..3).filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+        let Some(d) = digits else { return Err(format!("not an SMTP reply: {text:?}")) };
+        let c: u16 = d.parse().map_err(|_| format!("bad reply code: {text:?}"))?;
+        if !(200..600).contains(&c) || (code != 0 && c != code) {
+            return Err(format!("bad reply code: {text:?}"));
+        }
+        code = c;
+        let sep = text.as_bytes().get(3).copied();
+        lines.push(text.get(4..).unwrap_or("").to_string());
+        if sep != Some(b'-') {
+            let _ = buf.split_to(pos);
+            return Ok(Some(Reply::plain(code, lines.join("\n"))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! Client transcripts: the server's replies are scripted, the client's bytes checked.
+
+use super::*;
+
+fn msg(rcpts: &[&str], body: &str) -> Outbound {
+    Outbound {
+        sender: "a@example.com".into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        content: vec![Bytes::from_static(b"Received: x\r\n"), Bytes::from(body.to_string())],
+        eightbit: false,
+        smtputf8: false,
+    }
+}
+
+/// Drives a client against scripted replies; returns everything it sent and its events.
+struct Script {
+    c: Client,
+    sent: String,
+    events: Vec<ClientEvent>,
+}
+
+impl Script {
+    fn new() -> Self {
+        Script { c: Client::new("me.test"), sent: String::new(), events: vec![] }
+    }
+
+    fn server(&mut self, replies: &str) -> &mut Self {
+        self.c.handle_input(replies.as_bytes());
+        self.drain();
+        self
+    }
+
+    fn drain(&mut self) {
+        while let Some(b) = self.c.poll_transmit() {
+            self.sent.push_str(&String::from_utf8_lossy(&b));
+        }
+        while let Some(e) = self.c.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn take_sent(&mut self) -> String {
+        std::mem::take(&mut self.sent)
+    }
+
+    fn connect(ehlo: &str) -> Self {
+        let mut s = Script::new();
+        s.server("220 mx ready\r\n");
+        assert_eq!(s.take_sent(), "EHLO me.test\r\n");
+        s.server(ehlo);
+        assert!(matches!(s.events.pop(), Some(ClientEvent::Ready(_))));
+        s
+    }
+
+    fn start(&mut self, m: Outbound) -> &mut Self {
+        self.c.start(m);
+        self.drain();
+        self
+    }
+
+    fn done(&mut self) -> Vec<u16> {
+        match self.events.pop() {
+            Some(ClientEvent::Done(r)) => r.recipients.iter().map(|r| r.code).collect(),
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+}
+
+const ESMTP_PIPELINING: &str = "250-mx\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n";
+
+#[test]
+fn rfc2920_pipelined_transaction_with_mixed_recipients() {
+    let mut s = Script::connect(ESMTP_PIPELINING);
+    s.start(msg(&["ok@x", "bad@x", "later@x"], "hi\r\n.dot\r\n"));
+    // Everything up to DATA in one go.
+    assert_eq!(
+        s.take_sent(),
+        "MAIL FROM:<a@example.com> SIZE=23\r\nRCPT TO:<ok@x>\r\nRCPT TO:<bad@x>\r\nRCPT TO:<later@x>\r\nDATA\r\n"
+    );
+    s.server("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n451 4.2.0 try later\r\n354 go\r\n");
+    assert_eq!(s.take_sent(), "Received: x\r\nhi\r\n..dot\r\n.\r\n");
+    s.server("250 2.0.0 queued\r\n");
+    assert_eq!(s.done(), vec![250, 550, 451]);
+}
+
+#[test]
+fn rfc5321_lockstep_without_pipelining_and_helo_fallback() {
+    let mut s = Script::new();
+    s.server("220 old\r\n");
+    assert_eq!(s.take_sent(), "EHLO me.test\r\n");
+    s.server("502 what\r\n");
+    assert_eq!(s.take_sent(), "HELO me.test\r\n");
+    s.server("250 old\r\n");
+    assert!(matches!(s.events.pop(), Some(ClientEvent::Ready(c)) if !c.esmtp));
+    s.start(msg(&["a@x", "b@x"], "x\r\n"));
+    assert_eq!(s.take_sent(), "MAIL FROM:<a@example.com>\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.take_sent(), "RCPT TO:<a@x>\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.take_sent(), "RCPT TO:<b@x>\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.take_sent(), "DATA\r\n");
+    s.server("354 go\r\n");
+    assert_eq!(s.take_sent(), "Received: x\r\nx\r\n.\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.done(), vec![250, 250]);
+    // A second transaction on the same connection, then QUIT.
+    s.start(msg(&["c@x"], "y\r\n"));
+    assert_eq!(s.take_sent(), "MAIL FROM:<a@example.com>\r\n");
+    s.server("250 ok\r\n250 ok\r\n");
+    s.server("354 go\r\n250 ok\r\n");
+    assert_eq!(s.done(), vec![250]);
+    s.c.quit();
+    s.drain();
+    assert!(s.take_sent().ends_with("QUIT\r\n"));
+    s.server("221 bye\r\n");
+    assert!(s.c.is_closed());
+}
+
+#[test]
+fn no_recipient_accepted_means_no_data_and_rset() {
+    let mut s = Script::connect("250-mx\r\n250 8BITMIME\r\n");
+    s.start(msg(&["a@x"], "x\r\n"));
+    s.take_sent();
+    s.server("250 ok\r\n550 no\r\n");
+    assert_eq!(s.take_sent(), "RCPT TO:<a@x>\r\nRSET\r\n");
+    s.server("250 reset\r\n");
+    assert_eq!(s.done(), vec![550]);
+    // MAIL refused: every recipient takes its reply.
+    s.start(msg(&["a@x", "b@x"], "x\r\n"));
+    s.take_sent();
+    s.server("452 4.3.1 full\r\n");
+    assert_eq!(s.take_sent(), "RSET\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.done(), vec![452, 452]);
+}
+
+#[test]
+fn pipelined_all_refused_consumes_every_reply() {
+    let mut s = Script::connect(ESMTP_PIPELINING);
+    s.start(msg(&["a@x"], "x\r\n"));
+    s.take_sent();
+    s.server("250 ok\r\n550 no\r\n554 no valid recipients\r\n");
+    assert_eq!(s.take_sent(), "RSET\r\n");
+    s.server("250 ok\r\n");
+    assert_eq!(s.done(), vec![550]);
+}
+
+/// RFC 3030: BDAT LAST with the content as is (no dot-stuffing), pipelined.
+#[test]
+fn rfc3030_bdat_sends_content_as_is() {
+    let mut s = Script::connect("250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n");
+    s.start(msg(&["a@x"], ".x\r\n"));
+    assert_eq!(
+        s.take_sent(),
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<a@x>\r\nBDAT 17 LAST\r\nReceived: x\r\n.x\r\n"
+    );
+    s.server("250 ok\r\n250 ok\r\n250 2.0.0 got it\r\n");
+    assert_eq!(s.done(), vec![250]);
+}
+
+#[test]
+fn checks_before_sending_rfc1870_rfc6152_rfc6531() {
+    let mut s = Script::connect("250-mx\r\n250 SIZE 10\r\n");
+    s.start(msg(&["a@x"], "more than ten bytes\r\n"));
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Skipped(ClientFailure::Unsendable(r))) if r.code == 552)
+    );
+    let mut m = msg(&["a@x"], "x\r\n");
+    m.eightbit = true;
+    let mut s = Script::connect("250-mx\r\n250 PIPELINING\r\n");
+    s.start(m.clone());
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Skipped(ClientFailure::Unsendable(r))) if r.code == 554)
+    );
+    m.eightbit = false;
+    m.smtputf8 = true;
+    s.start(m);
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Skipped(ClientFailure::Unsendable(r))) if r.code == 553)
+    );
+    assert!(s.take_sent().is_empty());
+}
+
+#[test]
+fn failures_421_garbage_and_disconnect() {
+    let mut s = Script::new();
+    s.server("554 go away\r\n");
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Failed(ClientFailure::Refused(r))) if r.code == 554)
+    );
+    let mut s = Script::connect(ESMTP_PIPELINING);
+    s.start(msg(&["a@x"], "x\r\n"));
+    s.server("421 4.3.2 shutting down\r\n");
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Failed(ClientFailure::Refused(r))) if r.code == 421)
+    );
+    assert!(s.c.is_closed());
+    let mut s = Script::new();
+    s.server("HTTP/1.1 400 Bad Request\r\n");
+    assert!(matches!(s.events.pop(), Some(ClientEvent::Failed(ClientFailure::Protocol(_)))));
+    let mut s = Script::connect(ESMTP_PIPELINING);
+    s.start(msg(&["a@x"], "x\r\n"));
+    s.c.handle_disconnect("reset by peer");
+    s.drain();
+    assert!(
+        matches!(s.events.pop(), Some(ClientEvent::Failed(ClientFailure::Refused(r))) if r.code == 421)
+    );
+}
+
+#[test]
+fn rfc5321_4_2_reply_parsing() {
+    let mut b = BytesMut::from(&b"250-mx.example\r\n250-SIZE 100\r\n250 HELP\r\n220 next"[..]);
+    let r = parse_reply(&mut b).unwrap().unwrap();
+    assert_eq!((r.code, r.text.as_ref()), (250, "mx.example\nSIZE 100\nHELP"));
+    assert_eq!(parse_reply(&mut b), Ok(None));
+    let caps = Capabilities::from_ehlo(&r);
+    assert_eq!(caps.size, Some(100));
+    for bad in ["25x ok\r\n", "250-a\r\n251 b\r\n", "999 x\r\n", "\r\n"] {
+        assert!(parse_reply(&mut BytesMut::from(bad)).is_err(), "{bad:?}");
+    }
+}
