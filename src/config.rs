@@ -43,6 +43,11 @@ pub struct Config {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub local: Local,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Routes, first match wins; no matching route = MX delivery.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -146,6 +151,46 @@ pub struct SpoolConfig {
     pub min_free_space: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Delivery attempts in flight at once, over all destinations.
+    #[serde(default = "default_delivery_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Waiting for the greeting and for replies to MAIL, RCPT and DATA (RFC 5321 4.5.3.2: 5m).
+    #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Waiting for the reply after the end of data (RFC 5321 4.5.3.2.6: 10m).
+    #[serde(default = "default_data_end_timeout", deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// How often the queue is scanned for due recipients (new mail is dispatched at once).
+    #[serde(default = "default_scan_interval", deserialize_with = "duration")]
+    pub scan_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when offered (not yet implemented: plaintext for now).
+    Opportunistic,
+    /// Refuse to deliver without TLS (not yet available).
+    Required,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact domains, `*.example.org` (subdomains) or `*`.
+    pub domains: Vec<String>,
+    /// `host:port` of a relay; absent = MX delivery.
+    pub smarthost: Option<String>,
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsMode,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Local {
@@ -214,6 +259,21 @@ fn default_checkpoint_interval() -> Duration {
 fn default_min_free_space() -> u64 {
     256 << 20
 }
+fn default_delivery_concurrency() -> usize {
+    100
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_data_end_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_scan_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Opportunistic
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -239,6 +299,11 @@ impl Default for Queue {
     }
 }
 impl Default for SpoolConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for DeliveryConfig {
     fn default() -> Self {
         toml::from_str("").expect("defaults deserialize")
     }
@@ -393,6 +458,32 @@ impl Config {
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
             return invalid("spool.segment_size", "must be between 1MiB and 1GiB".into());
         }
+        if self.delivery.concurrency == 0 {
+            return invalid("delivery.concurrency", "must be at least 1".into());
+        }
+        for (i, r) in self.route.iter().enumerate() {
+            if r.domains.is_empty() {
+                return invalid(
+                    &format!("route[{i}].domains"),
+                    "needs at least one pattern".into(),
+                );
+            }
+            if r.tls == TlsMode::Required {
+                return invalid(
+                    &format!("route[{i}].tls"),
+                    "\"required\" needs outbound TLS, which this version does not have yet".into(),
+                );
+            }
+            if let Some(h) = &r.smarthost
+                && h.rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid(
+                    &format!("route[{i}].smarthost"),
+                    format!("{h:?} is not host:port"),
+                );
+            }
+        }
         for (i, d) in self.local.domains.iter().enumerate() {
             if d.is_empty() || d.contains('@') || d.contains(' ') {
                 return invalid(&format!("local.domains[{i}]"), format!("{d:?} is not a domain"));
@@ -455,6 +546,8 @@ mod tests {
             ),
             ("[limits]\nmax_command_line = 100\n", &["limits.max_command_line", "512"]),
             ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", &["line 2"]),
+            ("[[route]]\ndomains = [\"*\"]\nsmarthost = \"nohost\"\n", &["route[0].smarthost"]),
+            ("[[route]]\ndomains = [\"*\"]\ntls = \"sometimes\"\n", &["line 3"]),
         ];
         for (text, needles) in cases {
             let err = Config::parse(text, "f.toml").unwrap_err().to_string();

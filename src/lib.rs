@@ -5,6 +5,8 @@
 //! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
 //! - [`smtp`]: the SMTP server: listeners, connection limits, the per-connection driver.
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
+//! - [`queue`]: retry schedule and the dispatcher of due recipients.
+//! - [`delivery`]: routes, the outbound SMTP driver, outcome classification.
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`server`]: `sluice serve`: start-up, graceful shutdown.
@@ -13,8 +15,10 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod metrics;
 pub mod proto;
+pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -153,6 +153,23 @@ pub static MEMORY_BUDGET_EXCEEDED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Delivery outcomes per recipient: delivered, deferred (temporary failure), failed, expired.
+pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_deliveries_total",
+        "Delivery outcomes per recipient: delivered, deferred, failed, expired.",
+        &["outcome"],
+    )
+});
+/// Duration of one delivery attempt (connect to QUIT).
+pub static DELIVERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sluice_delivery_seconds",
+        "Duration of one delivery attempt, connect to QUIT.",
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+
 /// Forces registration of every metric, so `/metrics` lists them all from the start.
 pub fn init() {
     LazyLock::force(&SMTP_CONNECTIONS);
@@ -172,6 +189,8 @@ pub fn init() {
     LazyLock::force(&SPOOL_DISK_BYTES);
     LazyLock::force(&SPOOL_CHECKPOINT_SECONDS);
     LazyLock::force(&MEMORY_BUDGET_EXCEEDED);
+    LazyLock::force(&DELIVERIES);
+    LazyLock::force(&DELIVERY_SECONDS);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather
@@ -185,6 +204,9 @@ pub fn init_labels(listeners: &[String]) {
     }
     for r in crate::proto::smtp::session::RejectReason::ALL {
         MESSAGES_REJECTED.with_label_values(&[r.label()]);
+    }
+    for o in ["delivered", "deferred", "failed", "expired"] {
+        DELIVERIES.with_label_values(&[o]);
     }
     for r in ["max_sessions", "max_sessions_per_ip"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);

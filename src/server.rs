@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::delivery::conn::Timeouts;
+use crate::delivery::route::Routes;
 use crate::proto::smtp::session::SessionConfig;
+use crate::queue::manager::Dispatcher;
+use crate::queue::schedule::RetrySchedule;
 use crate::smtp::{ListenerContext, listener};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
 use crate::{admin, metrics};
@@ -72,6 +76,7 @@ pub async fn run(
     let limits =
         listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
     let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
+    let stored = Arc::new(tokio::sync::Notify::new());
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
@@ -91,9 +96,33 @@ pub async fn run(
             data_timeout: cfg.limits.data_timeout,
             limits: limits.clone(),
             budget: budget.clone(),
+            stored: stored.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
+
+    // Delivery: the dispatcher hands due recipients to their next hop.
+    for r in &cfg.route {
+        if r.smarthost.is_some() && r.tls == crate::config::TlsMode::Opportunistic {
+            tracing::warn!(domains = ?r.domains, "route tls = \"opportunistic\": outbound STARTTLS is not implemented yet; this route delivers in plaintext");
+        }
+    }
+    let dispatcher = Dispatcher::new(
+        spool.clone(),
+        Routes::new(cfg.route.clone()),
+        RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
+        Timeouts {
+            connect: cfg.delivery.connect_timeout,
+            command: cfg.delivery.command_timeout,
+            data_end: cfg.delivery.data_timeout,
+        },
+        cfg.hostname.clone(),
+        cfg.delivery.scan_interval,
+        stored.clone(),
+        cfg.delivery.concurrency,
+    );
+    let deliveries = TaskTracker::new();
+    let dispatch_task = tokio::spawn(dispatcher.run(stop.clone(), deliveries.clone()));
 
     let admin_sock = TcpListener::bind(cfg.admin.address)
         .await
@@ -117,9 +146,19 @@ pub async fn run(
     for l in accept_loops {
         let _ = l.await;
     }
+    let _ = dispatch_task.await;
     sessions.close();
-    if tokio::time::timeout(cfg.shutdown_timeout, sessions.wait()).await.is_err() {
-        tracing::warn!(remaining = sessions.len(), "shutdown timeout: closing remaining sessions");
+    deliveries.close();
+    let drained = async {
+        sessions.wait().await;
+        deliveries.wait().await;
+    };
+    if tokio::time::timeout(cfg.shutdown_timeout, drained).await.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            deliveries = deliveries.len(),
+            "shutdown timeout: stopping with work in flight (it stays queued)"
+        );
     }
     let _ = admin_task.await;
     let s = spool.clone();

@@ -75,8 +75,11 @@ pub async fn run(
                 let id = id.to_string();
                 session
                     .handle_stored(result.as_ref().map(|_| id.as_str()).map_err(store_error), size);
-                if let Err(e) = result {
-                    tracing::warn!(%ip, error = %e, "message refused: spool did not store it");
+                match result {
+                    Ok(()) => ctx.stored.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(%ip, error = %e, "message refused: spool did not store it")
+                    }
                 }
             }
             Step::Close => {

@@ -23,6 +23,8 @@ pub struct ListenerContext {
     pub data_timeout: Duration,
     pub limits: Arc<listener::ConnectionLimits>,
     pub budget: Arc<MemoryBudget>,
+    /// Woken after each stored message, so delivery starts at once.
+    pub stored: Arc<tokio::sync::Notify>,
 }
 
 /// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the

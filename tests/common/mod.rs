@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod load;
+pub mod sink;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 

@@ -1,0 +1,93 @@
+//! Every way a delivery attempt can end, and one exhaustive classifier that maps each to what
+//! happens to the recipient. There is no catch-all arm: a new variant must choose.
+
+use crate::proto::smtp::Reply;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The next hop could not be reached (refused, unreachable, DNS of the smart host).
+    #[error("connection to {host} failed: {reason}")]
+    Connect { host: String, reason: String },
+    /// A command or the data got no answer in time (RFC 5321 4.5.3.2).
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    /// The connection dropped mid-session.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The peer spoke something that is not SMTP.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused the session or this recipient, with its reply.
+    #[error("{}", .0.to_line())]
+    Reply(Reply),
+    /// The message cannot go to this next hop as it is (size, 8BITMIME, SMTPUTF8).
+    #[error("{}", .0.to_line())]
+    Unsendable(Reply),
+    /// The message could not be read from the spool.
+    #[error("spool: {0}")]
+    Spool(String),
+}
+
+/// What an outcome means for the recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Delivered,
+    /// Try again later (retry schedule).
+    Temporary,
+    /// Do not try again; the sender is told (DSN).
+    Permanent,
+}
+
+impl DeliveryError {
+    pub fn classify(&self) -> Disposition {
+        match self {
+            DeliveryError::Connect { .. } => Disposition::Temporary,
+            DeliveryError::Timeout(_) => Disposition::Temporary,
+            DeliveryError::ConnectionLost(_) => Disposition::Temporary,
+            DeliveryError::Protocol(_) => Disposition::Temporary,
+            DeliveryError::Reply(r) => classify_reply(r),
+            DeliveryError::Unsendable(_) => Disposition::Permanent,
+            DeliveryError::Spool(_) => Disposition::Temporary,
+        }
+    }
+}
+
+/// RFC 5321 4.2.1: 2yz success, 4yz transient, 5yz permanent.
+pub fn classify_reply(r: &Reply) -> Disposition {
+    match r.code {
+        200..=299 => Disposition::Delivered,
+        500..=599 => Disposition::Permanent,
+        // 4yz, and anything out of range (a broken peer): try again.
+        _ => Disposition::Temporary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5321_4_2_1_reply_classes() {
+        let cases = [
+            (250, Disposition::Delivered),
+            (251, Disposition::Delivered),
+            (421, Disposition::Temporary),
+            (451, Disposition::Temporary),
+            (452, Disposition::Temporary),
+            (550, Disposition::Permanent),
+            (554, Disposition::Permanent),
+        ];
+        for (code, want) in cases {
+            assert_eq!(
+                DeliveryError::Reply(Reply::plain(code, "x".into())).classify(),
+                want,
+                "{code}"
+            );
+        }
+        assert_eq!(DeliveryError::Timeout("DATA").classify(), Disposition::Temporary);
+        assert_eq!(
+            DeliveryError::Unsendable(Reply::plain(552, "too big".into())).classify(),
+            Disposition::Permanent
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The dispatcher: finds due recipients in the spool, groups them per message and next hop,
+//! runs one delivery per group, and records every outcome in the spool before anything else
+//! (DESIGN.md invariant 2: an acknowledged recipient leaves the spool only after a 2xx).
+//!
+//! Now: smart-host routes, one connection per delivery, a global concurrency limit. Recipients
+//! whose route is MX delivery stay queued untouched until MX delivery exists. A permanently
+//! failed recipient is marked `failed` and its message kept in the queue until DSN bounces exist,
+//! so the failure stays visible (`sluice queue list`) rather than vanishing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::schedule::RetrySchedule;
+use crate::delivery::conn::{self, Timeouts};
+use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
+use crate::delivery::route::{NextHop, Routes};
+use crate::metrics;
+use crate::proto::smtp::Reply;
+use crate::proto::smtp::client::Outbound;
+use crate::proto::smtp::command::BodyType;
+use crate::spool::{Envelope, QueueId, RecipientState, RecipientUpdate, Spool, unix_millis};
+
+pub struct Dispatcher {
+    pub spool: Arc<dyn Spool>,
+    pub routes: Routes,
+    pub schedule: RetrySchedule,
+    pub timeouts: Timeouts,
+    pub helo: String,
+    pub scan_interval: std::time::Duration,
+    /// Woken when new mail is stored, so it is dispatched at once.
+    pub wake: Arc<Notify>,
+    pub concurrency: Arc<Semaphore>,
+    /// (message, next hop) groups being delivered now: never dispatched twice.
+    in_flight: Mutex<HashSet<(QueueId, String)>>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        spool: Arc<dyn Spool>,
+        routes: Routes,
+        schedule: RetrySchedule,
+        timeouts: Timeouts,
+        helo: String,
+        scan_interval: std::time::Duration,
+        wake: Arc<Notify>,
+        concurrency: usize,
+    ) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            spool,
+            routes,
+            schedule,
+            timeouts,
+            helo,
+            scan_interval,
+            wake,
+            concurrency: Arc::new(Semaphore::new(concurrency)),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Runs until `stop`; deliveries run on `tracker` so shutdown can wait for them.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
+        loop {
+            self.scan(&tracker);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.scan_interval) => {}
+            }
+        }
+    }
+
+    /// One pass over the queue: dispatch every due group that has a free slot.
+    fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
+        let now = unix_millis();
+        for env in self.spool.list() {
+            let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            for (i, r) in env.recipients.iter().enumerate() {
+                if r.state != RecipientState::Queued || r.next_attempt > now {
+                    continue;
+                }
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                match self.routes.next_hop(domain) {
+                    NextHop::SmartHost { address, .. } => {
+                        groups.entry(address).or_default().push(i as u32)
+                    }
+                    NextHop::Mx => {} // MX delivery is not implemented yet: the recipient waits.
+                }
+            }
+            for (address, rcpts) in groups {
+                let key = (env.id, address.clone());
+                if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+                    continue;
+                }
+                let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
+                    self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    return; // every slot busy: the next scan continues
+                };
+                let (me, env) = (self.clone(), env.clone());
+                tracker.spawn(async move {
+                    me.deliver_group(&env, &address, &rcpts).await;
+                    me.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    drop(permit);
+                    me.wake.notify_one();
+                });
+            }
+        }
+    }
+
+    async fn deliver_group(&self, env: &Envelope, address: &str, rcpts: &[u32]) {
+        let started = std::time::Instant::now();
+        let outcome = match self.read_content(env.id).await {
+            Ok(content) => {
+                let msg = Outbound {
+                    sender: env.sender.clone(),
+                    recipients: rcpts
+                        .iter()
+                        .map(|&i| env.recipients[i as usize].address.clone())
+                        .collect(),
+                    content: vec![content],
+                    eightbit: env.body_type == Some(BodyType::EightBitMime),
+                    smtputf8: env.smtputf8,
+                };
+                conn::deliver(address, &self.helo, msg, &self.timeouts).await
+            }
+            Err(e) => Err(e),
+        };
+        metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
+        let now = unix_millis();
+        let mut all_ok = true;
+        for (k, &i) in rcpts.iter().enumerate() {
+            let rcpt = &env.recipients[i as usize];
+            let (disposition, reply) = match &outcome {
+                Ok(replies) => {
+                    let r = replies
+                        .get(k)
+                        .cloned()
+                        .unwrap_or_else(|| Reply::new(451, "4.3.0", "no reply"));
+                    (classify_reply(&r), r.to_line())
+                }
+                Err(e) => (e.classify(), e.to_string()),
+            };
+            let attempts = rcpt.attempts + 1;
+            let (state, next_attempt, label) = match disposition {
+                Disposition::Delivered => (RecipientState::Delivered, 0, "delivered"),
+                Disposition::Permanent => (RecipientState::Failed, 0, "failed"),
+                Disposition::Temporary if self.schedule.is_expired(env.received_at, now) => {
+                    (RecipientState::Failed, 0, "expired")
+                }
+                Disposition::Temporary => (
+                    RecipientState::Queued,
+                    self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now),
+                    "deferred",
+                ),
+            };
+            all_ok &= state == RecipientState::Delivered;
+            metrics::DELIVERIES.with_label_values(&[label]).inc();
+            tracing::info!(
+                id = %env.id, rcpt = %rcpt.address, next_hop = address, attempt = attempts,
+                outcome = label, reply = %reply, "delivery"
+            );
+            let update = RecipientUpdate {
+                id: env.id,
+                index: i,
+                state,
+                attempts,
+                next_attempt,
+                last_reply: Some(reply.chars().take(512).collect()),
+            };
+            if let Err(e) = self.spool.update(update).await {
+                // The recipient stays as it was in the spool: it will be tried again (a duplicate
+                // at worst, never a loss).
+                tracing::error!(id = %env.id, error = %e, "could not record a delivery outcome");
+                all_ok = false;
+            }
+        }
+        // The message leaves the spool once every recipient is delivered.
+        if all_ok
+            && let Some(current) = self.spool.get(env.id)
+            && current.recipients.iter().all(|r| r.state == RecipientState::Delivered)
+            && let Err(e) = self.spool.remove(env.id).await
+        {
+            tracing::error!(id = %env.id, error = %e, "could not remove a delivered message");
+        }
+    }
+
+    async fn read_content(&self, id: QueueId) -> Result<Bytes, DeliveryError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.read_message(id))
+            .await
+            .map_err(|e| DeliveryError::Spool(e.to_string()))?
+            .map_err(|e| DeliveryError::Spool(e.to_string()))
+    }
+}

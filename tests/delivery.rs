@@ -1,0 +1,158 @@
+//! Delivery over smart-host routes to scripted sinks on loopback (no DNS, no internet).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sink::{Behavior, Sink};
+use common::*;
+
+fn route_to(sink: &Sink, extra: &str) -> String {
+    format!(
+        "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[queue]\nretry = [\"1s\"]\n[delivery]\nscan_interval = \"200ms\"\n{extra}",
+        sink.addr
+    )
+}
+
+/// Polls the queue until `done` says so (or fails after `secs`).
+fn wait_queue(
+    s: &Sluice,
+    secs: u64,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let q = s.queue_list();
+        if done(&q) {
+            return q;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue never reached the expected state: {q:#?}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn smarthost_delivery_then_the_message_leaves_the_queue() {
+    let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
+    let s = Sluice::start(&route_to(&sink, ""));
+    let r = Client::ehlo(s.smtp).send_message("<relay@t>", "Hello\r\n..starts with a dot\r\n");
+    assert_eq!(code(&r), 250, "{r}");
+    let got = sink.wait_for(1, 10);
+    assert_eq!(got[0].mail_from, "a@example.com");
+    assert_eq!(got[0].rcpts, vec!["b@example.org".to_string()]);
+    let text = String::from_utf8(got[0].data.clone()).unwrap();
+    assert!(text.starts_with("Received: from client.test"), "{text}");
+    assert!(
+        text.ends_with("Message-ID: <relay@t>\r\n\r\nHello\r\n.starts with a dot\r\n"),
+        "{text}"
+    );
+    wait_queue(&s, 10, |q| q.is_empty());
+    let (_, m) = s.http_get("/metrics");
+    assert!(
+        String::from_utf8(m).unwrap().contains("sluice_deliveries_total{outcome=\"delivered\"} 1")
+    );
+}
+
+#[test]
+fn mixed_outcomes_one_delivered_one_failed_one_retried() {
+    let mut b = Behavior { pipelining: true, ..Default::default() };
+    b.rcpt.insert("bad@example.org".into(), vec!["550 5.1.1 no such user".into()]);
+    b.rcpt.insert("later@example.org".into(), vec!["451 4.2.0 try later".into(), "250 ok".into()]);
+    let sink = Sink::start(b);
+    let s = Sluice::start(&route_to(&sink, ""));
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    for r in ["ok@example.org", "bad@example.org", "later@example.org"] {
+        assert_eq!(code(&c.cmd(&format!("RCPT TO:<{r}>"))), 250);
+    }
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <mixed@t>\r\n\r\nx\r\n.")), 250);
+    let q = wait_queue(&s, 15, |q| {
+        q.len() == 1
+            && q[0]["recipients"].as_array().unwrap().iter().all(|r| r["state"] != "queued")
+    });
+    let states: Vec<&str> = q[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["delivered", "failed", "delivered"]);
+    let later = &q[0]["recipients"][2];
+    assert_eq!(later["attempts"], 2, "{later}");
+    assert!(q[0]["recipients"][1]["last_reply"].as_str().unwrap().starts_with("550 5.1.1"));
+    // ok@ was delivered once, later@ once more on the retry.
+    let got = sink.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].rcpts, vec!["ok@example.org".to_string()]);
+    assert_eq!(got[1].rcpts, vec!["later@example.org".to_string()]);
+}
+
+#[test]
+fn dropped_mid_data_is_retried_and_delivered_once() {
+    let sink = Sink::start(Behavior { drop_in_data: 1, ..Default::default() });
+    let s = Sluice::start(&route_to(&sink, ""));
+    let body = "line of text for the sink to drop in the middle\r\n".repeat(20);
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<drop@t>", &body)), 250);
+    wait_queue(&s, 15, |q| q.is_empty());
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "delivered exactly once");
+    assert!(String::from_utf8_lossy(&got[0].data).ends_with(&body));
+    assert!(sink.connections() >= 2);
+}
+
+/// RFC 3030 outbound: a CHUNKING peer gets BDAT with the content as is.
+#[test]
+fn chunking_peer_gets_bdat() {
+    let sink = Sink::start(Behavior { chunking: true, pipelining: true, ..Default::default() });
+    let s = Sluice::start(&route_to(&sink, ""));
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<bdat-out@t>", "..two dots\r\n")), 250);
+    let got = sink.wait_for(1, 10);
+    assert!(got[0].bdat);
+    assert!(
+        String::from_utf8_lossy(&got[0].data).ends_with("\r\n.two dots\r\n"),
+        "unstuffed once at reception, sent as is"
+    );
+    wait_queue(&s, 10, |q| q.is_empty());
+}
+
+#[test]
+fn unreachable_smarthost_defers_with_the_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = format!(
+        "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{closed}\"\ntls = \"disabled\"\n[queue]\nretry = [\"1h\"]\n[delivery]\nscan_interval = \"100ms\"\n"
+    );
+    let s = Sluice::start(&cfg);
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<nowhere@t>", "x\r\n")), 250);
+    let q = wait_queue(&s, 10, |q| q.len() == 1 && q[0]["recipients"][0]["attempts"] == 1);
+    let r = &q[0]["recipients"][0];
+    assert_eq!(r["state"], "queued");
+    assert!(r["last_reply"].as_str().unwrap().contains("connection to"), "{r}");
+    assert!(!r["next_attempt"].is_null());
+}
+
+/// Mail for domains without a route waits for MX delivery (not yet built): it is not lost, not
+/// bounced, and no DNS query is made.
+#[test]
+fn recipients_without_a_route_stay_queued() {
+    let sink = Sink::start(Behavior::default());
+    let cfg = format!(
+        "[[route]]\ndomains = [\"relay.test\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[delivery]\nscan_interval = \"100ms\"\n",
+        sink.addr
+    );
+    let s = Sluice::start(&cfg);
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<x@relay.test>");
+    c.cmd("RCPT TO:<y@elsewhere.test>");
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <split@t>\r\n\r\nx\r\n.")), 250);
+    let q = wait_queue(&s, 10, |q| q.len() == 1 && q[0]["recipients"][0]["state"] == "delivered");
+    assert_eq!(q[0]["recipients"][1]["state"], "queued");
+    assert_eq!(q[0]["recipients"][1]["attempts"], 0);
+    assert_eq!(sink.messages().len(), 1);
+}
