@@ -23,6 +23,8 @@ address = "127.0.0.1:0"
 address = "127.0.0.1:0"
 [limits]
 max_sessions_per_ip = 1000
+[delivery]
+enabled = false
 TOML
   SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" "$bin" serve --config "$work/sluice.toml" 2>"$work/$1.log" &
   pid=$!

@@ -45,6 +45,8 @@ pub struct Config {
     pub local: Local,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Routes, first match wins; no matching route = MX delivery.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -154,6 +156,10 @@ pub struct SpoolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// false = accept and keep mail without delivering it (a hold; for maintenance and intake
+    /// benchmarks).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Delivery attempts in flight at once, over all destinations.
     #[serde(default = "default_delivery_concurrency")]
     pub concurrency: usize,
@@ -165,9 +171,20 @@ pub struct DeliveryConfig {
     /// Waiting for the reply after the end of data (RFC 5321 4.5.3.2.6: 10m).
     #[serde(default = "default_data_end_timeout", deserialize_with = "duration")]
     pub data_timeout: Duration,
+    /// Port of MX hosts (25; other values are for tests and lab setups).
+    #[serde(default = "default_mx_port")]
+    pub mx_port: u16,
     /// How often the queue is scanned for due recipients (new mail is dispatched at once).
     #[serde(default = "default_scan_interval", deserialize_with = "duration")]
     pub scan_interval: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Resolvers as `ip:port`; empty = the system configuration (/etc/resolv.conf).
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -267,6 +284,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_data_end_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_mx_port() -> u16 {
+    25
 }
 fn default_scan_interval() -> Duration {
     Duration::from_secs(1)

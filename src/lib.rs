@@ -7,6 +7,7 @@
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
 //! - [`delivery`]: routes, the outbound SMTP driver, outcome classification.
+//! - [`dns`]: MX and address lookups (hickory-resolver).
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`server`]: `sluice serve`: start-up, graceful shutdown.
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -107,9 +107,12 @@ pub async fn run(
             tracing::warn!(domains = ?r.domains, "route tls = \"opportunistic\": outbound STARTTLS is not implemented yet; this route delivers in plaintext");
         }
     }
+    let dns = Arc::new(crate::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?);
     let dispatcher = Dispatcher::new(
         spool.clone(),
         Routes::new(cfg.route.clone()),
+        dns,
+        cfg.delivery.mx_port,
         RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
         Timeouts {
             connect: cfg.delivery.connect_timeout,
@@ -122,7 +125,12 @@ pub async fn run(
         cfg.delivery.concurrency,
     );
     let deliveries = TaskTracker::new();
-    let dispatch_task = tokio::spawn(dispatcher.run(stop.clone(), deliveries.clone()));
+    let dispatch_task = if cfg.delivery.enabled {
+        tokio::spawn(dispatcher.run(stop.clone(), deliveries.clone()))
+    } else {
+        tracing::warn!("[delivery] enabled = false: mail is accepted and kept, not delivered");
+        tokio::spawn(async {})
+    };
 
     let admin_sock = TcpListener::bind(cfg.admin.address)
         .await

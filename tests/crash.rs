@@ -12,7 +12,8 @@ use common::*;
 
 /// Runs `rounds` kill -9 rounds on one spool; returns the messages lost (empty = none).
 fn kill9_rounds(rounds: usize, env: &[(&str, &str)]) -> Vec<String> {
-    let mut s = Sluice::start_with_env("", env);
+    // Intake durability: delivery is held so every acknowledged message stays to be counted.
+    let mut s = Sluice::start_with_env("[delivery]\nenabled = false\n", env);
     let mut all: Vec<Acked> = Vec::new();
     let mut lost = Vec::new();
     for round in 0..rounds {

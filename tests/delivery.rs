@@ -135,24 +135,67 @@ fn unreachable_smarthost_defers_with_the_reason() {
     assert!(!r["next_attempt"].is_null());
 }
 
-/// Mail for domains without a route waits for MX delivery (not yet built): it is not lost, not
-/// bounced, and no DNS query is made.
+/// MX delivery (RFC 5321 5.1): preference order, the next MX when one is down, A fallback.
 #[test]
-fn recipients_without_a_route_stay_queued() {
-    let sink = Sink::start(Behavior::default());
+fn mx_preference_fallback_and_implicit_mx() {
+    let dns = common::dns::TestDns::start();
+    // Two MX hosts on one port at different loopback addresses; mx1 (preferred) is down at first.
+    let mx2 = Sink::start_on("127.0.0.3:0".parse().unwrap(), Behavior::default());
+    let port = mx2.addr.port();
+    dns.mx("mx.test", 20, "mx2.mx.test").mx("mx.test", 10, "mx1.mx.test");
+    dns.a("mx1.mx.test", "127.0.0.2").a("mx2.mx.test", "127.0.0.3");
+    // A domain without MX: its own address is the implicit MX.
+    dns.a("plain.test", "127.0.0.4");
+    let plain = Sink::start_on(format!("127.0.0.4:{port}").parse().unwrap(), Behavior::default());
+    let cfg = format!("{}[delivery]\nmx_port = {port}\nscan_interval = \"100ms\"\n", dns.config());
+    let s = Sluice::start(&cfg);
+
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<u@mx.test>");
+    c.cmd("RCPT TO:<v@plain.test>");
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <mx1@t>\r\n\r\nx\r\n.")), 250);
+    assert_eq!(mx2.wait_for(1, 10)[0].rcpts, vec!["u@mx.test".to_string()], "fell back to mx2");
+    assert_eq!(plain.wait_for(1, 10)[0].rcpts, vec!["v@plain.test".to_string()]);
+    wait_queue(&s, 10, |q| q.is_empty());
+
+    // Once mx1 is up, it is preferred.
+    let mx1 = Sink::start_on(format!("127.0.0.2:{port}").parse().unwrap(), Behavior::default());
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<w@mx.test>");
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <mx3@t>\r\n\r\nz\r\n.")), 250);
+    assert_eq!(mx1.wait_for(1, 10)[0].rcpts, vec!["w@mx.test".to_string()]);
+    assert_eq!(mx2.messages().len(), 1);
+}
+
+/// Null MX (RFC 7505) and NXDOMAIN fail permanently; SERVFAIL defers.
+#[test]
+fn null_mx_nxdomain_fail_and_servfail_defers() {
+    let dns = common::dns::TestDns::start();
+    dns.null_mx("nullmx.test").servfail("broken.test");
     let cfg = format!(
-        "[[route]]\ndomains = [\"relay.test\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[delivery]\nscan_interval = \"100ms\"\n",
-        sink.addr
+        "{}[queue]\nretry = [\"1h\"]\n[delivery]\nscan_interval = \"100ms\"\n",
+        dns.config()
     );
     let s = Sluice::start(&cfg);
     let mut c = Client::ehlo(s.smtp);
     c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<x@relay.test>");
-    c.cmd("RCPT TO:<y@elsewhere.test>");
+    for r in ["x@nullmx.test", "y@nowhere.test", "z@broken.test"] {
+        c.cmd(&format!("RCPT TO:<{r}>"));
+    }
     c.cmd("DATA");
-    assert_eq!(code(&c.cmd("Message-ID: <split@t>\r\n\r\nx\r\n.")), 250);
-    let q = wait_queue(&s, 10, |q| q.len() == 1 && q[0]["recipients"][0]["state"] == "delivered");
-    assert_eq!(q[0]["recipients"][1]["state"], "queued");
-    assert_eq!(q[0]["recipients"][1]["attempts"], 0);
-    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(code(&c.cmd("Message-ID: <dnsfail@t>\r\n\r\nx\r\n.")), 250);
+    let q = wait_queue(&s, 15, |q| {
+        q.len() == 1 && q[0]["recipients"].as_array().unwrap().iter().all(|r| r["attempts"] == 1)
+    });
+    let r = q[0]["recipients"].as_array().unwrap();
+    assert_eq!(r[0]["state"], "failed");
+    assert!(r[0]["last_reply"].as_str().unwrap().contains("null MX"), "{}", r[0]);
+    assert_eq!(r[1]["state"], "failed");
+    assert!(r[1]["last_reply"].as_str().unwrap().contains("does not exist"), "{}", r[1]);
+    assert_eq!(r[2]["state"], "queued");
+    assert!(r[2]["last_reply"].as_str().unwrap().contains("DNS"), "{}", r[2]);
 }

@@ -38,6 +38,9 @@ fn plfs() -> Option<PathBuf> {
     Some(target.join("release/plfs"))
 }
 
+/// Intake durability: delivery is held so every acknowledged message stays to be counted.
+const HOLD: &str = "[delivery]\nenabled = false\n";
+
 struct Round {
     lost: Vec<String>,
     acked: usize,
@@ -68,7 +71,7 @@ fn round(
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "MOUNTED");
 
-    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), mnt.join("data"), "", env);
+    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), mnt.join("data"), HOLD, env);
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, st, tag) = (s.smtp, stop.clone(), format!("p{n}"));
     let loader = std::thread::spawn(move || load::run_load(addr, 12, &tag, st));
@@ -89,7 +92,7 @@ fn round(
     );
 
     // Restart on the durable view, as the machine would after the power comes back.
-    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), dump.join("data"), "", &[]);
+    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), dump.join("data"), HOLD, &[]);
     let mut lost = load::missing(&s, &acked, true);
     lost.extend(load::missing(&s, all, false));
     let log = s.log();

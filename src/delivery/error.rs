@@ -23,6 +23,15 @@ pub enum DeliveryError {
     /// The message cannot go to this next hop as it is (size, 8BITMIME, SMTPUTF8).
     #[error("{}", .0.to_line())]
     Unsendable(Reply),
+    /// DNS says the domain (or its MX host) does not exist (NXDOMAIN): 5.1.2.
+    #[error("{0}")]
+    NoSuchDomain(String),
+    /// The domain publishes a null MX (RFC 7505): it accepts no mail, 5.1.10.
+    #[error("{0} accepts no mail (null MX, RFC 7505)")]
+    NullMx(String),
+    /// SERVFAIL, DNS timeouts: try again later.
+    #[error("{0}")]
+    DnsTemporary(String),
     /// The message could not be read from the spool.
     #[error("spool: {0}")]
     Spool(String),
@@ -47,6 +56,9 @@ impl DeliveryError {
             DeliveryError::Protocol(_) => Disposition::Temporary,
             DeliveryError::Reply(r) => classify_reply(r),
             DeliveryError::Unsendable(_) => Disposition::Permanent,
+            DeliveryError::NoSuchDomain(_) => Disposition::Permanent,
+            DeliveryError::NullMx(_) => Disposition::Permanent,
+            DeliveryError::DnsTemporary(_) => Disposition::Temporary,
             DeliveryError::Spool(_) => Disposition::Temporary,
         }
     }
@@ -85,6 +97,9 @@ mod tests {
             );
         }
         assert_eq!(DeliveryError::Timeout("DATA").classify(), Disposition::Temporary);
+        assert_eq!(DeliveryError::NullMx("x".into()).classify(), Disposition::Permanent);
+        assert_eq!(DeliveryError::NoSuchDomain("x".into()).classify(), Disposition::Permanent);
+        assert_eq!(DeliveryError::DnsTemporary("x".into()).classify(), Disposition::Temporary);
         assert_eq!(
             DeliveryError::Unsendable(Reply::plain(552, "too big".into())).classify(),
             Disposition::Permanent

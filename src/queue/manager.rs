@@ -2,12 +2,13 @@
 //! runs one delivery per group, and records every outcome in the spool before anything else
 //! (DESIGN.md invariant 2: an acknowledged recipient leaves the spool only after a 2xx).
 //!
-//! Now: smart-host routes, one connection per delivery, a global concurrency limit. Recipients
-//! whose route is MX delivery stay queued untouched until MX delivery exists. A permanently
-//! failed recipient is marked `failed` and its message kept in the queue until DSN bounces exist,
+//! Now: smart-host routes and MX delivery (MX by preference, then the next MX when a host cannot
+//! be reached or refuses the session; A/AAAA fallback; null MX), one connection per delivery, a
+//! global concurrency limit. A permanently failed recipient is marked `failed` and its message kept in the queue until DSN bounces exist,
 //! so the failure stays visible (`sluice queue list`) rather than vanishing.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,15 +20,29 @@ use super::schedule::RetrySchedule;
 use crate::delivery::conn::{self, Timeouts};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery::route::{NextHop, Routes};
+use crate::dns::{Dns, DnsError, MxAnswer};
 use crate::metrics;
 use crate::proto::smtp::Reply;
 use crate::proto::smtp::client::Outbound;
 use crate::proto::smtp::command::BodyType;
 use crate::spool::{Envelope, QueueId, RecipientState, RecipientUpdate, Spool, unix_millis};
 
+/// Where a group of recipients goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Hop {
+    SmartHost(String),
+    /// MX delivery for this recipient domain.
+    Mx(String),
+}
+
+/// At most this many addresses are tried in one attempt (RFC 5321 5.1 asks for "several").
+const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
+
 pub struct Dispatcher {
     pub spool: Arc<dyn Spool>,
     pub routes: Routes,
+    pub dns: Arc<Dns>,
+    pub mx_port: u16,
     pub schedule: RetrySchedule,
     pub timeouts: Timeouts,
     pub helo: String,
@@ -36,7 +51,7 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     pub concurrency: Arc<Semaphore>,
     /// (message, next hop) groups being delivered now: never dispatched twice.
-    in_flight: Mutex<HashSet<(QueueId, String)>>,
+    in_flight: Mutex<HashSet<(QueueId, Hop)>>,
 }
 
 impl Dispatcher {
@@ -44,6 +59,8 @@ impl Dispatcher {
     pub fn new(
         spool: Arc<dyn Spool>,
         routes: Routes,
+        dns: Arc<Dns>,
+        mx_port: u16,
         schedule: RetrySchedule,
         timeouts: Timeouts,
         helo: String,
@@ -54,6 +71,8 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             spool,
             routes,
+            dns,
+            mx_port,
             schedule,
             timeouts,
             helo,
@@ -79,22 +98,27 @@ impl Dispatcher {
     /// One pass over the queue: dispatch every due group that has a free slot.
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
         let now = unix_millis();
-        for env in self.spool.list() {
-            let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let free = self.concurrency.available_permits();
+        if free == 0 {
+            return;
+        }
+        let busy: HashSet<QueueId> =
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|k| k.0).collect();
+        for env in self.spool.due(now, free, &busy) {
+            let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
             for (i, r) in env.recipients.iter().enumerate() {
                 if r.state != RecipientState::Queued || r.next_attempt > now {
                     continue;
                 }
                 let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                match self.routes.next_hop(domain) {
-                    NextHop::SmartHost { address, .. } => {
-                        groups.entry(address).or_default().push(i as u32)
-                    }
-                    NextHop::Mx => {} // MX delivery is not implemented yet: the recipient waits.
-                }
+                let hop = match self.routes.next_hop(domain) {
+                    NextHop::SmartHost { address, .. } => Hop::SmartHost(address),
+                    NextHop::Mx => Hop::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
+                };
+                groups.entry(hop).or_default().push(i as u32);
             }
-            for (address, rcpts) in groups {
-                let key = (env.id, address.clone());
+            for (hop, rcpts) in groups {
+                let key = (env.id, hop.clone());
                 if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
                     continue;
                 }
@@ -104,7 +128,7 @@ impl Dispatcher {
                 };
                 let (me, env) = (self.clone(), env.clone());
                 tracker.spawn(async move {
-                    me.deliver_group(&env, &address, &rcpts).await;
+                    me.deliver_group(&env, &hop, &rcpts).await;
                     me.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                     drop(permit);
                     me.wake.notify_one();
@@ -113,9 +137,9 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver_group(&self, env: &Envelope, address: &str, rcpts: &[u32]) {
+    async fn deliver_group(&self, env: &Envelope, hop: &Hop, rcpts: &[u32]) {
         let started = std::time::Instant::now();
-        let outcome = match self.read_content(env.id).await {
+        let (outcome, next_hop) = match self.read_content(env.id).await {
             Ok(content) => {
                 let msg = Outbound {
                     sender: env.sender.clone(),
@@ -127,10 +151,11 @@ impl Dispatcher {
                     eightbit: env.body_type == Some(BodyType::EightBitMime),
                     smtputf8: env.smtputf8,
                 };
-                conn::deliver(address, &self.helo, msg, &self.timeouts).await
+                self.deliver_to_hop(hop, msg).await
             }
-            Err(e) => Err(e),
+            Err(e) => (Err(e), String::new()),
         };
+        let address = next_hop.as_str();
         metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
         let now = unix_millis();
         let mut all_ok = true;
@@ -187,6 +212,82 @@ impl Dispatcher {
             && let Err(e) = self.spool.remove(env.id).await
         {
             tracing::error!(id = %env.id, error = %e, "could not remove a delivered message");
+        }
+    }
+
+    /// Tries the hop's addresses in order until one session gives per-recipient answers.
+    /// Returns the outcome and the address that produced it.
+    async fn deliver_to_hop(
+        &self,
+        hop: &Hop,
+        msg: Outbound,
+    ) -> (Result<Vec<Reply>, DeliveryError>, String) {
+        let candidates = match hop {
+            Hop::SmartHost(a) => vec![a.clone()],
+            Hop::Mx(domain) => match self.mx_addresses(domain).await {
+                Ok(c) => c,
+                Err(e) => return (Err(e), format!("mx:{domain}")),
+            },
+        };
+        let mut last =
+            (Err(DeliveryError::DnsTemporary("no address to try".into())), String::new());
+        for address in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
+            let outcome = conn::deliver(&address, &self.helo, msg.clone(), &self.timeouts).await;
+            // Per-recipient answers are final for this attempt; a host that cannot be reached or
+            // refuses the session sends us to the next one (RFC 5321 5.1).
+            let next = matches!(
+                &outcome,
+                Err(DeliveryError::Connect { .. }
+                    | DeliveryError::Timeout(_)
+                    | DeliveryError::ConnectionLost(_)
+                    | DeliveryError::Protocol(_)
+                    | DeliveryError::Reply(_))
+            );
+            last = (outcome, address);
+            if !next {
+                break;
+            }
+        }
+        last
+    }
+
+    /// `ip:port` candidates for MX delivery to `domain`, most preferred first.
+    async fn mx_addresses(&self, domain: &str) -> Result<Vec<String>, DeliveryError> {
+        let port = self.mx_port;
+        let sock = |ip: IpAddr| SocketAddr::new(ip, port).to_string();
+        // Address literals ([192.0.2.1], [IPv6:2001:db8::1]) need no DNS.
+        if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip: IpAddr = lit.strip_prefix("ipv6:").unwrap_or(lit).parse().map_err(|_| {
+                DeliveryError::NoSuchDomain(format!("bad address literal {domain}"))
+            })?;
+            return Ok(vec![sock(ip)]);
+        }
+        let dns_err = |e: DnsError| match e {
+            DnsError::NoSuchDomain(_) => DeliveryError::NoSuchDomain(e.to_string()),
+            DnsError::NoAddress(_) => DeliveryError::NoSuchDomain(e.to_string()),
+            DnsError::Temporary(..) => DeliveryError::DnsTemporary(e.to_string()),
+        };
+        let hosts = match self.dns.mx(domain).await.map_err(dns_err)? {
+            MxAnswer::NullMx => return Err(DeliveryError::NullMx(domain.to_string())),
+            MxAnswer::Implicit => vec![domain.to_string()],
+            MxAnswer::Hosts(h) => h,
+        };
+        let mut out = Vec::new();
+        let mut first_err = None;
+        for host in &hosts {
+            match self.dns.addresses(host).await {
+                Ok(ips) => out.extend(ips.into_iter().map(sock)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (out.is_empty(), first_err) {
+            (true, Some(e)) => Err(dns_err(e)),
+            (true, None) => {
+                Err(DeliveryError::NoSuchDomain(format!("{domain}: no mail exchanger")))
+            }
+            (false, _) => Ok(out),
         }
     }
 

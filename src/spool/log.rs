@@ -631,6 +631,22 @@ impl Spool for LogSpool {
         st.entries.get(&id).map(|e| e.envelope.clone())
     }
 
+    fn due(&self, now_ms: u64, limit: usize, skip: &HashSet<QueueId>) -> Vec<Envelope> {
+        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        st.entries
+            .values()
+            .filter(|e| {
+                !skip.contains(&e.envelope.id)
+                    && e.envelope
+                        .recipients
+                        .iter()
+                        .any(|r| r.state == RecipientState::Queued && r.next_attempt <= now_ms)
+            })
+            .take(limit)
+            .map(|e| e.envelope.clone())
+            .collect()
+    }
+
     fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError> {
         let loc = {
             let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,7 @@ mod index;
 mod log;
 mod record;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -205,6 +206,10 @@ pub trait Spool: Send + Sync + 'static {
     fn list(&self) -> Vec<Envelope>;
 
     fn get(&self, id: QueueId) -> Option<Envelope>;
+
+    /// Up to `limit` messages with a queued recipient due at `now_ms`, oldest first, leaving out
+    /// `skip`. Cost: a walk of the index under its read lock; only the results are copied.
+    fn due(&self, now_ms: u64, limit: usize, skip: &HashSet<QueueId>) -> Vec<Envelope>;
 
     /// The stored message as it will be sent: trace header followed by the body. Reads the
     /// disk and verifies the record's checksum.

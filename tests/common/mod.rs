@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dns;
 pub mod load;
 pub mod sink;
 
@@ -41,6 +42,9 @@ pub struct Sluice {
     pub admin: SocketAddr,
     env: Vec<(String, String)>,
     agent: ureq::Agent,
+    /// Unless a test brings its own `[dns]`, sluice asks this server, which fails every lookup
+    /// temporarily: no test ever queries real DNS.
+    _dns: Option<dns::TestDns>,
 }
 
 impl Sluice {
@@ -63,6 +67,15 @@ impl Sluice {
         env: &[(&str, &str)],
     ) -> Sluice {
         let config = dir.path().join("sluice.toml");
+        let own_dns = (!extra.contains("[dns]")).then(|| {
+            let d = dns::TestDns::start();
+            d.servfail_everything();
+            d
+        });
+        let extra = match &own_dns {
+            Some(d) => format!("{extra}\n{}", d.config()),
+            None => extra.to_string(),
+        };
         let text = format!(
             "hostname = \"sluice.test\"\ndata_dir = \"{}\"\n{}\n[[listener]]\nmode = \"smtp\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
             data_dir.display(),
@@ -78,6 +91,7 @@ impl Sluice {
             admin: "127.0.0.1:1".parse().unwrap(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(),
+            _dns: own_dns,
         };
         s.spawn();
         s

@@ -41,7 +41,13 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(b: Behavior) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), b)
+    }
+
+    /// A sink on a given loopback address (e.g. 127.0.0.3 with another sink's port, to play a
+    /// second MX host).
+    pub fn start_on(addr: SocketAddr, b: Behavior) -> Sink {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let state =
             Arc::new(Mutex::new(State { drops_left: b.drop_in_data, ..Default::default() }));

@@ -1,0 +1,126 @@
+//! DNS for delivery: MX lookup (RFC 5321 5.1, null MX RFC 7505) and host addresses, through
+//! hickory-resolver with its TTL-honouring cache. Nameservers come from `[dns] nameservers`, or
+//! the system configuration when none are given. Tests point it at their own server on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+
+/// What the MX lookup of a domain says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxAnswer {
+    /// Mail exchangers, sorted by preference (equal preferences in random order).
+    Hosts(Vec<String>),
+    /// "0 ." (RFC 7505): the domain accepts no mail.
+    NullMx,
+    /// The domain exists without MX: its own A/AAAA is the implicit MX (RFC 5321 5.1).
+    Implicit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The domain does not exist (NXDOMAIN): a permanent failure.
+    #[error("domain {0} does not exist")]
+    NoSuchDomain(String),
+    /// The name exists but has no address records.
+    #[error("{0} has no address records")]
+    NoAddress(String),
+    /// SERVFAIL, timeouts, unreachable servers: try again later.
+    #[error("DNS lookup for {0} failed: {1}")]
+    Temporary(String, String),
+}
+
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+impl Dns {
+    /// `nameservers` empty = the system resolver configuration (/etc/resolv.conf).
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder(provider)
+                .map_err(|e| format!("reading the system DNS configuration: {e}"))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|ns| {
+                    let mut c = NameServerConfig::udp_and_tcp(ns.ip());
+                    for conn in &mut c.connections {
+                        conn.port = ns.port();
+                    }
+                    c
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        };
+        let opts = builder.options_mut();
+        opts.timeout = std::time::Duration::from_secs(5);
+        opts.attempts = 2;
+        // Names are always fully qualified here; never append search domains.
+        opts.ndots = 0;
+        Ok(Dns { resolver: builder.build().map_err(|e| e.to_string())? })
+    }
+
+    /// MX hosts of `domain`, most preferred first.
+    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let lookup = match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(l) => l,
+            Err(e) if e.is_nx_domain() => return Err(DnsError::NoSuchDomain(domain.into())),
+            Err(e) if e.is_no_records_found() => return Ok(MxAnswer::Implicit),
+            Err(e) => return Err(DnsError::Temporary(domain.into(), e.to_string())),
+        };
+        let mut mx: Vec<(u16, u64, String)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(m) => Some((m.preference, rand_u64(), m.exchange.to_ascii())),
+                _ => None,
+            })
+            .collect();
+        if mx.is_empty() {
+            return Ok(MxAnswer::Implicit);
+        }
+        if mx.len() == 1 && mx[0].2 == "." {
+            return Ok(MxAnswer::NullMx);
+        }
+        // Sort by preference; the random key spreads load over equal preferences (RFC 5321 5.1).
+        mx.sort();
+        Ok(MxAnswer::Hosts(
+            mx.into_iter()
+                .filter(|m| m.2 != ".")
+                .map(|m| m.2.trim_end_matches('.').to_string())
+                .collect(),
+        ))
+    }
+
+    /// IPv4 and IPv6 addresses of `host`.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(ips) => {
+                let v: Vec<IpAddr> = ips.iter().collect();
+                if v.is_empty() { Err(DnsError::NoAddress(host.into())) } else { Ok(v) }
+            }
+            Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain(host.into())),
+            Err(e) if e.is_no_records_found() => Err(DnsError::NoAddress(host.into())),
+            Err(e) => Err(DnsError::Temporary(host.into(), e.to_string())),
+        }
+    }
+}
+
+/// A cheap random number (equal-preference shuffling needs no cryptographic quality).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish()
+}
