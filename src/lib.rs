@@ -8,12 +8,14 @@
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
 //! - [`delivery`]: routes, the outbound SMTP driver, outcome classification.
 //! - [`dns`]: MX and address lookups (hickory-resolver).
+//! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`server`]: `sluice serve`: start-up, graceful shutdown.
 //! - [`cli`]: `sluice queue ...`.
 
 pub mod admin;
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -170,6 +170,11 @@ pub static DELIVERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Bounces (DSNs) queued to senders.
+pub static BOUNCES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("sluice_bounces_total", "Delivery status notifications (bounces) queued to senders.")
+});
+
 /// Forces registration of every metric, so `/metrics` lists them all from the start.
 pub fn init() {
     LazyLock::force(&SMTP_CONNECTIONS);
@@ -191,6 +196,7 @@ pub fn init() {
     LazyLock::force(&MEMORY_BUDGET_EXCEEDED);
     LazyLock::force(&DELIVERIES);
     LazyLock::force(&DELIVERY_SECONDS);
+    LazyLock::force(&BOUNCES);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather

@@ -57,8 +57,34 @@ fn smarthost_delivery_then_the_message_leaves_the_queue() {
     );
 }
 
+/// Checks a DSN with Python's email package: a valid multipart/report whose delivery-status part
+/// names `rcpt` with `status`. Returns the status fields for further checks.
+fn check_dsn(dsn: &[u8], rcpt: &str, status: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dsn.eml");
+    std::fs::write(&path, dsn).unwrap();
+    let out = python(
+        r#"
+import email, sys
+from email import policy
+msg = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.default)
+assert msg.get_content_type() == "multipart/report", msg.get_content_type()
+assert msg.get_param("report-type") == "delivery-status"
+parts = list(msg.iter_parts())
+assert [p.get_content_type() for p in parts][:2] == ["text/plain", "message/delivery-status"], [p.get_content_type() for p in parts]
+assert parts[2].get_content_type() in ("message/rfc822", "text/rfc822-headers")
+fields = [str(f) for f in parts[1].get_payload()]
+per_rcpt = fields[1]
+assert sys.argv[2] in per_rcpt and "Action: failed" in per_rcpt and ("Status: " + sys.argv[3]) in per_rcpt, per_rcpt
+print(per_rcpt)
+"#,
+        &[path.to_str().unwrap(), rcpt, status],
+    );
+    out
+}
+
 #[test]
-fn mixed_outcomes_one_delivered_one_failed_one_retried() {
+fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     let mut b = Behavior { pipelining: true, ..Default::default() };
     b.rcpt.insert("bad@example.org".into(), vec!["550 5.1.1 no such user".into()]);
     b.rcpt.insert("later@example.org".into(), vec!["451 4.2.0 try later".into(), "250 ok".into()]);
@@ -71,25 +97,65 @@ fn mixed_outcomes_one_delivered_one_failed_one_retried() {
     }
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <mixed@t>\r\n\r\nx\r\n.")), 250);
-    let q = wait_queue(&s, 15, |q| {
-        q.len() == 1
-            && q[0]["recipients"].as_array().unwrap().iter().all(|r| r["state"] != "queued")
-    });
-    let states: Vec<&str> = q[0]["recipients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["delivered", "failed", "delivered"]);
-    let later = &q[0]["recipients"][2];
-    assert_eq!(later["attempts"], 2, "{later}");
-    assert!(q[0]["recipients"][1]["last_reply"].as_str().unwrap().starts_with("550 5.1.1"));
-    // ok@ was delivered once, later@ once more on the retry.
-    let got = sink.messages();
-    assert_eq!(got.len(), 2);
-    assert_eq!(got[0].rcpts, vec!["ok@example.org".to_string()]);
-    assert_eq!(got[1].rcpts, vec!["later@example.org".to_string()]);
+    // ok@ delivered, bad@ bounced, later@ delivered on the retry: then the message is gone.
+    wait_queue(&s, 15, |q| q.is_empty());
+    let got = sink.wait_for(3, 5);
+    let to =
+        |addr: &str| got.iter().filter(|m| m.rcpts == vec![addr.to_string()]).collect::<Vec<_>>();
+    assert_eq!(to("ok@example.org").len(), 1);
+    assert_eq!(to("later@example.org").len(), 1);
+    let dsn = to("a@example.com");
+    assert_eq!(dsn.len(), 1, "exactly one bounce, to the sender");
+    assert_eq!(dsn[0].mail_from, "", "bounces come from <>");
+    let fields = check_dsn(&dsn[0].data, "bad@example.org", "5.1.1");
+    assert!(fields.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"), "{fields}");
+    assert!(
+        String::from_utf8_lossy(&dsn[0].data).contains("Message-ID: <mixed@t>"),
+        "original attached"
+    );
+    let (_, m) = s.http_get("/metrics");
+    assert!(String::from_utf8(m).unwrap().contains("sluice_bounces_total 1"));
+}
+
+/// After max_age a recipient expires: exactly one DSN (status 4.4.7), then the message is gone.
+#[test]
+fn expiry_bounces_exactly_once() {
+    let mut b = Behavior::default();
+    b.rcpt.insert("late@example.org".into(), vec!["451 4.3.0 not now".into()]);
+    let sink = Sink::start(b);
+    let s = Sluice::start(
+        &route_to(&sink, "").replace("retry = [\"1s\"]", "retry = [\"300ms\"]\nmax_age = \"2s\""),
+    );
+    assert_eq!(
+        code(&Client::ehlo(s.smtp).send_message_to("<late@t>", "late@example.org", "x\r\n")),
+        250
+    );
+    wait_queue(&s, 20, |q| q.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let dsns: Vec<_> = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).collect();
+    assert_eq!(dsns.len(), 1, "exactly one DSN");
+    check_dsn(&dsns[0].data, "late@example.org", "4.4.7");
+}
+
+/// RFC 3461 / RFC 5321 6.1: a message from <> is never bounced.
+#[test]
+fn null_sender_is_never_bounced() {
+    let mut b = Behavior::default();
+    b.rcpt.insert("bad@example.org".into(), vec!["550 5.1.1 no such user".into()]);
+    let sink = Sink::start(b);
+    let s = Sluice::start(&route_to(&sink, ""));
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<>");
+    c.cmd("RCPT TO:<bad@example.org>");
+    c.cmd("DATA");
+    assert_eq!(code(&c.cmd("Message-ID: <bounce-of-bounce@t>\r\n\r\nx\r\n.")), 250);
+    wait_queue(&s, 10, |q| q.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.messages().is_empty(), "no DSN for a null sender");
+    let (_, m) = s.http_get("/metrics");
+    assert!(
+        String::from_utf8(m).unwrap().contains("sluice_deliveries_total{outcome=\"failed\"} 1")
+    );
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! The dispatcher: finds due recipients in the spool, groups them per message and next hop,
-//! runs one delivery per group, and records every outcome in the spool before anything else
-//! (DESIGN.md invariant 2: an acknowledged recipient leaves the spool only after a 2xx).
+//! runs one delivery per group, and records every outcome in the spool before anything else.
+//! DESIGN.md invariant 2: an acknowledged recipient leaves the spool only after a 2xx or a
+//! durably queued bounce.
 //!
-//! Now: smart-host routes and MX delivery (MX by preference, then the next MX when a host cannot
-//! be reached or refuses the session; A/AAAA fallback; null MX), one connection per delivery, a
-//! global concurrency limit. A permanently failed recipient is marked `failed` and its message kept in the queue until DSN bounces exist,
-//! so the failure stays visible (`sluice queue list`) rather than vanishing.
+//! Now: smart-host routes and MX delivery (by preference; the next MX when a host cannot be
+//! reached or refuses the session; A/AAAA fallback; null MX), retries on the schedule, expiry,
+//! and RFC 3464 bounces. One connection per delivery, a global concurrency limit; connection
+//! reuse and per-destination shaping are not built yet.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::schedule::RetrySchedule;
+use crate::bounce::{Failure, build_dsn, status_of, wants_failure_notice};
 use crate::delivery::conn::{self, Timeouts};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery::route::{NextHop, Routes};
@@ -25,7 +27,10 @@ use crate::metrics;
 use crate::proto::smtp::Reply;
 use crate::proto::smtp::client::Outbound;
 use crate::proto::smtp::command::BodyType;
-use crate::spool::{Envelope, QueueId, RecipientState, RecipientUpdate, Spool, unix_millis};
+use crate::spool::{
+    Envelope, NewMessage, QueueId, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
+    unix_millis,
+};
 
 /// Where a group of recipients goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,7 +144,8 @@ impl Dispatcher {
 
     async fn deliver_group(&self, env: &Envelope, hop: &Hop, rcpts: &[u32]) {
         let started = std::time::Instant::now();
-        let (outcome, next_hop) = match self.read_content(env.id).await {
+        let content = self.read_content(env.id).await;
+        let (outcome, answered_by) = match &content {
             Ok(content) => {
                 let msg = Outbound {
                     sender: env.sender.clone(),
@@ -147,72 +153,144 @@ impl Dispatcher {
                         .iter()
                         .map(|&i| env.recipients[i as usize].address.clone())
                         .collect(),
-                    content: vec![content],
+                    content: vec![content.clone()],
                     eightbit: env.body_type == Some(BodyType::EightBitMime),
                     smtputf8: env.smtputf8,
                 };
                 self.deliver_to_hop(hop, msg).await
             }
-            Err(e) => (Err(e), String::new()),
+            Err(e) => (Err(e.clone()), String::new()),
         };
-        let address = next_hop.as_str();
         metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
         let now = unix_millis();
-        let mut all_ok = true;
+
+        // Decide every recipient's fate first.
+        let mut fates: Vec<Fate> = Vec::with_capacity(rcpts.len());
         for (k, &i) in rcpts.iter().enumerate() {
             let rcpt = &env.recipients[i as usize];
-            let (disposition, reply) = match &outcome {
+            let (disposition, reply, status) = match &outcome {
                 Ok(replies) => {
                     let r = replies
                         .get(k)
                         .cloned()
                         .unwrap_or_else(|| Reply::new(451, "4.3.0", "no reply"));
-                    (classify_reply(&r), r.to_line())
+                    let d = classify_reply(&r);
+                    (d, r.to_line(), status_of(&r.to_line(), d == Disposition::Permanent))
                 }
-                Err(e) => (e.classify(), e.to_string()),
+                Err(e) => (e.classify(), e.to_string(), error_status(e)),
             };
             let attempts = rcpt.attempts + 1;
-            let (state, next_attempt, label) = match disposition {
-                Disposition::Delivered => (RecipientState::Delivered, 0, "delivered"),
-                Disposition::Permanent => (RecipientState::Failed, 0, "failed"),
+            let fate = match disposition {
+                Disposition::Delivered => Fate::delivered(i, attempts, reply),
+                Disposition::Permanent => Fate::failed(i, attempts, reply, status, "failed"),
                 Disposition::Temporary if self.schedule.is_expired(env.received_at, now) => {
-                    (RecipientState::Failed, 0, "expired")
+                    let diag = format!("delivery time expired; last error: {reply}");
+                    Fate::failed(i, attempts, diag, "4.4.7".into(), "expired")
                 }
-                Disposition::Temporary => (
-                    RecipientState::Queued,
-                    self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now),
-                    "deferred",
-                ),
+                Disposition::Temporary => {
+                    let at = self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now);
+                    Fate::deferred(i, attempts, reply, at)
+                }
             };
-            all_ok &= state == RecipientState::Delivered;
-            metrics::DELIVERIES.with_label_values(&[label]).inc();
+            fates.push(fate);
+        }
+
+        // Bounce: the DSN is durable before any recipient is recorded as failed (DESIGN.md 2).
+        let remote = (!answered_by.is_empty() && outcome.is_ok()).then_some(answered_by.clone());
+        let notices: Vec<Failure<'_>> = fates
+            .iter()
+            .filter(|f| f.state == RecipientState::Failed)
+            .map(|f| (f, &env.recipients[f.index as usize]))
+            .filter(|(_, r)| wants_failure_notice(env, r))
+            .map(|(f, r)| Failure {
+                recipient: r,
+                status: f.status.clone(),
+                diagnostic: f.reply.clone(),
+                remote_mta: remote.clone(),
+            })
+            .collect();
+        if !notices.is_empty() {
+            let original = content.as_ref().map(|b| b.as_ref()).unwrap_or(b"");
+            if let Err(e) = self.queue_bounce(env, &notices, original, now).await {
+                tracing::error!(id = %env.id, error = %e, "could not queue a bounce; failed recipients stay queued");
+                for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
+                    f.state = RecipientState::Queued;
+                    f.label = "deferred";
+                    f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
+                }
+            }
+        }
+
+        // Record every outcome.
+        for f in &fates {
+            metrics::DELIVERIES.with_label_values(&[f.label]).inc();
             tracing::info!(
-                id = %env.id, rcpt = %rcpt.address, next_hop = address, attempt = attempts,
-                outcome = label, reply = %reply, "delivery"
+                id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = %answered_by,
+                attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
             );
             let update = RecipientUpdate {
                 id: env.id,
-                index: i,
-                state,
-                attempts,
-                next_attempt,
-                last_reply: Some(reply.chars().take(512).collect()),
+                index: f.index,
+                state: f.state,
+                attempts: f.attempts,
+                next_attempt: f.next_attempt,
+                last_reply: Some(f.reply.chars().take(512).collect()),
             };
             if let Err(e) = self.spool.update(update).await {
                 // The recipient stays as it was in the spool: it will be tried again (a duplicate
                 // at worst, never a loss).
                 tracing::error!(id = %env.id, error = %e, "could not record a delivery outcome");
-                all_ok = false;
+                return;
             }
         }
-        // The message leaves the spool once every recipient is delivered.
-        if all_ok
-            && let Some(current) = self.spool.get(env.id)
-            && current.recipients.iter().all(|r| r.state == RecipientState::Delivered)
+        // The message leaves the spool once every recipient is delivered or bounced.
+        if let Some(current) = self.spool.get(env.id)
+            && current.recipients.iter().all(|r| r.state != RecipientState::Queued)
             && let Err(e) = self.spool.remove(env.id).await
         {
-            tracing::error!(id = %env.id, error = %e, "could not remove a delivered message");
+            tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
         }
+    }
+
+    /// Queues one DSN from `<>` to the sender, durably.
+    async fn queue_bounce(
+        &self,
+        env: &Envelope,
+        failures: &[Failure<'_>],
+        original: &[u8],
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        let body = build_dsn(&self.helo, env, failures, original, now_ms / 1000);
+        let id = self.spool.next_id();
+        let envelope = Envelope {
+            id,
+            received_at: now_ms,
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: env.sender.clone(),
+                orcpt: None,
+                notify: None,
+                state: RecipientState::Queued,
+                attempts: 0,
+                next_attempt: 0,
+                last_reply: None,
+            }],
+            message_id: Some(format!("<{}.dsn@{}>", env.id, self.helo)),
+            size: body.len() as u64,
+            helo: self.helo.clone(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            body_type: Some(BodyType::EightBitMime),
+            smtputf8: env.smtputf8,
+            ret: None,
+            envid: None,
+        };
+        self.spool
+            .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })
+            .await?;
+        metrics::BOUNCES.inc();
+        tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = failures.len(), "bounce queued");
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// Tries the hop's addresses in order until one session gives per-recipient answers.
@@ -297,5 +375,80 @@ impl Dispatcher {
             .await
             .map_err(|e| DeliveryError::Spool(e.to_string()))?
             .map_err(|e| DeliveryError::Spool(e.to_string()))
+    }
+}
+
+/// What happens to one recipient after an attempt.
+struct Fate {
+    index: u32,
+    state: RecipientState,
+    attempts: u32,
+    next_attempt: u64,
+    reply: String,
+    /// RFC 3463 status for a bounce.
+    status: String,
+    label: &'static str,
+}
+
+impl Fate {
+    fn delivered(index: u32, attempts: u32, reply: String) -> Self {
+        let status = "2.0.0".into();
+        Fate {
+            index,
+            state: RecipientState::Delivered,
+            attempts,
+            next_attempt: 0,
+            reply,
+            status,
+            label: "delivered",
+        }
+    }
+
+    fn failed(
+        index: u32,
+        attempts: u32,
+        reply: String,
+        status: String,
+        label: &'static str,
+    ) -> Self {
+        Fate {
+            index,
+            state: RecipientState::Failed,
+            attempts,
+            next_attempt: 0,
+            reply,
+            status,
+            label,
+        }
+    }
+
+    fn deferred(index: u32, attempts: u32, reply: String, next_attempt: u64) -> Self {
+        let status = "4.0.0".into();
+        Fate {
+            index,
+            state: RecipientState::Queued,
+            attempts,
+            next_attempt,
+            reply,
+            status,
+            label: "deferred",
+        }
+    }
+}
+
+/// RFC 3463 status for a failure that has no reply of its own.
+fn error_status(e: &DeliveryError) -> String {
+    match e {
+        DeliveryError::NullMx(_) => "5.1.10".into(),
+        DeliveryError::NoSuchDomain(_) => "5.1.2".into(),
+        DeliveryError::Reply(r) | DeliveryError::Unsendable(r) => {
+            status_of(&r.to_line(), classify_reply(r) == Disposition::Permanent)
+        }
+        DeliveryError::Connect { .. }
+        | DeliveryError::Timeout(_)
+        | DeliveryError::ConnectionLost(_)
+        | DeliveryError::Protocol(_) => "4.4.1".into(),
+        DeliveryError::DnsTemporary(_) => "4.4.3".into(),
+        DeliveryError::Spool(_) => "4.3.0".into(),
     }
 }

@@ -234,7 +234,14 @@ impl Client {
 
     /// A whole transaction with a `Message-ID` header; returns the reply after the data.
     pub fn send_message(&mut self, message_id: &str, body: &str) -> String {
-        assert_eq!(self.start_data(), 354);
+        self.send_message_to(message_id, "b@example.org", body)
+    }
+
+    /// The same to a given recipient.
+    pub fn send_message_to(&mut self, message_id: &str, rcpt: &str, body: &str) -> String {
+        self.cmd("MAIL FROM:<a@example.com>");
+        self.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert_eq!(code(&self.cmd("DATA")), 354);
         self.cmd(&format!("Message-ID: {message_id}\r\n\r\n{body}."))
     }
 

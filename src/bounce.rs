@@ -1,0 +1,217 @@
+//! Delivery status notifications (RFC 3464): the bounce a sender gets when recipients fail.
+//!
+//! The report is `multipart/report; report-type=delivery-status` (RFC 6522) with three parts: a
+//! human-readable explanation, the `message/delivery-status` fields per recipient, and the
+//! original message (`message/rfc822`, RET=FULL) or only its header (`text/rfc822-headers`,
+//! RET=HDRS or when the message is larger than [`FULL_RETURN_LIMIT`]).
+//!
+//! The structure is fixed and small, so it is written here directly rather than through a MIME
+//! builder. Not yet: `message/global-delivery-status` for SMTPUTF8 mail (RFC 6533), delay and
+//! success notices.
+
+use std::fmt::Write as _;
+
+use crate::proto::smtp::command::Ret;
+use crate::proto::smtp::message::rfc5322_date;
+use crate::spool::{Envelope, Recipient};
+
+/// Messages larger than this are returned as headers only.
+pub const FULL_RETURN_LIMIT: usize = 1 << 20;
+
+/// One failed recipient in a report.
+pub struct Failure<'a> {
+    pub recipient: &'a Recipient,
+    /// RFC 3463 status, e.g. "5.1.1".
+    pub status: String,
+    /// The remote server's reply, or what went wrong locally.
+    pub diagnostic: String,
+    /// The host that answered, if one did.
+    pub remote_mta: Option<String>,
+}
+
+/// Whether the sender wants to hear about this recipient's failure (RFC 3461 4.1): never for
+/// the null sender; NOTIFY absent means FAILURE.
+pub fn wants_failure_notice(env: &Envelope, r: &Recipient) -> bool {
+    !env.sender.is_empty() && r.notify.is_none_or(|n| n.failure)
+}
+
+/// The enhanced status code in a reply line ("550 5.1.1 ..." -> "5.1.1"), or one derived from the
+/// reply class.
+pub fn status_of(reply: &str, permanent: bool) -> String {
+    let code = reply.split_whitespace().nth(1).filter(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match code {
+        Some(c) => c.to_string(),
+        None if permanent => "5.0.0".into(),
+        None => "4.0.0".into(),
+    }
+}
+
+/// Builds the DSN message for `failures` of `env`. `original` is the stored message (trace
+/// header + body). Returns the report's text (headers and body) to queue from `<>` to the sender.
+pub fn build_dsn(
+    hostname: &str,
+    env: &Envelope,
+    failures: &[Failure<'_>],
+    original: &[u8],
+    now_unix: u64,
+) -> Vec<u8> {
+    let boundary = format!("{}/{}", env.id, hostname);
+    let mut m = String::with_capacity(4096);
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated delivery status notification.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         This is the mail system at {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients:\r\n\r\n",
+        sender = env.sender,
+        date = rfc5322_date(now_unix),
+        id = env.id,
+    );
+    for f in failures {
+        let _ = write!(m, "<{}>: {}\r\n", f.recipient.address, one_line(&f.diagnostic));
+    }
+    // The machine-readable part (RFC 3464 2.2, 2.3).
+    let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n");
+    let _ = write!(m, "Reporting-MTA: dns; {hostname}\r\n");
+    if let Some(envid) = &env.envid {
+        let _ = write!(m, "Original-Envelope-Id: {envid}\r\n");
+    }
+    let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(env.received_at / 1000));
+    for f in failures {
+        let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", f.recipient.address);
+        if let Some(orcpt) = &f.recipient.orcpt {
+            let _ = write!(m, "Original-Recipient: {}\r\n", orcpt.replacen(';', "; ", 1));
+        }
+        let _ = write!(m, "Action: failed\r\nStatus: {}\r\n", f.status);
+        if let Some(mta) = &f.remote_mta {
+            let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
+        }
+        let kind =
+            if f.diagnostic.starts_with(|c: char| c.is_ascii_digit()) { "smtp" } else { "x-local" };
+        let _ = write!(m, "Diagnostic-Code: {kind}; {}\r\n", one_line(&f.diagnostic));
+        let _ = write!(m, "Last-Attempt-Date: {}\r\n", rfc5322_date(now_unix));
+    }
+    let headers_only = env.ret == Some(Ret::Hdrs) || original.len() > FULL_RETURN_LIMIT;
+    let mut out = m.into_bytes();
+    if headers_only {
+        let end =
+            original.windows(4).position(|w| w == b"\r\n\r\n").map_or(original.len(), |p| p + 2);
+        out.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
+        );
+        out.extend_from_slice(&original[..end]);
+    } else {
+        out.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
+        );
+        out.extend_from_slice(original);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Diagnostic text on one line, printable ASCII only (a header field value).
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' }).take(900).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{QueueId, RecipientState, test_envelope};
+
+    #[test]
+    fn rfc3463_status_extraction() {
+        assert_eq!(status_of("550 5.1.1 no such user", true), "5.1.1");
+        assert_eq!(status_of("452 4.2.2 mailbox full", false), "4.2.2");
+        assert_eq!(status_of("550 no enhanced code", true), "5.0.0");
+        assert_eq!(status_of("connection refused", false), "4.0.0");
+    }
+
+    #[test]
+    fn rfc3464_report_structure() {
+        let mut env = test_envelope(QueueId(0xAB), 10);
+        env.recipients[0].orcpt = Some("rfc822;d+40e.f".into());
+        env.recipients[0].state = RecipientState::Failed;
+        env.envid = Some("ENV1".into());
+        let f = Failure {
+            recipient: &env.recipients[0],
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 no such user".into(),
+            remote_mta: Some("mx.e.f".into()),
+        };
+        let dsn =
+            String::from_utf8(build_dsn("mta.test", &env, &[f], b"Subject: hi\r\n\r\nbody\r\n", 0))
+                .unwrap();
+        for needle in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Reporting-MTA: dns; mta.test",
+            "Original-Envelope-Id: ENV1",
+            "Final-Recipient: rfc822; d@e.f",
+            "Original-Recipient: rfc822; d+40e.f",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; mx.e.f",
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user",
+            "Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nbody\r\n",
+            "Auto-Submitted: auto-replied",
+        ] {
+            assert!(dsn.contains(needle), "missing {needle:?} in\n{dsn}");
+        }
+        assert!(dsn.trim_end().ends_with("--"));
+        // RET=HDRS returns the header only.
+        env.ret = Some(Ret::Hdrs);
+        let f = Failure {
+            recipient: &env.recipients[0],
+            status: "5.0.0".into(),
+            diagnostic: "x".into(),
+            remote_mta: None,
+        };
+        let dsn = String::from_utf8(build_dsn(
+            "mta.test",
+            &env,
+            &[f],
+            b"Subject: hi\r\n\r\nsecret body\r\n",
+            0,
+        ))
+        .unwrap();
+        assert!(dsn.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n"));
+        assert!(!dsn.contains("secret body"));
+    }
+
+    #[test]
+    fn rfc3461_notify_decides() {
+        use crate::proto::smtp::command::Notify;
+        let mut env = test_envelope(QueueId(1), 1);
+        assert!(wants_failure_notice(&env, &env.recipients[0]));
+        env.recipients[0].notify = Some(Notify::default()); // NEVER
+        assert!(!wants_failure_notice(&env, &env.recipients[0]));
+        env.recipients[0].notify = None;
+        env.sender.clear(); // <>: never bounce a bounce
+        assert!(!wants_failure_notice(&env, &env.recipients[0]));
+    }
+}
