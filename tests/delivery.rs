@@ -63,7 +63,7 @@ fn check_dsn(dsn: &[u8], rcpt: &str, status: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dsn.eml");
     std::fs::write(&path, dsn).unwrap();
-    let out = python(
+    python(
         r#"
 import email, sys
 from email import policy
@@ -79,8 +79,7 @@ assert sys.argv[2] in per_rcpt and "Action: failed" in per_rcpt and ("Status: " 
 print(per_rcpt)
 "#,
         &[path.to_str().unwrap(), rcpt, status],
-    );
-    out
+    )
 }
 
 #[test]
