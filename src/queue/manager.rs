@@ -90,12 +90,26 @@ impl Dispatcher {
 
     /// Runs until `stop`; deliveries run on `tracker` so shutdown can wait for them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
+        self.remove_finished().await;
         loop {
             self.scan(&tracker);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.scan_interval) => {}
+            }
+        }
+    }
+
+    /// A crash between recording the last outcome and removing the message leaves a message with
+    /// no queued recipient; nothing else would ever remove it.
+    async fn remove_finished(&self) {
+        for env in self.spool.list() {
+            if env.recipients.iter().all(|r| r.state != RecipientState::Queued) {
+                tracing::info!(id = %env.id, "removing a message finished before the last stop");
+                if let Err(e) = self.spool.remove(env.id).await {
+                    tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
+                }
             }
         }
     }

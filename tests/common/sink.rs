@@ -16,6 +16,8 @@ pub struct Behavior {
     pub pipelining: bool,
     /// Drop the connection in the middle of the next N DATA transfers.
     pub drop_in_data: usize,
+    /// Wait this long before answering the end of data (a slow server).
+    pub end_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +163,7 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
                 // RFC 5321 4.5.2: a leading dot is removed.
                 data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
             }
+            std::thread::sleep(b.end_delay);
             st.lock().unwrap().messages.push(Received {
                 mail_from: from.clone(),
                 rcpts: rcpts.clone(),
