@@ -8,6 +8,9 @@
 //! | `GET /api/queue/stats` | JSON counters |
 //! | `GET /api/queue/{id}` | one message's JSON |
 //! | `GET /api/queue/{id}/message` | the stored message (trace header + body) |
+//! | `POST /api/queue/flush[?domain=D]` | make queued recipients due now |
+//! | `DELETE /api/queue/{id}` | delete a message (no bounce) |
+//! | `POST /api/queue/{id}/bounce` | bounce a message's queued recipients to its sender, then delete it |
 //!
 //! Bind it to loopback or a management network: it has no authentication.
 
@@ -15,31 +18,82 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
+use crate::queue::manager::Dispatcher;
 use crate::spool::{Envelope, QueueId, Spool, SpoolError};
 
 #[derive(Clone)]
 struct AppState {
     spool: Arc<dyn Spool>,
+    dispatcher: Arc<Dispatcher>,
     stopping: CancellationToken,
 }
 
-pub fn router(spool: Arc<dyn Spool>, stopping: CancellationToken) -> Router {
+pub fn router(
+    spool: Arc<dyn Spool>,
+    dispatcher: Arc<Dispatcher>,
+    stopping: CancellationToken,
+) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/queue", get(queue_list))
         .route("/api/queue/stats", get(queue_stats))
-        .route("/api/queue/{id}", get(queue_show))
+        .route("/api/queue/flush", post(queue_flush))
+        .route("/api/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/queue/{id}/message", get(queue_message))
-        .with_state(AppState { spool, stopping })
+        .route("/api/queue/{id}/bounce", post(queue_bounce))
+        .with_state(AppState { spool, dispatcher, stopping })
+}
+
+#[derive(serde::Deserialize)]
+struct FlushQuery {
+    domain: Option<String>,
+}
+
+async fn queue_flush(State(st): State<AppState>, Query(q): Query<FlushQuery>) -> Response {
+    match st.dispatcher.flush(q.domain.as_deref()).await {
+        Ok(n) => axum::Json(json!({ "flushed_recipients": n })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn queue_delete(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if st.spool.get(id).is_none() {
+        return (StatusCode::NOT_FOUND, "no such message\n").into_response();
+    }
+    match st.spool.remove(id).await {
+        Ok(()) => {
+            tracing::warn!(%id, "message deleted by the operator");
+            axum::Json(json!({ "deleted": id.to_string() })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn queue_bounce(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match st.dispatcher.bounce(id).await {
+        Ok(Some(n)) => {
+            axum::Json(json!({ "bounced": id.to_string(), "recipients": n })).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no such message\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn health(State(st): State<AppState>) -> Response {

@@ -63,6 +63,14 @@ impl Source {
         }
     }
 
+    /// A change (flush, delete, bounce): only the running daemon may change its queue.
+    pub fn change(&self, method: &str, path: &str) -> anyhow::Result<Value> {
+        let Source::Daemon(base) = self else {
+            bail!("this command needs the running daemon (its admin API did not answer)");
+        };
+        Ok(serde_json::from_str(&http_send(method, &format!("{base}{path}"))?)?)
+    }
+
     pub fn stats(&self) -> anyhow::Result<Value> {
         match self {
             Source::Daemon(base) => {
@@ -74,12 +82,21 @@ impl Source {
 }
 
 fn http_get(url: &str) -> anyhow::Result<String> {
+    http_send("GET", url)
+}
+
+fn http_send(method: &str, url: &str) -> anyhow::Result<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let sent = match method {
+        "POST" => agent.post(url).send_empty(),
+        "DELETE" => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    };
+    let mut resp = sent.with_context(|| format!("{method} {url}"))?;
     let status = resp.status();
     let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
     if !status.is_success() {

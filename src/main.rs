@@ -62,6 +62,16 @@ enum QueueCommand {
     Show { id: String },
     /// Queue counters as JSON.
     Stats,
+    /// Retry queued recipients now (all, or one recipient domain). Needs the running daemon.
+    Flush {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Delete a message without bouncing it. Needs the running daemon.
+    Delete { id: String },
+    /// Bounce a message's queued recipients to its sender (DSN), then delete it. Needs the
+    /// running daemon.
+    Bounce { id: String },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +117,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueCommand::List { json } => cli::print_list(&source.list()?, json),
                 QueueCommand::Show { id } => {
                     println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?)
+                }
+                QueueCommand::Flush { domain } => {
+                    let path = match domain {
+                        Some(d) => format!("/api/queue/flush?domain={d}"),
+                        None => "/api/queue/flush".into(),
+                    };
+                    println!("{}", source.change("POST", &path)?);
+                }
+                QueueCommand::Delete { id } => {
+                    println!("{}", source.change("DELETE", &format!("/api/queue/{id}"))?)
+                }
+                QueueCommand::Bounce { id } => {
+                    println!("{}", source.change("POST", &format!("/api/queue/{id}/bounce"))?)
                 }
                 QueueCommand::Stats => {
                     println!("{}", serde_json::to_string_pretty(&source.stats()?)?)

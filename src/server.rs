@@ -126,7 +126,7 @@ pub async fn run(
     );
     let deliveries = TaskTracker::new();
     let dispatch_task = if cfg.delivery.enabled {
-        tokio::spawn(dispatcher.run(stop.clone(), deliveries.clone()))
+        tokio::spawn(dispatcher.clone().run(stop.clone(), deliveries.clone()))
     } else {
         tracing::warn!("[delivery] enabled = false: mail is accepted and kept, not delivered");
         tokio::spawn(async {})
@@ -138,7 +138,7 @@ pub async fn run(
     let admin_addr = admin_sock.local_addr()?;
     tracing::info!(addr = %admin_addr, "admin HTTP (metrics, health, queue API)");
     bound.insert("admin".into(), vec![admin_addr]);
-    let app = admin::router(spool.clone(), stop.clone());
+    let app = admin::router(spool.clone(), dispatcher.clone(), stop.clone());
     let admin_stop = stop.clone();
     let admin_task = tokio::spawn(async move {
         let _ = axum::serve(admin_sock, app)

@@ -304,3 +304,43 @@ fn kill9_during_delivery_then_everything_is_delivered() {
     // Only deliveries in flight at the kill can be repeated (one per concurrent delivery).
     assert!(duplicates <= 30, "{duplicates}");
 }
+
+/// `sluice queue flush | bounce | delete` against the running daemon.
+#[test]
+fn queue_admin_flush_bounce_delete() {
+    let mut b = Behavior::default();
+    b.rcpt.insert("slow@example.org".into(), vec!["451 4.3.0 not now".into()]);
+    let sink = Sink::start(b);
+    let cfg = route_to(&sink, "").replace("retry = [\"1s\"]", "retry = [\"1h\"]");
+    let s = Sluice::start(&cfg);
+    let mut c = Client::ehlo(s.smtp);
+    let first = c.send_message_to("<admin1@t>", "slow@example.org", "x\r\n");
+    let second = c.send_message_to("<admin2@t>", "slow@example.org", "y\r\n");
+    let id_of = |r: &str| r.trim().rsplit(' ').next().unwrap().to_string();
+    let (id1, id2) = (id_of(&first), id_of(&second));
+    wait_queue(&s, 10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 1));
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["queue"])
+            .args(args)
+            .args(["--admin", &s.admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // flush: retried now instead of in an hour.
+    assert_eq!(cli(&["flush", "--domain", "example.org"])["flushed_recipients"], 2);
+    wait_queue(&s, 10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 2));
+    // bounce: a DSN to the sender, then the message is gone.
+    assert_eq!(cli(&["bounce", &id1])["recipients"], 1);
+    let dsn = sink.wait_for(1, 10);
+    assert_eq!(dsn[0].mail_from, "");
+    assert_eq!(dsn[0].rcpts, vec!["a@example.com".to_string()]);
+    check_dsn(&dsn[0].data, "slow@example.org", "5.0.0");
+    // delete: gone without a bounce.
+    assert_eq!(cli(&["delete", &id2])["deleted"], id2.as_str());
+    wait_queue(&s, 10, |q| q.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 1, "delete sends no bounce");
+}

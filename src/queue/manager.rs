@@ -101,6 +101,77 @@ impl Dispatcher {
         }
     }
 
+    /// Makes queued recipients due now (all, or those of one domain); returns how many.
+    pub async fn flush(&self, domain: Option<&str>) -> Result<usize, SpoolError> {
+        let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        let mut n = 0;
+        for env in self.spool.list() {
+            for (i, r) in env.recipients.iter().enumerate() {
+                let rd = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+                if r.state != RecipientState::Queued || domain.as_ref().is_some_and(|d| *d != rd) {
+                    continue;
+                }
+                self.spool
+                    .update(RecipientUpdate {
+                        id: env.id,
+                        index: i as u32,
+                        state: RecipientState::Queued,
+                        attempts: r.attempts,
+                        next_attempt: 0,
+                        last_reply: r.last_reply.clone(),
+                    })
+                    .await?;
+                n += 1;
+            }
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Operator bounce: every queued recipient fails with a DSN (queued first), then the message
+    /// is removed. Returns the number of recipients bounced, or None if there is no such message.
+    pub async fn bounce(&self, id: QueueId) -> Result<Option<usize>, SpoolError> {
+        let Some(env) = self.spool.get(id) else { return Ok(None) };
+        let reason = "message bounced by the postmaster (sluice queue bounce)".to_string();
+        let queued: Vec<u32> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Queued)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let notices: Vec<Failure<'_>> = queued
+            .iter()
+            .map(|&i| &env.recipients[i as usize])
+            .filter(|r| wants_failure_notice(&env, r))
+            .map(|r| Failure {
+                recipient: r,
+                status: "5.0.0".into(),
+                diagnostic: reason.clone(),
+                remote_mta: None,
+            })
+            .collect();
+        if !notices.is_empty() {
+            let original = self.read_content(id).await.unwrap_or_default();
+            self.queue_bounce(&env, &notices, &original, unix_millis()).await?;
+        }
+        for &i in &queued {
+            let r = &env.recipients[i as usize];
+            self.spool
+                .update(RecipientUpdate {
+                    id,
+                    index: i,
+                    state: RecipientState::Failed,
+                    attempts: r.attempts,
+                    next_attempt: 0,
+                    last_reply: Some(reason.clone()),
+                })
+                .await?;
+        }
+        self.spool.remove(id).await?;
+        Ok(Some(queued.len()))
+    }
+
     /// A crash between recording the last outcome and removing the message leaves a message with
     /// no queued recipient; nothing else would ever remove it.
     async fn remove_finished(&self) {
