@@ -47,6 +47,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub shaping: ShapingConfig,
     /// Routes, first match wins; no matching route = MX delivery.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -177,6 +179,73 @@ pub struct DeliveryConfig {
     /// How often the queue is scanned for due recipients (new mail is dispatched at once).
     #[serde(default = "default_scan_interval", deserialize_with = "duration")]
     pub scan_interval: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingConfig {
+    #[serde(default)]
+    pub default: ShapingParams,
+    /// Overrides; the first rule whose `match` fits the destination wins.
+    #[serde(default)]
+    pub rule: Vec<ShapingRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingParams {
+    /// Connections open at once to one destination.
+    #[serde(default = "default_shaping_connections")]
+    pub connections: usize,
+    /// Messages sent over one connection before it is closed.
+    #[serde(default = "default_messages_per_connection")]
+    pub messages_per_connection: usize,
+    /// Messages per second to the destination ("100/s", "6000/m"); absent = unlimited.
+    #[serde(default, deserialize_with = "rate")]
+    pub rate: Option<f64>,
+    /// How long an idle connection waits for more mail before QUIT.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingRule {
+    /// Destination patterns: a domain, "*.example.org" or "*".
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    /// Each setting left out is taken from `[shaping.default]`.
+    pub connections: Option<usize>,
+    pub messages_per_connection: Option<usize>,
+    #[serde(default, deserialize_with = "rate")]
+    pub rate: Option<f64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+impl Default for ShapingParams {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::delivery::shaping::parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn default_shaping_connections() -> usize {
+    10
+}
+fn default_messages_per_connection() -> usize {
+    100
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -480,6 +549,21 @@ impl Config {
         }
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
             return invalid("spool.segment_size", "must be between 1MiB and 1GiB".into());
+        }
+        let d = &self.shaping.default;
+        if d.connections == 0 || d.messages_per_connection == 0 {
+            return invalid(
+                "shaping.default",
+                "connections and messages_per_connection must be at least 1".into(),
+            );
+        }
+        for (i, r) in self.shaping.rule.iter().enumerate() {
+            if r.connections == Some(0) || r.messages_per_connection == Some(0) {
+                return invalid(
+                    &format!("shaping.rule[{i}]"),
+                    "connections and messages_per_connection must be at least 1".into(),
+                );
+            }
         }
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be at least 1".into());

@@ -170,6 +170,10 @@ pub static DELIVERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Outbound SMTP connections open now.
+pub static DELIVERY_CONNECTIONS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("sluice_delivery_connections", "Outbound SMTP connections open now."));
+
 /// Bounces (DSNs) queued to senders.
 pub static BOUNCES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("sluice_bounces_total", "Delivery status notifications (bounces) queued to senders.")
@@ -197,6 +201,7 @@ pub fn init() {
     LazyLock::force(&DELIVERIES);
     LazyLock::force(&DELIVERY_SECONDS);
     LazyLock::force(&BOUNCES);
+    LazyLock::force(&DELIVERY_CONNECTIONS);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather

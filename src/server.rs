@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::delivery::conn::Timeouts;
 use crate::delivery::route::Routes;
 use crate::proto::smtp::session::SessionConfig;
-use crate::queue::manager::Dispatcher;
+use crate::queue::manager::{Dispatcher, DispatcherConfig};
+use crate::queue::outcome::Recorder;
 use crate::queue::schedule::RetrySchedule;
 use crate::smtp::{ListenerContext, listener};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
@@ -108,21 +109,27 @@ pub async fn run(
         }
     }
     let dns = Arc::new(crate::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?);
+    let recorder = Recorder {
+        spool: spool.clone(),
+        schedule: RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
+        helo: cfg.hostname.clone(),
+        wake: stored.clone(),
+    };
     let dispatcher = Dispatcher::new(
-        spool.clone(),
-        Routes::new(cfg.route.clone()),
-        dns,
-        cfg.delivery.mx_port,
-        RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
-        Timeouts {
-            connect: cfg.delivery.connect_timeout,
-            command: cfg.delivery.command_timeout,
-            data_end: cfg.delivery.data_timeout,
+        recorder,
+        DispatcherConfig {
+            routes: Routes::new(cfg.route.clone()),
+            dns,
+            mx_port: cfg.delivery.mx_port,
+            timeouts: Timeouts {
+                connect: cfg.delivery.connect_timeout,
+                command: cfg.delivery.command_timeout,
+                data_end: cfg.delivery.data_timeout,
+            },
+            scan_interval: cfg.delivery.scan_interval,
+            shaping: cfg.shaping.clone(),
+            concurrency: cfg.delivery.concurrency,
         },
-        cfg.hostname.clone(),
-        cfg.delivery.scan_interval,
-        stored.clone(),
-        cfg.delivery.concurrency,
     );
     let deliveries = TaskTracker::new();
     let dispatch_task = if cfg.delivery.enabled {

@@ -212,7 +212,10 @@ fn mx_preference_fallback_and_implicit_mx() {
     // A domain without MX: its own address is the implicit MX.
     dns.a("plain.test", "127.0.0.4");
     let plain = Sink::start_on(format!("127.0.0.4:{port}").parse().unwrap(), Behavior::default());
-    let cfg = format!("{}[delivery]\nmx_port = {port}\nscan_interval = \"100ms\"\n", dns.config());
+    let cfg = format!(
+        "{}[delivery]\nmx_port = {port}\nscan_interval = \"100ms\"\n[shaping.default]\nidle_timeout = \"100ms\"\n",
+        dns.config()
+    );
     let s = Sluice::start(&cfg);
 
     let mut c = Client::ehlo(s.smtp);
@@ -225,8 +228,9 @@ fn mx_preference_fallback_and_implicit_mx() {
     assert_eq!(plain.wait_for(1, 10)[0].rcpts, vec!["v@plain.test".to_string()]);
     wait_queue(&s, 10, |q| q.is_empty());
 
-    // Once mx1 is up, it is preferred.
+    // Once mx1 is up (and the idle connection to mx2 has closed), it is preferred.
     let mx1 = Sink::start_on(format!("127.0.0.2:{port}").parse().unwrap(), Behavior::default());
+    std::thread::sleep(Duration::from_millis(400));
     let mut c = Client::ehlo(s.smtp);
     c.cmd("MAIL FROM:<a@example.com>");
     c.cmd("RCPT TO:<w@mx.test>");
@@ -343,4 +347,60 @@ fn queue_admin_flush_bounce_delete() {
     wait_queue(&s, 10, |q| q.is_empty());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.messages().len(), 1, "delete sends no bounce");
+}
+
+/// Shaping: 1,000 messages to one destination over at most `connections` connections at once,
+/// each carrying at most `messages_per_connection`.
+#[test]
+fn connection_reuse_within_destination_limits() {
+    let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
+    let extra = "[shaping.default]\nconnections = 3\nmessages_per_connection = 50\nidle_timeout = \"300ms\"\n";
+    let s = Sluice::start(&route_to(&sink, extra));
+    let mut c = Client::connect(s.smtp);
+    c.reply();
+    // Pipelined injection, 50 messages per write.
+    c.send(b"EHLO load\r\n").unwrap();
+    c.reply();
+    for batch in 0..20 {
+        let mut w = String::new();
+        for i in 0..50 {
+            w.push_str(&format!(
+                "MAIL FROM:<a@example.com>\r\nRCPT TO:<r{i}@example.org>\r\nDATA\r\nMessage-ID: <shape{batch}-{i}@t>\r\n\r\nx\r\n.\r\n"
+            ));
+        }
+        c.send(w.as_bytes()).unwrap();
+        for _ in 0..200 {
+            let r = c.reply().unwrap();
+            assert!(code(&r) < 400, "{r}");
+        }
+    }
+    sink.wait_for(1000, 60);
+    wait_queue(&s, 30, |q| q.is_empty());
+    std::thread::sleep(Duration::from_millis(600)); // idle connections close
+    let per = sink.per_connection();
+    assert_eq!(per.iter().sum::<usize>(), 1000, "{per:?}");
+    assert!(per.iter().all(|&n| n <= 50), "a connection carried more than 50: {per:?}");
+    assert!(per.len() >= 20, "1000 messages need at least 20 connections of 50: {per:?}");
+    assert!(sink.max_concurrent() <= 3, "{} connections at once", sink.max_concurrent());
+    eprintln!("{} connections, at most {} at once", per.len(), sink.max_concurrent());
+}
+
+/// Shaping: a rate of R/s is not exceeded (GCRA), measured at the sink.
+#[test]
+fn rate_limit_is_respected() {
+    let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
+    let extra = "[shaping.default]\nconnections = 4\nrate = \"20/s\"\n";
+    let s = Sluice::start(&route_to(&sink, extra));
+    let mut c = Client::ehlo(s.smtp);
+    for i in 0..41 {
+        assert_eq!(code(&c.send_message(&format!("<rate{i}@t>"), "x\r\n")), 250);
+    }
+    let got = sink.wait_for(41, 30);
+    let span = got.last().unwrap().at.duration_since(got[0].at).as_secs_f64();
+    let rate = 40.0 / span;
+    eprintln!("41 messages in {span:.3} s: {rate:.1}/s against a limit of 20/s");
+    // Never faster than the limit (10 % tolerance for timer granularity); a noisy machine may be
+    // slower, which is not a violation, within reason.
+    assert!(rate <= 22.0, "{rate:.1}/s exceeds 20/s");
+    assert!(rate >= 10.0, "{rate:.1}/s is far below 20/s");
 }

@@ -7,3 +7,4 @@
 pub mod conn;
 pub mod error;
 pub mod route;
+pub mod shaping;

@@ -2,4 +2,5 @@
 //! dispatcher that hands due recipients to [`crate::delivery`].
 
 pub mod manager;
+pub mod outcome;
 pub mod schedule;

@@ -26,6 +26,7 @@ pub struct Received {
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
     pub bdat: bool,
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -34,6 +35,10 @@ struct State {
     connections: usize,
     attempts: HashMap<String, usize>,
     drops_left: usize,
+    active: usize,
+    max_active: usize,
+    /// Messages carried by each closed connection.
+    per_connection: Vec<usize>,
 }
 
 pub struct Sink {
@@ -59,6 +64,11 @@ impl Sink {
                 st.lock().unwrap().connections += 1;
                 let (st, b) = (st.clone(), b.clone());
                 std::thread::spawn(move || {
+                    {
+                        let mut s = st.lock().unwrap();
+                        s.active += 1;
+                        s.max_active = s.max_active.max(s.active);
+                    }
                     let _ = serve(stream, &b, &st);
                 });
             }
@@ -68,6 +78,16 @@ impl Sink {
 
     pub fn messages(&self) -> Vec<Received> {
         self.state.lock().unwrap().messages.clone()
+    }
+
+    /// Most connections open at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_active
+    }
+
+    /// Messages each finished connection carried.
+    pub fn per_connection(&self) -> Vec<usize> {
+        self.state.lock().unwrap().per_connection.clone()
     }
 
     pub fn connections(&self) -> usize {
@@ -94,6 +114,31 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
     let mut r = BufReader::new(stream);
     w.write_all(b"220 sink.test ESMTP\r\n")?;
     let (mut from, mut rcpts, mut chunks) = (String::new(), Vec::new(), Vec::new());
+    let mut carried = 0usize;
+    let result =
+        serve_inner(&mut r, &mut w, b, st, &mut from, &mut rcpts, &mut chunks, &mut carried);
+    let mut s = st.lock().unwrap();
+    s.per_connection.push(carried & !QUIT_SEEN);
+    if carried & QUIT_SEEN == 0 {
+        s.active -= 1;
+    }
+    result
+}
+
+/// Flag in the per-connection counter: `active` was already decremented at QUIT.
+const QUIT_SEEN: usize = 1 << 40;
+
+#[allow(clippy::too_many_arguments)]
+fn serve_inner(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    b: &Behavior,
+    st: &Mutex<State>,
+    from: &mut String,
+    rcpts: &mut Vec<String>,
+    chunks: &mut Vec<u8>,
+    carried: &mut usize,
+) -> std::io::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
@@ -115,7 +160,7 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             w.write_all(b"250 ok\r\n")?;
         } else if upper.starts_with("MAIL FROM:") {
-            from = cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
+            *from = cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
             rcpts.clear();
             chunks.clear();
             w.write_all(b"250 2.1.0 ok\r\n")?;
@@ -169,7 +214,9 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
                 rcpts: rcpts.clone(),
                 data,
                 bdat: false,
+                at: Instant::now(),
             });
+            *carried += 1;
             w.write_all(b"250 2.0.0 queued\r\n")?;
         } else if upper.starts_with("BDAT ") {
             let mut parts = cmd[5..].split_ascii_whitespace();
@@ -181,13 +228,15 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
             if rcpts.is_empty() {
                 w.write_all(b"554 5.5.1 no valid recipients\r\n")?;
             } else if last {
-                let data = std::mem::take(&mut chunks);
+                let data = std::mem::take(chunks);
                 st.lock().unwrap().messages.push(Received {
                     mail_from: from.clone(),
                     rcpts: rcpts.clone(),
                     data,
                     bdat: true,
+                    at: Instant::now(),
                 });
+                *carried += 1;
                 w.write_all(b"250 2.0.0 queued\r\n")?;
             } else {
                 w.write_all(b"250 2.0.0 chunk ok\r\n")?;
@@ -196,6 +245,10 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
             rcpts.clear();
             w.write_all(b"250 ok\r\n")?;
         } else if upper == "QUIT" {
+            // The connection counts as closed from here: the client may open the next one as soon
+            // as it reads 221.
+            st.lock().unwrap().active -= 1;
+            *carried |= QUIT_SEEN;
             w.write_all(b"221 bye\r\n")?;
             return Ok(());
         } else {

@@ -1,0 +1,114 @@
+//! Per-destination traffic shaping: how many connections, how many messages each carries, how
+//! fast messages may go (GCRA), and how long to back off when the destination is unreachable.
+//! Settings come from `[shaping.default]`, overridden by the first `[[shaping.rule]]` whose
+//! `match` pattern fits the destination (a recipient domain for MX, the host of a smart host).
+
+use std::time::{Duration, Instant};
+
+use crate::config::ShapingConfig;
+
+/// The effective limits for one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub connections: usize,
+    pub messages_per_connection: usize,
+    /// Messages per second; None = unlimited.
+    pub rate: Option<f64>,
+    /// How long an idle connection waits for more work before QUIT.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    pub fn for_destination(cfg: &ShapingConfig, name: &str) -> Limits {
+        let d = &cfg.default;
+        let mut l = Limits {
+            connections: d.connections,
+            messages_per_connection: d.messages_per_connection,
+            rate: d.rate,
+            idle_timeout: d.idle_timeout,
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(r) = cfg.rule.iter().find(|r| r.patterns.iter().any(|p| matches(p, &name))) {
+            l.connections = r.connections.unwrap_or(l.connections);
+            l.messages_per_connection =
+                r.messages_per_connection.unwrap_or(l.messages_per_connection);
+            l.rate = r.rate.or(l.rate);
+            l.idle_timeout = r.idle_timeout.unwrap_or(l.idle_timeout);
+        }
+        l
+    }
+}
+
+fn matches(pattern: &str, name: &str) -> bool {
+    let p = pattern.trim_end_matches('.').to_ascii_lowercase();
+    p == "*"
+        || p == name
+        || p.strip_prefix("*.").is_some_and(|parent| name.ends_with(&format!(".{parent}")))
+}
+
+/// "100/s", "6000/m", "3600/h" -> messages per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) =
+        s.split_once('/').ok_or_else(|| format!("invalid rate {s:?} (e.g. \"100/s\")"))?;
+    let n: f64 = n.trim().parse().map_err(|_| format!("invalid rate {s:?}"))?;
+    let per = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86_400.0,
+        u => return Err(format!("unknown rate unit {u:?} in {s:?} (s, m, h, d)")),
+    };
+    if n <= 0.0 || !n.is_finite() {
+        return Err(format!("rate {s:?} must be positive"));
+    }
+    Ok(n / per)
+}
+
+/// Generic cell rate algorithm without burst: each message is due one emission interval after
+/// the previous one, shared by every connection of the destination.
+#[derive(Debug)]
+pub struct Gcra {
+    interval: Duration,
+    /// Theoretical arrival time of the next message.
+    tat: Option<Instant>,
+}
+
+impl Gcra {
+    pub fn new(per_second: f64) -> Self {
+        Gcra { interval: Duration::from_secs_f64(1.0 / per_second), tat: None }
+    }
+
+    /// Reserves the next slot; returns how long to wait before sending.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
+        let at = self.tat.map_or(now, |t| t.max(now));
+        self.tat = Some(at + self.interval);
+        at - now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100/s"), Ok(100.0));
+        assert_eq!(parse_rate("60/m"), Ok(1.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("10/week").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn gcra_spaces_messages_evenly() {
+        let mut g = Gcra::new(10.0);
+        let t0 = Instant::now();
+        let waits: Vec<Duration> = (0..5).map(|_| g.reserve(t0)).collect();
+        assert_eq!(waits[0], Duration::ZERO);
+        assert_eq!(waits[4], Duration::from_millis(400));
+        // After an idle period no credit accumulates (no burst).
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(g.reserve(later), Duration::ZERO);
+        assert_eq!(g.reserve(later), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,252 @@
+//! What one delivery attempt's outcome does to the queue, recorded durably and in this order:
+//! 1. decide each recipient's fate (delivered, deferred on the retry schedule, failed, expired);
+//! 2. queue the bounce (RFC 3464) for the failed ones, durably;
+//! 3. record every recipient's new state;
+//! 4. remove the message once no recipient is queued.
+//!
+//! DESIGN.md invariant 2: an acknowledged recipient leaves the spool only after a 2xx or a
+//! durably queued bounce.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::schedule::RetrySchedule;
+use crate::bounce::{Failure, build_dsn, status_of, wants_failure_notice};
+use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
+use crate::metrics;
+use crate::proto::smtp::Reply;
+use crate::proto::smtp::command::BodyType;
+use crate::spool::{
+    Envelope, NewMessage, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
+    unix_millis,
+};
+
+pub struct Recorder {
+    pub spool: Arc<dyn Spool>,
+    pub schedule: RetrySchedule,
+    /// Our name, for bounces.
+    pub helo: String,
+    /// Woken when a bounce is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl Recorder {
+    /// Records the outcome of one attempt for recipients `rcpts` of `env`. `answered_by` is the
+    /// server that answered; `content` the stored message (for bounces).
+    pub async fn record(
+        &self,
+        env: &Envelope,
+        rcpts: &[u32],
+        outcome: &Result<Vec<Reply>, DeliveryError>,
+        answered_by: &str,
+        content: Option<&Bytes>,
+    ) {
+        let now = unix_millis();
+
+        // Decide every recipient's fate first.
+        let mut fates: Vec<Fate> = Vec::with_capacity(rcpts.len());
+        for (k, &i) in rcpts.iter().enumerate() {
+            let rcpt = &env.recipients[i as usize];
+            let (disposition, reply, status) = match &outcome {
+                Ok(replies) => {
+                    let r = replies
+                        .get(k)
+                        .cloned()
+                        .unwrap_or_else(|| Reply::new(451, "4.3.0", "no reply"));
+                    let d = classify_reply(&r);
+                    (d, r.to_line(), status_of(&r.to_line(), d == Disposition::Permanent))
+                }
+                Err(e) => (e.classify(), e.to_string(), error_status(e)),
+            };
+            let attempts = rcpt.attempts + 1;
+            let fate = match disposition {
+                Disposition::Delivered => Fate::delivered(i, attempts, reply),
+                Disposition::Permanent => Fate::failed(i, attempts, reply, status, "failed"),
+                Disposition::Temporary if self.schedule.is_expired(env.received_at, now) => {
+                    let diag = format!("delivery time expired; last error: {reply}");
+                    Fate::failed(i, attempts, diag, "4.4.7".into(), "expired")
+                }
+                Disposition::Temporary => {
+                    let at = self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now);
+                    Fate::deferred(i, attempts, reply, at)
+                }
+            };
+            fates.push(fate);
+        }
+
+        // Bounce: the DSN is durable before any recipient is recorded as failed (DESIGN.md 2).
+        let remote = (!answered_by.is_empty() && outcome.is_ok()).then(|| answered_by.to_string());
+        let notices: Vec<Failure<'_>> = fates
+            .iter()
+            .filter(|f| f.state == RecipientState::Failed)
+            .map(|f| (f, &env.recipients[f.index as usize]))
+            .filter(|(_, r)| wants_failure_notice(env, r))
+            .map(|(f, r)| Failure {
+                recipient: r,
+                status: f.status.clone(),
+                diagnostic: f.reply.clone(),
+                remote_mta: remote.clone(),
+            })
+            .collect();
+        if !notices.is_empty() {
+            let original = content.map(|b| b.as_ref()).unwrap_or(b"");
+            if let Err(e) = self.queue_bounce(env, &notices, original, now).await {
+                tracing::error!(id = %env.id, error = %e, "could not queue a bounce; failed recipients stay queued");
+                for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
+                    f.state = RecipientState::Queued;
+                    f.label = "deferred";
+                    f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
+                }
+            }
+        }
+
+        // Record every outcome.
+        for f in &fates {
+            metrics::DELIVERIES.with_label_values(&[f.label]).inc();
+            tracing::info!(
+                id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = answered_by,
+                attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
+            );
+            let update = RecipientUpdate {
+                id: env.id,
+                index: f.index,
+                state: f.state,
+                attempts: f.attempts,
+                next_attempt: f.next_attempt,
+                last_reply: Some(f.reply.chars().take(512).collect()),
+            };
+            if let Err(e) = self.spool.update(update).await {
+                // The recipient stays as it was in the spool: it will be tried again (a duplicate
+                // at worst, never a loss).
+                tracing::error!(id = %env.id, error = %e, "could not record a delivery outcome");
+                return;
+            }
+        }
+        // The message leaves the spool once every recipient is delivered or bounced.
+        if let Some(current) = self.spool.get(env.id)
+            && current.recipients.iter().all(|r| r.state != RecipientState::Queued)
+            && let Err(e) = self.spool.remove(env.id).await
+        {
+            tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
+        }
+    }
+
+    /// Queues one DSN from `<>` to the sender, durably.
+    pub async fn queue_bounce(
+        &self,
+        env: &Envelope,
+        failures: &[Failure<'_>],
+        original: &[u8],
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        let body = build_dsn(&self.helo, env, failures, original, now_ms / 1000);
+        let id = self.spool.next_id();
+        let envelope = Envelope {
+            id,
+            received_at: now_ms,
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: env.sender.clone(),
+                orcpt: None,
+                notify: None,
+                state: RecipientState::Queued,
+                attempts: 0,
+                next_attempt: 0,
+                last_reply: None,
+            }],
+            message_id: Some(format!("<{}.dsn@{}>", env.id, self.helo)),
+            size: body.len() as u64,
+            helo: self.helo.clone(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            body_type: Some(BodyType::EightBitMime),
+            smtputf8: env.smtputf8,
+            ret: None,
+            envid: None,
+        };
+        self.spool
+            .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })
+            .await?;
+        metrics::BOUNCES.inc();
+        tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = failures.len(), "bounce queued");
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// What happens to one recipient after an attempt.
+struct Fate {
+    index: u32,
+    state: RecipientState,
+    attempts: u32,
+    next_attempt: u64,
+    reply: String,
+    /// RFC 3463 status for a bounce.
+    status: String,
+    label: &'static str,
+}
+
+impl Fate {
+    fn delivered(index: u32, attempts: u32, reply: String) -> Self {
+        let status = "2.0.0".into();
+        Fate {
+            index,
+            state: RecipientState::Delivered,
+            attempts,
+            next_attempt: 0,
+            reply,
+            status,
+            label: "delivered",
+        }
+    }
+
+    fn failed(
+        index: u32,
+        attempts: u32,
+        reply: String,
+        status: String,
+        label: &'static str,
+    ) -> Self {
+        Fate {
+            index,
+            state: RecipientState::Failed,
+            attempts,
+            next_attempt: 0,
+            reply,
+            status,
+            label,
+        }
+    }
+
+    fn deferred(index: u32, attempts: u32, reply: String, next_attempt: u64) -> Self {
+        let status = "4.0.0".into();
+        Fate {
+            index,
+            state: RecipientState::Queued,
+            attempts,
+            next_attempt,
+            reply,
+            status,
+            label: "deferred",
+        }
+    }
+}
+
+/// RFC 3463 status for a failure that has no reply of its own.
+fn error_status(e: &DeliveryError) -> String {
+    match e {
+        DeliveryError::NullMx(_) => "5.1.10".into(),
+        DeliveryError::NoSuchDomain(_) => "5.1.2".into(),
+        DeliveryError::Reply(r) | DeliveryError::Unsendable(r) => {
+            status_of(&r.to_line(), classify_reply(r) == Disposition::Permanent)
+        }
+        DeliveryError::Connect { .. }
+        | DeliveryError::Timeout(_)
+        | DeliveryError::ConnectionLost(_)
+        | DeliveryError::Protocol(_) => "4.4.1".into(),
+        DeliveryError::DnsTemporary(_) => "4.4.3".into(),
+        DeliveryError::Spool(_) => "4.3.0".into(),
+    }
+}
