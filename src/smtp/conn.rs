@@ -13,7 +13,7 @@ use super::{Charge, ListenerContext};
 use crate::metrics;
 use crate::proto::smtp::message;
 use crate::proto::smtp::session::{Event, Session, Step, StoreError, Transaction, Waiting};
-use crate::spool::{self, Envelope, NewMessage, Recipient, RecipientState, SpoolError};
+use crate::spool::{self, Envelope, NewMessage, Recipient, SpoolError};
 
 /// Decrements the active-connection gauge however the connection ends.
 struct ActiveGuard(String);
@@ -142,15 +142,7 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
         recipients: tx
             .rcpts
             .into_iter()
-            .map(|r| Recipient {
-                address: r.to.into_string(),
-                orcpt: r.orcpt,
-                notify: r.notify,
-                state: RecipientState::Queued,
-                attempts: 0,
-                next_attempt: 0,
-                last_reply: None,
-            })
+            .map(|r| Recipient::queued(r.to.into_string(), r.orcpt, r.notify))
             .collect(),
         message_id: message::message_id(&tx.body),
         size: (trace.len() + tx.body.len()) as u64,

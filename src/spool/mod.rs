@@ -78,6 +78,21 @@ pub struct Recipient {
     pub last_reply: Option<String>,
 }
 
+impl Recipient {
+    /// A recipient waiting for its first attempt.
+    pub fn queued(address: String, orcpt: Option<String>, notify: Option<Notify>) -> Self {
+        Recipient {
+            address,
+            orcpt,
+            notify,
+            state: RecipientState::Queued,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientState {
     /// Waiting for (another) delivery attempt.
@@ -150,15 +165,7 @@ pub(crate) fn test_envelope(id: QueueId, size: u64) -> Envelope {
         id,
         received_at: 1,
         sender: "a@b.c".into(),
-        recipients: vec![Recipient {
-            address: "d@e.f".into(),
-            orcpt: None,
-            notify: None,
-            state: RecipientState::Queued,
-            attempts: 0,
-            next_attempt: 0,
-            last_reply: None,
-        }],
+        recipients: vec![Recipient::queued("d@e.f".into(), None, None)],
         message_id: Some("<m@b.c>".into()),
         size,
         helo: "x".into(),
