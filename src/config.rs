@@ -179,6 +179,9 @@ pub struct DeliveryConfig {
     /// How often the queue is scanned for due recipients (new mail is dispatched at once).
     #[serde(default = "default_scan_interval", deserialize_with = "duration")]
     pub scan_interval: Duration,
+    /// STARTTLS for MX delivery without a matching route.
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsMode,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -259,11 +262,19 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
-    /// STARTTLS when offered (not yet implemented: plaintext for now).
+    /// STARTTLS when offered, certificate not verified (RFC 7435); plaintext otherwise.
     Opportunistic,
-    /// Refuse to deliver without TLS (not yet available).
+    /// STARTTLS with a verified certificate (Web PKI roots plus `ca_file`), or no delivery.
     Required,
     Disabled,
+}
+
+/// SMTP AUTH credentials for a smart host; the password lives in its own file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    pub username: String,
+    pub password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +286,10 @@ pub struct RouteConfig {
     pub smarthost: Option<String>,
     #[serde(default = "default_tls_mode")]
     pub tls: TlsMode,
+    /// Credentials for the smart host (sent only over TLS).
+    pub auth: Option<RouteAuth>,
+    /// Extra trusted CA certificates (PEM) for `tls = "required"`, e.g. a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -575,11 +590,15 @@ impl Config {
                     "needs at least one pattern".into(),
                 );
             }
-            if r.tls == TlsMode::Required {
+            if r.auth.is_some() && r.tls == TlsMode::Disabled {
                 return invalid(
-                    &format!("route[{i}].tls"),
-                    "\"required\" needs outbound TLS, which this version does not have yet".into(),
+                    &format!("route[{i}].auth"),
+                    "credentials are sent over TLS only; tls = \"disabled\" would never use them"
+                        .into(),
                 );
+            }
+            if r.auth.is_some() && r.smarthost.is_none() {
+                return invalid(&format!("route[{i}].auth"), "needs a smarthost".into());
             }
             if let Some(h) = &r.smarthost
                 && h.rsplit_once(':')

@@ -26,3 +26,5 @@ pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod stream;
+pub mod tls;

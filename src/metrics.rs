@@ -174,6 +174,16 @@ pub static DELIVERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 pub static DELIVERY_CONNECTIONS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("sluice_delivery_connections", "Outbound SMTP connections open now."));
 
+/// Outbound sessions by TLS outcome: yes (STARTTLS negotiated), no (plaintext), failed
+/// (handshake failed).
+pub static DELIVERY_TLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_delivery_tls_total",
+        "Outbound SMTP sessions by TLS outcome: yes (negotiated), no (plaintext), failed (handshake).",
+        &["tls"],
+    )
+});
+
 /// Bounces (DSNs) queued to senders.
 pub static BOUNCES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("sluice_bounces_total", "Delivery status notifications (bounces) queued to senders.")
@@ -218,6 +228,9 @@ pub fn init_labels(listeners: &[String]) {
     }
     for o in ["delivered", "deferred", "failed", "expired"] {
         DELIVERIES.with_label_values(&[o]);
+    }
+    for t in ["yes", "no", "failed"] {
+        DELIVERY_TLS.with_label_values(&[t]);
     }
     for r in ["max_sessions", "max_sessions_per_ip"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);

@@ -103,11 +103,7 @@ pub async fn run(
     }
 
     // Delivery: the dispatcher hands due recipients to their next hop.
-    for r in &cfg.route {
-        if r.smarthost.is_some() && r.tls == crate::config::TlsMode::Opportunistic {
-            tracing::warn!(domains = ?r.domains, "route tls = \"opportunistic\": outbound STARTTLS is not implemented yet; this route delivers in plaintext");
-        }
-    }
+    let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls)?;
     let dns = Arc::new(crate::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?);
     let recorder = Recorder {
         spool: spool.clone(),
@@ -118,7 +114,7 @@ pub async fn run(
     let dispatcher = Dispatcher::new(
         recorder,
         DispatcherConfig {
-            routes: Routes::new(cfg.route.clone()),
+            routes,
             dns,
             mx_port: cfg.delivery.mx_port,
             timeouts: Timeouts {

@@ -14,27 +14,6 @@ fn route_to(sink: &Sink, extra: &str) -> String {
     )
 }
 
-/// Polls the queue until `done` says so (or fails after `secs`).
-fn wait_queue(
-    s: &Sluice,
-    secs: u64,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let q = s.queue_list();
-        if done(&q) {
-            return q;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue never reached the expected state: {q:#?}\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn smarthost_delivery_then_the_message_leaves_the_queue() {
     let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
@@ -50,7 +29,7 @@ fn smarthost_delivery_then_the_message_leaves_the_queue() {
         text.ends_with("Message-ID: <relay@t>\r\n\r\nHello\r\n.starts with a dot\r\n"),
         "{text}"
     );
-    wait_queue(&s, 10, |q| q.is_empty());
+    s.wait_queue(10, |q| q.is_empty());
     let (_, m) = s.http_get("/metrics");
     assert!(
         String::from_utf8(m).unwrap().contains("sluice_deliveries_total{outcome=\"delivered\"} 1")
@@ -97,7 +76,7 @@ fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <mixed@t>\r\n\r\nx\r\n.")), 250);
     // ok@ delivered, bad@ bounced, later@ delivered on the retry: then the message is gone.
-    wait_queue(&s, 15, |q| q.is_empty());
+    s.wait_queue(15, |q| q.is_empty());
     let got = sink.wait_for(3, 5);
     let to =
         |addr: &str| got.iter().filter(|m| m.rcpts == vec![addr.to_string()]).collect::<Vec<_>>();
@@ -129,7 +108,7 @@ fn expiry_bounces_exactly_once() {
         code(&Client::ehlo(s.smtp).send_message_to("<late@t>", "late@example.org", "x\r\n")),
         250
     );
-    wait_queue(&s, 20, |q| q.is_empty());
+    s.wait_queue(20, |q| q.is_empty());
     std::thread::sleep(Duration::from_millis(500));
     let dsns: Vec<_> = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).collect();
     assert_eq!(dsns.len(), 1, "exactly one DSN");
@@ -148,7 +127,7 @@ fn null_sender_is_never_bounced() {
     c.cmd("RCPT TO:<bad@example.org>");
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <bounce-of-bounce@t>\r\n\r\nx\r\n.")), 250);
-    wait_queue(&s, 10, |q| q.is_empty());
+    s.wait_queue(10, |q| q.is_empty());
     std::thread::sleep(Duration::from_millis(500));
     assert!(sink.messages().is_empty(), "no DSN for a null sender");
     let (_, m) = s.http_get("/metrics");
@@ -163,7 +142,7 @@ fn dropped_mid_data_is_retried_and_delivered_once() {
     let s = Sluice::start(&route_to(&sink, ""));
     let body = "line of text for the sink to drop in the middle\r\n".repeat(20);
     assert_eq!(code(&Client::ehlo(s.smtp).send_message("<drop@t>", &body)), 250);
-    wait_queue(&s, 15, |q| q.is_empty());
+    s.wait_queue(15, |q| q.is_empty());
     let got = sink.messages();
     assert_eq!(got.len(), 1, "delivered exactly once");
     assert!(String::from_utf8_lossy(&got[0].data).ends_with(&body));
@@ -182,7 +161,7 @@ fn chunking_peer_gets_bdat() {
         String::from_utf8_lossy(&got[0].data).ends_with("\r\n.two dots\r\n"),
         "unstuffed once at reception, sent as is"
     );
-    wait_queue(&s, 10, |q| q.is_empty());
+    s.wait_queue(10, |q| q.is_empty());
 }
 
 #[test]
@@ -193,7 +172,7 @@ fn unreachable_smarthost_defers_with_the_reason() {
     );
     let s = Sluice::start(&cfg);
     assert_eq!(code(&Client::ehlo(s.smtp).send_message("<nowhere@t>", "x\r\n")), 250);
-    let q = wait_queue(&s, 10, |q| q.len() == 1 && q[0]["recipients"][0]["attempts"] == 1);
+    let q = s.wait_queue(10, |q| q.len() == 1 && q[0]["recipients"][0]["attempts"] == 1);
     let r = &q[0]["recipients"][0];
     assert_eq!(r["state"], "queued");
     assert!(r["last_reply"].as_str().unwrap().contains("connection to"), "{r}");
@@ -226,7 +205,7 @@ fn mx_preference_fallback_and_implicit_mx() {
     assert_eq!(code(&c.cmd("Message-ID: <mx1@t>\r\n\r\nx\r\n.")), 250);
     assert_eq!(mx2.wait_for(1, 10)[0].rcpts, vec!["u@mx.test".to_string()], "fell back to mx2");
     assert_eq!(plain.wait_for(1, 10)[0].rcpts, vec!["v@plain.test".to_string()]);
-    wait_queue(&s, 10, |q| q.is_empty());
+    s.wait_queue(10, |q| q.is_empty());
 
     // Once mx1 is up (and the idle connection to mx2 has closed), it is preferred.
     let mx1 = Sink::start_on(format!("127.0.0.2:{port}").parse().unwrap(), Behavior::default());
@@ -257,7 +236,7 @@ fn null_mx_nxdomain_fail_and_servfail_defers() {
     }
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <dnsfail@t>\r\n\r\nx\r\n.")), 250);
-    let q = wait_queue(&s, 15, |q| {
+    let q = s.wait_queue(15, |q| {
         q.len() == 1 && q[0]["recipients"].as_array().unwrap().iter().all(|r| r["attempts"] == 1)
     });
     let r = q[0]["recipients"].as_array().unwrap();
@@ -294,7 +273,7 @@ fn kill9_during_delivery_then_everything_is_delivered() {
         "everything was delivered before the kill; the test proves nothing"
     );
     s.spawn();
-    wait_queue(&s, 30, |q| q.is_empty());
+    s.wait_queue(30, |q| q.is_empty());
     let got = sink.messages();
     for id in &ids {
         let n = got
@@ -322,7 +301,7 @@ fn queue_admin_flush_bounce_delete() {
     let second = c.send_message_to("<admin2@t>", "slow@example.org", "y\r\n");
     let id_of = |r: &str| r.trim().rsplit(' ').next().unwrap().to_string();
     let (id1, id2) = (id_of(&first), id_of(&second));
-    wait_queue(&s, 10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 1));
+    s.wait_queue(10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 1));
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(BIN)
             .args(["queue"])
@@ -335,7 +314,7 @@ fn queue_admin_flush_bounce_delete() {
     };
     // flush: retried now instead of in an hour.
     assert_eq!(cli(&["flush", "--domain", "example.org"])["flushed_recipients"], 2);
-    wait_queue(&s, 10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 2));
+    s.wait_queue(10, |q| q.len() == 2 && q.iter().all(|m| m["recipients"][0]["attempts"] == 2));
     // bounce: a DSN to the sender, then the message is gone.
     assert_eq!(cli(&["bounce", &id1])["recipients"], 1);
     let dsn = sink.wait_for(1, 10);
@@ -344,7 +323,7 @@ fn queue_admin_flush_bounce_delete() {
     check_dsn(&dsn[0].data, "slow@example.org", "5.0.0");
     // delete: gone without a bounce.
     assert_eq!(cli(&["delete", &id2])["deleted"], id2.as_str());
-    wait_queue(&s, 10, |q| q.is_empty());
+    s.wait_queue(10, |q| q.is_empty());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.messages().len(), 1, "delete sends no bounce");
 }
@@ -375,7 +354,7 @@ fn connection_reuse_within_destination_limits() {
         }
     }
     sink.wait_for(1000, 60);
-    wait_queue(&s, 30, |q| q.is_empty());
+    s.wait_queue(30, |q| q.is_empty());
     std::thread::sleep(Duration::from_millis(600)); // idle connections close
     let per = sink.per_connection();
     assert_eq!(per.iter().sum::<usize>(), 1000, "{per:?}");

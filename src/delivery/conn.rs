@@ -1,15 +1,47 @@
 //! One outbound SMTP connection driving the sans-IO client: connect and greet once, then send
-//! any number of messages, then QUIT. Each wait has its RFC 5321 4.5.3.2 timeout.
+//! any number of messages, then QUIT. Each wait has its RFC 5321 4.5.3.2 timeout. STARTTLS and
+//! AUTH happen while opening, as the hop's [`HopPolicy`] says.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::error::DeliveryError;
+use crate::metrics;
 use crate::proto::smtp::Reply;
-use crate::proto::smtp::client::{Client, ClientEvent, ClientFailure, Outbound, Phase};
+use crate::proto::smtp::client::{
+    Client, ClientEvent, ClientFailure, Outbound, Phase, Policy, TlsPolicy,
+};
+use crate::stream::{Stream, write_all_bufs};
+
+/// How to talk to one next hop: STARTTLS and AUTH policy, and the TLS client configuration
+/// (verifying for `required`, opportunistic otherwise).
+#[derive(Debug, Clone)]
+pub struct HopPolicy {
+    pub session: Policy,
+    pub tls: Arc<ClientConfig>,
+}
+
+impl Default for HopPolicy {
+    fn default() -> Self {
+        HopPolicy { session: Policy::default(), tls: crate::tls::opportunistic_client() }
+    }
+}
+
+/// Where to connect: `address` is `host:port` or `ip:port`; `name` is the host name the TLS
+/// certificate must match (the smart host's or the MX host's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub address: String,
+    pub name: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -19,7 +51,9 @@ pub struct Timeouts {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream<TlsStream<TcpStream>>,
+    tls: Arc<ClientConfig>,
+    name: String,
     client: Client,
     buf: Vec<u8>,
     timeouts: Timeouts,
@@ -30,12 +64,36 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `address` (`host:port`) and waits until the server is ready (greeting, EHLO).
+    /// Connects and waits until the server is ready (greeting, EHLO, STARTTLS and AUTH as the
+    /// policy says). With opportunistic TLS, a failed handshake is retried once in plaintext
+    /// (RFC 7435: never worse than no TLS).
     pub async fn open(
-        address: &str,
+        target: &Target,
         helo: &str,
         t: &Timeouts,
+        policy: &HopPolicy,
     ) -> Result<Connection, DeliveryError> {
+        match Self::open_with(target, helo, t, policy, policy.session.clone()).await {
+            Err(DeliveryError::Tls(reason))
+                if policy.session.tls == TlsPolicy::Opportunistic
+                    && policy.session.auth.is_none() =>
+            {
+                tracing::info!(peer = %target.address, %reason, "TLS handshake failed; retrying in plaintext");
+                let plain = Policy { tls: TlsPolicy::Disabled, auth: None };
+                Self::open_with(target, helo, t, policy, plain).await
+            }
+            other => other,
+        }
+    }
+
+    async fn open_with(
+        target: &Target,
+        helo: &str,
+        t: &Timeouts,
+        policy: &HopPolicy,
+        session: Policy,
+    ) -> Result<Connection, DeliveryError> {
+        let address = target.address.as_str();
         let connect_err =
             |reason: String| DeliveryError::Connect { host: address.to_string(), reason };
         let stream = match tokio::time::timeout(t.connect, TcpStream::connect(address)).await {
@@ -45,18 +103,44 @@ impl Connection {
         };
         let _ = stream.set_nodelay(true);
         let mut c = Connection {
-            stream,
-            client: Client::new(helo),
+            stream: Stream::Plain(stream),
+            tls: policy.tls.clone(),
+            name: target.name.clone(),
+            client: Client::new(helo, session),
             buf: vec![0; 16 * 1024],
             timeouts: t.clone(),
             peer: address.to_string(),
             sent: 0,
         };
         match c.next_event().await? {
-            ClientEvent::Ready(_) => Ok(c),
+            ClientEvent::Ready(_) => {
+                let label = if c.stream.is_tls() { "yes" } else { "no" };
+                metrics::DELIVERY_TLS.with_label_values(&[label]).inc();
+                Ok(c)
+            }
             ClientEvent::Failed(f) | ClientEvent::Skipped(f) => Err(failure(f)),
-            ClientEvent::Done(_) => {
+            ClientEvent::Done(_) | ClientEvent::StartTls => {
                 Err(DeliveryError::Protocol("transaction before greeting".into()))
+            }
+        }
+    }
+
+    /// The TLS handshake after the server's 220 to STARTTLS.
+    async fn handshake(&mut self) -> Result<(), DeliveryError> {
+        let tcp = self.stream.take_plain().ok_or_else(|| DeliveryError::Tls("no TCP".into()))?;
+        let name = ServerName::try_from(self.name.clone())
+            .map_err(|e| DeliveryError::Tls(format!("{}: {e}", self.name)))?;
+        let connector = TlsConnector::from(self.tls.clone());
+        match tokio::time::timeout(self.timeouts.command, connector.connect(name, tcp)).await {
+            Err(_) => Err(DeliveryError::Timeout("TLS handshake")),
+            Ok(Err(e)) => {
+                metrics::DELIVERY_TLS.with_label_values(&["failed"]).inc();
+                Err(DeliveryError::Tls(format!("handshake with {}: {e}", self.peer)))
+            }
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                self.client.tls_established();
+                Ok(())
             }
         }
     }
@@ -73,7 +157,9 @@ impl Connection {
             }
             ClientEvent::Skipped(ClientFailure::Unsendable(r)) => Err(DeliveryError::Unsendable(r)),
             ClientEvent::Skipped(f) | ClientEvent::Failed(f) => Err(failure(f)),
-            ClientEvent::Ready(_) => Err(DeliveryError::Protocol("unexpected greeting".into())),
+            ClientEvent::Ready(_) | ClientEvent::StartTls => {
+                Err(DeliveryError::Protocol("unexpected greeting".into()))
+            }
         }
     }
 
@@ -95,8 +181,13 @@ impl Connection {
     async fn next_event(&mut self) -> Result<ClientEvent, DeliveryError> {
         loop {
             self.flush().await?;
-            if let Some(ev) = self.client.poll_event() {
-                return Ok(ev);
+            match self.client.poll_event() {
+                Some(ClientEvent::StartTls) => {
+                    self.handshake().await?;
+                    continue;
+                }
+                Some(ev) => return Ok(ev),
+                None => {}
             }
             if !self.client.wants_input() {
                 return Err(DeliveryError::Protocol("client stalled".into()));
@@ -134,7 +225,7 @@ impl Connection {
         } else {
             self.timeouts.command
         };
-        match tokio::time::timeout(wait, write_all(&mut self.stream, out)).await {
+        match tokio::time::timeout(wait, write_all_bufs(&mut self.stream, out)).await {
             Err(_) => Err(DeliveryError::Timeout("write")),
             Ok(Err(e)) => Err(DeliveryError::ConnectionLost(e.to_string())),
             Ok(Ok(())) => Ok(()),
@@ -150,28 +241,7 @@ fn failure(f: ClientFailure) -> DeliveryError {
         ClientFailure::Refused(r) => DeliveryError::Reply(r),
         ClientFailure::Protocol(p) => DeliveryError::Protocol(p),
         ClientFailure::Unsendable(r) => DeliveryError::Unsendable(r),
+        ClientFailure::Tls(m) => DeliveryError::Tls(m),
+        ClientFailure::Auth(m) => DeliveryError::Auth(m),
     }
-}
-
-async fn write_all(stream: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let slices: Vec<std::io::IoSlice<'_>> =
-            bufs[first..].iter().take(64).map(|b| std::io::IoSlice::new(b)).collect();
-        let mut n = stream.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && first < bufs.len() {
-            let len = bufs[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                bufs[first].advance(n);
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }

@@ -32,6 +32,13 @@ pub enum DeliveryError {
     /// SERVFAIL, DNS timeouts: try again later.
     #[error("{0}")]
     DnsTemporary(String),
+    /// TLS required but unavailable, or the handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The smart host refused our credentials, or AUTH was impossible. Temporary: the operator
+    /// fixes the credentials, the mail waits (as Postfix does).
+    #[error("AUTH: {0}")]
+    Auth(String),
     /// The message could not be read from the spool.
     #[error("spool: {0}")]
     Spool(String),
@@ -59,6 +66,8 @@ impl DeliveryError {
             DeliveryError::NoSuchDomain(_) => Disposition::Permanent,
             DeliveryError::NullMx(_) => Disposition::Permanent,
             DeliveryError::DnsTemporary(_) => Disposition::Temporary,
+            DeliveryError::Tls(_) => Disposition::Temporary,
+            DeliveryError::Auth(_) => Disposition::Temporary,
             DeliveryError::Spool(_) => Disposition::Temporary,
         }
     }

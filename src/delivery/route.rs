@@ -1,38 +1,106 @@
 //! Routes: per recipient domain, the first matching `[[route]]` decides the next hop (a smart
 //! host) or MX delivery. Patterns: an exact domain, `*.example.org` (subdomains only) or `*`.
+//! Each route also carries its session policy (STARTTLS mode, AUTH credentials).
 
+use std::path::Path;
+
+use super::conn::HopPolicy;
 use crate::config::{RouteConfig, TlsMode};
+use crate::proto::smtp::client::{Credentials, Policy, TlsPolicy};
+use crate::tls::TlsError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NextHop {
     /// `host:port` of a relay.
-    SmartHost { address: String, tls: TlsMode },
+    SmartHost { address: String },
     /// The recipient domain's MX hosts.
     Mx,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    routes: Vec<RouteConfig>,
+    routes: Vec<(RouteConfig, HopPolicy)>,
+    /// For MX delivery without a matching route.
+    mx_default: HopPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("route[{0}]: {1}")]
+    Tls(usize, TlsError),
+    #[error("route[{0}].auth.password_file {1}: {2}")]
+    Password(usize, String, std::io::Error),
+    #[error("delivery.tls: {0}")]
+    Default(TlsError),
+}
+
+fn hop_policy(
+    mode: TlsMode,
+    ca: Option<&Path>,
+    auth: Option<Credentials>,
+) -> Result<HopPolicy, TlsError> {
+    let tls = match mode {
+        TlsMode::Required => crate::tls::verifying_client(ca)?,
+        TlsMode::Opportunistic | TlsMode::Disabled => crate::tls::opportunistic_client(),
+    };
+    let tls_policy = match mode {
+        TlsMode::Required => TlsPolicy::Required,
+        TlsMode::Opportunistic => TlsPolicy::Opportunistic,
+        TlsMode::Disabled => TlsPolicy::Disabled,
+    };
+    Ok(HopPolicy { session: Policy { tls: tls_policy, auth }, tls })
 }
 
 impl Routes {
-    pub fn new(routes: Vec<RouteConfig>) -> Self {
-        Routes { routes }
+    /// Builds the routes, reading password and CA files now so a mistake shows at start.
+    pub fn new(routes: Vec<RouteConfig>, mx_tls: TlsMode) -> Result<Self, RouteError> {
+        let mut out = Vec::with_capacity(routes.len());
+        for (i, r) in routes.into_iter().enumerate() {
+            let auth = match &r.auth {
+                None => None,
+                Some(a) => {
+                    let pw = std::fs::read_to_string(&a.password_file).map_err(|e| {
+                        RouteError::Password(i, a.password_file.display().to_string(), e)
+                    })?;
+                    crate::tls::warn_if_exposed(&a.password_file);
+                    Some(Credentials {
+                        username: a.username.clone(),
+                        password: pw.trim_end_matches(['\r', '\n']).to_string(),
+                    })
+                }
+            };
+            let policy =
+                hop_policy(r.tls, r.ca_file.as_deref(), auth).map_err(|e| RouteError::Tls(i, e))?;
+            out.push((r, policy));
+        }
+        let mx_default = hop_policy(mx_tls, None, None).map_err(RouteError::Default)?;
+        Ok(Routes { routes: out, mx_default })
+    }
+
+    /// The session policy for a smart host (the first route naming it).
+    pub fn smarthost_policy(&self, address: &str) -> HopPolicy {
+        self.routes
+            .iter()
+            .find(|(r, _)| r.smarthost.as_deref() == Some(address))
+            .map_or_else(|| self.mx_default.clone(), |(_, p)| p.clone())
+    }
+
+    /// The session policy for MX delivery to `domain`: its route's, else `[delivery] tls`.
+    pub fn mx_policy(&self, domain: &str) -> HopPolicy {
+        self.route(domain).map_or_else(|| self.mx_default.clone(), |(_, p)| p.clone())
+    }
+
+    fn route(&self, domain: &str) -> Option<&(RouteConfig, HopPolicy)> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
     }
 
     /// The next hop for a recipient domain (case-insensitive, trailing dot ignored).
     pub fn next_hop(&self, domain: &str) -> NextHop {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        for r in &self.routes {
-            if r.domains.iter().any(|p| matches(p, &domain)) {
-                return match &r.smarthost {
-                    Some(a) => NextHop::SmartHost { address: a.clone(), tls: r.tls },
-                    None => NextHop::Mx,
-                };
-            }
+        match self.route(domain).and_then(|(r, _)| r.smarthost.as_ref()) {
+            Some(a) => NextHop::SmartHost { address: a.clone() },
+            None => NextHop::Mx,
         }
-        NextHop::Mx
     }
 }
 
@@ -56,21 +124,42 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             smarthost: host.map(str::to_string),
             tls: TlsMode::Opportunistic,
+            auth: None,
+            ca_file: None,
         }
     }
 
     #[test]
     fn first_match_wins() {
-        let routes = Routes::new(vec![
-            route(&["example.com"], Some("a:25")),
-            route(&["*.example.org"], None),
-            route(&["*"], Some("b:25")),
-        ]);
-        let host = |a: &str| NextHop::SmartHost { address: a.into(), tls: TlsMode::Opportunistic };
+        let mut org = route(&["*.example.org"], None);
+        org.tls = TlsMode::Disabled;
+        let routes = Routes::new(
+            vec![route(&["example.com"], Some("a:25")), org, route(&["*"], Some("b:25"))],
+            TlsMode::Opportunistic,
+        )
+        .unwrap();
+        let host = |a: &str| NextHop::SmartHost { address: a.into() };
         assert_eq!(routes.next_hop("Example.COM."), host("a:25"));
         assert_eq!(routes.next_hop("mx.example.org"), NextHop::Mx);
         assert_eq!(routes.next_hop("example.org"), host("b:25"), "*.x matches subdomains only");
         assert_eq!(routes.next_hop("other.net"), host("b:25"));
         assert_eq!(Routes::default().next_hop("x.y"), NextHop::Mx);
+        assert_eq!(routes.mx_policy("mx.example.org").session.tls, TlsPolicy::Disabled);
+        assert_eq!(routes.smarthost_policy("a:25").session.tls, TlsPolicy::Opportunistic);
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed_and_errors_name_the_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let mut r = route(&["*"], Some("relay:587"));
+        r.auth = Some(crate::config::RouteAuth { username: "app".into(), password_file: pw });
+        let routes = Routes::new(vec![r.clone()], TlsMode::Opportunistic).unwrap();
+        let creds = routes.smarthost_policy("relay:587").session.auth.unwrap();
+        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("app", "s3cret"));
+        r.auth.as_mut().unwrap().password_file = dir.path().join("missing");
+        let err = Routes::new(vec![route(&["x"], None), r], TlsMode::Opportunistic).unwrap_err();
+        assert!(err.to_string().starts_with("route[1].auth.password_file"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::outcome::Recorder;
 use crate::bounce::{Failure, wants_failure_notice};
 use crate::config::ShapingConfig;
-use crate::delivery::conn::{Connection, Timeouts};
+use crate::delivery::conn::{Connection, Target, Timeouts};
 use crate::delivery::error::DeliveryError;
 use crate::delivery::route::{NextHop, Routes};
 use crate::delivery::shaping::{Gcra, Limits};
@@ -229,7 +229,7 @@ impl Dispatcher {
                 }
                 let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
                 let hop = match self.routes.next_hop(domain) {
-                    NextHop::SmartHost { address, .. } => Hop::SmartHost(address),
+                    NextHop::SmartHost { address } => Hop::SmartHost(address),
                     NextHop::Mx => Hop::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
                 };
                 groups.entry(hop).or_default().push(i as u32);
@@ -400,13 +400,18 @@ impl Dispatcher {
 
     /// Opens a connection to the destination, trying its addresses in order (RFC 5321 5.1).
     async fn connect(&self, hop: &Hop) -> Result<Connection, DeliveryError> {
-        let candidates = match hop {
-            Hop::SmartHost(a) => vec![a.clone()],
-            Hop::Mx(domain) => self.mx_addresses(domain).await?,
+        let (candidates, policy) = match hop {
+            Hop::SmartHost(a) => {
+                let name = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+                let name = name.trim_start_matches('[').trim_end_matches(']');
+                let t = Target { address: a.clone(), name: name.to_string() };
+                (vec![t], self.routes.smarthost_policy(a))
+            }
+            Hop::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
         };
         let mut last = DeliveryError::DnsTemporary("no address to try".into());
-        for address in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
-            match Connection::open(&address, &self.recorder.helo, &self.timeouts).await {
+        for target in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
+            match Connection::open(&target, &self.recorder.helo, &self.timeouts, &policy).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }
@@ -414,16 +419,20 @@ impl Dispatcher {
         Err(last)
     }
 
-    /// `ip:port` candidates for MX delivery to `domain`, most preferred first.
-    async fn mx_addresses(&self, domain: &str) -> Result<Vec<String>, DeliveryError> {
+    /// `ip:port` candidates (with the MX host name, for TLS) for MX delivery to `domain`, most
+    /// preferred first.
+    async fn mx_addresses(&self, domain: &str) -> Result<Vec<Target>, DeliveryError> {
         let port = self.mx_port;
-        let sock = |ip: IpAddr| SocketAddr::new(ip, port).to_string();
+        let target = |ip: IpAddr, name: &str| Target {
+            address: SocketAddr::new(ip, port).to_string(),
+            name: name.trim_end_matches('.').to_string(),
+        };
         // Address literals ([192.0.2.1], [IPv6:2001:db8::1]) need no DNS.
         if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let ip: IpAddr = lit.strip_prefix("ipv6:").unwrap_or(lit).parse().map_err(|_| {
                 DeliveryError::NoSuchDomain(format!("bad address literal {domain}"))
             })?;
-            return Ok(vec![sock(ip)]);
+            return Ok(vec![target(ip, &ip.to_string())]);
         }
         let dns_err = |e: DnsError| match e {
             DnsError::NoSuchDomain(_) => DeliveryError::NoSuchDomain(e.to_string()),
@@ -439,7 +448,7 @@ impl Dispatcher {
         let mut first_err = None;
         for host in &hosts {
             match self.dns.addresses(host).await {
-                Ok(ips) => out.extend(ips.into_iter().map(sock)),
+                Ok(ips) => out.extend(ips.into_iter().map(|ip| target(ip, host))),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }

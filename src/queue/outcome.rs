@@ -240,5 +240,8 @@ fn error_status(e: &DeliveryError) -> String {
         | DeliveryError::Protocol(_) => "4.4.1".into(),
         DeliveryError::DnsTemporary(_) => "4.4.3".into(),
         DeliveryError::Spool(_) => "4.3.0".into(),
+        // RFC 3463: 4.7.10 (RFC 7672: TLS required), 4.7.0 security/auth failure.
+        DeliveryError::Tls(_) => "4.7.10".into(),
+        DeliveryError::Auth(_) => "4.7.0".into(),
     }
 }

@@ -168,6 +168,27 @@ impl Sluice {
         (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
     }
 
+    /// Polls the queue until `done` says so (or fails after `secs`).
+    pub fn wait_queue(
+        &self,
+        secs: u64,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let q = self.queue_list();
+            if done(&q) {
+                return q;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue never reached the expected state: {q:#?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `sluice queue list --json` against the running daemon, one object per message.
     pub fn queue_list(&self) -> Vec<serde_json::Value> {
         let out = Command::new(BIN)

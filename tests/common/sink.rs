@@ -1,12 +1,81 @@
 //! A scriptable SMTP sink on 127.0.0.1: accepts, or answers scripted replies per recipient,
-//! drops connections mid-DATA, advertises CHUNKING or not, and records what it received.
+//! drops connections mid-DATA, advertises CHUNKING or not, offers STARTTLS (rustls, a
+//! self-signed certificate made at test time) and can require it and AUTH, and records what it
+//! received.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// A self-signed certificate for `names` written to `dir`: the server config and the path of
+/// the certificate (to trust it as a CA).
+pub fn tls_identity(dir: &Path, names: &[&str]) -> (Arc<ServerConfig>, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let (cert, key) = sluice::tls::self_signed(&names).unwrap();
+    let tag = names.join("_").replace(['.', ':'], "-");
+    let (c, k) = (dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    (sluice::tls::server_config(&c, &k).unwrap(), c)
+}
+
+/// The sink's connection: plaintext, or TLS after STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Gone,
+}
+
+impl Conn {
+    fn upgrade(&mut self, cfg: Arc<ServerConfig>) -> std::io::Result<()> {
+        let Conn::Plain(tcp) = std::mem::replace(self, Conn::Gone) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let sc = ServerConnection::new(cfg).map_err(std::io::Error::other)?;
+        let mut tls = StreamOwned::new(sc, tcp);
+        // Run the handshake now so a failure shows here.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        *self = Conn::Tls(Box::new(tls));
+        Ok(())
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+            Conn::Gone => Ok(()),
+        }
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct Behavior {
@@ -18,6 +87,12 @@ pub struct Behavior {
     pub drop_in_data: usize,
     /// Wait this long before answering the end of data (a slow server).
     pub end_delay: Duration,
+    /// Offer STARTTLS with this identity.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Refuse MAIL before STARTTLS (530 5.7.0).
+    pub require_tls: bool,
+    /// Require AUTH (PLAIN or LOGIN, offered after TLS only) with these credentials.
+    pub auth: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -27,6 +102,9 @@ pub struct Received {
     pub data: Vec<u8>,
     pub bdat: bool,
     pub at: Instant,
+    pub tls: bool,
+    /// The user that authenticated, if any.
+    pub auth_user: Option<String>,
 }
 
 #[derive(Default)]
@@ -39,6 +117,8 @@ struct State {
     max_active: usize,
     /// Messages carried by each closed connection.
     per_connection: Vec<usize>,
+    /// Failed AUTH attempts.
+    auth_failures: usize,
 }
 
 pub struct Sink {
@@ -94,6 +174,10 @@ impl Sink {
         self.state.lock().unwrap().connections
     }
 
+    pub fn auth_failures(&self) -> usize {
+        self.state.lock().unwrap().auth_failures
+    }
+
     /// Waits until the sink holds `n` messages (or panics after `secs`).
     pub fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -110,13 +194,10 @@ impl Sink {
 
 fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut w = stream.try_clone()?;
-    let mut r = BufReader::new(stream);
-    w.write_all(b"220 sink.test ESMTP\r\n")?;
-    let (mut from, mut rcpts, mut chunks) = (String::new(), Vec::new(), Vec::new());
+    let mut r = BufReader::new(Conn::Plain(stream));
+    r.get_mut().write_all(b"220 sink.test ESMTP\r\n")?;
     let mut carried = 0usize;
-    let result =
-        serve_inner(&mut r, &mut w, b, st, &mut from, &mut rcpts, &mut chunks, &mut carried);
+    let result = serve_inner(&mut r, b, st, &mut carried);
     let mut s = st.lock().unwrap();
     s.per_connection.push(carried & !QUIT_SEEN);
     if carried & QUIT_SEEN == 0 {
@@ -128,17 +209,34 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
 /// Flag in the per-connection counter: `active` was already decremented at QUIT.
 const QUIT_SEEN: usize = 1 << 40;
 
-#[allow(clippy::too_many_arguments)]
+/// Writes a reply on the connection under the reader.
+fn say(r: &mut BufReader<Conn>, text: &[u8]) -> std::io::Result<()> {
+    let w = r.get_mut();
+    w.write_all(text)?;
+    w.flush()
+}
+
+/// Reads one line (AUTH continuation).
+fn read_line(r: &mut BufReader<Conn>) -> std::io::Result<String> {
+    let mut l = String::new();
+    r.read_line(&mut l)?;
+    Ok(l.trim_end().to_string())
+}
+
+fn decode(b64: &str) -> String {
+    String::from_utf8_lossy(&B64.decode(b64.trim()).unwrap_or_default()).into_owned()
+}
+
 fn serve_inner(
-    r: &mut BufReader<TcpStream>,
-    w: &mut TcpStream,
+    r: &mut BufReader<Conn>,
     b: &Behavior,
     st: &Mutex<State>,
-    from: &mut String,
-    rcpts: &mut Vec<String>,
-    chunks: &mut Vec<u8>,
     carried: &mut usize,
 ) -> std::io::Result<()> {
+    let (mut from, mut rcpts, mut chunks) = (String::new(), Vec::<String>::new(), Vec::new());
+    let (from, rcpts, chunks) = (&mut from, &mut rcpts, &mut chunks);
+    let mut tls = false;
+    let mut user: Option<String> = None;
     let mut line = String::new();
     loop {
         line.clear();
@@ -147,8 +245,74 @@ fn serve_inner(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
+        let w = &mut Writer(r);
+        if upper == "STARTTLS" && b.tls.is_some() && !tls {
+            say(w.0, b"220 2.0.0 go ahead\r\n")?;
+            // Whatever the client pipelined after STARTTLS is discarded (RFC 3207 5).
+            let n = w.0.buffer().len();
+            w.0.consume(n);
+            w.0.get_mut().upgrade(b.tls.clone().unwrap())?;
+            tls = true;
+            continue;
+        }
+        if upper.starts_with("AUTH ") && tls && user.is_none() {
+            let Some((want_user, want_pass)) = &b.auth else {
+                w.write_all(b"503 5.5.1 no AUTH here\r\n")?;
+                continue;
+            };
+            let mut words = cmd.split_ascii_whitespace().skip(1);
+            let mech = words.next().unwrap_or("").to_ascii_uppercase();
+            let (u, p) = match mech.as_str() {
+                "PLAIN" => {
+                    let token = match words.next() {
+                        Some(t) => t.to_string(),
+                        None => {
+                            say(w.0, b"334 \r\n")?;
+                            read_line(w.0)?
+                        }
+                    };
+                    let d = decode(&token);
+                    let mut f = d.split('\0').skip(1);
+                    (f.next().unwrap_or("").to_string(), f.next().unwrap_or("").to_string())
+                }
+                "LOGIN" => {
+                    say(w.0, b"334 VXNlcm5hbWU6\r\n")?;
+                    let u = decode(&read_line(w.0)?);
+                    say(w.0, b"334 UGFzc3dvcmQ6\r\n")?;
+                    (u, decode(&read_line(w.0)?))
+                }
+                _ => {
+                    w.write_all(b"504 5.5.4 mechanism not supported\r\n")?;
+                    continue;
+                }
+            };
+            if &u == want_user && &p == want_pass {
+                user = Some(u);
+                w.write_all(b"235 2.7.0 authenticated\r\n")?;
+            } else {
+                st.lock().unwrap().auth_failures += 1;
+                w.write_all(b"535 5.7.8 authentication credentials invalid\r\n")?;
+            }
+            continue;
+        }
+        if upper.starts_with("MAIL FROM:") {
+            if b.require_tls && !tls {
+                w.write_all(b"530 5.7.0 must issue a STARTTLS command first\r\n")?;
+                continue;
+            }
+            if b.auth.is_some() && user.is_none() {
+                w.write_all(b"530 5.7.0 authentication required\r\n")?;
+                continue;
+            }
+        }
         if upper.starts_with("EHLO") {
             let mut caps = String::from("250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
+            if b.tls.is_some() && !tls {
+                caps.push_str("250-STARTTLS\r\n");
+            }
+            if b.auth.is_some() && tls {
+                caps.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
             if b.pipelining {
                 caps.push_str("250-PIPELINING\r\n");
             }
@@ -188,7 +352,7 @@ fn serve_inner(
             let mut data = Vec::new();
             loop {
                 let mut l = Vec::new();
-                if r.read_until(b'\n', &mut l)? == 0 {
+                if w.0.read_until(b'\n', &mut l)? == 0 {
                     return Ok(());
                 }
                 if l == b".\r\n" {
@@ -215,6 +379,8 @@ fn serve_inner(
                 data,
                 bdat: false,
                 at: Instant::now(),
+                tls,
+                auth_user: user.clone(),
             });
             *carried += 1;
             w.write_all(b"250 2.0.0 queued\r\n")?;
@@ -223,7 +389,7 @@ fn serve_inner(
             let n: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
             let last = parts.next().is_some_and(|p| p.eq_ignore_ascii_case("LAST"));
             let mut chunk = vec![0; n];
-            r.read_exact(&mut chunk)?;
+            w.0.read_exact(&mut chunk)?;
             chunks.extend_from_slice(&chunk);
             if rcpts.is_empty() {
                 w.write_all(b"554 5.5.1 no valid recipients\r\n")?;
@@ -235,6 +401,8 @@ fn serve_inner(
                     data,
                     bdat: true,
                     at: Instant::now(),
+                    tls,
+                    auth_user: user.clone(),
                 });
                 *carried += 1;
                 w.write_all(b"250 2.0.0 queued\r\n")?;
@@ -254,5 +422,14 @@ fn serve_inner(
         } else {
             w.write_all(b"500 what\r\n")?;
         }
+    }
+}
+
+/// Replies go to the connection under the reader, flushed at once (TLS buffers records).
+struct Writer<'a>(&'a mut BufReader<Conn>);
+
+impl Writer<'_> {
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        say(self.0, b)
     }
 }

@@ -1,9 +1,11 @@
 //! The outbound SMTP client as a sans-IO state machine (RFC 5321 3.3, 4.1; RFC 2920 pipelining;
-//! RFC 3030 BDAT; RFC 1870 SIZE; RFC 6152/6531 8BITMIME/SMTPUTF8 checks).
+//! RFC 3030 BDAT; RFC 1870 SIZE; RFC 6152/6531 8BITMIME/SMTPUTF8 checks; RFC 3207 STARTTLS;
+//! RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN).
 //!
 //! ```text
-//!  Greeting ─220─► Ehlo ─250─► Ready ──start()──► Envelope ──► Body ──► Ready ──quit()──► Closed
-//!                   └─5xx─► Helo ─250─┘   (RSET between transactions when one was aborted)
+//!  Greeting ─220─► Ehlo ─250─┬──────────────────────────────┬─► [AUTH ─235─►] Ready ──start()──►
+//!                   │        └─► STARTTLS ─220─► (handshake) ─► Ehlo ─250─┘
+//!                   └─5xx─► Helo ─250─► Ready   (RSET between transactions when one was aborted)
 //! ```
 //! The driver writes what [`Client::poll_transmit`] returns, feeds what it reads to
 //! [`Client::handle_input`], and acts on [`Client::poll_event`]. The body is handed over as
@@ -11,6 +13,8 @@
 
 use std::collections::VecDeque;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
 
 use super::data::dot_stuff;
@@ -27,6 +31,8 @@ pub struct Capabilities {
     pub chunking: bool,
     pub starttls: bool,
     pub dsn: bool,
+    /// SASL mechanisms offered (RFC 4954), upper case.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -44,10 +50,53 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "STARTTLS" => caps.starttls = true,
                 "DSN" => caps.dsn = true,
+                "AUTH" => caps.auth.extend(words.map(|w| w.to_ascii_uppercase())),
+                // The pre-RFC form some servers still send ("AUTH=LOGIN PLAIN").
+                k if k.starts_with("AUTH=") => {
+                    caps.auth.push(k["AUTH=".len()..].to_string());
+                    caps.auth.extend(words.map(|w| w.to_ascii_uppercase()));
+                }
                 _ => {}
             }
         }
         caps
+    }
+}
+
+/// When to use STARTTLS (RFC 3207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    Disabled,
+    /// STARTTLS when the server offers it, plaintext otherwise.
+    Opportunistic,
+    /// No transaction without TLS.
+    Required,
+}
+
+/// SMTP AUTH credentials for a smart host. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
+    }
+}
+
+/// What the session must establish before it is ready for mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub tls: TlsPolicy,
+    /// Sent only over TLS: a session without TLS and with credentials fails instead.
+    pub auth: Option<Credentials>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { tls: TlsPolicy::Opportunistic, auth: None }
     }
 }
 
@@ -91,11 +140,18 @@ pub enum ClientFailure {
     /// The message cannot be sent to this server as it is (RFC 6152, 6531, 1870 checks): a
     /// permanent failure without talking to the server.
     Unsendable(Reply),
+    /// TLS is required and the server does not offer it or refused STARTTLS.
+    Tls(String),
+    /// Authentication failed or was impossible (no common mechanism, no TLS).
+    Auth(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// Connected and greeted; `start` may be called.
+    /// The server accepted STARTTLS: the driver runs the TLS handshake on the connection, then
+    /// calls [`Client::tls_established`] (or drops the connection if the handshake failed).
+    StartTls,
+    /// Connected and greeted (and TLS and AUTH done as the policy asks); `start` may be called.
     Ready(Capabilities),
     Done(TransactionResult),
     /// A message could not be sent (see [`ClientFailure::Unsendable`]); the session is Ready.
@@ -127,10 +183,20 @@ enum Expect {
     End,
     Rset,
     Quit,
+    StartTls,
+    /// AUTH PLAIN with its initial response.
+    AuthPlain,
+    /// AUTH LOGIN: 0 = the command, 1 = the user name sent, 2 = the password sent.
+    AuthLogin(u8),
 }
 
 pub struct Client {
     helo_name: String,
+    policy: Policy,
+    tls: bool,
+    /// Opportunistic STARTTLS was refused: carry on in plaintext.
+    tls_decided: bool,
+    authenticated: bool,
     caps: Capabilities,
     input: BytesMut,
     transmit: VecDeque<Bytes>,
@@ -163,9 +229,13 @@ impl InFlight {
 }
 
 impl Client {
-    pub fn new(helo_name: impl Into<String>) -> Self {
+    pub fn new(helo_name: impl Into<String>, policy: Policy) -> Self {
         Client {
             helo_name: helo_name.into(),
+            policy,
+            tls: false,
+            tls_decided: false,
+            authenticated: false,
             caps: Capabilities::default(),
             input: BytesMut::new(),
             transmit: VecDeque::new(),
@@ -179,6 +249,20 @@ impl Client {
 
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Whether the session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: forget what the server said before and greet
+    /// again (RFC 3207 4.2).
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+        self.caps = Capabilities::default();
+        self.queue(format!("EHLO {}\r\n", self.helo_name), Expect::Ehlo);
+        self.fill();
     }
 
     /// Bytes to write, in order.
@@ -362,14 +446,14 @@ impl Client {
             Expect::Greeting => return self.fail(ClientFailure::Refused(reply)),
             Expect::Ehlo if reply.code == 250 => {
                 self.caps = Capabilities::from_ehlo(&reply);
-                self.events.push_back(ClientEvent::Ready(self.caps.clone()));
+                return self.after_ehlo();
             }
             Expect::Ehlo if reply.code >= 500 => {
                 self.queue(format!("HELO {}\r\n", self.helo_name), Expect::Helo);
             }
             Expect::Helo if reply.code == 250 => {
                 self.caps = Capabilities::default();
-                self.events.push_back(ClientEvent::Ready(self.caps.clone()));
+                return self.after_ehlo();
             }
             Expect::Ehlo | Expect::Helo => return self.fail(ClientFailure::Refused(reply)),
             Expect::Mail => {
@@ -424,12 +508,81 @@ impl Client {
                 self.finish_transaction();
             }
             Expect::Rset => self.finish_transaction(),
+            Expect::StartTls if reply.code == 220 => {
+                // Anything the server sent after its 220 would be injected into the TLS session's
+                // plaintext prefix: drop it (RFC 3207 5, CVE-2011-0411 class).
+                self.input.clear();
+                self.events.push_back(ClientEvent::StartTls);
+                return;
+            }
+            Expect::StartTls => {
+                if self.policy.tls == TlsPolicy::Required {
+                    return self.fail(ClientFailure::Tls(format!(
+                        "STARTTLS refused: {}",
+                        reply.to_line()
+                    )));
+                }
+                // Opportunistic: go on in plaintext.
+                self.tls_decided = true;
+                return self.after_ehlo();
+            }
+            Expect::AuthPlain | Expect::AuthLogin(2) if reply.code == 235 => {
+                self.authenticated = true;
+                self.events.push_back(ClientEvent::Ready(self.caps.clone()));
+            }
+            Expect::AuthLogin(step @ (0 | 1)) if reply.code == 334 => {
+                let creds = self.policy.auth.as_ref().expect("AUTH only with credentials");
+                let secret = if step == 0 { &creds.username } else { &creds.password };
+                self.queue(format!("{}\r\n", B64.encode(secret)), Expect::AuthLogin(step + 1));
+            }
+            Expect::AuthPlain | Expect::AuthLogin(_) => {
+                return self.fail(ClientFailure::Auth(format!(
+                    "authentication failed: {}",
+                    reply.to_line()
+                )));
+            }
             Expect::Quit => {
                 self.closed = true;
                 return;
             }
         }
         self.fill();
+    }
+
+    /// After EHLO/HELO: STARTTLS and AUTH as the policy asks, then Ready.
+    fn after_ehlo(&mut self) {
+        if !self.tls && !self.tls_decided && self.policy.tls != TlsPolicy::Disabled {
+            if self.caps.starttls {
+                self.queue("STARTTLS\r\n".to_string(), Expect::StartTls);
+                return self.fill();
+            }
+            if self.policy.tls == TlsPolicy::Required {
+                return self.fail(ClientFailure::Tls("the server does not offer STARTTLS".into()));
+            }
+        }
+        if let Some(creds) = &self.policy.auth
+            && !self.authenticated
+        {
+            if !self.tls {
+                return self.fail(ClientFailure::Auth(
+                    "credentials are sent over TLS only, and this session has none".into(),
+                ));
+            }
+            if self.caps.auth.iter().any(|m| m == "PLAIN") {
+                // RFC 4616: authzid (empty) NUL authcid NUL passwd.
+                let token = B64.encode(format!("\0{}\0{}", creds.username, creds.password));
+                self.queue(format!("AUTH PLAIN {token}\r\n"), Expect::AuthPlain);
+            } else if self.caps.auth.iter().any(|m| m == "LOGIN") {
+                self.queue("AUTH LOGIN\r\n".to_string(), Expect::AuthLogin(0));
+            } else {
+                return self.fail(ClientFailure::Auth(format!(
+                    "no common AUTH mechanism (server offers {:?}; sluice speaks PLAIN, LOGIN)",
+                    self.caps.auth
+                )));
+            }
+            return self.fill();
+        }
+        self.events.push_back(ClientEvent::Ready(self.caps.clone()));
     }
 
     /// The transaction stops before its data: RSET, then report.

@@ -21,7 +21,12 @@ struct Script {
 
 impl Script {
     fn new() -> Self {
-        Script { c: Client::new("me.test"), sent: String::new(), events: vec![] }
+        // Plaintext by default: most transcripts here are about the transaction.
+        Self::with_policy(Policy { tls: TlsPolicy::Disabled, auth: None })
+    }
+
+    fn with_policy(p: Policy) -> Self {
+        Script { c: Client::new("me.test", p), sent: String::new(), events: vec![] }
     }
 
     fn server(&mut self, replies: &str) -> &mut Self {
@@ -219,4 +224,111 @@ fn rfc5321_4_2_reply_parsing() {
     for bad in ["25x ok\r\n", "250-a\r\n251 b\r\n", "999 x\r\n", "\r\n"] {
         assert!(parse_reply(&mut BytesMut::from(bad)).is_err(), "{bad:?}");
     }
+}
+
+fn creds() -> Option<Credentials> {
+    Some(Credentials { username: "app".into(), password: "s3cret".into() })
+}
+
+#[test]
+fn rfc3207_starttls_then_ehlo_again_and_discard_pipelined_reply_bytes() {
+    let mut s = Script::with_policy(Policy { tls: TlsPolicy::Opportunistic, auth: None });
+    s.server("220 mx\r\n");
+    s.take_sent();
+    s.server("250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n");
+    assert_eq!(s.take_sent(), "STARTTLS\r\n");
+    assert!(s.events.is_empty(), "not ready before TLS");
+    // Bytes after the 220 are an injection attempt: they must not be read as replies.
+    s.server("220 go ahead\r\n250 injected\r\n");
+    assert_eq!(s.events.pop(), Some(ClientEvent::StartTls));
+    s.c.tls_established();
+    s.drain();
+    assert_eq!(s.take_sent(), "EHLO me.test\r\n");
+    assert!(s.events.is_empty(), "the injected 250 was dropped");
+    s.server("250-mx\r\n250 PIPELINING\r\n");
+    assert!(matches!(s.events.pop(), Some(ClientEvent::Ready(c)) if c.pipelining && !c.starttls));
+    assert!(s.c.is_tls());
+}
+
+#[test]
+fn starttls_policy_matrix() {
+    // (policy, EHLO reply, STARTTLS reply if asked, expected outcome)
+    let no_tls = "250-mx\r\n250 PIPELINING\r\n";
+    let tls = "250-mx\r\n250 STARTTLS\r\n";
+    for (policy, ehlo, ready) in [
+        (TlsPolicy::Opportunistic, no_tls, true),
+        (TlsPolicy::Required, no_tls, false),
+        (TlsPolicy::Disabled, tls, true),
+    ] {
+        let mut s = Script::with_policy(Policy { tls: policy, auth: None });
+        s.server("220 mx\r\n").server(ehlo);
+        let ev = s.events.pop();
+        assert_eq!(matches!(ev, Some(ClientEvent::Ready(_))), ready, "{policy:?}: {ev:?}");
+        assert!(!s.take_sent().contains("STARTTLS"), "{policy:?}");
+    }
+    // Refused STARTTLS: opportunistic goes on in plaintext, required gives up.
+    for (policy, ready) in [(TlsPolicy::Opportunistic, true), (TlsPolicy::Required, false)] {
+        let mut s = Script::with_policy(Policy { tls: policy, auth: None });
+        s.server("220 mx\r\n").server(tls).server("454 4.7.0 TLS not available\r\n");
+        let ev = s.events.pop();
+        assert_eq!(matches!(ev, Some(ClientEvent::Ready(_))), ready, "{policy:?}: {ev:?}");
+        if !ready {
+            assert!(matches!(ev, Some(ClientEvent::Failed(ClientFailure::Tls(_)))));
+        }
+    }
+}
+
+fn tls_session(policy: Policy, ehlo_after_tls: &str) -> Script {
+    let mut s = Script::with_policy(policy);
+    s.server("220 mx\r\n").server("250-mx\r\n250 STARTTLS\r\n").server("220 go\r\n");
+    assert_eq!(s.events.pop(), Some(ClientEvent::StartTls));
+    s.c.tls_established();
+    s.drain();
+    s.take_sent();
+    s.server(ehlo_after_tls);
+    s
+}
+
+#[test]
+fn rfc4616_auth_plain_after_tls() {
+    let p = Policy { tls: TlsPolicy::Opportunistic, auth: creds() };
+    let mut s = tls_session(p, "250-mx\r\n250 AUTH LOGIN PLAIN\r\n");
+    // base64("\0app\0s3cret")
+    assert_eq!(s.take_sent(), "AUTH PLAIN AGFwcABzM2NyZXQ=\r\n");
+    assert!(s.events.is_empty());
+    s.server("235 2.7.0 ok\r\n");
+    assert!(matches!(s.events.pop(), Some(ClientEvent::Ready(_))));
+}
+
+#[test]
+fn auth_login_steps_and_legacy_capability_form() {
+    let p = Policy { tls: TlsPolicy::Required, auth: creds() };
+    let mut s = tls_session(p, "250-mx\r\n250 AUTH=LOGIN\r\n");
+    assert_eq!(s.take_sent(), "AUTH LOGIN\r\n");
+    s.server("334 VXNlcm5hbWU6\r\n");
+    assert_eq!(s.take_sent(), "YXBw\r\n");
+    s.server("334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(s.take_sent(), "czNjcmV0\r\n");
+    s.server("235 ok\r\n");
+    assert!(matches!(s.events.pop(), Some(ClientEvent::Ready(_))));
+}
+
+#[test]
+fn auth_failures_end_the_session() {
+    let p = || Policy { tls: TlsPolicy::Opportunistic, auth: creds() };
+    let mut wrong = tls_session(p(), "250-mx\r\n250 AUTH PLAIN\r\n");
+    wrong.server("535 5.7.8 bad credentials\r\n");
+    assert!(
+        matches!(wrong.events.pop(), Some(ClientEvent::Failed(ClientFailure::Auth(m))) if m.contains("535"))
+    );
+    let mut none = tls_session(p(), "250-mx\r\n250 AUTH CRAM-MD5\r\n");
+    assert!(
+        matches!(none.events.pop(), Some(ClientEvent::Failed(ClientFailure::Auth(m))) if m.contains("CRAM-MD5"))
+    );
+    // Never over plaintext: the server offers no STARTTLS, so the credentials stay home.
+    let mut plain = Script::with_policy(p());
+    plain.server("220 mx\r\n").server("250-mx\r\n250 AUTH PLAIN\r\n");
+    assert!(matches!(plain.events.pop(), Some(ClientEvent::Failed(ClientFailure::Auth(_)))));
+    assert!(!plain.take_sent().contains("AUTH"));
+    assert!(!format!("{:?}", creds()).contains("s3cret"));
 }
