@@ -104,7 +104,13 @@ async fn health(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    let stats = st.spool.stats();
+    metrics::QUEUE_RECIPIENTS.with_label_values(&["queued"]).set(stats.recipients_queued as i64);
+    metrics::QUEUE_RECIPIENTS
+        .with_label_values(&["delivered"])
+        .set(stats.recipients_delivered as i64);
+    metrics::QUEUE_RECIPIENTS.with_label_values(&["failed"]).set(stats.recipients_failed as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()).into_response()
 }
 

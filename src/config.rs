@@ -46,6 +46,10 @@ pub struct Config {
     #[serde(default)]
     pub delivery: DeliveryConfig,
     #[serde(default)]
+    pub delivery_log: DeliveryLogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
     pub shaping: ShapingConfig,
@@ -182,6 +186,65 @@ pub struct DeliveryConfig {
     /// STARTTLS for MX delivery without a matching route.
     #[serde(default = "default_tls_mode")]
     pub tls: TlsMode,
+}
+
+/// Per-domain metric labels (bounded: the rest is "other").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Domains that always get their own label.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// At most this many domains get a label (listed ones included).
+    #[serde(default = "default_domain_labels")]
+    pub domain_labels: usize,
+    /// A domain earns a label after this many delivery events.
+    #[serde(default = "default_promote_after")]
+    pub promote_after: u64,
+}
+
+fn default_domain_labels() -> usize {
+    20
+}
+fn default_promote_after() -> u64 {
+    100
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+/// The JSON-lines delivery log (`<data_dir>/log/delivery.jsonl`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryLogConfig {
+    /// Write the log file.
+    #[serde(default = "default_true")]
+    pub file: bool,
+    /// Rotate when the file reaches this size.
+    #[serde(default = "default_log_max_size", deserialize_with = "size")]
+    pub max_size: u64,
+    /// Rotated files kept (`delivery.jsonl.1` … `.N`).
+    #[serde(default = "default_log_keep")]
+    pub keep: usize,
+    /// Also write every event to stdout.
+    #[serde(default)]
+    pub stdout: bool,
+}
+
+fn default_log_max_size() -> u64 {
+    100 << 20
+}
+fn default_log_keep() -> usize {
+    5
+}
+
+impl Default for DeliveryLogConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -67,6 +67,13 @@ impl Dns {
 
     /// MX hosts of `domain`, most preferred first.
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        let started = std::time::Instant::now();
+        let r = self.mx_uncounted(domain).await;
+        count("mx", started, &r);
+        r
+    }
+
+    async fn mx_uncounted(&self, domain: &str) -> Result<MxAnswer, DnsError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         let lookup = match self.resolver.mx_lookup(fqdn.as_str()).await {
             Ok(l) => l,
@@ -100,6 +107,13 @@ impl Dns {
 
     /// IPv4 and IPv6 addresses of `host`.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let started = std::time::Instant::now();
+        let r = self.addresses_uncounted(host).await;
+        count("address", started, &r);
+        r
+    }
+
+    async fn addresses_uncounted(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
         match self.resolver.lookup_ip(fqdn.as_str()).await {
             Ok(ips) => {
@@ -123,4 +137,15 @@ fn rand_u64() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     h.finish()
+}
+
+fn count<T>(kind: &str, started: std::time::Instant, r: &Result<T, DnsError>) {
+    crate::metrics::DNS_SECONDS.observe(started.elapsed().as_secs_f64());
+    let result = match r {
+        Ok(_) => "ok",
+        Err(DnsError::NoSuchDomain(_)) => "nxdomain",
+        Err(DnsError::NoAddress(_)) => "nodata",
+        Err(DnsError::Temporary(..)) => "error",
+    };
+    crate::metrics::DNS_LOOKUPS.with_label_values(&[kind, result]).inc();
 }

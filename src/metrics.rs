@@ -184,6 +184,69 @@ pub static DELIVERY_TLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Delivery outcomes by recipient domain (busiest domains, the rest as "other").
+pub static DOMAIN_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_domain_deliveries_total",
+        "Delivery outcomes per recipient by destination domain: the busiest domains (see [metrics] in README) each get a label, the rest count as \"other\".",
+        &["domain", "outcome"],
+    )
+});
+
+/// Outbound connections open now, by destination (same bounded labels as above).
+pub static DESTINATION_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "sluice_destination_connections",
+                "Outbound SMTP connections open now, by destination (busiest domains or smart hosts, the rest as \"other\").",
+            ),
+            &["destination"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Recipients in the queue by state, measured when /metrics is read.
+pub static QUEUE_RECIPIENTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "sluice_queue_recipients",
+                "Recipients of queued messages by state (queued = waiting for delivery or retry; delivered and failed ones wait for their siblings).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// DNS lookups for delivery by type (mx, address) and result (ok, nxdomain, nodata, error).
+pub static DNS_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_dns_lookups_total",
+        "DNS lookups for delivery by type (mx, address) and result (ok, nxdomain, nodata, error).",
+        &["type", "result"],
+    )
+});
+
+/// DNS lookup latency, cache hits included.
+pub static DNS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sluice_dns_seconds",
+        "DNS lookup latency for delivery (cache hits included).",
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+
+/// Delivery log events dropped because the writer fell behind.
+pub static DELIVERY_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_delivery_log_dropped_total",
+        "Delivery log events dropped because the log writer fell behind (mail is unaffected).",
+    )
+});
+
 /// Bounces (DSNs) queued to senders.
 pub static BOUNCES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("sluice_bounces_total", "Delivery status notifications (bounces) queued to senders.")
@@ -212,6 +275,8 @@ pub fn init() {
     LazyLock::force(&DELIVERY_SECONDS);
     LazyLock::force(&BOUNCES);
     LazyLock::force(&DELIVERY_CONNECTIONS);
+    LazyLock::force(&DELIVERY_LOG_DROPPED);
+    LazyLock::force(&DNS_SECONDS);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather
@@ -228,6 +293,18 @@ pub fn init_labels(listeners: &[String]) {
     }
     for o in ["delivered", "deferred", "failed", "expired"] {
         DELIVERIES.with_label_values(&[o]);
+    }
+    for s in ["queued", "delivered", "failed"] {
+        QUEUE_RECIPIENTS.with_label_values(&[s]);
+    }
+    for t in ["mx", "address"] {
+        for r in ["ok", "nxdomain", "nodata", "error"] {
+            DNS_LOOKUPS.with_label_values(&[t, r]);
+        }
+    }
+    DESTINATION_CONNECTIONS.with_label_values(&[crate::domain_labels::OTHER]);
+    for o in ["delivered", "deferred", "failed", "expired"] {
+        DOMAIN_DELIVERIES.with_label_values(&[crate::domain_labels::OTHER, o]);
     }
     for t in ["yes", "no", "failed"] {
         DELIVERY_TLS.with_label_values(&[t]);

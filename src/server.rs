@@ -78,6 +78,13 @@ pub async fn run(
         listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
     let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
     let stored = Arc::new(tokio::sync::Notify::new());
+    let log = crate::delivery_log::DeliveryLog::start(crate::delivery_log::LogOptions {
+        file: cfg.delivery_log.file.then(|| cfg.data_dir.join("log").join("delivery.jsonl")),
+        max_size: cfg.delivery_log.max_size,
+        keep: cfg.delivery_log.keep,
+        stdout: cfg.delivery_log.stdout,
+    })
+    .context("starting the delivery log")?;
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
@@ -98,6 +105,7 @@ pub async fn run(
             limits: limits.clone(),
             budget: budget.clone(),
             stored: stored.clone(),
+            log: log.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
@@ -110,6 +118,12 @@ pub async fn run(
         schedule: RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
         helo: cfg.hostname.clone(),
         wake: stored.clone(),
+        log: log.clone(),
+        labels: Arc::new(crate::domain_labels::DomainLabels::new(
+            &cfg.metrics.domains,
+            cfg.metrics.domain_labels,
+            cfg.metrics.promote_after,
+        )),
     };
     let dispatcher = Dispatcher::new(
         recorder,

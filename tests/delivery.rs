@@ -17,7 +17,7 @@ fn route_to(sink: &Sink, extra: &str) -> String {
 #[test]
 fn smarthost_delivery_then_the_message_leaves_the_queue() {
     let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
-    let s = Sluice::start(&route_to(&sink, ""));
+    let s = Sluice::start(&route_to(&sink, "[metrics]\ndomains = [\"example.org\"]\n"));
     let r = Client::ehlo(s.smtp).send_message("<relay@t>", "Hello\r\n..starts with a dot\r\n");
     assert_eq!(code(&r), 250, "{r}");
     let got = sink.wait_for(1, 10);
@@ -31,9 +31,15 @@ fn smarthost_delivery_then_the_message_leaves_the_queue() {
     );
     s.wait_queue(10, |q| q.is_empty());
     let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("sluice_deliveries_total{outcome=\"delivered\"} 1"));
     assert!(
-        String::from_utf8(m).unwrap().contains("sluice_deliveries_total{outcome=\"delivered\"} 1")
+        m.contains(
+            "sluice_domain_deliveries_total{domain=\"example.org\",outcome=\"delivered\"} 1"
+        ),
+        "{m}"
     );
+    assert!(m.contains("sluice_queue_recipients{state=\"queued\"} 0"));
 }
 
 /// Checks a DSN with Python's email package: a valid multipart/report whose delivery-status part
@@ -93,6 +99,37 @@ fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     );
     let (_, m) = s.http_get("/metrics");
     assert!(String::from_utf8(m).unwrap().contains("sluice_bounces_total 1"));
+    // The delivery log has one line per event, for each recipient.
+    let log = s.delivery_log(8);
+    let events: Vec<(String, String)> = log
+        .iter()
+        .map(|e| {
+            let who = e["recipient"].as_str().or(e["recipients"][0].as_str()).unwrap_or("");
+            (e["event"].as_str().unwrap().to_string(), who.to_string())
+        })
+        .collect();
+    for want in [
+        ("reception", "ok@example.org"),
+        ("delivered", "ok@example.org"),
+        ("failed", "bad@example.org"),
+        ("bounce_queued", "a@example.com"),
+        ("deferred", "later@example.org"),
+        ("delivered", "later@example.org"),
+    ] {
+        assert!(
+            events.contains(&(want.0.into(), want.1.into())),
+            "{want:?} missing from {events:?}"
+        );
+    }
+    let deferred = log.iter().find(|e| e["event"] == "deferred").unwrap();
+    assert_eq!(deferred["reply"], "451 4.2.0 try later");
+    assert_eq!(deferred["attempt"], 1);
+    assert_eq!(deferred["destination"], sink.addr.to_string());
+    assert_eq!(deferred["remote"], sink.addr.to_string());
+    assert!(deferred["next_attempt"].as_u64().unwrap() > deferred["time"].as_u64().unwrap());
+    let reception = log.iter().find(|e| e["event"] == "reception").unwrap();
+    assert_eq!(reception["recipients"].as_array().unwrap().len(), 3);
+    assert_eq!(reception["sender"], "a@example.com");
 }
 
 /// After max_age a recipient expires: exactly one DSN (status 4.4.7), then the message is gone.
@@ -217,6 +254,14 @@ fn mx_preference_fallback_and_implicit_mx() {
     assert_eq!(code(&c.cmd("Message-ID: <mx3@t>\r\n\r\nz\r\n.")), 250);
     assert_eq!(mx1.wait_for(1, 10)[0].rcpts, vec!["w@mx.test".to_string()]);
     assert_eq!(mx2.messages().len(), 1);
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    let value = |series: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("sluice_dns_lookups_total{result=\"ok\",type=\"mx\"}") >= 3, "{m}");
+    assert!(value("sluice_dns_seconds_count") >= 3);
 }
 
 /// Null MX (RFC 7505) and NXDOMAIN fail permanently; SERVFAIL defers.

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::outcome::Recorder;
+use super::outcome::{Attempt, Recorder};
 use crate::bounce::{Failure, wants_failure_notice};
 use crate::config::ShapingConfig;
 use crate::delivery::conn::{Connection, Target, Timeouts};
@@ -39,6 +39,13 @@ pub enum Hop {
 }
 
 impl Hop {
+    /// The destination's name in logs: the domain, or the smart host's `host:port`.
+    pub fn name(&self) -> &str {
+        match self {
+            Hop::SmartHost(a) | Hop::Mx(a) => a,
+        }
+    }
+
     /// The name shaping rules match: the domain, or the smart host's host.
     fn shaping_name(&self) -> &str {
         match self {
@@ -297,11 +304,18 @@ impl Dispatcher {
             *open += 1;
             drop(open);
             metrics::DELIVERY_CONNECTIONS.inc();
+            let label = match &dest.hop {
+                Hop::SmartHost(a) => a.clone(),
+                Hop::Mx(d) => self.recorder.labels.peek(d),
+            };
+            let gauge = metrics::DESTINATION_CONNECTIONS.with_label_values(&[&label]);
+            gauge.inc();
             let (me, d) = (self.clone(), dest.clone());
             tracker.spawn(async move {
                 me.serve_destination(&d, permit).await;
                 *d.connections.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 metrics::DELIVERY_CONNECTIONS.dec();
+                gauge.dec();
                 me.recorder.wake.notify_one();
             });
         }
@@ -325,8 +339,13 @@ impl Dispatcher {
                 }
                 let jobs: Vec<Job> =
                     dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+                let attempt = Attempt {
+                    answered_by: "",
+                    destination: dest.hop.name(),
+                    elapsed: Duration::ZERO,
+                };
                 for job in jobs {
-                    self.finish_job(dest, job, Err(e.clone()), "", None).await;
+                    self.finish_job(dest, job, Err(e.clone()), &attempt, None).await;
                 }
                 return;
             }
@@ -362,7 +381,12 @@ impl Dispatcher {
             };
             metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
             let peer = conn.peer.clone();
-            self.finish_job(dest, job, outcome, &peer, content.ok()).await;
+            let attempt = Attempt {
+                answered_by: &peer,
+                destination: dest.hop.name(),
+                elapsed: started.elapsed(),
+            };
+            self.finish_job(dest, job, outcome, &attempt, content.ok()).await;
         }
         conn.quit().await;
     }
@@ -373,11 +397,11 @@ impl Dispatcher {
         dest: &Destination,
         job: Job,
         outcome: Result<Vec<crate::proto::smtp::Reply>, DeliveryError>,
-        peer: &str,
+        attempt: &Attempt<'_>,
         content: Option<Bytes>,
     ) {
         if let Some(env) = self.recorder.spool.get(job.id) {
-            self.recorder.record(&env, &job.rcpts, &outcome, peer, content.as_ref()).await;
+            self.recorder.record(&env, &job.rcpts, &outcome, attempt, content.as_ref()).await;
         }
         self.release(&job, &dest.hop);
     }

@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 use super::schedule::RetrySchedule;
 use crate::bounce::{Failure, build_dsn, status_of, wants_failure_notice};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
+use crate::delivery_log::{DeliveryLog, Event};
+use crate::domain_labels::DomainLabels;
 use crate::metrics;
 use crate::proto::smtp::Reply;
 use crate::proto::smtp::command::BodyType;
@@ -31,19 +33,32 @@ pub struct Recorder {
     pub helo: String,
     /// Woken when a bounce is queued.
     pub wake: Arc<Notify>,
+    pub log: DeliveryLog,
+    /// Bounded per-domain metric labels.
+    pub labels: Arc<DomainLabels>,
+}
+
+/// Where and how an attempt went, for the delivery log.
+pub struct Attempt<'a> {
+    /// The server that answered (`ip:port`), empty if none did.
+    pub answered_by: &'a str,
+    /// The recipient domain (MX) or smart host.
+    pub destination: &'a str,
+    pub elapsed: std::time::Duration,
 }
 
 impl Recorder {
-    /// Records the outcome of one attempt for recipients `rcpts` of `env`. `answered_by` is the
-    /// server that answered; `content` the stored message (for bounces).
+    /// Records the outcome of one attempt for recipients `rcpts` of `env`; `content` is the
+    /// stored message (for bounces).
     pub async fn record(
         &self,
         env: &Envelope,
         rcpts: &[u32],
         outcome: &Result<Vec<Reply>, DeliveryError>,
-        answered_by: &str,
+        attempt: &Attempt<'_>,
         content: Option<&Bytes>,
     ) {
+        let answered_by = attempt.answered_by;
         let now = unix_millis();
 
         // Decide every recipient's fate first.
@@ -106,6 +121,22 @@ impl Recorder {
         // Record every outcome.
         for f in &fates {
             metrics::DELIVERIES.with_label_values(&[f.label]).inc();
+            let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
+            let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
+            metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
+            if self.log.enabled() {
+                let mut e = Event::new(f.label, env.id);
+                e.recipient = Some(env.recipients[f.index as usize].address.clone());
+                e.destination = Some(attempt.destination.to_string());
+                e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
+                e.reply = Some(f.reply.clone());
+                e.attempt = Some(f.attempts);
+                e.size = Some(env.size);
+                e.queued_ms = Some(now.saturating_sub(env.received_at));
+                e.attempt_ms = Some(attempt.elapsed.as_millis() as u64);
+                e.next_attempt = (f.state == RecipientState::Queued).then_some(f.next_attempt);
+                self.log.log(e);
+            }
             tracing::info!(
                 id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = answered_by,
                 attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
@@ -162,6 +193,10 @@ impl Recorder {
             .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })
             .await?;
         metrics::BOUNCES.inc();
+        let mut e = Event::new("bounce_queued", env.id);
+        e.recipient = Some(env.sender.clone());
+        e.reply = Some(format!("DSN {id} for {} recipient(s)", failures.len()));
+        self.log.log(e);
         tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = failures.len(), "bounce queued");
         self.wake.notify_one();
         Ok(())

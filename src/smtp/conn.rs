@@ -1,6 +1,7 @@
 //! One SMTP connection: read -> session -> write, with RFC 5321 4.5.3.2 timeouts, graceful
 //! shutdown and the hand-off to the spool. No protocol logic lives here.
 
+use crate::delivery_log::Event as LogEvent;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -153,6 +154,18 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
         ret: tx.mail.ret,
         envid: tx.mail.envid,
     };
+    let event = ctx.log.enabled().then(|| {
+        let mut e = LogEvent::new("reception", id);
+        e.sender = Some(envelope.sender.clone());
+        e.recipients = envelope.recipients.iter().map(|r| r.address.clone()).collect();
+        e.remote = Some(envelope.client_ip.to_string());
+        e.size = Some(envelope.size);
+        e
+    });
     let msg = NewMessage { envelope, trace: Bytes::from(trace), body: tx.body };
-    (id, ctx.spool.store(msg).await)
+    let result = ctx.spool.store(msg).await;
+    if let (Ok(()), Some(e)) = (&result, event) {
+        ctx.log.log(e);
+    }
+    (id, result)
 }

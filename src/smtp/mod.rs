@@ -25,6 +25,8 @@ pub struct ListenerContext {
     pub budget: Arc<MemoryBudget>,
     /// Woken after each stored message, so delivery starts at once.
     pub stored: Arc<tokio::sync::Notify>,
+    /// The delivery log (reception events).
+    pub log: crate::delivery_log::DeliveryLog,
 }
 
 /// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the

@@ -189,6 +189,21 @@ impl Sluice {
         }
     }
 
+    /// The delivery log's events, once it holds at least `n` (waits up to 10 s for the writer).
+    pub fn delivery_log(&self, n: usize) -> Vec<serde_json::Value> {
+        let path = self.data_dir.join("log/delivery.jsonl");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let events: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+            if events.len() >= n || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `sluice queue list --json` against the running daemon, one object per message.
     pub fn queue_list(&self) -> Vec<serde_json::Value> {
         let out = Command::new(BIN)
