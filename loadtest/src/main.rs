@@ -1,9 +1,17 @@
 //! `loadtest`: end-to-end load for sluice or any SMTP server, on loopback.
 //!
-//! `loadtest inject` sends N messages over C concurrent sessions and reports accepted messages per
-//! second and the latency from the end of DATA to the 250 reply. With `--metrics` it reads
-//! sluice's `/metrics` before and after, and reports fsyncs per message. Loads are bounded in
-//! count (`--messages`) and time (`--max-seconds`).
+//! - `inject` sends N messages over C concurrent sessions and reports accepted messages per
+//!   second and the latency from the end of DATA to the 250 reply. With `--metrics` it reads
+//!   sluice's `/metrics` before and after, and reports fsyncs per message.
+//! - `sink` is an SMTP sink that accepts (or fails a share of) what it is sent, and counts.
+//! - `relay` starts a sink, injects into an MTA that relays to it, and reports end-to-end
+//!   messages per second until the sink has them all, with the MTA's CPU time and memory.
+//!
+//! Loads are bounded in count (`--messages`) and time (`--max-seconds`).
+
+mod procstat;
+mod relay;
+mod sink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +35,14 @@ struct Cli {
 enum Cmd {
     /// Inject messages and report accepted/s and DATA-end -> 250 latency.
     Inject(InjectArgs),
+    /// Run an SMTP sink until interrupted.
+    Sink(sink::SinkArgs),
+    /// Start a sink, inject into an MTA relaying to it, report end-to-end throughput.
+    Relay(relay::RelayArgs),
 }
 
-#[derive(Parser, Clone)]
-struct InjectArgs {
+#[derive(Parser, Clone, Debug)]
+pub struct InjectArgs {
     /// SMTP server to inject into.
     #[arg(long, default_value = "127.0.0.1:2525")]
     server: SocketAddr,
@@ -60,7 +72,13 @@ struct InjectArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Inject(a) => inject(a).await,
+        Cmd::Inject(a) => {
+            let report = inject(a).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Cmd::Sink(a) => sink::run(a).await,
+        Cmd::Relay(a) => relay::run(a).await,
     }
 }
 
@@ -74,7 +92,7 @@ fn scrape(url: &str) -> anyhow::Result<(f64, f64)> {
     Ok((value("sluice_spool_fsyncs_total "), value("sluice_spool_records_total ")))
 }
 
-async fn inject(a: InjectArgs) -> anyhow::Result<()> {
+async fn inject(a: InjectArgs) -> anyhow::Result<serde_json::Value> {
     if !a.server.ip().is_loopback() {
         bail!("loadtest only targets loopback addresses");
     }
@@ -136,8 +154,7 @@ async fn inject(a: InjectArgs) -> anyhow::Result<()> {
         report["messages_per_fsync"] =
             json!(if fsyncs > 0.0 { ((r1 - r0) / fsyncs * 10.0).round() / 10.0 } else { 0.0 });
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    Ok(report)
 }
 
 fn make_body(size: usize) -> Vec<u8> {
@@ -208,4 +225,57 @@ async fn expect(
         bail!("expected {code}, got {}", line.trim_end());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink_args() -> sink::SinkArgs {
+        sink::SinkArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tempfail_percent: 0,
+            reject_percent: 0,
+            drop_percent: 0,
+            latency_ms: 0,
+            no_pipelining: false,
+            chunking: false,
+        }
+    }
+
+    fn inject_args(server: SocketAddr, messages: u64, pipelining: bool) -> InjectArgs {
+        InjectArgs {
+            server,
+            sessions: 4,
+            messages,
+            size: 2048,
+            pipelining,
+            metrics: None,
+            max_seconds: 30,
+            rcpt_domain: "example.org".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn inject_into_the_sink_counts_every_message() {
+        let sink = sink::Sink::start(sink_args()).await.unwrap();
+        for pipelining in [false, true] {
+            let before = sink.messages();
+            let r = inject(inject_args(sink.addr, 200, pipelining)).await.unwrap();
+            assert_eq!(r["accepted"], 200, "{r}");
+            assert_eq!(r["session_errors"], 0);
+            assert_eq!(sink.messages() - before, 200);
+        }
+        let bytes = sink.counters.bytes.load(Ordering::Relaxed);
+        assert!(bytes >= 400 * 2000, "{bytes}");
+    }
+
+    #[tokio::test]
+    async fn sink_failures_show_as_session_errors() {
+        let sink =
+            sink::Sink::start(sink::SinkArgs { reject_percent: 50, ..sink_args() }).await.unwrap();
+        let r = inject(inject_args(sink.addr, 100, true)).await.unwrap();
+        assert!(r["session_errors"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["accepted"].as_u64().unwrap() < 100);
+    }
 }

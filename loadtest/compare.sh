@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Relay throughput, sluice against Debian's Postfix, on this machine, in one run, to the same
+# loopback sink (`loadtest relay`). Both fsync before answering 250. For each workload (message
+# size x injecting sessions) it prints end-to-end msg/s, the MTA's CPU ms per message, its memory,
+# and the ratio sluice / Postfix. Everything listens on 127.0.0.1; every run is bounded in
+# messages and seconds. Installs postfix (no system configuration) if it is missing.
+#   usage: bash loadtest/compare.sh [scale]   (an integer multiplying the message counts; default 1;
+#          COMPARE_MESSAGES=N sets every workload's count, for a quick try)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale="${1:-1}"
+
+if ! command -v postfix >/dev/null; then
+  echo "installing postfix (no system configuration; it is only run from this script)" >&2
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+cargo build --release --workspace --locked --quiet
+bin=$PWD/target/release/sluice
+lt=$PWD/target/release/loadtest
+# Not /tmp: both MTAs must fsync to the same real disk.
+work=$(mktemp -d "$PWD/target/compare.XXXXXX")
+chmod 755 "$work" # Postfix daemons (user postfix) enter their queue below it
+pfx_pid=""
+sluice_pid=""
+cleanup() {
+  [ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null || true
+  [ -n "$pfx_pid" ] && postfix -c "$work/postfix" stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(free_port)
+pfx_port=$(free_port)
+
+# --- Postfix: a private instance (own config and queue directory) relaying everything to the sink.
+mkdir -p "$work/postfix" "$work/pfx-queue" "$work/pfx-data"
+chown postfix "$work/pfx-data"
+cat > "$work/postfix/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $work/pfx-queue
+data_directory = $work/pfx-data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.loadtest
+mydomain = loadtest
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relayhost = [127.0.0.1]:$sink_port
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 200
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = $work/pfx-maillog
+maillog_file_prefixes = $work
+CF
+# Debian's master.cf with the SMTP listener moved to our port and chroot off (private queue).
+awk -v port="$pfx_port" '
+  /^smtp +inet/ { print "127.0.0.1:" port " inet n - n - - smtpd"; next }
+  /^[a-z]/ && NF >= 8 && $5 == "y" { $5 = "n" }
+  { print }' /etc/postfix/master.cf > "$work/postfix/master.cf"
+# Postfix reports configuration errors to syslog only; `script` gives it a terminal to print on.
+if ! script -qec "postfix -c $work/postfix start" /dev/null >"$work/pfx-start.log" 2>&1; then
+  echo "postfix did not start:" >&2; cat "$work/pfx-start.log" >&2; exit 1
+fi
+for _ in $(seq 100); do [ -s "$work/pfx-queue/pid/master.pid" ] && break; sleep 0.1; done
+pfx_pid=$(tr -d ' ' < "$work/pfx-queue/pid/master.pid")
+
+# --- sluice: durable (fsync before 250), relaying everything to the same sink, with the same
+# connection limit as Postfix's default_destination_concurrency_limit (20).
+cat > "$work/sluice.toml" <<TOML
+data_dir = "$work/sluice-data"
+[[listener]]
+mode = "smtp"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+max_sessions_per_ip = 1000
+[shaping.default]
+connections = 20
+messages_per_connection = 1000
+[[route]]
+domains = ["*"]
+smarthost = "127.0.0.1:$sink_port"
+tls = "disabled"
+TOML
+"$bin" serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
+sluice_pid=$!
+for _ in $(seq 100); do [ -f "$work/sluice-data/sluice.addresses.json" ] && break; sleep 0.05; done
+addr() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][0])' "$work/sluice-data/sluice.addresses.json" "$1"; }
+sluice_smtp=$(addr smtp)
+sluice_admin=$(addr admin)
+
+relay() { # $1 label, $2 server, $3 pid, $4 sessions, $5 messages, $6 size, [$7 metrics url]
+  local extra=()
+  [ -n "${7:-}" ] && extra=(--metrics "$7")
+  "$lt" relay --label "$1" --server "$2" --mta-pid "$3" --sink "127.0.0.1:$sink_port" \
+    --sessions "$4" --messages "$5" --size "$6" --max-seconds 240 "${extra[@]}"
+}
+
+results="$work/results.jsonl"
+echo "workload: relay to a loopback sink; both MTAs fsync before 250; 2-core machine, one run" >&2
+for size in 1024 10240 102400; do
+  for sessions in 20 100; do
+    n=${COMPARE_MESSAGES:-$(( (size == 102400 ? 1500 : 4000) * scale ))}
+    p=$(relay postfix "127.0.0.1:$pfx_port" "$pfx_pid" "$sessions" "$n" "$size")
+    s=$(relay sluice "$sluice_smtp" "$sluice_pid" "$sessions" "$n" "$size" "http://$sluice_admin/metrics")
+    python3 - "$p" "$s" "$results" <<'PY' >&2
+import json, sys
+p, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+with open(sys.argv[3], "a") as f:
+    f.write(json.dumps({"postfix": p, "sluice": s}) + "\n")
+pr, sr = p["end_to_end_messages_per_second"], s["end_to_end_messages_per_second"]
+print(f"{s['message_size']:>7} B {s['sessions']:>4} sessions: "
+      f"postfix {pr:>6.0f}/s ({p['mta_cpu_ms_per_message']:.2f} ms CPU/msg)  "
+      f"sluice {sr:>6.0f}/s ({s['mta_cpu_ms_per_message']:.2f} ms CPU/msg, "
+      f"{s.get('messages_per_fsync', 0)} msgs/fsync, p99 DATA-end->250 {s['latency_ms']['p99']:.1f} ms)  "
+      f"ratio {sr / pr:.2f}x", flush=True)
+PY
+  done
+done
+echo "peak RSS: sluice $(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["sluice"]["mta_peak_rss_kb"])' "$results") KiB" >&2
+echo "full results (JSON lines):" >&2
+cat "$results"

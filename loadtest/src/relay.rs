@@ -1,0 +1,96 @@
+//! `loadtest relay`: end-to-end relay throughput of an MTA that forwards to our sink.
+//!
+//! Start the MTA first, configured to relay everything to `--sink`; this starts the sink there,
+//! injects `--messages` into `--server`, and waits until the sink has received every accepted
+//! message. End-to-end rate = messages received / (last receipt - first injection). With
+//! `--mta-pid` it reports the CPU seconds the MTA's process tree used during the run and its
+//! memory; with `--metrics` (sluice) the fsyncs per message.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Parser;
+use serde_json::json;
+
+use crate::sink::{Sink, SinkArgs};
+use crate::{InjectArgs, procstat};
+
+#[derive(Parser, Clone, Debug)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub inject: InjectArgs,
+    /// Where the sink listens (the MTA relays there).
+    #[arg(long, default_value = "127.0.0.1:2526")]
+    pub sink: std::net::SocketAddr,
+    /// The MTA's main process: CPU and memory of its process tree are reported.
+    #[arg(long)]
+    pub mta_pid: Option<u32>,
+    /// A name for the report.
+    #[arg(long, default_value = "mta")]
+    pub label: String,
+}
+
+pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
+    let sink = Sink::start(SinkArgs {
+        listen: a.sink,
+        tempfail_percent: 0,
+        reject_percent: 0,
+        drop_percent: 0,
+        latency_ms: 0,
+        no_pipelining: false,
+        chunking: false,
+    })
+    .await?;
+    let cpu0 = a.mta_pid.map(procstat::cpu_seconds);
+    let started_us = sink.epoch.elapsed().as_micros() as u64;
+    let injected = crate::inject(a.inject.clone()).await?;
+    let inject_secs = injected["seconds"].as_f64().unwrap_or(0.0);
+    let accepted = injected["accepted"].as_u64().unwrap_or(0);
+    // Wait for the MTA to deliver everything it accepted (bounded by --max-seconds again).
+    let deadline = Instant::now() + Duration::from_secs(a.inject.max_seconds);
+    let mut last_seen = (sink.messages(), Instant::now());
+    while sink.messages() < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = sink.messages();
+        if n != last_seen.0 {
+            last_seen = (n, Instant::now());
+        } else if last_seen.1.elapsed() > Duration::from_secs(60) {
+            break; // nothing arrived for a minute: report what we have
+        }
+    }
+    let received = sink.messages();
+    if received == 0 {
+        bail!("the sink received nothing: is the MTA relaying to {}?", sink.addr);
+    }
+    let last_us = sink.counters.last_us.load(Ordering::Relaxed);
+    let e2e_secs = (last_us.saturating_sub(started_us)) as f64 / 1e6;
+    let mut report = json!({
+        "label": a.label,
+        "sessions": a.inject.sessions,
+        "message_size": a.inject.size,
+        "accepted": accepted,
+        "received": received,
+        "inject_seconds": inject_secs,
+        "inject_messages_per_second": injected["messages_per_second"],
+        "end_to_end_seconds": (e2e_secs * 1000.0).round() / 1000.0,
+        "end_to_end_messages_per_second": (received as f64 / e2e_secs).round(),
+        "latency_ms": injected["latency_ms"],
+        "sink_connections": sink.counters.connections.load(Ordering::Relaxed),
+    });
+    if let (Some(pid), Some(c0)) = (a.mta_pid, cpu0) {
+        let cpu = procstat::cpu_seconds(pid) - c0;
+        report["mta_cpu_seconds"] = json!((cpu * 100.0).round() / 100.0);
+        report["mta_cpu_ms_per_message"] =
+            json!((cpu * 1e3 / received as f64 * 1000.0).round() / 1000.0);
+        report["mta_peak_rss_kb"] = json!(procstat::peak_rss_kb(pid));
+        report["mta_tree_rss_kb"] = json!(procstat::tree_rss_kb(pid));
+    }
+    for k in ["fsyncs", "fsyncs_per_message", "messages_per_fsync"] {
+        if let Some(v) = injected.get(k) {
+            report[k] = v.clone();
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

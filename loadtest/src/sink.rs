@@ -1,0 +1,224 @@
+//! `loadtest sink`: a fast SMTP sink on loopback. It accepts everything, or answers a configured
+//! share of recipients with 4xx/5xx, delays the end-of-data reply, or drops connections in the
+//! middle of DATA; it can hide PIPELINING and offer CHUNKING. It counts what it received.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser, Clone, Debug)]
+pub struct SinkArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:2526")]
+    pub listen: SocketAddr,
+    /// Percent of recipients answered 451.
+    #[arg(long, default_value_t = 0)]
+    pub tempfail_percent: u64,
+    /// Percent of recipients answered 550.
+    #[arg(long, default_value_t = 0)]
+    pub reject_percent: u64,
+    /// Percent of DATA transfers cut by closing the connection.
+    #[arg(long, default_value_t = 0)]
+    pub drop_percent: u64,
+    /// Delay before the reply to the end of data.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Do not advertise PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Advertise CHUNKING (BDAT).
+    #[arg(long)]
+    pub chunking: bool,
+}
+
+/// Counters shared with `relay`.
+#[derive(Default)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub recipients: AtomicU64,
+    /// Microseconds since `epoch` of the last message received.
+    pub last_us: AtomicU64,
+    pub connections: AtomicU64,
+    pub rcpt_seq: AtomicU64,
+    pub data_seq: AtomicU64,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    pub epoch: Instant,
+}
+
+impl Sink {
+    pub async fn start(a: SinkArgs) -> anyhow::Result<Sink> {
+        if !a.listen.ip().is_loopback() {
+            bail!("the sink listens on loopback addresses only");
+        }
+        let listener = TcpListener::bind(a.listen).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let epoch = Instant::now();
+        let (c, args) = (counters.clone(), Arc::new(a));
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                c.connections.fetch_add(1, Ordering::Relaxed);
+                let (c, args) = (c.clone(), args.clone());
+                tokio::spawn(async move {
+                    let _ = serve(s, &args, &c, epoch).await;
+                });
+            }
+        });
+        Ok(Sink { addr, counters, epoch })
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.counters.messages.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the sink until interrupted, printing counts every 5 seconds.
+pub async fn run(a: SinkArgs) -> anyhow::Result<()> {
+    let sink = Sink::start(a).await?;
+    eprintln!("sink listening on {}", sink.addr);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                let n = sink.messages();
+                eprintln!("{} messages ({:.0}/s)", n, (n - last) as f64 / 5.0);
+                last = n;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "messages": sink.messages(),
+            "bytes": sink.counters.bytes.load(Ordering::Relaxed),
+            "connections": sink.counters.connections.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+/// Whether the n-th event falls in the first `percent` of each hundred.
+fn hit(seq: &AtomicU64, percent: u64) -> bool {
+    percent > 0 && seq.fetch_add(1, Ordering::Relaxed) % 100 < percent
+}
+
+async fn serve(s: TcpStream, a: &SinkArgs, c: &Counters, epoch: Instant) -> anyhow::Result<()> {
+    s.set_nodelay(true)?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::with_capacity(64 * 1024, r);
+    let mut out: Vec<u8> = b"220 sink.loadtest ESMTP\r\n".to_vec();
+    let mut line = Vec::with_capacity(1024);
+    let mut rcpts = 0u64;
+    let mut chunk = Vec::new();
+    loop {
+        // Replies to pipelined commands go out together, when the client waits.
+        if !out.is_empty() && r.buffer().is_empty() {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+        line.clear();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with(b"EHLO") {
+            out.extend_from_slice(b"250-sink.loadtest\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
+            if !a.no_pipelining {
+                out.extend_from_slice(b"250-PIPELINING\r\n");
+            }
+            if a.chunking {
+                out.extend_from_slice(b"250-CHUNKING\r\n");
+            }
+            out.extend_from_slice(b"250 SIZE 200000000\r\n");
+        } else if upper.starts_with(b"MAIL") {
+            rcpts = 0;
+            out.extend_from_slice(b"250 2.1.0 ok\r\n");
+        } else if upper.starts_with(b"RCPT") {
+            if hit(&c.rcpt_seq, a.tempfail_percent) {
+                out.extend_from_slice(b"451 4.3.0 sink says later\r\n");
+            } else if hit(&c.rcpt_seq, a.reject_percent) {
+                out.extend_from_slice(b"550 5.1.1 sink says no\r\n");
+            } else {
+                rcpts += 1;
+                out.extend_from_slice(b"250 2.1.5 ok\r\n");
+            }
+        } else if upper.starts_with(b"DATA") {
+            if rcpts == 0 {
+                out.extend_from_slice(b"554 5.5.1 no valid recipients\r\n");
+                continue;
+            }
+            out.extend_from_slice(b"354 go\r\n");
+            w.write_all(&out).await?;
+            out.clear();
+            let drop = hit(&c.data_seq, a.drop_percent);
+            let mut size = 0u64;
+            loop {
+                line.clear();
+                if r.read_until(b'\n', &mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == b".\r\n" {
+                    break;
+                }
+                size += line.len() as u64;
+                if drop && size > 512 {
+                    return Ok(());
+                }
+            }
+            end_of_data(a, c, epoch, size, rcpts, &mut out).await;
+        } else if upper.starts_with(b"BDAT") {
+            let text = String::from_utf8_lossy(&line).to_string();
+            let mut words = text.split_ascii_whitespace().skip(1);
+            let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+            chunk.resize(n, 0);
+            r.read_exact(&mut chunk).await?;
+            if rcpts == 0 {
+                out.extend_from_slice(b"554 5.5.1 no valid recipients\r\n");
+            } else if last {
+                end_of_data(a, c, epoch, n as u64, rcpts, &mut out).await;
+            } else {
+                out.extend_from_slice(b"250 2.0.0 chunk\r\n");
+            }
+        } else if upper.starts_with(b"RSET") || upper.starts_with(b"NOOP") {
+            rcpts = 0;
+            out.extend_from_slice(b"250 ok\r\n");
+        } else if upper.starts_with(b"QUIT") {
+            out.extend_from_slice(b"221 bye\r\n");
+            w.write_all(&out).await?;
+            return Ok(());
+        } else {
+            out.extend_from_slice(b"500 5.5.2 unknown command\r\n");
+        }
+    }
+}
+
+async fn end_of_data(
+    a: &SinkArgs,
+    c: &Counters,
+    epoch: Instant,
+    size: u64,
+    rcpts: u64,
+    out: &mut Vec<u8>,
+) {
+    if a.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(a.latency_ms)).await;
+    }
+    c.bytes.fetch_add(size, Ordering::Relaxed);
+    c.recipients.fetch_add(rcpts, Ordering::Relaxed);
+    c.last_us.fetch_max(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+    c.messages.fetch_add(1, Ordering::Relaxed);
+    out.extend_from_slice(b"250 2.0.0 queued\r\n");
+}
