@@ -143,6 +143,10 @@ pub struct Queue {
     /// After this long a message is bounced as expired.
     #[serde(default = "default_max_age", deserialize_with = "duration")]
     pub max_age: Duration,
+    /// Warn the sender (a delay DSN, RFC 3461 NOTIFY=DELAY) once a recipient has waited this
+    /// long; absent = never.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub delay_notice: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -119,6 +119,7 @@ pub async fn run(
         helo: cfg.hostname.clone(),
         wake: stored.clone(),
         log: log.clone(),
+        delay_notice: cfg.queue.delay_notice,
         labels: Arc::new(crate::domain_labels::DomainLabels::new(
             &cfg.metrics.domains,
             cfg.metrics.domain_labels,

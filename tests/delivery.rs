@@ -428,3 +428,90 @@ fn rate_limit_is_respected() {
     assert!(rate <= 22.0, "{rate:.1}/s exceeds 20/s");
     assert!(rate >= 10.0, "{rate:.1}/s is far below 20/s");
 }
+
+/// Sends one message with DSN parameters on RCPT (RFC 3461) and returns nothing; asserts 250.
+fn send_with_dsn(s: &Sluice, rcpt_line: &str, id: &str) {
+    let mut c = Client::ehlo(s.smtp);
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com> RET=FULL ENVID=env+2B1")), 250);
+    assert_eq!(code(&c.cmd(rcpt_line)), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    assert_eq!(code(&c.cmd(&format!("Message-ID: <{id}>\r\nSubject: s\r\n\r\nbody\r\n."))), 250);
+}
+
+/// RFC 3461 NOTIFY=DELAY: exactly one delay notice once the recipient has waited `delay_notice`;
+/// the recipient stays queued.
+#[test]
+fn delay_notice_is_sent_once() {
+    let mut b = Behavior::default();
+    b.rcpt.insert("slow@example.org".into(), vec!["451 4.2.0 greylisted".into()]);
+    let sink = Sink::start(b);
+    let s = Sluice::start(
+        &route_to(&sink, "")
+            .replace("retry = [\"1s\"]", "retry = [\"300ms\"]\ndelay_notice = \"1s\""),
+    );
+    send_with_dsn(&s, "RCPT TO:<slow@example.org> NOTIFY=DELAY,FAILURE", "delay@t");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dsns = loop {
+        let d: Vec<_> = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).collect();
+        if !d.is_empty() || Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dsns.len(), 1, "a delay notice arrives");
+    let text = String::from_utf8_lossy(&dsns[0].data).to_string();
+    for needle in [
+        "Subject: Delayed Mail",
+        "Action: delayed",
+        "Status: 4.2.0",
+        "Will-Retry-Until:",
+        "Original-Envelope-Id: env+2B1",
+        "text/rfc822-headers",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains("\r\nbody\r\n"), "headers only");
+    // More retries follow, but no second notice.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).count();
+    assert_eq!(later, 1, "exactly one delay notice");
+    let q = s.queue_list();
+    assert_eq!(q.len(), 1, "still queued");
+    assert!(q[0]["recipients"][0]["attempts"].as_u64().unwrap() >= 4);
+}
+
+/// NOTIFY=SUCCESS to a server without DSN: sluice reports "relayed" itself. To a DSN server, the
+/// parameters go on with the message and sluice stays quiet (RFC 3461 4.1, 6.2.3.5).
+#[test]
+fn success_notices_and_dsn_passthrough() {
+    let plain = Sink::start(Behavior::default());
+    let s = Sluice::start(&route_to(&plain, ""));
+    send_with_dsn(
+        &s,
+        "RCPT TO:<ok@example.org> NOTIFY=SUCCESS ORCPT=rfc822;ok@example.org",
+        "s1@t",
+    );
+    let got = plain.wait_for(2, 10);
+    let dsn = got.iter().find(|m| m.mail_from.is_empty()).expect("a success notice");
+    let text = String::from_utf8_lossy(&dsn.data).to_string();
+    for needle in ["Subject: Successful Mail Delivery Report", "Action: relayed", "Status: 2.0.0"] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let original = got.iter().find(|m| !m.mail_from.is_empty()).unwrap();
+    assert!(!original.mail_params.contains("RET="), "no DSN parameters to a server without DSN");
+    assert_eq!(original.rcpt_params, vec![String::new()]);
+
+    let dsn_sink = Sink::start(Behavior { dsn: true, ..Default::default() });
+    let s = Sluice::start(&route_to(&dsn_sink, ""));
+    send_with_dsn(
+        &s,
+        "RCPT TO:<ok@example.org> NOTIFY=SUCCESS ORCPT=rfc822;ok@example.org",
+        "s2@t",
+    );
+    let got = dsn_sink.wait_for(1, 10);
+    assert!(got[0].mail_params.ends_with(" RET=FULL ENVID=env+2B1"), "{}", got[0].mail_params);
+    assert_eq!(got[0].rcpt_params, vec!["NOTIFY=SUCCESS ORCPT=rfc822;ok@example.org".to_string()]);
+    s.wait_queue(10, |q| q.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dsn_sink.messages().len(), 1, "the DSN-capable next hop reports, not sluice");
+}

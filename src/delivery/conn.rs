@@ -163,6 +163,11 @@ impl Connection {
         }
     }
 
+    /// What the server offered after the last EHLO.
+    pub fn capabilities(&self) -> &crate::proto::smtp::client::Capabilities {
+        self.client.capabilities()
+    }
+
     pub fn is_usable(&self) -> bool {
         !self.client.is_closed()
     }

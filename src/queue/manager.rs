@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outcome::{Attempt, Recorder};
-use crate::bounce::{Failure, wants_failure_notice};
+use crate::bounce::{Action, Notice, wants_failure_notice};
 use crate::config::ShapingConfig;
 use crate::delivery::conn::{Connection, Target, Timeouts};
 use crate::delivery::error::DeliveryError;
@@ -26,7 +26,7 @@ use crate::delivery::route::{NextHop, Routes};
 use crate::delivery::shaping::{Gcra, Limits};
 use crate::dns::{Dns, DnsError, MxAnswer};
 use crate::metrics;
-use crate::proto::smtp::client::Outbound;
+use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::proto::smtp::command::BodyType;
 use crate::spool::{QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
 
@@ -154,6 +154,7 @@ impl Dispatcher {
                         attempts: r.attempts,
                         next_attempt: 0,
                         last_reply: r.last_reply.clone(),
+                        delay_notified: r.delay_notified,
                     })
                     .await?;
                 n += 1;
@@ -175,15 +176,17 @@ impl Dispatcher {
             .filter(|(_, r)| r.state == RecipientState::Queued)
             .map(|(i, _)| i as u32)
             .collect();
-        let notices: Vec<Failure<'_>> = queued
+        let notices: Vec<Notice<'_>> = queued
             .iter()
             .map(|&i| &env.recipients[i as usize])
             .filter(|r| wants_failure_notice(&env, r))
-            .map(|r| Failure {
+            .map(|r| Notice {
                 recipient: r,
+                action: Action::Failed,
                 status: "5.0.0".into(),
                 diagnostic: reason.clone(),
                 remote_mta: None,
+                will_retry_until: None,
             })
             .collect();
         if !notices.is_empty() {
@@ -201,6 +204,7 @@ impl Dispatcher {
                     attempts: r.attempts,
                     next_attempt: 0,
                     last_reply: Some(reason.clone()),
+                    delay_notified: r.delay_notified,
                 })
                 .await?;
         }
@@ -340,6 +344,7 @@ impl Dispatcher {
                 let jobs: Vec<Job> =
                     dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
                 let attempt = Attempt {
+                    next_hop_dsn: false,
                     answered_by: "",
                     destination: dest.hop.name(),
                     elapsed: Duration::ZERO,
@@ -374,6 +379,16 @@ impl Dispatcher {
                         content: vec![content.clone()],
                         eightbit: env.body_type == Some(BodyType::EightBitMime),
                         smtputf8: env.smtputf8,
+                        dsn: DsnParams {
+                            ret: env.ret,
+                            envid: env.envid.clone(),
+                            recipients: job
+                                .rcpts
+                                .iter()
+                                .map(|&i| &env.recipients[i as usize])
+                                .map(|r| (r.notify, r.orcpt.clone()))
+                                .collect(),
+                        },
                     };
                     conn.send(msg).await
                 }
@@ -382,6 +397,7 @@ impl Dispatcher {
             metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
             let peer = conn.peer.clone();
             let attempt = Attempt {
+                next_hop_dsn: conn.capabilities().dsn,
                 answered_by: &peer,
                 destination: dest.hop.name(),
                 elapsed: started.elapsed(),

@@ -14,7 +14,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::schedule::RetrySchedule;
-use crate::bounce::{Failure, build_dsn, status_of, wants_failure_notice};
+use crate::bounce::{
+    Action, Notice, build_dsn, status_of, wants_delay_notice, wants_failure_notice,
+    wants_success_notice,
+};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery_log::{DeliveryLog, Event};
 use crate::domain_labels::DomainLabels;
@@ -34,12 +37,17 @@ pub struct Recorder {
     /// Woken when a bounce is queued.
     pub wake: Arc<Notify>,
     pub log: DeliveryLog,
+    /// Send a delay notice after this long in the queue (None: never).
+    pub delay_notice: Option<std::time::Duration>,
     /// Bounded per-domain metric labels.
     pub labels: Arc<DomainLabels>,
 }
 
 /// Where and how an attempt went, for the delivery log.
 pub struct Attempt<'a> {
+    /// The next hop advertised DSN, so NOTIFY went on with the message and success reports are
+    /// its job.
+    pub next_hop_dsn: bool,
     /// The server that answered (`ip:port`), empty if none did.
     pub answered_by: &'a str,
     /// The recipient domain (MX) or smart host.
@@ -94,18 +102,64 @@ impl Recorder {
 
         // Bounce: the DSN is durable before any recipient is recorded as failed (DESIGN.md 2).
         let remote = (!answered_by.is_empty() && outcome.is_ok()).then(|| answered_by.to_string());
-        let notices: Vec<Failure<'_>> = fates
+        let notice = |f: &Fate, action: Action| Notice {
+            recipient: &env.recipients[f.index as usize],
+            action,
+            status: f.status.clone(),
+            diagnostic: f.reply.clone(),
+            remote_mta: remote.clone(),
+            will_retry_until: None,
+        };
+        let notices: Vec<Notice<'_>> = fates
             .iter()
             .filter(|f| f.state == RecipientState::Failed)
-            .map(|f| (f, &env.recipients[f.index as usize]))
-            .filter(|(_, r)| wants_failure_notice(env, r))
-            .map(|(f, r)| Failure {
-                recipient: r,
-                status: f.status.clone(),
-                diagnostic: f.reply.clone(),
-                remote_mta: remote.clone(),
+            .filter(|f| wants_failure_notice(env, &env.recipients[f.index as usize]))
+            .map(|f| notice(f, Action::Failed))
+            .collect();
+        // Delay notice: once per recipient (recorded durably with its state), on the first
+        // deferral at or after `delay_notice`.
+        let delayed: Vec<&Fate> = match self.delay_notice {
+            None => Vec::new(),
+            Some(after) => {
+                let threshold = env.received_at + after.as_millis() as u64;
+                fates
+                    .iter()
+                    .filter(|f| f.state == RecipientState::Queued && now >= threshold)
+                    .filter(|f| !env.recipients[f.index as usize].delay_notified)
+                    .filter(|f| wants_delay_notice(env, &env.recipients[f.index as usize]))
+                    .collect()
+            }
+        };
+        let until = (env.received_at + self.schedule.max_age().as_millis() as u64) / 1000;
+        let delays: Vec<Notice<'_>> = delayed
+            .iter()
+            .map(|f| Notice {
+                will_retry_until: Some(until),
+                status: status_of(&f.reply, false),
+                ..notice(f, Action::Delayed)
             })
             .collect();
+        // Success notice: only when the next hop cannot carry NOTIFY=SUCCESS on (RFC 3461 4.1).
+        let relayed: Vec<Notice<'_>> = fates
+            .iter()
+            .filter(|f| f.state == RecipientState::Delivered && !attempt.next_hop_dsn)
+            .filter(|f| wants_success_notice(env, &env.recipients[f.index as usize]))
+            .map(|f| notice(f, Action::Relayed))
+            .collect();
+        let mut delay_sent = false;
+        for (report, what) in [(&delays, "delay"), (&relayed, "success")] {
+            if !report.is_empty() {
+                let original = content.map(|b| b.as_ref()).unwrap_or(b"");
+                match self.queue_bounce(env, report, original, now).await {
+                    Ok(()) => delay_sent |= what == "delay",
+                    Err(e) => {
+                        tracing::warn!(id = %env.id, error = %e, "could not queue a {what} notice")
+                    }
+                }
+            }
+        }
+        let notified: Vec<u32> =
+            if delay_sent { delayed.iter().map(|f| f.index).collect() } else { Vec::new() };
         if !notices.is_empty() {
             let original = content.map(|b| b.as_ref()).unwrap_or(b"");
             if let Err(e) = self.queue_bounce(env, &notices, original, now).await {
@@ -148,6 +202,8 @@ impl Recorder {
                 attempts: f.attempts,
                 next_attempt: f.next_attempt,
                 last_reply: Some(f.reply.chars().take(512).collect()),
+                delay_notified: env.recipients[f.index as usize].delay_notified
+                    || notified.contains(&f.index),
             };
             if let Err(e) = self.spool.update(update).await {
                 // The recipient stays as it was in the spool: it will be tried again (a duplicate
@@ -169,11 +225,12 @@ impl Recorder {
     pub async fn queue_bounce(
         &self,
         env: &Envelope,
-        failures: &[Failure<'_>],
+        notices: &[Notice<'_>],
         original: &[u8],
         now_ms: u64,
     ) -> Result<(), SpoolError> {
-        let body = build_dsn(&self.helo, env, failures, original, now_ms / 1000);
+        let body = build_dsn(&self.helo, env, notices, original, now_ms / 1000);
+        let action = notices.first().map_or(Action::Failed, |n| n.action);
         let id = self.spool.next_id();
         let envelope = Envelope {
             id,
@@ -192,12 +249,19 @@ impl Recorder {
         self.spool
             .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })
             .await?;
-        metrics::BOUNCES.inc();
-        let mut e = Event::new("bounce_queued", env.id);
+        let event = match action {
+            Action::Failed => {
+                metrics::BOUNCES.inc();
+                "bounce_queued"
+            }
+            Action::Delayed => "delay_notice_queued",
+            Action::Relayed => "success_notice_queued",
+        };
+        let mut e = Event::new(event, env.id);
         e.recipient = Some(env.sender.clone());
-        e.reply = Some(format!("DSN {id} for {} recipient(s)", failures.len()));
+        e.reply = Some(format!("DSN {id} for {} recipient(s)", notices.len()));
         self.log.log(e);
-        tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = failures.len(), "bounce queued");
+        tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = notices.len(), event, "DSN queued");
         self.wake.notify_one();
         Ok(())
     }

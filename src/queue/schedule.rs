@@ -11,6 +11,10 @@ pub struct RetrySchedule {
 }
 
 impl RetrySchedule {
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
     /// `intervals` must not be empty (config validation guarantees it).
     pub fn new(intervals: Vec<Duration>, max_age: Duration) -> Self {
         let intervals =

@@ -125,6 +125,7 @@ impl IndexState {
                     r.attempts = u.attempts;
                     r.next_attempt = u.next_attempt;
                     r.last_reply = u.last_reply;
+                    r.delay_notified = u.delay_notified;
                     self.dirty.insert(u.id);
                 }
             }

@@ -76,6 +76,8 @@ pub struct Recipient {
     /// Milliseconds since the Unix epoch; 0 = as soon as possible.
     pub next_attempt: u64,
     pub last_reply: Option<String>,
+    /// A delay notice (RFC 3461 NOTIFY=DELAY) went to the sender: never a second one.
+    pub delay_notified: bool,
 }
 
 impl Recipient {
@@ -89,6 +91,7 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_reply: None,
+            delay_notified: false,
         }
     }
 }
@@ -122,6 +125,7 @@ pub struct RecipientUpdate {
     pub attempts: u32,
     pub next_attempt: u64,
     pub last_reply: Option<String>,
+    pub delay_notified: bool,
 }
 
 /// A message to store: the envelope, the trace header sluice added and the body as received.

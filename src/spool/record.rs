@@ -177,6 +177,7 @@ mod tests {
             attempts: 1,
             next_attempt: 0,
             last_reply: Some("250 ok".into()),
+            delay_notified: true,
         };
         let buf = flat(&encode_update(&up).unwrap());
         assert!(matches!(decode(&buf).unwrap().0, Record::Update(u) if u == up));

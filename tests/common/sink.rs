@@ -93,6 +93,8 @@ pub struct Behavior {
     pub require_tls: bool,
     /// Require AUTH (PLAIN or LOGIN, offered after TLS only) with these credentials.
     pub auth: Option<(String, String)>,
+    /// Advertise DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +107,9 @@ pub struct Received {
     pub tls: bool,
     /// The user that authenticated, if any.
     pub auth_user: Option<String>,
+    /// Parameters after MAIL FROM:<...>, and after each accepted RCPT TO:<...>.
+    pub mail_params: String,
+    pub rcpt_params: Vec<String>,
 }
 
 #[derive(Default)]
@@ -235,6 +240,8 @@ fn serve_inner(
 ) -> std::io::Result<()> {
     let (mut from, mut rcpts, mut chunks) = (String::new(), Vec::<String>::new(), Vec::new());
     let (from, rcpts, chunks) = (&mut from, &mut rcpts, &mut chunks);
+    let (mut mail_params, mut rcpt_params) = (String::new(), Vec::<String>::new());
+    let params = |cmd: &str| cmd.split_once('>').map_or("", |(_, p)| p.trim()).to_string();
     let mut tls = false;
     let mut user: Option<String> = None;
     let mut line = String::new();
@@ -313,6 +320,9 @@ fn serve_inner(
             if b.auth.is_some() && tls {
                 caps.push_str("250-AUTH PLAIN LOGIN\r\n");
             }
+            if b.dsn {
+                caps.push_str("250-DSN\r\n");
+            }
             if b.pipelining {
                 caps.push_str("250-PIPELINING\r\n");
             }
@@ -327,6 +337,8 @@ fn serve_inner(
             *from = cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
             rcpts.clear();
             chunks.clear();
+            mail_params = params(&cmd);
+            rcpt_params.clear();
             w.write_all(b"250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             let addr = cmd[8..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
@@ -341,6 +353,7 @@ fn serve_inner(
             };
             if reply.starts_with('2') {
                 rcpts.push(addr);
+                rcpt_params.push(params(&cmd));
             }
             w.write_all(format!("{reply}\r\n").as_bytes())?;
         } else if upper == "DATA" {
@@ -381,6 +394,8 @@ fn serve_inner(
                 at: Instant::now(),
                 tls,
                 auth_user: user.clone(),
+                mail_params: mail_params.clone(),
+                rcpt_params: rcpt_params.clone(),
             });
             *carried += 1;
             w.write_all(b"250 2.0.0 queued\r\n")?;
@@ -403,6 +418,8 @@ fn serve_inner(
                     at: Instant::now(),
                     tls,
                     auth_user: user.clone(),
+                    mail_params: mail_params.clone(),
+                    rcpt_params: rcpt_params.clone(),
                 });
                 *carried += 1;
                 w.write_all(b"250 2.0.0 queued\r\n")?;

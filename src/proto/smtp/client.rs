@@ -17,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
 
+use super::command::{Notify, Ret};
 use super::data::dot_stuff;
 use super::reply::Reply;
 
@@ -110,6 +111,17 @@ pub struct Outbound {
     pub content: Vec<Bytes>,
     pub eightbit: bool,
     pub smtputf8: bool,
+    /// DSN parameters (RFC 3461), passed on when the server offers DSN.
+    pub dsn: DsnParams,
+}
+
+/// RFC 3461 parameters of a transaction, as received (ENVID and ORCPT still xtext-encoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnParams {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// Per recipient, in order (empty = none): NOTIFY and ORCPT.
+    pub recipients: Vec<(Option<Notify>, Option<String>)>,
 }
 
 impl Outbound {
@@ -328,10 +340,31 @@ impl Client {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        let dsn = self.caps.dsn.then_some(&msg.dsn);
+        if let Some(d) = dsn {
+            match d.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(e) = &d.envid {
+                mail.push_str(&format!(" ENVID={e}"));
+            }
+        }
         mail.push_str("\r\n");
         self.queue(mail, Expect::Mail);
         for (i, r) in msg.recipients.iter().enumerate() {
-            self.queue(format!("RCPT TO:<{r}>\r\n"), Expect::Rcpt(i));
+            let mut rcpt = format!("RCPT TO:<{r}>");
+            if let Some((notify, orcpt)) = dsn.and_then(|d| d.recipients.get(i)) {
+                if let Some(n) = notify {
+                    rcpt.push_str(&format!(" NOTIFY={}", n.to_param()));
+                }
+                if let Some(o) = orcpt {
+                    rcpt.push_str(&format!(" ORCPT={o}"));
+                }
+            }
+            rcpt.push_str("\r\n");
+            self.queue(rcpt, Expect::Rcpt(i));
         }
         let n = msg.recipients.len();
         let bdat = self.caps.chunking;

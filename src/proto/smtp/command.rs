@@ -79,6 +79,15 @@ impl Notify {
     pub fn is_never(&self) -> bool {
         !self.success && !self.failure && !self.delay
     }
+
+    /// The RCPT parameter value (RFC 3461 4.1): NEVER or the list.
+    pub fn to_param(&self) -> String {
+        if self.is_never() {
+            return "NEVER".into();
+        }
+        let parts = [(self.success, "SUCCESS"), (self.failure, "FAILURE"), (self.delay, "DELAY")];
+        parts.iter().filter(|p| p.0).map(|p| p.1).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// A command that could not be parsed, carrying what its reply needs.

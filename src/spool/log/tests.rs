@@ -35,6 +35,7 @@ fn stored_messages_survive_reopen_with_and_without_index() {
             attempts: 1,
             next_attempt: 0,
             last_reply: Some("250 ok".into()),
+            delay_notified: false,
         }))
         .unwrap();
         block(spool.remove(ids[2])).unwrap();

@@ -9,6 +9,7 @@ fn msg(rcpts: &[&str], body: &str) -> Outbound {
         content: vec![Bytes::from_static(b"Received: x\r\n"), Bytes::from(body.to_string())],
         eightbit: false,
         smtputf8: false,
+        dsn: DsnParams::default(),
     }
 }
 
@@ -331,4 +332,32 @@ fn auth_failures_end_the_session() {
     assert!(matches!(plain.events.pop(), Some(ClientEvent::Failed(ClientFailure::Auth(_)))));
     assert!(!plain.take_sent().contains("AUTH"));
     assert!(!format!("{:?}", creds()).contains("s3cret"));
+}
+
+#[test]
+fn rfc3461_dsn_parameters_go_on_only_to_dsn_servers() {
+    let mut m = msg(&["a@x", "b@x"], "hi\r\n");
+    m.dsn = DsnParams {
+        ret: Some(Ret::Hdrs),
+        envid: Some("QQ+2B1".into()),
+        recipients: vec![
+            (
+                Some(Notify { success: true, failure: true, delay: false }),
+                Some("rfc822;a@x".into()),
+            ),
+            (Some(Notify::default()), None),
+        ],
+    };
+    let mut s = Script::connect("250-mx\r\n250-DSN\r\n250 PIPELINING\r\n");
+    s.start(m.clone());
+    assert_eq!(
+        s.take_sent(),
+        "MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ+2B1\r\nRCPT TO:<a@x> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@x\r\nRCPT TO:<b@x> NOTIFY=NEVER\r\nDATA\r\n"
+    );
+    let mut s = Script::connect("250-mx\r\n250 PIPELINING\r\n");
+    s.start(m);
+    assert_eq!(
+        s.take_sent(),
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n"
+    );
 }
