@@ -184,6 +184,10 @@ fn dropped_mid_data_is_retried_and_delivered_once() {
     assert_eq!(got.len(), 1, "delivered exactly once");
     assert!(String::from_utf8_lossy(&got[0].data).ends_with(&body));
     assert!(sink.connections() >= 2);
+    assert!(
+        s.log().contains("destination backed off"),
+        "a dropped session slows the destination down"
+    );
 }
 
 /// RFC 3030 outbound: a CHUNKING peer gets BDAT with the content as is.

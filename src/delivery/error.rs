@@ -73,6 +73,26 @@ impl DeliveryError {
     }
 }
 
+impl DeliveryError {
+    /// The destination is struggling (it closes sessions with 421, drops or stalls them): a
+    /// reason to slow down, unlike a reply about one message.
+    pub fn is_session_trouble(&self) -> bool {
+        match self {
+            DeliveryError::Reply(r) => r.code == 421,
+            DeliveryError::Timeout(_) | DeliveryError::ConnectionLost(_) => true,
+            DeliveryError::Connect { .. }
+            | DeliveryError::Protocol(_)
+            | DeliveryError::Unsendable(_)
+            | DeliveryError::NoSuchDomain(_)
+            | DeliveryError::NullMx(_)
+            | DeliveryError::DnsTemporary(_)
+            | DeliveryError::Tls(_)
+            | DeliveryError::Auth(_)
+            | DeliveryError::Spool(_) => false,
+        }
+    }
+}
+
 /// RFC 5321 4.2.1: 2yz success, 4yz transient, 5yz permanent.
 pub fn classify_reply(r: &Reply) -> Disposition {
     match r.code {

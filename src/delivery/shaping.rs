@@ -112,3 +112,72 @@ mod tests {
         assert_eq!(g.reserve(later), Duration::from_millis(100));
     }
 }
+
+/// Back-off of one destination that refuses, drops or times out: a pause that doubles with each
+/// failure (1 s up to `max`), and fewer connections (the limit halves per level, down to 1).
+/// Success steps back one level at a time, so a recovering destination is ramped up gradually
+/// rather than hit with every connection at once.
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    until: Option<Instant>,
+    pause: Duration,
+    level: u32,
+}
+
+const MAX_LEVEL: u32 = 4;
+
+impl Backoff {
+    /// Records a failure; returns the pause before the next connection.
+    pub fn failed(&mut self, now: Instant, max: Duration) -> Duration {
+        self.pause = (self.pause * 2).clamp(Duration::from_secs(1), max);
+        self.until = Some(now + self.pause);
+        self.level = (self.level + 1).min(MAX_LEVEL);
+        self.pause
+    }
+
+    /// A connection worked: no pause, one level less.
+    pub fn succeeded(&mut self) {
+        self.until = None;
+        self.level = self.level.saturating_sub(1);
+        self.pause = if self.level == 0 { Duration::ZERO } else { self.pause / 2 };
+    }
+
+    pub fn paused(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now < t)
+    }
+
+    /// The connection limit to use now, given the configured one.
+    pub fn connection_limit(&self, configured: usize) -> usize {
+        (configured >> self.level).max(1)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_connections_halve_and_recovery_is_gradual() {
+        let max = Duration::from_secs(300);
+        let t = Instant::now();
+        let mut b = Backoff::default();
+        assert_eq!(b.connection_limit(20), 20);
+        assert_eq!(b.failed(t, max), Duration::from_secs(1));
+        assert!(b.paused(t) && !b.paused(t + Duration::from_secs(1)));
+        assert_eq!(b.connection_limit(20), 10);
+        assert_eq!(b.failed(t, max), Duration::from_secs(2));
+        assert_eq!(b.connection_limit(20), 5);
+        for _ in 0..20 {
+            b.failed(t, max);
+        }
+        assert_eq!(b.failed(t, max), max, "capped");
+        assert_eq!(b.connection_limit(20), 1, "never below one");
+        b.succeeded();
+        assert!(!b.paused(t));
+        assert_eq!(b.connection_limit(20), 2, "one level at a time");
+        for _ in 0..3 {
+            b.succeeded();
+        }
+        assert_eq!(b.connection_limit(20), 20);
+    }
+}

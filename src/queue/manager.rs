@@ -23,7 +23,7 @@ use crate::config::ShapingConfig;
 use crate::delivery::conn::{Connection, Target, Timeouts};
 use crate::delivery::error::DeliveryError;
 use crate::delivery::route::{NextHop, Routes};
-use crate::delivery::shaping::{Gcra, Limits};
+use crate::delivery::shaping::{Backoff, Gcra, Limits};
 use crate::dns::{Dns, DnsError, MxAnswer};
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
@@ -74,8 +74,8 @@ struct Destination {
     /// Connections open (or opening) now.
     connections: Mutex<usize>,
     gcra: Option<Mutex<Gcra>>,
-    /// No connection is opened before this instant; doubles on each consecutive failure.
-    backoff: Mutex<(Option<Instant>, Duration)>,
+    /// Pause and reduced connection limit after failures.
+    backoff: Mutex<Backoff>,
     /// Woken when work is queued, for idle connections.
     work: Notify,
 }
@@ -280,7 +280,7 @@ impl Dispatcher {
                     limits,
                     ready: Mutex::new(VecDeque::new()),
                     connections: Mutex::new(0),
-                    backoff: Mutex::new((None, Duration::ZERO)),
+                    backoff: Mutex::new(Backoff::default()),
                     work: Notify::new(),
                 })
             })
@@ -288,20 +288,18 @@ impl Dispatcher {
     }
 
     fn open_connections(self: &Arc<Self>, dest: &Arc<Destination>, tracker: &TaskTracker) {
-        if dest
-            .backoff
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .is_some_and(|t| Instant::now() < t)
-        {
-            return;
-        }
+        let limit = {
+            let b = dest.backoff.lock().unwrap_or_else(|e| e.into_inner());
+            if b.paused(Instant::now()) {
+                return;
+            }
+            b.connection_limit(dest.limits.connections)
+        };
         loop {
             let queued = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
             let mut open = dest.connections.lock().unwrap_or_else(|e| e.into_inner());
-            // One connection per queued job at most, within the destination's limit.
-            if queued == 0 || *open >= dest.limits.connections || *open >= queued {
+            // One connection per queued job at most, within the destination's (backed-off) limit.
+            if queued == 0 || *open >= limit || *open >= queued {
                 return;
             }
             let Ok(permit) = self.concurrency.clone().try_acquire_owned() else { return };
@@ -330,16 +328,13 @@ impl Dispatcher {
     async fn serve_destination(&self, dest: &Destination, _permit: OwnedSemaphorePermit) {
         let mut conn = match self.connect(&dest.hop).await {
             Ok(c) => {
-                *dest.backoff.lock().unwrap_or_else(|e| e.into_inner()) = (None, Duration::ZERO);
+                dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
                 c
             }
             Err(e) => {
                 // Unreachable: defer everything queued for it, and pause before trying again.
                 if e.classify() == crate::delivery::error::Disposition::Temporary {
-                    let mut b = dest.backoff.lock().unwrap_or_else(|e| e.into_inner());
-                    let pause = (b.1 * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
-                    *b = (Some(Instant::now() + pause), pause);
-                    tracing::warn!(destination = ?dest.hop, error = %e, pause = ?pause, "destination backed off");
+                    self.back_off(dest, &e);
                 }
                 let jobs: Vec<Job> =
                     dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
@@ -395,6 +390,11 @@ impl Dispatcher {
                 Err(e) => Err(e.clone()),
             };
             metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &outcome
+                && e.is_session_trouble()
+            {
+                self.back_off(dest, e);
+            }
             let peer = conn.peer.clone();
             let attempt = Attempt {
                 next_hop_dsn: conn.capabilities().dsn,
@@ -405,6 +405,13 @@ impl Dispatcher {
             self.finish_job(dest, job, outcome, &attempt, content.ok()).await;
         }
         conn.quit().await;
+    }
+
+    fn back_off(&self, dest: &Destination, e: &DeliveryError) {
+        let mut b = dest.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let pause = b.failed(Instant::now(), MAX_BACKOFF);
+        let connections = b.connection_limit(dest.limits.connections);
+        tracing::warn!(destination = ?dest.hop, error = %e, ?pause, connections, "destination backed off");
     }
 
     /// Records a job's outcome and releases it.
