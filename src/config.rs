@@ -35,6 +35,10 @@ pub struct Config {
     pub admin: Admin,
     #[serde(default)]
     pub relay: Relay,
+    /// Certificate and key for STARTTLS and implicit TLS listeners.
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -66,9 +70,9 @@ pub struct Config {
 pub enum ListenerMode {
     /// MX and relay (port 25).
     Smtp,
-    /// Message submission with AUTH (port 587): needs TLS and AUTH, not available yet.
+    /// Message submission (port 587, RFC 6409): STARTTLS, then AUTH, before MAIL.
     Submission,
-    /// Implicit TLS submission (port 465): not available yet.
+    /// Implicit TLS submission (port 465, RFC 8314): TLS from the first byte, AUTH before MAIL.
     Submissions,
 }
 
@@ -93,6 +97,64 @@ pub struct Admin {
     /// HTTP: /metrics, /health and the queue API. Keep it on loopback or a management network.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); should be mode 0600.
+    pub key: PathBuf,
+}
+
+/// SMTP AUTH (RFC 4954) for submission and relaying clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Users with argon2id hashes (`sluice user add`); default `<data_dir>/users.toml`.
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to clients on loopback (tests and local tools only).
+    #[serde(default)]
+    pub plaintext_on_loopback: bool,
+    /// The n-th failed AUTH from one IP waits n × this before 535 (at most 10 s).
+    #[serde(default = "default_failure_delay", deserialize_with = "duration")]
+    pub failure_delay: Duration,
+    /// Failures from one IP within `lockout` before it is locked out (454 4.7.0).
+    #[serde(default = "default_max_failures_per_ip")]
+    pub max_failures_per_ip: u32,
+    /// Failures for one user name (from anywhere) within `lockout` before it is locked out.
+    #[serde(default = "default_max_failures_per_user")]
+    pub max_failures_per_user: u32,
+    /// How long failures are remembered and lockouts last.
+    #[serde(default = "default_lockout", deserialize_with = "duration")]
+    pub lockout: Duration,
+}
+
+fn default_failure_delay() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_failures_per_ip() -> u32 {
+    10
+}
+fn default_max_failures_per_user() -> u32 {
+    50
+}
+fn default_lockout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Config {
+    /// The users file in use.
+    pub fn users_file(&self) -> PathBuf {
+        self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -580,13 +642,18 @@ impl Config {
             return invalid("listener", "at least one [[listener]] is needed".into());
         }
         for (i, l) in self.listener.iter().enumerate() {
-            if l.mode != ListenerMode::Smtp {
+            let plaintext_ok = l.mode == ListenerMode::Submission
+                && self.auth.plaintext_on_loopback
+                && l.address.ip().is_loopback();
+            if l.mode != ListenerMode::Smtp && self.tls.is_none() && !plaintext_ok {
                 return invalid(
                     &format!("listener[{i}].mode"),
                     format!(
-                        "mode {:?} needs TLS and AUTH, which this version does not have yet; use \"smtp\"",
+                        "mode {:?} needs TLS: set [tls] cert and key (`sluice tls self-signed` makes a test pair)",
                         l.mode
-                    ),
+                    )
+                    .to_lowercase()
+                    .replace("tls:", "TLS:"),
                 );
             }
             if self.listener[..i].iter().any(|o| o.address == l.address)

@@ -15,6 +15,7 @@
 //! - [`cli`]: `sluice queue ...`.
 
 pub mod admin;
+pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;

@@ -174,6 +174,24 @@ pub static DELIVERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 pub static DELIVERY_CONNECTIONS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("sluice_delivery_connections", "Outbound SMTP connections open now."));
 
+/// Inbound TLS handshakes by listener and result (TLSv1_2, TLSv1_3, failed).
+pub static SMTP_TLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_smtp_tls_total",
+        "Inbound TLS handshakes (STARTTLS or implicit) by listener and result: the protocol version, or failed.",
+        &["listener", "result"],
+    )
+});
+
+/// AUTH attempts by result.
+pub static SMTP_AUTH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_smtp_auth_total",
+        "SMTP AUTH attempts by result: ok, invalid (535), locked_out (454).",
+        &["result"],
+    )
+});
+
 /// Outbound sessions by TLS outcome: yes (STARTTLS negotiated), no (plaintext), failed
 /// (handshake failed).
 pub static DELIVERY_TLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -287,6 +305,9 @@ pub fn init_labels(listeners: &[String]) {
         SMTP_CONNECTIONS.with_label_values(&[l]);
         SMTP_CONNECTIONS_ACTIVE.with_label_values(&[l]);
         MESSAGES_RECEIVED.with_label_values(&[l]);
+        for r in ["TLSv1_2", "TLSv1_3", "failed"] {
+            SMTP_TLS.with_label_values(&[l, r]);
+        }
     }
     for r in crate::proto::smtp::session::RejectReason::ALL {
         MESSAGES_REJECTED.with_label_values(&[r.label()]);
@@ -305,6 +326,9 @@ pub fn init_labels(listeners: &[String]) {
     DESTINATION_CONNECTIONS.with_label_values(&[crate::domain_labels::OTHER]);
     for o in ["delivered", "deferred", "failed", "expired"] {
         DOMAIN_DELIVERIES.with_label_values(&[crate::domain_labels::OTHER, o]);
+    }
+    for r in ["ok", "invalid", "locked_out"] {
+        SMTP_AUTH.with_label_values(&[r]);
     }
     for t in ["yes", "no", "failed"] {
         DELIVERY_TLS.with_label_values(&[t]);

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerMode};
 use crate::delivery::conn::Timeouts;
 use crate::delivery::route::Routes;
 use crate::proto::smtp::session::SessionConfig;
@@ -73,7 +73,26 @@ pub async fn run(
             .iter()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
             .collect::<HashSet<_>>(),
+        ..SessionConfig::default()
     });
+    let tls = match &cfg.tls {
+        Some(t) => Some(Arc::new(
+            crate::tls::ReloadableServer::load(&t.cert, &t.key).context("loading [tls]")?,
+        )),
+        None => None,
+    };
+    let users = crate::auth::users::Users::load(&cfg.users_file()).context("loading users")?;
+    tracing::info!(users = users.len(), file = %cfg.users_file().display(), "AUTH users loaded");
+    let auth = Arc::new(crate::smtp::AuthContext {
+        users: std::sync::RwLock::new(Arc::new(users)),
+        lockout: crate::auth::lockout::Lockout::new(crate::auth::lockout::LockoutPolicy {
+            max_failures_per_ip: cfg.auth.max_failures_per_ip,
+            max_failures_per_user: cfg.auth.max_failures_per_user,
+            window: cfg.auth.lockout,
+            failure_delay: cfg.auth.failure_delay,
+        }),
+    });
+    let reload_task = tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file()));
     let limits =
         listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
     let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
@@ -96,9 +115,20 @@ pub async fn run(
         let addr = sock.local_addr()?;
         tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
         bound.entry(l.name()).or_default().push(addr);
+        let has_users = !auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let submission = l.mode != ListenerMode::Smtp;
+        let listener_session = Arc::new(SessionConfig {
+            starttls: tls.is_some() && l.mode != ListenerMode::Submissions,
+            // AUTH is offered wherever users exist (on `smtp` too, for relaying clients), and
+            // submission demands it even before any user exists.
+            auth: has_users || submission,
+            auth_required: submission,
+            auth_needs_tls: !(cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback()),
+            ..(*session).clone()
+        });
         let ctx = Arc::new(ListenerContext {
             name: l.name(),
-            session: session.clone(),
+            session: listener_session,
             spool: spool.clone(),
             command_timeout: cfg.limits.command_timeout,
             data_timeout: cfg.limits.data_timeout,
@@ -106,6 +136,9 @@ pub async fn run(
             budget: budget.clone(),
             stored: stored.clone(),
             log: log.clone(),
+            tls: tls.clone(),
+            implicit_tls: l.mode == ListenerMode::Submissions,
+            auth: auth.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
@@ -187,9 +220,40 @@ pub async fn run(
         );
     }
     let _ = admin_task.await;
+    reload_task.abort();
     let s = spool.clone();
     tokio::task::spawn_blocking(move || s.close()).await?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the TLS certificate and the users file. Open sessions keep what they have;
+/// a file that fails to load leaves the old one in place.
+async fn reload_on_sighup(
+    tls: Option<Arc<crate::tls::ReloadableServer>>,
+    auth: Arc<crate::smtp::AuthContext>,
+    users_file: PathBuf,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        if let Some(t) = &tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+                }
+            }
+        }
+        match crate::auth::users::Users::load(&users_file) {
+            Ok(u) => {
+                tracing::info!(users = u.len(), "SIGHUP: users reloaded");
+                *auth.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(u);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: users reload failed; keeping the old list")
+            }
+        }
+    }
 }

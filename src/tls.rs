@@ -139,6 +139,37 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// The listeners' server configuration, replaceable at run time (SIGHUP): sessions that are
+/// open keep the configuration they started with; new handshakes use the new one.
+pub struct ReloadableServer {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+}
+
+impl ReloadableServer {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        warn_if_exposed(key);
+        Ok(ReloadableServer {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: std::sync::RwLock::new(server_config(cert, key)?),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the files; on error the old configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        warn_if_exposed(&self.key);
+        let new = server_config(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
 /// A self-signed certificate for `hosts` (development and tests): `(cert_pem, key_pem)`.
 pub fn self_signed(hosts: &[String]) -> Result<(String, String), TlsError> {
     let ck = rcgen::generate_simple_self_signed(hosts.to_vec())

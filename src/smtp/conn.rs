@@ -1,20 +1,29 @@
 //! One SMTP connection: read -> session -> write, with RFC 5321 4.5.3.2 timeouts, graceful
 //! shutdown and the hand-off to the spool. No protocol logic lives here.
 
-use crate::delivery_log::Event as LogEvent;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Charge, ListenerContext};
+use crate::delivery_log::Event as LogEvent;
 use crate::metrics;
+use crate::proto::smtp::client::Credentials;
 use crate::proto::smtp::message;
-use crate::proto::smtp::session::{Event, Session, Step, StoreError, Transaction, Waiting};
+use crate::proto::smtp::session::{
+    AuthResult, Event, Session, Step, StoreError, Transaction, Waiting,
+};
 use crate::spool::{self, Envelope, NewMessage, Recipient, SpoolError};
+use crate::stream::Stream;
+
+type Conn = Stream<TlsStream<TcpStream>>;
 
 /// Decrements the active-connection gauge however the connection ends.
 struct ActiveGuard(String);
@@ -26,15 +35,23 @@ impl Drop for ActiveGuard {
 }
 
 pub async fn run(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     ip: IpAddr,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
 ) {
     metrics::SMTP_CONNECTIONS_ACTIVE.with_label_values(&[&ctx.name]).inc();
     let _active = ActiveGuard(ctx.name.clone());
-    let _ = stream.set_nodelay(true);
-    let mut session = Session::new(ctx.session.clone(), ip);
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Conn = Stream::Plain(tcp);
+    let mut session = if ctx.implicit_tls {
+        if handshake(&mut stream, &ctx, ip).await.is_err() {
+            return;
+        }
+        Session::new_tls(ctx.session.clone(), ip)
+    } else {
+        Session::new(ctx.session.clone(), ip)
+    };
     let mut charge = Charge::new(ctx.budget.clone());
     loop {
         let step = session.advance();
@@ -83,6 +100,18 @@ pub async fn run(
                     }
                 }
             }
+            Step::StartTls => {
+                if flush(&mut stream, &mut session, &ctx).await.is_err()
+                    || handshake(&mut stream, &ctx, ip).await.is_err()
+                {
+                    return;
+                }
+                session.tls_established();
+            }
+            Step::Authenticate(creds) => {
+                let result = authenticate(&ctx, ip, creds).await;
+                session.handle_auth(result);
+            }
             Step::Close => {
                 let _ = flush(&mut stream, &mut session, &ctx).await;
                 let _ = stream.shutdown().await;
@@ -92,8 +121,65 @@ pub async fn run(
     }
 }
 
+/// The TLS handshake (after STARTTLS, or first thing on an implicit-TLS listener).
+async fn handshake(stream: &mut Conn, ctx: &ListenerContext, ip: IpAddr) -> Result<(), ()> {
+    let (Some(tls), Some(tcp)) = (&ctx.tls, stream.take_plain()) else { return Err(()) };
+    let accept = TlsAcceptor::from(tls.current()).accept(tcp);
+    match tokio::time::timeout(ctx.command_timeout, accept).await {
+        Ok(Ok(s)) => {
+            let version =
+                s.get_ref().1.protocol_version().map_or("?", |v| v.as_str().unwrap_or("?"));
+            metrics::SMTP_TLS.with_label_values(&[&ctx.name, version]).inc();
+            *stream = Stream::Tls(Box::new(s));
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%ip, error = %e, "TLS handshake failed");
+            metrics::SMTP_TLS.with_label_values(&[&ctx.name, "failed"]).inc();
+            Err(())
+        }
+        Err(_) => {
+            metrics::SMTP_TLS.with_label_values(&[&ctx.name, "failed"]).inc();
+            Err(())
+        }
+    }
+}
+
+/// Checks credentials (argon2 on a blocking thread), with lockout and a growing delay after
+/// failures. Passwords are never logged.
+async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> AuthResult {
+    let auth = ctx.auth.clone();
+    let user = creds.username.clone();
+    if auth.lockout.is_locked(ip, &user, Instant::now()) {
+        metrics::SMTP_AUTH.with_label_values(&["locked_out"]).inc();
+        tracing::warn!(%ip, user, "AUTH refused: locked out");
+        return AuthResult::LockedOut;
+    }
+    let users = auth.users.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let verdict =
+        tokio::task::spawn_blocking(move || users.verify(&creds.username, &creds.password))
+            .await
+            .ok()
+            .flatten();
+    match verdict {
+        Some(senders) => {
+            auth.lockout.success(ip);
+            metrics::SMTP_AUTH.with_label_values(&["ok"]).inc();
+            tracing::info!(%ip, user, "authenticated");
+            AuthResult::Ok { senders }
+        }
+        None => {
+            let wait = auth.lockout.failure(ip, &user, Instant::now());
+            metrics::SMTP_AUTH.with_label_values(&["invalid"]).inc();
+            tracing::warn!(%ip, user, "AUTH failed");
+            tokio::time::sleep(wait).await;
+            AuthResult::Invalid
+        }
+    }
+}
+
 async fn flush(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     session: &mut Session,
     ctx: &ListenerContext,
 ) -> std::io::Result<()> {
@@ -101,7 +187,11 @@ async fn flush(
     if out.is_empty() {
         return Ok(());
     }
-    let res = tokio::time::timeout(ctx.command_timeout, stream.write_all(out)).await;
+    let res = tokio::time::timeout(ctx.command_timeout, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await;
     out.clear();
     match res {
         Ok(r) => r,

@@ -27,6 +27,18 @@ pub struct ListenerContext {
     pub stored: Arc<tokio::sync::Notify>,
     /// The delivery log (reception events).
     pub log: crate::delivery_log::DeliveryLog,
+    /// Certificate for STARTTLS or implicit TLS (None: no TLS on this listener).
+    pub tls: Option<Arc<crate::tls::ReloadableServer>>,
+    /// TLS from the first byte (submissions, RFC 8314).
+    pub implicit_tls: bool,
+    pub auth: Arc<AuthContext>,
+}
+
+/// Users and brute-force state, shared by every listener.
+pub struct AuthContext {
+    /// Replaced on SIGHUP.
+    pub users: std::sync::RwLock<Arc<crate::auth::users::Users>>,
+    pub lockout: crate::auth::lockout::Lockout,
 }
 
 /// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the

@@ -25,7 +25,11 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
-    Auth,
+    /// AUTH mechanism [initial-response] (RFC 4954 4)
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// `MAIL FROM:<reverse-path> [params]`
@@ -157,7 +161,16 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         4 if verb.eq_ignore_ascii_case("VRFY") => Ok(Command::Vrfy),
         4 if verb.eq_ignore_ascii_case("EXPN") => Ok(Command::Expn),
         4 if verb.eq_ignore_ascii_case("HELP") => Ok(Command::Help),
-        4 if verb.eq_ignore_ascii_case("AUTH") => Ok(Command::Auth),
+        4 if verb.eq_ignore_ascii_case("AUTH") => {
+            let mut words = arg.split_ascii_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(m), initial, None) => Ok(Command::Auth {
+                    mechanism: m.to_string(),
+                    initial: initial.map(str::to_string),
+                }),
+                _ => Err(CommandError::Syntax("AUTH mechanism [initial-response]")),
+            }
+        }
         8 if verb.eq_ignore_ascii_case("STARTTLS") => no_arg(Command::StartTls, "STARTTLS"),
         _ => Err(CommandError::Unrecognized),
     }

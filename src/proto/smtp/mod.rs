@@ -15,6 +15,7 @@ pub mod command;
 pub mod data;
 pub mod message;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use reply::Reply;

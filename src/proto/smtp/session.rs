@@ -22,10 +22,12 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::address::Mailbox;
+use super::client::Credentials;
 use super::command::{self, BodyType, Command, MailFrom, RcptTo};
 use super::data::{DataEvent, DataFailure, DataReceiver};
 use super::message::{self, TraceInfo};
 use super::reply::{self, Reply};
+use super::sasl;
 use ipnet::IpNet;
 
 /// Limits and policy for one listener; shared by its sessions.
@@ -46,6 +48,14 @@ pub struct SessionConfig {
     pub relay_networks: Vec<IpNet>,
     /// Domains accepted from anyone (lower case, no trailing dot).
     pub local_domains: HashSet<String>,
+    /// STARTTLS is offered (the listener has a certificate and is not implicit TLS).
+    pub starttls: bool,
+    /// AUTH is offered (users are configured).
+    pub auth: bool,
+    /// MAIL needs an authenticated session (submission, RFC 6409 4.3).
+    pub auth_required: bool,
+    /// AUTH only over TLS (RFC 4954 4: a switch for loopback tests may turn it off).
+    pub auth_needs_tls: bool,
 }
 
 impl Default for SessionConfig {
@@ -59,6 +69,10 @@ impl Default for SessionConfig {
             max_errors: 20,
             relay_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             local_domains: HashSet::new(),
+            starttls: false,
+            auth: false,
+            auth_required: false,
+            auth_needs_tls: true,
         }
     }
 }
@@ -72,8 +86,25 @@ pub enum Step {
     /// Store this message durably, then call [`Session::handle_stored`]. Do not call `advance`
     /// before that.
     Store(Box<Transaction>),
+    /// Write [`Session::output`] (the 220 to STARTTLS), run the TLS handshake, then call
+    /// [`Session::tls_established`] (or close if it failed).
+    StartTls,
+    /// Check these credentials, then call [`Session::handle_auth`].
+    Authenticate(Credentials),
     /// Write [`Session::output`] and close the connection.
     Close,
+}
+
+/// The driver's verdict on an AUTH attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Accepted; `senders` are the MAIL FROM addresses (`user@dom`) or domains (`@dom`) the user
+    /// may use (empty: any).
+    Ok { senders: Vec<String> },
+    /// 535 5.7.8
+    Invalid,
+    /// Too many failures from this client or for this user: 454 4.7.0.
+    LockedOut,
 }
 
 /// What the session waits for, so the driver can pick the RFC 5321 4.5.3.2 timeout.
@@ -104,11 +135,16 @@ pub enum RejectReason {
     Timeout,
     Storage,
     NotImplemented,
+    AuthRequired,
+    AuthFailed,
+    AuthLockedOut,
+    TlsRequired,
+    SenderNotOwned,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -120,6 +156,11 @@ impl RejectReason {
         RejectReason::Timeout,
         RejectReason::Storage,
         RejectReason::NotImplemented,
+        RejectReason::AuthRequired,
+        RejectReason::AuthFailed,
+        RejectReason::AuthLockedOut,
+        RejectReason::TlsRequired,
+        RejectReason::SenderNotOwned,
     ];
 
     pub fn label(self) -> &'static str {
@@ -135,6 +176,11 @@ impl RejectReason {
             RejectReason::Timeout => "timeout",
             RejectReason::Storage => "storage",
             RejectReason::NotImplemented => "not_implemented",
+            RejectReason::AuthRequired => "auth_required",
+            RejectReason::AuthFailed => "auth_failed",
+            RejectReason::AuthLockedOut => "auth_locked_out",
+            RejectReason::TlsRequired => "tls_required",
+            RejectReason::SenderNotOwned => "sender_not_owned",
         }
     }
 }
@@ -151,6 +197,9 @@ pub struct Transaction {
     pub client_ip: IpAddr,
     /// Whether the body came with BDAT (RFC 3030) rather than DATA.
     pub chunking: bool,
+    pub tls: bool,
+    /// The authenticated user, if any.
+    pub auth_user: Option<String>,
 }
 
 impl Transaction {
@@ -164,7 +213,14 @@ impl Transaction {
             helo: &self.helo,
             client_ip: self.client_ip,
             hostname,
-            protocol: if self.esmtp { "ESMTP" } else { "SMTP" },
+            // RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
+            protocol: match (self.esmtp, self.tls, self.auth_user.is_some()) {
+                (false, _, _) => "SMTP",
+                (true, false, false) => "ESMTP",
+                (true, true, false) => "ESMTPS",
+                (true, false, true) => "ESMTPA",
+                (true, true, true) => "ESMTPSA",
+            },
             queue_id,
             single_recipient: single,
             unix_time,
@@ -189,6 +245,12 @@ enum State {
     Data(DataReceiver),
     Bdat(BdatChunk),
     AwaitStore,
+    /// STARTTLS accepted; the driver runs the handshake.
+    AwaitTls,
+    /// Credentials handed to the driver.
+    AwaitAuth,
+    /// An AUTH exchange waits for the client's next line.
+    Sasl(sasl::Pending),
     Closed,
 }
 
@@ -225,6 +287,11 @@ pub struct Session {
     input: BytesMut,
     output: BytesMut,
     events: Vec<Event>,
+    tls: bool,
+    /// The authenticated user and the senders they own (empty: any).
+    auth: Option<(String, Vec<String>)>,
+    /// The user whose credentials the driver is checking.
+    auth_pending: Option<String>,
 }
 
 impl Session {
@@ -243,7 +310,54 @@ impl Session {
             input: BytesMut::with_capacity(4096),
             output,
             events: Vec::new(),
+            tls: false,
+            auth: None,
+            auth_pending: None,
         }
+    }
+
+    /// A session on an implicit-TLS listener (RFC 8314): TLS from the first byte.
+    pub fn new_tls(cfg: Arc<SessionConfig>, client_ip: IpAddr) -> Self {
+        let mut s = Session::new(cfg, client_ip);
+        s.tls = true;
+        s
+    }
+
+    /// The handshake after STARTTLS succeeded: everything learnt before is forgotten (RFC 3207
+    /// 4.2), and the client starts again with EHLO.
+    pub fn tls_established(&mut self) {
+        debug_assert!(matches!(self.state, State::AwaitTls));
+        self.tls = true;
+        self.helo = None;
+        self.draft = None;
+        self.auth = None;
+        self.state = State::Command;
+    }
+
+    /// The driver's verdict on the credentials of [`Step::Authenticate`].
+    pub fn handle_auth(&mut self, result: AuthResult) {
+        debug_assert!(matches!(self.state, State::AwaitAuth));
+        self.state = State::Command;
+        let user = self.auth_pending.take().unwrap_or_default();
+        match result {
+            AuthResult::Ok { senders } => {
+                self.auth = Some((user, senders));
+                self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+            }
+            AuthResult::Invalid => self.reject(
+                Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+                RejectReason::AuthFailed,
+            ),
+            AuthResult::LockedOut => self.reject(
+                Reply::new(454, "4.7.0", "Too many failed authentications; try again later"),
+                RejectReason::AuthLockedOut,
+            ),
+        }
+    }
+
+    /// The authenticated user, if any.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth.as_ref().map(|a| a.0.as_str())
     }
 
     /// The read buffer: the driver appends what it reads here.
@@ -326,9 +440,30 @@ impl Session {
         loop {
             match &mut self.state {
                 State::Closed => return Step::Close,
-                State::AwaitStore => {
-                    debug_assert!(false, "advance() while a store is pending");
+                State::AwaitStore | State::AwaitTls | State::AwaitAuth => {
+                    debug_assert!(false, "advance() while the driver owes an answer");
                     return Step::Close;
+                }
+                State::Sasl(_) => {
+                    let Some(lf) = memchr::memchr(b'\n', &self.input) else {
+                        if self.input.len() > 12_288 {
+                            // RFC 4954 4: lines up to 12288 octets; longer ones end the exchange.
+                            self.input.clear();
+                            self.state = State::Command;
+                            self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+                            continue;
+                        }
+                        return Step::NeedInput;
+                    };
+                    let line = self.input.split_to(lf + 1);
+                    let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                    let State::Sasl(pending) = std::mem::replace(&mut self.state, State::Command)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    if let Some(step) = self.sasl_progress(sasl::step(pending, &line)) {
+                        return step;
+                    }
                 }
                 State::Command => {
                     if let Some(step) = self.next_command() {
@@ -431,21 +566,108 @@ impl Session {
                 self.state = State::Closed;
                 return Some(Step::Close);
             }
-            Command::StartTls | Command::Auth => self.reject(
-                Reply::new(502, "5.5.1", "Command not implemented"),
-                RejectReason::NotImplemented,
-            ),
+            Command::StartTls => return self.handle_starttls(),
+            Command::Auth { mechanism, initial } => {
+                return self.handle_auth_command(&mechanism, initial.as_deref());
+            }
         }
         if self.state_is_closed() { Some(Step::Close) } else { None }
+    }
+
+    /// RFC 3207: STARTTLS once, on a listener that offers it. Anything the client pipelined
+    /// after it is discarded, never executed inside TLS (CVE-2011-0411 class).
+    fn handle_starttls(&mut self) -> Option<Step> {
+        if self.tls {
+            self.reject(Reply::new(503, "5.5.1", "TLS already active"), RejectReason::Sequence);
+        } else if !self.cfg.starttls {
+            self.reject(
+                Reply::new(502, "5.5.1", "STARTTLS not available"),
+                RejectReason::NotImplemented,
+            );
+        } else {
+            self.input.clear();
+            self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+            self.state = State::AwaitTls;
+            return Some(Step::StartTls);
+        }
+        if self.state_is_closed() { Some(Step::Close) } else { None }
+    }
+
+    /// RFC 4954 4.
+    fn handle_auth_command(&mut self, mechanism: &str, initial: Option<&str>) -> Option<Step> {
+        let refusal = if !self.cfg.auth {
+            Some((Reply::new(502, "5.5.1", "AUTH not available"), RejectReason::NotImplemented))
+        } else if self.helo.is_none() {
+            Some((reply::NEED_HELO, RejectReason::Sequence))
+        } else if self.auth.is_some() {
+            Some((Reply::new(503, "5.5.1", "Already authenticated"), RejectReason::Sequence))
+        } else if self.draft.is_some() {
+            Some((
+                Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction"),
+                RejectReason::Sequence,
+            ))
+        } else if !self.tls && self.cfg.auth_needs_tls {
+            Some((
+                Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+                RejectReason::TlsRequired,
+            ))
+        } else {
+            None
+        };
+        if let Some((r, why)) = refusal {
+            self.reject(r, why);
+            return self.state_is_closed().then_some(Step::Close);
+        }
+        self.sasl_progress(sasl::start(mechanism, initial))
+    }
+
+    fn sasl_progress(&mut self, p: Result<sasl::Progress, sasl::SaslError>) -> Option<Step> {
+        match p {
+            Ok(sasl::Progress::Challenge(c, pending)) => {
+                self.reply(Reply::plain(334, c.to_string()));
+                self.state = State::Sasl(pending);
+                None
+            }
+            Ok(sasl::Progress::Done(creds)) => {
+                self.auth_pending = Some(creds.username.clone());
+                self.state = State::AwaitAuth;
+                Some(Step::Authenticate(creds))
+            }
+            Err(e) => {
+                let (r, why) = match e {
+                    sasl::SaslError::UnknownMechanism => (
+                        Reply::new(504, "5.5.4", "Unrecognized authentication type"),
+                        RejectReason::NotImplemented,
+                    ),
+                    sasl::SaslError::Malformed => (
+                        Reply::new(501, "5.5.2", "Cannot decode the response"),
+                        RejectReason::Syntax,
+                    ),
+                    sasl::SaslError::Cancelled => (
+                        Reply::new(501, "5.7.0", "Authentication cancelled"),
+                        RejectReason::AuthFailed,
+                    ),
+                };
+                self.reject(r, why);
+                self.state_is_closed().then_some(Step::Close)
+            }
+        }
     }
 
     /// RFC 5321 4.1.1.1: EHLO resets the transaction and lists the extensions.
     fn handle_ehlo(&mut self, domain: String) {
         self.draft = None;
-        let text = format!(
+        let mut text = format!(
             "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nDSN\nHELP",
             self.cfg.hostname, self.cfg.max_message_size
         );
+        if self.cfg.starttls && !self.tls {
+            text.push_str("\nSTARTTLS");
+        }
+        // RFC 4954 4: AUTH is not advertised where it would be refused.
+        if self.cfg.auth && self.auth.is_none() && (self.tls || !self.cfg.auth_needs_tls) {
+            text.push_str("\nAUTH PLAIN LOGIN");
+        }
         self.helo = Some((domain, true));
         // EHLO keyword lines carry no enhanced code (RFC 2034 3).
         self.reply(Reply::plain(250, text));
@@ -470,6 +692,21 @@ impl Session {
         }
         if mail.from.as_ref().is_some_and(|f| !f.is_ascii()) && !mail.smtputf8 {
             return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+        }
+        if self.cfg.auth_required && self.auth.is_none() {
+            return self.reject(
+                Reply::new(530, "5.7.0", "Authentication required"),
+                RejectReason::AuthRequired,
+            );
+        }
+        if let Some((_, senders)) = &self.auth
+            && !senders.is_empty()
+            && !mail.from.as_ref().is_some_and(|f| owns(senders, f.as_str()))
+        {
+            return self.reject(
+                Reply::new(553, "5.7.1", "Sender address not owned by the authenticated user"),
+                RejectReason::SenderNotOwned,
+            );
         }
         self.draft = Some(Draft { mail, ..Default::default() });
         self.reply(reply::SENDER_OK);
@@ -500,6 +737,7 @@ impl Session {
     fn may_send_to(&self, to: &Mailbox) -> bool {
         let domain = to.domain().trim_end_matches('.').to_ascii_lowercase();
         domain.is_empty()
+            || self.auth.is_some()
             || self.cfg.local_domains.contains(&domain)
             || self.cfg.relay_networks.iter().any(|n| n.contains(&self.client_ip))
     }
@@ -617,6 +855,8 @@ impl Session {
             esmtp,
             client_ip: self.client_ip,
             chunking,
+            tls: self.tls,
+            auth_user: self.auth.as_ref().map(|a| a.0.clone()),
         }))
     }
 
@@ -643,6 +883,19 @@ impl Session {
         self.reply(r);
         self.state = State::Closed;
     }
+}
+
+/// Whether `from` is one of `senders`: an exact address (case-insensitive) or `@domain`.
+fn owns(senders: &[String], from: &str) -> bool {
+    let from = from.to_ascii_lowercase();
+    let domain = from.rsplit_once('@').map_or("", |(_, d)| d);
+    senders.iter().any(|s| {
+        let s = s.to_ascii_lowercase();
+        match s.strip_prefix('@') {
+            Some(d) => d == domain,
+            None => s == from,
+        }
+    })
 }
 
 impl BodyType {

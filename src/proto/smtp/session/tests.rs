@@ -7,6 +7,10 @@ struct Harness {
     s: Session,
     stored: Vec<Transaction>,
     closed: bool,
+    /// What the driver answers to AUTH: the right password is "s3cret".
+    auth_senders: Vec<String>,
+    locked_out: bool,
+    handshakes: usize,
 }
 
 impl Harness {
@@ -19,6 +23,9 @@ impl Harness {
             s: Session::new(Arc::new(cfg), ip.parse().unwrap()),
             stored: vec![],
             closed: false,
+            auth_senders: vec![],
+            locked_out: false,
+            handshakes: 0,
         };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 "), "{greeting}");
@@ -45,6 +52,20 @@ impl Harness {
                     self.stored.push(*tx);
                     let id = format!("ID{}", self.stored.len());
                     self.s.handle_stored(Ok(&id), size);
+                }
+                Step::StartTls => {
+                    self.handshakes += 1;
+                    self.s.tls_established();
+                }
+                Step::Authenticate(c) => {
+                    let r = if self.locked_out {
+                        AuthResult::LockedOut
+                    } else if c.password == "s3cret" {
+                        AuthResult::Ok { senders: self.auth_senders.clone() }
+                    } else {
+                        AuthResult::Invalid
+                    };
+                    self.s.handle_auth(r);
                 }
             }
         }
@@ -485,4 +506,86 @@ fn random_input_never_panics() {
         }
         assert!(h.s.held_bytes() <= input.len(), "round {round}");
     }
+}
+
+fn tls_auth_config() -> SessionConfig {
+    SessionConfig { starttls: true, auth: true, relay_networks: vec![], ..SessionConfig::default() }
+}
+
+#[test]
+fn rfc3207_starttls_resets_the_session_and_drops_pipelined_commands() {
+    let mut h = Harness::new();
+    h.expect("EHLO c", 250);
+    h.expect("STARTTLS", 502); // no certificate on this listener
+    let mut h = Harness::with(tls_auth_config(), "192.0.2.9");
+    let ehlo = h.send(b"EHLO c\r\n");
+    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    // The injection: commands in the same packet as STARTTLS are never executed.
+    let out = h.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
+    assert_eq!(codes(&out), vec![220], "{out}");
+    assert_eq!(h.handshakes, 1);
+    h.expect("MAIL FROM:<a@example.com>", 503); // EHLO again first (RFC 3207 4.2)
+    let ehlo = h.send(b"EHLO c\r\n");
+    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    h.expect("STARTTLS", 503);
+}
+
+#[test]
+fn rfc4954_auth_needs_tls_then_plain_and_login_work() {
+    let mut h = Harness::with(tls_auth_config(), "192.0.2.9");
+    h.expect("EHLO c", 250);
+    let out = h.send(b"AUTH PLAIN AGFwcABzM2NyZXQ=\r\n");
+    assert_eq!(enhanced(&out), vec!["5.7.0"], "{out}");
+    assert!(out.starts_with("530 "), "{out}");
+    h.send(b"STARTTLS\r\n");
+    h.expect("AUTH PLAIN AGFwcABzM2NyZXQ=", 503); // no EHLO after TLS yet
+    h.expect("EHLO c", 250);
+    h.expect("AUTH PLAIN AGFwcAB3cm9uZw==", 535); // "\0app\0wrong"
+    h.expect("AUTH LOGIN", 334);
+    h.expect("YXBw", 334);
+    h.expect("czNjcmV0", 235);
+    h.expect("AUTH PLAIN AGFwcABzM2NyZXQ=", 503); // already authenticated
+    // Authenticated: relaying is allowed although the IP is in no relay network.
+    h.expect("MAIL FROM:<a@example.com>", 250);
+    h.expect("RCPT TO:<b@elsewhere.test>", 250);
+    h.expect("DATA", 354);
+    h.expect("Subject: x\r\n\r\nhi\r\n.", 250);
+    let trace = h.stored[0].trace_header("mx.test", "ID", 0);
+    assert!(trace.contains("with ESMTPSA"), "{trace}");
+    assert_eq!(h.stored[0].auth_user.as_deref(), Some("app"));
+}
+
+#[test]
+fn auth_exchanges_can_be_cancelled_and_lockouts_answer_454() {
+    let mut h = Harness::with(tls_auth_config(), "192.0.2.9");
+    h.expect("EHLO c", 250);
+    h.send(b"STARTTLS\r\n");
+    h.expect("EHLO c", 250);
+    h.expect("AUTH PLAIN", 334);
+    h.expect("*", 501);
+    h.expect("AUTH CRAM-MD5", 504);
+    h.expect("AUTH PLAIN !!!", 501);
+    h.locked_out = true;
+    let out = h.send(b"AUTH PLAIN AGFwcABzM2NyZXQ=\r\n");
+    assert!(out.starts_with("454 4.7.0"), "{out}");
+    // Without AUTH the relay stays closed.
+    h.expect("MAIL FROM:<a@example.com>", 250);
+    h.expect("RCPT TO:<b@elsewhere.test>", 554);
+}
+
+#[test]
+fn rfc6409_submission_needs_auth_and_owned_senders() {
+    let cfg = SessionConfig { auth_required: true, auth_needs_tls: false, ..tls_auth_config() };
+    let mut h = Harness::with(cfg, "192.0.2.9");
+    h.auth_senders = vec!["@example.com".into(), "boss@other.test".into()];
+    h.expect("EHLO c", 250);
+    let out = h.send(b"MAIL FROM:<a@example.com>\r\n");
+    assert!(out.starts_with("530 5.7.0"), "{out}");
+    h.expect("AUTH PLAIN AGFwcABzM2NyZXQ=", 235);
+    let out = h.send(b"MAIL FROM:<someone@else.test>\r\n");
+    assert!(out.starts_with("553 5.7.1"), "{out}");
+    h.expect("MAIL FROM:<>", 553);
+    h.expect("MAIL FROM:<Boss@Other.test>", 250);
+    h.expect("RSET", 250);
+    h.expect("MAIL FROM:<x@EXAMPLE.com>", 250);
 }

@@ -1,0 +1,237 @@
+//! The users file (`[auth] users_file`, default `<data_dir>/users.toml`): one `[[user]]` per
+//! account with an argon2id hash (PHC string) and the senders the user may use.
+//!
+//! ```toml
+//! [[user]]
+//! name = "app"
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! senders = ["app@example.com", "@example.org"]   # empty or absent: any sender
+//! ```
+//! `sluice user add|passwd|del` edit it; the file is written whole, atomically, mode 0600.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// argon2id PHC string; never a plain password.
+    pub password: String,
+    /// Allowed MAIL FROM addresses (`user@domain`) or domains (`@domain`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub senders: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    user: Vec<User>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("user {0:?} already exists (use `sluice user passwd`)")]
+    Exists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+    #[error("user names are 1-64 characters without spaces, ':' or control characters")]
+    BadName,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Users {
+    by_name: HashMap<String, User>,
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> UsersError {
+    UsersError::File { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+impl Users {
+    /// Reads the users file; a missing file means no users.
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Users::default()),
+            Err(e) => return Err(file_err(path, e)),
+        };
+        let f: UsersFile = toml::from_str(&text).map_err(|e| file_err(path, e))?;
+        let mut by_name = HashMap::new();
+        for u in f.user {
+            PasswordHash::new(&u.password).map_err(|e| {
+                file_err(path, format!("user {:?}: bad password hash: {e}", u.name))
+            })?;
+            by_name.insert(u.name.clone(), u);
+        }
+        Ok(Users { by_name })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The user's allowed senders if the password is right. Slow on purpose (argon2id), and
+    /// as slow for unknown users, so timing does not tell which names exist.
+    pub fn verify(&self, name: &str, password: &str) -> Option<Vec<String>> {
+        let argon = Argon2::default();
+        match self.by_name.get(name) {
+            Some(u) => {
+                let hash = PasswordHash::new(&u.password).ok()?;
+                argon.verify_password(password.as_bytes(), &hash).ok()?;
+                Some(u.senders.clone())
+            }
+            None => {
+                if let Ok(h) = PasswordHash::new(dummy_hash()) {
+                    let _ = argon.verify_password(password.as_bytes(), &h);
+                }
+                None
+            }
+        }
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| hash_password("no such user").unwrap_or_default())
+}
+
+/// An argon2id hash (default parameters: 19 MiB, 2 passes) in PHC form.
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// The users file as a list, for editing.
+pub struct UsersFileEditor {
+    path: PathBuf,
+    users: Vec<User>,
+}
+
+impl UsersFileEditor {
+    pub fn open(path: &Path) -> Result<Self, UsersError> {
+        let users = match std::fs::read_to_string(path) {
+            Ok(t) => toml::from_str::<UsersFile>(&t).map_err(|e| file_err(path, e))?.user,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(file_err(path, e)),
+        };
+        Ok(UsersFileEditor { path: path.to_path_buf(), users })
+    }
+
+    pub fn add(
+        &mut self,
+        name: &str,
+        password: &str,
+        senders: Vec<String>,
+    ) -> Result<(), UsersError> {
+        check_name(name)?;
+        if self.users.iter().any(|u| u.name == name) {
+            return Err(UsersError::Exists(name.into()));
+        }
+        let password = hash_password(password)?;
+        self.users.push(User { name: name.into(), password, senders });
+        Ok(())
+    }
+
+    pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), UsersError> {
+        let u = self
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+        u.password = hash_password(password)?;
+        Ok(())
+    }
+
+    pub fn del(&mut self, name: &str) -> Result<(), UsersError> {
+        let before = self.users.len();
+        self.users.retain(|u| u.name != name);
+        if self.users.len() == before {
+            return Err(UsersError::NoSuchUser(name.into()));
+        }
+        Ok(())
+    }
+
+    /// Writes the file atomically (temporary file, fsync, rename), mode 0600.
+    pub fn save(&self) -> Result<(), UsersError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = toml::to_string(&UsersFile { user: self.users.clone() })
+            .map_err(|e| file_err(&self.path, e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        }
+        let tmp = self.path.with_extension("toml.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| file_err(&tmp, e))?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| file_err(&tmp, e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| file_err(&self.path, e))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), UsersError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':');
+    if ok { Ok(()) } else { Err(UsersError::BadName) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_passwd_del_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let mut ed = UsersFileEditor::open(&path).unwrap();
+        ed.add("app", "s3cret", vec!["@example.com".into()]).unwrap();
+        assert!(matches!(ed.add("app", "x", vec![]), Err(UsersError::Exists(_))));
+        assert!(matches!(ed.add("bad name", "x", vec![]), Err(UsersError::BadName)));
+        ed.save().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("$argon2id$") && !text.contains("s3cret"));
+        let users = Users::load(&path).unwrap();
+        assert_eq!(users.verify("app", "s3cret"), Some(vec!["@example.com".to_string()]));
+        assert_eq!(users.verify("app", "wrong"), None);
+        assert_eq!(users.verify("nobody", "s3cret"), None);
+        let mut ed = UsersFileEditor::open(&path).unwrap();
+        ed.passwd("app", "new").unwrap();
+        ed.save().unwrap();
+        assert_eq!(Users::load(&path).unwrap().verify("app", "new").map(|_| ()), Some(()));
+        let mut ed = UsersFileEditor::open(&path).unwrap();
+        ed.del("app").unwrap();
+        assert!(matches!(ed.del("app"), Err(UsersError::NoSuchUser(_))));
+        ed.save().unwrap();
+        assert!(Users::load(&path).unwrap().is_empty());
+        assert!(Users::load(&dir.path().join("missing.toml")).unwrap().is_empty());
+        std::fs::write(&path, "[[user]]\nname = \"x\"\npassword = \"plain\"\n").unwrap();
+        let err = Users::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bad password hash"), "{err}");
+    }
+}
