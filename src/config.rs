@@ -656,7 +656,8 @@ impl Config {
                     .replace("tls:", "TLS:"),
                 );
             }
-            if self.listener[..i].iter().any(|o| o.address == l.address)
+            // Port 0 (any free port) may repeat: each bind gets its own.
+            if self.listener[..i].iter().any(|o| o.address == l.address && l.address.port() != 0)
                 || l.address == self.admin.address && l.address.port() != 0
             {
                 return invalid(

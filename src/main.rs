@@ -47,6 +47,49 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Manage AUTH users (the users file; a running daemon picks changes up on SIGHUP).
+    /// Passwords are read from standard input (one line), never from the command line.
+    User {
+        /// Configuration file, for the users file location.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// TLS helpers.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password comes from stdin.
+    Add {
+        name: String,
+        /// A MAIL FROM address (`user@domain`) or domain (`@domain`) the user may use; repeat
+        /// for several. None: any sender.
+        #[arg(long = "sender")]
+        senders: Vec<String>,
+    },
+    /// Change a user's password (from stdin).
+    Passwd { name: String },
+    /// Remove a user.
+    Del { name: String },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a self-signed certificate and key for development (cert.pem, key.pem, key 0600).
+    SelfSigned {
+        /// Host names (and IP addresses) the certificate is for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +153,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::User { config, command } => {
+            let cfg = cli::load_config(config.as_deref())?;
+            let path = cfg.users_file();
+            let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
+            let what = match command {
+                UserCommand::Add { name, senders } => {
+                    ed.add(&name, &read_password()?, senders)?;
+                    format!("added user {name:?}")
+                }
+                UserCommand::Passwd { name } => {
+                    ed.passwd(&name, &read_password()?)?;
+                    format!("changed the password of {name:?}")
+                }
+                UserCommand::Del { name } => {
+                    ed.del(&name)?;
+                    format!("removed user {name:?}")
+                }
+            };
+            ed.save()?;
+            println!("{what} in {} (send SIGHUP to a running sluice)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tls { command: TlsCommand::SelfSigned { hosts, dir } } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let (cert, key) = sluice::tls::self_signed(&hosts)?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("cert.pem"), cert)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join("key.pem"))?
+                .write_all(key.as_bytes())?;
+            println!(
+                "wrote {0}/cert.pem and {0}/key.pem (self-signed for {1}); use them as\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
+                dir.display(),
+                hosts.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Queue { config, admin, command } => {
             let cfg = cli::load_config(config.as_deref())?;
             let source = Source::connect(&cfg, admin.as_deref())?;
@@ -138,6 +223,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One line from stdin (a terminal echoes it; pipe it in scripts: `printf '%s\n' "$PW" | ...`).
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        anyhow::bail!("empty password (it is read from standard input)");
+    }
+    Ok(pw)
 }
 
 fn init_logging() {

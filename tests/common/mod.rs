@@ -132,6 +132,13 @@ impl Sluice {
         }
     }
 
+    /// The first address a listener (by name: smtp, submission, submissions) is bound to.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let text = std::fs::read_to_string(self.data_dir.join("sluice.addresses.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[name][0].as_str().unwrap_or_else(|| panic!("no {name} listener: {v}")).parse().unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
