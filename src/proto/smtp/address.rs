@@ -45,6 +45,18 @@ impl Mailbox {
     pub fn is_ascii(&self) -> bool {
         self.0.is_ascii()
     }
+
+    /// The local part as sent (quotes included).
+    pub fn local_part(&self) -> &str {
+        self.0.rfind('@').map_or(&self.0, |at| &self.0[..at])
+    }
+
+    /// Whether the local part names another destination, as old relays understood it: the
+    /// percent hack (`user%other@here`), bang paths (`other!user@here`) or a quoted `@`
+    /// (`"user@other"@here`). Such addresses are never relayed for untrusted clients.
+    pub fn has_routing_local_part(&self) -> bool {
+        self.local_part().contains(['%', '!', '@'])
+    }
 }
 
 impl fmt::Debug for Mailbox {

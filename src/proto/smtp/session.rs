@@ -724,7 +724,7 @@ impl Session {
         if !rcpt.to.is_ascii() && !draft.mail.smtputf8 {
             return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
         }
-        if !self.may_send_to(&rcpt.to) {
+        if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
             return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
         }
         if let Some(d) = self.draft.as_mut() {
@@ -733,13 +733,16 @@ impl Session {
         self.reply(reply::RECIPIENT_OK);
     }
 
-    /// Local domains (and `<postmaster>`) from anyone; other domains only from relay networks.
+    /// Local domains (and `<postmaster>`) from anyone; other domains only from relay networks
+    /// and authenticated sessions.
     fn may_send_to(&self, to: &Mailbox) -> bool {
         let domain = to.domain().trim_end_matches('.').to_ascii_lowercase();
-        domain.is_empty()
-            || self.auth.is_some()
-            || self.cfg.local_domains.contains(&domain)
-            || self.cfg.relay_networks.iter().any(|n| n.contains(&self.client_ip))
+        domain.is_empty() || self.trusted() || self.cfg.local_domains.contains(&domain)
+    }
+
+    /// Authenticated, or from a relay network.
+    fn trusted(&self) -> bool {
+        self.auth.is_some() || self.cfg.relay_networks.iter().any(|n| n.contains(&self.client_ip))
     }
 
     /// Checks shared by DATA and BDAT; `Err` carries the refusal.
