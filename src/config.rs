@@ -194,6 +194,31 @@ pub struct Limits {
     /// Waiting for the next block of message data (RFC 5321 4.5.3.2.5: 3 minutes).
     #[serde(default = "default_data_timeout", deserialize_with = "duration")]
     pub data_timeout: Duration,
+    /// New connections per client IP (token bucket, burst = one minute's worth), e.g. "600/m";
+    /// over it: 421 4.7.0 at accept.
+    #[serde(default = "default_connection_rate")]
+    pub max_connection_rate_per_ip: String,
+    /// Recipients accepted per session, over all its transactions (452 4.5.3 beyond).
+    #[serde(default = "default_max_recipients_per_session")]
+    pub max_recipients_per_session: usize,
+    /// Slow senders: a message whose data arrives slower than this (bytes/s, averaged after the
+    /// first 10 s) is cut with 421 4.4.2; "0" turns it off.
+    #[serde(default = "default_min_data_rate", deserialize_with = "size")]
+    pub min_data_rate: u64,
+    /// Wait this long before the greeting; a client that talks first is refused (554 5.5.1).
+    /// "0s" (default) sends the greeting at once.
+    #[serde(default, deserialize_with = "duration")]
+    pub greet_pause: Duration,
+}
+
+fn default_connection_rate() -> String {
+    "600/m".into()
+}
+fn default_max_recipients_per_session() -> usize {
+    10_000
+}
+fn default_min_data_rate() -> u64 {
+    500 // bytes/s, as Postfix's smtpd_min_data_rate
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -714,6 +739,11 @@ impl Config {
                     "connections and messages_per_connection must be at least 1".into(),
                 );
             }
+        }
+        if let Err(e) =
+            crate::delivery::shaping::parse_rate(&self.limits.max_connection_rate_per_ip)
+        {
+            return invalid("limits.max_connection_rate_per_ip", e);
         }
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be at least 1".into());

@@ -333,7 +333,7 @@ pub fn init_labels(listeners: &[String]) {
     for t in ["yes", "no", "failed"] {
         DELIVERY_TLS.with_label_values(&[t]);
     }
-    for r in ["max_sessions", "max_sessions_per_ip"] {
+    for r in ["max_sessions", "max_sessions_per_ip", "connection_rate"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);
     }
 }

@@ -66,6 +66,7 @@ pub async fn run(
         max_command_line: cfg.limits.max_command_line,
         max_text_line: cfg.limits.max_line_length,
         max_errors: cfg.limits.max_errors,
+        max_recipients_per_session: cfg.limits.max_recipients_per_session,
         relay_networks: cfg.relay.networks.clone(),
         local_domains: cfg
             .local
@@ -93,8 +94,14 @@ pub async fn run(
         }),
     });
     let reload_task = tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file()));
-    let limits =
-        listener::ConnectionLimits::new(cfg.limits.max_sessions, cfg.limits.max_sessions_per_ip);
+    let rate = crate::delivery::shaping::parse_rate(&cfg.limits.max_connection_rate_per_ip)
+        .map_err(anyhow::Error::msg)?;
+    let limits = listener::ConnectionLimits::new(
+        cfg.limits.max_sessions,
+        cfg.limits.max_sessions_per_ip,
+        rate,
+        cfg.relay.networks.clone(),
+    );
     let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
     let stored = Arc::new(tokio::sync::Notify::new());
     let log = crate::delivery_log::DeliveryLog::start(crate::delivery_log::LogOptions {
@@ -138,6 +145,8 @@ pub async fn run(
             log: log.clone(),
             tls: tls.clone(),
             implicit_tls: l.mode == ListenerMode::Submissions,
+            greet_pause: cfg.limits.greet_pause,
+            min_data_rate: cfg.limits.min_data_rate,
             auth: auth.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));

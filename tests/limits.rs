@@ -162,3 +162,117 @@ fn full_disk_gives_452_and_keeps_accepted_mail() {
     }
     assert_eq!(queued.len(), acked.len(), "only acknowledged messages are queued");
 }
+
+/// Slowloris: 500 connections trickling one byte every 0.5 s do not stop a normal client, and
+/// each is closed when its command has not arrived whole within `command_timeout` (2 s): bytes
+/// of a partial line do not extend it. With a per-read timeout they would live forever.
+#[test]
+fn slowloris_connections_are_timed_out_and_do_not_block_others() {
+    use std::io::{Read, Write};
+    let s = Sluice::start(
+        "[limits]\ncommand_timeout = \"2s\"\nmax_sessions_per_ip = 1000\nmax_connection_rate_per_ip = \"100000/m\"\n",
+    );
+    let mut slow: Vec<std::net::TcpStream> =
+        (0..500).map(|_| std::net::TcpStream::connect(s.smtp).unwrap()).collect();
+    let mut greeted = vec![false; slow.len()];
+    let mut closed = vec![false; slow.len()];
+    let started = Instant::now();
+    // One round: read what arrived (greeting, then the 421), write one more byte to the open ones.
+    let mut round = |slow: &mut Vec<std::net::TcpStream>| {
+        for (i, c) in slow.iter_mut().enumerate() {
+            if closed[i] {
+                continue;
+            }
+            c.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => closed[i] = true,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    greeted[i] |= text.contains("220 ");
+                    closed[i] |= text.contains("421 4.4.2");
+                }
+                Err(_) => {}
+            }
+            if !closed[i] {
+                let _ = c.write_all(b"E");
+            }
+        }
+    };
+    round(&mut slow);
+    // A normal client gets its mail through while they trickle.
+    let t = Instant::now();
+    let r = Client::ehlo(s.smtp).send_message("<normal@t>", "hello\r\n");
+    assert_eq!(code(&r), 250, "{r}");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(1), "the normal client took {took:?}");
+    while started.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(500));
+        round(&mut slow);
+    }
+    assert!(greeted.iter().all(|g| *g), "every slow connection was served a greeting");
+    let n = closed.iter().filter(|c| **c).count();
+    assert_eq!(n, 500, "closed with 421 while still trickling");
+}
+
+#[test]
+fn talking_before_the_greeting_is_refused() {
+    use std::io::{Read, Write};
+    let s = Sluice::start("[limits]\ngreet_pause = \"300ms\"\n");
+    let mut eager = std::net::TcpStream::connect(s.smtp).unwrap();
+    eager.write_all(b"EHLO bot\r\n").unwrap();
+    eager.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    let _ = eager.read_to_string(&mut out);
+    assert!(out.starts_with("554 5.5.1"), "{out}");
+    assert!(!out.contains("220"), "no greeting for a client that did not wait: {out}");
+    // A client that waits for the banner is served.
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<patient@t>", "x\r\n")), 250);
+    let (_, m) = s.http_get("/metrics");
+    assert!(String::from_utf8(m).unwrap().contains("reason=\"pregreet\"} 1"));
+}
+
+#[test]
+fn connection_rate_and_recipients_per_session() {
+    let s = Sluice::start(
+        "[limits]\nmax_connection_rate_per_ip = \"3/m\"\nmax_recipients_per_session = 2\n[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\n",
+    );
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_eq!(code(&c.cmd("RCPT TO:<b1@example.org>")), 250);
+    c.cmd("RSET");
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_eq!(code(&c.cmd("RCPT TO:<b2@example.org>")), 250);
+    let r = c.cmd("RCPT TO:<b3@example.org>");
+    assert!(r.starts_with("452 4.5.3"), "the session's third recipient: {r}");
+    // Three connections a minute: the fourth is refused at once.
+    let _two = Client::ehlo(s.smtp);
+    let _three = Client::ehlo(s.smtp);
+    let mut four = Client::connect(s.smtp);
+    let r = four.reply().unwrap();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+}
+
+#[test]
+fn data_slower_than_the_minimum_rate_is_cut() {
+    use std::io::Write;
+    let s = Sluice::start("[limits]\nmin_data_rate = 1000\n");
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    // 5 bytes/s, far below 1000: cut after the 10 s grace.
+    let mut raw = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(16) && raw.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = Instant::now();
+    let r = c.reply().unwrap_or_default();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    writer.join().unwrap();
+    assert!(s.queue_list().is_empty());
+}

@@ -25,6 +25,9 @@ use crate::stream::Stream;
 
 type Conn = Stream<TlsStream<TcpStream>>;
 
+/// Seconds of data before the minimum data rate is enforced (slow starts are normal).
+const MIN_RATE_GRACE: f64 = 10.0;
+
 /// Decrements the active-connection gauge however the connection ends.
 struct ActiveGuard(String);
 
@@ -52,7 +55,21 @@ pub async fn run(
     } else {
         Session::new(ctx.session.clone(), ip)
     };
+    if !ctx.implicit_tls && !ctx.greet_pause.is_zero() {
+        // Pre-greeting talk: a client that speaks before the banner is not following SMTP.
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(ctx.greet_pause, stream.read(&mut probe)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => session.handle_pregreet(),
+        }
+    }
     let mut charge = Charge::new(ctx.budget.clone());
+    // A whole command must arrive before this; bytes of a partial line do not extend it, so a
+    // client trickling one byte at a time (slowloris) is still timed out.
+    let mut command_deadline: Option<Instant> = None;
+    // When the current message's data started, and the bytes held then (minimum data rate).
+    let mut body_started: Option<(Instant, usize)> = None;
     loop {
         let step = session.advance();
         charge.set(session.held_bytes());
@@ -62,10 +79,34 @@ pub async fn run(
                 if flush(&mut stream, &mut session, &ctx).await.is_err() {
                     return;
                 }
+                let now = Instant::now();
                 let timeout = match session.waiting_for() {
-                    Waiting::Command => ctx.command_timeout,
-                    Waiting::Data => ctx.data_timeout,
+                    Waiting::Command => {
+                        if session.input().is_empty() {
+                            command_deadline = None;
+                        }
+                        let d = *command_deadline.get_or_insert(now + ctx.command_timeout);
+                        d.saturating_duration_since(now)
+                    }
+                    Waiting::Data => {
+                        command_deadline = None;
+                        ctx.data_timeout
+                    }
                 };
+                if session.reading_body() {
+                    let (since, held) = *body_started.get_or_insert((now, session.held_bytes()));
+                    let secs = now.duration_since(since).as_secs_f64();
+                    let got = session.held_bytes().saturating_sub(held) as f64;
+                    if ctx.min_data_rate > 0
+                        && secs > MIN_RATE_GRACE
+                        && got / secs < ctx.min_data_rate as f64
+                    {
+                        session.handle_too_slow();
+                        continue;
+                    }
+                } else {
+                    body_started = None;
+                }
                 let input = session.input();
                 if input.capacity() - input.len() < 2048 {
                     input.reserve(8192);

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +21,11 @@ pub struct ConnectionLimits {
     total: Arc<Semaphore>,
     per_ip_max: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per second per IP, with a burst of one minute's worth.
+    rate: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Trusted injectors (the relay networks) are not rate limited.
+    exempt: Vec<ipnet::IpNet>,
 }
 
 /// Held by a connection; releases its per-IP slot on drop.
@@ -46,18 +51,51 @@ impl Drop for IpSlot {
 pub enum Refusal {
     MaxSessions,
     MaxSessionsPerIp,
+    ConnectionRate,
 }
 
 impl ConnectionLimits {
-    pub fn new(max_sessions: usize, per_ip_max: usize) -> Arc<Self> {
+    pub fn new(
+        max_sessions: usize,
+        per_ip_max: usize,
+        rate_per_second: f64,
+        exempt: Vec<ipnet::IpNet>,
+    ) -> Arc<Self> {
         Arc::new(ConnectionLimits {
             total: Arc::new(Semaphore::new(max_sessions)),
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
+            rate: rate_per_second,
+            buckets: Mutex::new(HashMap::new()),
+            exempt,
         })
     }
 
+    /// Token bucket per IP: refills at `rate`, holds a minute's worth.
+    fn take_token(&self, ip: IpAddr, now: Instant) -> bool {
+        let burst = (self.rate * 60.0).max(1.0);
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() > 100_000 {
+            // Full buckets carry no information: drop them.
+            b.retain(|_, (tokens, t)| {
+                *tokens + now.duration_since(*t).as_secs_f64() * self.rate < burst
+            });
+        }
+        let (tokens, last) = b.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(OwnedSemaphorePermit, IpSlot), Refusal> {
+        if !self.exempt.iter().any(|n| n.contains(&ip)) && !self.take_token(ip, Instant::now()) {
+            return Err(Refusal::ConnectionRate);
+        }
         let permit = self.total.clone().try_acquire_owned().map_err(|_| Refusal::MaxSessions)?;
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_default();
@@ -112,6 +150,7 @@ pub async fn serve(
                     Refusal::MaxSessionsPerIp => {
                         ("max_sessions_per_ip", reply::TOO_MANY_SESSIONS_IP)
                     }
+                    Refusal::ConnectionRate => ("connection_rate", reply::CONNECTION_RATE),
                 };
                 metrics::SMTP_CONNECTIONS_REFUSED.with_label_values(&[label]).inc();
                 tracing::debug!(%ip, reason = label, "connection refused");
@@ -126,4 +165,27 @@ async fn refuse(mut stream: TcpStream, r: reply::Reply) {
     r.encode(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_rate_per_ip_allows_a_minute_of_burst_then_refills() {
+        let l = ConnectionLimits::new(100, 100, 1.0, vec!["10.0.0.0/8".parse().unwrap()]); // 60/m
+        let trusted: IpAddr = "10.1.2.3".parse().unwrap();
+        for _ in 0..100 {
+            drop(l.admit(trusted).unwrap());
+        }
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t = Instant::now();
+        for _ in 0..60 {
+            assert!(l.take_token(a, t));
+        }
+        assert!(!l.take_token(a, t), "burst spent");
+        assert!(l.take_token(b, t), "other IPs are not affected");
+        assert!(l.take_token(a, t + Duration::from_secs(1)), "one per second comes back");
+        assert!(!l.take_token(a, t + Duration::from_secs(1)));
+    }
 }

@@ -31,6 +31,10 @@ pub struct ListenerContext {
     pub tls: Option<Arc<crate::tls::ReloadableServer>>,
     /// TLS from the first byte (submissions, RFC 8314).
     pub implicit_tls: bool,
+    /// Wait before the greeting; a client that talks first is refused.
+    pub greet_pause: Duration,
+    /// Bytes per second below which message data is cut off (0: off).
+    pub min_data_rate: u64,
     pub auth: Arc<AuthContext>,
 }
 

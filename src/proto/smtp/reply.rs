@@ -126,6 +126,11 @@ pub const TOO_MANY_SESSIONS: Reply =
     Reply::new(421, "4.3.2", "Too many concurrent sessions; try again later");
 pub const TOO_MANY_SESSIONS_IP: Reply =
     Reply::new(421, "4.7.0", "Too many concurrent sessions from your address; try again later");
+pub const CONNECTION_RATE: Reply =
+    Reply::new(421, "4.7.0", "Too many connections from your address; slow down");
+pub const PREGREET: Reply = Reply::new(554, "5.5.1", "Talking before the greeting; goodbye");
+pub const TOO_SLOW: Reply =
+    Reply::new(421, "4.4.2", "Message data arriving too slowly; closing connection");
 
 impl Reply {
     const fn plain_static(code: u16, text: &'static str) -> Self {

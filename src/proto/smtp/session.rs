@@ -44,6 +44,8 @@ pub struct SessionConfig {
     pub max_text_line: usize,
     /// Replies >= 500 tolerated before the session is closed with 421.
     pub max_errors: u32,
+    /// Recipients accepted per session, all transactions together.
+    pub max_recipients_per_session: usize,
     /// Clients allowed to relay to any domain.
     pub relay_networks: Vec<IpNet>,
     /// Domains accepted from anyone (lower case, no trailing dot).
@@ -67,6 +69,7 @@ impl Default for SessionConfig {
             max_command_line: 512,
             max_text_line: 1000,
             max_errors: 20,
+            max_recipients_per_session: 10_000,
             relay_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             local_domains: HashSet::new(),
             starttls: false,
@@ -140,11 +143,13 @@ pub enum RejectReason {
     AuthLockedOut,
     TlsRequired,
     SenderNotOwned,
+    Pregreet,
+    TooSlow,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -161,6 +166,8 @@ impl RejectReason {
         RejectReason::AuthLockedOut,
         RejectReason::TlsRequired,
         RejectReason::SenderNotOwned,
+        RejectReason::Pregreet,
+        RejectReason::TooSlow,
     ];
 
     pub fn label(self) -> &'static str {
@@ -181,6 +188,8 @@ impl RejectReason {
             RejectReason::AuthLockedOut => "auth_locked_out",
             RejectReason::TlsRequired => "tls_required",
             RejectReason::SenderNotOwned => "sender_not_owned",
+            RejectReason::Pregreet => "pregreet",
+            RejectReason::TooSlow => "too_slow",
         }
     }
 }
@@ -292,6 +301,7 @@ pub struct Session {
     auth: Option<(String, Vec<String>)>,
     /// The user whose credentials the driver is checking.
     auth_pending: Option<String>,
+    rcpts_in_session: usize,
 }
 
 impl Session {
@@ -313,6 +323,7 @@ impl Session {
             tls: false,
             auth: None,
             auth_pending: None,
+            rcpts_in_session: 0,
         }
     }
 
@@ -413,6 +424,19 @@ impl Session {
     /// The read timed out (RFC 5321 4.5.3.2): 421 and close.
     pub fn handle_timeout(&mut self) {
         self.close_with(reply::TIMEOUT, Some(RejectReason::Timeout));
+    }
+
+    /// The client spoke before the greeting (a spam-bot tell): 554 instead of the greeting.
+    pub fn handle_pregreet(&mut self) {
+        self.output.clear();
+        self.input.clear();
+        self.close_with(reply::PREGREET, Some(RejectReason::Pregreet));
+    }
+
+    /// The message data arrives slower than the listener's minimum rate: 421 and close.
+    pub fn handle_too_slow(&mut self) {
+        self.draft = None;
+        self.close_with(reply::TOO_SLOW, Some(RejectReason::TooSlow));
     }
 
     /// The server is stopping: 421 and close. Not for use while a store is pending.
@@ -717,6 +741,12 @@ impl Session {
         let Some(draft) = self.draft.as_ref() else {
             return self.reject(reply::NEED_MAIL, RejectReason::Sequence);
         };
+        if self.rcpts_in_session >= self.cfg.max_recipients_per_session {
+            return self.reject(
+                Reply::new(452, "4.5.3", "Too many recipients for this session"),
+                RejectReason::TooManyRecipients,
+            );
+        }
         if draft.rcpts.len() >= self.cfg.max_recipients {
             // RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
             return self.reject(reply::TOO_MANY_RCPTS, RejectReason::TooManyRecipients);
@@ -730,6 +760,7 @@ impl Session {
         if let Some(d) = self.draft.as_mut() {
             d.rcpts.push(rcpt);
         }
+        self.rcpts_in_session += 1;
         self.reply(reply::RECIPIENT_OK);
     }
 
