@@ -5,6 +5,7 @@
 #   usage: bash loadtest/intake.sh [messages_per_session_count_scale]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 scale="${1:-1}"
 cargo build --release --workspace --locked --quiet
 bin=target/release/sluice
@@ -26,11 +27,8 @@ max_sessions_per_ip = 1000
 [delivery]
 enabled = false
 TOML
-  SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" "$bin" serve --config "$work/sluice.toml" 2>"$work/$1.log" &
-  pid=$!
-  for _ in $(seq 100); do [ -f "$work/data/sluice.addresses.json" ] && break; sleep 0.05; done
-  smtp=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["smtp"][0])' "$work/data/sluice.addresses.json")
-  admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"][0])' "$work/data/sluice.addresses.json")
+  SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/$1.log"
+  pid=$sluice_pid smtp=$sluice_smtp admin=$sluice_admin
 }
 
 printf '%-10s %8s %12s %10s %10s %12s\n' mode sessions msgs/s p50_ms p99_ms msgs/fsync

@@ -41,6 +41,13 @@ fn add_user(users: &Path, name: &str, password: &str, senders: &[&str]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Python preamble: smtplib and an SSL context that accepts the test's self-signed certificate.
+const PY_TLS: &str = "import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+";
+
 struct Setup {
     s: Sluice,
     _dir: tempfile::TempDir,
@@ -132,11 +139,8 @@ fn submission_refuses_auth_and_mail_before_tls_and_auth() {
 fn smtplib_implicit_tls_and_starttls_and_sender_ownership() {
     let t = start("");
     let out = python(
-        r#"
-import smtplib, ssl, sys
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
+        &(PY_TLS.to_string()
+            + r#"
 host, subs, sub = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 msg = "From: app@example.com\r\nTo: x@elsewhere.test\r\nSubject: t\r\n\r\nhello\r\n"
 with smtplib.SMTP_SSL(host, subs, context=ctx, timeout=20) as s:
@@ -151,7 +155,7 @@ with smtplib.SMTP(host, sub, timeout=20) as s:
         print("sender accepted")
     except smtplib.SMTPSenderRefused as e:
         print("sender refused", e.smtp_code, e.smtp_error.decode())
-"#,
+"#),
         &[
             "127.0.0.1",
             &t.s.listener("submissions").port().to_string(),
@@ -275,11 +279,8 @@ fn starttls_command_injection_is_not_executed() {
 fn brute_force_locks_the_ip_out_not_the_user() {
     let t = start("");
     let out = python(
-        r#"
-import smtplib, ssl, sys
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
+        &(PY_TLS.to_string()
+            + r#"
 port = int(sys.argv[1])
 codes = []
 for i in range(20):
@@ -298,7 +299,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=("127.0.0.2", 0)
     s.starttls(context=ctx)
     s.ehlo()
     print("other-ip", s.login("app", "s3cret")[0])
-"#,
+"#),
         &[&t.s.listener("submission").port().to_string()],
     );
     let codes = out.lines().find(|l| l.starts_with("codes")).unwrap();

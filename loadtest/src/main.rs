@@ -232,15 +232,7 @@ mod tests {
     use super::*;
 
     fn sink_args() -> sink::SinkArgs {
-        sink::SinkArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tempfail_percent: 0,
-            reject_percent: 0,
-            drop_percent: 0,
-            latency_ms: 0,
-            no_pipelining: false,
-            chunking: false,
-        }
+        sink::SinkArgs::accept_all("127.0.0.1:0".parse().unwrap())
     }
 
     fn inject_args(server: SocketAddr, messages: u64, pipelining: bool) -> InjectArgs {

@@ -32,16 +32,7 @@ pub struct RelayArgs {
 }
 
 pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
-    let sink = Sink::start(SinkArgs {
-        listen: a.sink,
-        tempfail_percent: 0,
-        reject_percent: 0,
-        drop_percent: 0,
-        latency_ms: 0,
-        no_pipelining: false,
-        chunking: false,
-    })
-    .await?;
+    let sink = Sink::start(SinkArgs::accept_all(a.sink)).await?;
     let cpu0 = a.mta_pid.map(procstat::cpu_seconds);
     let started_us = sink.epoch.elapsed().as_micros() as u64;
     let injected = crate::inject(a.inject.clone()).await?;
@@ -61,7 +52,7 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
     }
     let received = sink.messages();
     if received == 0 {
-        bail!("the sink received nothing: is the MTA relaying to {}?", sink.addr);
+        bail!("{}: the sink received nothing: is the MTA relaying to {}?", a.label, sink.addr);
     }
     let last_us = sink.counters.last_us.load(Ordering::Relaxed);
     let e2e_secs = (last_us.saturating_sub(started_us)) as f64 / 1e6;

@@ -37,6 +37,21 @@ pub struct SinkArgs {
     pub chunking: bool,
 }
 
+impl SinkArgs {
+    /// A sink on `listen` that accepts everything, as fast as it can.
+    pub fn accept_all(listen: SocketAddr) -> Self {
+        SinkArgs {
+            listen,
+            tempfail_percent: 0,
+            reject_percent: 0,
+            drop_percent: 0,
+            latency_ms: 0,
+            no_pipelining: false,
+            chunking: false,
+        }
+    }
+}
+
 /// Counters shared with `relay`.
 #[derive(Default)]
 pub struct Counters {
