@@ -8,6 +8,7 @@
 #          COMPARE_MESSAGES=N sets every workload's count, for a quick try)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 scale="${1:-1}"
 
 if ! command -v postfix >/dev/null; then
@@ -31,7 +32,9 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sink_port=$(free_port)
+# One sink port per MTA, so a straggler from one can never be counted for the other.
+pfx_sink=$(free_port)
+sluice_sink=$(free_port)
 pfx_port=$(free_port)
 
 # --- Postfix: a private instance (own config and queue directory) relaying everything to the sink.
@@ -51,7 +54,7 @@ mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
-relayhost = [127.0.0.1]:$sink_port
+relayhost = [127.0.0.1]:$pfx_sink
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_client_connection_count_limit = 0
@@ -90,21 +93,16 @@ connections = 20
 messages_per_connection = 1000
 [[route]]
 domains = ["*"]
-smarthost = "127.0.0.1:$sink_port"
+smarthost = "127.0.0.1:$sluice_sink"
 tls = "disabled"
 TOML
-"$bin" serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
-sluice_pid=$!
-for _ in $(seq 100); do [ -f "$work/sluice-data/sluice.addresses.json" ] && break; sleep 0.05; done
-addr() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][0])' "$work/sluice-data/sluice.addresses.json" "$1"; }
-sluice_smtp=$(addr smtp)
-sluice_admin=$(addr admin)
+start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
 
-relay() { # $1 label, $2 server, $3 pid, $4 sessions, $5 messages, $6 size, [$7 metrics url]
+relay() { # $1 label, $2 server, $3 pid, $4 sink port, $5 sessions, $6 messages, $7 size, [$8 metrics url]
   local extra=()
-  [ -n "${7:-}" ] && extra=(--metrics "$7")
-  "$lt" relay --label "$1" --server "$2" --mta-pid "$3" --sink "127.0.0.1:$sink_port" \
-    --sessions "$4" --messages "$5" --size "$6" --max-seconds 240 "${extra[@]}"
+  [ -n "${8:-}" ] && extra=(--metrics "$8")
+  "$lt" relay --label "$1" --server "$2" --mta-pid "$3" --sink "127.0.0.1:$4" \
+    --sessions "$5" --messages "$6" --size "$7" --max-seconds 240 "${extra[@]}"
 }
 
 results="$work/results.jsonl"
@@ -112,8 +110,8 @@ echo "workload: relay to a loopback sink; both MTAs fsync before 250; 2-core mac
 for size in 1024 10240 102400; do
   for sessions in 20 100; do
     n=${COMPARE_MESSAGES:-$(( (size == 102400 ? 1500 : 4000) * scale ))}
-    p=$(relay postfix "127.0.0.1:$pfx_port" "$pfx_pid" "$sessions" "$n" "$size")
-    s=$(relay sluice "$sluice_smtp" "$sluice_pid" "$sessions" "$n" "$size" "http://$sluice_admin/metrics")
+    p=$(relay postfix "127.0.0.1:$pfx_port" "$pfx_pid" "$pfx_sink" "$sessions" "$n" "$size")
+    s=$(relay sluice "$sluice_smtp" "$sluice_pid" "$sluice_sink" "$sessions" "$n" "$size" "http://$sluice_admin/metrics")
     python3 - "$p" "$s" "$results" <<'PY' >&2
 import json, sys
 p, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])

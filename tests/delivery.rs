@@ -519,3 +519,20 @@ fn success_notices_and_dsn_passthrough() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(dsn_sink.messages().len(), 1, "the DSN-capable next hop reports, not sluice");
 }
+
+/// A server that closes idle connections: the pooled connection is dropped when the server
+/// closes it, so the next message goes over a fresh one and is never deferred for it.
+#[test]
+fn connection_closed_by_the_server_while_idle_is_not_reused() {
+    let sink = Sink::start(Behavior { hang_up_after_message: true, ..Default::default() });
+    let s = Sluice::start(&route_to(&sink, "[shaping.default]\nidle_timeout = \"10s\"\n"));
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<first@t>", "x\r\n")), 250);
+    sink.wait_for(1, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<second@t>", "y\r\n")), 250);
+    sink.wait_for(2, 10);
+    s.wait_queue(10, |q| q.is_empty());
+    let log = s.delivery_log(4);
+    assert!(log.iter().all(|e| e["event"] != "deferred"), "{log:#?}");
+    assert_eq!(sink.connections(), 2);
+}

@@ -172,6 +172,15 @@ impl Connection {
         !self.client.is_closed()
     }
 
+    /// Completes when the server closes the idle connection (or says anything unasked, which
+    /// for SMTP means it is closing, e.g. `421 idle timeout`); the connection is then unusable.
+    /// Cancel-safe: dropping the future before it completes loses nothing.
+    pub async fn closed_while_idle(&mut self) {
+        let mut byte = [0u8; 1];
+        let _ = self.stream.read(&mut byte).await;
+        self.client.handle_disconnect("closed by the server while idle");
+    }
+
     /// QUIT politely; the reply is a courtesy and not waited for long.
     pub async fn quit(mut self) {
         if self.client.is_closed() {

@@ -127,8 +127,13 @@ pub struct Backoff {
 const MAX_LEVEL: u32 = 4;
 
 impl Backoff {
-    /// Records a failure; returns the pause before the next connection.
+    /// Records a failure; returns the pause before the next connection. Failures during a pause
+    /// belong to the same incident (every open connection of a destination that went down
+    /// reports it): they do not escalate the back-off again.
     pub fn failed(&mut self, now: Instant, max: Duration) -> Duration {
+        if let Some(until) = self.until.filter(|&u| now < u) {
+            return until - now;
+        }
         self.pause = (self.pause * 2).clamp(Duration::from_secs(1), max);
         self.until = Some(now + self.pause);
         self.level = (self.level + 1).min(MAX_LEVEL);
@@ -165,11 +170,19 @@ mod backoff_tests {
         assert_eq!(b.failed(t, max), Duration::from_secs(1));
         assert!(b.paused(t) && !b.paused(t + Duration::from_secs(1)));
         assert_eq!(b.connection_limit(20), 10);
-        assert_eq!(b.failed(t, max), Duration::from_secs(2));
-        assert_eq!(b.connection_limit(20), 5);
+        // Twenty connections reporting the same outage: still one step.
         for _ in 0..20 {
             b.failed(t, max);
         }
+        assert_eq!(b.connection_limit(20), 10);
+        let mut t = t + Duration::from_secs(1);
+        assert_eq!(b.failed(t, max), Duration::from_secs(2));
+        assert_eq!(b.connection_limit(20), 5);
+        for _ in 0..20 {
+            t += Duration::from_secs(301);
+            b.failed(t, max);
+        }
+        t += Duration::from_secs(301);
         assert_eq!(b.failed(t, max), max, "capped");
         assert_eq!(b.connection_limit(20), 1, "never below one");
         b.succeeded();

@@ -351,7 +351,7 @@ impl Dispatcher {
             }
         };
         while conn.sent < dest.limits.messages_per_connection && conn.is_usable() {
-            let Some(job) = self.next_job(dest).await else { break };
+            let Some(job) = self.next_job(dest, &mut conn).await else { break };
             if let Some(g) = &dest.gcra {
                 let wait = g.lock().unwrap_or_else(|e| e.into_inner()).reserve(Instant::now());
                 tokio::time::sleep(wait).await;
@@ -433,15 +433,19 @@ impl Dispatcher {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&(job.id, hop.clone()));
     }
 
-    /// The next job, waiting up to the idle timeout for one to be queued.
-    async fn next_job(&self, dest: &Destination) -> Option<Job> {
+    /// The next job, waiting up to the idle timeout for one to be queued. A connection the server
+    /// closes while idle (its own timeout, a restart) ends here, before a message is risked on it.
+    async fn next_job(&self, dest: &Destination, conn: &mut Connection) -> Option<Job> {
         let deadline = Instant::now() + dest.limits.idle_timeout;
         loop {
             if let Some(j) = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
                 return Some(j);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            let _ = tokio::time::timeout(left, dest.work.notified()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(left, dest.work.notified()) => {}
+                _ = conn.closed_while_idle() => return None,
+            }
         }
     }
 

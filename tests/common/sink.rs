@@ -95,6 +95,8 @@ pub struct Behavior {
     pub auth: Option<(String, String)>,
     /// Advertise DSN (RFC 3461).
     pub dsn: bool,
+    /// Close the connection right after accepting a message (a server with a short idle timeout).
+    pub hang_up_after_message: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -214,6 +216,31 @@ fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<
 /// Flag in the per-connection counter: `active` was already decremented at QUIT.
 const QUIT_SEEN: usize = 1 << 40;
 
+/// The transaction being received.
+#[derive(Default)]
+struct Txn {
+    from: String,
+    rcpts: Vec<String>,
+    mail_params: String,
+    rcpt_params: Vec<String>,
+}
+
+impl Txn {
+    fn received(&self, data: Vec<u8>, bdat: bool, tls: bool, user: &Option<String>) -> Received {
+        Received {
+            mail_from: self.from.clone(),
+            rcpts: self.rcpts.clone(),
+            data,
+            bdat,
+            at: Instant::now(),
+            tls,
+            auth_user: user.clone(),
+            mail_params: self.mail_params.clone(),
+            rcpt_params: self.rcpt_params.clone(),
+        }
+    }
+}
+
 /// Writes a reply on the connection under the reader.
 fn say(r: &mut BufReader<Conn>, text: &[u8]) -> std::io::Result<()> {
     let w = r.get_mut();
@@ -238,9 +265,8 @@ fn serve_inner(
     st: &Mutex<State>,
     carried: &mut usize,
 ) -> std::io::Result<()> {
-    let (mut from, mut rcpts, mut chunks) = (String::new(), Vec::<String>::new(), Vec::new());
-    let (from, rcpts, chunks) = (&mut from, &mut rcpts, &mut chunks);
-    let (mut mail_params, mut rcpt_params) = (String::new(), Vec::<String>::new());
+    let mut t = Txn::default();
+    let mut chunks = Vec::new();
     let params = |cmd: &str| cmd.split_once('>').map_or("", |(_, p)| p.trim()).to_string();
     let mut tls = false;
     let mut user: Option<String> = None;
@@ -334,11 +360,12 @@ fn serve_inner(
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             w.write_all(b"250 ok\r\n")?;
         } else if upper.starts_with("MAIL FROM:") {
-            *from = cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
-            rcpts.clear();
+            t = Txn {
+                from: cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string(),
+                mail_params: params(&cmd),
+                ..Txn::default()
+            };
             chunks.clear();
-            mail_params = params(&cmd);
-            rcpt_params.clear();
             w.write_all(b"250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             let addr = cmd[8..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
@@ -352,12 +379,12 @@ fn serve_inner(
                 }
             };
             if reply.starts_with('2') {
-                rcpts.push(addr);
-                rcpt_params.push(params(&cmd));
+                t.rcpts.push(addr);
+                t.rcpt_params.push(params(&cmd));
             }
             w.write_all(format!("{reply}\r\n").as_bytes())?;
         } else if upper == "DATA" {
-            if rcpts.is_empty() {
+            if t.rcpts.is_empty() {
                 w.write_all(b"554 5.5.1 no valid recipients\r\n")?;
                 continue;
             }
@@ -386,19 +413,12 @@ fn serve_inner(
                 data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
             }
             std::thread::sleep(b.end_delay);
-            st.lock().unwrap().messages.push(Received {
-                mail_from: from.clone(),
-                rcpts: rcpts.clone(),
-                data,
-                bdat: false,
-                at: Instant::now(),
-                tls,
-                auth_user: user.clone(),
-                mail_params: mail_params.clone(),
-                rcpt_params: rcpt_params.clone(),
-            });
+            st.lock().unwrap().messages.push(t.received(data, false, tls, &user));
             *carried += 1;
             w.write_all(b"250 2.0.0 queued\r\n")?;
+            if b.hang_up_after_message {
+                return Ok(());
+            }
         } else if upper.starts_with("BDAT ") {
             let mut parts = cmd[5..].split_ascii_whitespace();
             let n: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -406,28 +426,19 @@ fn serve_inner(
             let mut chunk = vec![0; n];
             w.0.read_exact(&mut chunk)?;
             chunks.extend_from_slice(&chunk);
-            if rcpts.is_empty() {
+            if t.rcpts.is_empty() {
                 w.write_all(b"554 5.5.1 no valid recipients\r\n")?;
             } else if last {
-                let data = std::mem::take(chunks);
-                st.lock().unwrap().messages.push(Received {
-                    mail_from: from.clone(),
-                    rcpts: rcpts.clone(),
-                    data,
-                    bdat: true,
-                    at: Instant::now(),
-                    tls,
-                    auth_user: user.clone(),
-                    mail_params: mail_params.clone(),
-                    rcpt_params: rcpt_params.clone(),
-                });
+                let data = std::mem::take(&mut chunks);
+                st.lock().unwrap().messages.push(t.received(data, true, tls, &user));
                 *carried += 1;
                 w.write_all(b"250 2.0.0 queued\r\n")?;
             } else {
                 w.write_all(b"250 2.0.0 chunk ok\r\n")?;
             }
         } else if upper == "RSET" {
-            rcpts.clear();
+            t.rcpts.clear();
+            t.rcpt_params.clear();
             w.write_all(b"250 ok\r\n")?;
         } else if upper == "QUIT" {
             // The connection counts as closed from here: the client may open the next one as soon
