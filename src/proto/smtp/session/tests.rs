@@ -476,6 +476,13 @@ fn random_input_never_panics() {
         b"\xce\xb4",
         b" ",
         b"x",
+        b"STARTTLS\r\n",
+        b"AUTH PLAIN ",
+        b"AUTH LOGIN\r\n",
+        b"AGFwcABzM2NyZXQ=",
+        b"YXBw\r\n",
+        b"*\r\n",
+        b"=",
     ];
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
@@ -485,7 +492,18 @@ fn random_input_never_panics() {
         seed
     };
     for round in 0..3000 {
-        let cfg = SessionConfig { max_message_size: 200, max_errors: 50, ..Default::default() };
+        // Every other round with STARTTLS and AUTH offered (and required), so their states are
+        // reached too.
+        let base = if round % 2 == 0 {
+            SessionConfig::default()
+        } else {
+            SessionConfig {
+                auth_required: true,
+                auth_needs_tls: round % 4 == 1,
+                ..tls_auth_config()
+            }
+        };
+        let cfg = SessionConfig { max_message_size: 200, max_errors: 50, ..base };
         let mut h = Harness::with(cfg, "127.0.0.1");
         let mut input = Vec::new();
         for _ in 0..(next() % 60) {
