@@ -13,6 +13,7 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
+use crate::report::{self, Series};
 use crate::sink::{Sink, SinkArgs};
 use crate::{InjectArgs, procstat};
 
@@ -36,8 +37,8 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
     let cpu0 = a.mta_pid.map(procstat::cpu_seconds);
     let started_us = sink.epoch.elapsed().as_micros() as u64;
     let injected = crate::inject(a.inject.clone()).await?;
-    let inject_secs = injected["seconds"].as_f64().unwrap_or(0.0);
-    let accepted = injected["accepted"].as_u64().unwrap_or(0);
+    let inject_secs = injected.report["seconds"].as_f64().unwrap_or(0.0);
+    let accepted = injected.report["accepted"].as_u64().unwrap_or(0);
     // Wait for the MTA to deliver everything it accepted (bounded by --max-seconds again).
     let deadline = Instant::now() + Duration::from_secs(a.inject.max_seconds);
     let mut last_seen = (sink.messages(), Instant::now());
@@ -63,24 +64,60 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
         "accepted": accepted,
         "received": received,
         "inject_seconds": inject_secs,
-        "inject_messages_per_second": injected["messages_per_second"],
-        "end_to_end_seconds": (e2e_secs * 1000.0).round() / 1000.0,
+        "inject_messages_per_second": injected.report["messages_per_second"],
+        "end_to_end_seconds": report::round3(e2e_secs),
         "end_to_end_messages_per_second": (received as f64 / e2e_secs).round(),
-        "latency_ms": injected["latency_ms"],
+        "latency_ms": injected.report["latency_ms"],
         "sink_connections": sink.counters.connections.load(Ordering::Relaxed),
     });
     if let (Some(pid), Some(c0)) = (a.mta_pid, cpu0) {
         let cpu = procstat::cpu_seconds(pid) - c0;
         report["mta_cpu_seconds"] = json!((cpu * 100.0).round() / 100.0);
-        report["mta_cpu_ms_per_message"] =
-            json!((cpu * 1e3 / received as f64 * 1000.0).round() / 1000.0);
+        report["mta_cpu_ms_per_message"] = json!(report::round3(cpu * 1e3 / received as f64));
         report["mta_peak_rss_kb"] = json!(procstat::peak_rss_kb(pid));
         report["mta_tree_rss_kb"] = json!(procstat::tree_rss_kb(pid));
     }
     for k in ["fsyncs", "fsyncs_per_message", "messages_per_fsync"] {
-        if let Some(v) = injected.get(k) {
+        if let Some(v) = injected.report.get(k) {
             report[k] = v.clone();
         }
+    }
+    // Both timelines from the moment injection started.
+    let start_ms = (started_us / 1000) as u32;
+    let arrivals: Vec<u32> = sink
+        .counters
+        .arrivals_ms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|t| t.saturating_sub(start_ms))
+        .collect();
+    let bucket = report::bucket_for(arrivals.iter().copied().max().unwrap_or(0));
+    let series = [
+        Series {
+            name: "accepted by the MTA",
+            per_second: report::timeline(injected.samples.times_ms(), bucket),
+        },
+        Series {
+            name: "received by the sink",
+            per_second: report::timeline(arrivals.iter().copied(), bucket),
+        },
+    ];
+    if let Some(path) = &a.inject.json {
+        let mut full = report.clone();
+        full["timeline"] = json!({
+            "bucket_ms": bucket,
+            "accepted_per_second": series[0].per_second,
+            "received_per_second": series[1].per_second,
+        });
+        report::write_json(path, &full)?;
+    }
+    if let Some(path) = &a.inject.plot {
+        let title = format!(
+            "{}: relay {} B x {} sessions, {} msg/s end to end",
+            a.label, a.inject.size, a.inject.sessions, report["end_to_end_messages_per_second"]
+        );
+        report::plot(path, &title, bucket, &series, &injected.samples)?;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

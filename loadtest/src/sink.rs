@@ -63,6 +63,8 @@ pub struct Counters {
     pub connections: AtomicU64,
     pub rcpt_seq: AtomicU64,
     pub data_seq: AtomicU64,
+    /// When each message arrived, in ms since `epoch` (for the throughput timeline).
+    pub arrivals_ms: std::sync::Mutex<Vec<u32>>,
 }
 
 pub struct Sink {
@@ -233,7 +235,9 @@ async fn end_of_data(
     }
     c.bytes.fetch_add(size, Ordering::Relaxed);
     c.recipients.fetch_add(rcpts, Ordering::Relaxed);
-    c.last_us.fetch_max(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let now_us = epoch.elapsed().as_micros() as u64;
+    c.last_us.fetch_max(now_us, Ordering::Relaxed);
+    c.arrivals_ms.lock().unwrap_or_else(|e| e.into_inner()).push((now_us / 1000) as u32);
     c.messages.fetch_add(1, Ordering::Relaxed);
     out.extend_from_slice(b"250 2.0.0 queued\r\n");
 }
