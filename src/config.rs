@@ -248,6 +248,10 @@ pub struct SpoolConfig {
     /// Below this much free disk space new mail gets 452 4.3.1.
     #[serde(default = "default_min_free_space", deserialize_with = "size")]
     pub min_free_space: u64,
+    /// The commit path: "portable" (writev + fdatasync) or "io_uring" (two batches in flight;
+    /// falls back to portable where io_uring is unavailable).
+    #[serde(default = "default_spool_writer")]
+    pub writer: crate::spool::WriterKind,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -504,6 +508,9 @@ fn default_retry() -> Vec<Duration> {
 }
 fn default_max_age() -> Duration {
     Duration::from_secs(5 * 86_400)
+}
+fn default_spool_writer() -> crate::spool::WriterKind {
+    crate::spool::WriterKind::Portable
 }
 fn default_segment_size() -> u64 {
     16 << 20

@@ -128,6 +128,16 @@ pub static SPOOL_COMMIT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 /// Messages in the queue now.
+/// Which commit path the spool runs (io_uring or portable): 1 for the one in use.
+pub static SPOOL_WRITER: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("sluice_spool_writer", "The spool's commit path in use (value 1)."),
+            &["writer"],
+        )
+        .expect("valid metric"),
+    )
+});
 pub static SPOOL_MESSAGES: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("sluice_spool_messages", "Messages in the queue now."));
 /// Segment files on disk.

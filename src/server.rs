@@ -45,6 +45,7 @@ pub async fn run(
         segment_size: cfg.spool.segment_size,
         checkpoint_interval: cfg.spool.checkpoint_interval,
         min_free_space: cfg.spool.min_free_space,
+        writer: cfg.spool.writer,
         unsafe_ack_before_write,
         ..SpoolOptions::new(cfg.data_dir.join("spool"))
     };

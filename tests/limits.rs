@@ -101,6 +101,17 @@ fn memory_budget_refuses_with_452_and_recovers() {
 /// DESIGN.md invariant 6: a full disk gives 452 4.3.1 to new mail; accepted mail is untouched.
 #[test]
 fn full_disk_gives_452_and_keeps_accepted_mail() {
+    full_disk("portable");
+}
+
+/// The same through the io_uring writer, whose failure path (a short or failed write with a
+/// second batch in flight behind it) is its own code.
+#[test]
+fn full_disk_gives_452_and_keeps_accepted_mail_io_uring() {
+    full_disk("io_uring");
+}
+
+fn full_disk(writer: &str) {
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         assert!(
@@ -131,8 +142,14 @@ fn full_disk_gives_452_and_keeps_accepted_mail() {
     let mut s = Sluice::start_in(
         tempfile::tempdir().unwrap(),
         mnt.join("data"),
-        "[spool]\nmin_free_space = 0\n",
+        &format!("[spool]\nmin_free_space = 0\nwriter = \"{writer}\"\n"),
         &[],
+    );
+    assert!(
+        s.log().contains(&format!("writer=\"{writer}\""))
+            || s.log().contains(&format!("writer={writer}")),
+        "{}",
+        s.log()
     );
     let mut c = Client::ehlo(s.smtp);
     let body = format!("{}\r\n", "d".repeat(998)).repeat(100);

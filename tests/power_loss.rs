@@ -55,6 +55,7 @@ fn round(
     load_dir: &Path,
     all: &mut Vec<Acked>,
     env: &[(&str, &str)],
+    config: &str,
 ) -> (Round, PathBuf) {
     let mnt = work.join(format!("mnt{n}"));
     let dump = work.join(format!("dump{n}"));
@@ -71,7 +72,12 @@ fn round(
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "MOUNTED");
 
-    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), mnt.join("data"), HOLD, env);
+    let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), mnt.join("data"), config, env);
+    if config.contains("io_uring") {
+        let log = s.log();
+        let line = log.lines().find(|l| l.contains("spool writer")).unwrap_or("");
+        assert!(line.contains("io_uring"), "io_uring did not run on plfs: {line}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, st, tag) = (s.smtp, stop.clone(), format!("p{n}"));
     let loader = std::thread::spawn(move || load::run_load(addr, 12, &tag, st));
@@ -105,7 +111,7 @@ fn round(
     (Round { lost, acked: count }, dump)
 }
 
-fn rounds(n: usize, env: &[(&str, &str)]) -> Option<(Vec<String>, usize)> {
+fn rounds(n: usize, env: &[(&str, &str)], config: &str) -> Option<(Vec<String>, usize)> {
     let plfs = plfs()?;
     let work = tempfile::tempdir().unwrap();
     let mut load_dir = work.path().join("empty");
@@ -120,7 +126,7 @@ fn rounds(n: usize, env: &[(&str, &str)]) -> Option<(Vec<String>, usize)> {
             load_dir = work.path().join("empty");
             all.clear();
         }
-        let (r, dump) = round(&plfs, work.path(), i, &load_dir, &mut all, env);
+        let (r, dump) = round(&plfs, work.path(), i, &load_dir, &mut all, env, config);
         total += r.acked;
         assert!(r.acked > 0, "round {i}: nothing was acknowledged before the cut");
         lost.extend(r.lost);
@@ -134,8 +140,17 @@ fn rounds(n: usize, env: &[(&str, &str)]) -> Option<(Vec<String>, usize)> {
 
 #[test]
 fn power_loss_20_rounds_loses_no_acknowledged_message() {
-    let Some((lost, acked)) = rounds(20, &[]) else { return };
+    let Some((lost, acked)) = rounds(20, &[], HOLD) else { return };
     eprintln!("20 power cuts, {acked} acknowledged messages, {} lost", lost.len());
+    load::assert_none_lost(&lost);
+}
+
+/// The io_uring writer (two batches in flight, acknowledged in order) under the same cuts.
+#[test]
+fn power_loss_io_uring_10_rounds_loses_no_acknowledged_message() {
+    let config = format!("{HOLD}[spool]\nwriter = \"io_uring\"\n");
+    let Some((lost, acked)) = rounds(10, &[], &config) else { return };
+    eprintln!("10 power cuts with io_uring, {acked} acknowledged messages, {} lost", lost.len());
     load::assert_none_lost(&lost);
 }
 
@@ -143,7 +158,7 @@ fn power_loss_20_rounds_loses_no_acknowledged_message() {
 /// durable loses mail here.
 #[test]
 fn power_loss_test_catches_a_spool_that_acks_early() {
-    let Some((lost, _)) = rounds(5, &[("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE", "1")]) else {
+    let Some((lost, _)) = rounds(5, &[("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE", "1")], HOLD) else {
         return;
     };
     assert!(

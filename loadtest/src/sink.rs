@@ -35,6 +35,9 @@ pub struct SinkArgs {
     /// Advertise CHUNKING (BDAT).
     #[arg(long)]
     pub chunking: bool,
+    /// Exit once this many messages arrived, printing when the first and the last came.
+    #[arg(long)]
+    pub exit_after: Option<u64>,
 }
 
 impl SinkArgs {
@@ -48,6 +51,7 @@ impl SinkArgs {
             latency_ms: 0,
             no_pipelining: false,
             chunking: false,
+            exit_after: None,
         }
     }
 }
@@ -95,32 +99,49 @@ impl Sink {
         Ok(Sink { addr, counters, epoch })
     }
 
+    /// Unix time in ms of a moment given in ms since `epoch`.
+    pub fn unix_ms(&self, since_epoch_ms: u32) -> u64 {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now_unix - self.epoch.elapsed().as_millis() as u64 + since_epoch_ms as u64
+    }
+
     pub fn messages(&self) -> u64 {
         self.counters.messages.load(Ordering::Relaxed)
     }
 }
 
-/// Runs the sink until interrupted, printing counts every 5 seconds.
+/// Runs the sink until interrupted (or `--exit-after` messages), printing counts every 5 s.
 pub async fn run(a: SinkArgs) -> anyhow::Result<()> {
+    let exit_after = a.exit_after;
     let sink = Sink::start(a).await?;
     eprintln!("sink listening on {}", sink.addr);
-    let mut last = 0;
+    let (mut last, mut last_print) = (0, Instant::now());
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
                 let n = sink.messages();
-                eprintln!("{} messages ({:.0}/s)", n, (n - last) as f64 / 5.0);
-                last = n;
+                if exit_after.is_some_and(|x| n >= x) {
+                    break;
+                }
+                if last_print.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("{} messages ({:.0}/s)", n, (n - last) as f64 / 5.0);
+                    (last, last_print) = (n, Instant::now());
+                }
             }
         }
     }
+    let arrivals = sink.counters.arrivals_ms.lock().unwrap_or_else(|e| e.into_inner()).clone();
     println!(
         "{}",
         serde_json::json!({
             "messages": sink.messages(),
             "bytes": sink.counters.bytes.load(Ordering::Relaxed),
             "connections": sink.counters.connections.load(Ordering::Relaxed),
+            "first_message_unix_ms": arrivals.iter().min().map(|&t| sink.unix_ms(t)),
+            "last_message_unix_ms": arrivals.iter().max().map(|&t| sink.unix_ms(t)),
         })
     );
     Ok(())

@@ -40,47 +40,68 @@ pub struct CheckpointStore {
     db: Database,
 }
 
-/// What a saved checkpoint holds.
+/// What a saved checkpoint holds: the log position it reflects (the entries are read with
+/// [`CheckpointStore::for_each_entry`], one at a time, so a million of them are never held twice).
 pub struct Loaded {
     pub position: Option<Position>,
-    pub entries: Vec<IndexEntry>,
 }
 
+/// An entry as the checkpoint stores it.
+pub fn encode_entry(e: &IndexEntry) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(e)
+}
+
+/// redb's page cache: the checkpoint is read once at start and written in the background, so a
+/// large cache would only hold a copy of the index (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
+
 impl CheckpointStore {
-    /// Opens (or creates) the index and loads it. Any error means: rebuild from the log.
+    /// Opens (or creates) the index and reads its position. Any error means: rebuild from the log.
     pub fn open(path: &Path) -> Result<(CheckpointStore, Loaded), String> {
-        let db = Database::create(path).map_err(|e| e.to_string())?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| e.to_string())?;
         let store = CheckpointStore { db };
-        let loaded = store.load().map_err(|e| e.to_string())?;
-        Ok((store, loaded))
+        let position = store.position().map_err(|e| e.to_string())?;
+        Ok((store, Loaded { position }))
     }
 
-    fn load(&self) -> Result<Loaded, Box<dyn std::error::Error>> {
+    fn position(&self) -> Result<Option<Position>, Box<dyn std::error::Error>> {
         let txn = self.db.begin_read()?;
-        let position = match txn.open_table(META) {
+        match txn.open_table(META) {
             Ok(meta) => match meta.get(CHECKPOINT_KEY)? {
-                Some(v) => Some(postcard::from_bytes::<Position>(v.value())?),
-                None => None,
+                Some(v) => Ok(Some(postcard::from_bytes::<Position>(v.value())?)),
+                None => Ok(None),
             },
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands every saved entry to `f`, in id order.
+    pub fn for_each_entry(
+        &self,
+        mut f: impl FnMut(IndexEntry),
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(MESSAGES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let mut entries = Vec::new();
-        if position.is_some() {
-            let table = txn.open_table(MESSAGES)?;
-            for row in table.iter()? {
-                let (_, v) = row?;
-                entries.push(postcard::from_bytes::<IndexEntry>(v.value())?);
-            }
+        for row in table.iter()? {
+            let (_, v) = row?;
+            f(postcard::from_bytes::<IndexEntry>(v.value())?);
         }
-        Ok(Loaded { position, entries })
+        Ok(())
     }
 
     /// Saves changed entries (`None` = removed) and the position they reflect, atomically and
     /// durably (redb's default durability fsyncs on commit).
     pub fn save(
         &self,
-        changes: &[(QueueId, Option<IndexEntry>)],
+        changes: &[(QueueId, Option<Vec<u8>>)],
         position: Position,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let txn = self.db.begin_write()?;
@@ -89,7 +110,7 @@ impl CheckpointStore {
             for (id, entry) in changes {
                 match entry {
                     Some(e) => {
-                        table.insert(id.0, postcard::to_stdvec(e)?.as_slice())?;
+                        table.insert(id.0, e.as_slice())?;
                     }
                     None => {
                         table.remove(id.0)?;

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +41,29 @@ pub struct SpoolOptions {
     /// Open for inspection only: no writer, no truncation, the index is rebuilt in memory from
     /// the log (the daemon may hold the redb lock).
     pub read_only: bool,
+    /// How batches reach the disk.
+    pub writer: WriterKind,
+}
+
+/// The commit thread's way to the disk. Both write each batch with one vectored write and one
+/// fdatasync and acknowledge batches in order; they differ in what overlaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterKind {
+    /// `writev` + `fdatasync` on the commit thread: one batch at a time.
+    Portable,
+    /// io_uring: linked write + fdatasync, two batches in flight (the next one is written while
+    /// the previous one syncs). Probed at start; falls back to `Portable` where it is missing.
+    IoUring,
+}
+
+impl WriterKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            WriterKind::Portable => "portable",
+            WriterKind::IoUring => "io_uring",
+        }
+    }
 }
 
 impl SpoolOptions {
@@ -52,6 +75,7 @@ impl SpoolOptions {
             min_free_space: 64 << 20,
             unsafe_ack_before_write: false,
             read_only: false,
+            writer: WriterKind::Portable,
         }
     }
 }
@@ -61,8 +85,8 @@ pub struct LogSpool {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-struct Shared {
-    opts: SpoolOptions,
+pub(super) struct Shared {
+    pub(super) opts: SpoolOptions,
     pending: Mutex<Pending>,
     wake: Condvar,
     index: RwLock<IndexState>,
@@ -73,6 +97,9 @@ struct Shared {
     broken: AtomicBool,
     checkpoint: Mutex<Option<CheckpointStore>>,
     stop: (Mutex<bool>, Condvar),
+    /// The io_uring commit thread waits on this instead of `wake` (it also waits for its ring).
+    pub(super) eventfd: std::sync::OnceLock<std::os::fd::OwnedFd>,
+    writer_in_use: std::sync::OnceLock<WriterKind>,
 }
 
 #[derive(Default)]
@@ -81,7 +108,7 @@ struct Pending {
     closed: bool,
 }
 
-struct Op {
+pub(super) struct Op {
     rec: Encoded,
     apply: Apply,
     done: Option<oneshot::Sender<Result<(), SpoolError>>>,
@@ -96,7 +123,8 @@ enum Apply {
 
 #[derive(Default)]
 struct IndexState {
-    entries: BTreeMap<QueueId, IndexEntry>,
+    /// Boxed: B-tree nodes are often half empty, and an empty slot then costs 8 bytes, not 200.
+    entries: BTreeMap<QueueId, Box<IndexEntry>>,
     /// Live messages per existing segment (every segment on disk has a key).
     live: BTreeMap<u64, u64>,
     /// Bytes per existing segment.
@@ -115,7 +143,7 @@ impl IndexState {
             Apply::Insert(env) => {
                 *self.live.entry(loc.segment).or_default() += 1;
                 self.dirty.insert(env.id);
-                self.entries.insert(env.id, IndexEntry { envelope: *env, loc });
+                self.entries.insert(env.id, Box::new(IndexEntry { envelope: *env, loc }));
             }
             Apply::Update(u) => {
                 if let Some(e) = self.entries.get_mut(&u.id)
@@ -182,18 +210,21 @@ fn free_space(dir: &Path) -> u64 {
 }
 
 /// The segment file being appended to; owned by the commit thread.
-struct Writer {
+pub(super) struct Writer {
     dir: PathBuf,
-    segment: u64,
-    file: File,
-    len: u64,
+    pub(super) segment: u64,
+    pub(super) file: File,
+    /// Bytes durably written (acknowledged) so far.
+    pub(super) len: u64,
 }
 
 impl Writer {
     fn create(dir: &Path, segment: u64) -> std::io::Result<Writer> {
+        // No O_APPEND: the io_uring writer places each batch at an explicit offset, and with
+        // O_APPEND Linux would ignore it. The portable writer writes at `len` with pwritev.
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .read(true)
             .open(segment_path(dir, segment))?;
         // The new name must survive a power cut before any record in it is acknowledged.
@@ -201,13 +232,15 @@ impl Writer {
         Ok(Writer { dir: dir.to_path_buf(), segment, file, len: 0 })
     }
 
-    /// Appends all slices and makes them durable.
+    /// Writes all slices at the end of the acknowledged data and makes them durable.
     fn write_durably(&mut self, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+        let mut off = self.len;
         while !slices.is_empty() {
-            let n = self.file.write_vectored(slices)?;
+            let n = pwritev(&self.file, slices, off)?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
+            off += n as u64;
             IoSlice::advance_slices(&mut slices, n);
         }
         let t = Instant::now();
@@ -216,6 +249,35 @@ impl Writer {
         metrics::SPOOL_FSYNCS.inc();
         Ok(())
     }
+}
+
+pub(super) fn batch_len(ops: &[Op]) -> u64 {
+    ops.iter().map(|o| o.rec.len() as u64).sum()
+}
+
+/// The batch as one list of slices: each record's header, trace and body, never copied.
+pub(super) fn batch_slices(ops: &[Op]) -> Vec<IoSlice<'_>> {
+    let mut slices = Vec::with_capacity(ops.len() * 3);
+    for op in ops {
+        slices.push(IoSlice::new(&op.rec.head));
+        for part in [&op.rec.trace, &op.rec.body] {
+            if !part.is_empty() {
+                slices.push(IoSlice::new(part));
+            }
+        }
+    }
+    slices
+}
+
+/// `pwritev(2)`: std has no stable positional vectored write.
+fn pwritev(file: &File, slices: &[IoSlice<'_>], offset: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let count = slices.len().min(1024) as libc::c_int; // IOV_MAX
+    // SAFETY: IoSlice is ABI-compatible with iovec, and the slices outlive the call.
+    let n = unsafe {
+        libc::pwritev(file.as_raw_fd(), slices.as_ptr().cast(), count, offset as libc::off_t)
+    };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 impl LogSpool {
@@ -246,20 +308,31 @@ impl LogSpool {
                 }
                 None => false,
             };
+            let mut loaded_ok = false;
             if usable {
+                let read = s.for_each_entry(|e| {
+                    max_id = max_id.max(e.envelope.id.0);
+                    *state.live.entry(e.loc.segment).or_default() += 1;
+                    state.entries.insert(e.envelope.id, Box::new(e));
+                });
+                match read {
+                    Ok(()) => loaded_ok = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "spool index unreadable; rebuilding it from the log");
+                        state = IndexState::default();
+                        max_id = 0;
+                    }
+                }
+            }
+            if loaded_ok {
                 if let Some(p) = loaded.position
                     && segments.contains(&p.segment)
                 {
                     start = p;
                 }
-                for e in loaded.entries {
-                    max_id = max_id.max(e.envelope.id.0);
-                    *state.live.entry(e.loc.segment).or_default() += 1;
-                    state.entries.insert(e.envelope.id, e);
-                }
                 store = Some(s);
             } else {
-                if loaded.position.is_some() {
+                if loaded.position.is_some() && !usable {
                     tracing::warn!(
                         "spool index does not match the log; rebuilding it from the log"
                     );
@@ -361,6 +434,8 @@ impl LogSpool {
             broken: AtomicBool::new(false),
             checkpoint: Mutex::new(store),
             stop: (Mutex::new(false), Condvar::new()),
+            eventfd: std::sync::OnceLock::new(),
+            writer_in_use: std::sync::OnceLock::new(),
         });
         let spool = LogSpool { shared: shared.clone(), threads: Mutex::new(Vec::new()) };
         if shared.opts.read_only {
@@ -382,15 +457,36 @@ impl LogSpool {
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = state;
 
         let s = shared.clone();
-        let commit = std::thread::Builder::new()
-            .name("spool-commit".into())
-            .spawn(move || s.commit_loop(writer))?;
+        let ring = match shared.opts.writer {
+            WriterKind::IoUring => match super::uring::Ring::probe(&writer.file) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring is not usable here; the spool uses the portable writer");
+                    None
+                }
+            },
+            WriterKind::Portable => None,
+        };
+        let kind = if ring.is_some() { WriterKind::IoUring } else { WriterKind::Portable };
+        tracing::info!(writer = kind.label(), "spool writer");
+        let _ = shared.writer_in_use.set(kind);
+        metrics::SPOOL_WRITER.with_label_values(&[kind.label()]).set(1);
+        let commit =
+            std::thread::Builder::new().name("spool-commit".into()).spawn(move || match ring {
+                Some(ring) => super::uring::commit_loop(s, writer, ring),
+                None => s.run_portable(writer),
+            })?;
         let s = shared.clone();
         let ckpt = std::thread::Builder::new()
             .name("spool-checkpoint".into())
             .spawn(move || s.checkpoint_loop())?;
         spool.threads.lock().unwrap_or_else(|e| e.into_inner()).extend([commit, ckpt]);
         Ok(spool)
+    }
+
+    /// The commit path in use (after the start-up probe).
+    pub fn writer(&self) -> WriterKind {
+        *self.shared.writer_in_use.get().unwrap_or(&WriterKind::Portable)
     }
 
     /// Writes an index checkpoint now and deletes dead segments (normally periodic).
@@ -419,14 +515,18 @@ impl LogSpool {
         } else {
             Some(tx)
         };
-        {
+        let first = {
             let mut p = sh.pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.closed {
                 return ready(Err(SpoolError::Closed));
             }
             p.ops.push(Op { rec, apply, done, queued_at: Instant::now() });
+            p.ops.len() == 1
+        };
+        // The commit thread only sleeps when nothing is pending: only the first record wakes it.
+        if first {
+            sh.wake_committer();
         }
-        sh.wake.notify_one();
         Box::pin(async move { rx.await.unwrap_or(Err(SpoolError::Closed)) })
     }
 }
@@ -442,101 +542,125 @@ fn ready(r: Result<(), SpoolError>) -> Ticket {
 }
 
 impl Shared {
-    fn commit_loop(self: Arc<Self>, mut writer: Writer) {
+    /// Takes up to `max` pending records (all with `usize::MAX`), waiting for some when `wait`.
+    /// Returns them and whether the spool is closing.
+    pub(super) fn take(&self, max: usize, wait: bool) -> (Vec<Op>, bool) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while wait && p.ops.is_empty() && !p.closed {
+            p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        let ops = if p.ops.len() > max {
+            p.ops.drain(..max).collect()
+        } else {
+            std::mem::take(&mut p.ops)
+        };
+        (ops, p.closed)
+    }
+
+    /// Wakes the commit thread, whichever way it waits.
+    fn wake_committer(&self) {
+        self.wake.notify_all();
+        if let Some(fd) = self.eventfd.get() {
+            super::uring::signal(fd);
+        }
+    }
+
+    pub(super) fn run_portable(self: Arc<Self>, mut writer: Writer) {
         loop {
-            let ops = {
-                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                while p.ops.is_empty() && !p.closed {
-                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
-                }
-                if p.ops.is_empty() {
-                    return; // closed and drained
-                }
-                std::mem::take(&mut p.ops)
-            };
+            let (ops, _) = self.take(usize::MAX, true);
+            if ops.is_empty() {
+                return; // closed and drained
+            }
             self.commit_batch(&mut writer, ops);
-            self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
         }
     }
 
     fn commit_batch(&self, writer: &mut Writer, ops: Vec<Op>) {
-        let total: u64 = ops.iter().map(|o| o.rec.len() as u64).sum();
+        let total = batch_len(&ops);
         let result = (|| -> std::io::Result<()> {
             if writer.len > 0 && writer.len + total > self.opts.segment_size {
                 self.roll(writer)?;
             }
-            let mut slices = Vec::with_capacity(ops.len() * 3);
-            for op in &ops {
-                slices.push(IoSlice::new(&op.rec.head));
-                for part in [&op.rec.trace, &op.rec.body] {
-                    if !part.is_empty() {
-                        slices.push(IoSlice::new(part));
-                    }
-                }
-            }
+            let mut slices = batch_slices(&ops);
             writer.write_durably(&mut slices)
         })();
-
         match result {
-            Ok(()) => {
-                let n = ops.len() as u64;
-                let mut waiters = Vec::with_capacity(ops.len());
-                {
-                    let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
-                    let mut off = writer.len;
-                    for op in ops {
-                        let len = op.rec.len() as u64;
-                        let loc = Location {
-                            segment: writer.segment,
-                            offset: off,
-                            len,
-                            content_offset: op.rec.head.len() as u32,
-                        };
-                        st.apply(op.apply, loc);
-                        off += len;
-                        waiters.push((op.done, op.queued_at));
-                    }
-                    writer.len = off;
-                    st.applied = Position { segment: writer.segment, offset: off };
-                    st.seg_bytes.insert(writer.segment, off);
-                    st.records_written += n;
-                    st.fsyncs += 1;
-                    st.publish_gauges();
-                }
-                metrics::SPOOL_RECORDS.inc_by(n);
-                metrics::SPOOL_BATCH_RECORDS.observe(n as f64);
-                for (done, queued_at) in waiters {
-                    metrics::SPOOL_COMMIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(()));
-                    }
-                }
-            }
+            Ok(()) => self.acknowledge(writer, ops),
             Err(e) => {
-                metrics::SPOOL_COMMIT_ERRORS.inc();
-                tracing::error!(error = %e, records = ops.len(), "spool commit failed; the batch is refused with 4xx");
-                // Cut what may have been written, then continue in a fresh segment: after a failed
-                // fsync the state of the old file's pages is unknown (fsyncgate).
-                let repaired = writer
-                    .file
-                    .set_len(writer.len)
-                    .and_then(|_| writer.file.sync_all())
-                    .and_then(|_| self.roll(writer));
-                if let Err(e2) = repaired {
-                    tracing::error!(error = %e2, "spool cannot recover from the write failure; refusing new mail until restart");
-                    self.broken.store(true, Ordering::Relaxed);
-                }
-                let err = SpoolError::from(e);
-                for op in ops {
-                    if let Some(done) = op.done {
-                        let _ = done.send(Err(err.clone()));
-                    }
-                }
+                self.repair(writer, &e);
+                self.refuse(ops, &e);
             }
         }
     }
 
-    fn roll(&self, writer: &mut Writer) -> std::io::Result<()> {
+    /// The batch at `writer.len` is durable: apply it to the index, then tell its waiters.
+    pub(super) fn acknowledge(&self, writer: &mut Writer, ops: Vec<Op>) {
+        let n = ops.len() as u64;
+        let mut waiters = Vec::with_capacity(ops.len());
+        {
+            let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut off = writer.len;
+            for op in ops {
+                let len = op.rec.len() as u64;
+                let loc = Location {
+                    segment: writer.segment,
+                    offset: off,
+                    len,
+                    content_offset: op.rec.head.len() as u32,
+                };
+                st.apply(op.apply, loc);
+                off += len;
+                waiters.push((op.done, op.queued_at));
+            }
+            writer.len = off;
+            st.applied = Position { segment: writer.segment, offset: off };
+            st.seg_bytes.insert(writer.segment, off);
+            st.records_written += n;
+            st.fsyncs += 1;
+            st.publish_gauges();
+        }
+        metrics::SPOOL_RECORDS.inc_by(n);
+        metrics::SPOOL_BATCH_RECORDS.observe(n as f64);
+        for (done, queued_at) in waiters {
+            metrics::SPOOL_COMMIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
+        }
+        self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+    }
+
+    /// A batch could not be made durable: its records get 4xx (nothing was acknowledged).
+    pub(super) fn refuse(&self, ops: Vec<Op>, e: &std::io::Error) {
+        metrics::SPOOL_COMMIT_ERRORS.inc();
+        tracing::error!(error = %e, records = ops.len(), "spool commit failed; the batch is refused with 4xx");
+        let err = match e.raw_os_error() {
+            Some(code) => SpoolError::from(std::io::Error::from_raw_os_error(code)),
+            None => SpoolError::Io(e.to_string()),
+        };
+        for op in ops {
+            if let Some(done) = op.done {
+                let _ = done.send(Err(err.clone()));
+            }
+        }
+    }
+
+    /// After a failed write or sync: cut what may have been written, then continue in a fresh
+    /// segment, since after a failed fsync the state of the old file's pages is unknown
+    /// (fsyncgate). If even that fails, the spool refuses new mail until restart.
+    pub(super) fn repair(&self, writer: &mut Writer, cause: &std::io::Error) {
+        let repaired = writer
+            .file
+            .set_len(writer.len)
+            .and_then(|_| writer.file.sync_all())
+            .and_then(|_| self.roll(writer));
+        if let Err(e2) = repaired {
+            tracing::error!(error = %e2, cause = %cause, "spool cannot recover from the write failure; refusing new mail until restart");
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn roll(&self, writer: &mut Writer) -> std::io::Result<()> {
         let next = Writer::create(&writer.dir, writer.segment + 1)?;
         *writer = next;
         let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -571,8 +695,19 @@ impl Shared {
         let (changes, position) = {
             let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
             let ids = std::mem::take(&mut st.dirty);
-            let changes: Vec<_> =
-                ids.into_iter().map(|id| (id, st.entries.get(&id).cloned())).collect();
+            // Serialized here rather than cloned: a few hundred thousand changed entries must not
+            // double the index's memory for the length of a checkpoint.
+            let mut changes = Vec::with_capacity(ids.len());
+            for &id in &ids {
+                match st.entries.get(&id).map(|e| super::index::encode_entry(e)).transpose() {
+                    Ok(bytes) => changes.push((id, bytes)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "spool index checkpoint failed; will retry");
+                        st.dirty.extend(ids);
+                        return;
+                    }
+                }
+            }
             (changes, st.applied)
         };
         let t = Instant::now();
@@ -692,7 +827,7 @@ impl Spool for LogSpool {
 
     fn close(&self) {
         self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        self.shared.wake.notify_all();
+        self.shared.wake_committer();
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         // The commit thread drains first, then the checkpoint thread saves the final state.
         if !threads.is_empty() {

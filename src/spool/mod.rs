@@ -14,6 +14,7 @@
 mod index;
 mod log;
 mod record;
+mod uring;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -23,7 +24,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use self::log::{LogSpool, SpoolOptions, unix_millis};
+pub use self::log::{LogSpool, SpoolOptions, WriterKind, unix_millis};
 use crate::proto::smtp::command::{BodyType, Notify, Ret};
 
 /// A queued message's id: unique across restarts, shown as 16 hex digits.

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A large queue: injects N 2 KB messages into sluice with delivery on hold, reports its memory,
+# then restarts it with delivery on (after a clean stop, then after kill -9) and measures the
+# time from the start of the process until the first message reaches a loopback sink.
+# Everything on 127.0.0.1; the spool lives under target/ (a real disk, not tmpfs).
+#   usage: bash loadtest/queue.sh [messages]   (default 1000000; needs ~3 GB of disk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. loadtest/lib.sh
+n="${1:-1000000}"
+cargo build --release --workspace --locked --quiet
+bin=$PWD/target/release/sluice
+lt=$PWD/target/release/loadtest
+work=$(mktemp -d "$PWD/target/queue.XXXXXX")
+sluice_pid="" sink_pid=""
+trap 'kill "$sluice_pid" "$sink_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+sink_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+config() { # $1 = delivery enabled (true/false)
+  cat > "$work/sluice.toml" <<TOML
+data_dir = "$work/data"
+[[listener]]
+mode = "smtp"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+max_sessions_per_ip = 1000
+[delivery]
+enabled = $1
+[[route]]
+domains = ["*"]
+smarthost = "127.0.0.1:$sink_port"
+tls = "disabled"
+TOML
+}
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+now_ms() { date +%s%3N; }
+
+config false
+start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/sluice-1.log"
+"$lt" inject --server "$sluice_smtp" --sessions 64 --messages "$n" --size 2048 --pipelining --per-connection 1000 \
+  --max-seconds 900 --json "$work/inject.json" > /dev/null
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("injected %d x 2 KB at %.0f msg/s" % (r["accepted"], r["messages_per_second"]))' "$work/inject.json"
+sleep 12 # one checkpoint interval, so the index has been saved at least once
+echo "queued: RSS $(( $(rss "$sluice_pid") / 1024 )) MiB, peak $(( $(hwm "$sluice_pid") / 1024 )) MiB; spool $(du -sm "$work/data/spool" | cut -f1) MB"
+
+restart() { # $1 = label, $2 = log
+  "$lt" sink --listen "127.0.0.1:$sink_port" --exit-after 1000 > "$work/sink.json" 2>/dev/null &
+  sink_pid=$!
+  sleep 0.3
+  rm -f "$work/data/sluice.addresses.json"
+  local t0; t0=$(now_ms)
+  start_sluice "$bin" "$work/sluice.toml" "$work/data" "$2"
+  wait "$sink_pid"
+  local first; first=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["first_message_unix_ms"])' "$work/sink.json")
+  sleep 2
+  echo "$1: first delivery after $(( first - t0 )) ms; RSS $(( $(rss "$sluice_pid") / 1024 )) MiB, peak $(( $(hwm "$sluice_pid") / 1024 )) MiB"
+}
+
+kill -TERM "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+config true
+restart "restart after a clean stop" "$work/sluice-2.log"
+kill -9 "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+restart "restart after kill -9" "$work/sluice-3.log"
+kill -TERM "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
