@@ -365,11 +365,11 @@ impl Dispatcher {
             let outcome = match &content {
                 Ok(content) => {
                     let msg = Outbound {
-                        sender: env.sender.clone(),
+                        sender: env.sender.to_string(),
                         recipients: job
                             .rcpts
                             .iter()
-                            .map(|&i| env.recipients[i as usize].address.clone())
+                            .map(|&i| env.recipients[i as usize].address.to_string())
                             .collect(),
                         content: vec![content.clone()],
                         eightbit: env.body_type == Some(BodyType::EightBitMime),

@@ -180,7 +180,7 @@ impl Recorder {
             metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
             if self.log.enabled() {
                 let mut e = Event::new(f.label, env.id);
-                e.recipient = Some(env.recipients[f.index as usize].address.clone());
+                e.recipient = Some(env.recipients[f.index as usize].address.to_string());
                 e.destination = Some(attempt.destination.to_string());
                 e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
                 e.reply = Some(f.reply.clone());
@@ -235,11 +235,11 @@ impl Recorder {
         let envelope = Envelope {
             id,
             received_at: now_ms,
-            sender: String::new(),
+            sender: Default::default(),
             recipients: vec![Recipient::queued(env.sender.clone(), None, None)],
-            message_id: Some(format!("<{}.dsn@{}>", env.id, self.helo)),
+            message_id: Some(format!("<{}.dsn@{}>", env.id, self.helo).into()),
             size: body.len() as u64,
-            helo: self.helo.clone(),
+            helo: self.helo.as_str().into(),
             client_ip: IpAddr::from([127, 0, 0, 1]),
             body_type: Some(BodyType::EightBitMime),
             smtputf8: env.smtputf8,
@@ -258,7 +258,7 @@ impl Recorder {
             Action::Relayed => "success_notice_queued",
         };
         let mut e = Event::new(event, env.id);
-        e.recipient = Some(env.sender.clone());
+        e.recipient = Some(env.sender.to_string());
         e.reply = Some(format!("DSN {id} for {} recipient(s)", notices.len()));
         self.log.log(e);
         tracing::info!(id = %env.id, dsn = %id, to = %env.sender, recipients = notices.len(), event, "DSN queued");

@@ -295,15 +295,15 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
     let envelope = Envelope {
         id,
         received_at: now,
-        sender: tx.mail.from.map(|m| m.into_string()).unwrap_or_default(),
+        sender: tx.mail.from.map(|m| m.into_string().into()).unwrap_or_default(),
         recipients: tx
             .rcpts
             .into_iter()
             .map(|r| Recipient::queued(r.to.into_string(), r.orcpt, r.notify))
             .collect(),
-        message_id: message::message_id(&tx.body),
+        message_id: message::message_id(&tx.body).map(Into::into),
         size: (trace.len() + tx.body.len()) as u64,
-        helo: tx.helo,
+        helo: tx.helo.into(),
         client_ip: tx.client_ip,
         body_type: tx.mail.body,
         smtputf8: tx.mail.smtputf8,
@@ -312,8 +312,8 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
     };
     let event = ctx.log.enabled().then(|| {
         let mut e = LogEvent::new("reception", id);
-        e.sender = Some(envelope.sender.clone());
-        e.recipients = envelope.recipients.iter().map(|r| r.address.clone()).collect();
+        e.sender = Some(envelope.sender.to_string());
+        e.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
         e.remote = Some(envelope.client_ip.to_string());
         e.size = Some(envelope.size);
         e

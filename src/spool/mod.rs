@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use self::log::{LogSpool, SpoolOptions, WriterKind, unix_millis};
@@ -45,19 +46,23 @@ impl std::str::FromStr for QueueId {
 }
 
 /// Everything known about a message except its content.
+///
+/// The queue keeps one per message in memory (a million queued messages must fit in 512 MB), so
+/// the strings that are usually short (addresses, HELO name, Message-ID) are `CompactString`s:
+/// up to 24 bytes live inline, with no heap allocation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: QueueId,
     /// Milliseconds since the Unix epoch.
     pub received_at: u64,
     /// Empty for the null reverse-path `<>`.
-    pub sender: String,
+    pub sender: CompactString,
     pub recipients: Vec<Recipient>,
     /// The `Message-ID` header, if the message has one.
-    pub message_id: Option<String>,
+    pub message_id: Option<CompactString>,
     /// Octets stored: trace header plus body.
     pub size: u64,
-    pub helo: String,
+    pub helo: CompactString,
     pub client_ip: IpAddr,
     pub body_type: Option<BodyType>,
     pub smtputf8: bool,
@@ -68,7 +73,7 @@ pub struct Envelope {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipient {
-    pub address: String,
+    pub address: CompactString,
     /// RFC 3461 ORCPT and NOTIFY.
     pub orcpt: Option<String>,
     pub notify: Option<Notify>,
@@ -83,9 +88,13 @@ pub struct Recipient {
 
 impl Recipient {
     /// A recipient waiting for its first attempt.
-    pub fn queued(address: String, orcpt: Option<String>, notify: Option<Notify>) -> Self {
+    pub fn queued(
+        address: impl Into<CompactString>,
+        orcpt: Option<String>,
+        notify: Option<Notify>,
+    ) -> Self {
         Recipient {
-            address,
+            address: address.into(),
             orcpt,
             notify,
             state: RecipientState::Queued,
@@ -170,7 +179,7 @@ pub(crate) fn test_envelope(id: QueueId, size: u64) -> Envelope {
         id,
         received_at: 1,
         sender: "a@b.c".into(),
-        recipients: vec![Recipient::queued("d@e.f".into(), None, None)],
+        recipients: vec![Recipient::queued("d@e.f", None, None)],
         message_id: Some("<m@b.c>".into()),
         size,
         helo: "x".into(),
