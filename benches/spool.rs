@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::spool::{
-    Envelope, LogSpool, NewMessage, Recipient, Spool, SpoolOptions, WriterKind,
-};
+use sluice::spool::{Envelope, LogSpool, NewMessage, Recipient, Spool, SpoolOptions, WriterKind};
 
 fn message(spool: &LogSpool, body: &Bytes) -> NewMessage {
     let id = spool.next_id();

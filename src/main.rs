@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use sluice::cli::{self, Source};
 use sluice::config::Config;
 
+/// mimalloc rather than glibc's malloc: a million queued envelopes are small long-lived
+/// allocations made on several threads, where glibc's per-thread arenas fragment (measured with
+/// loadtest/queue.sh; README, "Performance").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
