@@ -131,6 +131,10 @@ impl Batch {
     /// Pushes the batch's linked chain: writev parts at `offset`, then fdatasync.
     fn submit(&self, ring: &mut IoUring, fd: RawFd, mut offset: u64) -> std::io::Result<()> {
         let mut sq = ring.submission();
+        // All or nothing: a partly pushed chain would point the kernel at buffers we free.
+        if sq.capacity() - sq.len() < self.part_len.len() + 1 {
+            return Err(std::io::Error::other("io_uring queue full"));
+        }
         for (part, chunk) in self.iovecs.chunks(IOV_MAX).enumerate() {
             let write = opcode::Writev::new(types::Fd(fd), chunk.as_ptr(), chunk.len() as u32)
                 .offset(offset)
@@ -248,8 +252,8 @@ impl Loop {
         let batch = Batch::new(self.next_seq, ops);
         self.next_seq += 1;
         if let Err(e) = batch.submit(&mut self.ring, self.writer.file.as_raw_fd(), self.end) {
-            // Nothing of this batch reached the kernel (the queue had room for the whole chain
-            // by construction; this is the safety net).
+            // Nothing of this batch was queued: `submit` checks for room for the whole chain
+            // first (and by construction there always is).
             self.shared.refuse(batch.ops, &e);
             return;
         }
