@@ -164,11 +164,16 @@ impl Batch {
         if res < 0 {
             self.error = Some(std::io::Error::from_raw_os_error(-res));
         } else if part != SYNC_PART && res as u64 != self.part_len[part as usize] {
-            // A short write breaks the chain: the sync after it is cancelled.
-            self.error = Some(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {res} of {} bytes", self.part_len[part as usize]),
-            ));
+            // A short write breaks the chain (the sync after it is cancelled). On a regular file
+            // Linux writes short only when the disk or the quota is full (segments never reach
+            // the file size limit), which the portable path would learn as ENOSPC on its retry:
+            // report it as such, so new mail gets 452 4.3.1 rather than 451.
+            tracing::warn!(
+                written = res,
+                expected = self.part_len[part as usize],
+                "short write to the spool: disk full"
+            );
+            self.error = Some(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
     }
 }
