@@ -31,7 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # One sink port per MTA, so a straggler from one can never be counted for the other.
 pfx_sink=$(free_port)
 sluice_sink=$(free_port)
@@ -79,15 +78,7 @@ pfx_pid=$(tr -d ' ' < "$work/pfx-queue/pid/master.pid")
 
 # --- sluice: durable (fsync before 250), relaying everything to the same sink, with the same
 # connection limit as Postfix's default_destination_concurrency_limit (20).
-cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/sluice-data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions_per_ip = 1000
+sluice_config "$work/sluice.toml" "$work/sluice-data" "" "$(cat <<TOML
 [shaping.default]
 connections = 20
 messages_per_connection = 1000
@@ -96,6 +87,7 @@ domains = ["*"]
 smarthost = "127.0.0.1:$sluice_sink"
 tls = "disabled"
 TOML
+)"
 start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
 
 relay() { # $1 label, $2 server, $3 pid, $4 sink port, $5 sessions, $6 messages, $7 size, [$8 metrics url]

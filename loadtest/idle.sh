@@ -11,19 +11,12 @@ ulimit -n $(( n * 2 + 1000 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --workspace --locked --quiet
 work=$(mktemp -d)
 trap 'kill "$sluice_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions = $(( n + 100 ))
-max_sessions_per_ip = $(( n + 100 ))
+sluice_config "$work/sluice.toml" "$work/data" "max_sessions = $(( n + 100 ))
+max_sessions_per_ip = $(( n + 100 ))" "$(cat <<TOML
 [delivery]
 enabled = false
 TOML
+)"
 # A fresh sluice per round: freed memory stays with the allocator and would hide the second.
 for ehlo in "" --ehlo; do
   rm -rf "$work/data"

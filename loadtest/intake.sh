@@ -15,18 +15,11 @@ trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 run_server() { # $1 = label, $2 = unsafe flag
   rm -rf "$work/data"
-  cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions_per_ip = 1000
+  sluice_config "$work/sluice.toml" "$work/data" "" "$(cat <<TOML
 [delivery]
 enabled = false
 TOML
+)"
   SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/$1.log"
   pid=$sluice_pid smtp=$sluice_smtp admin=$sluice_admin
 }

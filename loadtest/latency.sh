@@ -16,16 +16,8 @@ mkdir -p "$out"
 work=$(mktemp -d "$PWD/target/latency.XXXXXX")
 sluice_pid=""
 trap 'kill "$sluice_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-sink_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions_per_ip = 1000
+sink_port=$(free_port)
+sluice_config "$work/sluice.toml" "$work/data" "" "$(cat <<TOML
 [shaping.default]
 connections = 20
 messages_per_connection = 1000
@@ -34,6 +26,7 @@ domains = ["*"]
 smarthost = "127.0.0.1:$sink_port"
 tls = "disabled"
 TOML
+)"
 start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/sluice.log"
 relay() { # $1 name, then extra options
   local name=$1; shift

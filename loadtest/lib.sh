@@ -17,3 +17,24 @@ start_sluice() {
   sluice_smtp=$(bound_address "$3" smtp)
   sluice_admin=$(bound_address "$3" admin)
 }
+
+# free_port: a TCP port free on 127.0.0.1 now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# sluice_config FILE DATA_DIR [LIMITS] [REST]: sluice on loopback port 0 (SMTP and admin), with
+# LIMITS as the [limits] table (default: 1000 sessions per IP, for load) and REST appended.
+sluice_config() {
+  cat > "$1" <<TOML
+data_dir = "$2"
+[[listener]]
+mode = "smtp"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+${3:-max_sessions_per_ip = 1000}
+${4:-}
+TOML
+}

@@ -14,18 +14,10 @@ lt=$PWD/target/release/loadtest
 work=$(mktemp -d "$PWD/target/queue.XXXXXX")
 sluice_pid="" sink_pid=""
 trap 'kill "$sluice_pid" "$sink_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-sink_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sink_port=$(free_port)
 
 config() { # $1 = delivery enabled (true/false)
-  cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions_per_ip = 1000
+  sluice_config "$work/sluice.toml" "$work/data" "" "$(cat <<TOML
 [delivery]
 enabled = $1
 [[route]]
@@ -33,6 +25,7 @@ domains = ["*"]
 smarthost = "127.0.0.1:$sink_port"
 tls = "disabled"
 TOML
+)"
 }
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -63,5 +56,11 @@ kill -TERM "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
 config true
 restart "restart after a clean stop" "$work/sluice-2.log"
 kill -9 "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
-restart "restart after kill -9" "$work/sluice-3.log"
-kill -TERM "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+# The first restart delivered for a few seconds and then found its sink gone: what it tried is
+# deferred for minutes. Only a large queue still has due messages left to time this round with.
+if [ "$n" -ge 100000 ]; then
+  restart "restart after kill -9" "$work/sluice-3.log"
+  kill -TERM "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+else
+  echo "restart after kill -9: not timed below 100000 messages (nothing left due)"
+fi

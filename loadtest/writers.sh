@@ -18,20 +18,13 @@ trap 'kill "$sluice_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 run_server() { # $1 = writer
   rm -rf "$work/data"
-  cat > "$work/sluice.toml" <<TOML
-data_dir = "$work/data"
-[[listener]]
-mode = "smtp"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[limits]
-max_sessions_per_ip = 1000
+  sluice_config "$work/sluice.toml" "$work/data" "" "$(cat <<TOML
 [delivery]
 enabled = false
 [spool]
 writer = "$1"
 TOML
+)"
   start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/$1.log"
   grep -q "writer=\"$1\"\|writer=$1" "$work/$1.log" || { echo "sluice did not run the $1 writer:" >&2; cat "$work/$1.log" >&2; exit 1; }
 }

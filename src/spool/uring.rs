@@ -323,7 +323,7 @@ impl Loop {
                     self.shared.acknowledge(&mut self.writer, b.ops);
                 }
                 Some(e) => {
-                    self.drain_into_failure(&e);
+                    self.wait_for_kernel();
                     self.shared.repair(&mut self.writer, &e);
                     self.shared.refuse(b.ops, &e);
                     let rest: Vec<Batch> = self.in_flight.drain(..).collect();
@@ -336,8 +336,8 @@ impl Loop {
         }
     }
 
-    /// Waits until the kernel has finished every batch in flight (after a failure).
-    fn drain_into_failure(&mut self, _cause: &std::io::Error) {
+    /// Waits until the kernel is done with every batch in flight (after a failure).
+    fn wait_for_kernel(&mut self) {
         while self.in_flight.iter().any(|b| b.outstanding > 0) {
             let _ = self.ring.submit_and_wait(1);
             self.reap();
