@@ -14,9 +14,8 @@
 
 use std::fmt::Write as _;
 
-use crate::proto::smtp::command::Ret;
 use crate::proto::smtp::message::rfc5322_date;
-use crate::spool::{Envelope, Recipient};
+use crate::spool::{Envelope, Recipient, Ret};
 
 /// Messages larger than this are returned as headers only.
 pub const FULL_RETURN_LIMIT: usize = 1 << 20;
@@ -293,7 +292,7 @@ mod tests {
 
     #[test]
     fn rfc3461_notify_decides() {
-        use crate::proto::smtp::command::Notify;
+        use crate::spool::Notify;
         let mut env = test_envelope(QueueId(1), 1);
         assert!(wants_failure_notice(&env, &env.recipients[0]));
         assert!(wants_delay_notice(&env, &env.recipients[0]), "no NOTIFY: FAILURE,DELAY");

@@ -1,18 +1,20 @@
 //! `sluice queue ...`: asks the running daemon over its admin API; when no daemon answers, reads
 //! the spool directly (read-only, rebuilt from the log, nothing modified).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::admin::message_json;
 use crate::config::Config;
+use crate::spool::lock::{DataDirLock, LockMode};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
 
 pub enum Source {
     Daemon(String),
-    Offline(LogSpool),
+    /// The spool read directly, under a shared lock on the data dir (so never beside a daemon).
+    Offline(LogSpool, DataDirLock),
 }
 
 impl Source {
@@ -30,14 +32,16 @@ impl Source {
                 if !dir.exists() {
                     bail!("no daemon answers at {base} and there is no spool at {}", dir.display());
                 }
+                let lock = DataDirLock::acquire(&cfg.data_dir, LockMode::Shared).with_context(|| {
+                    format!("no daemon answers at {base}, and the spool cannot be read beside the one that runs")
+                })?;
                 eprintln!(
                     "note: no daemon answers at {base}; reading the spool at {} directly",
                     dir.display()
                 );
                 let spool =
-                    LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok(Source::Offline(spool))
+                    LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })?;
+                Ok(Source::Offline(spool, lock))
             }
         }
     }
@@ -47,7 +51,7 @@ impl Source {
             Source::Daemon(base) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"))?)?)
             }
-            Source::Offline(s) => Ok(s.list().iter().map(message_json).collect()),
+            Source::Offline(s, _) => Ok(s.list().iter().map(message_json).collect()),
         }
     }
 
@@ -56,9 +60,20 @@ impl Source {
             Source::Daemon(base) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"))?)?)
             }
-            Source::Offline(s) => {
+            Source::Offline(s, _) => {
                 let id = id.parse().context("bad queue id")?;
                 s.get(id).map(|e| message_json(&e)).context("no such message")
+            }
+        }
+    }
+
+    /// The stored message (trace header and body), as it will be sent.
+    pub fn message(&self, id: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Source::Daemon(base) => http_bytes("GET", &format!("{base}/api/queue/{id}/message")),
+            Source::Offline(s, _) => {
+                let id = id.parse().context("bad queue id")?;
+                Ok(s.read_message(id)?.to_vec())
             }
         }
     }
@@ -76,7 +91,7 @@ impl Source {
             Source::Daemon(base) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"))?)?)
             }
-            Source::Offline(s) => Ok(serde_json::to_value(s.stats())?),
+            Source::Offline(s, _) => Ok(serde_json::to_value(s.stats())?),
         }
     }
 }
@@ -86,6 +101,10 @@ fn http_get(url: &str) -> anyhow::Result<String> {
 }
 
 fn http_send(method: &str, url: &str) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&http_bytes(method, url)?).into_owned())
+}
+
+fn http_bytes(method: &str, url: &str) -> anyhow::Result<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .http_status_as_error(false)
@@ -98,9 +117,9 @@ fn http_send(method: &str, url: &str) -> anyhow::Result<String> {
     };
     let mut resp = sent.with_context(|| format!("{method} {url}"))?;
     let status = resp.status();
-    let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
+    let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
     if !status.is_success() {
-        bail!("{url}: {status}: {}", body.trim());
+        bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
     }
     Ok(body)
 }
@@ -144,4 +163,14 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         Some(p) => Ok(Config::load(p)?),
         None => Ok(Config::default()),
     }
+}
+
+/// The configuration with `--data-dir` applied, as every subcommand that reads the data dir
+/// takes it.
+pub fn load_config_with(path: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut cfg = load_config(path)?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    Ok(cfg)
 }

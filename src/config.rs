@@ -176,6 +176,10 @@ pub struct Limits {
     pub max_sessions: usize,
     #[serde(default = "default_max_sessions_per_ip")]
     pub max_sessions_per_ip: usize,
+    /// `[relay] networks` are exempt from `max_sessions_per_ip` and the connection rate limit
+    /// (trusted injectors reconnect fast; Postfix exempts `$mynetworks` the same way).
+    #[serde(default = "default_true")]
+    pub exempt_relay_networks: bool,
     /// Command line limit including CRLF (RFC 5321 4.5.3.1.4 minimum: 512).
     #[serde(default = "default_max_command_line")]
     pub max_command_line: usize,
@@ -456,6 +460,10 @@ pub struct Local {
     /// Domains accepted from anyone.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// The address mail to `<postmaster>` (RCPT with no domain, RFC 5321 4.5.1) is delivered
+    /// to. Unset: such recipients are refused with 550 5.1.1, since they could not be delivered.
+    #[serde(default)]
+    pub postmaster: Option<String>,
 }
 
 fn default_hostname() -> String {
@@ -786,6 +794,11 @@ impl Config {
             if d.is_empty() || d.contains('@') || d.contains(' ') {
                 return invalid(&format!("local.domains[{i}]"), format!("{d:?} is not a domain"));
             }
+        }
+        if let Some(p) = &self.local.postmaster
+            && !matches!(crate::proto::smtp::address::parse_path(p, false), Ok(Some(_)))
+        {
+            return invalid("local.postmaster", format!("{p:?} is not an address (user@domain)"));
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ enum Command {
         /// Configuration file, for the admin address and data_dir.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration (for reading the spool offline).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
         /// Admin API address of the daemon (default: from the configuration).
         #[arg(long, global = true)]
         admin: Option<String>,
@@ -59,6 +62,9 @@ enum Command {
         /// Configuration file, for the users file location.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration (where the users file is by default).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: UserCommand,
     },
@@ -109,6 +115,8 @@ enum QueueCommand {
     },
     /// Show one message's envelope and recipient states as JSON.
     Show { id: String },
+    /// Print the stored message (trace header and body) as it will be sent.
+    Cat { id: String },
     /// Queue counters as JSON.
     Stats,
     /// Retry queued recipients now (all, or one recipient domain). Needs the running daemon.
@@ -138,14 +146,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, data_dir } => {
             init_logging();
-            let mut cfg = cli::load_config(config.as_deref())?;
-            if let Some(d) = data_dir {
-                cfg.data_dir = d;
-            }
-            let unsafe_ack =
-                std::env::var("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE").is_ok_and(|v| v == "1");
+            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
+            // Test-only switches exist only in binaries built with the `test-hooks` feature.
+            #[cfg(feature = "test-hooks")]
+            let hooks = sluice::server::TestHooks::from_env();
+            #[cfg(not(feature = "test-hooks"))]
+            let hooks = sluice::server::TestHooks::default();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(sluice::server::run(cfg, shutdown_signal(), unsafe_ack))?;
+            rt.block_on(sluice::server::run(cfg, shutdown_signal(), hooks))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
@@ -159,8 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::User { config, command } => {
-            let cfg = cli::load_config(config.as_deref())?;
+        Command::User { config, data_dir, command } => {
+            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
             let path = cfg.users_file();
             let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
             let what = match command {
@@ -201,13 +209,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { config, admin, command } => {
-            let cfg = cli::load_config(config.as_deref())?;
+        Command::Queue { config, data_dir, admin, command } => {
+            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
             let source = Source::connect(&cfg, admin.as_deref())?;
             match command {
                 QueueCommand::List { json } => cli::print_list(&source.list()?, json),
                 QueueCommand::Show { id } => {
                     println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?)
+                }
+                QueueCommand::Cat { id } => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&source.message(&id)?)?;
                 }
                 QueueCommand::Flush { domain } => {
                     let path = match domain {

@@ -127,7 +127,13 @@ pub static SPOOL_COMMIT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Group commits that failed; their messages got 4xx.",
     )
 });
-/// Messages in the queue now.
+/// Damaged log records skipped (and copied to spool/quarantine/) by start-up recovery.
+pub static SPOOL_DAMAGED_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_spool_damaged_records_total",
+        "Damaged spool log regions skipped at start-up and copied to spool/quarantine/.",
+    )
+});
 /// Which commit path the spool runs (io_uring or portable): 1 for the one in use.
 pub static SPOOL_WRITER: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
@@ -294,6 +300,7 @@ pub fn init() {
     LazyLock::force(&SPOOL_RECORDS);
     LazyLock::force(&SPOOL_BATCH_RECORDS);
     LazyLock::force(&SPOOL_COMMIT_ERRORS);
+    LazyLock::force(&SPOOL_DAMAGED_RECORDS);
     LazyLock::force(&SPOOL_MESSAGES);
     LazyLock::force(&SPOOL_SEGMENTS);
     LazyLock::force(&SPOOL_DISK_BYTES);

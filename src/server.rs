@@ -23,6 +23,7 @@ use crate::queue::manager::{Dispatcher, DispatcherConfig};
 use crate::queue::outcome::Recorder;
 use crate::queue::schedule::RetrySchedule;
 use crate::smtp::{ListenerContext, listener};
+use crate::spool::lock::{DataDirLock, LockMode};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
 use crate::{admin, metrics};
 
@@ -31,27 +32,62 @@ pub fn addresses_file(cfg: &Config) -> PathBuf {
     cfg.data_dir.join("sluice.addresses.json")
 }
 
-/// Runs the server until `shutdown` completes. `unsafe_ack_before_write` is for crash-test
-/// demonstrations only.
+/// Switches that let tests show a safety check can fail. The binary sets them (from
+/// environment variables) only when built with the `test-hooks` cargo feature; the default is
+/// the safe production behaviour.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestHooks {
+    /// Acknowledge spool batches without fdatasync: every acknowledged message is lost in a
+    /// power cut (`SLUICE_TEST_UNSAFE_SKIP_SYNC=1`).
+    pub unsafe_skip_sync: bool,
+    /// Acknowledge messages before they are written: lost in a kill -9 until the commit thread
+    /// writes them (`SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE=1`).
+    pub unsafe_ack_before_write: bool,
+    /// A slow disk: the commit thread waits this long before each batch
+    /// (`SLUICE_TEST_COMMIT_DELAY_MS`).
+    pub commit_delay: std::time::Duration,
+}
+
+impl TestHooks {
+    /// Reads the hooks from the environment (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub fn from_env() -> TestHooks {
+        let var = |k: &str| std::env::var(k).ok();
+        TestHooks {
+            unsafe_skip_sync: var("SLUICE_TEST_UNSAFE_SKIP_SYNC").is_some_and(|v| v == "1"),
+            unsafe_ack_before_write: var("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE")
+                .is_some_and(|v| v == "1"),
+            commit_delay: std::time::Duration::from_millis(
+                var("SLUICE_TEST_COMMIT_DELAY_MS").and_then(|v| v.parse().ok()).unwrap_or(0),
+            ),
+        }
+    }
+}
+
+/// Runs the server until `shutdown` completes.
 pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
-    unsafe_ack_before_write: bool,
+    hooks: TestHooks,
 ) -> anyhow::Result<()> {
     metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    // One owner per data dir, before anything in it is opened (a second daemon touches nothing).
+    let _lock = DataDirLock::acquire(&cfg.data_dir, LockMode::Exclusive)?;
     let opts = SpoolOptions {
         segment_size: cfg.spool.segment_size,
         checkpoint_interval: cfg.spool.checkpoint_interval,
         min_free_space: cfg.spool.min_free_space,
         writer: cfg.spool.writer,
-        unsafe_ack_before_write,
+        unsafe_skip_sync: hooks.unsafe_skip_sync,
+        unsafe_ack_before_write: hooks.unsafe_ack_before_write,
+        commit_delay: hooks.commit_delay,
         ..SpoolOptions::new(cfg.data_dir.join("spool"))
     };
-    if unsafe_ack_before_write {
+    if hooks.unsafe_skip_sync || hooks.unsafe_ack_before_write {
         tracing::error!(
-            "UNSAFE: the spool acknowledges messages before writing them (test mode); mail WILL be lost on a crash"
+            "UNSAFE: the spool acknowledges messages before they are durable (test hook); mail WILL be lost"
         );
     }
     let spool: Arc<dyn Spool> = Arc::new(
@@ -75,6 +111,11 @@ pub async fn run(
             .iter()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
             .collect::<HashSet<_>>(),
+        postmaster: cfg
+            .local
+            .postmaster
+            .as_deref()
+            .and_then(|p| crate::proto::smtp::address::parse_path(p, false).ok().flatten()),
         ..SessionConfig::default()
     });
     let tls = match &cfg.tls {
@@ -101,7 +142,7 @@ pub async fn run(
         cfg.limits.max_sessions,
         cfg.limits.max_sessions_per_ip,
         rate,
-        cfg.relay.networks.clone(),
+        if cfg.limits.exempt_relay_networks { cfg.relay.networks.clone() } else { Vec::new() },
     );
     let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
     let stored = Arc::new(tokio::sync::Notify::new());

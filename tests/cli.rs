@@ -67,10 +67,23 @@ fn queue_commands_online_and_offline() {
     assert_eq!(stats["messages"], 1);
     let out = sluice(&["queue", "list", "--config", &cfg, "--admin", &admin]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let online = sluice(&["queue", "cat", &id, "--config", &cfg, "--admin", &admin]);
+    assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    assert!(online.stdout.starts_with(b"Received: from client.test"));
+    assert!(online.stdout.ends_with(b"Message-ID: <cli@t>\r\n\r\nx\r\n"));
     // With the daemon stopped, the CLI reads the spool directly.
     s.terminate();
     let out = sluice(&["queue", "list", "--json", "--config", &cfg]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("<cli@t>"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading the spool"));
+    // The same offline, with the data dir given on the command line (moved elsewhere).
+    let moved = s.dir.path().join("moved");
+    std::fs::rename(&s.data_dir, &moved).unwrap();
+    let data_dir = moved.to_str().unwrap();
+    let out = sluice(&["queue", "cat", &id, "--config", &cfg, "--data-dir", data_dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, online.stdout);
+    let out = sluice(&["queue", "list", "--json", "--config", &cfg, "--data-dir", data_dir]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<cli@t>"));
 }

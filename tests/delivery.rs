@@ -377,6 +377,44 @@ fn queue_admin_flush_bounce_delete() {
     assert_eq!(sink.messages().len(), 1, "delete sends no bounce");
 }
 
+/// Operator actions never race a delivery in flight: `queue bounce` and `queue delete` wait for
+/// the attempt to finish, so a message delivered meanwhile is neither bounced nor re-sent, and
+/// `queue flush` leaves in-flight messages alone.
+#[test]
+fn operator_actions_wait_for_the_delivery_in_flight() {
+    let sink = Sink::start(Behavior { end_delay: Duration::from_secs(2), ..Default::default() });
+    let s = Sluice::start(&route_to(&sink, ""));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["queue"])
+            .args(args)
+            .args(["--admin", &s.admin.to_string()])
+            .output()
+            .unwrap()
+    };
+    let mut c = Client::ehlo(s.smtp);
+    let r = c.send_message("<inflight@t>", "x\r\n");
+    let id = r.trim().rsplit(' ').next().unwrap().to_string();
+    // The sink has the whole message and sits on its reply: the delivery is in flight.
+    sink.wait_data_ends(1, 10);
+    assert_eq!(cli(&["flush"]).status.code(), Some(0));
+    let out = cli(&["bounce", &id]);
+    // It returned only after the 250: the message was delivered, so there was nothing to bounce.
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such message"));
+    s.wait_queue(10, |q| q.is_empty());
+    assert_eq!(sink.messages().len(), 1, "a bounce (or a second copy) was sent as well");
+
+    let r = c.send_message("<inflight2@t>", "y\r\n");
+    let id = r.trim().rsplit(' ').next().unwrap().to_string();
+    sink.wait_data_ends(2, 10);
+    assert!(!cli(&["delete", &id]).status.success(), "deleted a message being delivered");
+    s.wait_queue(10, |q| q.is_empty());
+    assert_eq!(sink.messages().len(), 2);
+    let log = s.delivery_log(3);
+    assert_eq!(log.iter().filter(|e| e["event"] == "delivered").count(), 2, "{log:?}");
+}
+
 /// Shaping: 1,000 messages to one destination over at most `connections` connections at once,
 /// each carrying at most `messages_per_connection`.
 #[test]

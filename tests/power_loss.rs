@@ -7,9 +7,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::load::{self, Acked};
 use common::*;
@@ -44,6 +44,8 @@ const HOLD: &str = "[delivery]\nenabled = false\n";
 struct Round {
     lost: Vec<String>,
     acked: usize,
+    /// plfs's count of files holding data that was written but never synced at the cut.
+    unsynced_files: usize,
 }
 
 /// One round: mount plfs over `load_dir`, run sluice on it under load, kill -9, cut the power,
@@ -79,10 +81,17 @@ fn round(
         assert!(line.contains("io_uring"), "io_uring did not run on plfs: {line}");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (addr, st, tag) = (s.smtp, stop.clone(), format!("p{n}"));
-    let loader = std::thread::spawn(move || load::run_load(addr, 12, &tag, st));
-    let delay = 200 + load::jitter(600);
-    std::thread::sleep(Duration::from_millis(delay));
+    let shared = Arc::new(Mutex::new(Vec::new()));
+    let (addr, st, tag, sh) = (s.smtp, stop.clone(), format!("p{n}"), shared.clone());
+    let loader = std::thread::spawn(move || load::run_load_into(addr, 12, &tag, st, sh));
+    // The cut comes on an event, not after a sleep: once `target` messages were acknowledged
+    // (a different count each round), whatever the machine's speed.
+    let target = 100 + load::jitter(1500) as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.lock().unwrap().len() < target {
+        assert!(Instant::now() < deadline, "round {n}: {target} acknowledgements never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     s.kill9();
     stop.store(true, Ordering::Relaxed);
     let acked = loader.join().unwrap();
@@ -92,10 +101,15 @@ fn round(
     assert!(line.starts_with("DUMPED"), "{line}");
     fs.wait().unwrap();
     eprintln!(
-        "round {n}: power cut after {delay} ms, {} acknowledged; plfs: {}",
+        "round {n}: power cut after {target}+ acknowledgements, {} acknowledged; plfs: {}",
         acked.len(),
         line.trim()
     );
+    let unsynced_files = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("files_with_unsynced_data="))
+        .and_then(|v| v.parse().ok())
+        .expect("plfs reports files_with_unsynced_data");
 
     // Restart on the durable view, as the machine would after the power comes back.
     let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), dump.join("data"), HOLD, &[]);
@@ -108,10 +122,15 @@ fn round(
     }
     let count = acked.len();
     all.extend(acked);
-    (Round { lost, acked: count }, dump)
+    (Round { lost, acked: count, unsynced_files }, dump)
 }
 
-fn rounds(n: usize, env: &[(&str, &str)], config: &str) -> Option<(Vec<String>, usize)> {
+/// Runs `n` rounds; returns what was lost, how much was acknowledged, and the rounds.
+fn rounds(
+    n: usize,
+    env: &[(&str, &str)],
+    config: &str,
+) -> Option<(Vec<String>, usize, Vec<Round>)> {
     let plfs = plfs()?;
     let work = tempfile::tempdir().unwrap();
     let mut load_dir = work.path().join("empty");
@@ -119,6 +138,7 @@ fn rounds(n: usize, env: &[(&str, &str)], config: &str) -> Option<(Vec<String>, 
     let mut all = Vec::new();
     let mut total = 0;
     let mut lost = Vec::new();
+    let mut done = Vec::new();
     for i in 0..n {
         // Chains of 5: each round restarts on the previous round's durable view (recovery of a
         // recovered spool), and every 5th starts afresh so the copied state stays small.
@@ -129,18 +149,19 @@ fn rounds(n: usize, env: &[(&str, &str)], config: &str) -> Option<(Vec<String>, 
         let (r, dump) = round(&plfs, work.path(), i, &load_dir, &mut all, env, config);
         total += r.acked;
         assert!(r.acked > 0, "round {i}: nothing was acknowledged before the cut");
-        lost.extend(r.lost);
+        lost.extend(r.lost.iter().cloned());
+        done.push(r);
         load_dir = dump;
         if !lost.is_empty() {
             break;
         }
     }
-    Some((lost, total))
+    Some((lost, total, done))
 }
 
 #[test]
 fn power_loss_20_rounds_loses_no_acknowledged_message() {
-    let Some((lost, acked)) = rounds(20, &[], HOLD) else { return };
+    let Some((lost, acked, _)) = rounds(20, &[], HOLD) else { return };
     eprintln!("20 power cuts, {acked} acknowledged messages, {} lost", lost.len());
     load::assert_none_lost(&lost);
 }
@@ -149,21 +170,33 @@ fn power_loss_20_rounds_loses_no_acknowledged_message() {
 #[test]
 fn power_loss_io_uring_10_rounds_loses_no_acknowledged_message() {
     let config = format!("{HOLD}[spool]\nwriter = \"io_uring\"\n");
-    let Some((lost, acked)) = rounds(10, &[], &config) else { return };
+    let Some((lost, acked, _)) = rounds(10, &[], &config) else { return };
     eprintln!("10 power cuts with io_uring, {acked} acknowledged messages, {} lost", lost.len());
     load::assert_none_lost(&lost);
 }
 
-/// The power-loss check must be able to fail: a spool that acknowledges before its data is
-/// durable loses mail here.
+/// The power-loss check must be able to fail, every time: a spool that acknowledges without
+/// syncing (a test hook, only in binaries built with `--features test-hooks`) loses every
+/// message it acknowledged at the cut, and plfs must see the unsynced data.
 #[test]
-fn power_loss_test_catches_a_spool_that_acks_early() {
-    let Some((lost, _)) = rounds(5, &[("SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE", "1")], HOLD) else {
+fn power_loss_test_catches_a_spool_that_never_syncs() {
+    if !cfg!(feature = "test-hooks") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the negative control needs --features test-hooks under CI"
+        );
+        eprintln!("SKIPPED: negative control needs cargo test --features test-hooks");
+        return;
+    }
+    let Some((lost, acked, rounds)) = rounds(1, &[("SLUICE_TEST_UNSAFE_SKIP_SYNC", "1")], HOLD)
+    else {
         return;
     };
-    assert!(
-        !lost.is_empty(),
+    assert!(rounds[0].unsynced_files > 0, "precondition: plfs saw no unsynced data");
+    assert_eq!(
+        lost.len(),
+        acked,
         "the power-loss test did not notice acknowledged-but-not-durable messages"
     );
-    eprintln!("as expected, the unsafe spool lost {} acknowledged messages", lost.len());
+    eprintln!("as expected, the unsafe spool lost all {} acknowledged messages", lost.len());
 }

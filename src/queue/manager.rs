@@ -27,8 +27,7 @@ use crate::delivery::shaping::{Backoff, Gcra, Limits};
 use crate::dns::{Dns, DnsError, MxAnswer};
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
-use crate::proto::smtp::command::BodyType;
-use crate::spool::{QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
+use crate::spool::{BodyType, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
 
 /// Where a group of recipients goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,8 +90,36 @@ pub struct Dispatcher {
     /// All delivery connections together (`[delivery] concurrency`).
     concurrency: Arc<Semaphore>,
     destinations: Mutex<HashMap<Hop, Arc<Destination>>>,
+    /// What is being delivered, and what an operator holds back.
+    in_flight: Mutex<InFlight>,
+    /// Woken whenever a job is released (operator actions wait for in-flight attempts).
+    released: Notify,
+}
+
+#[derive(Default)]
+struct InFlight {
     /// (message, destination) groups queued or being delivered: never dispatched twice.
-    in_flight: Mutex<HashSet<(QueueId, Hop)>>,
+    jobs: HashSet<(QueueId, Hop)>,
+    /// Messages an operator action is changing: not dispatched until it is done.
+    held: HashSet<QueueId>,
+}
+
+impl InFlight {
+    fn busy(&self, id: QueueId) -> bool {
+        self.held.contains(&id) || self.jobs.iter().any(|(j, _)| *j == id)
+    }
+}
+
+/// An operator's hold on one message (see [`Dispatcher::hold`]).
+struct Hold<'a> {
+    flight: &'a Mutex<InFlight>,
+    id: QueueId,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.flight.lock().unwrap_or_else(|e| e.into_inner()).held.remove(&self.id);
+    }
 }
 
 /// Everything the dispatcher needs, from the configuration.
@@ -118,7 +145,8 @@ impl Dispatcher {
             shaping: cfg.shaping,
             concurrency: Arc::new(Semaphore::new(cfg.concurrency)),
             destinations: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(InFlight::default()),
+            released: Notify::new(),
         })
     }
 
@@ -136,28 +164,39 @@ impl Dispatcher {
     }
 
     /// Makes queued recipients due now (all, or those of one domain); returns how many.
+    /// Messages with an attempt in flight are left alone (their outcome sets the next attempt),
+    /// and every change is conditional on the snapshot it was made from, so a recipient
+    /// delivered meanwhile is never queued again.
     pub async fn flush(&self, domain: Option<&str>) -> Result<usize, SpoolError> {
         let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-        let mut n = 0;
+        let mut tickets = Vec::new();
         for env in self.recorder.spool.list() {
+            if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).busy(env.id) {
+                continue;
+            }
             for (i, r) in env.recipients.iter().enumerate() {
                 let rd = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
                 if r.state != RecipientState::Queued || domain.as_ref().is_some_and(|d| *d != rd) {
                     continue;
                 }
-                self.recorder
-                    .spool
-                    .update(RecipientUpdate {
-                        id: env.id,
-                        index: i as u32,
-                        state: RecipientState::Queued,
-                        attempts: r.attempts,
-                        next_attempt: 0,
-                        last_reply: r.last_reply.clone(),
-                        delay_notified: r.delay_notified,
-                    })
-                    .await?;
-                n += 1;
+                tickets.push(self.recorder.spool.update(RecipientUpdate {
+                    id: env.id,
+                    index: i as u32,
+                    state: RecipientState::Queued,
+                    attempts: r.attempts,
+                    next_attempt: 0,
+                    last_reply: r.last_reply.clone(),
+                    delay_notified: r.delay_notified,
+                    expect_attempts: Some(r.attempts),
+                }));
+            }
+        }
+        let mut n = 0;
+        for t in tickets {
+            match t.await {
+                Ok(()) => n += 1,
+                Err(SpoolError::Conflict) => {}
+                Err(e) => return Err(e),
             }
         }
         self.recorder.wake.notify_one();
@@ -165,8 +204,10 @@ impl Dispatcher {
     }
 
     /// Operator bounce: every queued recipient fails with a DSN (queued first), then the message
-    /// is removed. Returns the number of recipients bounced, or None if there is no such message.
+    /// is removed. Attempts in flight finish first, so a recipient delivered meanwhile is not
+    /// bounced too. Returns the number of recipients bounced, or None if there is no such message.
     pub async fn bounce(&self, id: QueueId) -> Result<Option<usize>, SpoolError> {
+        let _hold = self.hold(id).await;
         let Some(env) = self.recorder.spool.get(id) else { return Ok(None) };
         let reason = "message bounced by the postmaster (sluice queue bounce)".to_string();
         let queued: Vec<u32> = env
@@ -193,11 +234,11 @@ impl Dispatcher {
             let original = self.read_content(id).await.unwrap_or_default();
             self.recorder.queue_bounce(&env, &notices, &original, unix_millis()).await?;
         }
-        for &i in &queued {
-            let r = &env.recipients[i as usize];
-            self.recorder
-                .spool
-                .update(RecipientUpdate {
+        let tickets: Vec<_> = queued
+            .iter()
+            .map(|&i| {
+                let r = &env.recipients[i as usize];
+                self.recorder.spool.update(RecipientUpdate {
                     id,
                     index: i,
                     state: RecipientState::Failed,
@@ -205,11 +246,60 @@ impl Dispatcher {
                     next_attempt: 0,
                     last_reply: Some(reason.clone()),
                     delay_notified: r.delay_notified,
+                    expect_attempts: Some(r.attempts),
                 })
-                .await?;
+            })
+            .collect();
+        for t in tickets {
+            t.await?;
         }
         self.recorder.spool.remove(id).await?;
         Ok(Some(queued.len()))
+    }
+
+    /// Operator delete (no bounce), after any attempt in flight has finished. False if there is
+    /// no such message.
+    pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let _hold = self.hold(id).await;
+        if self.recorder.spool.get(id).is_none() {
+            return Ok(false);
+        }
+        self.recorder.spool.remove(id).await?;
+        Ok(true)
+    }
+
+    /// Keeps a message away from delivery while an operator changes it: jobs queued but not
+    /// started are withdrawn, and attempts already started finish (and record their outcome)
+    /// before this returns. The hold ends when the guard drops.
+    async fn hold(&self, id: QueueId) -> Hold<'_> {
+        let withdrawn: Vec<Hop> = {
+            let dests = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            dests
+                .values()
+                .filter(|d| {
+                    let mut ready = d.ready.lock().unwrap_or_else(|e| e.into_inner());
+                    let before = ready.len();
+                    ready.retain(|j| j.id != id);
+                    ready.len() != before
+                })
+                .map(|d| d.hop.clone())
+                .collect()
+        };
+        let guard = Hold { flight: &self.in_flight, id };
+        loop {
+            let released = self.released.notified();
+            {
+                let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                for hop in &withdrawn {
+                    f.jobs.remove(&(id, hop.clone()));
+                }
+                f.held.insert(id);
+                if !f.jobs.iter().any(|(j, _)| *j == id) {
+                    return guard;
+                }
+            }
+            released.await;
+        }
     }
 
     /// A crash between recording the last outcome and removing the message leaves a message with
@@ -229,8 +319,10 @@ impl Dispatcher {
     /// destination has work, room under its limits and no back-off.
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
         let now = unix_millis();
-        let busy: HashSet<QueueId> =
-            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|k| k.0).collect();
+        let busy: HashSet<QueueId> = {
+            let f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            f.jobs.iter().map(|k| k.0).chain(f.held.iter().copied()).collect()
+        };
         // Bounded so one scan stays cheap with a large queue; the next scan continues.
         for env in self.recorder.spool.due(now, 10_000, &busy) {
             let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
@@ -246,13 +338,11 @@ impl Dispatcher {
                 groups.entry(hop).or_default().push(i as u32);
             }
             for (hop, rcpts) in groups {
-                if !self
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((env.id, hop.clone()))
                 {
-                    continue;
+                    let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.held.contains(&env.id) || !f.jobs.insert((env.id, hop.clone())) {
+                        continue;
+                    }
                 }
                 let dest = self.destination(&hop);
                 dest.ready
@@ -312,9 +402,9 @@ impl Dispatcher {
             };
             let gauge = metrics::DESTINATION_CONNECTIONS.with_label_values(&[&label]);
             gauge.inc();
-            let (me, d) = (self.clone(), dest.clone());
+            let (me, d, t) = (self.clone(), dest.clone(), tracker.clone());
             tracker.spawn(async move {
-                me.serve_destination(&d, permit).await;
+                me.serve_destination(&d, permit, &t).await;
                 *d.connections.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 metrics::DELIVERY_CONNECTIONS.dec();
                 gauge.dec();
@@ -325,7 +415,12 @@ impl Dispatcher {
 
     /// One connection's life: connect, take jobs from the destination until
     /// `messages_per_connection` or idle, QUIT.
-    async fn serve_destination(&self, dest: &Destination, _permit: OwnedSemaphorePermit) {
+    async fn serve_destination(
+        self: &Arc<Self>,
+        dest: &Arc<Destination>,
+        _permit: OwnedSemaphorePermit,
+        tracker: &TaskTracker,
+    ) {
         let mut conn = match self.connect(&dest.hop).await {
             Ok(c) => {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
@@ -375,13 +470,13 @@ impl Dispatcher {
                         eightbit: env.body_type == Some(BodyType::EightBitMime),
                         smtputf8: env.smtputf8,
                         dsn: DsnParams {
-                            ret: env.ret,
+                            ret: env.ret.map(Into::into),
                             envid: env.envid.clone(),
                             recipients: job
                                 .rcpts
                                 .iter()
                                 .map(|&i| &env.recipients[i as usize])
-                                .map(|r| (r.notify, r.orcpt.clone()))
+                                .map(|r| (r.notify.map(Into::into), r.orcpt.clone()))
                                 .collect(),
                         },
                     };
@@ -395,14 +490,19 @@ impl Dispatcher {
             {
                 self.back_off(dest, e);
             }
-            let peer = conn.peer.clone();
-            let attempt = Attempt {
-                next_hop_dsn: conn.capabilities().dsn,
-                answered_by: &peer,
-                destination: dest.hop.name(),
-                elapsed: started.elapsed(),
-            };
-            self.finish_job(dest, job, outcome, &attempt, content.ok()).await;
+            // The outcome is recorded beside the connection, which goes on to its next job at
+            // once instead of idling through the group commit.
+            let (me, d, peer) = (self.clone(), dest.clone(), conn.peer.clone());
+            let (next_hop_dsn, elapsed) = (conn.capabilities().dsn, started.elapsed());
+            tracker.spawn(async move {
+                let attempt = Attempt {
+                    next_hop_dsn,
+                    answered_by: &peer,
+                    destination: d.hop.name(),
+                    elapsed,
+                };
+                me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
+            });
         }
         conn.quit().await;
     }
@@ -430,7 +530,12 @@ impl Dispatcher {
     }
 
     fn release(&self, job: &Job, hop: &Hop) {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&(job.id, hop.clone()));
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .remove(&(job.id, hop.clone()));
+        self.released.notify_waiters();
     }
 
     /// The next job, waiting up to the idle timeout for one to be queued. A connection the server

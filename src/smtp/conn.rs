@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::listener::Admission;
 use super::{Charge, ListenerContext};
 use crate::delivery_log::Event as LogEvent;
 use crate::metrics;
@@ -37,12 +38,15 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Serves one connection until it closes. `admission` is released before the final reply.
 pub async fn run(
     tcp: TcpStream,
     ip: IpAddr,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
+    admission: Admission,
 ) {
+    let mut admission = Some(admission);
     metrics::SMTP_CONNECTIONS_ACTIVE.with_label_values(&[&ctx.name]).inc();
     let _active = ActiveGuard(ctx.name.clone());
     let _ = tcp.set_nodelay(true);
@@ -126,6 +130,9 @@ pub async fn run(
             }
             Step::Store(tx) => {
                 let size = tx.body.len();
+                // The body stays in memory until the commit answers: it stays charged until
+                // then (DESIGN.md invariant 5), so a slow disk turns into 452s, not into RAM.
+                charge.set(session.held_bytes() + size);
                 let (id, result) = Box::pin(store(&ctx, *tx)).await;
                 let id = id.to_string();
                 session
@@ -151,6 +158,8 @@ pub async fn run(
                 session.handle_auth(result);
             }
             Step::Close => {
+                // Free the slot before the client reads 221 and reconnects.
+                drop(admission.take());
                 let _ = flush(&mut stream, &mut session, &ctx).await;
                 let _ = stream.shutdown().await;
                 return;
@@ -283,7 +292,10 @@ fn store_error(e: &SpoolError) -> StoreError {
     match e {
         SpoolError::NoSpace => StoreError::NoSpace,
         SpoolError::Closed => StoreError::ShuttingDown,
-        SpoolError::Io(_) | SpoolError::Corrupt(_) | SpoolError::NotFound => StoreError::Failed,
+        SpoolError::Io(_)
+        | SpoolError::Corrupt(_)
+        | SpoolError::NotFound
+        | SpoolError::Conflict => StoreError::Failed,
     }
 }
 
@@ -299,15 +311,15 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
         recipients: tx
             .rcpts
             .into_iter()
-            .map(|r| Recipient::queued(r.to.into_string(), r.orcpt, r.notify))
+            .map(|r| Recipient::queued(r.to.into_string(), r.orcpt, r.notify.map(Into::into)))
             .collect(),
         message_id: message::message_id(&tx.body).map(Into::into),
         size: (trace.len() + tx.body.len()) as u64,
         helo: tx.helo.into(),
         client_ip: tx.client_ip,
-        body_type: tx.mail.body,
+        body_type: tx.mail.body.map(Into::into),
         smtputf8: tx.mail.smtputf8,
-        ret: tx.mail.ret,
+        ret: tx.mail.ret.map(Into::into),
         envid: tx.mail.envid,
     };
     let event = ctx.log.enabled().then(|| {
@@ -328,7 +340,7 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
 
 #[cfg(test)]
 mod tests {
-    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -24,23 +24,29 @@ pub struct ConnectionLimits {
     /// New connections per second per IP, with a burst of one minute's worth.
     rate: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-    /// Trusted injectors (the relay networks) are not rate limited.
+    /// Trusted injectors (the relay networks, unless `[limits] exempt_relay_networks` is
+    /// false): neither rate limited nor counted per IP, as Postfix exempts `$mynetworks`.
     exempt: Vec<ipnet::IpNet>,
 }
 
-/// Held by a connection; releases its per-IP slot on drop.
-pub struct IpSlot {
+/// Held by an admitted connection: its place under `max_sessions` and, unless its network is
+/// exempt, under `max_sessions_per_ip`. Released on drop, which the connection does before its
+/// final reply (221 or 421), so a client that reconnects at once finds its slot free.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// None for exempt networks.
+    ip: Option<IpAddr>,
 }
 
-impl Drop for IpSlot {
+impl Drop for Admission {
     fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
         let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&ip);
             }
         }
     }
@@ -92,18 +98,22 @@ impl ConnectionLimits {
         }
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(OwnedSemaphorePermit, IpSlot), Refusal> {
-        if !self.exempt.iter().any(|n| n.contains(&ip)) && !self.take_token(ip, Instant::now()) {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let exempt = self.exempt.iter().any(|n| n.contains(&ip));
+        if !exempt && !self.take_token(ip, Instant::now()) {
             return Err(Refusal::ConnectionRate);
         }
         let permit = self.total.clone().try_acquire_owned().map_err(|_| Refusal::MaxSessions)?;
+        if exempt {
+            return Ok(Admission { _permit: permit, limits: self.clone(), ip: None });
+        }
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_default();
         if *n >= self.per_ip_max {
             return Err(Refusal::MaxSessionsPerIp);
         }
         *n += 1;
-        Ok((permit, IpSlot { limits: self.clone(), ip }))
+        Ok(Admission { _permit: permit, limits: self.clone(), ip: Some(ip) })
     }
 }
 
@@ -136,13 +146,10 @@ pub async fn serve(
         let ip = peer.ip().to_canonical();
         metrics::SMTP_CONNECTIONS.with_label_values(&[&ctx.name]).inc();
         match ctx.limits.admit(ip) {
-            Ok((permit, slot)) => {
+            Ok(admission) => {
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    conn::run(stream, ip, ctx, shutdown).await;
-                    drop((permit, slot));
-                });
+                tracker.spawn(conn::run(stream, ip, ctx, shutdown, admission));
             }
             Err(why) => {
                 let (label, r) = match why {

@@ -36,6 +36,15 @@ pub struct IndexEntry {
     pub loc: Location,
 }
 
+/// Why the checkpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the spool index is open in another process")]
+    InUse,
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 pub struct CheckpointStore {
     db: Database,
 }
@@ -56,14 +65,16 @@ pub fn encode_entry(e: &IndexEntry) -> Result<Vec<u8>, postcard::Error> {
 const CACHE_BYTES: usize = 16 << 20;
 
 impl CheckpointStore {
-    /// Opens (or creates) the index and reads its position. Any error means: rebuild from the log.
-    pub fn open(path: &Path) -> Result<(CheckpointStore, Loaded), String> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| e.to_string())?;
+    /// Opens (or creates) the index and reads its position. `Unreadable` means: rebuild from
+    /// the log. `InUse` is never corruption (another process has it open): the caller stops.
+    pub fn open(path: &Path) -> Result<(CheckpointStore, Loaded), OpenError> {
+        let db =
+            redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse,
+                e => OpenError::Unreadable(e.to_string()),
+            })?;
         let store = CheckpointStore { db };
-        let position = store.position().map_err(|e| e.to_string())?;
+        let position = store.position().map_err(|e| OpenError::Unreadable(e.to_string()))?;
         Ok((store, Loaded { position }))
     }
 

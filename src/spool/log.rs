@@ -4,7 +4,7 @@
 //! one fdatasync, wake every waiter) and one checkpoint thread (save the index to redb, then
 //! delete dead segments). Sessions never wait on each other except through the batch they share.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
@@ -17,11 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::index::{CheckpointStore, IndexEntry, Location, Position};
-use super::record::{self, Encoded, Invalid, Record};
+use super::index::{CheckpointStore, Location, Position};
+use super::record::{self, Encoded, Record};
+use super::recovery::{self, Recovered};
+use super::state::{Applied, Apply, IndexState};
 use super::{
-    Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError, SpoolStats,
-    Ticket,
+    Envelope, NewMessage, QueueId, RecipientUpdate, Spool, SpoolError, SpoolStats, Ticket,
 };
 use crate::metrics;
 
@@ -35,9 +36,15 @@ pub struct SpoolOptions {
     pub checkpoint_interval: Duration,
     /// Below this much free disk space new mail is refused with 452 4.3.1.
     pub min_free_space: u64,
-    /// TEST ONLY: acknowledge records before they are written, to show that the crash tests
-    /// catch a spool that does. Never set in production.
+    /// TEST ONLY: acknowledge batches without fdatasync (portable writer), so the power-loss
+    /// test can show it catches a spool that does. The binary sets it only when built with the
+    /// `test-hooks` feature. Never set in production.
+    pub unsafe_skip_sync: bool,
+    /// TEST ONLY: acknowledge records before they are written, so the kill -9 test can show it
+    /// catches a spool that does (with `commit_delay`, deterministically).
     pub unsafe_ack_before_write: bool,
+    /// TEST ONLY: the commit thread waits this long before each batch (a slow disk).
+    pub commit_delay: Duration,
     /// Open for inspection only: no writer, no truncation, the index is rebuilt in memory from
     /// the log (the daemon may hold the redb lock).
     pub read_only: bool,
@@ -73,7 +80,9 @@ impl SpoolOptions {
             segment_size: 16 << 20,
             checkpoint_interval: Duration::from_secs(10),
             min_free_space: 64 << 20,
+            unsafe_skip_sync: false,
             unsafe_ack_before_write: false,
+            commit_delay: Duration::ZERO,
             read_only: false,
             writer: WriterKind::Portable,
         }
@@ -91,8 +100,14 @@ pub(super) struct Shared {
     wake: Condvar,
     index: RwLock<IndexState>,
     next_id: AtomicU64,
-    /// Free bytes on the spool's filesystem, refreshed by the commit thread.
+    /// Free bytes on the spool's filesystem, refreshed by the commit thread after each batch,
+    /// and at most once a second by refused messages while it is below `min_free_space` (space
+    /// freed by an operator is seen without any write succeeding first).
     free_space: AtomicU64,
+    /// When (unix ms) a refused message last measured the free space.
+    free_checked: AtomicU64,
+    /// The current episode of write failures, if any.
+    trouble: Mutex<Trouble>,
     /// Set after a write failure that could not be repaired: every store fails from then on.
     broken: AtomicBool,
     checkpoint: Mutex<Option<CheckpointStore>>,
@@ -100,6 +115,18 @@ pub(super) struct Shared {
     /// The io_uring commit thread waits on this instead of `wake` (it also waits for its ring).
     pub(super) eventfd: std::sync::OnceLock<std::os::fd::OwnedFd>,
     writer_in_use: std::sync::OnceLock<WriterKind>,
+    /// Index entries loaded from the checkpoint at start (the rest came from replay).
+    from_checkpoint: usize,
+}
+
+/// An episode of failed commits: when it began, how many batches failed, when it was last
+/// logged, and whether the writer already moved to a fresh segment because of it.
+#[derive(Default)]
+struct Trouble {
+    since: Option<Instant>,
+    failures: u64,
+    last_log: Option<Instant>,
+    rolled: bool,
 }
 
 #[derive(Default)]
@@ -115,67 +142,7 @@ pub(super) struct Op {
     queued_at: Instant,
 }
 
-enum Apply {
-    Insert(Box<Envelope>),
-    Update(RecipientUpdate),
-    Remove(QueueId),
-}
-
-#[derive(Default)]
-struct IndexState {
-    /// Boxed: B-tree nodes are often half empty, and an empty slot then costs 8 bytes, not 200.
-    entries: BTreeMap<QueueId, Box<IndexEntry>>,
-    /// Live messages per existing segment (every segment on disk has a key).
-    live: BTreeMap<u64, u64>,
-    /// Bytes per existing segment.
-    seg_bytes: BTreeMap<u64, u64>,
-    /// Position after the last record applied to `entries`.
-    applied: Position,
-    /// Ids changed since the last checkpoint.
-    dirty: HashSet<QueueId>,
-    records_written: u64,
-    fsyncs: u64,
-}
-
-impl IndexState {
-    fn apply(&mut self, apply: Apply, loc: Location) {
-        match apply {
-            Apply::Insert(env) => {
-                *self.live.entry(loc.segment).or_default() += 1;
-                self.dirty.insert(env.id);
-                self.entries.insert(env.id, Box::new(IndexEntry { envelope: *env, loc }));
-            }
-            Apply::Update(u) => {
-                if let Some(e) = self.entries.get_mut(&u.id)
-                    && let Some(r) = e.envelope.recipients.get_mut(u.index as usize)
-                {
-                    r.state = u.state;
-                    r.attempts = u.attempts;
-                    r.next_attempt = u.next_attempt;
-                    r.last_reply = u.last_reply;
-                    r.delay_notified = u.delay_notified;
-                    self.dirty.insert(u.id);
-                }
-            }
-            Apply::Remove(id) => {
-                if let Some(e) = self.entries.remove(&id) {
-                    if let Some(n) = self.live.get_mut(&e.loc.segment) {
-                        *n = n.saturating_sub(1);
-                    }
-                    self.dirty.insert(id);
-                }
-            }
-        }
-    }
-
-    fn publish_gauges(&self) {
-        metrics::SPOOL_MESSAGES.set(self.entries.len() as i64);
-        metrics::SPOOL_SEGMENTS.set(self.live.len() as i64);
-        metrics::SPOOL_DISK_BYTES.set(self.seg_bytes.values().sum::<u64>() as i64);
-    }
-}
-
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("seg-{n:016x}.log"))
 }
 
@@ -194,7 +161,7 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(segs)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -233,7 +200,7 @@ impl Writer {
     }
 
     /// Writes all slices at the end of the acknowledged data and makes them durable.
-    fn write_durably(&mut self, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    fn write_durably(&mut self, mut slices: &mut [IoSlice<'_>], sync: bool) -> std::io::Result<()> {
         let mut off = self.len;
         while !slices.is_empty() {
             let n = pwritev(&self.file, slices, off)?;
@@ -242,6 +209,9 @@ impl Writer {
             }
             off += n as u64;
             IoSlice::advance_slices(&mut slices, n);
+        }
+        if !sync {
+            return Ok(()); // test hook only (`unsafe_skip_sync`)
         }
         let t = Instant::now();
         self.file.sync_data()?;
@@ -286,146 +256,24 @@ impl LogSpool {
         if !opts.read_only {
             fs::create_dir_all(&opts.dir)?;
         }
-        let segments = list_segments(&opts.dir)?;
-        let mut state = IndexState::default();
-        let mut max_id = 0u64;
-
-        // 1. The checkpoint, when it is usable.
-        let mut start = Position { segment: segments.first().copied().unwrap_or(0), offset: 0 };
-        let mut store = None;
+        let mut segments = list_segments(&opts.dir)?;
         if !opts.read_only {
-            let path = opts.dir.join("index.redb");
-            let opened = CheckpointStore::open(&path).or_else(|e| {
-                tracing::warn!(error = %e, "spool index unreadable; rebuilding it from the log");
-                let _ = fs::remove_file(&path);
-                CheckpointStore::open(&path)
-            });
-            let (s, loaded) = opened.map_err(SpoolError::Io)?;
-            let usable = match loaded.position {
-                Some(p) => {
-                    segments.contains(&p.segment)
-                        || segments.first().is_some_and(|&f| p.segment < f)
-                }
-                None => false,
-            };
-            let mut loaded_ok = false;
-            if usable {
-                let read = s.for_each_entry(|e| {
-                    max_id = max_id.max(e.envelope.id.0);
-                    *state.live.entry(e.loc.segment).or_default() += 1;
-                    state.entries.insert(e.envelope.id, Box::new(e));
-                });
-                match read {
-                    Ok(()) => loaded_ok = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "spool index unreadable; rebuilding it from the log");
-                        state = IndexState::default();
-                        max_id = 0;
-                    }
-                }
-            }
-            if loaded_ok {
-                if let Some(p) = loaded.position
-                    && segments.contains(&p.segment)
-                {
-                    start = p;
-                }
-                store = Some(s);
-            } else {
-                if loaded.position.is_some() && !usable {
-                    tracing::warn!(
-                        "spool index does not match the log; rebuilding it from the log"
-                    );
-                }
-                drop(s);
-                let _ = fs::remove_file(&path);
-                let (s, _) = CheckpointStore::open(&path).map_err(SpoolError::Io)?;
-                store = Some(s);
-            }
+            recovery::remove_empty_segments(&opts.dir, &mut segments)?;
         }
-
-        // 2. Replay the log from the checkpoint position, cutting a torn tail.
+        let mut rec = Recovered::default();
+        let (store, start) = recovery::load_checkpoint(&opts, &segments, &mut rec)?;
+        recovery::replay(&opts, &segments, start, &mut rec)?;
+        rec.set_damage_aside(&opts)?;
+        let Recovered { mut state, max_id, from_checkpoint, .. } = rec;
         let last = segments.last().copied();
-        for &seg in segments.iter().filter(|&&s| s >= start.segment) {
-            let path = segment_path(&opts.dir, seg);
-            let data = fs::read(&path)?;
-            state.live.entry(seg).or_default();
-            let mut off = if seg == start.segment { start.offset as usize } else { 0 };
-            while off < data.len() {
-                match record::decode(&data[off..]) {
-                    Ok((rec, len)) => {
-                        let loc = Location {
-                            segment: seg,
-                            offset: off as u64,
-                            len: len as u64,
-                            content_offset: 0,
-                        };
-                        let apply = match rec {
-                            Record::Message { envelope, content_offset } => {
-                                max_id = max_id.max(envelope.id.0);
-                                Apply::Insert(Box::new(envelope)).with_offset(content_offset)
-                            }
-                            Record::Update(u) => (Apply::Update(u), 0),
-                            Record::Remove(id) => {
-                                max_id = max_id.max(id.0);
-                                (Apply::Remove(id), 0)
-                            }
-                        };
-                        state.apply(apply.0, Location { content_offset: apply.1, ..loc });
-                        off += len;
-                    }
-                    Err(why) => {
-                        if Some(seg) != last {
-                            // Not a torn tail: later segments exist. Stop here and say so loudly;
-                            // nothing is deleted, the later segments are kept aside for an operator.
-                            tracing::error!(
-                                segment = seg,
-                                offset = off,
-                                ?why,
-                                "corrupt record in the middle of the spool log; later segments moved aside"
-                            );
-                            if !opts.read_only {
-                                for &later in segments.iter().filter(|&&s| s > seg) {
-                                    let p = segment_path(&opts.dir, later);
-                                    let _ = fs::rename(&p, p.with_extension("corrupt"));
-                                    state.live.remove(&later);
-                                }
-                            }
-                        } else if why != Invalid::Truncated || !data[off..].iter().all(|&b| b == 0)
-                        {
-                            tracing::warn!(
-                                segment = seg,
-                                offset = off,
-                                ?why,
-                                bytes = data.len() - off,
-                                "cutting an incomplete record at the end of the spool log"
-                            );
-                        }
-                        if !opts.read_only {
-                            let f = OpenOptions::new().write(true).open(&path)?;
-                            f.set_len(off as u64)?;
-                            f.sync_all()?;
-                        }
-                        break;
-                    }
-                }
-            }
-            state.seg_bytes.insert(seg, off as u64);
-            if Some(seg) != last && off < data.len() {
-                break;
-            }
-        }
-        for &seg in segments.iter().filter(|&&s| s < start.segment) {
-            state.live.entry(seg).or_default();
-            let bytes = fs::metadata(segment_path(&opts.dir, seg)).map(|m| m.len()).unwrap_or(0);
-            state.seg_bytes.insert(seg, bytes);
-        }
 
         let micros = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         let shared = Arc::new(Shared {
             free_space: AtomicU64::new(free_space(&opts.dir)),
+            free_checked: AtomicU64::new(0),
+            trouble: Mutex::new(Trouble::default()),
             opts,
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
@@ -436,6 +284,7 @@ impl LogSpool {
             stop: (Mutex::new(false), Condvar::new()),
             eventfd: std::sync::OnceLock::new(),
             writer_in_use: std::sync::OnceLock::new(),
+            from_checkpoint,
         });
         let spool = LogSpool { shared: shared.clone(), threads: Mutex::new(Vec::new()) };
         if shared.opts.read_only {
@@ -484,6 +333,19 @@ impl LogSpool {
         Ok(spool)
     }
 
+    /// How many index entries the start-up took from the checkpoint instead of the log.
+    pub fn loaded_from_checkpoint(&self) -> usize {
+        self.shared.from_checkpoint
+    }
+
+    /// Like kill -9 for in-process tests: no final checkpoint, and the index file is released
+    /// (a dead process holds no lock) so the next open can load the last checkpoint.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        *self.shared.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        std::mem::forget(self);
+    }
+
     /// The commit path in use (after the start-up probe).
     pub fn writer(&self) -> WriterKind {
         *self.shared.writer_in_use.get().unwrap_or(&WriterKind::Portable)
@@ -503,14 +365,12 @@ impl LogSpool {
             return ready(Err(SpoolError::Io("spool disabled after a write failure".into())));
         }
         // Back-pressure before the disk is full: accepted mail keeps room for its state changes.
-        if matches!(apply, Apply::Insert(_))
-            && sh.free_space.load(Ordering::Relaxed) < sh.opts.min_free_space
-        {
+        if matches!(apply, Apply::Insert(_)) && sh.low_on_space() {
             return ready(Err(SpoolError::NoSpace));
         }
         let (tx, rx) = oneshot::channel();
         let done = if sh.opts.unsafe_ack_before_write {
-            let _ = tx.send(Ok(()));
+            let _ = tx.send(Ok(())); // test hook only
             None
         } else {
             Some(tx)
@@ -528,12 +388,6 @@ impl LogSpool {
             sh.wake_committer();
         }
         Box::pin(async move { rx.await.unwrap_or(Err(SpoolError::Closed)) })
-    }
-}
-
-impl Apply {
-    fn with_offset(self, content_offset: usize) -> (Apply, u32) {
-        (self, content_offset as u32)
     }
 }
 
@@ -557,6 +411,25 @@ impl Shared {
         (ops, p.closed)
     }
 
+    /// Below `min_free_space`? While it is, the free space is measured again at most once a
+    /// second, so the spool recovers by itself when space is freed.
+    fn low_on_space(&self) -> bool {
+        if self.free_space.load(Ordering::Relaxed) >= self.opts.min_free_space {
+            return false;
+        }
+        let now = unix_millis();
+        let last = self.free_checked.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .free_checked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+        }
+        self.free_space.load(Ordering::Relaxed) < self.opts.min_free_space
+    }
+
     /// Wakes the commit thread, whichever way it waits.
     fn wake_committer(&self) {
         self.wake.notify_all();
@@ -571,6 +444,9 @@ impl Shared {
             if ops.is_empty() {
                 return; // closed and drained
             }
+            if !self.opts.commit_delay.is_zero() {
+                std::thread::sleep(self.opts.commit_delay);
+            }
             self.commit_batch(&mut writer, ops);
         }
     }
@@ -582,10 +458,10 @@ impl Shared {
                 self.roll(writer)?;
             }
             let mut slices = batch_slices(&ops);
-            writer.write_durably(&mut slices)
+            writer.write_durably(&mut slices, !self.opts.unsafe_skip_sync)
         })();
         match result {
-            Ok(()) => self.acknowledge(writer, ops),
+            Ok(()) => self.acknowledge(writer, ops, !self.opts.unsafe_skip_sync),
             Err(e) => {
                 self.repair(writer, &e);
                 self.refuse(ops, &e);
@@ -594,7 +470,7 @@ impl Shared {
     }
 
     /// The batch at `writer.len` is durable: apply it to the index, then tell its waiters.
-    pub(super) fn acknowledge(&self, writer: &mut Writer, ops: Vec<Op>) {
+    pub(super) fn acknowledge(&self, writer: &mut Writer, ops: Vec<Op>, synced: bool) {
         let n = ops.len() as u64;
         let mut waiters = Vec::with_capacity(ops.len());
         {
@@ -608,32 +484,57 @@ impl Shared {
                     len,
                     content_offset: op.rec.head.len() as u32,
                 };
-                st.apply(op.apply, loc);
+                let result = match st.apply(op.apply, loc) {
+                    Applied::Done => Ok(()),
+                    Applied::Conflict => Err(SpoolError::Conflict),
+                };
                 off += len;
-                waiters.push((op.done, op.queued_at));
+                waiters.push((op.done, op.queued_at, result));
             }
             writer.len = off;
             st.applied = Position { segment: writer.segment, offset: off };
             st.seg_bytes.insert(writer.segment, off);
             st.records_written += n;
-            st.fsyncs += 1;
+            st.fsyncs += u64::from(synced);
             st.publish_gauges();
         }
         metrics::SPOOL_RECORDS.inc_by(n);
         metrics::SPOOL_BATCH_RECORDS.observe(n as f64);
-        for (done, queued_at) in waiters {
+        for (done, queued_at, result) in waiters {
             metrics::SPOOL_COMMIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
             if let Some(done) = done {
-                let _ = done.send(Ok(()));
+                let _ = done.send(result);
             }
         }
         self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+        let mut t = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = t.since {
+            tracing::info!(
+                failed_batches = t.failures, after = ?since.elapsed(),
+                "spool writes succeed again"
+            );
+            *t = Trouble::default();
+        }
     }
 
     /// A batch could not be made durable: its records get 4xx (nothing was acknowledged).
+    /// Logged once when the trouble starts, then at most every 10 s (a full disk fails every
+    /// batch, thousands a second).
     pub(super) fn refuse(&self, ops: Vec<Op>, e: &std::io::Error) {
         metrics::SPOOL_COMMIT_ERRORS.inc();
-        tracing::error!(error = %e, records = ops.len(), "spool commit failed; the batch is refused with 4xx");
+        let now = Instant::now();
+        let mut t = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        t.failures += 1;
+        let due = t.last_log.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10));
+        t.since.get_or_insert(now);
+        if due {
+            t.last_log = Some(now);
+            tracing::error!(
+                error = %e, records = ops.len(), failed_batches = t.failures,
+                "spool commit failed; the batch is refused with 4xx (repeats are logged every 10 s)"
+            );
+        }
+        drop(t);
         let err = match e.raw_os_error() {
             Some(code) => SpoolError::from(std::io::Error::from_raw_os_error(code)),
             None => SpoolError::Io(e.to_string()),
@@ -645,25 +546,38 @@ impl Shared {
         }
     }
 
-    /// After a failed write or sync: cut what may have been written, then continue in a fresh
+    /// After a failed write or sync: cut what may have been written. Then continue in a fresh
     /// segment, since after a failed fsync the state of the old file's pages is unknown
-    /// (fsyncgate). If even that fails, the spool refuses new mail until restart.
+    /// (fsyncgate) - once per episode of failures, and only away from a segment that holds
+    /// data: a full disk fails every batch, and rolling each time would leave thousands of empty
+    /// segments. If the cut itself fails, the spool refuses new mail until restart.
     pub(super) fn repair(&self, writer: &mut Writer, cause: &std::io::Error) {
-        let repaired = writer
-            .file
-            .set_len(writer.len)
-            .and_then(|_| writer.file.sync_all())
-            .and_then(|_| self.roll(writer));
-        if let Err(e2) = repaired {
+        if let Err(e2) = writer.file.set_len(writer.len).and_then(|_| writer.file.sync_all()) {
             tracing::error!(error = %e2, cause = %cause, "spool cannot recover from the write failure; refusing new mail until restart");
             self.broken.store(true, Ordering::Relaxed);
+            return;
+        }
+        let mut t = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        if writer.len == 0 || t.rolled {
+            return;
+        }
+        t.rolled = true;
+        drop(t);
+        if let Err(e) = self.roll(writer) {
+            // The cut segment was synced, so its state is known: writing on in it is safe.
+            tracing::warn!(error = %e, "could not start a new spool segment; continuing in the current one");
         }
     }
 
+    /// Continues in a new segment; an old segment left empty is deleted.
     pub(super) fn roll(&self, writer: &mut Writer) -> std::io::Result<()> {
         let next = Writer::create(&writer.dir, writer.segment + 1)?;
-        *writer = next;
+        let old = std::mem::replace(writer, next);
         let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if old.len == 0 && fs::remove_file(segment_path(&old.dir, old.segment)).is_ok() {
+            st.live.remove(&old.segment);
+            st.seg_bytes.remove(&old.segment);
+        }
         st.live.insert(writer.segment, 0);
         st.seg_bytes.insert(writer.segment, 0);
         Ok(())
@@ -769,18 +683,7 @@ impl Spool for LogSpool {
 
     fn due(&self, now_ms: u64, limit: usize, skip: &HashSet<QueueId>) -> Vec<Envelope> {
         let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
-        st.entries
-            .values()
-            .filter(|e| {
-                !skip.contains(&e.envelope.id)
-                    && e.envelope
-                        .recipients
-                        .iter()
-                        .any(|r| r.state == RecipientState::Queued && r.next_attempt <= now_ms)
-            })
-            .take(limit)
-            .map(|e| e.envelope.clone())
-            .collect()
+        st.due(now_ms, limit, skip).cloned().collect()
     }
 
     fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError> {
@@ -807,22 +710,16 @@ impl Spool for LogSpool {
 
     fn stats(&self) -> SpoolStats {
         let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
-        let mut s = SpoolStats {
+        SpoolStats {
             messages: st.entries.len() as u64,
+            recipients_queued: st.recipients[0],
+            recipients_delivered: st.recipients[1],
+            recipients_failed: st.recipients[2],
             segments: st.live.len() as u64,
             disk_bytes: st.seg_bytes.values().sum(),
             records_written: st.records_written,
             fsyncs: st.fsyncs,
-            ..Default::default()
-        };
-        for r in st.entries.values().flat_map(|e| &e.envelope.recipients) {
-            match r.state {
-                RecipientState::Queued => s.recipients_queued += 1,
-                RecipientState::Delivered => s.recipients_delivered += 1,
-                RecipientState::Failed => s.recipients_failed += 1,
-            }
         }
-        s
     }
 
     fn close(&self) {

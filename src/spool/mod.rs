@@ -12,8 +12,11 @@
 //! [`Spool`]), and it never holds a body in memory after it is written.
 
 mod index;
+pub mod lock;
 mod log;
 mod record;
+mod recovery;
+mod state;
 mod uring;
 
 use std::collections::HashSet;
@@ -26,7 +29,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use self::log::{LogSpool, SpoolOptions, WriterKind, unix_millis};
-use crate::proto::smtp::command::{BodyType, Notify, Ret};
+use crate::proto::smtp::command as smtp;
 
 /// A queued message's id: unique across restarts, shown as 16 hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,6 +49,11 @@ impl std::str::FromStr for QueueId {
 }
 
 /// Everything known about a message except its content.
+///
+/// On disk (record format version 1, see `record.rs`) this struct is encoded with postcard in
+/// field order: adding, removing or reordering a field changes the format, so it needs a version
+/// bump and a decoder for the old shape. Its field types are the spool's own (never protocol
+/// types), so a change in `proto` cannot change the format by accident.
 ///
 /// The queue keeps one per message in memory (a million queued messages must fit in 512 MB), so
 /// the strings that are usually short (addresses, HELO name, Message-ID) are `CompactString`s:
@@ -136,6 +144,93 @@ pub struct RecipientUpdate {
     pub next_attempt: u64,
     pub last_reply: Option<String>,
     pub delay_notified: bool,
+    /// Compare-and-set: applied only if the recipient is still queued with exactly this many
+    /// attempts, so a change based on a stale snapshot (an operator's flush racing a delivery)
+    /// never overwrites a newer outcome. The decision is made when the record is applied, in log
+    /// order, so replay after a crash decides the same way. None: unconditional.
+    pub expect_attempts: Option<u32>,
+}
+
+/// RFC 6152 BODY= as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyType {
+    SevenBit,
+    EightBitMime,
+}
+
+/// RFC 3461 RET= as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// RFC 3461 NOTIFY= as stored: all false is NEVER.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub fn is_never(&self) -> bool {
+        !self.success && !self.failure && !self.delay
+    }
+}
+
+impl BodyType {
+    pub fn label(self) -> &'static str {
+        smtp::BodyType::from(self).label()
+    }
+}
+
+impl From<smtp::BodyType> for BodyType {
+    fn from(b: smtp::BodyType) -> Self {
+        match b {
+            smtp::BodyType::SevenBit => BodyType::SevenBit,
+            smtp::BodyType::EightBitMime => BodyType::EightBitMime,
+        }
+    }
+}
+
+impl From<BodyType> for smtp::BodyType {
+    fn from(b: BodyType) -> Self {
+        match b {
+            BodyType::SevenBit => smtp::BodyType::SevenBit,
+            BodyType::EightBitMime => smtp::BodyType::EightBitMime,
+        }
+    }
+}
+
+impl From<smtp::Ret> for Ret {
+    fn from(r: smtp::Ret) -> Self {
+        match r {
+            smtp::Ret::Full => Ret::Full,
+            smtp::Ret::Hdrs => Ret::Hdrs,
+        }
+    }
+}
+
+impl From<Ret> for smtp::Ret {
+    fn from(r: Ret) -> Self {
+        match r {
+            Ret::Full => smtp::Ret::Full,
+            Ret::Hdrs => smtp::Ret::Hdrs,
+        }
+    }
+}
+
+impl From<smtp::Notify> for Notify {
+    fn from(n: smtp::Notify) -> Self {
+        Notify { success: n.success, failure: n.failure, delay: n.delay }
+    }
+}
+
+impl From<Notify> for smtp::Notify {
+    fn from(n: Notify) -> Self {
+        smtp::Notify { success: n.success, failure: n.failure, delay: n.delay }
+    }
 }
 
 /// A message to store: the envelope, the trace header sluice added and the body as received.
@@ -160,6 +255,9 @@ pub enum SpoolError {
     Corrupt(String),
     #[error("no such message")]
     NotFound,
+    /// A conditional update found the recipient changed since the caller's snapshot.
+    #[error("the recipient changed meanwhile; update not applied")]
+    Conflict,
 }
 
 impl From<std::io::Error> for SpoolError {

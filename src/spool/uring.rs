@@ -320,7 +320,7 @@ impl Loop {
                 None => {
                     metrics::SPOOL_FSYNC_SECONDS.observe(b.submitted.elapsed().as_secs_f64());
                     metrics::SPOOL_FSYNCS.inc();
-                    self.shared.acknowledge(&mut self.writer, b.ops);
+                    self.shared.acknowledge(&mut self.writer, b.ops, true);
                 }
                 Some(e) => {
                     self.wait_for_kernel();

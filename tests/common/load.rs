@@ -19,7 +19,18 @@ pub struct Acked {
 
 /// Runs `sessions` clients until `stop` is set or the server dies; returns what was acknowledged.
 pub fn run_load(addr: SocketAddr, sessions: usize, tag: &str, stop: Arc<AtomicBool>) -> Vec<Acked> {
-    let acked = Arc::new(Mutex::new(Vec::new()));
+    run_load_into(addr, sessions, tag, stop, Arc::new(Mutex::new(Vec::new())))
+}
+
+/// The same, recording into `acked` as it goes, so a test can act on an event ("N messages
+/// acknowledged") instead of a sleep.
+pub fn run_load_into(
+    addr: SocketAddr,
+    sessions: usize,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) -> Vec<Acked> {
     let threads: Vec<_> = (0..sessions)
         .map(|t| {
             let (acked, stop, tag) = (acked.clone(), stop.clone(), tag.to_string());
@@ -31,7 +42,7 @@ pub fn run_load(addr: SocketAddr, sessions: usize, tag: &str, stop: Arc<AtomicBo
     for t in threads {
         let _ = t.join();
     }
-    Arc::try_unwrap(acked).map(|m| m.into_inner().unwrap()).unwrap_or_default()
+    acked.lock().unwrap().clone()
 }
 
 fn client_loop(

@@ -126,6 +126,8 @@ struct State {
     per_connection: Vec<usize>,
     /// Failed AUTH attempts.
     auth_failures: usize,
+    /// DATA transfers received whole (counted before `end_delay`, i.e. before the reply).
+    data_ends: usize,
 }
 
 pub struct Sink {
@@ -186,6 +188,15 @@ impl Sink {
     }
 
     /// Waits until the sink holds `n` messages (or panics after `secs`).
+    /// Waits until `n` DATA transfers have arrived whole (their reply may still be pending).
+    pub fn wait_data_ends(&self, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.state.lock().unwrap().data_ends < n {
+            assert!(Instant::now() < deadline, "{n} DATA transfers never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -412,6 +423,7 @@ fn serve_inner(
                 // RFC 5321 4.5.2: a leading dot is removed.
                 data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
             }
+            st.lock().unwrap().data_ends += 1;
             std::thread::sleep(b.end_delay);
             st.lock().unwrap().messages.push(t.received(data, false, tls, &user));
             *carried += 1;

@@ -59,20 +59,20 @@ pub struct RcptTo {
     pub orcpt: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyType {
     SevenBit,
     EightBitMime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ret {
     Full,
     Hdrs,
 }
 
 /// NOTIFY=NEVER or a combination of SUCCESS, FAILURE, DELAY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Notify {
     pub success: bool,
     pub failure: bool,

@@ -79,6 +79,8 @@ fn itoa3(code: u16) -> [u8; 3] {
 pub const OK: Reply = Reply::new(250, "2.0.0", "OK");
 pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Sender OK");
 pub const RECIPIENT_OK: Reply = Reply::new(250, "2.1.5", "Recipient OK");
+pub const NO_POSTMASTER: Reply =
+    Reply::new(550, "5.1.1", "No postmaster mailbox here; write to postmaster@<domain>");
 pub const RESET_OK: Reply = Reply::new(250, "2.0.0", "Reset OK");
 pub const START_DATA: Reply = Reply::plain_static(354, "Start mail input; end with <CRLF>.<CRLF>");
 pub const BYE: Reply = Reply::new(221, "2.0.0", "Bye");

@@ -50,6 +50,8 @@ pub struct SessionConfig {
     pub relay_networks: Vec<IpNet>,
     /// Domains accepted from anyone (lower case, no trailing dot).
     pub local_domains: HashSet<String>,
+    /// Where mail to `<postmaster>` (no domain) goes (`[local] postmaster`); None: refused.
+    pub postmaster: Option<Mailbox>,
     /// STARTTLS is offered (the listener has a certificate and is not implicit TLS).
     pub starttls: bool,
     /// AUTH is offered (users are configured).
@@ -72,6 +74,7 @@ impl Default for SessionConfig {
             max_recipients_per_session: 10_000,
             relay_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             local_domains: HashSet::new(),
+            postmaster: None,
             starttls: false,
             auth: false,
             auth_required: false,
@@ -145,11 +148,13 @@ pub enum RejectReason {
     SenderNotOwned,
     Pregreet,
     TooSlow,
+    /// A recipient with no mailbox to deliver to (`<postmaster>` without `[local] postmaster`).
+    NoMailbox,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 18] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -168,6 +173,7 @@ impl RejectReason {
         RejectReason::SenderNotOwned,
         RejectReason::Pregreet,
         RejectReason::TooSlow,
+        RejectReason::NoMailbox,
     ];
 
     pub fn label(self) -> &'static str {
@@ -190,6 +196,7 @@ impl RejectReason {
             RejectReason::SenderNotOwned => "sender_not_owned",
             RejectReason::Pregreet => "pregreet",
             RejectReason::TooSlow => "too_slow",
+            RejectReason::NoMailbox => "no_mailbox",
         }
     }
 }
@@ -737,7 +744,7 @@ impl Session {
     }
 
     /// RFC 5321 4.1.1.3 with the relay policy (RFC 5321 3.6, 7.1).
-    fn handle_rcpt(&mut self, rcpt: RcptTo) {
+    fn handle_rcpt(&mut self, mut rcpt: RcptTo) {
         let Some(draft) = self.draft.as_ref() else {
             return self.reject(reply::NEED_MAIL, RejectReason::Sequence);
         };
@@ -756,6 +763,14 @@ impl Session {
         }
         if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
             return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
+        }
+        // RFC 5321 4.5.1: `<postmaster>` goes to the configured postmaster's address. Without
+        // one it could never be delivered: refused now rather than accepted and bounced.
+        if rcpt.to.domain().is_empty() {
+            match &self.cfg.postmaster {
+                Some(m) => rcpt.to = m.clone(),
+                None => return self.reject(reply::NO_POSTMASTER, RejectReason::NoMailbox),
+            }
         }
         if let Some(d) = self.draft.as_mut() {
             d.rcpts.push(rcpt);

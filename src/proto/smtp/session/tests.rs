@@ -346,6 +346,7 @@ fn rfc5321_4_5_3_1_4_command_line_limit() {
 fn relay_policy_rfc5321_3_6() {
     let mut cfg = SessionConfig::default();
     cfg.local_domains.insert("local.example".into());
+    cfg.postmaster = crate::proto::smtp::address::parse_path("ops@local.example", false).unwrap();
     // From a non-relay address: local domains and postmaster only.
     let mut h = Harness::with(cfg.clone(), "192.0.2.10");
     h.expect("EHLO x", 250);
@@ -361,6 +362,29 @@ fn relay_policy_rfc5321_3_6() {
     h.expect("EHLO x", 250);
     h.expect("MAIL FROM:<a@b.c>", 250);
     h.expect("RCPT TO:<user@elsewhere.example>", 250);
+}
+
+/// RFC 5321 4.5.1: `<postmaster>` is delivered to the configured postmaster address, and
+/// refused when none is configured (accepted, it could never be delivered).
+#[test]
+fn postmaster_goes_to_the_configured_address_or_is_refused_rfc5321_4_5_1() {
+    let mut h = Harness::with(SessionConfig::default(), "192.0.2.10");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    let out = h.send(b"RCPT TO:<Postmaster>\r\n");
+    assert!(out.starts_with("550 5.1.1"), "{out}");
+
+    let cfg = SessionConfig {
+        postmaster: crate::proto::smtp::address::parse_path("ops@example.com", false).unwrap(),
+        ..SessionConfig::default()
+    };
+    let mut h = Harness::with(cfg, "192.0.2.10");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    h.expect("RCPT TO:<postmaster>", 250);
+    h.expect("DATA", 354);
+    h.expect("Subject: x\r\n\r\nhi\r\n.", 250);
+    assert_eq!(h.stored[0].rcpts[0].to.as_str(), "ops@example.com");
 }
 
 #[test]

@@ -1,0 +1,65 @@
+//! Spool integrity against operator mistakes and bit rot (issue #10): one owner per data dir,
+//! damage that costs one record and never the ones after it, versioned records.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn queue_list_offline(cfg: &std::path::Path) -> std::process::Output {
+    Command::new(BIN).args(["queue", "list", "--json", "--config"]).arg(cfg).output().unwrap()
+}
+
+/// A second `sluice serve` on a data dir in use exits at once, says who holds it, and touches
+/// nothing: the first daemon's acknowledged messages are all there after it stops.
+#[test]
+fn a_second_daemon_on_the_same_data_dir_refuses_to_start_and_touches_nothing() {
+    let mut s =
+        Sluice::start("[delivery]\nenabled = false\n[spool]\ncheckpoint_interval = \"100ms\"\n");
+    let mut ids = Vec::new();
+    let mut c = Client::ehlo(s.smtp);
+    for i in 0..20 {
+        let r = c.send_message(&format!("<two-{i}@t>"), "hello\r\n");
+        assert_eq!(code(&r), 250, "{r}");
+        ids.push(r.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    let index = s.data_dir.join("spool/index.redb");
+    let index_before = std::fs::metadata(&index).unwrap().modified().unwrap();
+
+    let second = Command::new(BIN).args(["serve", "--config"]).arg(&s.config).output().unwrap();
+    assert!(!second.status.success(), "the second daemon started");
+    let err = String::from_utf8_lossy(&second.stderr);
+    let want = format!("data dir {} is in use by pid {}", s.data_dir.display(), s.pid());
+    assert!(err.contains(&want), "expected {want:?} in:\n{err}");
+    assert_eq!(std::fs::metadata(&index).unwrap().modified().unwrap(), index_before);
+
+    // The offline CLI refuses to read beside the daemon rather than race it.
+    let out = queue_list_offline(&s.config);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is in use by pid"));
+
+    // The first daemon kept working, and everything it acknowledged is there after it stops.
+    let r = c.send_message("<two-last@t>", "hello\r\n");
+    assert_eq!(code(&r), 250, "{r}");
+    s.terminate();
+    let out = queue_list_offline(&s.config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 21, "{listed}");
+    for id in &ids {
+        assert!(listed.contains(id.as_str()), "{id} lost");
+    }
+}
+
+/// The lock dies with its process: a restart after kill -9 is never blocked by a stale file.
+#[test]
+fn kill_9_leaves_no_lock_behind() {
+    let mut s = Sluice::start("[delivery]\nenabled = false\n");
+    s.kill9();
+    let t = Instant::now();
+    s.spawn();
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(code(&Client::ehlo(s.smtp).send_message("<after@t>", "x\r\n")), 250);
+}
