@@ -6,6 +6,10 @@
 # messages and seconds. Installs postfix (no system configuration) if it is missing.
 #   usage: bash loadtest/compare.sh [scale]   (an integer multiplying the message counts; default 1;
 #          COMPARE_MESSAGES=N sets every workload's count, for a quick try)
+#   COMPARE_INJECTOR=smtp-source: drive both MTAs with Postfix's own smtp-source (one connection
+#          per message, no pipelining, 100 sessions, 10 KB) into Postfix's smtp-sink instead, with
+#          sluice allowed 100 connections to the sink and then with its default 10
+#          (loadtest/smtp_source.py does one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -89,6 +93,33 @@ tls = "disabled"
 TOML
 )"
 start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
+
+if [ "${COMPARE_INJECTOR:-loadtest}" = smtp-source ]; then
+  n=${COMPARE_MESSAGES:-$(( 4000 * scale ))}
+  echo "workload: smtp-source -s 100 -l 10240 -m $n into each MTA, relayed to smtp-sink; both fsync before 250" >&2
+  src() { python3 loadtest/smtp_source.py "$@" 100 10240; }
+  p=$(src postfix "127.0.0.1:$pfx_port" "$pfx_pid" "$pfx_sink" "$n")
+  echo "$p"
+  for conns in 100 default; do
+    kill "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+    rm -rf "$work/sluice-data"
+    shaping=""
+    [ "$conns" = 100 ] && shaping=$'[shaping.default]\nconnections = 100\nmessages_per_connection = 1000'
+    sluice_config "$work/sluice.toml" "$work/sluice-data" "" "$(printf '%s\n[[route]]\ndomains = ["*"]\nsmarthost = "127.0.0.1:%s"\ntls = "disabled"\n' "$shaping" "$sluice_sink")"
+    start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
+    s=$(src "sluice-connections-$conns" "$sluice_smtp" "$sluice_pid" "$sluice_sink" "$n")
+    echo "$s"
+    python3 - "$p" "$s" <<'PY' >&2
+import json, sys
+p, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pr, sr = p["end_to_end_messages_per_second"], s["end_to_end_messages_per_second"]
+print(f"{s['label']}: injected {s['injected_per_second']:.0f}/s, delivered {sr:.0f}/s end to end, "
+      f"{s['mta_cpu_ms_per_message']:.2f} ms CPU/msg; postfix: injected {p['injected_per_second']:.0f}/s, "
+      f"delivered {pr:.0f}/s, {p['mta_cpu_ms_per_message']:.2f} ms CPU/msg; ratio {sr / pr:.2f}x", flush=True)
+PY
+  done
+  exit 0
+fi
 
 relay() { # $1 label, $2 server, $3 pid, $4 sink port, $5 sessions, $6 messages, $7 size, [$8 metrics url]
   local extra=()

@@ -180,6 +180,14 @@ pub struct Limits {
     /// (trusted injectors reconnect fast; Postfix exempts `$mynetworks` the same way).
     #[serde(default = "default_true")]
     pub exempt_relay_networks: bool,
+    /// Trace headers (`Received:`, `Delivered-To:`) a message may carry before it is refused as
+    /// a loop (554 5.4.6), as Postfix's `hopcount_limit`.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: usize,
+    /// RCPTs beyond `max_recipients` answered 452 without counting as client errors (pipelining
+    /// clients overshoot by design), as Postfix's `smtpd_recipient_overshoot_limit`.
+    #[serde(default = "default_recipient_overshoot_limit")]
+    pub recipient_overshoot_limit: usize,
     /// Command line limit including CRLF (RFC 5321 4.5.3.1.4 minimum: 512).
     #[serde(default = "default_max_command_line")]
     pub max_command_line: usize,
@@ -490,6 +498,14 @@ fn default_max_recipients() -> usize {
 fn default_max_sessions() -> usize {
     10_000
 }
+fn default_recipient_overshoot_limit() -> usize {
+    10_000
+}
+
+fn default_max_hops() -> usize {
+    50
+}
+
 fn default_max_sessions_per_ip() -> usize {
     100
 }

@@ -101,6 +101,9 @@ enum TlsCommand {
         /// Directory to write into.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Days of validity from now (it starts an hour ago, for clock skew).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -189,10 +192,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{what} in {} (send SIGHUP to a running sluice)", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tls { command: TlsCommand::SelfSigned { hosts, dir } } => {
+        Command::Tls { command: TlsCommand::SelfSigned { hosts, dir, days } } => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let (cert, key) = sluice::tls::self_signed(&hosts)?;
+            let (cert, key) = sluice::tls::self_signed(&hosts, days)?;
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("cert.pem"), cert)?;
             std::fs::OpenOptions::new()

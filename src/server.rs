@@ -104,6 +104,8 @@ pub async fn run(
         max_text_line: cfg.limits.max_line_length,
         max_errors: cfg.limits.max_errors,
         max_recipients_per_session: cfg.limits.max_recipients_per_session,
+        max_hops: cfg.limits.max_hops,
+        recipient_overshoot_limit: cfg.limits.recipient_overshoot_limit,
         relay_networks: cfg.relay.networks.clone(),
         local_domains: cfg
             .local

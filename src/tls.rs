@@ -171,10 +171,16 @@ impl ReloadableServer {
 }
 
 /// A self-signed certificate for `hosts` (development and tests): `(cert_pem, key_pem)`.
-pub fn self_signed(hosts: &[String]) -> Result<(String, String), TlsError> {
-    let ck = rcgen::generate_simple_self_signed(hosts.to_vec())
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+/// A self-signed certificate for `hosts`, valid from an hour ago (clock skew) for `days` days.
+pub fn self_signed(hosts: &[String], days: u32) -> Result<(String, String), TlsError> {
+    let err = |e: rcgen::Error| TlsError::Config(e.to_string());
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(err)?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = params.self_signed(&key).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Warns when a key file can be read by group or others (it should be 0600 or 0640 to a group
@@ -199,7 +205,7 @@ mod tests {
     #[test]
     fn self_signed_loads_as_server_config() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = self_signed(&["mx.test".into()]).unwrap();
+        let (cert, key) = self_signed(&["mx.test".into()], 365).unwrap();
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();

@@ -382,3 +382,25 @@ fn data_slower_than_the_minimum_rate_is_cut() {
     writer.join().unwrap();
     assert!(s.queue_list().is_empty());
 }
+
+/// Mail loops (RFC 5321 6.3): a message with 51 trace headers is refused with 554 5.4.6 and
+/// nothing is queued; with 50 it is accepted (`[limits] max_hops`, default 50).
+#[test]
+fn a_message_with_51_received_headers_is_refused_as_a_loop() {
+    let s = Sluice::start("[delivery]\nenabled = false\n");
+    let hop = "Received: from a.example by b.example; Tue, 1 Dec 2026 00:00:00 +0000\r\n";
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    let r = c.cmd(&format!("{}Message-ID: <loop51@t>\r\n\r\nbody\r\n.", hop.repeat(51)));
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    let r = c.cmd(&format!("{}Message-ID: <loop50@t>\r\n\r\nbody\r\n.", hop.repeat(50)));
+    assert_eq!(code(&r), 250, "{r}");
+    let ids: Vec<String> =
+        s.queue_list().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
+    assert!(ids.contains(&"<loop50@t>".to_string()) && !ids.contains(&"<loop51@t>".to_string()));
+}

@@ -138,7 +138,8 @@ fn pipelined_transactions_in_one_packet() {
     assert_eq!(bounce["recipients"][0]["notify"], "NEVER");
 }
 
-/// RFC 3030: BDAT chunks, binary content taken as sent (no client we install speaks CHUNKING).
+/// RFC 3030: BDAT chunks (no client we install speaks CHUNKING). A CRLF may be split across
+/// chunks; bare CR/LF is refused as in DATA (tests/smuggling.rs).
 #[test]
 fn bdat_chunks_over_a_socket() {
     let s = Sluice::start("");
@@ -150,11 +151,11 @@ fn bdat_chunks_over_a_socket() {
         code(&c.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.org")),
         250
     );
-    let part1 = b"Message-ID: <bdat@t>\r\n\r\nline with bare\nLF and a lone\r";
+    let part1 = b"Message-ID: <bdat@t>\r\n\r\nline one, CRLF split across chunks\r";
     c.send(format!("BDAT {}\r\n", part1.len()).as_bytes()).unwrap();
     c.send(part1).unwrap();
     assert_eq!(code(&c.reply().unwrap()), 250);
-    c.send(b"BDAT 6 LAST\r\n.end\r\n").unwrap();
+    c.send(b"BDAT 7 LAST\r\n\n.end\r\n").unwrap();
     let r = c.reply().unwrap();
     assert!(r.starts_with("250 2.0.0 OK queued as "), "{r}");
     let list = s.queue_list();
@@ -164,5 +165,5 @@ fn bdat_chunks_over_a_socket() {
     assert_eq!(m["recipients"][0]["notify"], "SUCCESS,FAILURE");
     assert_eq!(m["recipients"][0]["orcpt"], "rfc822;b@example.org");
     let raw = s.raw_message(m["id"].as_str().unwrap());
-    assert!(raw.ends_with(b"line with bare\nLF and a lone\r.end\r\n"));
+    assert!(raw.ends_with(b"line one, CRLF split across chunks\r\n.end\r\n"));
 }

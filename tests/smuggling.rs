@@ -45,3 +45,64 @@ fn smuggling_variants_are_refused_and_nothing_is_queued() {
         "{metrics}"
     );
 }
+
+/// One content policy for DATA and BDAT: the same table of end-of-data variants (and NUL before
+/// and after the dot) is refused by both commands, and what the next hop receives is checked byte
+/// for byte: only the clean message, exactly as sent.
+#[test]
+fn data_and_bdat_refuse_the_same_variants_and_the_next_hop_gets_only_clean_mail() {
+    use common::sink::{Behavior, Sink};
+    let sink = Sink::start(Behavior::default()); // no CHUNKING: the next hop gets DATA
+    let s = Sluice::start(&format!(
+        "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[delivery]\nscan_interval = \"200ms\"\n",
+        sink.addr
+    ));
+    let variants: &[(&[u8], &str)] = &[
+        (b"\n.\n", "550 5.5.2"),
+        (b"\r.\r", "550 5.5.2"),
+        (b"\r\n.\n", "550 5.5.2"),
+        (b"\n.\r\n", "550 5.5.2"),
+        (b"\r.\r\n", "550 5.5.2"),
+        (b"\r\n.\r", "550 5.5.2"),
+        (b"\n", "550 5.5.2"),
+        (b"\r", "550 5.5.2"),
+        (b"\r\n\0.\r\n", "554 5.6.0"),
+        (b"\r\n.\0\r\n", "554 5.6.0"),
+    ];
+    for (i, (v, want)) in variants.iter().enumerate() {
+        let mut text = format!("Message-ID: <outer{i}@t>\r\n\r\nfirst").into_bytes();
+        text.extend_from_slice(v);
+        text.extend_from_slice(format!("MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nMessage-ID: <smuggled{i}@t>\r\n\r\nsmuggled\r\n").as_bytes());
+        // DATA: refused (a bare CR/LF also ends the session).
+        let mut c = Client::ehlo(s.smtp);
+        assert_eq!(c.start_data(), 354);
+        c.send(&[&text[..], b".\r\n"].concat()).unwrap();
+        let r = c.reply().unwrap();
+        assert!(r.starts_with(want), "DATA variant {i}: {r}");
+        // BDAT: the same content, framed by length, refused with the same reply.
+        let mut c = Client::ehlo(s.smtp);
+        c.cmd("MAIL FROM:<a@example.com>");
+        c.cmd("RCPT TO:<b@example.org>");
+        c.send(format!("BDAT {} LAST\r\n", text.len()).as_bytes()).unwrap();
+        c.send(&text).unwrap();
+        let r = c.reply().unwrap();
+        assert!(r.starts_with(want), "BDAT variant {i}: {r}");
+        assert_eq!(code(&c.cmd("NOOP")), 250, "BDAT variant {i}: the session goes on");
+    }
+    // A clean message by BDAT goes through, and is all the next hop ever gets.
+    let clean = b"Message-ID: <clean@t>\r\n\r\n.leading dot\r\nok\r\n";
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.org>");
+    c.send(format!("BDAT {} LAST\r\n", clean.len()).as_bytes()).unwrap();
+    c.send(clean).unwrap();
+    assert_eq!(code(&c.reply().unwrap()), 250);
+    let got = sink.wait_for(1, 15);
+    s.wait_queue(15, |q| q.is_empty());
+    let got_all = sink.messages();
+    assert_eq!(got_all.len(), 1, "{got:?}");
+    let data = &got_all[0].data;
+    assert!(data.ends_with(clean), "{:?}", String::from_utf8_lossy(data));
+    let trace_end = data.len() - clean.len();
+    assert!(data[..trace_end].starts_with(b"Received: "));
+}

@@ -23,6 +23,18 @@ fn self_signed(dir: &Path, host: &str) {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the key is private");
+    // Valid now and for a year, not for centuries: `openssl x509 -checkend N` fails when the
+    // certificate expires within N seconds.
+    let checkend = |secs: u64| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &secs.to_string(), "-in"])
+            .arg(dir.join("cert.pem"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(checkend(364 * 86_400), "expires within 364 days");
+    assert!(!checkend(366 * 86_400), "valid for more than a year");
 }
 
 /// `sluice user add` with the password on stdin (never argv).

@@ -19,7 +19,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 /// the certificate (to trust it as a CA).
 pub fn tls_identity(dir: &Path, names: &[&str]) -> (Arc<ServerConfig>, PathBuf) {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let (cert, key) = sluice::tls::self_signed(&names).unwrap();
+    let (cert, key) = sluice::tls::self_signed(&names, 1).unwrap();
     let tag = names.join("_").replace(['.', ':'], "-");
     let (c, k) = (dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
     std::fs::write(&c, cert).unwrap();

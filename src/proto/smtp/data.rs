@@ -21,6 +21,8 @@ pub enum DataFailure {
     LineTooLong,
     /// The server-wide memory budget for bodies in flight is spent: 452 4.3.1.
     OverBudget,
+    /// A NUL octet in the text (RFC 5322 2.3): 554 5.6.0.
+    Nul,
 }
 
 /// What one call to [`DataReceiver::ingest`] found.
@@ -101,7 +103,13 @@ impl DataReceiver {
                 self.at_line_start = false;
             }
             let rem = &buf[self.scanned..];
-            match memchr::memchr2(b'\r', b'\n', rem) {
+            match memchr::memchr3(b'\r', b'\n', 0, rem) {
+                // A NUL does not change the framing: the message is refused at its end.
+                Some(i) if rem[i] == 0 => {
+                    self.line_len += i + 1;
+                    self.keep(buf, i + 1);
+                    self.fail(DataFailure::Nul);
+                }
                 None => {
                     let n = rem.len();
                     self.line_len += n;
@@ -191,13 +199,26 @@ impl DataReceiver {
 
 /// Adds `content` to `parts` dot-stuffed for DATA (RFC 5321 4.5.2), as slices of the original
 /// buffers (never a copy of the body), followed by the terminator.
-/// A line may span two buffers; stuffing works on the byte stream, so buffer boundaries that fall
-/// at a line start are handled by carrying the "at line start" state across them.
+///
+/// The writer can never emit a line end other than CRLF, nor a line "." that was not a line of
+/// the original: a bare CR or bare LF (which intake refuses, but an old spool or a bug could still
+/// hold) is sent as CRLF, and the line after it is stuffed like any other. A line may span two
+/// buffers, and so may a CRLF: the state ("at line start", "a CR ended the last buffer") is
+/// carried across them.
 pub fn dot_stuff(content: &[Bytes], parts: &mut Vec<Bytes>) {
+    const CRLF: Bytes = Bytes::from_static(b"\r\n");
     let mut at_line_start = true;
+    let mut pending_cr = false;
     for buf in content.iter().filter(|b| !b.is_empty()) {
-        let mut start = 0;
-        let mut i = 0;
+        // `start..` is the run of `buf` not yet pushed; `i` the next octet to examine.
+        let (mut start, mut i) = (0, 0);
+        if std::mem::take(&mut pending_cr) {
+            parts.push(CRLF);
+            at_line_start = true;
+            if buf[0] == b'\n' {
+                (start, i) = (1, 1); // the CRLF was split across buffers
+            }
+        }
         while i < buf.len() {
             if at_line_start && buf[i] == b'.' {
                 if i > start {
@@ -206,24 +227,44 @@ pub fn dot_stuff(content: &[Bytes], parts: &mut Vec<Bytes>) {
                 parts.push(Bytes::from_static(b"."));
                 start = i;
             }
-            match memchr::memchr(b'\n', &buf[i..]) {
-                Some(n) => {
-                    i += n + 1;
-                    at_line_start = true;
+            at_line_start = false;
+            let Some(n) = memchr::memchr2(b'\r', b'\n', &buf[i..]) else {
+                i = buf.len();
+                continue;
+            };
+            let j = i + n;
+            match (buf[j], buf.get(j + 1)) {
+                (b'\r', Some(b'\n')) => i = j + 2, // CRLF: stays in the run
+                (b'\r', None) => {
+                    // Held back: the next buffer says whether it is half of a CRLF.
+                    if j > start {
+                        parts.push(buf.slice(start..j));
+                    }
+                    pending_cr = true;
+                    (start, i) = (buf.len(), buf.len());
                 }
-                None => {
-                    i = buf.len();
-                    at_line_start = false;
+                _ => {
+                    // A bare CR or bare LF: sent as CRLF.
+                    if j > start {
+                        parts.push(buf.slice(start..j));
+                    }
+                    parts.push(CRLF);
+                    (start, i) = (j + 1, j + 1);
                 }
             }
+            at_line_start = true;
         }
         if start < buf.len() {
             parts.push(buf.slice(start..));
         }
     }
+    if pending_cr {
+        parts.push(CRLF);
+        at_line_start = true;
+    }
     // The terminator must start a line (RFC 5321 4.1.1.4).
     if !at_line_start {
-        parts.push(Bytes::from_static(b"\r\n"));
+        parts.push(CRLF);
     }
     parts.push(Bytes::from_static(b".\r\n"));
 }
@@ -357,6 +398,44 @@ mod tests {
             let (ev, rest) = run(&[&wire]);
             assert_eq!(body(ev), *b);
             assert!(rest.is_empty());
+        }
+    }
+
+    /// The writer never emits a line end other than CRLF, nor a "." line that was not a line of
+    /// the original, whatever the stored content holds and wherever the buffers are cut: what a
+    /// strict DATA reader gets back is the content with bare CR and LF made CRLF.
+    #[test]
+    fn dot_stuffing_never_emits_a_bare_line_end_or_a_smuggled_terminator() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"a\r.\r\nb\r\n", b"a\r\n.\r\nb\r\n"),
+            (b"a\n.\nMAIL FROM:<x>\n", b"a\r\n.\r\nMAIL FROM:<x>\r\n"),
+            (b"a\r\n.\r\r\n", b"a\r\n.\r\n\r\n"),
+            (b"a\r\n.\n", b"a\r\n.\r\n"),
+            (b"x\r", b"x\r\n"),
+            (b"\n.\n", b"\r\n.\r\n"),
+        ];
+        for (stored, want) in cases {
+            for cut in 0..=stored.len() {
+                let content = [
+                    bytes::Bytes::copy_from_slice(&stored[..cut]),
+                    bytes::Bytes::copy_from_slice(&stored[cut..]),
+                ];
+                let mut parts = Vec::new();
+                dot_stuff(&content, &mut parts);
+                let wire: Vec<u8> = parts.concat();
+                // Only CRLF line ends on the wire.
+                for (k, &c) in wire.iter().enumerate() {
+                    if c == b'\r' {
+                        assert_eq!(wire.get(k + 1), Some(&b'\n'), "bare CR in {wire:?}");
+                    }
+                    if c == b'\n' {
+                        assert_eq!(wire[k - 1], b'\r', "bare LF in {wire:?}");
+                    }
+                }
+                let (ev, rest) = run(&[&wire]);
+                assert_eq!(body(ev), *want, "{stored:?} cut at {cut}");
+                assert!(rest.is_empty(), "a second message was smuggled: {rest:?}");
+            }
         }
     }
 }

@@ -36,6 +36,27 @@ pub fn header_value(body: &[u8], name: &str) -> Option<String> {
     found.map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
+/// Trace fields in the header block: `Received:` (RFC 5321 4.4) and `Delivered-To:` (local
+/// delivery). A message that has passed more hops than any sane route has is in a loop
+/// (RFC 5321 6.3).
+pub fn hop_count(body: &[u8]) -> usize {
+    let mut n = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break; // end of the header block
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let name = line[..colon].trim_ascii();
+            if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"delivered-to")
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// What the `Received:` header says about one transaction.
 pub struct TraceInfo<'a> {
     pub helo: &'a str,

@@ -12,6 +12,7 @@
 pub mod address;
 pub mod client;
 pub mod command;
+pub mod content;
 pub mod data;
 pub mod message;
 pub mod reply;

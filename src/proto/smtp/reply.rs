@@ -111,6 +111,12 @@ pub const BARE_CR_LF: Reply = Reply::new(
     "5.5.2",
     "Message refused: bare CR or LF in message text (RFC 5321 2.3.8); closing connection",
 );
+pub const BARE_CR_LF_BDAT: Reply =
+    Reply::new(550, "5.5.2", "Message refused: bare CR or LF in message text (RFC 5321 2.3.8)");
+pub const NUL_IN_TEXT: Reply =
+    Reply::new(554, "5.6.0", "Message refused: NUL octet in message text (RFC 5322 2.3)");
+pub const TOO_MANY_HOPS: Reply =
+    Reply::new(554, "5.4.6", "Too many hops: Received headers suggest a mail loop");
 pub const UTF8_NOT_ALLOWED: Reply =
     Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");

@@ -24,6 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::address::Mailbox;
 use super::client::Credentials;
 use super::command::{self, BodyType, Command, MailFrom, RcptTo};
+use super::content::{self, Violation};
 use super::data::{DataEvent, DataFailure, DataReceiver};
 use super::message::{self, TraceInfo};
 use super::reply::{self, Reply};
@@ -50,6 +51,11 @@ pub struct SessionConfig {
     pub relay_networks: Vec<IpNet>,
     /// Domains accepted from anyone (lower case, no trailing dot).
     pub local_domains: HashSet<String>,
+    /// RCPTs over `max_recipients` answered 452 without counting as client errors.
+    pub recipient_overshoot_limit: usize,
+    /// Trace headers (`Received:`, `Delivered-To:`) a message may carry; more is a loop (554
+    /// 5.4.6), as Postfix's `hopcount_limit`.
+    pub max_hops: usize,
     /// Where mail to `<postmaster>` (no domain) goes (`[local] postmaster`); None: refused.
     pub postmaster: Option<Mailbox>,
     /// STARTTLS is offered (the listener has a certificate and is not implicit TLS).
@@ -75,6 +81,8 @@ impl Default for SessionConfig {
             relay_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             local_domains: HashSet::new(),
             postmaster: None,
+            max_hops: 50,
+            recipient_overshoot_limit: 10_000,
             starttls: false,
             auth: false,
             auth_required: false,
@@ -148,13 +156,17 @@ pub enum RejectReason {
     SenderNotOwned,
     Pregreet,
     TooSlow,
+    /// A NUL octet in the message text.
+    Nul,
+    /// More trace headers than `max_hops` (RFC 5321 6.3).
+    MailLoop,
     /// A recipient with no mailbox to deliver to (`<postmaster>` without `[local] postmaster`).
     NoMailbox,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 19] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -174,6 +186,8 @@ impl RejectReason {
         RejectReason::Pregreet,
         RejectReason::TooSlow,
         RejectReason::NoMailbox,
+        RejectReason::Nul,
+        RejectReason::MailLoop,
     ];
 
     pub fn label(self) -> &'static str {
@@ -197,6 +211,8 @@ impl RejectReason {
             RejectReason::Pregreet => "pregreet",
             RejectReason::TooSlow => "too_slow",
             RejectReason::NoMailbox => "no_mailbox",
+            RejectReason::Nul => "nul",
+            RejectReason::MailLoop => "mail_loop",
         }
     }
 }
@@ -309,6 +325,8 @@ pub struct Session {
     /// The user whose credentials the driver is checking.
     auth_pending: Option<String>,
     rcpts_in_session: usize,
+    /// RCPTs refused with 452 for exceeding `max_recipients`, this session.
+    overshoot: usize,
 }
 
 impl Session {
@@ -331,6 +349,7 @@ impl Session {
             auth: None,
             auth_pending: None,
             rcpts_in_session: 0,
+            overshoot: 0,
         }
     }
 
@@ -478,8 +497,10 @@ impl Session {
                 State::Sasl(_) => {
                     let Some(lf) = memchr::memchr(b'\n', &self.input) else {
                         if self.input.len() > 12_288 {
-                            // RFC 4954 4: lines up to 12288 octets; longer ones end the exchange.
+                            // RFC 4954 4: lines up to 12288 octets; longer ones end the exchange,
+                            // and the rest of the line is skipped whole (never read as commands).
                             self.input.clear();
+                            self.skipping_line = true;
                             self.state = State::Command;
                             self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
                             continue;
@@ -503,7 +524,11 @@ impl Session {
                 }
                 State::Data(rx) => match rx.ingest(&mut self.input) {
                     DataEvent::NeedMore => return Step::NeedInput,
-                    DataEvent::End(body) => return self.finish_data(body.freeze(), false),
+                    DataEvent::End(body) => {
+                        if let Some(step) = self.finish_data(body.freeze(), false) {
+                            return step;
+                        }
+                    }
                     DataEvent::Refused(f) => {
                         self.state = State::Command;
                         self.draft = None;
@@ -517,6 +542,7 @@ impl Session {
                             DataFailure::OverBudget => {
                                 self.reject(reply::MEMORY_BUDGET, RejectReason::Storage)
                             }
+                            DataFailure::Nul => self.reject(reply::NUL_IN_TEXT, RejectReason::Nul),
                         }
                     }
                     DataEvent::BareCrLf => {
@@ -756,6 +782,13 @@ impl Session {
         }
         if draft.rcpts.len() >= self.cfg.max_recipients {
             // RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
+            // Pipelining clients overshoot by design: that is no client error, up to the
+            // overshoot limit (Postfix's smtpd_recipient_overshoot_limit).
+            self.overshoot += 1;
+            if self.overshoot <= self.cfg.recipient_overshoot_limit {
+                self.events.push(Event::Rejected(RejectReason::TooManyRecipients));
+                return self.reply(reply::TOO_MANY_RCPTS);
+            }
             return self.reject(reply::TOO_MANY_RCPTS, RejectReason::TooManyRecipients);
         }
         if !rcpt.to.is_ascii() && !draft.mail.smtputf8 {
@@ -882,7 +915,22 @@ impl Session {
             }
             None if last => {
                 let body = self.draft.as_mut().map(|d| std::mem::take(&mut d.chunks));
-                Some(self.finish_data(body.unwrap_or_default().freeze(), true))
+                let body = body.unwrap_or_default().freeze();
+                // The same content policy as DATA (content.rs): BDAT framing is by length, so
+                // the session goes on, but such a message is never stored.
+                if let Err(v) = content::check(&body, self.cfg.max_text_line) {
+                    self.draft = None;
+                    let (r, why) = match v {
+                        Violation::BareCrLf => (reply::BARE_CR_LF_BDAT, RejectReason::BareCrLf),
+                        Violation::Nul => (reply::NUL_IN_TEXT, RejectReason::Nul),
+                        Violation::LineTooLong => {
+                            (reply::TEXT_LINE_TOO_LONG, RejectReason::LineTooLong)
+                        }
+                    };
+                    self.reject(r, why);
+                    return None;
+                }
+                self.finish_data(body, true)
             }
             None => {
                 let held = self.draft.as_ref().map_or(0, |d| d.chunks.len());
@@ -892,11 +940,18 @@ impl Session {
         }
     }
 
-    fn finish_data(&mut self, body: Bytes, chunking: bool) -> Step {
+    /// The whole message is in: a store step, or None when it was refused (the session goes on).
+    fn finish_data(&mut self, body: Bytes, chunking: bool) -> Option<Step> {
         let draft = self.draft.take().unwrap_or_default();
+        // RFC 5321 6.3: a message that has been around this many times is in a loop.
+        if message::hop_count(&body) > self.cfg.max_hops {
+            self.state = State::Command;
+            self.reject(reply::TOO_MANY_HOPS, RejectReason::MailLoop);
+            return None;
+        }
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
         self.state = State::AwaitStore;
-        Step::Store(Box::new(Transaction {
+        Some(Step::Store(Box::new(Transaction {
             mail: draft.mail,
             rcpts: draft.rcpts,
             body,
@@ -906,7 +961,7 @@ impl Session {
             chunking,
             tls: self.tls,
             auth_user: self.auth.as_ref().map(|a| a.0.clone()),
-        }))
+        })))
     }
 
     // ---- replies ----------------------------------------------------------------------------

@@ -262,17 +262,31 @@ fn rfc2920_pipelining() {
 #[test]
 fn rfc3030_bdat_chunks() {
     let mut h = Harness::new();
-    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c> BODY=8BITMIME\r\nRCPT TO:<d@e.f>\r\nBDAT 5\r\nhel\n\rBDAT 0\r\nBDAT 3 LAST\r\nlo.");
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c> BODY=8BITMIME\r\nRCPT TO:<d@e.f>\r\nBDAT 5\r\nhel\r\nBDAT 0\r\nBDAT 5 LAST\r\nlo.\r\n");
     assert_eq!(codes(&out), vec![250, 250, 250, 250, 250, 250]);
-    // Binary content is taken as sent: bare LF/CR are not special in BDAT.
-    assert_eq!(&h.stored[0].body[..], b"hel\n\rlo.");
+    // A CRLF split across chunks is one line end.
+    assert_eq!(&h.stored[0].body[..], b"hel\r\nlo.\r\n");
     assert!(h.stored[0].chunking);
+    // Without BINARYMIME (not offered), BDAT content is text under the same policy as DATA
+    // (content.rs): a bare CR or LF, or a NUL, refuses the message; the session goes on.
+    for (chunk, reply) in [
+        (&b"hel\n\rlo."[..], "550 5.5.2"),
+        (b"a\r.\rb\r\n", "550 5.5.2"),
+        (b"a\0b\r\n", "554 5.6.0"),
+    ] {
+        let mut h = Harness::new();
+        h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n");
+        let out = h.send(&[format!("BDAT {} LAST\r\n", chunk.len()).as_bytes(), chunk].concat());
+        assert!(out.starts_with(reply), "{chunk:?}: {out}");
+        assert!(h.stored.is_empty() && !h.closed);
+        assert_eq!(h.cmd("NOOP"), vec![250]);
+    }
     // The chunk arrives across several reads.
     let mut h = Harness::new();
     h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 10 LAST\r\n01234");
     assert!(h.stored.is_empty());
-    assert_eq!(codes(&h.send(b"56789NOOP\r\n")), vec![250, 250]);
-    assert_eq!(&h.stored[0].body[..], b"0123456789");
+    assert_eq!(codes(&h.send(b"567\r\nNOOP\r\n")), vec![250, 250]);
+    assert_eq!(&h.stored[0].body[..], b"01234567\r\n");
 }
 
 #[test]
@@ -364,6 +378,45 @@ fn relay_policy_rfc5321_3_6() {
     h.expect("RCPT TO:<user@elsewhere.example>", 250);
 }
 
+/// RFC 5321 4.5.3.1.10: a pipelining client that overshoots `max_recipients` gets 452s, which
+/// are not client errors: the session survives 10,000 RCPTs and the accepted ones are delivered.
+#[test]
+fn rfc5321_4_5_3_1_10_recipient_overshoot_is_not_an_error() {
+    let mut h = Harness::new();
+    let mut cmds = String::from("EHLO x\r\nMAIL FROM:<a@b.c>\r\n");
+    for i in 0..10_000 {
+        cmds.push_str(&format!("RCPT TO:<r{i}@e.f>\r\n"));
+    }
+    cmds.push_str("DATA\r\n");
+    let out = codes(&h.send(cmds.as_bytes()));
+    assert_eq!(out.iter().filter(|&&c| c == 250).count(), 1 + 1000 + 1);
+    assert_eq!(out.iter().filter(|&&c| c == 452).count(), 9000);
+    assert_eq!(out.last(), Some(&354));
+    h.expect("x\r\n.", 250);
+    assert_eq!(h.stored[0].rcpts.len(), 1000);
+}
+
+/// RFC 5321 6.3: more than `max_hops` trace headers is a loop, refused with 554 5.4.6; the
+/// session goes on, and headers in the body do not count.
+#[test]
+fn rfc5321_6_3_mail_loops_are_refused() {
+    for (hops, want) in [(50, 250), (51, 554)] {
+        let mut h = Harness::new();
+        h.expect("EHLO x", 250);
+        h.expect("MAIL FROM:<a@b.c>", 250);
+        h.expect("RCPT TO:<d@e.f>", 250);
+        h.expect("DATA", 354);
+        let head = "Received: from x by y; Tue, 1 Dec 2026 00:00:00 +0000\r\n".repeat(hops);
+        let out =
+            h.send(format!("{head}Subject: loop\r\n\r\nReceived: in the body\r\n.\r\n").as_bytes());
+        assert_eq!(codes(&out), vec![want], "{hops}: {out}");
+        if want == 554 {
+            assert!(out.starts_with("554 5.4.6"), "{out}");
+        }
+        h.expect("NOOP", 250);
+    }
+}
+
 /// RFC 5321 4.5.1: `<postmaster>` is delivered to the configured postmaster address, and
 /// refused when none is configured (accepted, it could never be delivered).
 #[test]
@@ -397,7 +450,9 @@ fn limits_recipients_and_errors() {
     h.expect("RCPT TO:<2@b.c>", 250);
     let out = h.send(b"RCPT TO:<3@b.c>\r\n");
     assert!(out.starts_with("452 4.5.3"), "{out}");
+    // The 452 is not a client error (overshoot, RFC 5321 4.5.3.1.10); three bad commands are.
     h.expect("FOO", 500);
+    h.expect("BAZ", 500);
     let out = h.send(b"BAR\r\n");
     assert_eq!(codes(&out), vec![500, 421]);
     assert!(h.closed);
@@ -570,6 +625,25 @@ fn rfc3207_starttls_resets_the_session_and_drops_pipelined_commands() {
     let ehlo = h.send(b"EHLO c\r\n");
     assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     h.expect("STARTTLS", 503);
+}
+
+/// RFC 4954 4: an overlong SASL response (100,000 octets) gets one 500, and the rest of the line
+/// is skipped whole: replies stay in step with commands and nothing in it is read as a command.
+#[test]
+fn rfc4954_4_an_overlong_sasl_line_is_skipped_whole() {
+    let mut h = Harness::with(tls_auth_config(), "192.0.2.9");
+    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    h.expect("EHLO c", 250);
+    h.expect("AUTH PLAIN", 334);
+    let mut line = "QUIT ".repeat(20_000).into_bytes();
+    // Sent in pieces, as it would arrive from a socket.
+    let mut out = String::new();
+    for piece in line.chunks_mut(4096) {
+        out.push_str(&h.send(piece));
+    }
+    out.push_str(&h.send(b"\r\nNOOP\r\n"));
+    assert_eq!(codes(&out), vec![500, 250], "{out}");
+    assert!(!h.closed);
 }
 
 #[test]
