@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Durable intake rate: 10 KB messages at 1, 16 and 64 concurrent sessions, fsync before 250.
 # The baseline in the same run is sluice with durability switched off (acknowledge before
-# writing), so the ratio shows what fsync-before-250 costs. Everything stays on 127.0.0.1.
+# writing), so the ratio shows what fsync-before-250 costs. That switch is a test hook: the binary
+# is built with `--features sluice/test-hooks` here (release builds never have it), and the run
+# stops if the baseline does not say it is unsafe. Everything stays on 127.0.0.1.
 #   usage: bash loadtest/intake.sh [messages_per_session_count_scale]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 scale="${1:-1}"
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --features sluice/test-hooks
 bin=target/release/sluice
 lt=target/release/loadtest
 work=$(mktemp -d)
@@ -22,6 +24,9 @@ TOML
 )"
   SLUICE_TEST_UNSAFE_ACK_BEFORE_WRITE="$2" start_sluice "$bin" "$work/sluice.toml" "$work/data" "$work/$1.log"
   pid=$sluice_pid smtp=$sluice_smtp admin=$sluice_admin
+  if [ "$2" = 1 ] && ! grep -q UNSAFE "$work/$1.log"; then
+    echo "the no-fsync baseline is not running unsafe (built without test-hooks?)" >&2; exit 1
+  fi
 }
 
 printf '%-10s %8s %12s %10s %10s %12s\n' mode sessions msgs/s p50_ms p99_ms msgs/fsync

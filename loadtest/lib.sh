@@ -12,7 +12,7 @@ bound_address() {
 start_sluice() {
   "$1" serve --config "$2" 2>"$4" &
   sluice_pid=$!
-  for _ in $(seq 200); do [ -f "$3/sluice.addresses.json" ] && break; sleep 0.05; done
+  for _ in $(seq 2400); do [ -f "$3/sluice.addresses.json" ] && break; sleep 0.05; done
   [ -f "$3/sluice.addresses.json" ] || { echo "sluice did not start:" >&2; cat "$4" >&2; exit 1; }
   sluice_smtp=$(bound_address "$3" smtp)
   sluice_admin=$(bound_address "$3" admin)

@@ -123,12 +123,24 @@ pub struct AuthConfig {
     /// Failures from one IP within `lockout` before it is locked out (454 4.7.0).
     #[serde(default = "default_max_failures_per_ip")]
     pub max_failures_per_ip: u32,
-    /// Failures for one user name (from anywhere) within `lockout` before it is locked out.
+    /// Failures for one user name (from anywhere) within `lockout` before it is locked out,
+    /// with `lock_users`; without it they only slow that user's logins down.
     #[serde(default = "default_max_failures_per_user")]
     pub max_failures_per_user: u32,
+    /// Lock a user name out after `max_failures_per_user` failures. Off by default: anyone could
+    /// then lock any named user out from many IPs; failures slow the user down instead.
+    #[serde(default)]
+    pub lock_users: bool,
+    /// Password checks (argon2id, about 19 MiB each) that may run at once.
+    #[serde(default = "default_max_concurrent_verifications")]
+    pub max_concurrent_verifications: usize,
     /// How long failures are remembered and lockouts last.
     #[serde(default = "default_lockout", deserialize_with = "duration")]
     pub lockout: Duration,
+}
+
+fn default_max_concurrent_verifications() -> usize {
+    4
 }
 
 fn default_failure_delay() -> Duration {

@@ -208,6 +208,14 @@ pub static SMTP_AUTH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Password checks run (argon2id): at most `max_failures_per_ip` per IP and window.
+pub static AUTH_VERIFICATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_auth_verifications_total",
+        "Password checks (argon2id) run for AUTH; attempts refused by the lockout run none.",
+    )
+});
+
 /// Outbound sessions by TLS outcome: yes (STARTTLS negotiated), no (plaintext), failed
 /// (handshake failed).
 pub static DELIVERY_TLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -301,6 +309,7 @@ pub fn init() {
     LazyLock::force(&SPOOL_BATCH_RECORDS);
     LazyLock::force(&SPOOL_COMMIT_ERRORS);
     LazyLock::force(&SPOOL_DAMAGED_RECORDS);
+    LazyLock::force(&AUTH_VERIFICATIONS);
     LazyLock::force(&SPOOL_MESSAGES);
     LazyLock::force(&SPOOL_SEGMENTS);
     LazyLock::force(&SPOOL_DISK_BYTES);

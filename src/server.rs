@@ -129,11 +129,13 @@ pub async fn run(
     let users = crate::auth::users::Users::load(&cfg.users_file()).context("loading users")?;
     tracing::info!(users = users.len(), file = %cfg.users_file().display(), "AUTH users loaded");
     let auth = Arc::new(crate::smtp::AuthContext {
+        verifications: tokio::sync::Semaphore::new(cfg.auth.max_concurrent_verifications.max(1)),
         users: std::sync::RwLock::new(Arc::new(users)),
         lockout: crate::auth::lockout::Lockout::new(crate::auth::lockout::LockoutPolicy {
             max_failures_per_ip: cfg.auth.max_failures_per_ip,
             max_failures_per_user: cfg.auth.max_failures_per_user,
             window: cfg.auth.lockout,
+            lock_users: cfg.auth.lock_users,
             failure_delay: cfg.auth.failure_delay,
         }),
     });

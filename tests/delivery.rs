@@ -297,6 +297,56 @@ fn null_mx_nxdomain_fail_and_servfail_defers() {
     assert!(r[2]["last_reply"].as_str().unwrap().contains("DNS"), "{}", r[2]);
 }
 
+/// A bounce after a failure that came before the content was read (NXDOMAIN) still returns the
+/// original: its headers for RET=HDRS, all of it for RET=FULL (RFC 3461 4.3), checked with
+/// Python's email package.
+#[test]
+fn bounces_after_nxdomain_return_the_original() {
+    let dns = common::dns::TestDns::start();
+    dns.servfail("example.com"); // the DSNs stay queued, to be read
+    let cfg = format!(
+        "{}[queue]\nretry = [\"1h\"]\n[delivery]\nscan_interval = \"100ms\"\n",
+        dns.config()
+    );
+    let s = Sluice::start(&cfg);
+    for ret in ["HDRS", "FULL"] {
+        let mut c = Client::ehlo(s.smtp);
+        c.cmd(&format!("MAIL FROM:<a@example.com> RET={ret}"));
+        c.cmd("RCPT TO:<y@nowhere.test>");
+        c.cmd("DATA");
+        let r = c.cmd(&format!(
+            "Message-ID: <ret-{ret}@t>\r\nSubject: original\r\n\r\nthe original body\r\n."
+        ));
+        assert_eq!(code(&r), 250, "{r}");
+    }
+    let q = s.wait_queue(15, |q| q.iter().filter(|m| m["sender"] == "").count() == 2);
+    for m in q.iter().filter(|m| m["sender"] == "") {
+        let dsn = s.raw_message(m["id"].as_str().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dsn.eml");
+        std::fs::write(&path, &dsn).unwrap();
+        python(
+            r#"
+import email, sys
+from email import policy
+msg = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.default)
+parts = list(msg.iter_parts())
+returned = parts[2]
+if returned.get_content_type() == "text/rfc822-headers":
+    text = returned.get_content()
+    assert "Message-ID: <ret-HDRS@t>" in text and "Subject: original" in text, text
+    assert "the original body" not in text, text
+else:
+    assert returned.get_content_type() == "message/rfc822", returned.get_content_type()
+    inner = returned.get_payload()[0]
+    assert inner["Message-ID"] == "<ret-FULL@t>", inner["Message-ID"]
+    assert "the original body" in inner.get_content(), inner.get_content()
+"#,
+            &[path.to_str().unwrap()],
+        );
+    }
+}
+
 /// DESIGN.md invariant 2 during delivery: kill -9 while deliveries are in flight, restart; every
 /// recipient is delivered in the end, duplicates only where the sink had already said 250.
 #[test]

@@ -323,6 +323,75 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=("127.0.0.2", 0)
     assert!(m.contains("sluice_smtp_auth_total{result=\"locked_out\"} 15"), "{m}");
 }
 
+/// 60 simultaneous wrong AUTHs from one IP: attempts are reserved before the password check, so
+/// at most `max_failures_per_ip` (5) checks run (counted by `sluice_auth_verifications_total`)
+/// and the rest get 454. A login with the attacker's own account does not reset the count.
+#[test]
+fn concurrent_guesses_cannot_race_the_lockout_and_a_success_does_not_reset_it() {
+    let t = start("");
+    let out = python(
+        &(PY_TLS.to_string()
+            + r#"
+import threading
+port = int(sys.argv[1])
+barrier = threading.Barrier(60)
+codes = []
+def guess(i):
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.user, s.password = "app", "guess%d" % i
+        barrier.wait()
+        try:
+            s.auth("PLAIN", s.auth_plain)
+            codes.append(235)
+        except smtplib.SMTPAuthenticationError as e:
+            codes.append(e.smtp_code)
+threads = [threading.Thread(target=guess, args=(i,)) for i in range(60)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("codes", sorted(codes))
+"#),
+        &[&t.s.listener("submission").port().to_string()],
+    );
+    let (_, m) = t.s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    let checks: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_auth_verifications_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(checks <= 5, "{checks} password checks for 60 simultaneous guesses: {out}");
+    assert_eq!(out.matches("454").count(), 60 - checks as usize, "{out}");
+
+    // From another IP: 4 failures, a success with the guesser's own account, one more failure;
+    // the next attempt is refused (the success did not reset the IP's count).
+    let t = start("");
+    let out = python(
+        &(PY_TLS.to_string()
+            + r#"
+port = int(sys.argv[1])
+def attempt(user, pw):
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.user, s.password = user, pw
+        try:
+            return s.auth("PLAIN", s.auth_plain)[0]
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+seq = [attempt("app", "wrong") for _ in range(4)]
+seq.append(attempt("app", "s3cret"))
+seq.append(attempt("app", "wrong"))
+seq.append(attempt("app", "wrong"))
+print("seq", seq)
+"#),
+        &[&t.s.listener("submission").port().to_string()],
+    );
+    assert!(out.contains("seq [535, 535, 535, 535, 235, 535, 454]"), "{out}");
+}
+
 /// SIGHUP with a new certificate: new sessions get it, the open session goes on.
 #[test]
 fn sighup_reloads_the_certificate_without_dropping_sessions() {

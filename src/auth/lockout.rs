@@ -1,7 +1,13 @@
-//! Brute-force protection for AUTH: each failure from a client IP makes its next `535` wait
-//! longer; too many failures from one IP, or for one user name, lock them out for a while
-//! (454 4.7.0). A lockout by IP does not stop the same user from another IP, so a guesser cannot
-//! lock a real user out from everywhere unless the per-user limit (higher) is reached.
+//! Brute-force protection for AUTH.
+//!
+//! - Per client IP: each failure makes the next `535` wait longer, and `max_failures_per_ip`
+//!   failures lock the IP out for `window` (454 4.7.0). An attempt is *reserved* before the
+//!   password is checked, so 60 simultaneous guesses from one IP get at most
+//!   `max_failures_per_ip` verifications, not 60. A success does not clear the IP's failures: an
+//!   attacker's own valid account must not reset the count for its guesses at others.
+//! - Per user name: failures slow that user's logins down (a growing delay, as Dovecot's auth
+//!   penalty) but do not lock the name out unless `lock_users` is set: otherwise anyone could lock
+//!   any named user out for `window` from many IPs.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,13 +20,16 @@ pub struct LockoutPolicy {
     pub max_failures_per_user: u32,
     /// Failures are forgotten, and lockouts end, after this long.
     pub window: Duration,
-    /// The n-th failure from an IP waits n × this before 535 (at most 10 s).
+    /// The n-th failure from an IP (or for a user) waits n x this before 535 (at most 10 s).
     pub failure_delay: Duration,
+    /// Lock a user name out after `max_failures_per_user` failures (default: only slow it down).
+    pub lock_users: bool,
 }
 
 #[derive(Default)]
 struct Counts {
-    ip: HashMap<IpAddr, (u32, Instant)>,
+    /// Failures in the window, when the last one was, and attempts being verified now.
+    ip: HashMap<IpAddr, (u32, Instant, u32)>,
     user: HashMap<String, (u32, Instant)>,
 }
 
@@ -33,44 +42,96 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 /// Entries kept per table; beyond it, expired ones are dropped first.
 const MAX_ENTRIES: usize = 100_000;
 
+/// Why an attempt was not allowed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LockedOut;
+
+/// A reserved attempt: counts against its IP until it is finished (or dropped, if the
+/// connection went away mid-verification).
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    ip: IpAddr,
+    user: String,
+    open: bool,
+}
+
 impl Lockout {
     pub fn new(policy: LockoutPolicy) -> Self {
         Lockout { policy, counts: Mutex::new(Counts::default()) }
     }
 
-    fn live(entry: Option<&(u32, Instant)>, window: Duration, now: Instant) -> u32 {
-        entry.filter(|(_, t)| now.duration_since(*t) < window).map_or(0, |(n, _)| *n)
+    fn live(n: u32, t: Instant, window: Duration, now: Instant) -> u32 {
+        if now.duration_since(t) < window { n } else { 0 }
     }
 
-    /// Whether this IP or this user is locked out now.
-    pub fn is_locked(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
-        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let w = self.policy.window;
-        Self::live(c.ip.get(&ip), w, now) >= self.policy.max_failures_per_ip
-            || Self::live(c.user.get(user), w, now) >= self.policy.max_failures_per_user
-    }
-
-    /// Records a failure; returns how long to wait before answering 535.
-    pub fn failure(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+    /// Reserves an attempt, or refuses it: the IP's failures plus the attempts it has in flight
+    /// reach the limit, or the user is locked (with `lock_users`).
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt<'_>, LockedOut> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let w = self.policy.window;
-        for table_len in [c.ip.len(), c.user.len()] {
-            if table_len >= MAX_ENTRIES {
-                c.ip.retain(|_, (_, t)| now.duration_since(*t) < w);
-                c.user.retain(|_, (_, t)| now.duration_since(*t) < w);
-                break;
-            }
+        if c.ip.len() >= MAX_ENTRIES || c.user.len() >= MAX_ENTRIES {
+            c.ip.retain(|_, (_, t, busy)| *busy > 0 || now.duration_since(*t) < w);
+            c.user.retain(|_, (_, t)| now.duration_since(*t) < w);
         }
-        let n_ip = Self::live(c.ip.get(&ip), w, now) + 1;
-        c.ip.insert(ip, (n_ip, now));
-        let n_user = Self::live(c.user.get(user), w, now) + 1;
-        c.user.insert(user.to_string(), (n_user, now));
-        (self.policy.failure_delay * n_ip).min(MAX_DELAY)
+        let user_failures = c.user.get(user).map_or(0, |&(n, t)| Self::live(n, t, w, now));
+        if self.policy.lock_users && user_failures >= self.policy.max_failures_per_user {
+            return Err(LockedOut);
+        }
+        let e = c.ip.entry(ip).or_insert((0, now, 0));
+        let failures = Self::live(e.0, e.1, w, now);
+        if failures + e.2 >= self.policy.max_failures_per_ip {
+            return Err(LockedOut);
+        }
+        e.2 += 1;
+        Ok(Attempt { lockout: self, ip, user: user.to_string(), open: true })
     }
 
-    /// A successful login clears this IP's failures (not the user's: another IP may be guessing).
-    pub fn success(&self, ip: IpAddr) {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).ip.remove(&ip);
+    /// Whether this IP (or, with `lock_users`, this user) is locked out now.
+    pub fn is_locked(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
+        match self.begin(ip, user, now) {
+            Ok(mut a) => {
+                a.release();
+                false
+            }
+            Err(LockedOut) => true,
+        }
+    }
+}
+
+impl Attempt<'_> {
+    /// The password was right.
+    pub fn succeeded(mut self) {
+        self.release();
+    }
+
+    /// The password was wrong: records the failure; returns how long to wait before 535.
+    pub fn failed(mut self, now: Instant) -> Duration {
+        self.release();
+        let l = self.lockout;
+        let w = l.policy.window;
+        let mut c = l.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let e = c.ip.entry(self.ip).or_insert((0, now, 0));
+        let n_ip = Lockout::live(e.0, e.1, w, now) + 1;
+        (e.0, e.1) = (n_ip, now);
+        let u = c.user.entry(std::mem::take(&mut self.user)).or_insert((0, now));
+        let n_user = Lockout::live(u.0, u.1, w, now) + 1;
+        *u = (n_user, now);
+        (l.policy.failure_delay * n_ip.max(n_user)).min(MAX_DELAY)
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) {
+            let mut c = self.lockout.counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = c.ip.get_mut(&self.ip) {
+                e.2 = e.2.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -78,29 +139,61 @@ impl Lockout {
 mod tests {
     use super::*;
 
-    #[test]
-    fn delays_grow_then_the_ip_is_locked_but_not_the_user_elsewhere() {
-        let l = Lockout::new(LockoutPolicy {
+    fn policy(lock_users: bool) -> LockoutPolicy {
+        LockoutPolicy {
             max_failures_per_ip: 3,
             max_failures_per_user: 6,
             window: Duration::from_secs(60),
             failure_delay: Duration::from_millis(100),
-        });
+            lock_users,
+        }
+    }
+
+    #[test]
+    fn delays_grow_then_the_ip_is_locked_but_not_the_user_elsewhere() {
+        let l = Lockout::new(policy(false));
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let t = Instant::now();
-        assert_eq!(l.failure(a, "app", t), Duration::from_millis(100));
-        assert_eq!(l.failure(a, "app", t), Duration::from_millis(200));
+        assert_eq!(l.begin(a, "app", t).unwrap().failed(t), Duration::from_millis(100));
+        assert_eq!(l.begin(a, "app", t).unwrap().failed(t), Duration::from_millis(200));
         assert!(!l.is_locked(a, "app", t));
-        l.failure(a, "app", t);
+        l.begin(a, "app", t).unwrap().failed(t);
         assert!(l.is_locked(a, "app", t), "3 failures from one IP");
         assert!(!l.is_locked(b, "app", t), "the user can still log in from elsewhere");
         assert!(!l.is_locked(a, "app", t + Duration::from_secs(61)), "the window passes");
-        for _ in 0..3 {
-            l.failure(b, "app", t);
+        // Failures for one user from many IPs slow it down, but never lock it out by default.
+        for i in 0..10u8 {
+            let ip = IpAddr::from([198, 51, 100, i]);
+            l.begin(ip, "victim", t).unwrap().failed(t);
         }
         let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(!l.is_locked(c, "victim", t), "a named user cannot be locked out by others");
+        assert_eq!(
+            l.begin(c, "victim", t).unwrap().failed(t),
+            MAX_DELAY.min(Duration::from_millis(1100))
+        );
+        // With lock_users, it is.
+        let l = Lockout::new(policy(true));
+        for i in 0..6u8 {
+            l.begin(IpAddr::from([198, 51, 100, i]), "app", t).unwrap().failed(t);
+        }
         assert!(l.is_locked(c, "app", t), "6 failures for one user, from anywhere");
-        l.success(b);
-        assert!(!l.is_locked(b, "other", t));
+    }
+
+    /// Attempts are reserved before the (slow) password check: simultaneous guesses from one IP
+    /// get at most `max_failures_per_ip` checks, and a success does not reset the IP's failures.
+    #[test]
+    fn concurrent_attempts_are_reserved_and_a_success_does_not_reset_the_ip() {
+        let l = Lockout::new(policy(false));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t = Instant::now();
+        let held: Vec<Attempt<'_>> = (0..60).filter_map(|_| l.begin(ip, "x", t).ok()).collect();
+        assert_eq!(held.len(), 3, "60 simultaneous attempts, 3 verified");
+        drop(held); // connections gone mid-check: the reservations are returned
+        l.begin(ip, "x", t).unwrap().failed(t);
+        l.begin(ip, "x", t).unwrap().failed(t);
+        l.begin(ip, "mine", t).unwrap().succeeded();
+        l.begin(ip, "x", t).unwrap().failed(t);
+        assert!(l.is_locked(ip, "x", t), "the success did not reset the count");
     }
 }

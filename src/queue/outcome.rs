@@ -145,6 +145,17 @@ impl Recorder {
             .filter(|f| wants_success_notice(env, &env.recipients[f.index as usize]))
             .map(|f| notice(f, Action::Relayed))
             .collect();
+        // A DSN returns the original (its headers, or all of it for RET=FULL, RFC 3461 4.3): an
+        // attempt that failed before the content was read (DNS, connect) reads it now.
+        let loaded;
+        let content = match content {
+            Some(c) => Some(c),
+            None if !(notices.is_empty() && delays.is_empty() && relayed.is_empty()) => {
+                loaded = self.read_original(env.id).await;
+                loaded.as_ref()
+            }
+            None => None,
+        };
         let mut delay_sent = false;
         for (report, what) in [(&delays, "delay"), (&relayed, "success")] {
             if !report.is_empty() {
@@ -234,6 +245,19 @@ impl Recorder {
             && let Err(e) = self.spool.remove(env.id).await
         {
             tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
+        }
+    }
+
+    /// The stored message, for a DSN (None, logged, if it cannot be read).
+    async fn read_original(&self, id: crate::spool::QueueId) -> Option<Bytes> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.read_message(id)).await {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) => {
+                tracing::warn!(%id, error = %e, "the original could not be read for its DSN");
+                None
+            }
+            Err(_) => None,
         }
     }
 

@@ -225,26 +225,30 @@ async fn handshake(stream: &mut Conn, ctx: &ListenerContext, ip: IpAddr) -> Resu
 async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> AuthResult {
     let auth = ctx.auth.clone();
     let user = creds.username.clone();
-    if auth.lockout.is_locked(ip, &user, Instant::now()) {
+    // Reserved before the check, so simultaneous guesses cannot all slip under the limit.
+    let Ok(attempt) = auth.lockout.begin(ip, &user, Instant::now()) else {
         metrics::SMTP_AUTH.with_label_values(&["locked_out"]).inc();
         tracing::warn!(%ip, user, "AUTH refused: locked out");
         return AuthResult::LockedOut;
-    }
+    };
     let users = auth.users.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let verdict =
+    let verdict = {
+        let Ok(_slot) = auth.verifications.acquire().await else { return AuthResult::Invalid };
+        metrics::AUTH_VERIFICATIONS.inc();
         tokio::task::spawn_blocking(move || users.verify(&creds.username, &creds.password))
             .await
             .ok()
-            .flatten();
+            .flatten()
+    };
     match verdict {
         Some(senders) => {
-            auth.lockout.success(ip);
+            attempt.succeeded();
             metrics::SMTP_AUTH.with_label_values(&["ok"]).inc();
             tracing::info!(%ip, user, "authenticated");
             AuthResult::Ok { senders }
         }
         None => {
-            let wait = auth.lockout.failure(ip, &user, Instant::now());
+            let wait = attempt.failed(Instant::now());
             metrics::SMTP_AUTH.with_label_values(&["invalid"]).inc();
             tracing::warn!(%ip, user, "AUTH failed");
             tokio::time::sleep(wait).await;

@@ -43,6 +43,8 @@ pub struct AuthContext {
     /// Replaced on SIGHUP.
     pub users: std::sync::RwLock<Arc<crate::auth::users::Users>>,
     pub lockout: crate::auth::lockout::Lockout,
+    /// Bounds the password checks running at once (each argon2id check holds ~19 MiB).
+    pub verifications: tokio::sync::Semaphore,
 }
 
 /// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the
