@@ -200,6 +200,11 @@ pub struct Limits {
     /// clients overshoot by design), as Postfix's `smtpd_recipient_overshoot_limit`.
     #[serde(default = "default_recipient_overshoot_limit")]
     pub recipient_overshoot_limit: usize,
+    /// Refuse (554 5.5.0, close) clients that are neither authenticated nor in `[relay]
+    /// networks` and send before the reply to EHLO/HELO/DATA (RFC 2920 3.1), as Postfix 3.9's
+    /// `smtpd_forbid_unauth_pipelining`.
+    #[serde(default = "default_true")]
+    pub forbid_unauth_pipelining: bool,
     /// Command line limit including CRLF (RFC 5321 4.5.3.1.4 minimum: 512).
     #[serde(default = "default_max_command_line")]
     pub max_command_line: usize,

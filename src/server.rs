@@ -106,6 +106,7 @@ pub async fn run(
         max_recipients_per_session: cfg.limits.max_recipients_per_session,
         max_hops: cfg.limits.max_hops,
         recipient_overshoot_limit: cfg.limits.recipient_overshoot_limit,
+        forbid_unauth_pipelining: cfg.limits.forbid_unauth_pipelining,
         relay_networks: cfg.relay.networks.clone(),
         local_domains: cfg
             .local

@@ -106,3 +106,62 @@ fn data_and_bdat_refuse_the_same_variants_and_the_next_hop_gets_only_clean_mail(
     let trace_end = data.len() - clean.len();
     assert!(data[..trace_end].starts_with(b"Received: "));
 }
+
+/// ESMTP parameters and the EHLO argument over a real socket: control characters, non-ASCII
+/// without SMTPUTF8 and overlong values get 501 5.5.4, and nothing is stored.
+#[test]
+fn bad_esmtp_parameters_are_refused_and_nothing_is_stored() {
+    let s = Sluice::start("[delivery]\nenabled = false\n");
+    let long = "x".repeat(200); // over ENVID's 100, under the 512-octet command line
+    let lines: Vec<Vec<u8>> = vec![
+        b"EHLO foo\0bar".to_vec(),
+        b"MAIL FROM:<a@example.com> ENVID=ab\x1bc".to_vec(),
+        "MAIL FROM:<a@example.com> ENVID=caf\u{e9}".as_bytes().to_vec(),
+        format!("MAIL FROM:<a@example.com> ENVID={long}").into_bytes(),
+        b"MAIL FROM:<a@example.com> AUTH=a\x01b".to_vec(),
+        b"MAIL FROM:<a@example.com> SIZE=1\x002".to_vec(),
+    ];
+    for line in &lines {
+        let mut c = Client::ehlo(s.smtp);
+        c.send(&[&line[..], b"\r\n"].concat()).unwrap();
+        let r = c.reply().unwrap();
+        assert!(r.starts_with("501 5.5.4"), "{:?}: {r}", String::from_utf8_lossy(line));
+    }
+    for orcpt in [
+        &b"rfc822\r;b@example.org"[..],
+        b"rfc\x00822;b@example.org",
+        b"rfc822\t;b@example.org",
+        b"rfc822;b@ex\x1bample.org",
+    ] {
+        let mut c = Client::ehlo(s.smtp);
+        assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com>")), 250);
+        c.send(&[&b"RCPT TO:<b@example.org> ORCPT="[..], orcpt, b"\r\n"].concat()).unwrap();
+        let r = c.reply().unwrap();
+        assert!(r.starts_with("501 5.5.4"), "{:?}: {r}", String::from_utf8_lossy(orcpt));
+        let r = c.cmd("DATA");
+        assert!(r.starts_with("554") || r.starts_with("503"), "{r}");
+    }
+    assert!(s.queue_list().is_empty());
+}
+
+/// RFC 2920 3.1 over a real socket: a client outside the relay networks that sends the message
+/// text before the 354 is refused (554 5.5.0) and disconnected, and nothing is queued.
+#[test]
+fn unauthenticated_clients_may_not_send_text_before_the_354() {
+    let s = Sluice::start(
+        "[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\n[delivery]\nenabled = false\n",
+    );
+    let mut c = Client::ehlo(s.smtp);
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: early\r\n\r\ntext\r\n.\r\n")
+        .unwrap();
+    let mut replies = String::new();
+    while let Some(r) = c.reply() {
+        replies.push_str(&r);
+    }
+    assert!(replies.contains("554 5.5.0"), "{replies}");
+    assert!(!replies.contains("354"), "{replies}");
+    assert!(s.queue_list().is_empty());
+    // Waiting for the 354, as RFC 2920 asks, works.
+    let mut c = Client::ehlo(s.smtp);
+    assert_eq!(code(&c.send_message("<patient@t>", "text\r\n")), 250);
+}

@@ -176,10 +176,16 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     }
 }
 
+/// The HELO/EHLO argument: a domain or address literal (RFC 5321 4.1.1.1). Many real clients
+/// send names that are not strictly domains (underscores, bare host names), so only what can
+/// never be a name is refused: controls, spaces, non-ASCII, over 255 octets.
 fn domain_arg(arg: &str) -> Result<String, CommandError> {
-    let arg = arg.trim();
+    let arg = arg.trim_matches(' ');
     if arg.is_empty() || arg.contains(' ') {
         return Err(CommandError::Syntax("HELO/EHLO domain"));
+    }
+    if arg.len() > 255 || !arg.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(CommandError::BadParameter("HELO/EHLO domain"));
     }
     Ok(arg.to_string())
 }
@@ -208,9 +214,10 @@ fn parse_mail(arg: &str) -> Result<MailFrom, CommandError> {
     for (key, value) in params(ptext) {
         let upper = key.to_ascii_uppercase();
         match (upper.as_str(), value) {
-            ("SIZE", Some(v)) => {
+            ("SIZE", Some(v)) if v.len() <= 20 && v.bytes().all(|c| c.is_ascii_digit()) => {
                 mail.size = Some(v.parse().map_err(|_| CommandError::BadParameter("SIZE"))?)
             }
+            ("SIZE", _) => return Err(CommandError::BadParameter("SIZE")),
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
                 mail.body = Some(BodyType::SevenBit)
             }
@@ -222,12 +229,28 @@ fn parse_mail(arg: &str) -> Result<MailFrom, CommandError> {
             ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
             ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => mail.envid = Some(v.to_string()),
             ("RET", _) | ("ENVID", _) => return Err(CommandError::BadParameter("RET/ENVID")),
-            // RFC 4954 5: AUTH=<mailbox> is accepted and, without trust, ignored.
-            ("AUTH", Some(_)) => {}
-            _ => return Err(CommandError::UnknownParameter(key.to_string())),
+            // RFC 4954 5: AUTH=<mailbox> (xtext) is accepted and, without trust, ignored.
+            ("AUTH", Some(v)) if is_xtext(v) && v.is_ascii() && v.len() <= 500 => {}
+            ("AUTH", _) => return Err(CommandError::BadParameter("AUTH")),
+            _ => return Err(CommandError::UnknownParameter(printable(key))),
         }
     }
+    // RFC 6533 4: UTF-8 in ENVID only with SMTPUTF8.
+    if mail.envid.as_deref().is_some_and(|e| !e.is_ascii()) && !mail.smtputf8 {
+        return Err(CommandError::BadParameter("ENVID (UTF-8 needs SMTPUTF8)"));
+    }
     Ok(mail)
+}
+
+/// A parameter name as it may be echoed in a reply: printable ASCII only, at most 64 octets.
+fn printable(key: &str) -> String {
+    key.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
+}
+
+/// atom = 1*atext (RFC 5322 3.2.3), the ORCPT addr-type (RFC 3461 4.2).
+fn is_atom(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c))
 }
 
 /// `Rcpt-parameters` with NOTIFY and ORCPT (RFC 3461 4.1, 4.2).
@@ -244,12 +267,12 @@ fn parse_rcpt(arg: &str) -> Result<RcptTo, CommandError> {
         match (upper.as_str(), value) {
             ("NOTIFY", Some(v)) => rcpt.notify = Some(parse_notify(v)?),
             ("ORCPT", Some(v)) => match v.split_once(';') {
-                Some((kind, addr)) if !kind.is_empty() && is_xtext(addr) && v.len() <= 500 => {
+                Some((kind, addr)) if is_atom(kind) && is_xtext(addr) && v.len() <= 500 => {
                     rcpt.orcpt = Some(v.to_string())
                 }
                 _ => return Err(CommandError::BadParameter("ORCPT")),
             },
-            _ => return Err(CommandError::UnknownParameter(key.to_string())),
+            _ => return Err(CommandError::UnknownParameter(printable(key))),
         }
     }
     Ok(rcpt)
@@ -424,5 +447,56 @@ mod tests {
         assert!(!is_xtext("abc+zz"));
         assert!(!is_xtext("a b"));
         assert!(!is_xtext("a=b"));
+    }
+
+    /// Every ESMTP parameter against its grammar (RFC 3461 4, RFC 1870, RFC 6152, RFC 4954 5,
+    /// RFC 6531): control characters, non-ASCII where UTF-8 is not allowed, and overlong values
+    /// are 501 5.5.4, never stored or sent on. The EHLO argument likewise.
+    #[test]
+    fn esmtp_parameter_grammar() {
+        let long = "x".repeat(600);
+        let bad: Vec<String> = vec![
+            "MAIL FROM:<a@b.c> SIZE=12\r3".into(),
+            "MAIL FROM:<a@b.c> SIZE=+12".into(),
+            "MAIL FROM:<a@b.c> SIZE=99999999999999999999999".into(),
+            "MAIL FROM:<a@b.c> ENVID=ab\0c".into(),
+            "MAIL FROM:<a@b.c> ENVID=a\x1bb".into(),
+            "MAIL FROM:<a@b.c> ENVID=caf\u{e9}".into(),
+            format!("MAIL FROM:<a@b.c> ENVID={long}"),
+            "MAIL FROM:<a@b.c> ENVID=a=b".into(),
+            "MAIL FROM:<a@b.c> RET=NONE".into(),
+            "MAIL FROM:<a@b.c> AUTH=a\rb".into(),
+            format!("MAIL FROM:<a@b.c> AUTH={long}"),
+            "RCPT TO:<d@e.f> ORCPT=rfc822\r;d@e.f".into(),
+            "RCPT TO:<d@e.f> ORCPT=rfc\0822;d@e.f".into(),
+            "RCPT TO:<d@e.f> ORCPT=rfc822\t;d@e.f".into(),
+            "RCPT TO:<d@e.f> ORCPT=;d@e.f".into(),
+            "RCPT TO:<d@e.f> ORCPT=rfc822;d@e\x1b.f".into(),
+            "RCPT TO:<d@e.f> ORCPT=rfc822;d\te.f".into(),
+            format!("RCPT TO:<d@e.f> ORCPT=rfc822;{long}"),
+            "RCPT TO:<d@e.f> NOTIFY=SUCCESS,NEVER".into(),
+            "RCPT TO:<d@e.f> NOTIFY=SUCC\0ESS".into(),
+            "EHLO foo\0bar".into(),
+            "EHLO foo\x1bbar".into(),
+            "HELO caf\u{e9}.example".into(),
+            format!("EHLO {}", "a".repeat(256)),
+        ];
+        for line in &bad {
+            let r = parse(line.as_bytes()).map(|_| ()).unwrap_err().reply();
+            assert_eq!((r.code, r.enhanced), (501, Some("5.5.4")), "{line:?}");
+        }
+        // UTF-8 ENVID with SMTPUTF8 (RFC 6533), and well-formed values, are accepted.
+        for line in [
+            "MAIL FROM:<a@b.c> SMTPUTF8 ENVID=caf\u{e9}",
+            "MAIL FROM:<a@b.c> ENVID=QQ+2B1 RET=HDRS SIZE=100 AUTH=<>",
+            "RCPT TO:<d@e.f> ORCPT=rfc822;d+40e.f NOTIFY=SUCCESS,DELAY",
+            "EHLO mail_relay-01.example",
+        ] {
+            assert!(parse(line.as_bytes()).is_ok(), "{line}");
+        }
+        // An unknown parameter's name is echoed printable only.
+        let r = parse(b"MAIL FROM:<a@b.c> X\x1bY=1").unwrap_err().reply();
+        assert_eq!(r.code, 555);
+        assert!(r.to_line().bytes().all(|c| c >= 0x20), "{:?}", r.to_line());
     }
 }

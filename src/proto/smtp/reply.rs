@@ -115,6 +115,11 @@ pub const BARE_CR_LF_BDAT: Reply =
     Reply::new(550, "5.5.2", "Message refused: bare CR or LF in message text (RFC 5321 2.3.8)");
 pub const NUL_IN_TEXT: Reply =
     Reply::new(554, "5.6.0", "Message refused: NUL octet in message text (RFC 5322 2.3)");
+pub const IMPROPER_PIPELINING: Reply = Reply::new(
+    554,
+    "5.5.0",
+    "Improper pipelining: data sent before the reply (RFC 2920 3.1); closing connection",
+);
 pub const TOO_MANY_HOPS: Reply =
     Reply::new(554, "5.4.6", "Too many hops: Received headers suggest a mail loop");
 pub const UTF8_NOT_ALLOWED: Reply =

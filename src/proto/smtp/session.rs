@@ -51,6 +51,8 @@ pub struct SessionConfig {
     pub relay_networks: Vec<IpNet>,
     /// Domains accepted from anyone (lower case, no trailing dot).
     pub local_domains: HashSet<String>,
+    /// Refuse untrusted clients that send before the reply to EHLO/HELO/DATA (RFC 2920 3.1).
+    pub forbid_unauth_pipelining: bool,
     /// RCPTs over `max_recipients` answered 452 without counting as client errors.
     pub recipient_overshoot_limit: usize,
     /// Trace headers (`Received:`, `Delivered-To:`) a message may carry; more is a loop (554
@@ -83,6 +85,7 @@ impl Default for SessionConfig {
             postmaster: None,
             max_hops: 50,
             recipient_overshoot_limit: 10_000,
+            forbid_unauth_pipelining: true,
             starttls: false,
             auth: false,
             auth_required: false,
@@ -160,13 +163,15 @@ pub enum RejectReason {
     Nul,
     /// More trace headers than `max_hops` (RFC 5321 6.3).
     MailLoop,
+    /// Data sent before the reply to EHLO/HELO/DATA by an untrusted client (RFC 2920 3.1).
+    Pipelining,
     /// A recipient with no mailbox to deliver to (`<postmaster>` without `[local] postmaster`).
     NoMailbox,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 21] = [
+    pub const ALL: [RejectReason; 22] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -188,6 +193,7 @@ impl RejectReason {
         RejectReason::NoMailbox,
         RejectReason::Nul,
         RejectReason::MailLoop,
+        RejectReason::Pipelining,
     ];
 
     pub fn label(self) -> &'static str {
@@ -213,6 +219,7 @@ impl RejectReason {
             RejectReason::NoMailbox => "no_mailbox",
             RejectReason::Nul => "nul",
             RejectReason::MailLoop => "mail_loop",
+            RejectReason::Pipelining => "improper_pipelining",
         }
     }
 }
@@ -603,6 +610,20 @@ impl Session {
     }
 
     fn handle_command(&mut self, cmd: Command) -> Option<Step> {
+        // RFC 2920 3.1: EHLO/HELO and DATA end a command group; the client must wait for their
+        // reply. An untrusted client that already sent more (message text before 354, say) is
+        // refused, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a bot's tell, and a way to
+        // get text read as commands by a server that replies differently than expected.
+        if self.cfg.forbid_unauth_pipelining
+            && matches!(cmd, Command::Ehlo(_) | Command::Helo(_) | Command::Data)
+            && !self.input.is_empty()
+            && !self.trusted()
+        {
+            self.input.clear();
+            self.draft = None;
+            self.close_with(reply::IMPROPER_PIPELINING, Some(RejectReason::Pipelining));
+            return Some(Step::Close);
+        }
         match cmd {
             Command::Ehlo(domain) => self.handle_ehlo(domain),
             Command::Helo(domain) => self.handle_helo(domain),
@@ -793,6 +814,13 @@ impl Session {
         }
         if !rcpt.to.is_ascii() && !draft.mail.smtputf8 {
             return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+        }
+        // RFC 6533 4: a UTF-8 ORCPT (utf-8-addr-xtext) only with SMTPUTF8.
+        if rcpt.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) && !draft.mail.smtputf8 {
+            return self.reject(
+                Reply::new(501, "5.5.4", "Bad parameter value: ORCPT (UTF-8 needs SMTPUTF8)"),
+                RejectReason::Syntax,
+            );
         }
         if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
             return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);

@@ -396,6 +396,43 @@ fn rfc5321_4_5_3_1_10_recipient_overshoot_is_not_an_error() {
     assert_eq!(h.stored[0].rcpts.len(), 1000);
 }
 
+/// RFC 2920 3.1: an untrusted client that sends message text before the 354 (or commands
+/// before the EHLO reply) is refused and disconnected; nothing is stored. Trusted clients
+/// (relay networks, authenticated) may, and so may anyone with the check off.
+#[test]
+fn rfc2920_3_1_improper_pipelining_by_untrusted_clients() {
+    let mut cfg = SessionConfig::default();
+    cfg.local_domains.insert("local.example".into());
+    let mut h = Harness::with(cfg.clone(), "192.0.2.10");
+    h.expect("EHLO x", 250);
+    let out = h.send(
+        b"MAIL FROM:<a@b.c>\r\nRCPT TO:<u@local.example>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(codes(&out), vec![250, 250, 554], "{out}");
+    assert!(out.contains("554 5.5.0"), "{out}");
+    assert!(h.closed && h.stored.is_empty());
+    let mut h = Harness::with(cfg.clone(), "192.0.2.10");
+    let out = h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n");
+    assert_eq!(codes(&out), vec![554], "{out}");
+    // Waiting for 354 is fine.
+    let mut h = Harness::with(cfg.clone(), "192.0.2.10");
+    h.expect("EHLO x", 250);
+    let out = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<u@local.example>\r\nDATA\r\n");
+    assert_eq!(codes(&out), vec![250, 250, 354]);
+    h.expect("hi\r\n.", 250);
+    // Trusted (loopback is a relay network) or switched off: pipelined text is taken.
+    for (cfg, ip) in [
+        (cfg.clone(), "127.0.0.1"),
+        (SessionConfig { forbid_unauth_pipelining: false, ..cfg }, "192.0.2.10"),
+    ] {
+        let mut h = Harness::with(cfg, ip);
+        let out = h.send(
+            b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@local.example>\r\nDATA\r\nhi\r\n.\r\n",
+        );
+        assert_eq!(codes(&out), vec![250, 250, 250, 354, 250], "{out}");
+    }
+}
+
 /// RFC 5321 6.3: more than `max_hops` trace headers is a loop, refused with 554 5.4.6; the
 /// session goes on, and headers in the body do not count.
 #[test]
@@ -632,7 +669,8 @@ fn rfc3207_starttls_resets_the_session_and_drops_pipelined_commands() {
 #[test]
 fn rfc4954_4_an_overlong_sasl_line_is_skipped_whole() {
     let mut h = Harness::with(tls_auth_config(), "192.0.2.9");
-    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    h.expect("EHLO c", 250);
+    h.send(b"STARTTLS\r\n");
     h.expect("EHLO c", 250);
     h.expect("AUTH PLAIN", 334);
     let mut line = "QUIT ".repeat(20_000).into_bytes();
