@@ -12,7 +12,8 @@ use crate::spool::lock::{DataDirLock, LockMode};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
 
 pub enum Source {
-    Daemon(String),
+    /// The daemon's admin API: base URL and the admin token (from its token file).
+    Daemon(String, Option<String>),
     /// The spool read directly, under a shared lock on the data dir (so never beside a daemon).
     Offline(LogSpool, DataDirLock),
 }
@@ -24,8 +25,11 @@ impl Source {
             "http://{}",
             admin.map_or_else(|| cfg.admin.address.to_string(), str::to_string)
         );
-        match http_get(&format!("{base}/health")) {
-            Ok(_) => Ok(Source::Daemon(base)),
+        match http_bytes("GET", &format!("{base}/health"), None) {
+            Ok(_) => {
+                let token = crate::admin::auth::read_admin_token(&cfg.admin_token_file());
+                Ok(Source::Daemon(base, token))
+            }
             Err(_) if admin.is_some() => bail!("no sluice admin API answers at {base}"),
             Err(_) => {
                 let dir = cfg.data_dir.join("spool");
@@ -48,8 +52,8 @@ impl Source {
 
     pub fn list(&self) -> anyhow::Result<Vec<Value>> {
         match self {
-            Source::Daemon(base) => {
-                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"))?)?)
+            Source::Daemon(base, token) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"), token)?)?)
             }
             Source::Offline(s, _) => Ok(s.list().iter().map(message_json).collect()),
         }
@@ -57,8 +61,8 @@ impl Source {
 
     pub fn show(&self, id: &str) -> anyhow::Result<Value> {
         match self {
-            Source::Daemon(base) => {
-                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"))?)?)
+            Source::Daemon(base, token) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"), token)?)?)
             }
             Source::Offline(s, _) => {
                 let id = id.parse().context("bad queue id")?;
@@ -70,7 +74,9 @@ impl Source {
     /// The stored message (trace header and body), as it will be sent.
     pub fn message(&self, id: &str) -> anyhow::Result<Vec<u8>> {
         match self {
-            Source::Daemon(base) => http_bytes("GET", &format!("{base}/api/queue/{id}/message")),
+            Source::Daemon(base, token) => {
+                http_bytes("GET", &format!("{base}/api/queue/{id}/message"), token.as_deref())
+            }
             Source::Offline(s, _) => {
                 let id = id.parse().context("bad queue id")?;
                 Ok(s.read_message(id)?.to_vec())
@@ -80,40 +86,43 @@ impl Source {
 
     /// A change (flush, delete, bounce): only the running daemon may change its queue.
     pub fn change(&self, method: &str, path: &str) -> anyhow::Result<Value> {
-        let Source::Daemon(base) = self else {
+        let Source::Daemon(base, token) = self else {
             bail!("this command needs the running daemon (its admin API did not answer)");
         };
-        Ok(serde_json::from_str(&http_send(method, &format!("{base}{path}"))?)?)
+        Ok(serde_json::from_str(&http_send(method, &format!("{base}{path}"), token)?)?)
     }
 
     pub fn stats(&self) -> anyhow::Result<Value> {
         match self {
-            Source::Daemon(base) => {
-                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"))?)?)
+            Source::Daemon(base, token) => {
+                Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"), token)?)?)
             }
             Source::Offline(s, _) => Ok(serde_json::to_value(s.stats())?),
         }
     }
 }
 
-fn http_get(url: &str) -> anyhow::Result<String> {
-    http_send("GET", url)
+fn http_get(url: &str, token: &Option<String>) -> anyhow::Result<String> {
+    http_send("GET", url, token)
 }
 
-fn http_send(method: &str, url: &str) -> anyhow::Result<String> {
-    Ok(String::from_utf8_lossy(&http_bytes(method, url)?).into_owned())
+fn http_send(method: &str, url: &str, token: &Option<String>) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&http_bytes(method, url, token.as_deref())?).into_owned())
 }
 
-fn http_bytes(method: &str, url: &str) -> anyhow::Result<Vec<u8>> {
+/// One request to the admin API, with the admin token when there is one.
+fn http_bytes(method: &str, url: &str, token: Option<&str>) -> anyhow::Result<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .http_status_as_error(false)
         .build()
         .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let auth = auth.as_deref().unwrap_or("");
     let sent = match method {
-        "POST" => agent.post(url).send_empty(),
-        "DELETE" => agent.delete(url).call(),
-        _ => agent.get(url).call(),
+        "POST" => agent.post(url).header("Authorization", auth).send_empty(),
+        "DELETE" => agent.delete(url).header("Authorization", auth).call(),
+        _ => agent.get(url).header("Authorization", auth).call(),
     };
     let mut resp = sent.with_context(|| format!("{method} {url}"))?;
     let status = resp.status();

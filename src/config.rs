@@ -97,6 +97,16 @@ pub struct Admin {
     /// HTTP: /metrics, /health and the queue API. Keep it on loopback or a management network.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// The admin token (made on first start, mode 0600). Default: `<data_dir>/admin.token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) clients may use in `Host`.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Whether `GET /metrics` needs a token too (default: open, for Prometheus on a
+    /// management network).
+    #[serde(default)]
+    pub metrics_need_token: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +174,29 @@ impl Default for AuthConfig {
 
 impl Config {
     /// The users file in use.
+    /// The admin API token file.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// Named API tokens (`sluice token add`), stored as hashes.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.data_dir.join("tokens.toml")
+    }
+
+    /// Warnings that do not stop start-up (also printed by `check-config`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.admin.address.ip().is_loopback() {
+            w.push(format!(
+                "[admin] address {} is not loopback: the admin API (tokens, queue, message \
+                 content) travels without TLS; keep it on a management network",
+                self.admin.address
+            ));
+        }
+        w
+    }
+
     pub fn users_file(&self) -> PathBuf {
         self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
     }
@@ -589,7 +622,12 @@ fn default_shutdown_timeout() -> Duration {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { address: default_admin_address() }
+        Admin {
+            address: default_admin_address(),
+            token_file: None,
+            hostnames: Vec::new(),
+            metrics_need_token: false,
+        }
     }
 }
 impl Default for Relay {

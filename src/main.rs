@@ -68,6 +68,18 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// API tokens for the admin listener (the admin token itself is made on first start in
+    /// `<data_dir>/admin.token`).
+    Token {
+        /// Configuration file, for the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -89,6 +101,17 @@ enum UserCommand {
     Passwd { name: String },
     /// Remove a user.
     Del { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a named token; it is printed once, as the last word of the output, and only its
+    /// SHA-256 is stored (`<data_dir>/tokens.toml`). A running daemon accepts it at once.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        scope: sluice::admin::auth::Scope,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,10 +183,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
-            match &file {
+            let cfg = match &file {
                 Some(f) => Config::load(f)?,
                 None => Config::default(),
             };
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok",
                 file.map_or("embedded defaults".into(), |f| f.display().to_string())
@@ -190,6 +216,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             ed.save()?;
             println!("{what} in {} (send SIGHUP to a running sluice)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { config, data_dir, command: TokenCommand::Add { name, scope } } => {
+            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
+            let file = cfg.tokens_file();
+            let token = sluice::admin::auth::add_token(&file, &name, scope)?;
+            println!("added token {name:?} (scope {scope:?}) to {}: {token}", file.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tls { command: TlsCommand::SelfSigned { hosts, dir, days } } => {

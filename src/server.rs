@@ -245,7 +245,18 @@ pub async fn run(
     let admin_addr = admin_sock.local_addr()?;
     tracing::info!(addr = %admin_addr, "admin HTTP (metrics, health, queue API)");
     bound.insert("admin".into(), vec![admin_addr]);
-    let app = admin::router(spool.clone(), dispatcher.clone(), stop.clone());
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;
+    let guard = Arc::new(admin::auth::Guard::new(
+        &token,
+        cfg.tokens_file(),
+        admin_addr.port(),
+        &cfg.admin.hostnames,
+        cfg.admin.metrics_need_token,
+    )?);
+    let app = admin::router(spool.clone(), dispatcher.clone(), stop.clone(), guard);
     let admin_stop = stop.clone();
     let admin_task = tokio::spawn(async move {
         let _ = axum::serve(admin_sock, app)

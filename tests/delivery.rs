@@ -405,7 +405,8 @@ fn queue_admin_flush_bounce_delete() {
         let out = std::process::Command::new(BIN)
             .args(["queue"])
             .args(args)
-            .args(["--admin", &s.admin.to_string()])
+            .args(["--admin", &s.admin.to_string(), "--config"])
+            .arg(&s.config)
             .output()
             .unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -438,7 +439,8 @@ fn operator_actions_wait_for_the_delivery_in_flight() {
         std::process::Command::new(BIN)
             .args(["queue"])
             .args(args)
-            .args(["--admin", &s.admin.to_string()])
+            .args(["--admin", &s.admin.to_string(), "--config"])
+            .arg(&s.config)
             .output()
             .unwrap()
     };

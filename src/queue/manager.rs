@@ -77,6 +77,9 @@ struct Destination {
     backoff: Mutex<Backoff>,
     /// Woken when work is queued, for idle connections.
     work: Notify,
+    /// What put the destination into its back-off pause (the reason given to work deferred
+    /// during the pause).
+    last_error: Mutex<Option<DeliveryError>>,
 }
 
 pub struct Dispatcher {
@@ -100,13 +103,32 @@ pub struct Dispatcher {
 struct InFlight {
     /// (message, destination) groups queued or being delivered: never dispatched twice.
     jobs: HashSet<(QueueId, Hop)>,
+    /// Jobs per message; the message's spool lease ends with its last job.
+    per_message: HashMap<QueueId, usize>,
     /// Messages an operator action is changing: not dispatched until it is done.
     held: HashSet<QueueId>,
 }
 
 impl InFlight {
     fn busy(&self, id: QueueId) -> bool {
-        self.held.contains(&id) || self.jobs.iter().any(|(j, _)| *j == id)
+        self.held.contains(&id) || self.per_message.contains_key(&id)
+    }
+
+    /// Ends a job; true when it was its message's last (the caller releases the lease).
+    fn end(&mut self, id: QueueId, hop: &Hop) -> bool {
+        if !self.jobs.remove(&(id, hop.clone())) {
+            return false;
+        }
+        match self.per_message.get_mut(&id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.per_message.remove(&id);
+                true
+            }
+        }
     }
 }
 
@@ -290,11 +312,17 @@ impl Dispatcher {
             let released = self.released.notified();
             {
                 let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                let mut last = false;
                 for hop in &withdrawn {
-                    f.jobs.remove(&(id, hop.clone()));
+                    last |= f.end(id, hop);
                 }
                 f.held.insert(id);
-                if !f.jobs.iter().any(|(j, _)| *j == id) {
+                let done = !f.per_message.contains_key(&id);
+                drop(f);
+                if last {
+                    self.recorder.spool.release(id);
+                }
+                if done {
                     return guard;
                 }
             }
@@ -319,12 +347,14 @@ impl Dispatcher {
     /// destination has work, room under its limits and no back-off.
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
         let now = unix_millis();
-        let busy: HashSet<QueueId> = {
-            let f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            f.jobs.iter().map(|k| k.0).chain(f.held.iter().copied()).collect()
-        };
-        // Bounded so one scan stays cheap with a large queue; the next scan continues.
-        for env in self.recorder.spool.due(now, 10_000, &busy) {
+        // Leased: a message handed out here is not found again until its last job ends, so a
+        // scan costs what is due now, never what is already in flight (or deferred).
+        let mut deferrals = Vec::new();
+        for env in self.recorder.spool.lease_due(now, 10_000) {
+            if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).held.contains(&env.id) {
+                self.recorder.spool.release(env.id); // an operator is changing it
+                continue;
+            }
             let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
             for (i, r) in env.recipients.iter().enumerate() {
                 if r.state != RecipientState::Queued || r.next_attempt > now {
@@ -337,20 +367,50 @@ impl Dispatcher {
                 };
                 groups.entry(hop).or_default().push(i as u32);
             }
+            if groups.is_empty() {
+                self.recorder.spool.release(env.id);
+                continue;
+            }
+            {
+                let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                f.per_message.insert(env.id, groups.len());
+                f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
+            }
             for (hop, rcpts) in groups {
-                {
-                    let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                    if f.held.contains(&env.id) || !f.jobs.insert((env.id, hop.clone())) {
-                        continue;
-                    }
-                }
                 let dest = self.destination(&hop);
-                dest.ready
+                let job = Job { id: env.id, rcpts };
+                // A destination in its back-off pause gets no connection now: its work is
+                // deferred at once on the retry schedule, with the error that paused it (as
+                // Postfix defers mail for a dead destination), rather than held in memory.
+                let paused =
+                    dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(Instant::now());
+                if paused {
+                    deferrals.push((dest, job));
+                } else {
+                    dest.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
+                    dest.work.notify_one();
+                }
+            }
+        }
+        for (dest, job) in deferrals {
+            let me = self.clone();
+            tracker.spawn(async move {
+                let error = dest
+                    .last_error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back(Job { id: env.id, rcpts });
-                dest.work.notify_one();
-            }
+                    .clone()
+                    .unwrap_or_else(|| {
+                        DeliveryError::ConnectionLost("destination backed off".into())
+                    });
+                let attempt = Attempt {
+                    next_hop_dsn: false,
+                    answered_by: "",
+                    destination: dest.hop.name(),
+                    elapsed: Duration::ZERO,
+                };
+                me.finish_job(&dest, job, Err(error), &attempt, None).await;
+            });
         }
         let dests: Vec<Arc<Destination>> =
             self.destinations.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
@@ -372,6 +432,7 @@ impl Dispatcher {
                     connections: Mutex::new(0),
                     backoff: Mutex::new(Backoff::default()),
                     work: Notify::new(),
+                    last_error: Mutex::new(None),
                 })
             })
             .clone()
@@ -508,6 +569,7 @@ impl Dispatcher {
     }
 
     fn back_off(&self, dest: &Destination, e: &DeliveryError) {
+        *dest.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
         let mut b = dest.backoff.lock().unwrap_or_else(|e| e.into_inner());
         let pause = b.failed(Instant::now(), MAX_BACKOFF);
         let connections = b.connection_limit(dest.limits.connections);
@@ -529,12 +591,12 @@ impl Dispatcher {
         self.release(&job, &dest.hop);
     }
 
+    /// Ends a job; the message's spool lease ends with its last job.
     fn release(&self, job: &Job, hop: &Hop) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .jobs
-            .remove(&(job.id, hop.clone()));
+        let last = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).end(job.id, hop);
+        if last {
+            self.recorder.spool.release(job.id);
+        }
         self.released.notify_waiters();
     }
 

@@ -4,7 +4,6 @@
 //! one fdatasync, wake every waiter) and one checkpoint thread (save the index to redb, then
 //! delete dead segments). Sessions never wait on each other except through the batch they share.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
@@ -681,9 +680,12 @@ impl Spool for LogSpool {
         st.entries.get(&id).map(|e| e.envelope.clone())
     }
 
-    fn due(&self, now_ms: u64, limit: usize, skip: &HashSet<QueueId>) -> Vec<Envelope> {
-        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
-        st.due(now_ms, limit, skip).cloned().collect()
+    fn lease_due(&self, now_ms: u64, limit: usize) -> Vec<Envelope> {
+        self.shared.index.write().unwrap_or_else(|e| e.into_inner()).lease_due(now_ms, limit)
+    }
+
+    fn release(&self, id: QueueId) {
+        self.shared.index.write().unwrap_or_else(|e| e.into_inner()).release(id);
     }
 
     fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError> {

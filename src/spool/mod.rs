@@ -19,7 +19,6 @@ mod recovery;
 mod state;
 mod uring;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -326,9 +325,14 @@ pub trait Spool: Send + Sync + 'static {
 
     fn get(&self, id: QueueId) -> Option<Envelope>;
 
-    /// Up to `limit` messages with a queued recipient due at `now_ms`, oldest first, leaving out
-    /// `skip`. Cost: a walk of the index under its read lock; only the results are copied.
-    fn due(&self, now_ms: u64, limit: usize, skip: &HashSet<QueueId>) -> Vec<Envelope>;
+    /// Up to `limit` messages with a queued recipient due at `now_ms`, earliest first, each
+    /// *leased* to the caller: it is not returned again until [`Spool::release`], whatever its
+    /// recipients' times. Cost: O(k log n) in the due-time index; only the results are copied,
+    /// so a million deferred (or leased) messages cost nothing per call.
+    fn lease_due(&self, now_ms: u64, limit: usize) -> Vec<Envelope>;
+
+    /// Ends a lease: the message is found by `lease_due` again once a recipient is due.
+    fn release(&self, id: QueueId);
 
     /// The stored message as it will be sent: trace header followed by the body. Reads the
     /// disk and verifies the record's checksum.

@@ -30,6 +30,8 @@ pub(super) struct IndexState {
     pub(super) entries: BTreeMap<QueueId, Box<IndexEntry>>,
     /// (earliest next attempt of a queued recipient, id) for every message with one.
     pub(super) due: BTreeSet<(u64, QueueId)>,
+    /// Messages handed out by `lease_due` and not released yet: kept out of `due`.
+    pub(super) leased: HashSet<QueueId>,
     /// Recipients per state, over every queued message.
     pub(super) recipients: [u64; 3],
     /// Live messages per existing segment (every segment on disk has a key).
@@ -76,7 +78,7 @@ impl IndexState {
             let n = &mut self.recipients[slot(r.state)];
             *n = if add { *n + 1 } else { n.saturating_sub(1) };
         }
-        if let Some(k) = due_key(env) {
+        if let Some(k) = due_key(env).filter(|(_, id)| !self.leased.contains(id)) {
             if add {
                 self.due.insert(k);
             } else {
@@ -138,18 +140,28 @@ impl IndexState {
         if holds { Applied::Done } else { Applied::Conflict }
     }
 
-    /// Up to `limit` messages with a queued recipient due at `now_ms`, earliest first.
-    pub(super) fn due(
-        &self,
-        now_ms: u64,
-        limit: usize,
-        skip: &HashSet<QueueId>,
-    ) -> impl Iterator<Item = &Envelope> {
-        self.due
-            .range(..=(now_ms, QueueId(u64::MAX)))
-            .filter(move |(_, id)| !skip.contains(id))
-            .filter_map(|(_, id)| self.entries.get(id).map(|e| &e.envelope))
-            .take(limit)
+    /// Up to `limit` messages with a queued recipient due at `now_ms`, earliest first, taken
+    /// out of the due index until [`IndexState::release`].
+    pub(super) fn lease_due(&mut self, now_ms: u64, limit: usize) -> Vec<Envelope> {
+        let keys: Vec<(u64, QueueId)> =
+            self.due.range(..=(now_ms, QueueId(u64::MAX))).take(limit).copied().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            self.due.remove(&k);
+            self.leased.insert(k.1);
+            if let Some(e) = self.entries.get(&k.1) {
+                out.push(e.envelope.clone());
+            }
+        }
+        out
+    }
+
+    pub(super) fn release(&mut self, id: QueueId) {
+        if self.leased.remove(&id)
+            && let Some(k) = self.entries.get(&id).and_then(|e| due_key(&e.envelope))
+        {
+            self.due.insert(k);
+        }
     }
 
     pub(super) fn publish_gauges(&self) {
@@ -191,9 +203,15 @@ mod tests {
         for id in 1..=3 {
             st.apply(Apply::Insert(Box::new(test_envelope(QueueId(id), 1))), loc());
         }
-        let none = HashSet::new();
-        let ids = |st: &IndexState, now| st.due(now, 10, &none).map(|e| e.id.0).collect::<Vec<_>>();
-        assert_eq!(ids(&st, 0), [1, 2, 3]);
+        // Leases are released at once here: this checks the index, not the leasing.
+        let ids = |st: &mut IndexState, now| {
+            let got: Vec<u64> = st.lease_due(now, 10).iter().map(|e| e.id.0).collect();
+            for &id in &got {
+                st.release(QueueId(id));
+            }
+            got
+        };
+        assert_eq!(ids(&mut st, 0), [1, 2, 3]);
         assert_eq!(
             st.apply(Apply::Update(update(2, RecipientState::Queued, 1, 500)), loc()),
             Applied::Done
@@ -202,10 +220,10 @@ mod tests {
             st.apply(Apply::Update(update(3, RecipientState::Delivered, 1, 0)), loc()),
             Applied::Done
         );
-        assert_eq!(ids(&st, 499), [1]);
-        assert_eq!(ids(&st, 500), [1, 2]);
+        assert_eq!(ids(&mut st, 499), [1]);
+        assert_eq!(ids(&mut st, 500), [1, 2]);
         st.apply(Apply::Remove(QueueId(1)), loc());
-        assert_eq!(ids(&st, u64::MAX), [2]);
+        assert_eq!(ids(&mut st, u64::MAX), [2]);
         assert_eq!(st.recipients, [1, 1, 0], "queued, delivered, failed of messages 2 and 3");
         assert_eq!(st.due.len(), 1);
     }
@@ -225,6 +243,28 @@ mod tests {
         assert_eq!(st.apply(Apply::Update(flush), loc()), Applied::Conflict);
         let r = &st.entries[&QueueId(1)].envelope.recipients[0];
         assert_eq!((r.state, r.attempts), (RecipientState::Delivered, 1));
+        assert_eq!(st.due.len(), 0);
+    }
+
+    /// A leased message is not handed out twice, whatever happens to it meanwhile, and comes
+    /// back when released; one removed while leased is simply gone.
+    #[test]
+    fn leased_messages_stay_out_of_the_due_index_until_released() {
+        let mut st = IndexState::default();
+        for id in 1..=3 {
+            st.apply(Apply::Insert(Box::new(test_envelope(QueueId(id), 1))), loc());
+        }
+        let got: Vec<u64> = st.lease_due(0, 2).iter().map(|e| e.id.0).collect();
+        assert_eq!(got, [1, 2]);
+        assert_eq!(st.lease_due(0, 10).len(), 1, "only 3 is left to lease");
+        // An outcome recorded while leased does not put it back.
+        st.apply(Apply::Update(update(1, RecipientState::Queued, 1, 0)), loc());
+        assert!(st.lease_due(u64::MAX, 10).is_empty());
+        st.release(QueueId(1));
+        st.apply(Apply::Remove(QueueId(2)), loc());
+        st.release(QueueId(2));
+        let got: Vec<u64> = st.lease_due(u64::MAX, 10).iter().map(|e| e.id.0).collect();
+        assert_eq!(got, [1]);
         assert_eq!(st.due.len(), 0);
     }
 }

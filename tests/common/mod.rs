@@ -169,8 +169,19 @@ impl Sluice {
         }
     }
 
+    /// The admin API token the daemon made on its first start.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap().trim().to_string()
+    }
+
+    /// GET on the admin API, with the admin token.
     pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
-        let mut resp = self.agent.get(&format!("http://{}{}", self.admin, path)).call().unwrap();
+        let mut resp = self
+            .agent
+            .get(&format!("http://{}{}", self.admin, path))
+            .header("Authorization", &format!("Bearer {}", self.admin_token()))
+            .call()
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
     }

@@ -12,7 +12,10 @@
 //! | `DELETE /api/queue/{id}` | delete a message (no bounce) |
 //! | `POST /api/queue/{id}/bounce` | bounce a message's queued recipients to its sender, then delete it |
 //!
-//! Bind it to loopback or a management network: it has no authentication.
+//! Every path but `/health` (and `/metrics`, unless `[admin] metrics_need_token`) needs a bearer
+//! token, and the `Host` header must name this listener ([`auth`]).
+
+pub mod auth;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -40,6 +43,7 @@ pub fn router(
     spool: Arc<dyn Spool>,
     dispatcher: Arc<Dispatcher>,
     stopping: CancellationToken,
+    guard: Arc<auth::Guard>,
 ) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -51,6 +55,7 @@ pub fn router(
         .route("/api/queue/{id}/message", get(queue_message))
         .route("/api/queue/{id}/bounce", post(queue_bounce))
         .with_state(AppState { spool, dispatcher, stopping })
+        .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
 }
 
 #[derive(serde::Deserialize)]
