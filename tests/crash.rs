@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use common::load::{self, Acked};
 use common::*;
@@ -17,21 +15,9 @@ fn kill9_rounds(rounds: usize, env: &[(&str, &str)]) -> Vec<String> {
     let mut all: Vec<Acked> = Vec::new();
     let mut lost = Vec::new();
     for round in 0..rounds {
-        let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Mutex::new(Vec::new()));
-        let (addr, st, tag, sh) = (s.smtp, stop.clone(), format!("r{round}"), shared.clone());
-        let load = std::thread::spawn(move || load::run_load_into(addr, 16, &tag, st, sh));
         // Killed on an event (this many acknowledgements, different each round), not a sleep.
         let target = 100 + load::jitter(2000) as usize;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while shared.lock().unwrap().len() < target {
-            assert!(
-                Instant::now() < deadline,
-                "{target} acknowledgements never came:\n{}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (stop, load) = load::load_until(s.smtp, 16, &format!("r{round}"), target, || s.log());
         s.kill9();
         stop.store(true, Ordering::Relaxed);
         let acked = load.join().unwrap();
@@ -64,12 +50,7 @@ fn kill9_under_load_loses_no_acknowledged_message() {
 /// waits 10 s before each batch, has written nothing of what it acknowledged when it is killed.
 #[test]
 fn kill9_test_catches_a_spool_that_acks_before_writing() {
-    if !cfg!(feature = "test-hooks") {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the negative control needs --features test-hooks under CI"
-        );
-        eprintln!("SKIPPED: negative control needs cargo test --features test-hooks");
+    if !test_hooks_built() {
         return;
     }
     let env =

@@ -7,9 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use common::load::{self, Acked};
 use common::*;
@@ -80,18 +78,10 @@ fn round(
         let line = log.lines().find(|l| l.contains("spool writer")).unwrap_or("");
         assert!(line.contains("io_uring"), "io_uring did not run on plfs: {line}");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let shared = Arc::new(Mutex::new(Vec::new()));
-    let (addr, st, tag, sh) = (s.smtp, stop.clone(), format!("p{n}"), shared.clone());
-    let loader = std::thread::spawn(move || load::run_load_into(addr, 12, &tag, st, sh));
     // The cut comes on an event, not after a sleep: once `target` messages were acknowledged
     // (a different count each round), whatever the machine's speed.
     let target = 100 + load::jitter(1500) as usize;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.lock().unwrap().len() < target {
-        assert!(Instant::now() < deadline, "round {n}: {target} acknowledgements never came");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (stop, loader) = load::load_until(s.smtp, 12, &format!("p{n}"), target, || s.log());
     s.kill9();
     stop.store(true, Ordering::Relaxed);
     let acked = loader.join().unwrap();
@@ -180,12 +170,7 @@ fn power_loss_io_uring_10_rounds_loses_no_acknowledged_message() {
 /// message it acknowledged at the cut, and plfs must see the unsynced data.
 #[test]
 fn power_loss_test_catches_a_spool_that_never_syncs() {
-    if !cfg!(feature = "test-hooks") {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the negative control needs --features test-hooks under CI"
-        );
-        eprintln!("SKIPPED: negative control needs cargo test --features test-hooks");
+    if !test_hooks_built() {
         return;
     }
     let Some((lost, acked, rounds)) = rounds(1, &[("SLUICE_TEST_UNSAFE_SKIP_SYNC", "1")], HOLD)

@@ -58,6 +58,8 @@ impl Hop {
 /// "several").
 const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Messages in flight (leased from the spool, queued or being delivered) at most.
+const MAX_IN_FLIGHT: usize = 20_000;
 
 /// Some recipients of one message for one destination.
 struct Job {
@@ -332,13 +334,13 @@ impl Dispatcher {
 
     /// A crash between recording the last outcome and removing the message leaves a message with
     /// no queued recipient; nothing else would ever remove it.
+    /// Ids only (`Spool::finished`): copying every envelope here was the memory peak of a
+    /// restart with a million queued messages.
     async fn remove_finished(&self) {
-        for env in self.recorder.spool.list() {
-            if env.recipients.iter().all(|r| r.state != RecipientState::Queued) {
-                tracing::info!(id = %env.id, "removing a message finished before the last stop");
-                if let Err(e) = self.recorder.spool.remove(env.id).await {
-                    tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
-                }
+        for id in self.recorder.spool.finished() {
+            tracing::info!(%id, "removing a message finished before the last stop");
+            if let Err(e) = self.recorder.spool.remove(id).await {
+                tracing::error!(%id, error = %e, "could not remove a finished message");
             }
         }
     }
@@ -350,7 +352,11 @@ impl Dispatcher {
         // Leased: a message handed out here is not found again until its last job ends, so a
         // scan costs what is due now, never what is already in flight (or deferred).
         let mut deferrals = Vec::new();
-        for env in self.recorder.spool.lease_due(now, 10_000) {
+        // Bounded twice: per scan, and in all (leased messages wait in ready queues or in
+        // deferral tasks, so a million due messages after a restart never sit in memory at once).
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).per_message.len();
+        let room = MAX_IN_FLIGHT.saturating_sub(in_flight).min(10_000);
+        for env in self.recorder.spool.lease_due(now, room) {
             if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).held.contains(&env.id) {
                 self.recorder.spool.release(env.id); // an operator is changing it
                 continue;
@@ -593,9 +599,16 @@ impl Dispatcher {
 
     /// Ends a job; the message's spool lease ends with its last job.
     fn release(&self, job: &Job, hop: &Hop) {
-        let last = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).end(job.id, hop);
+        let (last, left) = {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            (f.end(job.id, hop), f.per_message.len())
+        };
         if last {
             self.recorder.spool.release(job.id);
+            // Half the cap is free again: refill now rather than at the next scan interval.
+            if left == MAX_IN_FLIGHT / 2 {
+                self.recorder.wake.notify_one();
+            }
         }
         self.released.notify_waiters();
     }

@@ -108,12 +108,12 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Saves changed entries (`None` = removed) and the position they reflect, atomically and
-    /// durably (redb's default durability fsyncs on commit).
+    /// Saves changed entries (`None` = removed) and, if given, the position the checkpoint now
+    /// reflects, in one durable transaction (redb's default durability fsyncs on commit).
     pub fn save(
         &self,
         changes: &[(QueueId, Option<Vec<u8>>)],
-        position: Position,
+        position: Option<Position>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let txn = self.db.begin_write()?;
         {
@@ -128,8 +128,10 @@ impl CheckpointStore {
                     }
                 }
             }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(CHECKPOINT_KEY, postcard::to_stdvec(&position)?.as_slice())?;
+            if let Some(position) = position {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(CHECKPOINT_KEY, postcard::to_stdvec(&position)?.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())

@@ -21,7 +21,8 @@ use super::record::{self, Encoded, Record};
 use super::recovery::{self, Recovered};
 use super::state::{Applied, Apply, IndexState};
 use super::{
-    Envelope, NewMessage, QueueId, RecipientUpdate, Spool, SpoolError, SpoolStats, Ticket,
+    Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError, SpoolStats,
+    Ticket,
 };
 use crate::metrics;
 
@@ -219,6 +220,9 @@ impl Writer {
         Ok(())
     }
 }
+
+/// Index entries serialized and saved per checkpoint transaction.
+const CHECKPOINT_CHUNK: usize = 20_000;
 
 pub(super) fn batch_len(ops: &[Op]) -> u64 {
     ops.iter().map(|o| o.rec.len() as u64).sum()
@@ -605,29 +609,45 @@ impl Shared {
     fn checkpoint(&self) {
         let guard = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner());
         let Some(store) = guard.as_ref() else { return };
-        let (changes, position) = {
+        let (ids, position) = {
             let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
-            let ids = std::mem::take(&mut st.dirty);
-            // Serialized here rather than cloned: a few hundred thousand changed entries must not
-            // double the index's memory for the length of a checkpoint.
-            let mut changes = Vec::with_capacity(ids.len());
-            for &id in &ids {
-                match st.entries.get(&id).map(|e| super::index::encode_entry(e)).transpose() {
-                    Ok(bytes) => changes.push((id, bytes)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "spool index checkpoint failed; will retry");
-                        st.dirty.extend(ids);
-                        return;
-                    }
-                }
-            }
-            (changes, st.applied)
+            let ids: Vec<QueueId> = std::mem::take(&mut st.dirty).into_iter().collect();
+            (ids, st.applied)
         };
         let t = Instant::now();
-        if let Err(e) = store.save(&changes, position) {
+        // In chunks: a million entries changed at once (a dead destination defers them all)
+        // are never serialized together. Each chunk is taken under a short read lock, so an
+        // entry may be newer than `position`; replay from `position` still ends in the log's
+        // state (updates carry absolute values and conditional ones form one chain), and the
+        // position is written last, only once every chunk is durable.
+        for (k, chunk) in ids.chunks(CHECKPOINT_CHUNK).enumerate() {
+            let encoded: Result<Vec<_>, _> = {
+                let st = self.index.read().unwrap_or_else(|e| e.into_inner());
+                chunk
+                    .iter()
+                    .map(|&id| {
+                        st.entries
+                            .get(&id)
+                            .map(|e| super::index::encode_entry(e))
+                            .transpose()
+                            .map(|b| (id, b))
+                    })
+                    .collect()
+            };
+            let saved = encoded
+                .map_err(|e| e.to_string())
+                .and_then(|changes| store.save(&changes, None).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::error!(error = %e, "spool index checkpoint failed; will retry");
+                let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
+                st.dirty.extend(ids[k * CHECKPOINT_CHUNK..].iter().copied());
+                return;
+            }
+        }
+        if let Err(e) = store.save(&[], Some(position)) {
             tracing::error!(error = %e, "spool index checkpoint failed; will retry");
             let mut st = self.index.write().unwrap_or_else(|e| e.into_inner());
-            st.dirty.extend(changes.into_iter().map(|(id, _)| id));
+            st.dirty.extend(ids);
             return;
         }
         metrics::SPOOL_CHECKPOINT_SECONDS.observe(t.elapsed().as_secs_f64());
@@ -682,6 +702,15 @@ impl Spool for LogSpool {
 
     fn lease_due(&self, now_ms: u64, limit: usize) -> Vec<Envelope> {
         self.shared.index.write().unwrap_or_else(|e| e.into_inner()).lease_due(now_ms, limit)
+    }
+
+    fn finished(&self) -> Vec<QueueId> {
+        let st = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        st.entries
+            .values()
+            .filter(|e| e.envelope.recipients.iter().all(|r| r.state != RecipientState::Queued))
+            .map(|e| e.envelope.id)
+            .collect()
     }
 
     fn release(&self, id: QueueId) {

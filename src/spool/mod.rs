@@ -334,6 +334,10 @@ pub trait Spool: Send + Sync + 'static {
     /// Ends a lease: the message is found by `lease_due` again once a recipient is due.
     fn release(&self, id: QueueId);
 
+    /// Messages with no queued recipient left (a crash came between their last outcome and
+    /// their removal). Ids only: a walk of the index, no envelope copied.
+    fn finished(&self) -> Vec<QueueId>;
+
     /// The stored message as it will be sent: trace header followed by the body. Reads the
     /// disk and verifies the record's checksum.
     fn read_message(&self, id: QueueId) -> Result<Bytes, SpoolError>;

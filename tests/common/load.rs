@@ -22,6 +22,32 @@ pub fn run_load(addr: SocketAddr, sessions: usize, tag: &str, stop: Arc<AtomicBo
     run_load_into(addr, sessions, tag, stop, Arc::new(Mutex::new(Vec::new())))
 }
 
+/// Starts `sessions` loading clients and returns once `target` messages were acknowledged: the
+/// event a crash test kills on, instead of a sleep. The load goes on until `stop` is set; join
+/// the handle for everything acknowledged. Panics (with `log`) if that never happens in 60 s.
+pub fn load_until(
+    addr: SocketAddr,
+    sessions: usize,
+    tag: &str,
+    target: usize,
+    log: impl Fn() -> String,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<Acked>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Mutex::new(Vec::new()));
+    let (st, tag, sh) = (stop.clone(), tag.to_string(), shared.clone());
+    let handle = std::thread::spawn(move || run_load_into(addr, sessions, &tag, st, sh));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shared.lock().unwrap().len() < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{target} acknowledgements never came:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (stop, handle)
+}
+
 /// The same, recording into `acked` as it goes, so a test can act on an event ("N messages
 /// acknowledged") instead of a sleep.
 pub fn run_load_into(

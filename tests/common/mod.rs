@@ -33,6 +33,20 @@ pub fn require_tool(tool: &str, install_hint: &str) -> bool {
     found
 }
 
+/// Whether the binary under test has the `test-hooks` switches the negative controls need.
+/// Without them a control says so loudly; under `CI=true` that fails the test.
+pub fn test_hooks_built() -> bool {
+    if !cfg!(feature = "test-hooks") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the negative control needs cargo test --features test-hooks under CI"
+        );
+        eprintln!("SKIPPED: negative control needs cargo test --features test-hooks");
+        return false;
+    }
+    true
+}
+
 pub struct Sluice {
     pub dir: tempfile::TempDir,
     pub data_dir: PathBuf,
