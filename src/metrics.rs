@@ -169,6 +169,17 @@ pub static MEMORY_BUDGET_EXCEEDED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Message bytes held in memory by sessions now (reading, or waiting for their commit).
+pub static MEMORY_BUDGET_USED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "sluice_memory_budget_used_bytes",
+            "Message bytes sessions hold in memory now: bodies being read or waiting for their commit.",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Delivery outcomes per recipient: delivered, deferred (temporary failure), failed, expired.
 pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -314,6 +325,7 @@ pub fn init() {
     LazyLock::force(&SPOOL_SEGMENTS);
     LazyLock::force(&SPOOL_DISK_BYTES);
     LazyLock::force(&SPOOL_CHECKPOINT_SECONDS);
+    LazyLock::force(&MEMORY_BUDGET_USED);
     LazyLock::force(&MEMORY_BUDGET_EXCEEDED);
     LazyLock::force(&DELIVERIES);
     LazyLock::force(&DELIVERY_SECONDS);

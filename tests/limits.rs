@@ -125,6 +125,44 @@ fn memory_budget_refuses_with_452_and_recovers() {
     assert!(String::from_utf8(m).unwrap().contains("sluice_memory_budget_exceeded_total 1"));
 }
 
+/// DESIGN.md invariant 5: a body waiting for its group commit stays charged to the memory
+/// budget, so a slow disk turns into 452s for new mail, not into RAM. The disk is made slow with
+/// a test hook (the commit thread waits 3 s before each batch).
+#[test]
+fn bodies_waiting_for_their_commit_stay_charged_to_the_memory_budget() {
+    if !test_hooks_built() {
+        return;
+    }
+    let s = Sluice::start_with_env(
+        "[delivery]\nenabled = false\n[limits]\nmemory_budget = \"100KiB\"\n",
+        &[("SLUICE_TEST_COMMIT_DELAY_MS", "3000")],
+    );
+    let body = format!("{}\r\n", "w".repeat(998)).repeat(80); // 80 KB
+    let mut a = Client::ehlo(s.smtp);
+    assert_eq!(a.start_data(), 354);
+    a.send(format!("Message-ID: <waiting@t>\r\n\r\n{body}.\r\n").as_bytes()).unwrap();
+    // The event: A's body is in memory, waiting for the (slow) commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = s.http_get("/metrics");
+        let m = String::from_utf8(m).unwrap();
+        let used: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_memory_budget_used_bytes "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if used >= 80_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the body was never charged: {used}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut b = Client::ehlo(s.smtp);
+    let r = b.send_message("<second@t>", &body);
+    assert!(r.starts_with("452 4.3.1"), "B was accepted while A's body waited uncharged: {r}");
+    assert_eq!(code(&a.reply().unwrap()), 250, "A is acknowledged once durable");
+}
+
 /// DESIGN.md invariant 6: a full disk gives 452 4.3.1 to new mail; accepted mail is untouched.
 #[test]
 fn full_disk_gives_452_and_keeps_accepted_mail() {

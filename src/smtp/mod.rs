@@ -85,12 +85,14 @@ impl Charge {
                 - (self.charged - held)
         };
         self.charged = held;
+        crate::metrics::MEMORY_BUDGET_USED.set(used as i64);
         used > self.budget.limit
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.charged, Ordering::Relaxed);
+        let left = self.budget.used.fetch_sub(self.charged, Ordering::Relaxed) - self.charged;
+        crate::metrics::MEMORY_BUDGET_USED.set(left as i64);
     }
 }
