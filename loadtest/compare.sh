@@ -6,6 +6,7 @@
 # messages and seconds. Installs postfix (no system configuration) if it is missing.
 #   usage: bash loadtest/compare.sh [scale]   (an integer multiplying the message counts; default 1;
 #          COMPARE_MESSAGES=N sets every workload's count, for a quick try)
+#   SLUICE_BIN=PATH: run that sluice binary instead of this tree's release build.
 #   COMPARE_INJECTOR=smtp-source: drive both MTAs with Postfix's own smtp-source (one connection
 #          per message, no pipelining, 100 sessions, 10 KB) into Postfix's smtp-sink instead, with
 #          sluice allowed 100 connections to the sink and then with its default 10
@@ -21,7 +22,8 @@ if ! command -v postfix >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
 cargo build --release --workspace --locked --quiet
-bin=$PWD/target/release/sluice
+# SLUICE_BIN=PATH compares another build (an older commit, say) in the same harness.
+bin=${SLUICE_BIN:-$PWD/target/release/sluice}
 lt=$PWD/target/release/loadtest
 # Not /tmp: both MTAs must fsync to the same real disk.
 work=$(mktemp -d "$PWD/target/compare.XXXXXX")

@@ -100,7 +100,9 @@ fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     let (_, m) = s.http_get("/metrics");
     assert!(String::from_utf8(m).unwrap().contains("sluice_bounces_total 1"));
     // The delivery log has one line per event, for each recipient.
-    let log = s.delivery_log(8);
+    // Reception, the DSN queued and delivered, ok delivered, bad failed, later deferred then
+    // delivered: 7.
+    let log = s.delivery_log(7);
     let events: Vec<(String, String)> = log
         .iter()
         .map(|e| {
@@ -145,8 +147,9 @@ fn expiry_bounces_exactly_once() {
         code(&Client::ehlo(s.smtp).send_message_to("<late@t>", "late@example.org", "x\r\n")),
         250
     );
+    // A DSN is stored before its original leaves the queue: with the queue empty, every DSN
+    // sluice made has reached the sink (which records before it answers 250). No sleep needed.
     s.wait_queue(20, |q| q.is_empty());
-    std::thread::sleep(Duration::from_millis(500));
     let dsns: Vec<_> = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).collect();
     assert_eq!(dsns.len(), 1, "exactly one DSN");
     check_dsn(&dsns[0].data, "late@example.org", "4.4.7");
@@ -164,8 +167,8 @@ fn null_sender_is_never_bounced() {
     c.cmd("RCPT TO:<bad@example.org>");
     c.cmd("DATA");
     assert_eq!(code(&c.cmd("Message-ID: <bounce-of-bounce@t>\r\n\r\nx\r\n.")), 250);
+    // Queue empty: a DSN, had one been made, would already be at the sink (see above).
     s.wait_queue(10, |q| q.is_empty());
-    std::thread::sleep(Duration::from_millis(500));
     assert!(sink.messages().is_empty(), "no DSN for a null sender");
     let (_, m) = s.http_get("/metrics");
     assert!(
@@ -354,14 +357,15 @@ fn kill9_during_delivery_then_everything_is_delivered() {
     let sink =
         Sink::start(Behavior { end_delay: Duration::from_millis(150), ..Default::default() });
     let mut s = Sluice::start(&route_to(&sink, ""));
-    let ids: Vec<String> = (0..30).map(|i| format!("<k{i}@t>")).collect();
+    let ids: Vec<String> = (0..60).map(|i| format!("<k{i}@t>")).collect();
     let mut c = Client::ehlo(s.smtp);
     for id in &ids {
         assert_eq!(code(&c.send_message(id, "x\r\n")), 250);
     }
-    // Kill once some, but not all, deliveries have completed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.messages().len() < 3 {
+    // Kill once half the deliveries have completed: a spool that forgot its outcomes would
+    // then send 30 or more again, far over the bound below.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.messages().len() < 30 {
         assert!(Instant::now() < deadline, "no delivery started");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -379,12 +383,13 @@ fn kill9_during_delivery_then_everything_is_delivered() {
             .iter()
             .filter(|m| String::from_utf8_lossy(&m.data).contains(&format!("Message-ID: {id}")))
             .count();
-        assert!(n >= 1, "{id} was never delivered");
+        assert!((1..=2).contains(&n), "{id} was delivered {n} times");
     }
     let duplicates = got.len() - ids.len();
     eprintln!("delivered {} before the kill; {} duplicates after restart", before, duplicates);
-    // Only deliveries in flight at the kill can be repeated (one per concurrent delivery).
-    assert!(duplicates <= 30, "{duplicates}");
+    // Only deliveries in flight at the kill, or whose 250 came but whose outcome was not yet
+    // durable, can be repeated: at most two per connection, 10 connections by default.
+    assert!(duplicates <= 20, "{duplicates} duplicates, {before} delivered before the kill");
 }
 
 /// `sluice queue flush | bounce | delete` against the running daemon.
@@ -423,8 +428,8 @@ fn queue_admin_flush_bounce_delete() {
     check_dsn(&dsn[0].data, "slow@example.org", "5.0.0");
     // delete: gone without a bounce.
     assert_eq!(cli(&["delete", &id2])["deleted"], id2.as_str());
+    // Queue empty: a DSN, had one been made, would already be at the sink.
     s.wait_queue(10, |q| q.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.messages().len(), 1, "delete sends no bounce");
 }
 
@@ -605,8 +610,8 @@ fn success_notices_and_dsn_passthrough() {
     let got = dsn_sink.wait_for(1, 10);
     assert!(got[0].mail_params.ends_with(" RET=FULL ENVID=env+2B1"), "{}", got[0].mail_params);
     assert_eq!(got[0].rcpt_params, vec!["NOTIFY=SUCCESS ORCPT=rfc822;ok@example.org".to_string()]);
+    // Queue empty: a success DSN, had sluice made one, would already be at the sink.
     s.wait_queue(10, |q| q.is_empty());
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(dsn_sink.messages().len(), 1, "the DSN-capable next hop reports, not sluice");
 }
 

@@ -221,7 +221,8 @@ impl Sluice {
         }
     }
 
-    /// The delivery log's events, once it holds at least `n` (waits up to 10 s for the writer).
+    /// The delivery log's events, once it holds at least `n`; fails the test if it does not
+    /// within 10 s (the writer is asynchronous).
     pub fn delivery_log(&self, n: usize) -> Vec<serde_json::Value> {
         let path = self.data_dir.join("log/delivery.jsonl");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -229,9 +230,14 @@ impl Sluice {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let events: Vec<serde_json::Value> =
                 text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-            if events.len() >= n || Instant::now() > deadline {
+            if events.len() >= n {
                 return events;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the delivery log has {} events, expected at least {n}: {events:?}",
+                events.len()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
