@@ -286,15 +286,17 @@ fn full_disk(writer: &str) {
     assert!(refused.starts_with("452 4.3.1"), "{refused}");
     assert!(!acked.is_empty());
     // More mail while the disk stays full: each is refused, without a new segment (or an
-    // ERROR line) per failed batch.
+    // ERROR line) per failed batch. The line repeats every 10 s of the episode at most.
+    let episode = Instant::now();
     for i in 0..100 {
         let r = Client::ehlo(s.smtp).send_message(&format!("<more{i}@t>"), &body);
         assert!(r.starts_with("452 4.3.1"), "{r}");
     }
     let spool = mnt.join("data/spool");
     assert!(segments(&spool) <= 3, "{} segments after a full disk", segments(&spool));
-    let errors = s.log().matches("spool commit failed").count();
-    assert!((1..=2).contains(&errors), "{errors} ERROR lines for one full-disk episode");
+    let errors = s.log().matches("spool commit failed").count() as u64;
+    let allowed = 2 + episode.elapsed().as_secs() / 10;
+    assert!((1..=allowed).contains(&errors), "{errors} ERROR lines for one full-disk episode");
     s.kill9();
     std::fs::remove_file(mnt.join("ballast")).unwrap();
     s.spawn();

@@ -25,15 +25,30 @@ fn a_second_daemon_on_the_same_data_dir_refuses_to_start_and_touches_nothing() {
         assert_eq!(code(&r), 250, "{r}");
         ids.push(r.trim().rsplit(' ').next().unwrap().to_string());
     }
+    // What the second daemon used to do: delete and rebuild index.redb (a new inode), and
+    // delete segments the first one still writes. The first daemon itself checkpoints into the
+    // same file meanwhile (every 100 ms here), so the file's inode is compared, not its mtime.
+    use std::os::unix::fs::MetadataExt;
     let index = s.data_dir.join("spool/index.redb");
-    let index_before = std::fs::metadata(&index).unwrap().modified().unwrap();
+    let inode = std::fs::metadata(&index).unwrap().ino();
+    let segments = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        v.sort();
+        v
+    };
+    let segments_before = segments(&s.data_dir);
 
     let second = Command::new(BIN).args(["serve", "--config"]).arg(&s.config).output().unwrap();
     assert!(!second.status.success(), "the second daemon started");
     let err = String::from_utf8_lossy(&second.stderr);
     let want = format!("data dir {} is in use by pid {}", s.data_dir.display(), s.pid());
     assert!(err.contains(&want), "expected {want:?} in:\n{err}");
-    assert_eq!(std::fs::metadata(&index).unwrap().modified().unwrap(), index_before);
+    assert_eq!(std::fs::metadata(&index).unwrap().ino(), inode, "the index was recreated");
+    assert_eq!(segments(&s.data_dir), segments_before, "segments were added or removed");
 
     // The offline CLI refuses to read beside the daemon rather than race it.
     let out = queue_list_offline(&s.config);
