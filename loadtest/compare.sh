@@ -21,7 +21,7 @@ if ! command -v postfix >/dev/null; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --ignore-rust-version
 # SLUICE_BIN=PATH compares another build (an older commit, say) in the same harness.
 bin=${SLUICE_BIN:-$PWD/target/release/sluice}
 lt=$PWD/target/release/loadtest

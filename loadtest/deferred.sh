@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 n="${1:-1000000}"
 probe="${PROBE_MESSAGES:-60000}"
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --ignore-rust-version
 bin=$PWD/target/release/sluice
 lt=$PWD/target/release/loadtest
 work=$(mktemp -d "$PWD/target/deferred.XXXXXX")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 n="${1:-10000}"
 ulimit -n $(( n * 2 + 1000 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --ignore-rust-version
 work=$(mktemp -d)
 trap 'kill "$sluice_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 sluice_config "$work/sluice.toml" "$work/data" "max_sessions = $(( n + 100 ))

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 n="${1:-8000}"
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --ignore-rust-version
 bin=$PWD/target/release/sluice
 lt=$PWD/target/release/loadtest
 out=$PWD/target/latency

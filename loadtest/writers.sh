@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 scale="${1:-1}"
-cargo build --release --workspace --locked --quiet
+cargo build --release --workspace --locked --quiet --ignore-rust-version
 bin=target/release/sluice
 lt=target/release/loadtest
 work=$(mktemp -d "$PWD/target/writers.XXXXXX")

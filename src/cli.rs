@@ -183,3 +183,21 @@ pub fn load_config_with(path: Option<&Path>, data_dir: Option<PathBuf>) -> anyho
     }
     Ok(cfg)
 }
+
+/// Writes a secret (a private key) readable by its owner only. `replace = false` refuses to
+/// overwrite an existing file (a DKIM key in use must not vanish by mistake).
+pub fn write_private(path: &std::path::Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if replace {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -60,6 +60,9 @@ pub struct Config {
     /// Routes, first match wins; no matching route = MX delivery.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+    /// DKIM signing keys (RFC 6376, RFC 8463); several per domain = several signatures.
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -512,6 +515,26 @@ pub struct RouteConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// One DKIM signing key: mail whose From domain is `domain` (or a subdomain without a key of
+/// its own) is signed with it at intake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`); the public key is published at
+    /// `<selector>._domainkey.<domain>`.
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA); `sluice dkim keygen` makes one.
+    pub key: PathBuf,
+    pub algorithm: crate::mailauth::DkimAlgorithm,
+    /// Also sign mail whose From domain has no key of its own (not DMARC-aligned, but signed).
+    #[serde(default)]
+    pub default: bool,
+    /// Signature lifetime (`x=` tag); absent = no expiry.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub expire: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Local {
@@ -871,6 +894,29 @@ impl Config {
         {
             return invalid("local.postmaster", format!("{p:?} is not an address (user@domain)"));
         }
+        for (i, d) in self.dkim.iter().enumerate() {
+            if d.domain.is_empty() || d.domain.contains(['@', ' ', '*']) {
+                return invalid(
+                    &format!("dkim[{i}].domain"),
+                    format!("{:?} is not a domain", d.domain),
+                );
+            }
+            if d.selector.is_empty() || !d.selector.split('.').all(crate::mailauth::is_dns_label) {
+                return invalid(
+                    &format!("dkim[{i}].selector"),
+                    format!("{:?} is not a DNS label", d.selector),
+                );
+            }
+            let same = |o: &DkimConfig| {
+                o.domain.eq_ignore_ascii_case(&d.domain) && o.selector == d.selector
+            };
+            if self.dkim[..i].iter().any(same) {
+                return invalid(
+                    &format!("dkim[{i}].selector"),
+                    format!("{}._domainkey.{} is configured twice", d.selector, d.domain),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -901,6 +947,34 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
         let c = Config::load(&path).unwrap();
         assert!(!c.listener.is_empty());
+    }
+
+    #[test]
+    fn dkim_entries_are_checked() {
+        let entry = |domain: &str, selector: &str, alg: &str| {
+            format!(
+                "[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nalgorithm = \"{alg}\"\nkey = \"k.pem\"\n"
+            )
+        };
+        let check = |text: &str| -> Result<Config, String> {
+            let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+            c.validate("t").map_err(|e| e.to_string())?;
+            Ok(c)
+        };
+        let ok = check(
+            &(entry("example.com", "a", "ed25519") + &entry("example.com", "b", "rsa-sha256")),
+        )
+        .unwrap();
+        assert_eq!(ok.dkim[0].algorithm, crate::mailauth::DkimAlgorithm::Ed25519Sha256);
+        assert_eq!(ok.dkim[1].algorithm, crate::mailauth::DkimAlgorithm::RsaSha256);
+        let twice =
+            check(&(entry("example.com", "a", "ed25519") + &entry("EXAMPLE.com", "a", "rsa")));
+        assert!(twice.unwrap_err().contains("configured twice"));
+        assert!(
+            check(&entry("example.com", "a b", "rsa")).unwrap_err().contains("dkim[0].selector")
+        );
+        assert!(check(&entry("*.example.com", "a", "rsa")).unwrap_err().contains("dkim[0].domain"));
+        assert!(check(&entry("example.com", "a", "rsa-sha1")).unwrap_err().contains("rsa-sha1"));
     }
 
     #[test]

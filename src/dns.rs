@@ -127,6 +127,31 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// TXT records at `name`, each with its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let started = std::time::Instant::now();
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let r = match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain(name.into())),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(DnsError::Temporary(name.into(), e.to_string())),
+        };
+        count("txt", started, &r);
+        r
+    }
+}
+
 /// A cheap random number (equal-preference shuffling needs no cryptographic quality).
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
 pub mod domain_labels;
+pub mod mailauth;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// DKIM keys: make one and print its DNS record, or check the published record.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -112,6 +117,41 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         scope: sluice::admin::auth::Scope,
     },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new private key to FILE (mode 0600; an existing file is never overwritten) and
+    /// print the TXT record to publish and the [[dkim]] entry to add.
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        #[arg(long, value_enum)]
+        algorithm: KeyAlgorithm,
+        /// RSA key size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Look up `<selector>._domainkey.<domain>` through the configured resolver and say whether
+    /// it publishes the key of the matching [[dkim]] entry (exit 1 if not).
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyAlgorithm {
+    Ed25519,
+    Rsa,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +197,77 @@ enum QueueCommand {
     Bounce { id: String },
 }
 
+fn dkim(command: DkimCommand) -> anyhow::Result<ExitCode> {
+    use sluice::mailauth::{DkimAlgorithm, DkimKey, key};
+    match command {
+        DkimCommand::Keygen { domain, selector, algorithm, bits, out } => {
+            let algorithm = match algorithm {
+                KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
+                KeyAlgorithm::Rsa => DkimAlgorithm::RsaSha256,
+            };
+            let pem = key::generate(algorithm, bits)?;
+            let record = DkimKey::from_pem(pem.as_bytes(), algorithm)?.dns_record();
+            cli::write_private(&out, pem.as_bytes(), false)?;
+            let domain = domain.trim_end_matches('.');
+            println!("wrote {} ({}, mode 0600)", out.display(), algorithm.as_str());
+            println!("publish this TXT record:");
+            println!("{selector}._domainkey.{domain}. IN TXT {}", key::zone_strings(&record));
+            println!("and add to the configuration:");
+            println!(
+                "[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nalgorithm = \"{}\"\nkey = \"{}\"",
+                algorithm.as_str(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DkimCommand::Check { config, domain, selector } => {
+            let cfg = cli::load_config_with(config.as_deref(), None)?;
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            let entry = cfg
+                .dkim
+                .iter()
+                .find(|d| d.domain.eq_ignore_ascii_case(&domain) && d.selector == selector)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no [[dkim]] entry for {selector}._domainkey.{domain} in the configuration"
+                    )
+                })?;
+            let key = DkimKey::load(&entry.key, entry.algorithm)?;
+            let name = format!("{selector}._domainkey.{domain}");
+            let dns = sluice::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let records = match rt.block_on(dns.txt(&name)) {
+                Ok(r) => r,
+                Err(sluice::dns::DnsError::NoSuchDomain(_)) => Vec::new(),
+                Err(e) => {
+                    println!("{name}: lookup failed: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let keys: Vec<&String> = records.iter().filter(|r| r.contains("p=")).collect();
+            let verdict = match keys.as_slice() {
+                [] => Err("no DKIM key record published".to_string()),
+                [one] => key.check_record(one),
+                _ => Err(format!(
+                    "{} key records published; verifiers fail with several",
+                    keys.len()
+                )),
+            };
+            match verdict {
+                Ok(()) => {
+                    println!("{name}: ok, publishes the key of {}", entry.key.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => {
+                    println!("{name}: MISMATCH: {why}");
+                    println!("publish: {name}. IN TXT {}", key::zone_strings(&key.dns_record()));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -189,6 +300,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             for w in cfg.warnings() {
                 eprintln!("warning: {w}");
+            }
+            let keys = sluice::mailauth::DkimSigner::load(&cfg.dkim)?;
+            if !keys.is_empty() {
+                println!("{} DKIM key(s) loaded", keys.len());
             }
             println!(
                 "{}: ok",
@@ -225,19 +340,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("added token {name:?} (scope {scope:?}) to {}: {token}", file.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dkim { command } => dkim(command),
         Command::Tls { command: TlsCommand::SelfSigned { hosts, dir, days } } => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let (cert, key) = sluice::tls::self_signed(&hosts, days)?;
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("cert.pem"), cert)?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join("key.pem"))?
-                .write_all(key.as_bytes())?;
+            cli::write_private(&dir.join("key.pem"), key.as_bytes(), true)?;
             println!(
                 "wrote {0}/cert.pem and {0}/key.pem (self-signed for {1}); use them as\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
                 dir.display(),

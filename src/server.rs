@@ -140,7 +140,14 @@ pub async fn run(
             failure_delay: cfg.auth.failure_delay,
         }),
     });
-    let reload_task = tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file()));
+    let dkim = Arc::new(
+        crate::mailauth::SigningService::new(cfg.dkim.clone()).context("loading [[dkim]] keys")?,
+    );
+    for d in &cfg.dkim {
+        tracing::info!(domain = %d.domain, selector = %d.selector, algorithm = d.algorithm.as_str(), default = d.default, "DKIM key loaded");
+    }
+    let reload_task =
+        tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file(), dkim.clone()));
     let rate = crate::delivery::shaping::parse_rate(&cfg.limits.max_connection_rate_per_ip)
         .map_err(anyhow::Error::msg)?;
     let limits = listener::ConnectionLimits::new(
@@ -195,6 +202,7 @@ pub async fn run(
             greet_pause: cfg.limits.greet_pause,
             min_data_rate: cfg.limits.min_data_rate,
             auth: auth.clone(),
+            dkim: dkim.clone(),
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
@@ -295,12 +303,13 @@ pub async fn run(
     Ok(())
 }
 
-/// SIGHUP: re-read the TLS certificate and the users file. Open sessions keep what they have;
-/// a file that fails to load leaves the old one in place.
+/// SIGHUP: re-read the TLS certificate, the users file and the DKIM keys. Open sessions keep
+/// what they have; a file that fails to load leaves the old one in place.
 async fn reload_on_sighup(
     tls: Option<Arc<crate::tls::ReloadableServer>>,
     auth: Arc<crate::smtp::AuthContext>,
     users_file: PathBuf,
+    dkim: Arc<crate::mailauth::SigningService>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
@@ -320,6 +329,12 @@ async fn reload_on_sighup(
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: users reload failed; keeping the old list")
+            }
+        }
+        match dkim.reload() {
+            Ok(keys) => tracing::info!(keys, "SIGHUP: DKIM keys reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: DKIM key reload failed; keeping the old keys")
             }
         }
     }

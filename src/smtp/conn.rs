@@ -135,13 +135,10 @@ pub async fn run(
                 charge.set(session.held_bytes() + size);
                 let (id, result) = Box::pin(store(&ctx, *tx)).await;
                 let id = id.to_string();
-                session
-                    .handle_stored(result.as_ref().map(|_| id.as_str()).map_err(store_error), size);
-                match result {
-                    Ok(()) => ctx.stored.notify_one(),
-                    Err(e) => {
-                        tracing::warn!(%ip, error = %e, "message refused: spool did not store it")
-                    }
+                let stored = result.is_ok();
+                session.handle_stored(result.map(|()| id.as_str()), size);
+                if stored {
+                    ctx.stored.notify_one();
                 }
             }
             Step::StartTls => {
@@ -292,7 +289,7 @@ fn record_events(session: &mut Session, listener: &str) {
     }
 }
 
-fn store_error(e: &SpoolError) -> StoreError {
+fn spool_error(e: &SpoolError) -> StoreError {
     match e {
         SpoolError::NoSpace => StoreError::NoSpace,
         SpoolError::Closed => StoreError::ShuttingDown,
@@ -303,11 +300,25 @@ fn store_error(e: &SpoolError) -> StoreError {
     }
 }
 
-/// Builds the envelope and trace header, and waits until the spool has made them durable.
-async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Result<(), SpoolError>) {
+/// Signs (DKIM, trusted clients only), builds the envelope and trace header, and waits until
+/// the spool has made them durable. Refusals are logged here.
+async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Result<(), StoreError>) {
     let id = ctx.spool.next_id();
     let now = spool::unix_millis();
-    let trace = tx.trace_header(&ctx.session.hostname, &id.to_string(), now / 1000);
+    let signatures = if tx.trusted {
+        match ctx.dkim.sign(tx.body.clone()).await {
+            Ok(signed) => signed.headers,
+            Err(e) => {
+                tracing::error!(ip = %tx.client_ip, error = %e, "message refused: DKIM signing failed");
+                return (id, Err(StoreError::Signing));
+            }
+        }
+    } else {
+        String::new()
+    };
+    // Prepended as one buffer, ahead of the body as received: retries never sign again.
+    let mut trace = signatures;
+    trace.push_str(&tx.trace_header(&ctx.session.hostname, &id.to_string(), now / 1000));
     let envelope = Envelope {
         id,
         received_at: now,
@@ -334,12 +345,15 @@ async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Resul
         e.size = Some(envelope.size);
         e
     });
+    let ip = envelope.client_ip;
     let msg = NewMessage { envelope, trace: Bytes::from(trace), body: tx.body };
     let result = ctx.spool.store(msg).await;
-    if let (Ok(()), Some(e)) = (&result, event) {
-        ctx.log.log(e);
+    match (&result, event) {
+        (Ok(()), Some(e)) => ctx.log.log(e),
+        (Err(e), _) => tracing::warn!(%ip, error = %e, "message refused: spool did not store it"),
+        _ => {}
     }
-    (id, result)
+    (id, result.map_err(|e| spool_error(&e)))
 }
 
 #[cfg(test)]

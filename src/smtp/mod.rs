@@ -36,6 +36,8 @@ pub struct ListenerContext {
     /// Bytes per second below which message data is cut off (0: off).
     pub min_data_rate: u64,
     pub auth: Arc<AuthContext>,
+    /// DKIM keys; mail from trusted clients is signed before it is stored.
+    pub dkim: Arc<crate::mailauth::SigningService>,
 }
 
 /// Users and brute-force state, shared by every listener.

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default)]
@@ -72,6 +72,19 @@ impl TestDns {
             std::net::IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
         self.add(name, rdata);
+        self
+    }
+
+    /// A TXT record; a value over 255 bytes is split into strings, as zone files do.
+    pub fn txt(&self, name: &str, value: &str) -> &Self {
+        let strings = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned());
+        self.add(name, RData::TXT(TXT::new(strings.collect())));
+        self
+    }
+
+    /// Removes every record of a name (it stays existent: NOERROR, no data).
+    pub fn clear(&self, name: &str) -> &Self {
+        self.zone.lock().unwrap().records.retain(|(n, _), _| *n != key(name));
         self
     }
 

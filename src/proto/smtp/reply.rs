@@ -133,6 +133,8 @@ pub const SHUTTING_DOWN: Reply =
 pub const STORAGE_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
 pub const STORAGE_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while storing the message; try again later");
+pub const SIGNING_ERROR: Reply =
+    Reply::new(451, "4.3.0", "Local error while signing the message; try again later");
 pub const MEMORY_BUDGET: Reply =
     Reply::new(452, "4.3.1", "Insufficient system resources; try again later");
 pub const TOO_MANY_SESSIONS: Reply =

@@ -239,6 +239,9 @@ pub struct Transaction {
     pub tls: bool,
     /// The authenticated user, if any.
     pub auth_user: Option<String>,
+    /// Authenticated or from a relay network: mail sluice sends on the client's behalf, and
+    /// so signs (DKIM).
+    pub trusted: bool,
 }
 
 impl Transaction {
@@ -276,6 +279,8 @@ pub enum StoreError {
     Failed,
     /// The server is stopping: 421 4.3.0.
     ShuttingDown,
+    /// DKIM signing failed (a key or library error): 451 4.3.0.
+    Signing,
 }
 
 #[derive(Debug)]
@@ -488,6 +493,7 @@ impl Session {
             }
             Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL, RejectReason::Storage),
             Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR, RejectReason::Storage),
+            Err(StoreError::Signing) => self.reject(reply::SIGNING_ERROR, RejectReason::Storage),
             Err(StoreError::ShuttingDown) => self.close_with(reply::SHUTTING_DOWN, None),
         }
     }
@@ -989,6 +995,7 @@ impl Session {
             chunking,
             tls: self.tls,
             auth_user: self.auth.as_ref().map(|a| a.0.clone()),
+            trusted: self.trusted(),
         })))
     }
 
