@@ -11,6 +11,9 @@
 #          per message, no pipelining, 100 sessions, 10 KB) into Postfix's smtp-sink instead, with
 #          sluice allowed 100 connections to the sink and then with its default 10
 #          (loadtest/smtp_source.py does one run).
+#   COMPARE_DKIM=1: sluice alone, 10 KB messages from 100 sessions, relayed with DKIM signing off,
+#          with one Ed25519 signature and with dual (Ed25519 + RSA-2048) signatures, back to back;
+#          prints msg/s and the ratio to unsigned for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -129,6 +132,38 @@ relay() { # $1 label, $2 server, $3 pid, $4 sink port, $5 sessions, $6 messages,
   "$lt" relay --label "$1" --server "$2" --mta-pid "$3" --sink "127.0.0.1:$4" \
     --sessions "$5" --messages "$6" --size "$7" --max-seconds 240 "${extra[@]}"
 }
+
+if [ "${COMPARE_DKIM:-}" = 1 ]; then
+  n=${COMPARE_MESSAGES:-$(( 6000 * scale ))}
+  mkdir -p "$work/keys"
+  "$bin" dkim keygen --domain example.com --selector ed --algorithm ed25519 --out "$work/keys/ed.pem" >/dev/null
+  "$bin" dkim keygen --domain example.com --selector rsa --algorithm rsa --out "$work/keys/rsa.pem" >/dev/null
+  ed=$'[[dkim]]\ndomain = "example.com"\nselector = "ed"\nalgorithm = "ed25519-sha256"\nkey = "'"$work/keys/ed.pem"$'"'
+  rsa=$'[[dkim]]\ndomain = "example.com"\nselector = "rsa"\nalgorithm = "rsa-sha256"\nkey = "'"$work/keys/rsa.pem"$'"'
+  echo "workload: sluice relays $n x 10 KB from 100 sessions to a loopback sink, fsync before 250; signing off / ed25519 / dual" >&2
+  base=""
+  for mode in off ed25519 dual; do
+    kill "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+    rm -rf "$work/sluice-data"
+    keys=""
+    [ "$mode" = ed25519 ] && keys="$ed"
+    [ "$mode" = dual ] && keys="$ed"$'\n'"$rsa"
+    sluice_config "$work/sluice.toml" "$work/sluice-data" "" "$(printf '%s\n[shaping.default]\nconnections = 20\nmessages_per_connection = 1000\n[[route]]\ndomains = ["*"]\nsmarthost = "127.0.0.1:%s"\ntls = "disabled"\n' "$keys" "$sluice_sink")"
+    start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
+    s=$(relay "sluice-dkim-$mode" "$sluice_smtp" "$sluice_pid" "$sluice_sink" 100 "$n" 10240 "http://$sluice_admin/metrics")
+    echo "$s"
+    signed=$(curl -s "http://$sluice_admin/metrics" | awk '/^sluice_dkim_signatures_total/ { n += $2 } END { print n + 0 }')
+    [ -z "$base" ] && base="$s"
+    python3 - "$base" "$s" "$mode" "$signed" <<'PY' >&2
+import json, sys
+b, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+br, sr = b["end_to_end_messages_per_second"], s["end_to_end_messages_per_second"]
+print(f"dkim {sys.argv[3]:>8}: {sr:6.0f} msg/s end to end, {s['mta_cpu_ms_per_message']:.3f} ms CPU/msg, "
+      f"p99 DATA-end->250 {s['latency_ms']['p99']:.1f} ms, {sys.argv[4]} signatures; {sr / br:.2f}x of unsigned", flush=True)
+PY
+  done
+  exit 0
+fi
 
 results="$work/results.jsonl"
 echo "workload: relay to a loopback sink; both MTAs fsync before 250; 2-core machine, one run" >&2

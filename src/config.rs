@@ -63,6 +63,9 @@ pub struct Config {
     /// DKIM signing keys (RFC 6376, RFC 8463); several per domain = several signatures.
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// SPF/DKIM/DMARC/ARC verification of inbound mail.
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -533,6 +536,37 @@ pub struct DkimConfig {
     /// Signature lifetime (`x=` tag); absent = no expiry.
     #[serde(default, deserialize_with = "opt_duration")]
     pub expire: Option<Duration>,
+}
+
+/// Verification of mail received on `smtp` listeners (submission is authenticated instead).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// "local" (mail with a recipient in `[local] domains`), "all", or "off".
+    #[serde(default = "default_verify_scope")]
+    pub scope: crate::mailauth::verify::Scope,
+    /// DMARC failure under `p=reject`: "reject" (550 5.7.1), "quarantine" or "tag".
+    #[serde(default = "default_dmarc_reject")]
+    pub dmarc_reject: crate::mailauth::verify::DmarcAction,
+    /// SPF `fail`: "tag" (Authentication-Results only) or "reject" (550 5.7.23).
+    #[serde(default = "default_spf_fail")]
+    pub spf_fail: crate::mailauth::verify::SpfAction,
+}
+
+fn default_verify_scope() -> crate::mailauth::verify::Scope {
+    crate::mailauth::verify::Scope::Local
+}
+fn default_dmarc_reject() -> crate::mailauth::verify::DmarcAction {
+    crate::mailauth::verify::DmarcAction::Reject
+}
+fn default_spf_fail() -> crate::mailauth::verify::SpfAction {
+    crate::mailauth::verify::SpfAction::Tag
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -338,6 +338,15 @@ pub static DKIM_SIGN_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Verification results of inbound mail, by method (spf, dkim, arc, dmarc) and result.
+pub static AUTH_RESULTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_auth_results_total",
+        "Verification results of inbound mail, by method (spf, dkim, arc, dmarc) and result.",
+        &["method", "result"],
+    )
+});
+
 pub fn init() {
     LazyLock::force(&SMTP_CONNECTIONS);
     LazyLock::force(&SMTP_CONNECTIONS_ACTIVE);
@@ -368,6 +377,7 @@ pub fn init() {
     LazyLock::force(&DKIM_SIGNATURES);
     LazyLock::force(&DKIM_SIGN_SECONDS);
     LazyLock::force(&DKIM_SIGN_FAILURES);
+    LazyLock::force(&AUTH_RESULTS);
 }
 
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather
@@ -408,6 +418,14 @@ pub fn init_labels(listeners: &[String]) {
     }
     for r in ["max_sessions", "max_sessions_per_ip", "connection_rate"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);
+    }
+    for a in ["ed25519-sha256", "rsa-sha256"] {
+        DKIM_SIGN_SECONDS.with_label_values(&[a]);
+    }
+    for m in ["spf", "dkim", "arc", "dmarc"] {
+        for r in ["pass", "fail", "none", "temperror", "permerror"] {
+            AUTH_RESULTS.with_label_values(&[m, r]);
+        }
     }
 }
 

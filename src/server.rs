@@ -144,8 +144,21 @@ pub async fn run(
         crate::mailauth::SigningService::new(cfg.dkim.clone()).context("loading [[dkim]] keys")?,
     );
     for d in &cfg.dkim {
+        crate::metrics::DKIM_SIGNATURES.with_label_values(&[&d.domain, d.algorithm.as_str()]);
         tracing::info!(domain = %d.domain, selector = %d.selector, algorithm = d.algorithm.as_str(), default = d.default, "DKIM key loaded");
     }
+    let verifier = match cfg.verify.scope {
+        crate::mailauth::verify::Scope::Off => None,
+        _ => Some(Arc::new(
+            crate::mailauth::verify::Verifier::new(
+                &cfg.dns.nameservers,
+                &cfg.hostname,
+                cfg.verify.dmarc_reject,
+                cfg.verify.spf_fail,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+    };
     let reload_task =
         tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file(), dkim.clone()));
     let rate = crate::delivery::shaping::parse_rate(&cfg.limits.max_connection_rate_per_ip)
@@ -203,6 +216,8 @@ pub async fn run(
             min_data_rate: cfg.limits.min_data_rate,
             auth: auth.clone(),
             dkim: dkim.clone(),
+            verify: verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
+            verify_scope: cfg.verify.scope,
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }

@@ -20,7 +20,10 @@ fn dashboard_queries_only_exported_metrics() {
                     .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .filter(|w| w.starts_with("sluice_"))
                 {
-                    let base = name.trim_end_matches("_bucket");
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
                     assert!(
                         exported.contains(&format!("# TYPE {base} ")),
                         "{}: {name} is not exported",

@@ -69,7 +69,7 @@ for i in range(count):
 }
 
 struct Setup {
-    _keys: tempfile::TempDir,
+    keys: tempfile::TempDir,
     _dns: TestDns,
     records: Vec<(String, String)>,
     sink: Sink,
@@ -105,7 +105,7 @@ fn setup_with_retry(sink: Behavior, extra: &str, retry: &str) -> Setup {
         sink.addr
     );
     let sluice = Sluice::start(&config);
-    Setup { _keys: keys, _dns: dns, records, sink, sluice }
+    Setup { keys, _dns: dns, records, sink, sluice }
 }
 
 const BOTH_PASS: [&str; 2] =
@@ -316,4 +316,48 @@ fn keygen_refuses_to_overwrite_and_check_compares_dns() {
     let out = Command::new(BIN).arg("check-config").arg(&config).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(key.to_str().unwrap()), "{out:?}");
+}
+
+#[test]
+fn rotated_keys_are_used_after_sighup() {
+    if !require_tool("python3", "apt-get install python3; pip install dkimpy pynacl") {
+        return;
+    }
+    let mut t = setup(Behavior { pipelining: true, ..Default::default() }, "");
+    send_data(&t.sluice, "From: a@example.com\r\nSubject: before\r\n\r\nold key\r\n");
+    let old = t.sink.wait_for(1, 20)[0].data.clone();
+    // Rotate the Ed25519 key in place, as an operator would: new file, new record, SIGHUP.
+    let key = t.keys.path().join("ed.pem");
+    std::fs::remove_file(&key).unwrap();
+    let (_, new_txt) = keygen(t.keys.path(), "ed", "ed25519");
+    let old_records = t.records.clone();
+    t.records[0].1 = new_txt;
+    unsafe { libc::kill(t.sluice.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !t.sluice.log().contains("SIGHUP: DKIM keys reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload:\n{}", t.sluice.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_data(&t.sluice, "From: a@example.com\r\nSubject: after\r\n\r\nnew key\r\n");
+    let got = t.sink.wait_for(2, 20);
+    let new = &got.iter().find(|m| m.data != old).unwrap().data;
+    assert_eq!(dkimpy(new, &t.records), BOTH_PASS, "signed with the new key");
+    assert_eq!(dkimpy(&old, &old_records), BOTH_PASS);
+    assert_eq!(
+        dkimpy(new, &old_records)[0],
+        "example.com/ed/ed25519-sha256/fail",
+        "the old key no longer signs"
+    );
+    // A broken key file on reload keeps the working keys.
+    std::fs::write(&key, "broken").unwrap();
+    unsafe { libc::kill(t.sluice.pid() as i32, libc::SIGHUP) };
+    while !t.sluice.log().contains("DKIM key reload failed; keeping the old keys") {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_data(&t.sluice, "From: a@example.com\r\nSubject: kept\r\n\r\nstill signed\r\n");
+    let got = t.sink.wait_for(3, 20);
+    let kept =
+        got.iter().find(|m| String::from_utf8_lossy(&m.data).contains("Subject: kept")).unwrap();
+    assert_eq!(dkimpy(&kept.data, &t.records), BOTH_PASS);
 }

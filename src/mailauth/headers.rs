@@ -64,6 +64,38 @@ pub fn existing_signatures(message: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `message` without the Authentication-Results fields that claim `authserv_id` (RFC 8601 5:
+/// only we may write results under our name); `None` when there are none (the usual case: no
+/// copy).
+pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    let forged = |name: &str, value: &[u8]| {
+        name.eq_ignore_ascii_case("Authentication-Results") && {
+            let value = String::from_utf8_lossy(value);
+            // authserv-id [version] ";" ... (comments aside, which claimants rarely use)
+            let id = value.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+            id.eq_ignore_ascii_case(authserv_id)
+        }
+    };
+    if !fields(message).any(|(n, v)| forged(n, v)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut rest = message;
+    for (name, value) in fields(message) {
+        // Each field is a contiguous slice of `message`: copy up to it, then skip it if forged.
+        let start = name.as_ptr() as usize - message.as_ptr() as usize;
+        let end = value.as_ptr() as usize - message.as_ptr() as usize + value.len();
+        let done = message.len() - rest.len();
+        out.extend_from_slice(&message[done..start]);
+        if !forged(name, value) {
+            out.extend_from_slice(&message[start..end]);
+        }
+        rest = &message[end..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +121,21 @@ mod tests {
         assert_eq!(from_domain(m).as_deref(), Some("mail.example.com"));
         assert_eq!(from_domain(b"Subject: none\r\n\r\n"), None);
         assert_eq!(from_domain(b"From: a@b.example\r\n").as_deref(), Some("b.example"));
+    }
+
+    #[test]
+    fn forged_results_are_removed_and_others_kept() {
+        let m = b"Authentication-Results: MX.Example.NET;\r\n dkim=pass header.d=bank.example\r\n\
+                  From: a@b.example\r\nAuthentication-Results: other.example; spf=pass\r\n\
+                  authentication-results: mx.example.net 1; dmarc=pass\r\n\r\n\
+                  Authentication-Results: mx.example.net; in the body\r\n";
+        let out = strip_forged_results(m, "mx.example.net").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "From: a@b.example\r\nAuthentication-Results: other.example; spf=pass\r\n\r\n\
+             Authentication-Results: mx.example.net; in the body\r\n"
+        );
+        assert!(strip_forged_results(b"From: a@b\r\n\r\nx\r\n", "mx.example.net").is_none());
     }
 
     #[test]

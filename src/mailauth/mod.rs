@@ -3,10 +3,12 @@
 //!
 //! - [`key`]: DKIM private keys: loading, generation, the DNS record that publishes them.
 //! - [`sign`]: which keys sign a message (by its From domain) and the signing itself.
+//! - [`verify`]: SPF, DKIM, ARC and DMARC of inbound mail, and the Authentication-Results field.
 
 pub mod headers;
 pub mod key;
 pub mod sign;
+pub mod verify;
 
 pub use key::{DkimAlgorithm, DkimKey, KeyError};
 pub use sign::{DkimSigner, SignError, Signed, SigningService};

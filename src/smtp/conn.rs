@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::listener::Admission;
 use super::{Charge, ListenerContext};
 use crate::delivery_log::Event as LogEvent;
+use crate::mailauth::verify::{Disposition, Envelope as VerifyEnvelope, Scope};
 use crate::metrics;
 use crate::proto::smtp::client::Credentials;
 use crate::proto::smtp::message;
@@ -289,6 +290,60 @@ fn record_events(session: &mut Session, listener: &str) {
     }
 }
 
+/// SPF/DKIM/ARC/DMARC of mail in the verification scope: the Authentication-Results field to
+/// add, or the refusal the policy asks for. Forged results under our name are removed first.
+async fn verify_inbound(ctx: &ListenerContext, tx: &mut Transaction) -> Result<String, StoreError> {
+    let Some(verifier) = &ctx.verify else { return Ok(String::new()) };
+    let local = &ctx.session.local_domains;
+    let in_scope = match ctx.verify_scope {
+        Scope::All => true,
+        Scope::Local => tx
+            .rcpts
+            .iter()
+            .any(|r| local.contains(&r.to.domain().trim_end_matches('.').to_ascii_lowercase())),
+        Scope::Off => false,
+    };
+    if !in_scope {
+        return Ok(String::new());
+    }
+    if let Some(stripped) =
+        crate::mailauth::headers::strip_forged_results(&tx.body, verifier.authserv_id())
+    {
+        tracing::info!(ip = %tx.client_ip, "removed Authentication-Results claiming our name");
+        tx.body = Bytes::from(stripped);
+    }
+    let env = VerifyEnvelope {
+        client_ip: tx.client_ip,
+        helo: &tx.helo,
+        mail_from: tx.mail.from.as_ref().map_or("", |m| m.as_str()),
+    };
+    let verdict = verifier.verify(&env, &tx.body).await;
+    let refused = match verdict.disposition {
+        Disposition::RejectDmarc => Some(StoreError::DmarcReject),
+        Disposition::RejectSpf => Some(StoreError::SpfReject),
+        Disposition::Accept | Disposition::Quarantine => None,
+    };
+    if let Some(e) = refused {
+        tracing::info!(ip = %tx.client_ip, spf = verdict.spf, dmarc = verdict.dmarc, "message refused by policy: {e:?}");
+        return Err(e);
+    }
+    Ok(verdict.headers)
+}
+
+/// DKIM signatures for mail from trusted clients (authenticated, or in relay networks).
+async fn sign_outbound(ctx: &ListenerContext, tx: &Transaction) -> Result<String, StoreError> {
+    if !tx.trusted {
+        return Ok(String::new());
+    }
+    match ctx.dkim.sign(tx.body.clone()).await {
+        Ok(signed) => Ok(signed.headers),
+        Err(e) => {
+            tracing::error!(ip = %tx.client_ip, error = %e, "message refused: DKIM signing failed");
+            Err(StoreError::Signing)
+        }
+    }
+}
+
 fn spool_error(e: &SpoolError) -> StoreError {
     match e {
         SpoolError::NoSpace => StoreError::NoSpace,
@@ -300,24 +355,25 @@ fn spool_error(e: &SpoolError) -> StoreError {
     }
 }
 
-/// Signs (DKIM, trusted clients only), builds the envelope and trace header, and waits until
-/// the spool has made them durable. Refusals are logged here.
-async fn store(ctx: &ListenerContext, tx: Transaction) -> (spool::QueueId, Result<(), StoreError>) {
+/// Verifies (inbound) and signs (trusted clients), builds the envelope and trace header, and
+/// waits until the spool has made them durable. Refusals are logged here.
+async fn store(
+    ctx: &ListenerContext,
+    mut tx: Transaction,
+) -> (spool::QueueId, Result<(), StoreError>) {
     let id = ctx.spool.next_id();
     let now = spool::unix_millis();
-    let signatures = if tx.trusted {
-        match ctx.dkim.sign(tx.body.clone()).await {
-            Ok(signed) => signed.headers,
-            Err(e) => {
-                tracing::error!(ip = %tx.client_ip, error = %e, "message refused: DKIM signing failed");
-                return (id, Err(StoreError::Signing));
-            }
-        }
-    } else {
-        String::new()
+    // Added by sluice, prepended as one buffer ahead of the body as received: retries never
+    // sign or verify again. Signatures first, then our results, then the Received field.
+    let results = match verify_inbound(ctx, &mut tx).await {
+        Ok(headers) => headers,
+        Err(e) => return (id, Err(e)),
     };
-    // Prepended as one buffer, ahead of the body as received: retries never sign again.
-    let mut trace = signatures;
+    let mut trace = match sign_outbound(ctx, &tx).await {
+        Ok(signatures) => signatures,
+        Err(e) => return (id, Err(e)),
+    };
+    trace.push_str(&results);
     trace.push_str(&tx.trace_header(&ctx.session.hostname, &id.to_string(), now / 1000));
     let envelope = Envelope {
         id,

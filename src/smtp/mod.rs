@@ -38,6 +38,9 @@ pub struct ListenerContext {
     pub auth: Arc<AuthContext>,
     /// DKIM keys; mail from trusted clients is signed before it is stored.
     pub dkim: Arc<crate::mailauth::SigningService>,
+    /// SPF/DKIM/DMARC verification (None: off, or not an `smtp` listener).
+    pub verify: Option<Arc<crate::mailauth::verify::Verifier>>,
+    pub verify_scope: crate::mailauth::verify::Scope,
 }
 
 /// Users and brute-force state, shared by every listener.

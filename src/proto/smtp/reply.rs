@@ -135,6 +135,9 @@ pub const STORAGE_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while storing the message; try again later");
 pub const SIGNING_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while signing the message; try again later");
+pub const DMARC_REJECT: Reply =
+    Reply::new(550, "5.7.1", "Rejected by the DMARC policy of the From domain");
+pub const SPF_REJECT: Reply = Reply::new(550, "5.7.23", "SPF validation failed");
 pub const MEMORY_BUDGET: Reply =
     Reply::new(452, "4.3.1", "Insufficient system resources; try again later");
 pub const TOO_MANY_SESSIONS: Reply =

@@ -167,11 +167,15 @@ pub enum RejectReason {
     Pipelining,
     /// A recipient with no mailbox to deliver to (`<postmaster>` without `[local] postmaster`).
     NoMailbox,
+    /// DMARC policy reject of the From domain.
+    Dmarc,
+    /// SPF fail, refused by configuration.
+    Spf,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 22] = [
+    pub const ALL: [RejectReason; 24] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -194,6 +198,8 @@ impl RejectReason {
         RejectReason::Nul,
         RejectReason::MailLoop,
         RejectReason::Pipelining,
+        RejectReason::Dmarc,
+        RejectReason::Spf,
     ];
 
     pub fn label(self) -> &'static str {
@@ -220,6 +226,8 @@ impl RejectReason {
             RejectReason::Nul => "nul",
             RejectReason::MailLoop => "mail_loop",
             RejectReason::Pipelining => "improper_pipelining",
+            RejectReason::Dmarc => "dmarc",
+            RejectReason::Spf => "spf",
         }
     }
 }
@@ -281,6 +289,10 @@ pub enum StoreError {
     ShuttingDown,
     /// DKIM signing failed (a key or library error): 451 4.3.0.
     Signing,
+    /// DMARC `p=reject` failed and `[verify] dmarc_reject = "reject"`: 550 5.7.1.
+    DmarcReject,
+    /// SPF failed and `[verify] spf_fail = "reject"`: 550 5.7.23 (RFC 7372).
+    SpfReject,
 }
 
 #[derive(Debug)]
@@ -494,6 +506,8 @@ impl Session {
             Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL, RejectReason::Storage),
             Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR, RejectReason::Storage),
             Err(StoreError::Signing) => self.reject(reply::SIGNING_ERROR, RejectReason::Storage),
+            Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT, RejectReason::Dmarc),
+            Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT, RejectReason::Spf),
             Err(StoreError::ShuttingDown) => self.close_with(reply::SHUTTING_DOWN, None),
         }
     }
