@@ -125,9 +125,11 @@ impl Verifier {
         &self.hostname
     }
 
-    /// SPF alone (`check_host` for HELO, then MAIL FROM), as RFC 7208's test suite exercises it.
-    pub async fn spf(&self, env: &Envelope<'_>) -> SpfResult {
-        let params = spf_parameters(env, &self.hostname);
+    /// `check_host` (RFC 7208 4) of the MAIL FROM identity, or of `postmaster@<HELO>` for the null
+    /// reverse-path: what RFC 7208's test suite specifies.
+    pub async fn spf_mail_from(&self, env: &Envelope<'_>) -> SpfResult {
+        let params =
+            SpfParameters::mail_from(env.client_ip, env.helo, &self.hostname, env.mail_from);
         self.auth.verify_spf(params).await.result()
     }
 

@@ -16,6 +16,8 @@ struct Zone {
     /// Names that exist (so a missing type is NOERROR/no data, not NXDOMAIN).
     names: HashSet<String>,
     servfail: HashSet<String>,
+    /// (name, type) pairs answered SERVFAIL (a DNS timeout, as fast as a test wants it).
+    servfail_types: HashSet<(String, RecordType)>,
     servfail_all: bool,
     queries: usize,
 }
@@ -25,8 +27,14 @@ pub struct TestDns {
     zone: Arc<Mutex<Zone>>,
 }
 
+/// The lookup key of a name: its presentation form (labels with spaces and the like escaped
+/// the way hickory prints a query name), lower case, fully qualified.
 fn key(name: &str) -> String {
-    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+    let plain = name.trim_end_matches('.');
+    match Name::from_labels(plain.split('.').map(str::as_bytes)) {
+        Ok(n) => format!("{}.", n.to_ascii().trim_end_matches('.')).to_ascii_lowercase(),
+        Err(_) => format!("{plain}.").to_ascii_lowercase(),
+    }
 }
 
 impl TestDns {
@@ -72,6 +80,20 @@ impl TestDns {
             std::net::IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
         self.add(name, rdata);
+        self
+    }
+
+    /// Any record (the RFC 7208 suite brings PTR, CNAME and TXT records of several strings).
+    pub fn record(&self, name: &str, rdata: RData) -> &Self {
+        self.add(name, rdata);
+        self
+    }
+
+    /// Queries of one type for `name` get SERVFAIL; the name exists for other types.
+    pub fn servfail_type(&self, name: &str, t: RecordType) -> &Self {
+        let mut z = self.zone.lock().unwrap();
+        z.names.insert(key(name));
+        z.servfail_types.insert((key(name), t));
         self
     }
 
@@ -122,8 +144,28 @@ fn answer(zone: &Mutex<Zone>, q: &Message) -> Message {
     };
     m.add_query(query.clone());
     let name = key(&query.name().to_ascii());
-    if z.servfail_all || z.servfail.contains(&name) {
+    if z.servfail_all
+        || z.servfail.contains(&name)
+        || z.servfail_types.contains(&(name.clone(), query.query_type()))
+    {
         m.metadata.response_code = ResponseCode::ServFail;
+        return m;
+    }
+    // An alias answers with its CNAME and, when known here, the target's records (one level).
+    if query.query_type() != RecordType::CNAME
+        && !z.records.contains_key(&(name.clone(), query.query_type()))
+        && let Some(cnames) = z.records.get(&(name.clone(), RecordType::CNAME))
+    {
+        for c in cnames {
+            m.add_answer(Record::from_rdata(query.name().clone(), 60, c.clone()));
+            if let RData::CNAME(target) = c
+                && let Some(rdatas) = z.records.get(&(key(&target.to_ascii()), query.query_type()))
+            {
+                for r in rdatas {
+                    m.add_answer(Record::from_rdata(target.0.clone(), 60, r.clone()));
+                }
+            }
+        }
         return m;
     }
     match z.records.get(&(name.clone(), query.query_type())) {
