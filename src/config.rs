@@ -464,7 +464,7 @@ impl Default for ShapingParams {
 
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let s = String::deserialize(d)?;
-    crate::delivery::shaping::parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
+    crate::rate::parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn default_shaping_connections() -> usize {
@@ -883,9 +883,7 @@ impl Config {
                 );
             }
         }
-        if let Err(e) =
-            crate::delivery::shaping::parse_rate(&self.limits.max_connection_rate_per_ip)
-        {
+        if let Err(e) = crate::rate::parse_rate(&self.limits.max_connection_rate_per_ip) {
             return invalid("limits.max_connection_rate_per_ip", e);
         }
         if self.delivery.concurrency == 0 {

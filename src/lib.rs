@@ -27,6 +27,7 @@ pub mod mailauth;
 pub mod metrics;
 pub mod proto;
 pub mod queue;
+pub mod rate;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -161,7 +161,7 @@ pub async fn run(
     };
     let reload_task =
         tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file(), dkim.clone()));
-    let rate = crate::delivery::shaping::parse_rate(&cfg.limits.max_connection_rate_per_ip)
+    let rate = crate::rate::parse_rate(&cfg.limits.max_connection_rate_per_ip)
         .map_err(anyhow::Error::msg)?;
     let limits = listener::ConnectionLimits::new(
         cfg.limits.max_sessions,

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::ShapingConfig;
+pub use crate::rate::Gcra;
 
 /// The effective limits for one destination.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,58 +47,9 @@ fn matches(pattern: &str, name: &str) -> bool {
         || p.strip_prefix("*.").is_some_and(|parent| name.ends_with(&format!(".{parent}")))
 }
 
-/// "100/s", "6000/m", "3600/h" -> messages per second.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let (n, unit) =
-        s.split_once('/').ok_or_else(|| format!("invalid rate {s:?} (e.g. \"100/s\")"))?;
-    let n: f64 = n.trim().parse().map_err(|_| format!("invalid rate {s:?}"))?;
-    let per = match unit.trim() {
-        "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" | "hour" => 3600.0,
-        "d" | "day" => 86_400.0,
-        u => return Err(format!("unknown rate unit {u:?} in {s:?} (s, m, h, d)")),
-    };
-    if n <= 0.0 || !n.is_finite() {
-        return Err(format!("rate {s:?} must be positive"));
-    }
-    Ok(n / per)
-}
-
-/// Generic cell rate algorithm without burst: each message is due one emission interval after
-/// the previous one, shared by every connection of the destination.
-#[derive(Debug)]
-pub struct Gcra {
-    interval: Duration,
-    /// Theoretical arrival time of the next message.
-    tat: Option<Instant>,
-}
-
-impl Gcra {
-    pub fn new(per_second: f64) -> Self {
-        Gcra { interval: Duration::from_secs_f64(1.0 / per_second), tat: None }
-    }
-
-    /// Reserves the next slot; returns how long to wait before sending.
-    pub fn reserve(&mut self, now: Instant) -> Duration {
-        let at = self.tat.map_or(now, |t| t.max(now));
-        self.tat = Some(at + self.interval);
-        at - now
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("100/s"), Ok(100.0));
-        assert_eq!(parse_rate("60/m"), Ok(1.0));
-        assert!(parse_rate("0/s").is_err());
-        assert!(parse_rate("10/week").is_err());
-        assert!(parse_rate("fast").is_err());
-    }
 
     #[test]
     fn gcra_spaces_messages_evenly() {

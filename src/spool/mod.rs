@@ -304,8 +304,8 @@ pub struct SpoolStats {
     pub fsyncs: u64,
 }
 
-/// The durable queue's contract. Implementations decide how records reach the disk (portable
-/// writer now, io_uring later); callers never see the difference.
+/// The durable queue's contract. How records reach the disk (`[spool] writer`: portable writev +
+/// fdatasync, or io_uring) is the implementation's choice; callers never see the difference.
 pub trait Spool: Send + Sync + 'static {
     /// A fresh id for a message about to be stored. Cheap: no I/O.
     fn next_id(&self) -> QueueId;

@@ -68,11 +68,6 @@ impl DataReceiver {
         }
     }
 
-    /// Body bytes held so far (for the memory budget).
-    pub fn held(&self) -> usize {
-        self.written
-    }
-
     /// Examines `buf` (which must start at the first octet of the message text and be passed
     /// again, grown, on every call until an event other than `NeedMore`).
     pub fn ingest(&mut self, buf: &mut BytesMut) -> DataEvent {

@@ -1,7 +1,8 @@
 //! SMTP replies (RFC 5321 4.2) with enhanced status codes (RFC 2034, RFC 3463).
 //!
-//! Every reply the server sends is built here, so codes and texts stay consistent; the session
-//! only chooses which one.
+//! The fixed replies live here, so codes and texts stay consistent; replies that carry a
+//! value (a size, a queue id, an address) are built by the session with [`Reply::new`] or
+//! [`Reply::owned`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -100,7 +101,6 @@ pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Need MAIL before RCPT");
 pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Need RCPT before DATA");
 pub const NO_VALID_RCPT: Reply = Reply::new(554, "5.5.1", "No valid recipients");
 pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1", "DATA not allowed after BDAT");
-pub const BDAT_NOT_NEXT: Reply = Reply::new(503, "5.5.1", "BDAT transaction in progress");
 pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
 pub const MESSAGE_TOO_BIG: Reply =
     Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
