@@ -65,7 +65,7 @@ impl Routes {
                     crate::tls::warn_if_exposed(&a.password_file);
                     Some(Credentials {
                         username: a.username.clone(),
-                        password: pw.trim_end_matches(['\r', '\n']).to_string(),
+                        password: pw.trim_end_matches(['\r', '\n']).into(),
                     })
                 }
             };
@@ -157,7 +157,7 @@ mod tests {
         r.auth = Some(crate::config::RouteAuth { username: "app".into(), password_file: pw });
         let routes = Routes::new(vec![r.clone()], TlsMode::Opportunistic).unwrap();
         let creds = routes.smarthost_policy("relay:587").session.auth.unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("app", "s3cret"));
+        assert_eq!((creds.username.as_str(), creds.password.expose()), ("app", "s3cret"));
         r.auth.as_mut().unwrap().password_file = dir.path().join("missing");
         let err = Routes::new(vec![route(&["x"], None), r], TlsMode::Opportunistic).unwrap_err();
         assert!(err.to_string().starts_with("route[1].auth.password_file"), "{err}");

@@ -233,7 +233,7 @@ async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> 
     let verdict = {
         let Ok(_slot) = auth.verifications.acquire().await else { return AuthResult::Invalid };
         metrics::AUTH_VERIFICATIONS.inc();
-        tokio::task::spawn_blocking(move || users.verify(&creds.username, &creds.password))
+        tokio::task::spawn_blocking(move || users.verify(&creds.username, creds.password.expose()))
             .await
             .ok()
             .flatten()

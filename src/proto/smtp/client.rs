@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use super::command::{Notify, Ret};
 use super::data::dot_stuff;
 use super::reply::Reply;
+use crate::proto::secret::Secret;
 
 /// What the server offered in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,17 +75,12 @@ pub enum TlsPolicy {
     Required,
 }
 
-/// SMTP AUTH credentials for a smart host. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
+/// SMTP AUTH credentials (a client's, or ours for a smart host). The password is a
+/// [`Secret`]: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Credentials {
     pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
-    }
+    pub password: Secret,
 }
 
 /// What the session must establish before it is ready for mail.
@@ -565,7 +561,7 @@ impl Client {
             }
             Expect::AuthLogin(step @ (0 | 1)) if reply.code == 334 => {
                 let creds = self.policy.auth.as_ref().expect("AUTH only with credentials");
-                let secret = if step == 0 { &creds.username } else { &creds.password };
+                let secret = if step == 0 { &creds.username } else { creds.password.expose() };
                 self.queue(format!("{}\r\n", B64.encode(secret)), Expect::AuthLogin(step + 1));
             }
             Expect::AuthPlain | Expect::AuthLogin(_) => {
@@ -603,7 +599,8 @@ impl Client {
             }
             if self.caps.auth.iter().any(|m| m == "PLAIN") {
                 // RFC 4616: authzid (empty) NUL authcid NUL passwd.
-                let token = B64.encode(format!("\0{}\0{}", creds.username, creds.password));
+                let token =
+                    B64.encode(format!("\0{}\0{}", creds.username, creds.password.expose()));
                 self.queue(format!("AUTH PLAIN {token}\r\n"), Expect::AuthPlain);
             } else if self.caps.auth.iter().any(|m| m == "LOGIN") {
                 self.queue("AUTH LOGIN\r\n".to_string(), Expect::AuthLogin(0));

@@ -61,7 +61,7 @@ fn plain(token: &str) -> Result<Credentials, SaslError> {
     if user.is_empty() || (!authz.is_empty() && authz != user.as_bytes()) {
         return Err(SaslError::Malformed);
     }
-    Ok(Credentials { username: user, password: pass })
+    Ok(Credentials { username: user, password: pass.into() })
 }
 
 const USERNAME: &str = "VXNlcm5hbWU6"; // "Username:"
@@ -94,7 +94,7 @@ pub fn step(pending: Pending, line: &str) -> Result<Progress, SaslError> {
         }
         Pending::LoginPassword { user } => {
             let password = text(decode(line)?)?;
-            Ok(Progress::Done(Credentials { username: user, password }))
+            Ok(Progress::Done(Credentials { username: user, password: password.into() }))
         }
     }
 }

@@ -60,7 +60,7 @@ impl Harness {
                 Step::Authenticate(c) => {
                     let r = if self.locked_out {
                         AuthResult::LockedOut
-                    } else if c.password == "s3cret" {
+                    } else if c.password.expose() == "s3cret" {
                         AuthResult::Ok { senders: self.auth_senders.clone() }
                     } else {
                         AuthResult::Invalid
