@@ -243,6 +243,72 @@ mod tests {
         assert_eq!(parse_path(inner, false), Err(AddressError::TooLong));
     }
 
+    /// Randomized: a mailbox built from the grammar (dot-atoms or quoted strings with escapes,
+    /// domains of letter-digit-hyphen labels or address literals) parses back to itself with the
+    /// same local part and domain, after the parameters that follow it; any byte string, fed
+    /// whole, parses or fails without panicking.
+    #[test]
+    fn mailboxes_round_trip_and_garbage_never_panics() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let atext = b"abcXYZ019!#$%&'*+-/=?^_`{|}~";
+        let label = |next: &mut dyn FnMut(u64) -> u64| {
+            let alnum = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let len = 1 + next(12) as usize;
+            (0..len)
+                .map(|i| {
+                    let c = alnum[next(alnum.len() as u64) as usize];
+                    if i > 0 && i + 1 < len && next(5) == 0 { '-' } else { c as char }
+                })
+                .collect::<String>()
+        };
+        for _ in 0..2000 {
+            let local = if next(4) == 0 {
+                let body: String = (0..1 + next(10))
+                    .map(|_| match next(8) {
+                        0 => "\\\"".to_string(),
+                        1 => " ".to_string(),
+                        2 => ">".to_string(),
+                        _ => (atext[next(atext.len() as u64) as usize] as char).to_string(),
+                    })
+                    .collect();
+                format!("\"{body}\"")
+            } else {
+                (0..1 + next(3))
+                    .map(|_| {
+                        (0..1 + next(8))
+                            .map(|_| atext[next(atext.len() as u64) as usize] as char)
+                            .collect::<String>()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            };
+            let domain = match next(6) {
+                0 => format!("[192.0.2.{}]", next(256)),
+                1 => "[IPv6:2001:db8::1]".to_string(),
+                _ => (0..1 + next(3)).map(|_| label(&mut next)).collect::<Vec<_>>().join("."),
+            };
+            let mailbox = format!("{local}@{domain}");
+            let arg = format!("<{mailbox}> SIZE=1");
+            let (inner, rest) = split_path(&arg).unwrap();
+            assert_eq!(rest, "SIZE=1", "{mailbox}");
+            let m =
+                parse_path(inner, false).unwrap_or_else(|e| panic!("{mailbox}: {e:?}")).unwrap();
+            assert_eq!(m.as_str(), mailbox);
+            assert_eq!((m.local_part(), m.domain()), (local.as_str(), domain.as_str()));
+
+            let garbage: Vec<u8> = (0..next(40)).map(|_| next(256) as u8).collect();
+            let text = String::from_utf8_lossy(&garbage);
+            let _ = split_path(&text).and_then(|(inner, _)| parse_path(inner, true));
+            let _ = parse_path(&text, false);
+        }
+    }
+
     #[test]
     fn domain_of_mailbox() {
         let m = parse_path("\"x@y\"@Example.COM", false).unwrap().unwrap();
