@@ -249,9 +249,7 @@ impl Connection {
 
 fn failure(f: ClientFailure) -> DeliveryError {
     match f {
-        ClientFailure::Refused(r) if r.code == 421 && r.text.starts_with("connection lost") => {
-            DeliveryError::ConnectionLost(r.text.to_string())
-        }
+        ClientFailure::Disconnected(reason) => DeliveryError::ConnectionLost(reason),
         ClientFailure::Refused(r) => DeliveryError::Reply(r),
         ClientFailure::Protocol(p) => DeliveryError::Protocol(p),
         ClientFailure::Unsendable(r) => DeliveryError::Unsendable(r),

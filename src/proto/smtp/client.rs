@@ -152,6 +152,8 @@ pub enum ClientFailure {
     Tls(String),
     /// Authentication failed or was impossible (no common mechanism, no TLS).
     Auth(String),
+    /// The connection ended (EOF or a socket error) with commands outstanding.
+    Disconnected(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,14 +449,10 @@ impl Client {
         }
     }
 
-    /// The connection ended (EOF or error): whatever is in flight fails with `reply`.
+    /// The connection ended (EOF or error): whatever is in flight fails as disconnected.
     pub fn handle_disconnect(&mut self, reason: &str) {
         if !self.closed && self.outstanding.front() != Some(&Expect::Quit) {
-            self.fail(ClientFailure::Refused(Reply::owned(
-                421,
-                "4.4.2",
-                format!("connection lost: {reason}"),
-            )));
+            self.fail(ClientFailure::Disconnected(reason.to_string()));
         }
         self.closed = true;
     }
