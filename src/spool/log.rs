@@ -4,8 +4,7 @@
 //! one fdatasync, wake every waiter) and one checkpoint thread (save the index to redb, then
 //! delete dead segments). Sessions never wait on each other except through the batch they share.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::IoSlice;
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +18,9 @@ use tokio::sync::oneshot;
 use super::index::{CheckpointStore, Location, Position};
 use super::record::{self, Encoded, Record};
 use super::recovery::{self, Recovered};
+use super::segment::{
+    CommitQueue, Op, Writer, batch_len, batch_slices, list_segments, segment_path,
+};
 use super::state::{Applied, Apply, IndexState};
 use super::{
     Envelope, NewMessage, QueueId, RecipientState, RecipientUpdate, Spool, SpoolError, SpoolStats,
@@ -135,36 +137,6 @@ struct Pending {
     closed: bool,
 }
 
-pub(super) struct Op {
-    rec: Encoded,
-    apply: Apply,
-    done: Option<oneshot::Sender<Result<(), SpoolError>>>,
-    queued_at: Instant,
-}
-
-pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("seg-{n:016x}.log"))
-}
-
-fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
-    let mut segs = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(hex) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log"))
-            && let Ok(n) = u64::from_str_radix(hex, 16)
-        {
-            segs.push(n);
-        }
-    }
-    segs.sort_unstable();
-    Ok(segs)
-}
-
-pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn free_space(dir: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return u64::MAX };
@@ -176,82 +148,8 @@ fn free_space(dir: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// The segment file being appended to; owned by the commit thread.
-pub(super) struct Writer {
-    dir: PathBuf,
-    pub(super) segment: u64,
-    pub(super) file: File,
-    /// Bytes durably written (acknowledged) so far.
-    pub(super) len: u64,
-}
-
-impl Writer {
-    fn create(dir: &Path, segment: u64) -> std::io::Result<Writer> {
-        // No O_APPEND: the io_uring writer places each batch at an explicit offset, and with
-        // O_APPEND Linux would ignore it. The portable writer writes at `len` with pwritev.
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .read(true)
-            .open(segment_path(dir, segment))?;
-        // The new name must survive a power cut before any record in it is acknowledged.
-        sync_dir(dir)?;
-        Ok(Writer { dir: dir.to_path_buf(), segment, file, len: 0 })
-    }
-
-    /// Writes all slices at the end of the acknowledged data and makes them durable.
-    fn write_durably(&mut self, mut slices: &mut [IoSlice<'_>], sync: bool) -> std::io::Result<()> {
-        let mut off = self.len;
-        while !slices.is_empty() {
-            let n = pwritev(&self.file, slices, off)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            off += n as u64;
-            IoSlice::advance_slices(&mut slices, n);
-        }
-        if !sync {
-            return Ok(()); // test hook only (`unsafe_skip_sync`)
-        }
-        let t = Instant::now();
-        self.file.sync_data()?;
-        metrics::SPOOL_FSYNC_SECONDS.observe(t.elapsed().as_secs_f64());
-        metrics::SPOOL_FSYNCS.inc();
-        Ok(())
-    }
-}
-
 /// Index entries serialized and saved per checkpoint transaction.
 const CHECKPOINT_CHUNK: usize = 20_000;
-
-pub(super) fn batch_len(ops: &[Op]) -> u64 {
-    ops.iter().map(|o| o.rec.len() as u64).sum()
-}
-
-/// The batch as one list of slices: each record's header, trace and body, never copied.
-pub(super) fn batch_slices(ops: &[Op]) -> Vec<IoSlice<'_>> {
-    let mut slices = Vec::with_capacity(ops.len() * 3);
-    for op in ops {
-        slices.push(IoSlice::new(&op.rec.head));
-        for part in [&op.rec.trace, &op.rec.body] {
-            if !part.is_empty() {
-                slices.push(IoSlice::new(part));
-            }
-        }
-    }
-    slices
-}
-
-/// `pwritev(2)`: std has no stable positional vectored write.
-fn pwritev(file: &File, slices: &[IoSlice<'_>], offset: u64) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let count = slices.len().min(1024) as libc::c_int; // IOV_MAX
-    // SAFETY: IoSlice is ABI-compatible with iovec, and the slices outlive the call.
-    let n = unsafe {
-        libc::pwritev(file.as_raw_fd(), slices.as_ptr().cast(), count, offset as libc::off_t)
-    };
-    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
-}
 
 impl LogSpool {
     /// Opens the spool, recovering from the log (and the index checkpoint when it is usable).
@@ -437,7 +335,7 @@ impl Shared {
     fn wake_committer(&self) {
         self.wake.notify_all();
         if let Some(fd) = self.eventfd.get() {
-            super::uring::signal(fd);
+            super::uring::signal(std::os::fd::AsRawFd::as_raw_fd(fd));
         }
     }
 
@@ -664,6 +562,34 @@ impl Shared {
             st.seg_bytes.remove(&seg);
         }
         st.publish_gauges();
+    }
+}
+
+/// The io_uring loop reaches the spool only through this trait.
+impl CommitQueue for Shared {
+    fn take(&self, max: usize, wait: bool) -> (Vec<Op>, bool) {
+        Shared::take(self, max, wait)
+    }
+    fn acknowledge(&self, writer: &mut Writer, ops: Vec<Op>, synced: bool) {
+        Shared::acknowledge(self, writer, ops, synced)
+    }
+    fn refuse(&self, ops: Vec<Op>, e: &std::io::Error) {
+        Shared::refuse(self, ops, e)
+    }
+    fn repair(&self, writer: &mut Writer, cause: &std::io::Error) {
+        Shared::repair(self, writer, cause)
+    }
+    fn roll(&self, writer: &mut Writer) -> std::io::Result<()> {
+        Shared::roll(self, writer)
+    }
+    fn segment_size(&self) -> u64 {
+        self.opts.segment_size
+    }
+    fn set_eventfd(&self, fd: std::os::fd::OwnedFd) {
+        let _ = self.eventfd.set(fd);
+    }
+    fn eventfd(&self) -> Option<std::os::fd::RawFd> {
+        self.eventfd.get().map(std::os::fd::AsRawFd::as_raw_fd)
     }
 }
 

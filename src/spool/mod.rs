@@ -16,6 +16,7 @@ pub mod lock;
 mod log;
 mod record;
 mod recovery;
+mod segment;
 mod state;
 mod uring;
 

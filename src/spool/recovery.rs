@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::Path;
 
 use super::index::{CheckpointStore, OpenError, Position};
-use super::log::{segment_path, sync_dir};
 use super::record::{self, Invalid, Record};
+use super::segment::{segment_path, sync_dir};
 use super::state::{Apply, IndexState};
 use super::{QueueId, SpoolError, SpoolOptions};
 use crate::metrics;

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::log::{Op, Shared, Writer, batch_len, batch_slices};
+use super::segment::{CommitQueue, Op, Writer, batch_len, batch_slices};
 use crate::metrics;
 
 /// Records per batch at most: keeps a batch's SQEs (one per 1,024 slices, plus the sync) far
@@ -79,11 +79,11 @@ impl Ring {
 }
 
 /// Wakes the io_uring commit thread (adds 1 to the eventfd).
-pub fn signal(fd: &OwnedFd) {
+pub fn signal(fd: RawFd) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure (counter full)
     // means a wake-up is already pending.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
 }
 
 /// A batch the kernel may still be reading from: its records and the iovecs pointing at them
@@ -178,8 +178,8 @@ impl Batch {
     }
 }
 
-struct Loop {
-    shared: Arc<Shared>,
+struct Loop<Q: CommitQueue> {
+    shared: Arc<Q>,
     writer: Writer,
     ring: IoUring,
     eventfd: RawFd,
@@ -192,9 +192,9 @@ struct Loop {
     end: u64,
 }
 
-pub fn commit_loop(shared: Arc<Shared>, writer: Writer, ring: Ring) {
+pub(super) fn commit_loop<Q: CommitQueue>(shared: Arc<Q>, writer: Writer, ring: Ring) {
     let fd = ring.eventfd.as_raw_fd();
-    let _ = shared.eventfd.set(ring.eventfd);
+    shared.set_eventfd(ring.eventfd);
     let end = writer.len;
     let mut l = Loop {
         shared,
@@ -210,7 +210,7 @@ pub fn commit_loop(shared: Arc<Shared>, writer: Writer, ring: Ring) {
     l.run();
 }
 
-impl Loop {
+impl<Q: CommitQueue> Loop<Q> {
     fn run(&mut self) {
         loop {
             let mut closed = false;
@@ -245,7 +245,7 @@ impl Loop {
     /// Starts writing a batch, after the ones in flight (or in a new segment).
     fn start(&mut self, ops: Vec<Op>) {
         let total = batch_len(&ops);
-        if self.end > 0 && self.end + total > self.shared.opts.segment_size {
+        if self.end > 0 && self.end + total > self.shared.segment_size() {
             // A new segment: everything in flight lands in the old one first.
             self.drain();
             if let Err(e) = self.shared.roll(&mut self.writer) {
@@ -288,7 +288,7 @@ impl Loop {
     /// Completes an armed eventfd read before the buffer goes away.
     fn disarm(&mut self) {
         while self.event_armed {
-            if let Some(fd) = self.shared.eventfd.get() {
+            if let Some(fd) = self.shared.eventfd() {
                 signal(fd);
             }
             let _ = self.ring.submit_and_wait(1);

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::fs::OpenOptions;
 
 use super::*;
 use crate::spool::RecipientState;
