@@ -22,6 +22,7 @@ pub mod config;
 pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
+pub mod domain;
 pub mod domain_labels;
 pub mod mailauth;
 pub mod metrics;

@@ -64,7 +64,7 @@ impl TestHooks {
     }
 }
 
-/// Runs the server until `shutdown` completes.
+/// Runs the server until `shutdown` completes: each step below is one phase of its life.
 pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
@@ -75,6 +75,43 @@ pub async fn run(
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     // One owner per data dir, before anything in it is opened (a second daemon touches nothing).
     let _lock = DataDirLock::acquire(&cfg.data_dir, LockMode::Exclusive)?;
+    let spool = open_spool(&cfg, hooks).await?;
+    let intake = Intake::load(&cfg, spool.clone())?;
+    let reload_task = tokio::spawn(reload_on_sighup(
+        intake.tls.clone(),
+        intake.auth.clone(),
+        cfg.users_file(),
+        intake.dkim.clone(),
+    ));
+    let stop = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    let accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
+    let deliveries = TaskTracker::new();
+    let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
+    let admin_task = start_admin(&cfg, spool.clone(), dispatcher, &stop, &mut bound).await?;
+    let addr_file = addresses_file(&cfg);
+    std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
+
+    shutdown.await;
+    tracing::info!("stopping: no new connections; draining sessions");
+    stop.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    let _ = dispatch_task.await;
+    drain(&cfg, &sessions, &deliveries).await;
+    let _ = admin_task.await;
+    reload_task.abort();
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || s.close()).await?;
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens (and recovers) the spool on a blocking thread.
+async fn open_spool(cfg: &Config, hooks: TestHooks) -> anyhow::Result<Arc<dyn Spool>> {
     let opts = SpoolOptions {
         segment_size: cfg.spool.segment_size,
         checkpoint_interval: cfg.spool.checkpoint_interval,
@@ -90,13 +127,72 @@ pub async fn run(
             "UNSAFE: the spool acknowledges messages before they are durable (test hook); mail WILL be lost"
         );
     }
-    let spool: Arc<dyn Spool> = Arc::new(
+    Ok(Arc::new(
         tokio::task::spawn_blocking(move || LogSpool::open(opts))
             .await?
             .context("opening the spool")?,
-    );
+    ))
+}
 
-    let session = Arc::new(SessionConfig {
+/// What every listener shares: the spool, the session policy, certificates, users, keys, the
+/// verifier, connection limits, the memory budget and the delivery log.
+struct Intake {
+    spool: Arc<dyn Spool>,
+    session: Arc<SessionConfig>,
+    tls: Option<Arc<crate::tls::ReloadableServer>>,
+    auth: Arc<crate::smtp::AuthContext>,
+    dkim: Arc<crate::mailauth::SigningService>,
+    verifier: Option<Arc<crate::mailauth::verify::Verifier>>,
+    limits: Arc<listener::ConnectionLimits>,
+    budget: Arc<crate::smtp::MemoryBudget>,
+    /// Woken after each stored message, so delivery starts at once.
+    stored: Arc<tokio::sync::Notify>,
+    log: crate::delivery_log::DeliveryLog,
+}
+
+impl Intake {
+    fn load(cfg: &Config, spool: Arc<dyn Spool>) -> anyhow::Result<Intake> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(Arc::new(
+                crate::tls::ReloadableServer::load(&t.cert, &t.key).context("loading [tls]")?,
+            )),
+            None => None,
+        };
+        let (dkim, verifier) = load_mailauth(cfg)?;
+        let rate = crate::rate::parse_rate(&cfg.limits.max_connection_rate_per_ip)
+            .map_err(anyhow::Error::msg)?;
+        let exempt =
+            if cfg.limits.exempt_relay_networks { cfg.relay.networks.clone() } else { Vec::new() };
+        let log = crate::delivery_log::DeliveryLog::start(crate::delivery_log::LogOptions {
+            file: cfg.delivery_log.file.then(|| cfg.data_dir.join("log").join("delivery.jsonl")),
+            max_size: cfg.delivery_log.max_size,
+            keep: cfg.delivery_log.keep,
+            stdout: cfg.delivery_log.stdout,
+        })
+        .context("starting the delivery log")?;
+        Ok(Intake {
+            spool,
+            session: Arc::new(session_config(cfg)),
+            tls,
+            auth: load_auth(cfg)?,
+            dkim,
+            verifier,
+            limits: listener::ConnectionLimits::new(
+                cfg.limits.max_sessions,
+                cfg.limits.max_sessions_per_ip,
+                rate,
+                exempt,
+            ),
+            budget: crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize),
+            stored: Arc::new(tokio::sync::Notify::new()),
+            log,
+        })
+    }
+}
+
+/// The SMTP session policy from `[limits]`, `[relay]` and `[local]`.
+fn session_config(cfg: &Config) -> SessionConfig {
+    SessionConfig {
         hostname: cfg.hostname.clone(),
         max_message_size: cfg.limits.max_message_size as usize,
         max_recipients: cfg.limits.max_recipients,
@@ -120,16 +216,14 @@ pub async fn run(
             .as_deref()
             .and_then(|p| crate::proto::smtp::address::parse_path(p, false).ok().flatten()),
         ..SessionConfig::default()
-    });
-    let tls = match &cfg.tls {
-        Some(t) => Some(Arc::new(
-            crate::tls::ReloadableServer::load(&t.cert, &t.key).context("loading [tls]")?,
-        )),
-        None => None,
-    };
+    }
+}
+
+/// AUTH users and the brute-force lockout.
+fn load_auth(cfg: &Config) -> anyhow::Result<Arc<crate::smtp::AuthContext>> {
     let users = crate::auth::users::Users::load(&cfg.users_file()).context("loading users")?;
     tracing::info!(users = users.len(), file = %cfg.users_file().display(), "AUTH users loaded");
-    let auth = Arc::new(crate::smtp::AuthContext {
+    Ok(Arc::new(crate::smtp::AuthContext {
         verifications: tokio::sync::Semaphore::new(cfg.auth.max_concurrent_verifications.max(1)),
         users: std::sync::RwLock::new(Arc::new(users)),
         lockout: crate::auth::lockout::Lockout::new(crate::auth::lockout::LockoutPolicy {
@@ -139,12 +233,19 @@ pub async fn run(
             lock_users: cfg.auth.lock_users,
             failure_delay: cfg.auth.failure_delay,
         }),
-    });
+    }))
+}
+
+type MailAuth =
+    (Arc<crate::mailauth::SigningService>, Option<Arc<crate::mailauth::verify::Verifier>>);
+
+/// DKIM keys (`[[dkim]]`) and the verifier of inbound mail (`[verify]`).
+fn load_mailauth(cfg: &Config) -> anyhow::Result<MailAuth> {
     let dkim = Arc::new(
         crate::mailauth::SigningService::new(cfg.dkim.clone()).context("loading [[dkim]] keys")?,
     );
     for d in &cfg.dkim {
-        crate::metrics::DKIM_SIGNATURES.with_label_values(&[&d.domain, d.algorithm.as_str()]);
+        metrics::DKIM_SIGNATURES.with_label_values(&[&d.domain, d.algorithm.as_str()]);
         tracing::info!(domain = %d.domain, selector = %d.selector, algorithm = d.algorithm.as_str(), default = d.default, "DKIM key loaded");
     }
     let verifier = match cfg.verify.scope {
@@ -159,28 +260,17 @@ pub async fn run(
             .map_err(anyhow::Error::msg)?,
         )),
     };
-    let reload_task =
-        tokio::spawn(reload_on_sighup(tls.clone(), auth.clone(), cfg.users_file(), dkim.clone()));
-    let rate = crate::rate::parse_rate(&cfg.limits.max_connection_rate_per_ip)
-        .map_err(anyhow::Error::msg)?;
-    let limits = listener::ConnectionLimits::new(
-        cfg.limits.max_sessions,
-        cfg.limits.max_sessions_per_ip,
-        rate,
-        if cfg.limits.exempt_relay_networks { cfg.relay.networks.clone() } else { Vec::new() },
-    );
-    let budget = crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize);
-    let stored = Arc::new(tokio::sync::Notify::new());
-    let log = crate::delivery_log::DeliveryLog::start(crate::delivery_log::LogOptions {
-        file: cfg.delivery_log.file.then(|| cfg.data_dir.join("log").join("delivery.jsonl")),
-        max_size: cfg.delivery_log.max_size,
-        keep: cfg.delivery_log.keep,
-        stdout: cfg.delivery_log.stdout,
-    })
-    .context("starting the delivery log")?;
-    let stop = CancellationToken::new();
-    let sessions = TaskTracker::new();
-    let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    Ok((dkim, verifier))
+}
+
+/// Binds every `[[listener]]` and starts its accept loop.
+async fn bind_listeners(
+    cfg: &Config,
+    intake: &Intake,
+    stop: &CancellationToken,
+    sessions: &TaskTracker,
+    bound: &mut BTreeMap<String, Vec<SocketAddr>>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut accept_loops = Vec::new();
     for l in &cfg.listener {
         let sock = TcpListener::bind(l.address)
@@ -189,48 +279,57 @@ pub async fn run(
         let addr = sock.local_addr()?;
         tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
         bound.entry(l.name()).or_default().push(addr);
-        let has_users = !auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let has_users = !intake.auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
         let submission = l.mode != ListenerMode::Smtp;
         let listener_session = Arc::new(SessionConfig {
-            starttls: tls.is_some() && l.mode != ListenerMode::Submissions,
+            starttls: intake.tls.is_some() && l.mode != ListenerMode::Submissions,
             // AUTH is offered wherever users exist (on `smtp` too, for relaying clients), and
             // submission demands it even before any user exists.
             auth: has_users || submission,
             auth_required: submission,
             auth_needs_tls: !(cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback()),
-            ..(*session).clone()
+            ..(*intake.session).clone()
         });
         let ctx = Arc::new(ListenerContext {
             name: l.name(),
             session: listener_session,
-            spool: spool.clone(),
+            spool: intake.spool.clone(),
             command_timeout: cfg.limits.command_timeout,
             data_timeout: cfg.limits.data_timeout,
-            limits: limits.clone(),
-            budget: budget.clone(),
-            stored: stored.clone(),
-            log: log.clone(),
-            tls: tls.clone(),
+            limits: intake.limits.clone(),
+            budget: intake.budget.clone(),
+            stored: intake.stored.clone(),
+            log: intake.log.clone(),
+            tls: intake.tls.clone(),
             implicit_tls: l.mode == ListenerMode::Submissions,
             greet_pause: cfg.limits.greet_pause,
             min_data_rate: cfg.limits.min_data_rate,
-            auth: auth.clone(),
-            dkim: dkim.clone(),
-            verify: verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
+            auth: intake.auth.clone(),
+            dkim: intake.dkim.clone(),
+            verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
             verify_scope: cfg.verify.scope,
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
+    Ok(accept_loops)
+}
 
-    // Delivery: the dispatcher hands due recipients to their next hop.
+/// The dispatcher that hands due recipients to their next hop (idle with `[delivery] enabled =
+/// false`).
+fn start_delivery(
+    cfg: &Config,
+    intake: &Intake,
+    stop: &CancellationToken,
+    deliveries: &TaskTracker,
+) -> anyhow::Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>)> {
     let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls)?;
     let dns = Arc::new(crate::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?);
     let recorder = Recorder {
-        spool: spool.clone(),
+        spool: intake.spool.clone(),
         schedule: RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),
         helo: cfg.hostname.clone(),
-        wake: stored.clone(),
-        log: log.clone(),
+        wake: intake.stored.clone(),
+        log: intake.log.clone(),
         delay_notice: cfg.queue.delay_notice,
         labels: Arc::new(crate::domain_labels::DomainLabels::new(
             &cfg.metrics.domains,
@@ -254,14 +353,23 @@ pub async fn run(
             concurrency: cfg.delivery.concurrency,
         },
     );
-    let deliveries = TaskTracker::new();
-    let dispatch_task = if cfg.delivery.enabled {
+    let task = if cfg.delivery.enabled {
         tokio::spawn(dispatcher.clone().run(stop.clone(), deliveries.clone()))
     } else {
         tracing::warn!("[delivery] enabled = false: mail is accepted and kept, not delivered");
         tokio::spawn(async {})
     };
+    Ok((dispatcher, task))
+}
 
+/// The admin HTTP listener (metrics, health, queue API), behind its token guard.
+async fn start_admin(
+    cfg: &Config,
+    spool: Arc<dyn Spool>,
+    dispatcher: Arc<Dispatcher>,
+    stop: &CancellationToken,
+    bound: &mut BTreeMap<String, Vec<SocketAddr>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let admin_sock = TcpListener::bind(cfg.admin.address)
         .await
         .with_context(|| format!("binding admin on {}", cfg.admin.address))?;
@@ -279,23 +387,17 @@ pub async fn run(
         &cfg.admin.hostnames,
         cfg.admin.metrics_need_token,
     )?);
-    let app = admin::router(spool.clone(), dispatcher.clone(), stop.clone(), guard);
+    let app = admin::router(spool, dispatcher, stop.clone(), guard);
     let admin_stop = stop.clone();
-    let admin_task = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let _ = axum::serve(admin_sock, app)
             .with_graceful_shutdown(async move { admin_stop.cancelled().await })
             .await;
-    });
-    let addr_file = addresses_file(&cfg);
-    std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
+    }))
+}
 
-    shutdown.await;
-    tracing::info!("stopping: no new connections; draining sessions");
-    stop.cancel();
-    for l in accept_loops {
-        let _ = l.await;
-    }
-    let _ = dispatch_task.await;
+/// Waits for sessions and deliveries to finish, at most `shutdown_timeout`.
+async fn drain(cfg: &Config, sessions: &TaskTracker, deliveries: &TaskTracker) {
     sessions.close();
     deliveries.close();
     let drained = async {
@@ -309,13 +411,6 @@ pub async fn run(
             "shutdown timeout: stopping with work in flight (it stays queued)"
         );
     }
-    let _ = admin_task.await;
-    reload_task.abort();
-    let s = spool.clone();
-    tokio::task::spawn_blocking(move || s.close()).await?;
-    let _ = std::fs::remove_file(&addr_file);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// SIGHUP: re-read the TLS certificate, the users file and the DKIM keys. Open sessions keep

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::conn::HopPolicy;
 use crate::config::{RouteConfig, TlsMode};
+use crate::domain::pattern_matches as matches;
 use crate::proto::smtp::client::{Credentials, Policy, TlsPolicy};
 use crate::tls::TlsError;
 
@@ -91,7 +92,7 @@ impl Routes {
     }
 
     fn route(&self, domain: &str) -> Option<&(RouteConfig, HopPolicy)> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = crate::domain::normalize(domain);
         self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
     }
 
@@ -101,17 +102,6 @@ impl Routes {
             Some(a) => NextHop::SmartHost { address: a.clone() },
             None => NextHop::Mx,
         }
-    }
-}
-
-fn matches(pattern: &str, domain: &str) -> bool {
-    let p = pattern.trim_end_matches('.').to_ascii_lowercase();
-    if p == "*" {
-        return true;
-    }
-    match p.strip_prefix("*.") {
-        Some(parent) => domain.len() > parent.len() + 1 && domain.ends_with(&format!(".{parent}")),
-        None => p == domain,
     }
 }
 

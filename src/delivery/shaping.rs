@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::ShapingConfig;
+use crate::domain::pattern_matches as matches;
 pub use crate::rate::Gcra;
 
 /// The effective limits for one destination.
@@ -28,7 +29,7 @@ impl Limits {
             rate: d.rate,
             idle_timeout: d.idle_timeout,
         };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = crate::domain::normalize(name);
         if let Some(r) = cfg.rule.iter().find(|r| r.patterns.iter().any(|p| matches(p, &name))) {
             l.connections = r.connections.unwrap_or(l.connections);
             l.messages_per_connection =
@@ -38,13 +39,6 @@ impl Limits {
         }
         l
     }
-}
-
-fn matches(pattern: &str, name: &str) -> bool {
-    let p = pattern.trim_end_matches('.').to_ascii_lowercase();
-    p == "*"
-        || p == name
-        || p.strip_prefix("*.").is_some_and(|parent| name.ends_with(&format!(".{parent}")))
 }
 
 #[cfg(test)]
