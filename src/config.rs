@@ -172,12 +172,6 @@ fn default_lockout() -> Duration {
     Duration::from_secs(15 * 60)
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-
 impl Config {
     /// The users file in use.
     /// The admin API token file.
@@ -373,12 +367,6 @@ fn default_promote_after() -> u64 {
     100
 }
 
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-
 /// The JSON-lines delivery log (`<data_dir>/log/delivery.jsonl`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,12 +390,6 @@ fn default_log_max_size() -> u64 {
 }
 fn default_log_keep() -> usize {
     5
-}
-
-impl Default for DeliveryLogConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -454,12 +436,6 @@ pub struct ShapingRule {
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
-}
-
-impl Default for ShapingParams {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
 }
 
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -561,12 +537,6 @@ fn default_dmarc_reject() -> crate::mailauth::verify::DmarcAction {
 }
 fn default_spf_fail() -> crate::mailauth::verify::SpfAction {
     crate::mailauth::verify::SpfAction::Tag
-}
-
-impl Default for VerifyConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -677,46 +647,32 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-impl Default for Admin {
-    fn default() -> Self {
-        Admin {
-            address: default_admin_address(),
-            token_file: None,
-            hostnames: Vec::new(),
-            metrics_need_token: false,
+/// `Default` for sections whose every field has a serde default: the defaults live in one
+/// place (the `#[serde(default = ...)]` attributes), never restated.
+macro_rules! default_from_serde {
+    ($($t:ty),* $(,)?) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("defaults deserialize")
+            }
         }
-    }
+    )*};
 }
-impl Default for Relay {
-    fn default() -> Self {
-        Relay { networks: default_relay_networks() }
-    }
-}
-impl Default for Limits {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-impl Default for Queue {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
-impl Default for Config {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults deserialize")
-    }
-}
+
+default_from_serde!(
+    Admin,
+    Relay,
+    AuthConfig,
+    MetricsConfig,
+    DeliveryLogConfig,
+    ShapingParams,
+    VerifyConfig,
+    Limits,
+    Queue,
+    SpoolConfig,
+    DeliveryConfig,
+    Config
+);
 
 fn system_hostname() -> Option<String> {
     let mut buf = [0u8; 256];
