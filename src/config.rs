@@ -759,18 +759,25 @@ impl Config {
     }
 
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, msg: String| {
-            Err(ConfigError::Invalid { file: file.into(), key: key.into(), msg })
-        };
+        self.check_listeners()
+            .and_then(|()| self.check_limits())
+            .and_then(|()| self.check_delivery())
+            .and_then(|()| self.check_local())
+            .and_then(|()| self.check_dkim())
+            .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
+    }
+
+    /// `[[listener]]`: TLS where the mode needs it, no address twice.
+    fn check_listeners(&self) -> Check {
         if self.listener.is_empty() {
-            return invalid("listener", "at least one [[listener]] is needed".into());
+            return invalid_key("listener", "at least one [[listener]] is needed".into());
         }
         for (i, l) in self.listener.iter().enumerate() {
             let plaintext_ok = l.mode == ListenerMode::Submission
                 && self.auth.plaintext_on_loopback
                 && l.address.ip().is_loopback();
             if l.mode != ListenerMode::Smtp && self.tls.is_none() && !plaintext_ok {
-                return invalid(
+                return invalid_key(
                     &format!("listener[{i}].mode"),
                     format!(
                         "mode {:?} needs TLS: set [tls] cert and key (`sluice tls self-signed` makes a test pair)",
@@ -784,24 +791,32 @@ impl Config {
             if self.listener[..i].iter().any(|o| o.address == l.address && l.address.port() != 0)
                 || l.address == self.admin.address && l.address.port() != 0
             {
-                return invalid(
+                return invalid_key(
                     &format!("listener[{i}].address"),
                     format!("{} is used twice", l.address),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `[limits]`, `[queue]` and `[spool]`: sizes within RFC minimums and sane bounds.
+    fn check_limits(&self) -> Check {
         let lim = &self.limits;
         if lim.max_message_size == 0 || lim.max_message_size > 1 << 30 {
-            return invalid("limits.max_message_size", "must be between 1 byte and 1GiB".into());
+            return invalid_key(
+                "limits.max_message_size",
+                "must be between 1 byte and 1GiB".into(),
+            );
         }
         if lim.max_command_line < 512 {
-            return invalid(
+            return invalid_key(
                 "limits.max_command_line",
                 "RFC 5321 4.5.3.1.4 requires at least 512".into(),
             );
         }
         if lim.max_line_length < 1000 {
-            return invalid(
+            return invalid_key(
                 "limits.max_line_length",
                 "RFC 5321 4.5.3.1.6 requires at least 1000".into(),
             );
@@ -812,85 +827,106 @@ impl Config {
             ("limits.max_sessions_per_ip", lim.max_sessions_per_ip),
         ] {
             if v == 0 {
-                return invalid(key, "must be at least 1".into());
+                return invalid_key(key, "must be at least 1".into());
             }
         }
         if lim.max_errors == 0 {
-            return invalid("limits.max_errors", "must be at least 1".into());
+            return invalid_key("limits.max_errors", "must be at least 1".into());
         }
         if self.queue.retry.is_empty() || self.queue.retry.iter().any(|d| d.is_zero()) {
-            return invalid("queue.retry", "needs at least one non-zero interval".into());
+            return invalid_key("queue.retry", "needs at least one non-zero interval".into());
         }
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
-            return invalid("spool.segment_size", "must be between 1MiB and 1GiB".into());
+            return invalid_key("spool.segment_size", "must be between 1MiB and 1GiB".into());
         }
+        Ok(())
+    }
+
+    /// `[shaping]`, `[delivery]` and `[[route]]`.
+    fn check_delivery(&self) -> Check {
         let d = &self.shaping.default;
         if d.connections == 0 || d.messages_per_connection == 0 {
-            return invalid(
+            return invalid_key(
                 "shaping.default",
                 "connections and messages_per_connection must be at least 1".into(),
             );
         }
         for (i, r) in self.shaping.rule.iter().enumerate() {
             if r.connections == Some(0) || r.messages_per_connection == Some(0) {
-                return invalid(
+                return invalid_key(
                     &format!("shaping.rule[{i}]"),
                     "connections and messages_per_connection must be at least 1".into(),
                 );
             }
         }
         if let Err(e) = crate::rate::parse_rate(&self.limits.max_connection_rate_per_ip) {
-            return invalid("limits.max_connection_rate_per_ip", e);
+            return invalid_key("limits.max_connection_rate_per_ip", e);
         }
         if self.delivery.concurrency == 0 {
-            return invalid("delivery.concurrency", "must be at least 1".into());
+            return invalid_key("delivery.concurrency", "must be at least 1".into());
         }
         for (i, r) in self.route.iter().enumerate() {
             if r.domains.is_empty() {
-                return invalid(
+                return invalid_key(
                     &format!("route[{i}].domains"),
                     "needs at least one pattern".into(),
                 );
             }
             if r.auth.is_some() && r.tls == TlsMode::Disabled {
-                return invalid(
+                return invalid_key(
                     &format!("route[{i}].auth"),
                     "credentials are sent over TLS only; tls = \"disabled\" would never use them"
                         .into(),
                 );
             }
             if r.auth.is_some() && r.smarthost.is_none() {
-                return invalid(&format!("route[{i}].auth"), "needs a smarthost".into());
+                return invalid_key(&format!("route[{i}].auth"), "needs a smarthost".into());
             }
             if let Some(h) = &r.smarthost
                 && h.rsplit_once(':')
                     .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
             {
-                return invalid(
+                return invalid_key(
                     &format!("route[{i}].smarthost"),
                     format!("{h:?} is not host:port"),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `[local]`: domains and the postmaster address.
+    fn check_local(&self) -> Check {
         for (i, d) in self.local.domains.iter().enumerate() {
             if d.is_empty() || d.contains('@') || d.contains(' ') {
-                return invalid(&format!("local.domains[{i}]"), format!("{d:?} is not a domain"));
+                return invalid_key(
+                    &format!("local.domains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
             }
         }
         if let Some(p) = &self.local.postmaster
             && !matches!(crate::proto::smtp::address::parse_path(p, false), Ok(Some(_)))
         {
-            return invalid("local.postmaster", format!("{p:?} is not an address (user@domain)"));
+            return invalid_key(
+                "local.postmaster",
+                format!("{p:?} is not an address (user@domain)"),
+            );
         }
+        Ok(())
+    }
+
+    /// `[[dkim]]`: domains, selectors, no key configured twice.
+    fn check_dkim(&self) -> Check {
         for (i, d) in self.dkim.iter().enumerate() {
             if d.domain.is_empty() || d.domain.contains(['@', ' ', '*']) {
-                return invalid(
+                return invalid_key(
                     &format!("dkim[{i}].domain"),
                     format!("{:?} is not a domain", d.domain),
                 );
             }
             if d.selector.is_empty() || !d.selector.split('.').all(crate::mailauth::is_dns_label) {
-                return invalid(
+                return invalid_key(
                     &format!("dkim[{i}].selector"),
                     format!("{:?} is not a DNS label", d.selector),
                 );
@@ -899,7 +935,7 @@ impl Config {
                 o.domain.eq_ignore_ascii_case(&d.domain) && o.selector == d.selector
             };
             if self.dkim[..i].iter().any(same) {
-                return invalid(
+                return invalid_key(
                     &format!("dkim[{i}].selector"),
                     format!("{}._domainkey.{} is configured twice", d.selector, d.domain),
                 );
@@ -907,6 +943,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A check's refusal: the key it is about, and why.
+type Check = Result<(), (String, String)>;
+
+fn invalid_key(key: &str, msg: String) -> Check {
+    Err((key.to_string(), msg))
 }
 
 #[cfg(test)]
