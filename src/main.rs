@@ -281,58 +281,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, data_dir } => {
-            init_logging();
-            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
-            // Test-only switches exist only in binaries built with the `test-hooks` feature.
-            #[cfg(feature = "test-hooks")]
-            let hooks = sluice::server::TestHooks::from_env();
-            #[cfg(not(feature = "test-hooks"))]
-            let hooks = sluice::server::TestHooks::default();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(sluice::server::run(cfg, shutdown_signal(), hooks))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CheckConfig { file } => {
-            let cfg = match &file {
-                Some(f) => Config::load(f)?,
-                None => Config::default(),
-            };
-            for w in cfg.warnings() {
-                eprintln!("warning: {w}");
-            }
-            let keys = sluice::mailauth::DkimSigner::load(&cfg.dkim)?;
-            if !keys.is_empty() {
-                println!("{} DKIM key(s) loaded", keys.len());
-            }
-            println!(
-                "{}: ok",
-                file.map_or("embedded defaults".into(), |f| f.display().to_string())
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::User { config, data_dir, command } => {
-            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
-            let path = cfg.users_file();
-            let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
-            let what = match command {
-                UserCommand::Add { name, senders } => {
-                    ed.add(&name, &read_password()?, senders)?;
-                    format!("added user {name:?}")
-                }
-                UserCommand::Passwd { name } => {
-                    ed.passwd(&name, &read_password()?)?;
-                    format!("changed the password of {name:?}")
-                }
-                UserCommand::Del { name } => {
-                    ed.del(&name)?;
-                    format!("removed user {name:?}")
-                }
-            };
-            ed.save()?;
-            println!("{what} in {} (send SIGHUP to a running sluice)", path.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve { config, data_dir } => serve(config, data_dir),
+        Command::CheckConfig { file } => check_config(file),
+        Command::User { config, data_dir, command } => user(config, data_dir, command),
         Command::Token { config, data_dir, command: TokenCommand::Add { name, scope } } => {
             let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
             let file = cfg.tokens_file();
@@ -354,37 +305,100 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { config, data_dir, admin, command } => {
-            let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
-            let source = Source::connect(&cfg, admin.as_deref())?;
-            match command {
-                QueueCommand::List { json } => cli::print_list(&source.list()?, json),
-                QueueCommand::Show { id } => {
-                    println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?)
-                }
-                QueueCommand::Cat { id } => {
-                    use std::io::Write;
-                    std::io::stdout().write_all(&source.message(&id)?)?;
-                }
-                QueueCommand::Flush { domain } => {
-                    let path = match domain {
-                        Some(d) => format!("/api/queue/flush?domain={d}"),
-                        None => "/api/queue/flush".into(),
-                    };
-                    println!("{}", source.change("POST", &path)?);
-                }
-                QueueCommand::Delete { id } => {
-                    println!("{}", source.change("DELETE", &format!("/api/queue/{id}"))?)
-                }
-                QueueCommand::Bounce { id } => {
-                    println!("{}", source.change("POST", &format!("/api/queue/{id}/bounce"))?)
-                }
-                QueueCommand::Stats => {
-                    println!("{}", serde_json::to_string_pretty(&source.stats()?)?)
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            queue(config, data_dir, admin, command)
         }
     }
+}
+
+fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
+    // Test-only switches exist only in binaries built with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    let hooks = sluice::server::TestHooks::from_env();
+    #[cfg(not(feature = "test-hooks"))]
+    let hooks = sluice::server::TestHooks::default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(sluice::server::run(cfg, shutdown_signal(), hooks))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = match &file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let keys = sluice::mailauth::DkimSigner::load(&cfg.dkim)?;
+    if !keys.is_empty() {
+        println!("{} DKIM key(s) loaded", keys.len());
+    }
+    println!("{}: ok", file.map_or("embedded defaults".into(), |f| f.display().to_string()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    command: UserCommand,
+) -> anyhow::Result<ExitCode> {
+    let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
+    let path = cfg.users_file();
+    let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
+    let what = match command {
+        UserCommand::Add { name, senders } => {
+            ed.add(&name, &read_password()?, senders)?;
+            format!("added user {name:?}")
+        }
+        UserCommand::Passwd { name } => {
+            ed.passwd(&name, &read_password()?)?;
+            format!("changed the password of {name:?}")
+        }
+        UserCommand::Del { name } => {
+            ed.del(&name)?;
+            format!("removed user {name:?}")
+        }
+    };
+    ed.save()?;
+    println!("{what} in {} (send SIGHUP to a running sluice)", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn queue(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin: Option<String>,
+    command: QueueCommand,
+) -> anyhow::Result<ExitCode> {
+    let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
+    let source = Source::connect(&cfg, admin.as_deref())?;
+    match command {
+        QueueCommand::List { json } => cli::print_list(&source.list()?, json),
+        QueueCommand::Show { id } => {
+            println!("{}", serde_json::to_string_pretty(&source.show(&id)?)?)
+        }
+        QueueCommand::Cat { id } => {
+            use std::io::Write;
+            std::io::stdout().write_all(&source.message(&id)?)?;
+        }
+        QueueCommand::Flush { domain } => {
+            let path = match domain {
+                Some(d) => format!("/api/queue/flush?domain={d}"),
+                None => "/api/queue/flush".into(),
+            };
+            println!("{}", source.change("POST", &path)?);
+        }
+        QueueCommand::Delete { id } => {
+            println!("{}", source.change("DELETE", &format!("/api/queue/{id}"))?)
+        }
+        QueueCommand::Bounce { id } => {
+            println!("{}", source.change("POST", &format!("/api/queue/{id}/bounce"))?)
+        }
+        QueueCommand::Stats => println!("{}", serde_json::to_string_pretty(&source.stats()?)?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line from stdin (a terminal echoes it; pipe it in scripts: `printf '%s\n' "$PW" | ...`).
