@@ -65,10 +65,33 @@ impl Recorder {
         attempt: &Attempt<'_>,
         content: Option<&Bytes>,
     ) {
-        let answered_by = attempt.answered_by;
         let now = unix_millis();
+        let mut fates = self.decide(env, rcpts, outcome, now);
+        // Bounce: the DSN is durable before any recipient is recorded as failed (DESIGN.md 2).
+        let notified = self.notify(env, &mut fates, outcome, attempt, content, now).await;
+        for f in &fates {
+            self.report(env, f, attempt, now);
+        }
+        if !self.store(env, &fates, &notified).await {
+            return;
+        }
+        // The message leaves the spool once every recipient is delivered or bounced.
+        if let Some(current) = self.spool.get(env.id)
+            && current.recipients.iter().all(|r| r.state != RecipientState::Queued)
+            && let Err(e) = self.spool.remove(env.id).await
+        {
+            tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
+        }
+    }
 
-        // Decide every recipient's fate first.
+    /// Every recipient's fate: delivered, failed, expired, or deferred until when.
+    fn decide(
+        &self,
+        env: &Envelope,
+        rcpts: &[u32],
+        outcome: &Result<Vec<Reply>, DeliveryError>,
+        now: u64,
+    ) -> Vec<Fate> {
         let mut fates: Vec<Fate> = Vec::with_capacity(rcpts.len());
         for (k, &i) in rcpts.iter().enumerate() {
             let rcpt = &env.recipients[i as usize];
@@ -98,8 +121,22 @@ impl Recorder {
             };
             fates.push(fate);
         }
+        fates
+    }
 
-        // Bounce: the DSN is durable before any recipient is recorded as failed (DESIGN.md 2).
+    /// Queues the DSNs these fates call for (failure, delay, relayed) before any fate is
+    /// recorded. A failure notice that cannot be queued turns its recipients back into
+    /// deferrals. Returns the recipients whose delay notice went out.
+    async fn notify(
+        &self,
+        env: &Envelope,
+        fates: &mut [Fate],
+        outcome: &Result<Vec<Reply>, DeliveryError>,
+        attempt: &Attempt<'_>,
+        content: Option<&Bytes>,
+        now: u64,
+    ) -> Vec<u32> {
+        let answered_by = attempt.answered_by;
         let remote = (!answered_by.is_empty() && outcome.is_ok()).then(|| answered_by.to_string());
         let notice = |f: &Fate, action: Action| Notice {
             recipient: &env.recipients[f.index as usize],
@@ -138,6 +175,7 @@ impl Recorder {
                 ..notice(f, Action::Delayed)
             })
             .collect();
+        let delayed: Vec<u32> = delayed.iter().map(|f| f.index).collect();
         // Success notice: only when the next hop cannot carry NOTIFY=SUCCESS on (RFC 3461 4.1).
         let relayed: Vec<Notice<'_>> = fates
             .iter()
@@ -156,10 +194,10 @@ impl Recorder {
             }
             None => None,
         };
+        let original = content.map(|b| b.as_ref()).unwrap_or(b"");
         let mut delay_sent = false;
         for (report, what) in [(&delays, "delay"), (&relayed, "success")] {
             if !report.is_empty() {
-                let original = content.map(|b| b.as_ref()).unwrap_or(b"");
                 match self.queue_bounce(env, report, original, now).await {
                     Ok(()) => delay_sent |= what == "delay",
                     Err(e) => {
@@ -168,45 +206,51 @@ impl Recorder {
                 }
             }
         }
-        let notified: Vec<u32> =
-            if delay_sent { delayed.iter().map(|f| f.index).collect() } else { Vec::new() };
-        if !notices.is_empty() {
-            let original = content.map(|b| b.as_ref()).unwrap_or(b"");
-            if let Err(e) = self.queue_bounce(env, &notices, original, now).await {
-                tracing::error!(id = %env.id, error = %e, "could not queue a bounce; failed recipients stay queued");
-                for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
-                    f.state = RecipientState::Queued;
-                    f.label = "deferred";
-                    f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
-                }
+        if !notices.is_empty()
+            && let Err(e) = self.queue_bounce(env, &notices, original, now).await
+        {
+            tracing::error!(id = %env.id, error = %e, "could not queue a bounce; failed recipients stay queued");
+            for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
+                f.state = RecipientState::Queued;
+                f.label = "deferred";
+                f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
             }
         }
+        if delay_sent { delayed } else { Vec::new() }
+    }
 
-        // Record every outcome: all updates are submitted before any is awaited, so they share
-        // one group commit (one fsync for a 100-recipient message, not 100 round trips).
+    /// Metrics, the delivery log and the log line for one fate.
+    fn report(&self, env: &Envelope, f: &Fate, attempt: &Attempt<'_>, now: u64) {
+        let answered_by = attempt.answered_by;
+        metrics::DELIVERIES.with_label_values(&[f.label]).inc();
+        let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
+        let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
+        metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
+        if self.log.enabled() {
+            let mut e = Event::new(f.label, env.id);
+            e.recipient = Some(env.recipients[f.index as usize].address.to_string());
+            e.destination = Some(attempt.destination.to_string());
+            e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
+            e.reply = Some(f.reply.clone());
+            e.attempt = Some(f.attempts);
+            e.size = Some(env.size);
+            e.queued_ms = Some(now.saturating_sub(env.received_at));
+            e.attempt_ms = Some(attempt.elapsed.as_millis() as u64);
+            e.next_attempt = (f.state == RecipientState::Queued).then_some(f.next_attempt);
+            self.log.log(e);
+        }
+        tracing::info!(
+            id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = answered_by,
+            attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
+        );
+    }
+
+    /// Records every fate. All updates are submitted before any is awaited, so they share one
+    /// group commit (one fsync for a 100-recipient message, not 100 round trips). False if any
+    /// could not be recorded (that recipient will be tried again: a duplicate at worst).
+    async fn store(&self, env: &Envelope, fates: &[Fate], notified: &[u32]) -> bool {
         let mut tickets = Vec::with_capacity(fates.len());
-        for f in &fates {
-            metrics::DELIVERIES.with_label_values(&[f.label]).inc();
-            let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
-            let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
-            metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
-            if self.log.enabled() {
-                let mut e = Event::new(f.label, env.id);
-                e.recipient = Some(env.recipients[f.index as usize].address.to_string());
-                e.destination = Some(attempt.destination.to_string());
-                e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
-                e.reply = Some(f.reply.clone());
-                e.attempt = Some(f.attempts);
-                e.size = Some(env.size);
-                e.queued_ms = Some(now.saturating_sub(env.received_at));
-                e.attempt_ms = Some(attempt.elapsed.as_millis() as u64);
-                e.next_attempt = (f.state == RecipientState::Queued).then_some(f.next_attempt);
-                self.log.log(e);
-            }
-            tracing::info!(
-                id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = answered_by,
-                attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
-            );
+        for f in fates {
             let update = RecipientUpdate {
                 id: env.id,
                 index: f.index,
@@ -229,23 +273,12 @@ impl Recorder {
                     tracing::info!(id = %env.id, "delivery outcome superseded by an operator action")
                 }
                 Err(e) => {
-                    // The recipient stays as it was in the spool: it will be tried again (a
-                    // duplicate at worst, never a loss).
                     tracing::error!(id = %env.id, error = %e, "could not record a delivery outcome");
                     recorded = false;
                 }
             }
         }
-        if !recorded {
-            return;
-        }
-        // The message leaves the spool once every recipient is delivered or bounced.
-        if let Some(current) = self.spool.get(env.id)
-            && current.recipients.iter().all(|r| r.state != RecipientState::Queued)
-            && let Err(e) = self.spool.remove(env.id).await
-        {
-            tracing::error!(id = %env.id, error = %e, "could not remove a finished message");
-        }
+        recorded
     }
 
     /// The stored message, for a DSN (None, logged, if it cannot be read).
