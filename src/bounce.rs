@@ -99,22 +99,7 @@ pub fn build_dsn(
     now_unix: u64,
 ) -> Vec<u8> {
     let action = notices.first().map_or(Action::Failed, |n| n.action);
-    let (subject, intro) = match action {
-        Action::Failed => (
-            "Undelivered Mail Returned to Sender",
-            "Your message could not be delivered to one or more recipients:",
-        ),
-        Action::Delayed => (
-            "Delayed Mail (still being retried)",
-            "Your message has not been delivered yet to the recipients below. This is only a \
-             warning; it will be retried until it expires, and you will be told if it fails:",
-        ),
-        Action::Relayed => (
-            "Successful Mail Delivery Report",
-            "Your message was relayed to the next server for the recipients below; that server \
-             does not send delivery reports, so this is the last one:",
-        ),
-    };
+    let (subject, intro) = wording(action);
     let boundary = format!("{}/{}", env.id, hostname);
     let mut m = String::with_capacity(4096);
     let _ = write!(
@@ -146,6 +131,46 @@ pub fn build_dsn(
     }
     // The machine-readable part (RFC 3464 2.2, 2.3).
     let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n");
+    delivery_status(&mut m, hostname, env, notices, now_unix);
+    let mut out = m.into_bytes();
+    // Delay and success reports carry the header only (as Postfix does): the sender still has
+    // the message, and the full copy would double the traffic for a warning.
+    let headers_only = env.ret == Some(Ret::Hdrs)
+        || original.len() > FULL_RETURN_LIMIT
+        || action != Action::Failed;
+    returned_message(&mut out, &boundary, original, headers_only);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Subject and opening sentence of a report.
+fn wording(action: Action) -> (&'static str, &'static str) {
+    match action {
+        Action::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to one or more recipients:",
+        ),
+        Action::Delayed => (
+            "Delayed Mail (still being retried)",
+            "Your message has not been delivered yet to the recipients below. This is only a \
+             warning; it will be retried until it expires, and you will be told if it fails:",
+        ),
+        Action::Relayed => (
+            "Successful Mail Delivery Report",
+            "Your message was relayed to the next server for the recipients below; that server \
+             does not send delivery reports, so this is the last one:",
+        ),
+    }
+}
+
+/// The per-message and per-recipient fields (RFC 3464 2.2, 2.3).
+fn delivery_status(
+    m: &mut String,
+    hostname: &str,
+    env: &Envelope,
+    notices: &[Notice<'_>],
+    now_unix: u64,
+) {
     let _ = write!(m, "Reporting-MTA: dns; {hostname}\r\n");
     if let Some(envid) = &env.envid {
         let _ = write!(m, "Original-Envelope-Id: {envid}\r\n");
@@ -168,12 +193,10 @@ pub fn build_dsn(
             let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
         }
     }
-    // Delay and success reports carry the header only (as Postfix does): the sender still has
-    // the message, and the full copy would double the traffic for a warning.
-    let headers_only = env.ret == Some(Ret::Hdrs)
-        || original.len() > FULL_RETURN_LIMIT
-        || action != Action::Failed;
-    let mut out = m.into_bytes();
+}
+
+/// The third part: the original message (message/rfc822) or its header (text/rfc822-headers).
+fn returned_message(out: &mut Vec<u8>, boundary: &str, original: &[u8], headers_only: bool) {
     if headers_only {
         let end =
             original.windows(4).position(|w| w == b"\r\n\r\n").map_or(original.len(), |p| p + 2);
@@ -190,8 +213,6 @@ pub fn build_dsn(
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
 }
 
 /// Diagnostic text on one line, printable ASCII only (a header field value).
