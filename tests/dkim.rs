@@ -129,6 +129,9 @@ fn relayed_mail_verifies_in_dkimpy_for_awkward_bodies() {
     let t = setup(Behavior { pipelining: true, ..Default::default() }, "");
     let head = "From: Alice <alice@example.com>\r\nTo: b@example.org\r\nSubject: test\r\n\
                 Date: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{n}@example.com>\r\n";
+    // Over 256 KiB: signed on the blocking pool even with Ed25519.
+    let large =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n".repeat(4000);
     let bodies = [
         ("plain", "Hello.\r\n"),
         // The cases of upstream mail-auth #62: blank and whitespace-only lines at the end.
@@ -138,6 +141,7 @@ fn relayed_mail_verifies_in_dkimpy_for_awkward_bodies() {
         ("empty body", ""),
         ("8-bit", "Gr\u{fc}\u{df}e, \u{e7}a va? \u{1f600}\r\n"),
         ("dot-stuffed lines", "..leading dot\r\n.\u{20}\r\n"),
+        ("300 KB body", large.as_str()),
         ("long folded header", "x\r\n"),
     ];
     for (n, (_, body)) in bodies.iter().enumerate() {

@@ -200,6 +200,10 @@ fn signer<K: SigningKey>(key: K, id: &Identity, h: &[String]) -> MaDkimSigner<K,
     }
 }
 
+/// Messages larger than this are signed on the blocking pool whatever the algorithm: hashing
+/// a 50 MB body takes tens of milliseconds, too long for an I/O thread.
+const INLINE_LIMIT: usize = 256 << 10;
+
 /// Signing as the intake path uses it: the keys can be replaced (SIGHUP), and RSA signing runs
 /// on the blocking pool, a bounded number at a time, so it never stalls an I/O thread.
 pub struct SigningService {
@@ -233,14 +237,15 @@ impl SigningService {
         if signer.is_empty() {
             return Ok(Signed::default());
         }
-        let result = if signer.has_rsa {
+        let result = if signer.has_rsa || message.len() > INLINE_LIMIT {
             let _slot = self.slots.acquire().await.map_err(|e| SignError::Task(e.to_string()))?;
             tokio::task::spawn_blocking(move || signer.sign(&message))
                 .await
                 .map_err(|e| SignError::Task(e.to_string()))?
         } else {
-            // Ed25519 alone costs about what reading the message did (40 us for 10 KB, 180 us
-            // for 100 KB, benches/dkim.rs): a thread hand-off would cost more than it saves.
+            // Ed25519 on a message this size costs about what reading it did (40 us for 10 KB,
+            // 180 us for 100 KB, benches/dkim.rs): a thread hand-off would cost more than it
+            // saves. Larger bodies (the body hash grows with them) go to the pool too.
             signer.sign(&message)
         };
         match &result {
