@@ -1,8 +1,7 @@
 //! SMTP replies (RFC 5321 4.2) with enhanced status codes (RFC 2034, RFC 3463).
 //!
-//! The fixed replies live here, so codes and texts stay consistent; replies that carry a
-//! value (a size, a queue id, an address) are built by the session with [`Reply::new`] or
-//! [`Reply::owned`].
+//! Every fixed reply lives here, so codes and texts stay consistent; the only replies built
+//! elsewhere carry a value (a queue id, an octet count) and use [`Reply::owned`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -133,6 +132,30 @@ pub const SHUTTING_DOWN: Reply =
 pub const STORAGE_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
 pub const STORAGE_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while storing the message; try again later");
+// Session replies: AUTH (RFC 4954), STARTTLS (RFC 3207), submission policy (RFC 6409).
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
+pub const AUTH_INVALID: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+pub const AUTH_LOCKED_OUT: Reply =
+    Reply::new(454, "4.7.0", "Too many failed authentications; try again later");
+pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1", "TLS already active");
+pub const STARTTLS_NOT_AVAILABLE: Reply = Reply::new(502, "5.5.1", "STARTTLS not available");
+pub const STARTTLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+pub const AUTH_NOT_AVAILABLE: Reply = Reply::new(502, "5.5.1", "AUTH not available");
+pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, "5.5.1", "Already authenticated");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction");
+pub const STARTTLS_FIRST: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+pub const AUTH_MECHANISM_UNKNOWN: Reply =
+    Reply::new(504, "5.5.4", "Unrecognized authentication type");
+pub const AUTH_UNDECODABLE: Reply = Reply::new(501, "5.5.2", "Cannot decode the response");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.7.0", "Authentication cancelled");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+pub const SENDER_NOT_OWNED: Reply =
+    Reply::new(553, "5.7.1", "Sender address not owned by the authenticated user");
+pub const TOO_MANY_RCPTS_SESSION: Reply =
+    Reply::new(452, "4.5.3", "Too many recipients for this session");
+pub const ORCPT_NEEDS_SMTPUTF8: Reply =
+    Reply::new(501, "5.5.4", "Bad parameter value: ORCPT (UTF-8 needs SMTPUTF8)");
 pub const SIGNING_ERROR: Reply =
     Reply::new(451, "4.3.0", "Local error while signing the message; try again later");
 pub const DMARC_REJECT: Reply =

@@ -403,16 +403,12 @@ impl Session {
         match result {
             AuthResult::Ok { senders } => {
                 self.auth = Some((user, senders));
-                self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+                self.reply(reply::AUTH_OK);
             }
-            AuthResult::Invalid => self.reject(
-                Reply::new(535, "5.7.8", "Authentication credentials invalid"),
-                RejectReason::AuthFailed,
-            ),
-            AuthResult::LockedOut => self.reject(
-                Reply::new(454, "4.7.0", "Too many failed authentications; try again later"),
-                RejectReason::AuthLockedOut,
-            ),
+            AuthResult::Invalid => self.reject(reply::AUTH_INVALID, RejectReason::AuthFailed),
+            AuthResult::LockedOut => {
+                self.reject(reply::AUTH_LOCKED_OUT, RejectReason::AuthLockedOut)
+            }
         }
     }
 
@@ -676,15 +672,12 @@ impl Session {
     /// after it is discarded, never executed inside TLS (CVE-2011-0411 class).
     fn handle_starttls(&mut self) -> Option<Step> {
         if self.tls {
-            self.reject(Reply::new(503, "5.5.1", "TLS already active"), RejectReason::Sequence);
+            self.reject(reply::TLS_ALREADY_ACTIVE, RejectReason::Sequence);
         } else if !self.cfg.starttls {
-            self.reject(
-                Reply::new(502, "5.5.1", "STARTTLS not available"),
-                RejectReason::NotImplemented,
-            );
+            self.reject(reply::STARTTLS_NOT_AVAILABLE, RejectReason::NotImplemented);
         } else {
             self.input.clear();
-            self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+            self.reply(reply::STARTTLS_READY);
             self.state = State::AwaitTls;
             return Some(Step::StartTls);
         }
@@ -694,21 +687,15 @@ impl Session {
     /// RFC 4954 4.
     fn handle_auth_command(&mut self, mechanism: &str, initial: Option<&str>) -> Option<Step> {
         let refusal = if !self.cfg.auth {
-            Some((Reply::new(502, "5.5.1", "AUTH not available"), RejectReason::NotImplemented))
+            Some((reply::AUTH_NOT_AVAILABLE, RejectReason::NotImplemented))
         } else if self.helo.is_none() {
             Some((reply::NEED_HELO, RejectReason::Sequence))
         } else if self.auth.is_some() {
-            Some((Reply::new(503, "5.5.1", "Already authenticated"), RejectReason::Sequence))
+            Some((reply::ALREADY_AUTHENTICATED, RejectReason::Sequence))
         } else if self.draft.is_some() {
-            Some((
-                Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction"),
-                RejectReason::Sequence,
-            ))
+            Some((reply::AUTH_IN_TRANSACTION, RejectReason::Sequence))
         } else if !self.tls && self.cfg.auth_needs_tls {
-            Some((
-                Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
-                RejectReason::TlsRequired,
-            ))
+            Some((reply::STARTTLS_FIRST, RejectReason::TlsRequired))
         } else {
             None
         };
@@ -733,18 +720,11 @@ impl Session {
             }
             Err(e) => {
                 let (r, why) = match e {
-                    sasl::SaslError::UnknownMechanism => (
-                        Reply::new(504, "5.5.4", "Unrecognized authentication type"),
-                        RejectReason::NotImplemented,
-                    ),
-                    sasl::SaslError::Malformed => (
-                        Reply::new(501, "5.5.2", "Cannot decode the response"),
-                        RejectReason::Syntax,
-                    ),
-                    sasl::SaslError::Cancelled => (
-                        Reply::new(501, "5.7.0", "Authentication cancelled"),
-                        RejectReason::AuthFailed,
-                    ),
+                    sasl::SaslError::UnknownMechanism => {
+                        (reply::AUTH_MECHANISM_UNKNOWN, RejectReason::NotImplemented)
+                    }
+                    sasl::SaslError::Malformed => (reply::AUTH_UNDECODABLE, RejectReason::Syntax),
+                    sasl::SaslError::Cancelled => (reply::AUTH_CANCELLED, RejectReason::AuthFailed),
                 };
                 self.reject(r, why);
                 self.state_is_closed().then_some(Step::Close)
@@ -792,19 +772,13 @@ impl Session {
             return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
         }
         if self.cfg.auth_required && self.auth.is_none() {
-            return self.reject(
-                Reply::new(530, "5.7.0", "Authentication required"),
-                RejectReason::AuthRequired,
-            );
+            return self.reject(reply::AUTH_REQUIRED, RejectReason::AuthRequired);
         }
         if let Some((_, senders)) = &self.auth
             && !senders.is_empty()
             && !mail.from.as_ref().is_some_and(|f| owns(senders, f.as_str()))
         {
-            return self.reject(
-                Reply::new(553, "5.7.1", "Sender address not owned by the authenticated user"),
-                RejectReason::SenderNotOwned,
-            );
+            return self.reject(reply::SENDER_NOT_OWNED, RejectReason::SenderNotOwned);
         }
         self.draft = Some(Draft { mail, ..Default::default() });
         self.reply(reply::SENDER_OK);
@@ -816,10 +790,7 @@ impl Session {
             return self.reject(reply::NEED_MAIL, RejectReason::Sequence);
         };
         if self.rcpts_in_session >= self.cfg.max_recipients_per_session {
-            return self.reject(
-                Reply::new(452, "4.5.3", "Too many recipients for this session"),
-                RejectReason::TooManyRecipients,
-            );
+            return self.reject(reply::TOO_MANY_RCPTS_SESSION, RejectReason::TooManyRecipients);
         }
         if draft.rcpts.len() >= self.cfg.max_recipients {
             // RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
@@ -837,10 +808,7 @@ impl Session {
         }
         // RFC 6533 4: a UTF-8 ORCPT (utf-8-addr-xtext) only with SMTPUTF8.
         if rcpt.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) && !draft.mail.smtputf8 {
-            return self.reject(
-                Reply::new(501, "5.5.4", "Bad parameter value: ORCPT (UTF-8 needs SMTPUTF8)"),
-                RejectReason::Syntax,
-            );
+            return self.reject(reply::ORCPT_NEEDS_SMTPUTF8, RejectReason::Syntax);
         }
         if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
             return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
