@@ -349,6 +349,9 @@ fn spool_error(e: &SpoolError) -> StoreError {
         SpoolError::NoSpace => StoreError::NoSpace,
         SpoolError::Closed => StoreError::ShuttingDown,
         SpoolError::Io(_)
+        | SpoolError::TooLarge
+        | SpoolError::Disabled
+        | SpoolError::Index(_)
         | SpoolError::Corrupt(_)
         | SpoolError::NotFound
         | SpoolError::Conflict => StoreError::Failed,

@@ -45,6 +45,22 @@ pub enum OpenError {
     Unreadable(String),
 }
 
+/// A checkpoint could not be read or written (the log stays the source of truth: a failed
+/// checkpoint costs a longer replay, never a message).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("redb transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("redb table: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("redb storage: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("redb commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("checkpoint encoding: {0}")]
+    Encoding(#[from] postcard::Error),
+}
+
 pub struct CheckpointStore {
     db: Database,
 }
@@ -78,7 +94,7 @@ impl CheckpointStore {
         Ok((store, Loaded { position }))
     }
 
-    fn position(&self) -> Result<Option<Position>, Box<dyn std::error::Error>> {
+    fn position(&self) -> Result<Option<Position>, IndexError> {
         let txn = self.db.begin_read()?;
         match txn.open_table(META) {
             Ok(meta) => match meta.get(CHECKPOINT_KEY)? {
@@ -91,10 +107,7 @@ impl CheckpointStore {
     }
 
     /// Hands every saved entry to `f`, in id order.
-    pub fn for_each_entry(
-        &self,
-        mut f: impl FnMut(IndexEntry),
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    pub fn for_each_entry(&self, mut f: impl FnMut(IndexEntry)) -> Result<(), IndexError> {
         let txn = self.db.begin_read()?;
         let table = match txn.open_table(MESSAGES) {
             Ok(t) => t,
@@ -114,7 +127,7 @@ impl CheckpointStore {
         &self,
         changes: &[(QueueId, Option<Vec<u8>>)],
         position: Option<Position>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), IndexError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(MESSAGES)?;

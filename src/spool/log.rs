@@ -263,7 +263,7 @@ impl LogSpool {
             return ready(Err(SpoolError::Closed));
         }
         if sh.broken.load(Ordering::Relaxed) {
-            return ready(Err(SpoolError::Io("spool disabled after a write failure".into())));
+            return ready(Err(SpoolError::Disabled));
         }
         // Back-pressure before the disk is full: accepted mail keeps room for its state changes.
         if matches!(apply, Apply::Insert(_)) && sh.low_on_space() {
@@ -438,7 +438,9 @@ impl Shared {
         drop(t);
         let err = match e.raw_os_error() {
             Some(code) => SpoolError::from(std::io::Error::from_raw_os_error(code)),
-            None => SpoolError::Io(e.to_string()),
+            None => {
+                SpoolError::Io(std::sync::Arc::new(std::io::Error::new(e.kind(), e.to_string())))
+            }
         };
         for op in ops {
             if let Some(done) = op.done {

@@ -248,7 +248,16 @@ pub enum SpoolError {
     #[error("insufficient storage")]
     NoSpace,
     #[error("spool I/O error: {0}")]
-    Io(String),
+    Io(std::sync::Arc<std::io::Error>),
+    /// A record longer than the format's length field allows.
+    #[error("message too large for one spool record")]
+    TooLarge,
+    /// An earlier write failed and could not be repaired: every store fails until a restart.
+    #[error("spool disabled after a write failure that could not be repaired")]
+    Disabled,
+    /// The checkpoint index could not be opened or rebuilt.
+    #[error("spool index: {0}")]
+    Index(String),
     #[error("spool is closed")]
     Closed,
     #[error("corrupt record: {0}")]
@@ -265,7 +274,7 @@ impl From<std::io::Error> for SpoolError {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             SpoolError::NoSpace
         } else {
-            SpoolError::Io(e.to_string())
+            SpoolError::Io(std::sync::Arc::new(e))
         }
     }
 }

@@ -70,7 +70,7 @@ pub fn encode_message(env: &Envelope, trace: Bytes, body: Bytes) -> Result<Encod
     let meta = postcard::to_stdvec(env).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
     let payload_len = 4 + meta.len() + 4 + trace.len() + body.len();
     if payload_len > MAX_PAYLOAD {
-        return Err(SpoolError::Io("message too large for one record".into()));
+        return Err(SpoolError::TooLarge);
     }
     let mut head = Vec::with_capacity(HEADER_LEN + 8 + meta.len());
     head.resize(HEADER_LEN, 0);

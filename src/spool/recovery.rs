@@ -74,7 +74,7 @@ pub(super) fn load_checkpoint(
     let opened = match CheckpointStore::open(&path) {
         // Another process has it open: never a reason to delete it (the data-dir lock should
         // have stopped us earlier; this is the second line of defence).
-        Err(OpenError::InUse) => return Err(SpoolError::Io(OpenError::InUse.to_string())),
+        Err(OpenError::InUse) => return Err(SpoolError::Index(OpenError::InUse.to_string())),
         Err(OpenError::Unreadable(e)) => {
             tracing::warn!(error = %e, "spool index unreadable; rebuilding it from the log");
             let _ = fs::remove_file(&path);
@@ -82,7 +82,7 @@ pub(super) fn load_checkpoint(
         }
         ok => ok,
     };
-    let (store, loaded) = opened.map_err(|e| SpoolError::Io(e.to_string()))?;
+    let (store, loaded) = opened.map_err(|e| SpoolError::Index(e.to_string()))?;
     // The checkpoint is usable when its segment still exists, or when every segment up to it
     // is gone (deleted as dead, or removed as empty): replay then starts at the next one.
     let start = loaded.position.map(|p| match segments.iter().find(|&&s| s >= p.segment) {
@@ -108,7 +108,7 @@ pub(super) fn load_checkpoint(
     }
     drop(store);
     let _ = fs::remove_file(&path);
-    let (store, _) = CheckpointStore::open(&path).map_err(|e| SpoolError::Io(e.to_string()))?;
+    let (store, _) = CheckpointStore::open(&path).map_err(|e| SpoolError::Index(e.to_string()))?;
     Ok((Some(store), from_start))
 }
 
