@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
@@ -37,6 +37,32 @@ pub struct Dns {
     resolver: TokioResolver,
 }
 
+/// `[dns] nameservers` (`ip:port`, UDP and TCP) as a resolver configuration; delivery and
+/// mail authentication both resolve through it.
+pub fn resolver_config(nameservers: &[SocketAddr]) -> ResolverConfig {
+    let servers = nameservers
+        .iter()
+        .map(|ns| {
+            let mut c = NameServerConfig::udp_and_tcp(ns.ip());
+            for conn in &mut c.connections {
+                conn.port = ns.port();
+            }
+            c
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
+
+/// Timeouts and retries for every lookup sluice makes.
+pub fn resolver_options() -> ResolverOpts {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = std::time::Duration::from_secs(5);
+    opts.attempts = 2;
+    // Names are always fully qualified here; never append search domains.
+    opts.ndots = 0;
+    opts
+}
+
 impl Dns {
     /// `nameservers` empty = the system resolver configuration (/etc/resolv.conf).
     pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
@@ -45,23 +71,9 @@ impl Dns {
             TokioResolver::builder(provider)
                 .map_err(|e| format!("reading the system DNS configuration: {e}"))?
         } else {
-            let servers = nameservers
-                .iter()
-                .map(|ns| {
-                    let mut c = NameServerConfig::udp_and_tcp(ns.ip());
-                    for conn in &mut c.connections {
-                        conn.port = ns.port();
-                    }
-                    c
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            TokioResolver::builder_with_config(resolver_config(nameservers), provider)
         };
-        let opts = builder.options_mut();
-        opts.timeout = std::time::Duration::from_secs(5);
-        opts.attempts = 2;
-        // Names are always fully qualified here; never append search domains.
-        opts.ndots = 0;
+        *builder.options_mut() = resolver_options();
         Ok(Dns { resolver: builder.build().map_err(|e| e.to_string())? })
     }
 

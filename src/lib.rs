@@ -34,3 +34,6 @@ pub mod smtp;
 pub mod spool;
 pub mod stream;
 pub mod tls;
+
+#[cfg(test)]
+mod test_rng;

@@ -6,11 +6,9 @@
 //! a DNS failure is a `temperror`, which never rejects mail.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -97,24 +95,11 @@ impl Verifier {
         dmarc_reject: DmarcAction,
         spf_fail: SpfAction,
     ) -> Result<Verifier, String> {
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        opts.ndots = 0;
         let auth = if nameservers.is_empty() {
             MessageAuthenticator::new_system_conf()
         } else {
-            let servers = nameservers
-                .iter()
-                .map(|ns| {
-                    let mut c = NameServerConfig::udp_and_tcp(ns.ip());
-                    for conn in &mut c.connections {
-                        conn.port = ns.port();
-                    }
-                    c
-                })
-                .collect();
-            MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts)
+            let config = crate::dns::resolver_config(nameservers);
+            MessageAuthenticator::new(config, crate::dns::resolver_options())
         }
         .map_err(|e| format!("DNS resolver for verification: {e}"))?;
         Ok(Verifier { auth, hostname: hostname.to_string(), dmarc_reject, spf_fail })

@@ -373,13 +373,7 @@ mod tests {
     /// and random bytes never decode (nor panic).
     #[test]
     fn randomised_round_trip_and_garbage() {
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..500 {
             let mut env = envelope(next());
             let text: String = (0..next() % 80)
@@ -389,7 +383,7 @@ mod tests {
             env.recipients[0].last_reply = Some(text.clone());
             env.recipients[0].attempts = next() as u32;
             env.received_at = next();
-            env.envid = (next() % 2 == 0).then(|| text.clone());
+            env.envid = next().is_multiple_of(2).then(|| text.clone());
             let body: Vec<u8> = (0..next() % 2000).map(|_| next() as u8).collect();
             let buf = flat(&encode_message(&env, Bytes::new(), Bytes::from(body.clone())).unwrap());
             let (Record::Message { envelope, content_offset }, len) = decode(&buf).unwrap() else {

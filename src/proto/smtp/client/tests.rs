@@ -233,13 +233,8 @@ fn rfc5321_4_2_reply_parsing() {
 /// random pieces, with the next reply's bytes left in the buffer.
 #[test]
 fn replies_round_trip_through_encode_and_parse() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rng = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+    let mut next = |n: u64| rng() % n;
     for _ in 0..500 {
         let code = 200 + next(400) as u16;
         let lines: Vec<String> = (0..1 + next(5))

@@ -600,13 +600,7 @@ fn random_input_never_panics() {
         b"*\r\n",
         b"=",
     ];
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::test_rng::xorshift(0x9E37_79B9_7F4A_7C15);
     for round in 0..3000 {
         // Every other round with STARTTLS and AUTH offered (and required), so their states are
         // reached too.
@@ -623,7 +617,7 @@ fn random_input_never_panics() {
         let mut h = Harness::with(cfg, "127.0.0.1");
         let mut input = Vec::new();
         for _ in 0..(next() % 60) {
-            if next() % 8 == 0 {
+            if next().is_multiple_of(8) {
                 input.push(next() as u8);
             } else {
                 input.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
