@@ -66,6 +66,9 @@ pub struct Config {
     /// SPF/DKIM/DMARC/ARC verification of inbound mail.
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// Bounce classification.
+    #[serde(default)]
+    pub bounce: BounceConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -514,6 +517,14 @@ pub struct DkimConfig {
     pub expire: Option<Duration>,
 }
 
+/// Bounce classification (README, "Bounce categories").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BounceConfig {
+    /// The operator's rules file, tried before the shipped rules.
+    pub rules: Option<PathBuf>,
+}
+
 /// Verification of mail received on `smtp` listeners (submission is authenticated instead).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -764,6 +775,7 @@ impl Config {
             .and_then(|()| self.check_delivery())
             .and_then(|()| self.check_local())
             .and_then(|()| self.check_dkim())
+            .and_then(|()| self.check_bounce())
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -942,6 +954,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `[bounce] rules`: the file reads and every pattern compiles.
+    fn check_bounce(&self) -> Check {
+        match crate::bounce::Classifier::load(self.bounce.rules.as_deref()) {
+            Ok(_) => Ok(()),
+            Err(e) => invalid_key("bounce.rules", e.to_string()),
+        }
     }
 }
 

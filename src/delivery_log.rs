@@ -52,6 +52,9 @@ pub struct Event {
     /// Unix milliseconds of the next attempt (deferrals).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<u64>,
+    /// Bounce category of a failure, expiry or deferral (README, "Bounce categories").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'static str>,
 }
 
 impl Event {
@@ -71,6 +74,7 @@ impl Event {
             queued_ms: None,
             attempt_ms: None,
             next_attempt: None,
+            category: None,
         }
     }
 }

@@ -240,8 +240,24 @@ metrics! {
         "sluice_delivery_log_dropped_total",
         "Delivery log events dropped because the log writer fell behind (mail is unaffected).",
     );
-    /// Bounces (DSNs) queued to senders.
-    BOUNCES: IntCounter = counter("sluice_bounces_total", "Delivery status notifications (bounces) queued to senders.");
+    /// Recipients that failed for good (hard bounces and expiries), by bounce category.
+    BOUNCES: IntCounterVec = counter_vec(
+        "sluice_bounces_total",
+        "Recipients that failed for good (permanent failures and expiries), by bounce category (README, \"Bounce categories\").",
+        &["category"],
+    );
+    /// Deferred attempts by bounce category (why the receiver said "later").
+    DEFERRALS: IntCounterVec = counter_vec(
+        "sluice_deferrals_total",
+        "Recipients deferred for a later attempt, by bounce category.",
+        &["category"],
+    );
+    /// Delivery status notifications queued to senders, by action (failed, delayed, relayed).
+    DSNS: IntCounterVec = counter_vec(
+        "sluice_dsns_total",
+        "Delivery status notifications queued to senders, by action: failed (bounce), delayed, relayed.",
+        &["action"],
+    );
     /// Forces registration of every metric, so `/metrics` lists them all from the start.
     /// DKIM signatures made at intake, by signing domain (from config: bounded) and algorithm.
     DKIM_SIGNATURES: IntCounterVec = counter_vec(
@@ -316,6 +332,13 @@ pub fn init_labels(listeners: &[String]) {
     }
     for r in ["max_sessions", "max_sessions_per_ip", "connection_rate"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);
+    }
+    for c in crate::bounce::Category::ALL {
+        BOUNCES.with_label_values(&[c.as_str()]);
+        DEFERRALS.with_label_values(&[c.as_str()]);
+    }
+    for a in ["failed", "delayed", "relayed"] {
+        DSNS.with_label_values(&[a]);
     }
     for a in ["ed25519-sha256", "rsa-sha256"] {
         DKIM_SIGN_SECONDS.with_label_values(&[a]);

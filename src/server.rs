@@ -331,6 +331,7 @@ fn start_delivery(
         wake: intake.stored.clone(),
         log: intake.log.clone(),
         delay_notice: cfg.queue.delay_notice,
+        classifier: Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?),
         labels: Arc::new(crate::domain_labels::DomainLabels::new(
             &cfg.metrics.domains,
             cfg.metrics.domain_labels,

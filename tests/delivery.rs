@@ -93,12 +93,16 @@ fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     assert_eq!(dsn[0].mail_from, "", "bounces come from <>");
     let fields = check_dsn(&dsn[0].data, "bad@example.org", "5.1.1");
     assert!(fields.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"), "{fields}");
+    assert!(fields.contains("X-Sluice-Category: invalid_recipient"), "{fields}");
     assert!(
         String::from_utf8_lossy(&dsn[0].data).contains("Message-ID: <mixed@t>"),
         "original attached"
     );
     let (_, m) = s.http_get("/metrics");
-    assert!(String::from_utf8(m).unwrap().contains("sluice_bounces_total 1"));
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("sluice_bounces_total{category=\"invalid_recipient\"} 1"), "{m}");
+    assert!(m.contains("sluice_deferrals_total{category=\"other\"} 1"), "{m}");
+    assert!(m.contains("sluice_dsns_total{action=\"failed\"} 1"), "{m}");
     // The delivery log has one line per event, for each recipient.
     // Reception, the DSN queued and delivered, ok delivered, bad failed, later deferred then
     // delivered: 7.
@@ -125,6 +129,10 @@ fn mixed_outcomes_one_delivered_one_bounced_one_retried() {
     }
     let deferred = log.iter().find(|e| e["event"] == "deferred").unwrap();
     assert_eq!(deferred["reply"], "451 4.2.0 try later");
+    assert_eq!(deferred["category"], "other");
+    let failed = log.iter().find(|e| e["event"] == "failed").unwrap();
+    assert_eq!(failed["category"], "invalid_recipient");
+    assert!(log.iter().filter(|e| e["event"] == "delivered").all(|e| e["category"].is_null()));
     assert_eq!(deferred["attempt"], 1);
     assert_eq!(deferred["destination"], sink.addr.to_string());
     assert_eq!(deferred["remote"], sink.addr.to_string());
@@ -152,7 +160,8 @@ fn expiry_bounces_exactly_once() {
     s.wait_queue(20, |q| q.is_empty());
     let dsns: Vec<_> = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).collect();
     assert_eq!(dsns.len(), 1, "exactly one DSN");
-    check_dsn(&dsns[0].data, "late@example.org", "4.4.7");
+    let fields = check_dsn(&dsns[0].data, "late@example.org", "4.4.7");
+    assert!(fields.contains("X-Sluice-Category: message_expired"), "{fields}");
 }
 
 /// RFC 3461 / RFC 5321 6.1: a message from <> is never bounced.

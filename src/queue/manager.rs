@@ -252,6 +252,8 @@ impl Dispatcher {
                 diagnostic: reason.clone(),
                 remote_mta: None,
                 will_retry_until: None,
+                // An operator's decision, not the recipient's fault.
+                category: Some(crate::bounce::Category::Policy),
             })
             .collect();
         if !notices.is_empty() {

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 
 use super::schedule::RetrySchedule;
 use crate::bounce::{
-    Action, Notice, build_dsn, status_of, wants_delay_notice, wants_failure_notice,
-    wants_success_notice,
+    Action, Category, Classifier, Notice, build_dsn, status_of, wants_delay_notice,
+    wants_failure_notice, wants_success_notice,
 };
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery_log::{DeliveryLog, Event};
@@ -38,6 +38,8 @@ pub struct Recorder {
     pub log: DeliveryLog,
     /// Send a delay notice after this long in the queue (None: never).
     pub delay_notice: Option<std::time::Duration>,
+    /// Bounce categories for failures and deferrals.
+    pub classifier: Arc<Classifier>,
     /// Bounded per-domain metric labels.
     pub labels: Arc<DomainLabels>,
 }
@@ -95,28 +97,40 @@ impl Recorder {
         let mut fates: Vec<Fate> = Vec::with_capacity(rcpts.len());
         for (k, &i) in rcpts.iter().enumerate() {
             let rcpt = &env.recipients[i as usize];
-            let (disposition, reply, status) = match &outcome {
+            let (disposition, reply, status, category) = match &outcome {
                 Ok(replies) => {
                     let r = replies
                         .get(k)
                         .cloned()
                         .unwrap_or_else(|| Reply::new(451, "4.3.0", "no reply"));
                     let d = classify_reply(&r);
-                    (d, r.to_line(), status_of(&r.to_line(), d == Disposition::Permanent))
+                    let status = reply_status(&r, d == Disposition::Permanent);
+                    (d, r.to_line(), status, self.classifier.classify_reply(&r))
                 }
-                Err(e) => (e.classify(), e.to_string(), error_status(e)),
+                Err(e) => {
+                    (e.classify(), e.to_string(), error_status(e), self.classifier.classify(e))
+                }
             };
             let attempts = rcpt.attempts + 1;
             let fate = match disposition {
                 Disposition::Delivered => Fate::delivered(i, attempts, reply),
-                Disposition::Permanent => Fate::failed(i, attempts, reply, status, "failed"),
+                Disposition::Permanent => {
+                    Fate::failed(i, attempts, reply, status, "failed", category)
+                }
                 Disposition::Temporary if self.schedule.is_expired(env.received_at, now) => {
                     let diag = format!("delivery time expired; last error: {reply}");
-                    Fate::failed(i, attempts, diag, "4.4.7".into(), "expired")
+                    Fate::failed(
+                        i,
+                        attempts,
+                        diag,
+                        "4.4.7".into(),
+                        "expired",
+                        Category::MessageExpired,
+                    )
                 }
                 Disposition::Temporary => {
                     let at = self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now);
-                    Fate::deferred(i, attempts, reply, at)
+                    Fate::deferred(i, attempts, reply, at, category)
                 }
             };
             fates.push(fate);
@@ -145,6 +159,7 @@ impl Recorder {
             diagnostic: f.reply.clone(),
             remote_mta: remote.clone(),
             will_retry_until: None,
+            category: f.category,
         };
         let notices: Vec<Notice<'_>> = fates
             .iter()
@@ -223,6 +238,15 @@ impl Recorder {
     fn report(&self, env: &Envelope, f: &Fate, attempt: &Attempt<'_>, now: u64) {
         let answered_by = attempt.answered_by;
         metrics::DELIVERIES.with_label_values(&[f.label]).inc();
+        match (f.state, f.category) {
+            (RecipientState::Failed, Some(c)) => {
+                metrics::BOUNCES.with_label_values(&[c.as_str()]).inc()
+            }
+            (RecipientState::Queued, Some(c)) => {
+                metrics::DEFERRALS.with_label_values(&[c.as_str()]).inc()
+            }
+            _ => {}
+        }
         let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
         let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
         metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
@@ -237,6 +261,7 @@ impl Recorder {
             e.queued_ms = Some(now.saturating_sub(env.received_at));
             e.attempt_ms = Some(attempt.elapsed.as_millis() as u64);
             e.next_attempt = (f.state == RecipientState::Queued).then_some(f.next_attempt);
+            e.category = f.category.map(Category::as_str);
             self.log.log(e);
         }
         tracing::info!(
@@ -323,13 +348,11 @@ impl Recorder {
             .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })
             .await?;
         let event = match action {
-            Action::Failed => {
-                metrics::BOUNCES.inc();
-                "bounce_queued"
-            }
+            Action::Failed => "bounce_queued",
             Action::Delayed => "delay_notice_queued",
             Action::Relayed => "success_notice_queued",
         };
+        metrics::DSNS.with_label_values(&[action.as_str()]).inc();
         let mut e = Event::new(event, env.id);
         e.recipient = Some(env.sender.to_string());
         e.reply = Some(format!("DSN {id} for {} recipient(s)", notices.len()));
@@ -350,6 +373,8 @@ struct Fate {
     /// RFC 3463 status for a bounce.
     status: String,
     label: &'static str,
+    /// Why it failed or was deferred (None when delivered).
+    category: Option<Category>,
 }
 
 impl Fate {
@@ -363,6 +388,7 @@ impl Fate {
             reply,
             status,
             label: "delivered",
+            category: None,
         }
     }
 
@@ -372,6 +398,7 @@ impl Fate {
         reply: String,
         status: String,
         label: &'static str,
+        category: Category,
     ) -> Self {
         Fate {
             index,
@@ -381,10 +408,17 @@ impl Fate {
             reply,
             status,
             label,
+            category: Some(category),
         }
     }
 
-    fn deferred(index: u32, attempts: u32, reply: String, next_attempt: u64) -> Self {
+    fn deferred(
+        index: u32,
+        attempts: u32,
+        reply: String,
+        next_attempt: u64,
+        category: Category,
+    ) -> Self {
         let status = "4.0.0".into();
         Fate {
             index,
@@ -394,7 +428,16 @@ impl Fate {
             reply,
             status,
             label: "deferred",
+            category: Some(category),
         }
+    }
+}
+
+/// The reply's own RFC 3463 status, or one from its class.
+fn reply_status(r: &Reply, permanent: bool) -> String {
+    match &r.enhanced {
+        Some(e) => e.to_string(),
+        None => status_of("", permanent),
     }
 }
 
@@ -404,7 +447,7 @@ fn error_status(e: &DeliveryError) -> String {
         DeliveryError::NullMx(_) => "5.1.10".into(),
         DeliveryError::NoSuchDomain(_) => "5.1.2".into(),
         DeliveryError::Reply(r) | DeliveryError::Unsendable(r) => {
-            status_of(&r.to_line(), classify_reply(r) == Disposition::Permanent)
+            reply_status(r, classify_reply(r) == Disposition::Permanent)
         }
         DeliveryError::Connect { .. }
         | DeliveryError::Timeout(_)

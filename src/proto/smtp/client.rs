@@ -680,9 +680,43 @@ pub fn parse_reply(buf: &mut BytesMut) -> Result<Option<Reply>, String> {
         lines.push(text.get(4..).unwrap_or("").to_string());
         if sep != Some(b'-') {
             let _ = buf.split_to(pos);
-            return Ok(Some(Reply::plain(code, lines.join("\n"))));
+            return Ok(Some(with_enhanced_code(code, lines)));
         }
     }
+}
+
+/// A reply whose lines begin with the same RFC 3463 code (RFC 2034 3: every line carries it)
+/// keeps the code apart from the text, so failures are classified on the code, not re-parsed.
+fn with_enhanced_code(code: u16, mut lines: Vec<String>) -> Reply {
+    let Some(enhanced) = lines.first().and_then(|l| enhanced_prefix(code, l)) else {
+        return Reply::plain(code, lines.join("\n"));
+    };
+    let enhanced = enhanced.to_string();
+    for line in &mut lines {
+        if enhanced_prefix(code, line) == Some(enhanced.as_str()) {
+            let rest = line[enhanced.len()..].strip_prefix(' ').unwrap_or("");
+            *line = rest.to_string();
+        }
+    }
+    Reply { code, enhanced: Some(enhanced.into()), text: lines.join("\n").into() }
+}
+
+/// `class.subject.detail` at the start of `line`, its class that of the reply code (RFC 3463 2:
+/// subject and detail are 1-3 digits).
+fn enhanced_prefix(code: u16, line: &str) -> Option<&str> {
+    let end = line.find(' ').unwrap_or(line.len());
+    let word = &line[..end];
+    let mut parts = word.split('.');
+    let class = parts.next()?;
+    let digits = |p: Option<&str>| {
+        p.is_some_and(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let ok = class.len() == 1
+        && class.as_bytes()[0] == b'0' + (code / 100) as u8
+        && digits(parts.next())
+        && digits(parts.next())
+        && parts.next().is_none();
+    ok.then_some(word)
 }
 
 #[cfg(test)]

@@ -435,7 +435,11 @@ mod tests {
         for (line, code, enhanced) in cases {
             let err = parse(line.as_bytes()).unwrap_err();
             let reply = err.reply();
-            assert_eq!((reply.code, reply.enhanced), (*code, Some(*enhanced)), "{line}: {err}");
+            assert_eq!(
+                (reply.code, reply.enhanced.as_deref()),
+                (*code, Some(*enhanced)),
+                "{line}: {err}"
+            );
         }
         assert!(parse(b"\xff\xfe").is_err());
     }
@@ -483,7 +487,7 @@ mod tests {
         ];
         for line in &bad {
             let r = parse(line.as_bytes()).map(|_| ()).unwrap_err().reply();
-            assert_eq!((r.code, r.enhanced), (501, Some("5.5.4")), "{line:?}");
+            assert_eq!((r.code, r.enhanced.as_deref()), (501, Some("5.5.4")), "{line:?}");
         }
         // UTF-8 ENVID with SMTPUTF8 (RFC 6533), and well-formed values, are accepted.
         for line in [

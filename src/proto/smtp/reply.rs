@@ -13,17 +13,18 @@ use bytes::BytesMut;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    pub enhanced: Option<&'static str>,
+    /// RFC 3463 `class.subject.detail`, without the leading code.
+    pub enhanced: Option<Cow<'static, str>>,
     pub text: Cow<'static, str>,
 }
 
 impl Reply {
     pub const fn new(code: u16, enhanced: &'static str, text: &'static str) -> Self {
-        Reply { code, enhanced: Some(enhanced), text: Cow::Borrowed(text) }
+        Reply { code, enhanced: Some(Cow::Borrowed(enhanced)), text: Cow::Borrowed(text) }
     }
 
     pub fn owned(code: u16, enhanced: &'static str, text: String) -> Self {
-        Reply { code, enhanced: Some(enhanced), text: Cow::Owned(text) }
+        Reply { code, enhanced: Some(Cow::Borrowed(enhanced)), text: Cow::Owned(text) }
     }
 
     /// A reply without an enhanced code (the greeting, RFC 2034 section 3).
@@ -46,7 +47,7 @@ impl Reply {
         while let Some(line) = lines.next() {
             out.extend_from_slice(&code);
             out.extend_from_slice(if lines.peek().is_some() { b"-" } else { b" " });
-            if let Some(e) = self.enhanced {
+            if let Some(e) = &self.enhanced {
                 out.extend_from_slice(e.as_bytes());
                 out.extend_from_slice(b" ");
             }
@@ -57,7 +58,7 @@ impl Reply {
 
     /// The last line as text, e.g. for logs and the queue's `last_reply`.
     pub fn to_line(&self) -> String {
-        match self.enhanced {
+        match &self.enhanced {
             Some(e) => format!("{} {} {}", self.code, e, self.text.replace('\n', " / ")),
             None => format!("{} {}", self.code, self.text.replace('\n', " / ")),
         }

@@ -228,6 +228,31 @@ fn rfc5321_4_2_reply_parsing() {
     }
 }
 
+#[test]
+fn rfc2034_enhanced_code_is_kept_apart_from_the_text() {
+    let cases: [(&str, Option<&str>, &str); 6] = [
+        (
+            "550-5.1.1 The email account that you tried to reach does not exist.\r\n550 5.1.1 https://support.google.com/mail/?p=NoSuchUser - gsmtp\r\n",
+            Some("5.1.1"),
+            "The email account that you tried to reach does not exist.\nhttps://support.google.com/mail/?p=NoSuchUser - gsmtp",
+        ),
+        ("421 4.7.0 [TSS04] Messages deferred\r\n", Some("4.7.0"), "[TSS04] Messages deferred"),
+        ("550 5.7.26\r\n", Some("5.7.26"), ""),
+        // Class must match the code, parts must be 1-3 digits: otherwise it is text.
+        ("550 4.1.1 odd\r\n", None, "4.1.1 odd"),
+        ("554 5.1234.1 odd\r\n", None, "5.1234.1 odd"),
+        (
+            "550 Requested action not taken: mailbox unavailable\r\n",
+            None,
+            "Requested action not taken: mailbox unavailable",
+        ),
+    ];
+    for (wire, enhanced, text) in cases {
+        let r = parse_reply(&mut BytesMut::from(wire)).unwrap().unwrap();
+        assert_eq!((r.enhanced.as_deref(), r.text.as_ref()), (enhanced, text), "{wire:?}");
+    }
+}
+
 /// Randomized round trip: any reply the server side encodes (random code, 1-5 lines of printable
 /// text) parses back to the same code and text, whether it arrives whole, byte by byte or in
 /// random pieces, with the next reply's bytes left in the buffer.
@@ -240,7 +265,11 @@ fn replies_round_trip_through_encode_and_parse() {
         let lines: Vec<String> = (0..1 + next(5))
             .map(|_| (0..next(60)).map(|_| (b' ' + next(95) as u8) as char).collect())
             .collect();
-        let reply = crate::proto::smtp::reply::Reply::plain(code, lines.join("\n"));
+        let mut reply = crate::proto::smtp::reply::Reply::plain(code, lines.join("\n"));
+        if next(2) == 0 && code / 100 != 3 {
+            let class = code / 100;
+            reply.enhanced = Some(format!("{class}.{}.{}", next(8), next(30)).into());
+        }
         let mut wire = BytesMut::new();
         reply.encode(&mut wire);
         wire.extend_from_slice(b"250 next\r\n");
@@ -256,6 +285,7 @@ fn replies_round_trip_through_encode_and_parse() {
         }
         let got = parsed.unwrap();
         assert_eq!((got.code, got.text.as_ref()), (code, lines.join("\n").as_str()));
+        assert_eq!(got.enhanced, reply.enhanced, "{code} {lines:?}");
         buf.extend_from_slice(rest);
         assert_eq!(
             parse_reply(&mut buf).unwrap().map(|r| r.code),

@@ -30,7 +30,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
@@ -51,6 +51,8 @@ pub struct Notice<'a> {
     pub remote_mta: Option<String>,
     /// Delay notices: when the message expires (Unix seconds).
     pub will_retry_until: Option<u64>,
+    /// Why it failed, as `X-Sluice-Category` (an RFC 3464 extension field).
+    pub category: Option<super::Category>,
 }
 
 /// Whether the sender wants to hear about this recipient's failure (RFC 3461 4.1): never for
@@ -192,6 +194,9 @@ fn delivery_status(
         if let Some(until) = f.will_retry_until {
             let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
         }
+        if let Some(c) = f.category {
+            let _ = write!(m, "X-Sluice-Category: {c}\r\n");
+        }
     }
 }
 
@@ -246,6 +251,7 @@ mod tests {
             diagnostic: "550 5.1.1 no such user".into(),
             remote_mta: Some("mx.e.f".into()),
             will_retry_until: None,
+            category: None,
         };
         let dsn =
             String::from_utf8(build_dsn("mta.test", &env, &[f], b"Subject: hi\r\n\r\nbody\r\n", 0))
@@ -275,6 +281,7 @@ mod tests {
             diagnostic: "x".into(),
             remote_mta: None,
             will_retry_until: None,
+            category: None,
         };
         let dsn = String::from_utf8(build_dsn(
             "mta.test",
@@ -295,6 +302,7 @@ mod tests {
             diagnostic: "451 4.2.0 later".into(),
             remote_mta: None,
             will_retry_until: Some(86_400),
+            category: None,
         };
         let dsn =
             String::from_utf8(build_dsn("m.t", &env, &[f], b"Subject: hi\r\n\r\nbody\r\n", 0))
