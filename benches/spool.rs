@@ -25,6 +25,7 @@ fn message(spool: &LogSpool, body: &Bytes) -> NewMessage {
             smtputf8: false,
             ret: None,
             envid: None,
+            tags: None,
         },
         trace: Bytes::from_static(b"Received: from bench\r\n"),
         body: body.clone(),

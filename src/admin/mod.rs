@@ -162,7 +162,7 @@ fn rfc3339(millis: u64) -> String {
 /// The queue's JSON form of a message, shared by the API and `sluice queue list --json`.
 /// `next_attempt` is null when the recipient is due as soon as possible.
 pub fn message_json(env: &Envelope) -> Value {
-    json!({
+    let mut v = json!({
         "id": env.id.to_string(),
         "message_id": env.message_id,
         "sender": env.sender,
@@ -186,5 +186,14 @@ pub fn message_json(env: &Envelope) -> Value {
         "smtputf8": env.smtputf8,
         "ret": env.ret.map(|r| format!("{r:?}").to_uppercase()),
         "envid": env.envid,
-    })
+    });
+    // Only when present, so the JSON of untagged mail is what it always was.
+    if let Some(t) = &env.tags {
+        v["tenant"] = json!(t.tenant);
+        v["campaign"] = json!(t.campaign);
+        v["meta"] = t.meta.as_deref().map_or(Value::Null, |m| {
+            serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.to_string()))
+        });
+    }
+    v
 }

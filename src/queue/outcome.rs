@@ -343,6 +343,7 @@ impl Recorder {
             smtputf8: env.smtputf8,
             ret: None,
             envid: None,
+            tags: None,
         };
         self.spool
             .store(NewMessage { envelope, trace: Bytes::new(), body: Bytes::from(body) })

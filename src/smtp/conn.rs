@@ -395,6 +395,7 @@ async fn store(
         smtputf8: tx.mail.smtputf8,
         ret: tx.mail.ret.map(Into::into),
         envid: tx.mail.envid,
+        tags: None,
     };
     let event = ctx.log.enabled().then(|| {
         let mut e = LogEvent::new("reception", id);

@@ -50,7 +50,7 @@ impl std::str::FromStr for QueueId {
 
 /// Everything known about a message except its content.
 ///
-/// On disk (record format version 1, see `record.rs`) this struct is encoded with postcard in
+/// On disk (record payload version 2, see `record.rs`) this struct is encoded with postcard in
 /// field order: adding, removing or reordering a field changes the format, so it needs a version
 /// bump and a decoder for the old shape. Its field types are the spool's own (never protocol
 /// types), so a change in `proto` cannot change the format by accident.
@@ -77,6 +77,29 @@ pub struct Envelope {
     /// RFC 3461 RET and ENVID.
     pub ret: Option<Ret>,
     pub envid: Option<String>,
+    /// Bulk-sending tags (payload version 2); boxed, since most mail has none and the queue keeps
+    /// every envelope in memory.
+    pub tags: Option<Box<Tags>>,
+}
+
+/// Who a message is sent for, carried in the envelope (never in headers that reach the
+/// recipient) into the delivery log, metrics and suppression.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tags {
+    pub tenant: Option<CompactString>,
+    pub campaign: Option<CompactString>,
+    /// The injector's own metadata, as JSON text, returned in the delivery log.
+    pub meta: Option<String>,
+}
+
+impl Envelope {
+    pub fn tenant(&self) -> Option<&str> {
+        self.tags.as_ref().and_then(|t| t.tenant.as_deref())
+    }
+
+    pub fn campaign(&self) -> Option<&str> {
+        self.tags.as_ref().and_then(|t| t.campaign.as_deref())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,6 +318,7 @@ pub(crate) fn test_envelope(id: QueueId, size: u64) -> Envelope {
         smtputf8: false,
         ret: None,
         envid: None,
+        tags: None,
     }
 }
 

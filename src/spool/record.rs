@@ -7,6 +7,7 @@
 //!             header octets before it (so a damaged length is never trusted)
 //!   payload, by kind:
 //!     1 message: meta_len:u32 meta (postcard Envelope) trace_len:u32 trace body
+//!                (payload version 1: the Envelope without `tags`)
 //!     2 update:  postcard RecipientUpdate
 //!     3 remove:  id:u64
 //! format 1 ("SLR1", written until 2026-12; read, never written):
@@ -33,7 +34,8 @@ const MAGIC_V1: u32 = u32::from_le_bytes(*b"SLR1");
 pub const HEADER_LEN: usize = 20;
 const HEADER_LEN_V1: usize = 12;
 /// The payload encoding this build writes; it reads this one and every older one.
-pub const VERSION: u8 = 1;
+/// 2 (2026-12): the envelope gained `tags` (tenant, campaign, metadata).
+pub const VERSION: u8 = 2;
 /// Payload length is a u32; messages are capped well below it in config.
 pub const MAX_PAYLOAD: usize = u32::MAX as usize - 64;
 
@@ -128,10 +130,10 @@ pub enum Invalid {
 pub fn decode(buf: &[u8]) -> Result<(Record, usize), Invalid> {
     let (kind, version, payload, total) = frame(buf)?;
     let record = match (kind, version) {
-        (KIND_MESSAGE, 0 | 1) => {
+        (KIND_MESSAGE, 0..=2) => {
             let meta_len = read_u32(payload, 0)? as usize;
             let meta = payload.get(4..4 + meta_len).ok_or(Invalid::BadPayload)?;
-            let envelope: Envelope = postcard::from_bytes(meta).map_err(|_| Invalid::BadPayload)?;
+            let envelope = decode_envelope(version, meta).ok_or(Invalid::BadPayload)?;
             let trace_len = read_u32(payload, 4 + meta_len)? as usize;
             let content_offset = (total - payload.len()) + 4 + meta_len + 4;
             if content_offset + trace_len > total {
@@ -142,10 +144,10 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Invalid> {
         (KIND_UPDATE, 0) => Record::Update(
             postcard::from_bytes::<UpdateV0>(payload).map_err(|_| Invalid::BadPayload)?.into(),
         ),
-        (KIND_UPDATE, 1) => {
+        (KIND_UPDATE, 1 | 2) => {
             Record::Update(postcard::from_bytes(payload).map_err(|_| Invalid::BadPayload)?)
         }
-        (KIND_REMOVE, 0 | 1) => {
+        (KIND_REMOVE, 0..=2) => {
             let id: [u8; 8] = payload.try_into().map_err(|_| Invalid::BadPayload)?;
             Record::Remove(QueueId(u64::from_le_bytes(id)))
         }
@@ -231,8 +233,55 @@ pub fn salvage_envelope(buf: &[u8]) -> Option<Envelope> {
         MAGIC_V1 if buf.get(HEADER_LEN_V1) == Some(&KIND_MESSAGE) => HEADER_LEN_V1 + 1,
         _ => return None,
     };
+    let version = if word(0)? == MAGIC { *buf.get(4)? } else { 0 };
     let meta_len = word(meta_at)? as usize;
-    postcard::from_bytes(buf.get(meta_at + 4..meta_at + 4 + meta_len)?).ok()
+    decode_envelope(version, buf.get(meta_at + 4..meta_at + 4 + meta_len)?)
+}
+
+/// The envelope of a message record of payload `version`.
+fn decode_envelope(version: u8, meta: &[u8]) -> Option<Envelope> {
+    if version >= 2 {
+        postcard::from_bytes(meta).ok()
+    } else {
+        postcard::from_bytes::<EnvelopeV1>(meta).ok().map(Into::into)
+    }
+}
+
+/// An envelope as payload versions 0 and 1 wrote it (no tags).
+#[derive(Deserialize)]
+struct EnvelopeV1 {
+    id: QueueId,
+    received_at: u64,
+    sender: compact_str::CompactString,
+    recipients: Vec<super::Recipient>,
+    message_id: Option<compact_str::CompactString>,
+    size: u64,
+    helo: compact_str::CompactString,
+    client_ip: std::net::IpAddr,
+    body_type: Option<super::BodyType>,
+    smtputf8: bool,
+    ret: Option<super::Ret>,
+    envid: Option<String>,
+}
+
+impl From<EnvelopeV1> for Envelope {
+    fn from(e: EnvelopeV1) -> Self {
+        Envelope {
+            id: e.id,
+            received_at: e.received_at,
+            sender: e.sender,
+            recipients: e.recipients,
+            message_id: e.message_id,
+            size: e.size,
+            helo: e.helo,
+            client_ip: e.client_ip,
+            body_type: e.body_type,
+            smtputf8: e.smtputf8,
+            ret: e.ret,
+            envid: e.envid,
+            tags: None,
+        }
+    }
 }
 
 fn read_u32(data: &[u8], at: usize) -> Result<u32, Invalid> {
@@ -384,6 +433,13 @@ mod tests {
             env.recipients[0].attempts = next() as u32;
             env.received_at = next();
             env.envid = next().is_multiple_of(2).then(|| text.clone());
+            env.tags = next().is_multiple_of(2).then(|| {
+                Box::new(super::super::Tags {
+                    tenant: Some(text.as_str().into()),
+                    campaign: next().is_multiple_of(2).then(|| "c".into()),
+                    meta: Some(format!("{{\"k\":{}}}", next())),
+                })
+            });
             let body: Vec<u8> = (0..next() % 2000).map(|_| next() as u8).collect();
             let buf = flat(&encode_message(&env, Bytes::new(), Bytes::from(body.clone())).unwrap());
             let (Record::Message { envelope, content_offset }, len) = decode(&buf).unwrap() else {

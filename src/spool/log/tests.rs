@@ -379,7 +379,17 @@ fn a_newer_record_version_stops_start_up_and_changes_nothing() {
 /// it) opens with every message, state and body intact.
 #[test]
 fn reads_a_spool_written_by_format_1() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-format1");
+    reads_fixture_spool("tests/fixtures/spool-format1");
+}
+
+/// The same for format 2 with payload version 1 (envelopes without tags).
+#[test]
+fn reads_a_spool_written_by_format_2_version_1() {
+    reads_fixture_spool("tests/fixtures/spool-format2-v1");
+}
+
+fn reads_fixture_spool(path: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("spool")).unwrap();
     fs::copy(
