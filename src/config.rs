@@ -69,6 +69,9 @@ pub struct Config {
     /// Bounce classification.
     #[serde(default)]
     pub bounce: BounceConfig,
+    /// The suppression list.
+    #[serde(default)]
+    pub suppression: SuppressionConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -198,6 +201,11 @@ impl Config {
             ));
         }
         w
+    }
+
+    /// `<data_dir>/suppression.redb`.
+    pub fn suppression_file(&self) -> PathBuf {
+        self.data_dir.join("suppression.redb")
     }
 
     pub fn users_file(&self) -> PathBuf {
@@ -525,6 +533,64 @@ pub struct BounceConfig {
     pub rules: Option<PathBuf>,
 }
 
+/// The suppression list (README, "Suppression").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    /// Keep and apply the list.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Hard-bounce categories that add the recipient.
+    #[serde(default = "default_suppress_categories")]
+    pub categories: Vec<crate::bounce::Category>,
+    /// Where bounce-fed entries go: "tenant" (the message's tenant; global for untagged mail)
+    /// or "global".
+    #[serde(default)]
+    pub scope: SuppressionScope,
+    /// Refuse suppressed recipients at RCPT for authenticated and relay clients (550 5.7.1).
+    #[serde(default = "default_true")]
+    pub check_rcpt: bool,
+    /// Per-tenant overrides.
+    #[serde(default)]
+    pub tenant: std::collections::BTreeMap<String, TenantSuppression>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuppressionScope {
+    #[default]
+    Tenant,
+    Global,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSuppression {
+    /// Refuse this tenant's suppressed recipients at injection.
+    #[serde(default = "default_true")]
+    pub check: bool,
+    /// Hard-bounce categories that add this tenant's recipients (default: the global list).
+    pub categories: Option<Vec<crate::bounce::Category>>,
+}
+
+fn default_suppress_categories() -> Vec<crate::bounce::Category> {
+    use crate::bounce::Category::*;
+    vec![InvalidRecipient, BadDomain, InactiveMailbox]
+}
+
+impl SuppressionConfig {
+    /// Whether injected mail of `tenant` is checked against the list.
+    pub fn checks(&self, tenant: Option<&str>) -> bool {
+        self.enabled && tenant.and_then(|t| self.tenant.get(t)).is_none_or(|t| t.check)
+    }
+
+    /// Whether a hard bounce of `category` for `tenant` suppresses the recipient.
+    pub fn suppresses(&self, tenant: Option<&str>, category: crate::bounce::Category) -> bool {
+        let own = tenant.and_then(|t| self.tenant.get(t)).and_then(|t| t.categories.as_ref());
+        self.enabled && own.unwrap_or(&self.categories).contains(&category)
+    }
+}
+
 /// Verification of mail received on `smtp` listeners (submission is authenticated instead).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -678,6 +744,7 @@ default_from_serde!(
     DeliveryLogConfig,
     ShapingParams,
     VerifyConfig,
+    SuppressionConfig,
     Limits,
     Queue,
     SpoolConfig,

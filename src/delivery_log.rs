@@ -52,9 +52,15 @@ pub struct Event {
     /// Unix milliseconds of the next attempt (deferrals).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<u64>,
-    /// Bounce category of a failure, expiry or deferral (README, "Bounce categories").
+    /// Bounce category of a failure, expiry or deferral (README, "Bounce categories"), or the
+    /// reason of a suppression.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<&'static str>,
+    /// The message's tenant and campaign (bulk sending), when it has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 impl Event {
@@ -75,6 +81,8 @@ impl Event {
             attempt_ms: None,
             next_attempt: None,
             category: None,
+            tenant: None,
+            campaign: None,
         }
     }
 }

@@ -252,6 +252,20 @@ metrics! {
         "Recipients deferred for a later attempt, by bounce category.",
         &["category"],
     );
+    /// Addresses added to the suppression list, by reason.
+    SUPPRESSIONS_ADDED: IntCounterVec = counter_vec(
+        "sluice_suppressions_added_total",
+        "Addresses added to the suppression list, by reason (a bounce category, complaint, unsubscribe, manual).",
+        &["reason"],
+    );
+    /// Recipients refused because they are suppressed, by where (rcpt, inject).
+    SUPPRESSED: IntCounterVec = counter_vec(
+        "sluice_suppressed_total",
+        "Recipients refused because they are on the suppression list, by where: rcpt (SMTP) or inject (HTTP).",
+        &["where"],
+    );
+    /// Entries in the suppression list.
+    SUPPRESSION_ENTRIES: IntGauge = gauge("sluice_suppression_entries", "Entries in the suppression list.");
     /// Delivery status notifications queued to senders, by action (failed, delayed, relayed).
     DSNS: IntCounterVec = counter_vec(
         "sluice_dsns_total",
@@ -339,6 +353,9 @@ pub fn init_labels(listeners: &[String]) {
     }
     for a in ["failed", "delayed", "relayed"] {
         DSNS.with_label_values(&[a]);
+    }
+    for w in ["rcpt", "inject"] {
+        SUPPRESSED.with_label_values(&[w]);
     }
     for a in ["ed25519-sha256", "rsa-sha256"] {
         DKIM_SIGN_SECONDS.with_label_values(&[a]);

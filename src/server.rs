@@ -19,6 +19,7 @@ use crate::config::{Config, ListenerMode};
 use crate::delivery::conn::Timeouts;
 use crate::delivery::route::Routes;
 use crate::proto::smtp::session::SessionConfig;
+use crate::bounce::suppression::Suppressions;
 use crate::queue::manager::{Dispatcher, DispatcherConfig};
 use crate::queue::outcome::Recorder;
 use crate::queue::schedule::RetrySchedule;
@@ -148,6 +149,8 @@ struct Intake {
     /// Woken after each stored message, so delivery starts at once.
     stored: Arc<tokio::sync::Notify>,
     log: crate::delivery_log::DeliveryLog,
+    /// The suppression list (`[suppression] enabled`).
+    suppressions: Option<Arc<Suppressions>>,
 }
 
 impl Intake {
@@ -170,9 +173,19 @@ impl Intake {
             stdout: cfg.delivery_log.stdout,
         })
         .context("starting the delivery log")?;
+        let suppressions = match cfg.suppression.enabled {
+            true => Some(Arc::new(Suppressions::open(&cfg.suppression_file())?)),
+            false => None,
+        };
+        let mut session = session_config(cfg);
+        if cfg.suppression.check_rcpt
+            && let Some(s) = &suppressions
+        {
+            session.recipient_policy = Some(s.clone());
+        }
         Ok(Intake {
             spool,
-            session: Arc::new(session_config(cfg)),
+            session: Arc::new(session),
             tls,
             auth: load_auth(cfg)?,
             dkim,
@@ -186,6 +199,7 @@ impl Intake {
             budget: crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize),
             stored: Arc::new(tokio::sync::Notify::new()),
             log,
+            suppressions,
         })
     }
 }
@@ -332,6 +346,10 @@ fn start_delivery(
         log: intake.log.clone(),
         delay_notice: cfg.queue.delay_notice,
         classifier: Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?),
+        suppress: intake.suppressions.clone().map(|list| crate::queue::outcome::SuppressFeed {
+            list,
+            config: cfg.suppression.clone(),
+        }),
         labels: Arc::new(crate::domain_labels::DomainLabels::new(
             &cfg.metrics.domains,
             cfg.metrics.domain_labels,

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod dsn;
+pub mod suppression;
 
 pub use classify::{Category, Classifier};
 pub use dsn::*;

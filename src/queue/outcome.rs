@@ -18,6 +18,8 @@ use crate::bounce::{
     Action, Category, Classifier, Notice, build_dsn, status_of, wants_delay_notice,
     wants_failure_notice, wants_success_notice,
 };
+use crate::bounce::suppression::{NewEntry, Reason, Suppressions};
+use crate::config::{SuppressionConfig, SuppressionScope};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery_log::{DeliveryLog, Event};
 use crate::domain_labels::DomainLabels;
@@ -40,6 +42,8 @@ pub struct Recorder {
     pub delay_notice: Option<std::time::Duration>,
     /// Bounce categories for failures and deferrals.
     pub classifier: Arc<Classifier>,
+    /// Hard bounces feed the suppression list.
+    pub suppress: Option<SuppressFeed>,
     /// Bounded per-domain metric labels.
     pub labels: Arc<DomainLabels>,
 }
@@ -77,6 +81,7 @@ impl Recorder {
         if !self.store(env, &fates, &notified).await {
             return;
         }
+        self.suppress(env, &fates).await;
         // The message leaves the spool once every recipient is delivered or bounced.
         if let Some(current) = self.spool.get(env.id)
             && current.recipients.iter().all(|r| r.state != RecipientState::Queued)
@@ -262,12 +267,55 @@ impl Recorder {
             e.attempt_ms = Some(attempt.elapsed.as_millis() as u64);
             e.next_attempt = (f.state == RecipientState::Queued).then_some(f.next_attempt);
             e.category = f.category.map(Category::as_str);
+            e.tenant = env.tenant().map(str::to_string);
+            e.campaign = env.campaign().map(str::to_string);
             self.log.log(e);
         }
         tracing::info!(
             id = %env.id, rcpt = %env.recipients[f.index as usize].address, next_hop = answered_by,
             attempt = f.attempts, outcome = f.label, reply = %f.reply, "delivery"
         );
+    }
+
+    /// Adds the recipients of hard bounces in the configured categories to the suppression
+    /// list (one durable transaction for the attempt). A failure is logged: the bounce itself is
+    /// already recorded.
+    async fn suppress(&self, env: &Envelope, fates: &[Fate]) {
+        let Some(feed) = &self.suppress else { return };
+        let tenant = env.tenant();
+        let entries: Vec<NewEntry> = fates
+            .iter()
+            .filter(|f| f.label == "failed")
+            .filter_map(|f| Some((f, f.category?)))
+            .filter(|(_, c)| feed.config.suppresses(tenant, *c))
+            .map(|(f, c)| NewEntry {
+                address: env.recipients[f.index as usize].address.to_string(),
+                tenant: match feed.config.scope {
+                    SuppressionScope::Tenant => tenant.map(str::to_string),
+                    SuppressionScope::Global => None,
+                },
+                reason: Reason::Bounce(c),
+                detail: Some(f.reply.chars().take(300).collect()),
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let list = feed.list.clone();
+        let added = entries.clone();
+        match tokio::task::spawn_blocking(move || list.add(&added)).await {
+            Ok(Ok(_)) => {
+                for e in &entries {
+                    let mut ev = Event::new("suppressed", env.id);
+                    ev.recipient = Some(e.address.clone());
+                    ev.category = Some(e.reason.as_str());
+                    ev.tenant = e.tenant.clone();
+                    self.log.log(ev);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(id = %env.id, error = %e, "could not add hard bounces to the suppression list"),
+            Err(e) => tracing::error!(id = %env.id, error = %e, "suppression task failed"),
+        }
     }
 
     /// Records every fate. All updates are submitted before any is awaited, so they share one
@@ -362,6 +410,12 @@ impl Recorder {
         self.wake.notify_one();
         Ok(())
     }
+}
+
+/// The suppression list and what feeds it.
+pub struct SuppressFeed {
+    pub list: Arc<Suppressions>,
+    pub config: SuppressionConfig,
 }
 
 /// What happens to one recipient after an attempt.

@@ -68,6 +68,15 @@ pub struct SessionConfig {
     pub auth_required: bool,
     /// AUTH only over TLS (RFC 4954 4: a switch for loopback tests may turn it off).
     pub auth_needs_tls: bool,
+    /// Recipients refused for trusted clients (the suppression list).
+    pub recipient_policy: Option<Arc<dyn RecipientPolicy>>,
+}
+
+/// A refusal of recipients that is decided in memory, with no network I/O (the suppression
+/// list), and applies to trusted clients: mail sluice would send on their behalf.
+pub trait RecipientPolicy: Send + Sync + std::fmt::Debug {
+    /// Why `rcpt` must not be accepted, for the 550 5.7.1 reply; None to accept it.
+    fn refusal(&self, rcpt: &str) -> Option<String>;
 }
 
 impl Default for SessionConfig {
@@ -90,6 +99,7 @@ impl Default for SessionConfig {
             auth: false,
             auth_required: false,
             auth_needs_tls: true,
+            recipient_policy: None,
         }
     }
 }
@@ -171,11 +181,13 @@ pub enum RejectReason {
     Dmarc,
     /// SPF fail, refused by configuration.
     Spf,
+    /// The recipient is on the suppression list.
+    Suppressed,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 24] = [
+    pub const ALL: [RejectReason; 25] = [
         RejectReason::Syntax,
         RejectReason::Sequence,
         RejectReason::Size,
@@ -200,6 +212,7 @@ impl RejectReason {
         RejectReason::Pipelining,
         RejectReason::Dmarc,
         RejectReason::Spf,
+        RejectReason::Suppressed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -228,6 +241,7 @@ impl RejectReason {
             RejectReason::Pipelining => "improper_pipelining",
             RejectReason::Dmarc => "dmarc",
             RejectReason::Spf => "spf",
+            RejectReason::Suppressed => "suppressed",
         }
     }
 }
@@ -812,6 +826,14 @@ impl Session {
         }
         if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
             return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
+        }
+        if self.trusted()
+            && let Some(policy) = &self.cfg.recipient_policy
+            && let Some(why) = policy.refusal(rcpt.to.as_str())
+        {
+            // Not a client error: a bulk sender's list may hold many of these.
+            self.events.push(Event::Rejected(RejectReason::Suppressed));
+            return self.reply(Reply::owned(550, "5.7.1", why));
         }
         // RFC 5321 4.5.1: `<postmaster>` goes to the configured postmaster's address. Without
         // one it could never be delivered: refused now rather than accepted and bounced.

@@ -737,3 +737,40 @@ fn rfc6409_submission_needs_auth_and_owned_senders() {
     h.expect("RSET", 250);
     h.expect("MAIL FROM:<x@EXAMPLE.com>", 250);
 }
+
+/// A suppression list that refuses one address.
+#[derive(Debug)]
+struct RefuseOne(&'static str);
+
+impl RecipientPolicy for RefuseOne {
+    fn refusal(&self, rcpt: &str) -> Option<String> {
+        (rcpt.eq_ignore_ascii_case(self.0)).then(|| format!("{rcpt} is suppressed"))
+    }
+}
+
+#[test]
+fn suppressed_recipients_are_refused_for_trusted_clients_without_counting_as_errors() {
+    let cfg = SessionConfig {
+        recipient_policy: Some(Arc::new(RefuseOne("gone@example.org"))),
+        max_errors: 2,
+        local_domains: ["example.org".to_string()].into(),
+        ..SessionConfig::default()
+    };
+    let mut h = Harness::with(cfg.clone(), "127.0.0.1");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    for _ in 0..5 {
+        let out = h.send(b"RCPT TO:<Gone@example.org>\r\n");
+        assert!(out.starts_with("550 5.7.1 Gone@example.org is suppressed"), "{out}");
+    }
+    assert!(!h.closed, "refusals of suppressed recipients are no client errors");
+    h.expect("RCPT TO:<ok@example.org>", 250);
+    h.expect("DATA", 354);
+    h.expect("Subject: x\r\n\r\nhi\r\n.", 250);
+    assert_eq!(h.stored[0].rcpts.len(), 1);
+    // Inbound mail from strangers to a local domain is not the sender's list to apply.
+    let mut h = Harness::with(cfg, "192.0.2.10");
+    h.expect("EHLO x", 250);
+    h.expect("MAIL FROM:<a@b.c>", 250);
+    h.expect("RCPT TO:<gone@example.org>", 250);
+}

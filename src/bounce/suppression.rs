@@ -1,0 +1,455 @@
+//! The suppression list: addresses never to mail again (hard bounces, complaints,
+//! unsubscribes, operator entries), per tenant or global.
+//!
+//! Durable in a redb file (`<data_dir>/suppression.redb`; every change is one fsync'd write
+//! transaction before it is acknowledged). Lookups never touch it for the common case: memory
+//! holds a keyed 64-bit hash of every entry (with its reason and time), 16 bytes per entry plus
+//! the table's slack, so a miss is one hash probe. A hit is confirmed in the file, so a hash
+//! collision can never refuse an address that is not listed.
+//!
+//! Addresses are compared in lower case (RFC 5321 lets local parts be case-sensitive; no large
+//! mailbox provider treats them so, and a suppression that missed `Bob@` for `bob@` would mail a
+//! complainer again).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::path::Path;
+use std::sync::RwLock;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::Category;
+
+/// `tenant \0 address` -> [`Stored`] (postcard). The global scope is the empty tenant.
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("suppression");
+
+/// Why an address is suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A hard bounce of this category.
+    Bounce(Category),
+    /// The recipient reported the mail as spam (a feedback loop report).
+    Complaint,
+    /// The recipient unsubscribed (RFC 8058 one-click, or the mailto form).
+    Unsubscribe,
+    /// Added by an operator (`sluice suppression add`, import, the admin API).
+    Manual,
+}
+
+impl Reason {
+    fn code(self) -> u8 {
+        match self {
+            Reason::Bounce(c) => Category::ALL.iter().position(|x| *x == c).unwrap_or(0) as u8,
+            Reason::Complaint => 100,
+            Reason::Unsubscribe => 101,
+            Reason::Manual => 102,
+        }
+    }
+
+    fn from_code(c: u8) -> Reason {
+        match c {
+            100 => Reason::Complaint,
+            101 => Reason::Unsubscribe,
+            102 => Reason::Manual,
+            c => Category::ALL.get(c as usize).map_or(Reason::Manual, |c| Reason::Bounce(*c)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Bounce(c) => c.as_str(),
+            Reason::Complaint => "complaint",
+            Reason::Unsubscribe => "unsubscribe",
+            Reason::Manual => "manual",
+        }
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "complaint" => Ok(Reason::Complaint),
+            "unsubscribe" => Ok(Reason::Unsubscribe),
+            "manual" | "" => Ok(Reason::Manual),
+            other => other.parse().map(Reason::Bounce).map_err(|_| {
+                format!("unknown reason {other:?} (a bounce category, complaint, unsubscribe or manual)")
+            }),
+        }
+    }
+}
+
+/// One entry as stored.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    reason: u8,
+    /// Unix seconds.
+    time: u64,
+    /// The bounce's reply, or an operator's note.
+    detail: Option<String>,
+}
+
+/// One entry, for lists and lookups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub address: String,
+    /// None: global (applies to every tenant).
+    pub tenant: Option<String>,
+    #[serde(serialize_with = "reason_str")]
+    pub reason: Reason,
+    /// Unix seconds.
+    pub time: u64,
+    pub detail: Option<String>,
+}
+
+fn reason_str<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+/// A change to make.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub address: String,
+    pub tenant: Option<String>,
+    pub reason: Reason,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuppressionError {
+    #[error("suppression list {path}: {error}")]
+    Open { path: String, error: String },
+    #[error("suppression list: {0}")]
+    Store(String),
+    #[error("{0:?} is not an email address")]
+    BadAddress(String),
+}
+
+impl SuppressionError {
+    fn store(e: impl std::fmt::Display) -> Self {
+        SuppressionError::Store(e.to_string())
+    }
+}
+
+/// The in-memory side: the hashed key, then reason and time.
+type Index = HashMap<u64, (u8, u32), BuildHasherDefault<Prehashed>>;
+
+/// Keys are already uniformly random 64-bit hashes: hashing them again is wasted work.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub struct Suppressions {
+    db: Database,
+    index: RwLock<Index>,
+    /// A random key per process: nobody can pick addresses that collide.
+    keys: RandomState,
+}
+
+impl std::fmt::Debug for Suppressions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Suppressions({} entries)", self.len())
+    }
+}
+
+/// The address as compared: trimmed, without angle brackets, lower case.
+pub fn normalize(address: &str) -> Result<String, SuppressionError> {
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+    match a.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !a.contains(|c: char| c.is_whitespace() || c == '\0' || c == ',') =>
+        {
+            Ok(a)
+        }
+        _ => Err(SuppressionError::BadAddress(address.to_string())),
+    }
+}
+
+fn key(tenant: Option<&str>, address: &str) -> String {
+    format!("{}\0{address}", tenant.unwrap_or(""))
+}
+
+fn split_key(k: &str) -> (Option<String>, String) {
+    match k.split_once('\0') {
+        Some(("", a)) => (None, a.to_string()),
+        Some((t, a)) => (Some(t.to_string()), a.to_string()),
+        None => (None, k.to_string()),
+    }
+}
+
+impl Suppressions {
+    /// Opens (or creates) the list at `path` and loads its index.
+    pub fn open(path: &Path) -> Result<Self, SuppressionError> {
+        let open_err =
+            |e: &dyn std::fmt::Display| SuppressionError::Open { path: path.display().to_string(), error: e.to_string() };
+        let db = Database::create(path).map_err(|e| open_err(&e))?;
+        let s = Suppressions { db, index: RwLock::new(Index::default()), keys: RandomState::new() };
+        let w = s.db.begin_write().map_err(|e| open_err(&e))?;
+        w.open_table(TABLE).map_err(|e| open_err(&e))?;
+        w.commit().map_err(|e| open_err(&e))?;
+        let r = s.db.begin_read().map_err(|e| open_err(&e))?;
+        let t = r.open_table(TABLE).map_err(|e| open_err(&e))?;
+        let mut index = Index::default();
+        index.reserve(t.len().map_err(|e| open_err(&e))? as usize);
+        for item in t.iter().map_err(|e| open_err(&e))? {
+            let (k, v) = item.map_err(|e| open_err(&e))?;
+            if let Ok(st) = postcard::from_bytes::<Stored>(v.value()) {
+                index.insert(s.hash(k.value()), (st.reason, st.time as u32));
+            }
+        }
+        crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
+        *s.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        Ok(s)
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.keys.hash_one(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `address` is suppressed for `tenant` (its own entries, then the global ones).
+    pub fn check(&self, tenant: Option<&str>, address: &str) -> Option<Entry> {
+        let address = address.to_lowercase();
+        let scopes = [tenant.filter(|t| !t.is_empty()), None];
+        for scope in scopes.iter().take(if scopes[0].is_some() { 2 } else { 1 }) {
+            let k = key(*scope, &address);
+            let hit = self.index.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.hash(&k));
+            // Confirmed in the file: a colliding hash never refuses an unlisted address.
+            if hit && let Some(e) = self.get(&k) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    fn get(&self, k: &str) -> Option<Entry> {
+        let r = self.db.begin_read().ok()?;
+        let t = r.open_table(TABLE).ok()?;
+        let v = t.get(k).ok()??;
+        let st: Stored = postcard::from_bytes(v.value()).ok()?;
+        let (tenant, address) = split_key(k);
+        Some(Entry { address, tenant, reason: Reason::from_code(st.reason), time: st.time, detail: st.detail })
+    }
+
+    /// Adds (or refreshes) entries in one durable transaction; returns how many were new.
+    /// Blocking (an fsync): call it off the async threads.
+    pub fn add(&self, entries: &[NewEntry]) -> Result<usize, SuppressionError> {
+        let now = crate::spool::unix_millis() / 1000;
+        let mut keyed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let k = key(e.tenant.as_deref().filter(|t| !t.is_empty()), &normalize(&e.address)?);
+            let st = Stored { reason: e.reason.code(), time: now, detail: e.detail.clone() };
+            keyed.push((k, postcard::to_stdvec(&st).map_err(SuppressionError::store)?, st));
+        }
+        let w = self.db.begin_write().map_err(SuppressionError::store)?;
+        let mut new = 0;
+        {
+            let mut t = w.open_table(TABLE).map_err(SuppressionError::store)?;
+            for (k, v, _) in &keyed {
+                if t.insert(k.as_str(), v.as_slice()).map_err(SuppressionError::store)?.is_none() {
+                    new += 1;
+                }
+            }
+        }
+        w.commit().map_err(SuppressionError::store)?;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for (k, _, st) in &keyed {
+            index.insert(self.hash(k), (st.reason, st.time as u32));
+        }
+        crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
+        for e in entries {
+            crate::metrics::SUPPRESSIONS_ADDED.with_label_values(&[e.reason.as_str()]).inc();
+        }
+        Ok(new)
+    }
+
+    /// Removes one entry; false if it was not there. Blocking, like [`Self::add`].
+    pub fn remove(&self, tenant: Option<&str>, address: &str) -> Result<bool, SuppressionError> {
+        let k = key(tenant.filter(|t| !t.is_empty()), &normalize(address)?);
+        let w = self.db.begin_write().map_err(SuppressionError::store)?;
+        let found = {
+            let mut t = w.open_table(TABLE).map_err(SuppressionError::store)?;
+            t.remove(k.as_str()).map_err(SuppressionError::store)?.is_some()
+        };
+        w.commit().map_err(SuppressionError::store)?;
+        if found {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.remove(&self.hash(&k));
+            crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
+        }
+        Ok(found)
+    }
+
+    /// Every entry, or those of one tenant (`Some("")`: the global ones), in key order.
+    pub fn list(&self, tenant: Option<&str>) -> Result<Vec<Entry>, SuppressionError> {
+        let r = self.db.begin_read().map_err(SuppressionError::store)?;
+        let t = r.open_table(TABLE).map_err(SuppressionError::store)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(SuppressionError::store)? {
+            let (k, v) = item.map_err(SuppressionError::store)?;
+            let (t_name, address) = split_key(k.value());
+            if let Some(want) = tenant
+                && t_name.as_deref().unwrap_or("") != want
+            {
+                continue;
+            }
+            let Ok(st) = postcard::from_bytes::<Stored>(v.value()) else { continue };
+            out.push(Entry {
+                address,
+                tenant: t_name,
+                reason: Reason::from_code(st.reason),
+                time: st.time,
+                detail: st.detail,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The CSV form of `sluice suppression export` (and what import reads back).
+pub const CSV_HEADER: &str = "address,tenant,reason,time";
+
+pub fn to_csv(entries: &[Entry]) -> String {
+    let mut out = String::with_capacity(entries.len() * 48 + 32);
+    out.push_str(CSV_HEADER);
+    out.push('\n');
+    for e in entries {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            e.address,
+            e.tenant.as_deref().unwrap_or(""),
+            e.reason.as_str(),
+            e.time
+        ));
+    }
+    out
+}
+
+/// Reads CSV as [`to_csv`] writes it, or one bare address per line (reason `manual`).
+/// `tenant` applies to lines that name none. Errors name the line.
+pub fn from_csv(text: &str, tenant: Option<&str>) -> Result<Vec<NewEntry>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (i == 0 && line == CSV_HEADER) {
+            continue;
+        }
+        let mut f = line.split(',');
+        let address = f.next().unwrap_or("");
+        let t = f.next().map(str::trim).filter(|t| !t.is_empty()).or(tenant);
+        let reason = f.next().unwrap_or("").trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        normalize(address).map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.push(NewEntry {
+            address: address.to_string(),
+            tenant: t.map(str::to_string),
+            reason,
+            detail: None,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(a: &str, t: Option<&str>, r: Reason) -> NewEntry {
+        NewEntry { address: a.into(), tenant: t.map(Into::into), reason: r, detail: None }
+    }
+
+    #[test]
+    fn tenant_and_global_scopes_and_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Suppressions::open(&dir.path().join("s.redb")).unwrap();
+        let bounced = Reason::Bounce(Category::InvalidRecipient);
+        assert_eq!(s.add(&[entry("Gone@Example.org", Some("acme"), bounced)]).unwrap(), 1);
+        assert_eq!(s.add(&[entry("all@example.org", None, Reason::Complaint)]).unwrap(), 1);
+        assert_eq!(s.check(Some("acme"), "gone@example.org").unwrap().reason, bounced);
+        assert!(s.check(Some("other"), "gone@example.org").is_none(), "another tenant's entry");
+        assert!(s.check(None, "gone@example.org").is_none(), "a tenant entry is not global");
+        assert_eq!(s.check(Some("acme"), "ALL@example.org").unwrap().reason, Reason::Complaint);
+        assert_eq!(s.check(None, "all@example.org").unwrap().tenant, None);
+        assert!(s.check(None, "nobody@example.org").is_none());
+        assert!(s.remove(Some("acme"), "gone@example.org").unwrap());
+        assert!(!s.remove(Some("acme"), "gone@example.org").unwrap());
+        assert!(s.check(Some("acme"), "gone@example.org").is_none());
+        assert!(matches!(s.add(&[entry("no-at-sign", None, Reason::Manual)]), Err(SuppressionError::BadAddress(_))));
+    }
+
+    #[test]
+    fn entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = Suppressions::open(&path).unwrap();
+            s.add(&[entry("a@example.org", Some("t"), Reason::Unsubscribe)]).unwrap();
+        }
+        let s = Suppressions::open(&path).unwrap();
+        assert_eq!(s.len(), 1);
+        let e = s.check(Some("t"), "a@example.org").unwrap();
+        assert_eq!((e.reason, e.tenant.as_deref()), (Reason::Unsubscribe, Some("t")));
+    }
+
+    #[test]
+    fn csv_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Suppressions::open(&dir.path().join("s.redb")).unwrap();
+        s.add(&[
+            entry("a@example.org", Some("t"), Reason::Unsubscribe),
+            entry("b@example.org", None, Reason::Bounce(Category::BadDomain)),
+        ])
+        .unwrap();
+        let csv = to_csv(&s.list(None).unwrap());
+        let other = Suppressions::open(&dir.path().join("o.redb")).unwrap();
+        other.add(&from_csv(&csv, None).unwrap()).unwrap();
+        let strip = |v: Vec<Entry>| v.into_iter().map(|e| (e.address, e.tenant, e.reason)).collect::<Vec<_>>();
+        assert_eq!(strip(other.list(None).unwrap()), strip(s.list(None).unwrap()));
+        assert_eq!(
+            from_csv("x@example.org\n", Some("t")).unwrap()[0].tenant.as_deref(),
+            Some("t"),
+            "bare addresses take the given tenant"
+        );
+        assert!(from_csv("ok@example.org\nnot-an-address\n", None).unwrap_err().starts_with("line 2"));
+    }
+}
+
+/// SMTP RCPT from trusted clients checks the global entries (SMTP carries no tenant at RCPT).
+impl crate::proto::smtp::session::RecipientPolicy for Suppressions {
+    fn refusal(&self, rcpt: &str) -> Option<String> {
+        let e = self.check(None, rcpt)?;
+        crate::metrics::SUPPRESSED.with_label_values(&["rcpt"]).inc();
+        Some(refusal_text(rcpt, &e))
+    }
+}
+
+/// "<addr> is on the suppression list (invalid_recipient since 2026-12-01)".
+pub fn refusal_text(address: &str, e: &Entry) -> String {
+    let since = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.time),
+    )
+    .to_string();
+    format!("{address} is on the suppression list ({} since {})", e.reason.as_str(), &since[..10])
+}
