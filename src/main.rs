@@ -80,6 +80,25 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The suppression list: addresses never mailed again (asks the running daemon; uses the
+    /// list file directly if none runs).
+    Suppression {
+        /// Configuration file, for the admin address and data_dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Admin API address of the daemon (default: from the configuration).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// The tenant whose list to use (default: the global list; for `list` and `export`:
+        /// every entry).
+        #[arg(long, global = true)]
+        tenant: Option<String>,
+        #[command(subcommand)]
+        command: SuppressionCommand,
+    },
     /// DKIM keys: make one and print its DNS record, or check the published record.
     Dkim {
         #[command(subcommand)]
@@ -117,6 +136,26 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         scope: sluice::admin::auth::Scope,
     },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCommand {
+    /// List entries (address, tenant, reason, time).
+    List,
+    /// Add an address.
+    Add {
+        address: String,
+        /// A bounce category, complaint, unsubscribe or manual.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Remove an address.
+    Remove { address: String },
+    /// Add every address of FILE (CSV as `export` writes it, or one address per line; `-`:
+    /// stdin) in one transaction.
+    Import { file: PathBuf },
+    /// Print every entry as CSV (address,tenant,reason,time).
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -292,6 +331,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dkim { command } => dkim(command),
+        Command::Suppression { config, data_dir, admin, tenant, command } => {
+            use sluice::cli::suppression::Action;
+            let action = match command {
+                SuppressionCommand::List => Action::List,
+                SuppressionCommand::Add { address, reason } => Action::Add { address, reason },
+                SuppressionCommand::Remove { address } => Action::Remove { address },
+                SuppressionCommand::Import { file } => Action::Import {
+                    csv: if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                    },
+                },
+                SuppressionCommand::Export => Action::Export,
+            };
+            let out = sluice::cli::suppression::command(
+                config.as_deref(),
+                data_dir,
+                admin.as_deref(),
+                tenant.as_deref(),
+                action,
+            )?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tls { command: TlsCommand::SelfSigned { hosts, dir, days } } => {
             let (cert, key) = sluice::tls::self_signed(&hosts, days)?;
             std::fs::create_dir_all(&dir)?;

@@ -15,11 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bounce::suppression::Suppressions;
 use crate::config::{Config, ListenerMode};
 use crate::delivery::conn::Timeouts;
 use crate::delivery::route::Routes;
 use crate::proto::smtp::session::SessionConfig;
-use crate::bounce::suppression::Suppressions;
 use crate::queue::manager::{Dispatcher, DispatcherConfig};
 use crate::queue::outcome::Recorder;
 use crate::queue::schedule::RetrySchedule;
@@ -90,7 +90,15 @@ pub async fn run(
     let accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
-    let admin_task = start_admin(&cfg, spool.clone(), dispatcher, &stop, &mut bound).await?;
+    let admin_task = start_admin(
+        &cfg,
+        spool.clone(),
+        dispatcher,
+        intake.suppressions.clone(),
+        &stop,
+        &mut bound,
+    )
+    .await?;
     let addr_file = addresses_file(&cfg);
     std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
 
@@ -386,6 +394,7 @@ async fn start_admin(
     cfg: &Config,
     spool: Arc<dyn Spool>,
     dispatcher: Arc<Dispatcher>,
+    suppressions: Option<Arc<Suppressions>>,
     stop: &CancellationToken,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -406,7 +415,13 @@ async fn start_admin(
         &cfg.admin.hostnames,
         cfg.admin.metrics_need_token,
     )?);
-    let app = admin::router(spool, dispatcher, stop.clone(), guard);
+    let app = admin::router(admin::AdminContext {
+        spool,
+        dispatcher,
+        stopping: stop.clone(),
+        guard,
+        suppressions,
+    });
     let admin_stop = stop.clone();
     Ok(tokio::spawn(async move {
         let _ = axum::serve(admin_sock, app)

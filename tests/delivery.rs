@@ -8,10 +8,7 @@ use common::sink::{Behavior, Sink};
 use common::*;
 
 fn route_to(sink: &Sink, extra: &str) -> String {
-    format!(
-        "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[queue]\nretry = [\"1s\"]\n[delivery]\nscan_interval = \"200ms\"\n{extra}",
-        sink.addr
-    )
+    sink.route(extra)
 }
 
 #[test]

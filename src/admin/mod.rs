@@ -11,11 +11,13 @@
 //! | `POST /api/queue/flush[?domain=D]` | make queued recipients due now |
 //! | `DELETE /api/queue/{id}` | delete a message (no bounce) |
 //! | `POST /api/queue/{id}/bounce` | bounce a message's queued recipients to its sender, then delete it |
+//! | `/api/suppression...` | the suppression list ([`suppression`]) |
 //!
 //! Every path but `/health` (and `/metrics`, unless `[admin] metrics_need_token`) needs a bearer
 //! token, and the `Host` header must name this listener ([`auth`]).
 
 pub mod auth;
+pub mod suppression;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -39,12 +41,23 @@ struct AppState {
     stopping: CancellationToken,
 }
 
-pub fn router(
-    spool: Arc<dyn Spool>,
-    dispatcher: Arc<Dispatcher>,
-    stopping: CancellationToken,
-    guard: Arc<auth::Guard>,
-) -> Router {
+/// What the admin API serves.
+pub struct AdminContext {
+    pub spool: Arc<dyn Spool>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub stopping: CancellationToken,
+    pub guard: Arc<auth::Guard>,
+    pub suppressions: Option<Arc<crate::bounce::suppression::Suppressions>>,
+}
+
+pub fn router(ctx: AdminContext) -> Router {
+    let AdminContext { spool, dispatcher, stopping, guard, suppressions } = ctx;
+    let suppression = Router::new()
+        .route("/api/suppression", get(suppression::list).post(suppression::add))
+        .route("/api/suppression/export", get(suppression::export))
+        .route("/api/suppression/import", post(suppression::import))
+        .route("/api/suppression/{address}", axum::routing::delete(suppression::remove))
+        .with_state(suppressions);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -55,6 +68,7 @@ pub fn router(
         .route("/api/queue/{id}/message", get(queue_message))
         .route("/api/queue/{id}/bounce", post(queue_bounce))
         .with_state(AppState { spool, dispatcher, stopping })
+        .merge(suppression)
         .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
 }
 

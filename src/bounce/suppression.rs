@@ -24,6 +24,9 @@ use super::Category;
 /// `tenant \0 address` -> [`Stored`] (postcard). The global scope is the empty tenant.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("suppression");
 
+/// redb's page cache for the list file.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// Why an address is suppressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -74,7 +77,9 @@ impl std::str::FromStr for Reason {
             "unsubscribe" => Ok(Reason::Unsubscribe),
             "manual" | "" => Ok(Reason::Manual),
             other => other.parse().map(Reason::Bounce).map_err(|_| {
-                format!("unknown reason {other:?} (a bounce category, complaint, unsubscribe or manual)")
+                format!(
+                    "unknown reason {other:?} (a bounce category, complaint, unsubscribe or manual)"
+                )
             }),
         }
     }
@@ -196,9 +201,16 @@ fn split_key(k: &str) -> (Option<String>, String) {
 impl Suppressions {
     /// Opens (or creates) the list at `path` and loads its index.
     pub fn open(path: &Path) -> Result<Self, SuppressionError> {
-        let open_err =
-            |e: &dyn std::fmt::Display| SuppressionError::Open { path: path.display().to_string(), error: e.to_string() };
-        let db = Database::create(path).map_err(|e| open_err(&e))?;
+        let open_err = |e: &dyn std::fmt::Display| SuppressionError::Open {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        // Lookups are served from memory; the file's own cache only speeds up confirmations
+        // and listings, so it stays small (redb's default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(&e))?;
         let s = Suppressions { db, index: RwLock::new(Index::default()), keys: RandomState::new() };
         let w = s.db.begin_write().map_err(|e| open_err(&e))?;
         w.open_table(TABLE).map_err(|e| open_err(&e))?;
@@ -236,7 +248,8 @@ impl Suppressions {
         let scopes = [tenant.filter(|t| !t.is_empty()), None];
         for scope in scopes.iter().take(if scopes[0].is_some() { 2 } else { 1 }) {
             let k = key(*scope, &address);
-            let hit = self.index.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.hash(&k));
+            let hit =
+                self.index.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.hash(&k));
             // Confirmed in the file: a colliding hash never refuses an unlisted address.
             if hit && let Some(e) = self.get(&k) {
                 return Some(e);
@@ -251,7 +264,13 @@ impl Suppressions {
         let v = t.get(k).ok()??;
         let st: Stored = postcard::from_bytes(v.value()).ok()?;
         let (tenant, address) = split_key(k);
-        Some(Entry { address, tenant, reason: Reason::from_code(st.reason), time: st.time, detail: st.detail })
+        Some(Entry {
+            address,
+            tenant,
+            reason: Reason::from_code(st.reason),
+            time: st.time,
+            detail: st.detail,
+        })
     }
 
     /// Adds (or refreshes) entries in one durable transaction; returns how many were new.
@@ -360,7 +379,8 @@ pub fn from_csv(text: &str, tenant: Option<&str>) -> Result<Vec<NewEntry>, Strin
         let mut f = line.split(',');
         let address = f.next().unwrap_or("");
         let t = f.next().map(str::trim).filter(|t| !t.is_empty()).or(tenant);
-        let reason = f.next().unwrap_or("").trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        let reason =
+            f.next().unwrap_or("").trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
         normalize(address).map_err(|e| format!("line {}: {e}", i + 1))?;
         out.push(NewEntry {
             address: address.to_string(),
@@ -370,6 +390,24 @@ pub fn from_csv(text: &str, tenant: Option<&str>) -> Result<Vec<NewEntry>, Strin
         });
     }
     Ok(out)
+}
+
+/// SMTP RCPT from trusted clients checks the global entries (SMTP carries no tenant at RCPT).
+impl crate::proto::smtp::session::RecipientPolicy for Suppressions {
+    fn refusal(&self, rcpt: &str) -> Option<String> {
+        let e = self.check(None, rcpt)?;
+        crate::metrics::SUPPRESSED.with_label_values(&["rcpt"]).inc();
+        Some(refusal_text(rcpt, &e))
+    }
+}
+
+/// "<addr> is on the suppression list (invalid_recipient since 2026-12-01)".
+pub fn refusal_text(address: &str, e: &Entry) -> String {
+    let since = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.time),
+    )
+    .to_string();
+    format!("{address} is on the suppression list ({} since {})", e.reason.as_str(), &since[..10])
 }
 
 #[cfg(test)]
@@ -396,7 +434,10 @@ mod tests {
         assert!(s.remove(Some("acme"), "gone@example.org").unwrap());
         assert!(!s.remove(Some("acme"), "gone@example.org").unwrap());
         assert!(s.check(Some("acme"), "gone@example.org").is_none());
-        assert!(matches!(s.add(&[entry("no-at-sign", None, Reason::Manual)]), Err(SuppressionError::BadAddress(_))));
+        assert!(matches!(
+            s.add(&[entry("no-at-sign", None, Reason::Manual)]),
+            Err(SuppressionError::BadAddress(_))
+        ));
     }
 
     #[test]
@@ -425,31 +466,17 @@ mod tests {
         let csv = to_csv(&s.list(None).unwrap());
         let other = Suppressions::open(&dir.path().join("o.redb")).unwrap();
         other.add(&from_csv(&csv, None).unwrap()).unwrap();
-        let strip = |v: Vec<Entry>| v.into_iter().map(|e| (e.address, e.tenant, e.reason)).collect::<Vec<_>>();
+        let strip = |v: Vec<Entry>| {
+            v.into_iter().map(|e| (e.address, e.tenant, e.reason)).collect::<Vec<_>>()
+        };
         assert_eq!(strip(other.list(None).unwrap()), strip(s.list(None).unwrap()));
         assert_eq!(
             from_csv("x@example.org\n", Some("t")).unwrap()[0].tenant.as_deref(),
             Some("t"),
             "bare addresses take the given tenant"
         );
-        assert!(from_csv("ok@example.org\nnot-an-address\n", None).unwrap_err().starts_with("line 2"));
+        assert!(
+            from_csv("ok@example.org\nnot-an-address\n", None).unwrap_err().starts_with("line 2")
+        );
     }
-}
-
-/// SMTP RCPT from trusted clients checks the global entries (SMTP carries no tenant at RCPT).
-impl crate::proto::smtp::session::RecipientPolicy for Suppressions {
-    fn refusal(&self, rcpt: &str) -> Option<String> {
-        let e = self.check(None, rcpt)?;
-        crate::metrics::SUPPRESSED.with_label_values(&["rcpt"]).inc();
-        Some(refusal_text(rcpt, &e))
-    }
-}
-
-/// "<addr> is on the suppression list (invalid_recipient since 2026-12-01)".
-pub fn refusal_text(address: &str, e: &Entry) -> String {
-    let since = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.time),
-    )
-    .to_string();
-    format!("{address} is on the suppression list ({} since {})", e.reason.as_str(), &since[..10])
 }

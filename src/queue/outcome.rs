@@ -14,11 +14,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::schedule::RetrySchedule;
+use crate::bounce::suppression::{NewEntry, Reason, Suppressions};
 use crate::bounce::{
     Action, Category, Classifier, Notice, build_dsn, status_of, wants_delay_notice,
     wants_failure_notice, wants_success_notice,
 };
-use crate::bounce::suppression::{NewEntry, Reason, Suppressions};
 use crate::config::{SuppressionConfig, SuppressionScope};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
 use crate::delivery_log::{DeliveryLog, Event};
@@ -313,7 +313,9 @@ impl Recorder {
                     self.log.log(ev);
                 }
             }
-            Ok(Err(e)) => tracing::error!(id = %env.id, error = %e, "could not add hard bounces to the suppression list"),
+            Ok(Err(e)) => {
+                tracing::error!(id = %env.id, error = %e, "could not add hard bounces to the suppression list")
+            }
             Err(e) => tracing::error!(id = %env.id, error = %e, "suppression task failed"),
         }
     }

@@ -165,6 +165,15 @@ impl Sink {
         Sink { addr, state }
     }
 
+    /// Configuration that sends all mail to this sink (plain SMTP), retrying after 1 s, with
+    /// `extra` TOML appended.
+    pub fn route(&self, extra: &str) -> String {
+        format!(
+            "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[queue]\nretry = [\"1s\"]\n[delivery]\nscan_interval = \"200ms\"\n{extra}",
+            self.addr
+        )
+    }
+
     pub fn messages(&self) -> Vec<Received> {
         self.state.lock().unwrap().messages.clone()
     }

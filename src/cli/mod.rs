@@ -1,6 +1,8 @@
 //! `sluice queue ...`: asks the running daemon over its admin API; when no daemon answers, reads
 //! the spool directly (read-only, rebuilt from the log, nothing modified).
 
+pub mod suppression;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -110,18 +112,31 @@ fn http_send(method: &str, url: &str, token: &Option<String>) -> anyhow::Result<
     Ok(String::from_utf8_lossy(&http_bytes(method, url, token.as_deref())?).into_owned())
 }
 
-/// One request to the admin API, with the admin token when there is one.
 fn http_bytes(method: &str, url: &str, token: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    http_request(method, url, token, None)
+}
+
+/// One request to the admin API, with the admin token when there is one and a body (content
+/// type, bytes) for POST.
+fn http_request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> anyhow::Result<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
         .http_status_as_error(false)
         .build()
         .into();
     let auth = token.map(|t| format!("Bearer {t}"));
     let auth = auth.as_deref().unwrap_or("");
-    let sent = match method {
-        "POST" => agent.post(url).header("Authorization", auth).send_empty(),
-        "DELETE" => agent.delete(url).header("Authorization", auth).call(),
+    let sent = match (method, body) {
+        ("POST", Some((ct, b))) => {
+            agent.post(url).header("Authorization", auth).header("Content-Type", ct).send(b)
+        }
+        ("POST", None) => agent.post(url).header("Authorization", auth).send_empty(),
+        ("DELETE", _) => agent.delete(url).header("Authorization", auth).call(),
         _ => agent.get(url).header("Authorization", auth).call(),
     };
     let mut resp = sent.with_context(|| format!("{method} {url}"))?;
