@@ -72,6 +72,9 @@ pub struct Config {
     /// The suppression list.
     #[serde(default)]
     pub suppression: SuppressionConfig,
+    /// HTTP injection (`POST /api/inject/v1` on the admin listener).
+    #[serde(default)]
+    pub inject: InjectConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -533,6 +536,33 @@ pub struct BounceConfig {
     pub rules: Option<PathBuf>,
 }
 
+/// HTTP injection (README, "HTTP injection").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Largest request body, after gzip decompression.
+    #[serde(default = "default_inject_size", deserialize_with = "size")]
+    pub max_request_size: u64,
+    /// Recipients per request.
+    #[serde(default = "default_inject_recipients")]
+    pub max_recipients: usize,
+    /// Messages rendered, signed and committed together (bounds the memory of one request).
+    #[serde(default = "default_inject_batch")]
+    pub batch_size: usize,
+}
+
+fn default_inject_size() -> u64 {
+    64 << 20
+}
+fn default_inject_recipients() -> usize {
+    100_000
+}
+fn default_inject_batch() -> usize {
+    1000
+}
+
 /// The suppression list (README, "Suppression").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -745,6 +775,7 @@ default_from_serde!(
     ShapingParams,
     VerifyConfig,
     SuppressionConfig,
+    InjectConfig,
     Limits,
     Queue,
     SpoolConfig,

@@ -24,6 +24,7 @@ pub mod delivery_log;
 pub mod dns;
 pub mod domain;
 pub mod domain_labels;
+pub mod inject;
 pub mod mailauth;
 pub mod metrics;
 pub mod proto;

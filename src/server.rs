@@ -90,15 +90,7 @@ pub async fn run(
     let accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
-    let admin_task = start_admin(
-        &cfg,
-        spool.clone(),
-        dispatcher,
-        intake.suppressions.clone(),
-        &stop,
-        &mut bound,
-    )
-    .await?;
+    let admin_task = start_admin(&cfg, &intake, dispatcher, &stop, &mut bound).await?;
     let addr_file = addresses_file(&cfg);
     std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
 
@@ -392,9 +384,8 @@ fn start_delivery(
 /// The admin HTTP listener (metrics, health, queue API), behind its token guard.
 async fn start_admin(
     cfg: &Config,
-    spool: Arc<dyn Spool>,
+    intake: &Intake,
     dispatcher: Arc<Dispatcher>,
-    suppressions: Option<Arc<Suppressions>>,
     stop: &CancellationToken,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -407,6 +398,19 @@ async fn start_admin(
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
+    let (spool, suppressions) = (intake.spool.clone(), intake.suppressions.clone());
+    let injector = cfg.inject.enabled.then(|| {
+        Arc::new(crate::inject::Injector {
+            spool: intake.spool.clone(),
+            dkim: intake.dkim.clone(),
+            suppressions: intake.suppressions.clone(),
+            suppression: cfg.suppression.clone(),
+            config: cfg.inject.clone(),
+            hostname: cfg.hostname.clone(),
+            log: intake.log.clone(),
+            stored: intake.stored.clone(),
+        })
+    });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;
     let guard = Arc::new(admin::auth::Guard::new(
         &token,
@@ -421,9 +425,11 @@ async fn start_admin(
         stopping: stop.clone(),
         guard,
         suppressions,
+        injector,
     });
     let admin_stop = stop.clone();
     Ok(tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(admin_sock, app)
             .with_graceful_shutdown(async move { admin_stop.cancelled().await })
             .await;

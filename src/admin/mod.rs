@@ -12,11 +12,13 @@
 //! | `DELETE /api/queue/{id}` | delete a message (no bounce) |
 //! | `POST /api/queue/{id}/bounce` | bounce a message's queued recipients to its sender, then delete it |
 //! | `/api/suppression...` | the suppression list ([`suppression`]) |
+//! | `POST /api/inject/v1` | HTTP injection ([`inject`]; tokens of scope `inject` too) |
 //!
 //! Every path but `/health` (and `/metrics`, unless `[admin] metrics_need_token`) needs a bearer
 //! token, and the `Host` header must name this listener ([`auth`]).
 
 pub mod auth;
+pub mod inject;
 pub mod suppression;
 
 use std::sync::Arc;
@@ -48,10 +50,16 @@ pub struct AdminContext {
     pub stopping: CancellationToken,
     pub guard: Arc<auth::Guard>,
     pub suppressions: Option<Arc<crate::bounce::suppression::Suppressions>>,
+    pub injector: Option<Arc<crate::inject::Injector>>,
 }
 
 pub fn router(ctx: AdminContext) -> Router {
-    let AdminContext { spool, dispatcher, stopping, guard, suppressions } = ctx;
+    let AdminContext { spool, dispatcher, stopping, guard, suppressions, injector } = ctx;
+    let limit = injector.as_ref().map_or(0, |i| i.config.max_request_size as usize);
+    let inject = Router::new()
+        .route("/api/inject/v1", post(inject::inject_v1))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(injector);
     let suppression = Router::new()
         .route("/api/suppression", get(suppression::list).post(suppression::add))
         .route("/api/suppression/export", get(suppression::export))
@@ -69,6 +77,7 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/api/queue/{id}/bounce", post(queue_bounce))
         .with_state(AppState { spool, dispatcher, stopping })
         .merge(suppression)
+        .merge(inject)
         .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
 }
 

@@ -2,10 +2,12 @@
 //! unsubscribes, operator entries), per tenant or global.
 //!
 //! Durable in a redb file (`<data_dir>/suppression.redb`; every change is one fsync'd write
-//! transaction before it is acknowledged). Lookups never touch it for the common case: memory
-//! holds a keyed 64-bit hash of every entry (with its reason and time), 16 bytes per entry plus
-//! the table's slack, so a miss is one hash probe. A hit is confirmed in the file, so a hash
-//! collision can never refuse an address that is not listed.
+//! transaction before it is acknowledged). Lookups never touch it: memory holds, per entry, a
+//! keyed 64-bit hash of `(tenant, address)` and, beside its reason and time, a second,
+//! independently keyed 24-bit fingerprint: 16 bytes per entry plus the table's slack. A lookup
+//! is a probe and a compare; an unlisted address is taken for a listed one only if both keyed
+//! hashes collide (odds about n / 2^88 per lookup: never, in practice). Keys are random per
+//! process, so nobody can choose addresses that collide.
 //!
 //! Addresses are compared in lower case (RFC 5321 lets local parts be case-sensitive; no large
 //! mailbox provider treats them so, and a suppression that missed `Bob@` for `bob@` would mail a
@@ -137,8 +139,17 @@ impl SuppressionError {
     }
 }
 
-/// The in-memory side: the hashed key, then reason and time.
-type Index = HashMap<u64, (u8, u32), BuildHasherDefault<Prehashed>>;
+/// The in-memory side: the keyed hash, then [`pack`]ed fingerprint, reason and time.
+type Index = HashMap<u64, u64, BuildHasherDefault<Prehashed>>;
+
+/// Fingerprint (24 bits), reason (8 bits), time (32 bits of Unix seconds).
+fn pack(fingerprint: u64, reason: u8, time: u64) -> u64 {
+    (fingerprint & 0xff_ffff) << 40 | u64::from(reason) << 32 | (time & 0xffff_ffff)
+}
+
+fn unpack(v: u64) -> (u64, u8, u64) {
+    (v >> 40, (v >> 32) as u8, v & 0xffff_ffff)
+}
 
 /// Keys are already uniformly random 64-bit hashes: hashing them again is wasted work.
 #[derive(Default)]
@@ -161,8 +172,8 @@ impl Hasher for Prehashed {
 pub struct Suppressions {
     db: Database,
     index: RwLock<Index>,
-    /// A random key per process: nobody can pick addresses that collide.
-    keys: RandomState,
+    /// Random keys per process for the slot hash and the fingerprint.
+    keys: (RandomState, RandomState),
 }
 
 impl std::fmt::Debug for Suppressions {
@@ -211,7 +222,8 @@ impl Suppressions {
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| open_err(&e))?;
-        let s = Suppressions { db, index: RwLock::new(Index::default()), keys: RandomState::new() };
+        let keys = (RandomState::new(), RandomState::new());
+        let s = Suppressions { db, index: RwLock::new(Index::default()), keys };
         let w = s.db.begin_write().map_err(|e| open_err(&e))?;
         w.open_table(TABLE).map_err(|e| open_err(&e))?;
         w.commit().map_err(|e| open_err(&e))?;
@@ -222,7 +234,9 @@ impl Suppressions {
         for item in t.iter().map_err(|e| open_err(&e))? {
             let (k, v) = item.map_err(|e| open_err(&e))?;
             if let Ok(st) = postcard::from_bytes::<Stored>(v.value()) {
-                index.insert(s.hash(k.value()), (st.reason, st.time as u32));
+                let (tenant, address) = k.value().split_once('\0').unwrap_or(("", k.value()));
+                let (slot, fp) = s.hash(tenant, address.as_bytes());
+                index.insert(slot, pack(fp, st.reason, st.time));
             }
         }
         crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
@@ -230,8 +244,16 @@ impl Suppressions {
         Ok(s)
     }
 
-    fn hash(&self, key: &str) -> u64 {
-        self.keys.hash_one(key)
+    /// The slot hash and the fingerprint of `(tenant, lower-case address)`.
+    fn hash(&self, tenant: &str, address: &[u8]) -> (u64, u64) {
+        let one = |k: &RandomState| {
+            let mut h = k.build_hasher();
+            h.write(tenant.as_bytes());
+            h.write_u8(0);
+            h.write(address);
+            h.finish()
+        };
+        (one(&self.keys.0), one(&self.keys.1))
     }
 
     pub fn len(&self) -> usize {
@@ -242,35 +264,39 @@ impl Suppressions {
         self.len() == 0
     }
 
-    /// Whether `address` is suppressed for `tenant` (its own entries, then the global ones).
+    /// Whether `address` is suppressed for `tenant` (its own entries, then the global ones):
+    /// the reason and time (no `detail`; [`Self::list`] has it). Memory only, no allocation
+    /// for ASCII addresses.
     pub fn check(&self, tenant: Option<&str>, address: &str) -> Option<Entry> {
-        let address = address.to_lowercase();
-        let scopes = [tenant.filter(|t| !t.is_empty()), None];
-        for scope in scopes.iter().take(if scopes[0].is_some() { 2 } else { 1 }) {
-            let k = key(*scope, &address);
-            let hit =
-                self.index.read().unwrap_or_else(|e| e.into_inner()).contains_key(&self.hash(&k));
-            // Confirmed in the file: a colliding hash never refuses an unlisted address.
-            if hit && let Some(e) = self.get(&k) {
-                return Some(e);
+        let mut buf = [0u8; 256];
+        let lower_owned;
+        let lower: &[u8] = if address.is_ascii() && address.len() <= buf.len() {
+            for (d, s) in buf.iter_mut().zip(address.bytes()) {
+                *d = s.to_ascii_lowercase();
+            }
+            &buf[..address.len()]
+        } else {
+            lower_owned = address.to_lowercase();
+            lower_owned.as_bytes()
+        };
+        let own = tenant.filter(|t| !t.is_empty());
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        for scope in [own, None].into_iter().take(if own.is_some() { 2 } else { 1 }) {
+            let (slot, fp) = self.hash(scope.unwrap_or(""), lower);
+            if let Some(&v) = index.get(&slot) {
+                let (stored_fp, reason, time) = unpack(v);
+                if stored_fp == fp & 0xff_ffff {
+                    return Some(Entry {
+                        address: String::from_utf8_lossy(lower).into_owned(),
+                        tenant: scope.map(str::to_string),
+                        reason: Reason::from_code(reason),
+                        time,
+                        detail: None,
+                    });
+                }
             }
         }
         None
-    }
-
-    fn get(&self, k: &str) -> Option<Entry> {
-        let r = self.db.begin_read().ok()?;
-        let t = r.open_table(TABLE).ok()?;
-        let v = t.get(k).ok()??;
-        let st: Stored = postcard::from_bytes(v.value()).ok()?;
-        let (tenant, address) = split_key(k);
-        Some(Entry {
-            address,
-            tenant,
-            reason: Reason::from_code(st.reason),
-            time: st.time,
-            detail: st.detail,
-        })
     }
 
     /// Adds (or refreshes) entries in one durable transaction; returns how many were new.
@@ -279,15 +305,24 @@ impl Suppressions {
         let now = crate::spool::unix_millis() / 1000;
         let mut keyed = Vec::with_capacity(entries.len());
         for e in entries {
-            let k = key(e.tenant.as_deref().filter(|t| !t.is_empty()), &normalize(&e.address)?);
+            let tenant = e.tenant.as_deref().unwrap_or("");
+            let address = normalize(&e.address)?;
+            let (slot, fp) = self.hash(tenant, address.as_bytes());
             let st = Stored { reason: e.reason.code(), time: now, detail: e.detail.clone() };
-            keyed.push((k, postcard::to_stdvec(&st).map_err(SuppressionError::store)?, st));
+            let packed = pack(fp, st.reason, now);
+            let k = key(Some(tenant).filter(|t| !t.is_empty()), &address);
+            keyed.push((
+                k,
+                postcard::to_stdvec(&st).map_err(SuppressionError::store)?,
+                slot,
+                packed,
+            ));
         }
         let w = self.db.begin_write().map_err(SuppressionError::store)?;
         let mut new = 0;
         {
             let mut t = w.open_table(TABLE).map_err(SuppressionError::store)?;
-            for (k, v, _) in &keyed {
+            for (k, v, _, _) in &keyed {
                 if t.insert(k.as_str(), v.as_slice()).map_err(SuppressionError::store)?.is_none() {
                     new += 1;
                 }
@@ -295,8 +330,8 @@ impl Suppressions {
         }
         w.commit().map_err(SuppressionError::store)?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (k, _, st) in &keyed {
-            index.insert(self.hash(k), (st.reason, st.time as u32));
+        for (_, _, slot, packed) in &keyed {
+            index.insert(*slot, *packed);
         }
         crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
         for e in entries {
@@ -307,7 +342,8 @@ impl Suppressions {
 
     /// Removes one entry; false if it was not there. Blocking, like [`Self::add`].
     pub fn remove(&self, tenant: Option<&str>, address: &str) -> Result<bool, SuppressionError> {
-        let k = key(tenant.filter(|t| !t.is_empty()), &normalize(address)?);
+        let address = normalize(address)?;
+        let k = key(tenant.filter(|t| !t.is_empty()), &address);
         let w = self.db.begin_write().map_err(SuppressionError::store)?;
         let found = {
             let mut t = w.open_table(TABLE).map_err(SuppressionError::store)?;
@@ -316,7 +352,7 @@ impl Suppressions {
         w.commit().map_err(SuppressionError::store)?;
         if found {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.remove(&self.hash(&k));
+            index.remove(&self.hash(tenant.unwrap_or(""), address.as_bytes()).0);
             crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
         }
         Ok(found)

@@ -1,0 +1,73 @@
+//! `POST /api/inject/v1` (tokens of scope `inject` or `admin`): the JSON request, gzip'd or
+//! not, to the [`Injector`](crate::inject::Injector).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::inject::{InjectError, Injector, request::InjectRequest};
+
+pub async fn inject_v1(
+    State(injector): State<Option<Arc<Injector>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(injector) = injector else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "HTTP injection is disabled ([inject] enabled = false)",
+        );
+    };
+    let limit = injector.config.max_request_size;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let json = if gzip {
+        let mut out = Vec::new();
+        let read = flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut out);
+        match read {
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("gzip: {e}")),
+            Ok(n) if n as u64 > limit => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "request larger than {limit} bytes once decompressed ([inject] max_request_size)"
+                    ),
+                );
+            }
+            Ok(_) => Bytes::from(out),
+        }
+    } else {
+        body
+    };
+    let de = &mut serde_json::Deserializer::from_slice(&json);
+    let req: InjectRequest = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let what = if path == "." { String::new() } else { format!("{path}: ") };
+            return text(StatusCode::BAD_REQUEST, &format!("{what}{}", e.inner()));
+        }
+    };
+    match injector.inject(req, peer.ip()).await {
+        Ok(resp) => Json(resp).into_response(),
+        Err(e @ (InjectError::BadRequest(_) | InjectError::Template(_))) => {
+            text(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ InjectError::Unavailable(_)) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response {
+    (status, format!("{msg}\n")).into_response()
+}

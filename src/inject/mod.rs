@@ -1,0 +1,386 @@
+//! HTTP injection (`POST /api/inject/v1`): one request, one message per recipient, all of them
+//! durable before the answer, through the same spool, DKIM signing and trace header as SMTP.
+//!
+//! Steps: validate (errors name the field) → compile the templates once → drop invalid and
+//! suppressed recipients (reported in `failed_recipients`) → render in windows on the blocking
+//! pool (at most one task per core) → sign → store the window's messages together (they share
+//! group commits) → answer with every queue id.
+
+pub mod render;
+pub mod request;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use compact_str::CompactString;
+
+use crate::bounce::suppression::{Suppressions, refusal_text};
+use crate::config::{InjectConfig, SuppressionConfig};
+use crate::delivery_log::{DeliveryLog, Event};
+use crate::mailauth::SigningService;
+use crate::proto::smtp::message::{TraceInfo, received_header};
+use crate::spool::{BodyType, Envelope, NewMessage, QueueId, Recipient, Spool, SpoolError, Tags};
+use render::{Plan, Target};
+use request::{Content, InjectRequest, InjectResponse, RecipientSpec, Stored};
+
+/// Why a request was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// 400: the field and what is wrong with it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 400: a template that does not compile.
+    #[error("template {0}")]
+    Template(#[from] render::TemplateError),
+    /// 503: nothing could be stored (full disk, shutting down); try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub struct Injector {
+    pub spool: Arc<dyn Spool>,
+    pub dkim: Arc<SigningService>,
+    pub suppressions: Option<Arc<Suppressions>>,
+    pub suppression: SuppressionConfig,
+    pub config: InjectConfig,
+    pub hostname: String,
+    pub log: DeliveryLog,
+    /// Woken after messages are stored, so delivery starts at once.
+    pub stored: Arc<tokio::sync::Notify>,
+}
+
+/// A recipient that passed the checks, with its message's queue id.
+struct Accepted {
+    spec: RecipientSpec,
+    id: QueueId,
+}
+
+impl Injector {
+    pub async fn inject(
+        &self,
+        req: InjectRequest,
+        client: IpAddr,
+    ) -> Result<InjectResponse, InjectError> {
+        let checked = self.check(req)?;
+        let mut resp = InjectResponse::default();
+        let accepted = self.screen(checked.recipients, checked.tags.tenant.as_deref(), &mut resp);
+        let plan = Arc::new(Plan::compile(checked.content, checked.templated, &self.hostname)?);
+        let globals = Arc::new(checked.globals);
+        let tags = (checked.tags != Tags::default()).then(|| Box::new(checked.tags));
+        let mut unavailable = None;
+        for window in accepted.chunks(self.config.batch_size.max(1)) {
+            let rendered = render_window(&plan, &globals, window, &self.hostname).await;
+            let outcome = self
+                .store_window(window, rendered, &checked.sender, &tags, client, &mut resp)
+                .await;
+            if let Err(e) = outcome {
+                unavailable = Some(e);
+            }
+        }
+        resp.fail_count = resp.failed_recipients.len();
+        resp.success_count = resp.messages.len();
+        if resp.success_count > 0 {
+            self.stored.notify_one();
+        }
+        match unavailable {
+            Some(e) if resp.success_count == 0 => Err(InjectError::Unavailable(e)),
+            _ => Ok(resp),
+        }
+    }
+
+    /// The request's shape: sender, tags, counts, content. Errors name the field.
+    fn check(&self, req: InjectRequest) -> Result<Checked, InjectError> {
+        let bad = |m: String| InjectError::BadRequest(m);
+        if req.deferred_generation == Some(true) {
+            return Err(bad(
+                "deferred_generation: not supported (sluice stores before it answers)".into(),
+            ));
+        }
+        let templated = match req.template_dialect.as_deref() {
+            None | Some("Jinja") => {
+                !req.substitutions.is_empty()
+                    || req.recipients.iter().any(|r| !r.substitutions.is_empty())
+            }
+            Some("Static") => false,
+            Some(other) => {
+                return Err(bad(format!("template_dialect: {other:?} (Jinja or Static)")));
+            }
+        };
+        let sender =
+            match crate::proto::smtp::address::parse_path(req.envelope_sender.trim(), false) {
+                Ok(Some(m)) => CompactString::from(m.into_string()),
+                Ok(None) => CompactString::default(),
+                Err(e) => return Err(bad(format!("envelope_sender: {e}"))),
+            };
+        if req.recipients.is_empty() {
+            return Err(bad("recipients: at least one is needed".into()));
+        }
+        if req.recipients.len() > self.config.max_recipients {
+            return Err(bad(format!(
+                "recipients: {} given, at most {} per request ([inject] max_recipients)",
+                req.recipients.len(),
+                self.config.max_recipients
+            )));
+        }
+        let tenant = req.tenant.map(|t| check_tag("tenant", t)).transpose().map_err(bad)?;
+        let campaign = req.campaign.map(|c| check_tag("campaign", c)).transpose().map_err(bad)?;
+        let meta = match req.meta {
+            None | Some(serde_json::Value::Null) => None,
+            Some(m) => {
+                let text = m.to_string();
+                if text.len() > 4096 {
+                    return Err(bad("meta: larger than 4096 bytes as JSON".into()));
+                }
+                Some(text)
+            }
+        };
+        let content = Content::from_value(req.content).map_err(bad)?;
+        if let Content::Builder(b) = &content {
+            render::check_builder(b).map_err(bad)?;
+        }
+        Ok(Checked {
+            sender,
+            recipients: req.recipients,
+            content,
+            templated,
+            globals: req.substitutions,
+            tags: Tags { tenant, campaign, meta },
+        })
+    }
+
+    /// Keeps the recipients with a valid address that are not suppressed; reports the others.
+    fn screen(
+        &self,
+        recipients: Vec<RecipientSpec>,
+        tenant: Option<&str>,
+        resp: &mut InjectResponse,
+    ) -> Vec<Accepted> {
+        let check_suppressed = self.suppression.checks(tenant);
+        let mut ok = Vec::with_capacity(recipients.len());
+        for (i, mut spec) in recipients.into_iter().enumerate() {
+            let parsed = crate::proto::smtp::address::parse_path(spec.email.trim(), false);
+            let address = match parsed {
+                Ok(Some(m)) if !m.domain().is_empty() => m.into_string(),
+                Ok(_) => {
+                    resp.errors
+                        .push(format!("recipients[{i}].email: {:?} has no domain", spec.email));
+                    resp.failed_recipients.push(spec.email);
+                    continue;
+                }
+                Err(e) => {
+                    resp.errors.push(format!("recipients[{i}].email: {:?}: {e}", spec.email));
+                    resp.failed_recipients.push(spec.email);
+                    continue;
+                }
+            };
+            if check_suppressed
+                && let Some(list) = &self.suppressions
+                && let Some(entry) = list.check(tenant, &address)
+            {
+                crate::metrics::SUPPRESSED.with_label_values(&["inject"]).inc();
+                resp.errors.push(refusal_text(&address, &entry));
+                resp.failed_recipients.push(spec.email);
+                continue;
+            }
+            spec.email = address;
+            ok.push(Accepted { spec, id: self.spool.next_id() });
+        }
+        ok
+    }
+
+    /// Signs and stores one window's rendered messages; every store is submitted before any
+    /// is awaited, so they share group commits. `Err` if the spool refused them.
+    async fn store_window(
+        &self,
+        window: &[Accepted],
+        rendered: Vec<Result<Vec<u8>, render::TemplateError>>,
+        sender: &CompactString,
+        tags: &Option<Box<Tags>>,
+        client: IpAddr,
+        resp: &mut InjectResponse,
+    ) -> Result<(), String> {
+        let now = crate::spool::unix_millis();
+        let mut pending = Vec::with_capacity(window.len());
+        for (a, body) in window.iter().zip(rendered) {
+            let body = match body {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    resp.errors.push(format!("{}: template {e}", a.spec.email));
+                    resp.failed_recipients.push(a.spec.email.clone());
+                    continue;
+                }
+            };
+            pending.push((a, body));
+        }
+        let signatures = self.sign_all(&pending).await;
+        let mut tickets = Vec::with_capacity(pending.len());
+        for ((a, body), signed) in pending.into_iter().zip(signatures) {
+            let signed = match signed {
+                Some(Ok(s)) => s.headers,
+                failed => {
+                    let e = failed.map_or_else(
+                        || "task failed".to_string(),
+                        |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                    );
+                    tracing::error!(error = %e, "injected message refused: DKIM signing failed");
+                    resp.errors.push(format!("{}: DKIM signing failed (try again)", a.spec.email));
+                    resp.failed_recipients.push(a.spec.email.clone());
+                    continue;
+                }
+            };
+            let mut trace = signed;
+            trace.push_str(&received_header(&TraceInfo {
+                helo: "api",
+                client_ip: client,
+                hostname: &self.hostname,
+                protocol: "HTTP",
+                queue_id: &a.id.to_string(),
+                single_recipient: Some(&a.spec.email),
+                unix_time: now / 1000,
+            }));
+            let envelope = Envelope {
+                id: a.id,
+                received_at: now,
+                sender: sender.clone(),
+                recipients: vec![Recipient::queued(a.spec.email.as_str(), None, None)],
+                message_id: crate::proto::smtp::message::message_id(&body).map(Into::into),
+                size: (trace.len() + body.len()) as u64,
+                helo: "api".into(),
+                client_ip: client,
+                body_type: body.iter().any(|b| *b >= 0x80).then_some(BodyType::EightBitMime),
+                smtputf8: !sender.is_ascii() || !a.spec.email.is_ascii(),
+                ret: None,
+                envid: None,
+                tags: tags.clone(),
+            };
+            let ticket = self.spool.store(NewMessage { envelope, trace: Bytes::from(trace), body });
+            tickets.push((a, ticket));
+        }
+        let mut refused = None;
+        for (a, ticket) in tickets {
+            match ticket.await {
+                Ok(()) => {
+                    self.log_reception(a, sender, tags, client);
+                    resp.messages
+                        .push(Stored { recipient: a.spec.email.clone(), id: a.id.to_string() });
+                }
+                Err(e) => {
+                    resp.errors.push(format!("{}: not stored: {e} (try again)", a.spec.email));
+                    resp.failed_recipients.push(a.spec.email.clone());
+                    if matches!(e, SpoolError::NoSpace | SpoolError::Closed) || refused.is_none() {
+                        refused = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// DKIM signatures for every message, signed concurrently (the signing service bounds the
+    /// pool work); None where a task failed.
+    async fn sign_all(
+        &self,
+        pending: &[(&Accepted, Bytes)],
+    ) -> Vec<Option<Result<crate::mailauth::sign::Signed, crate::mailauth::sign::SignError>>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, (_, body)) in pending.iter().enumerate() {
+            let (dkim, body) = (self.dkim.clone(), body.clone());
+            set.spawn(async move { (i, dkim.sign(body).await) });
+        }
+        let mut out: Vec<Option<_>> = (0..pending.len()).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, signed)) = joined {
+                out[i] = Some(signed);
+            }
+        }
+        out
+    }
+
+    fn log_reception(&self, a: &Accepted, sender: &str, tags: &Option<Box<Tags>>, client: IpAddr) {
+        if !self.log.enabled() {
+            return;
+        }
+        let mut e = Event::new("reception", a.id);
+        e.sender = Some(sender.to_string());
+        e.recipients = vec![a.spec.email.clone()];
+        e.remote = Some(client.to_string());
+        e.tenant = tags.as_ref().and_then(|t| t.tenant.as_deref().map(str::to_string));
+        e.campaign = tags.as_ref().and_then(|t| t.campaign.as_deref().map(str::to_string));
+        self.log.log(e);
+    }
+}
+
+struct Checked {
+    sender: CompactString,
+    recipients: Vec<RecipientSpec>,
+    content: Content,
+    templated: bool,
+    globals: serde_json::Map<String, serde_json::Value>,
+    tags: Tags,
+}
+
+/// Tenant and campaign names: 1-64 of `A-Z a-z 0-9 . _ -` (they become metric labels and
+/// suppression scopes).
+fn check_tag(field: &str, v: String) -> Result<CompactString, String> {
+    let ok = (1..=64).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(v.into()) } else { Err(format!("{field}: {v:?} (1-64 of A-Z a-z 0-9 . _ -)")) }
+}
+
+/// Renders one window on the blocking pool: one task per core, each a slice of the window.
+async fn render_window(
+    plan: &Arc<Plan>,
+    globals: &Arc<serde_json::Map<String, serde_json::Value>>,
+    window: &[Accepted],
+    hostname: &str,
+) -> Vec<Result<Vec<u8>, render::TemplateError>> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_task = window.len().div_ceil(cores).max(1);
+    let unix_time = crate::spool::unix_millis() / 1000;
+    let mut tasks = Vec::new();
+    for slice in window.chunks(per_task) {
+        let plan = plan.clone();
+        let globals = globals.clone();
+        let jobs: Vec<(RecipientSpec, String)> = slice
+            .iter()
+            .map(|a| (a.spec.clone(), format!("{}.{}@{hostname}", a.id, random_suffix())))
+            .collect();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .map(|(spec, message_id)| {
+                    plan.render(&Target {
+                        recipient: spec,
+                        globals: &globals,
+                        message_id: message_id.clone(),
+                        unix_time,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut out = Vec::with_capacity(window.len());
+    for t in tasks {
+        match t.await {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                // A panic in a render task: its recipients fail, the request goes on.
+                let n = out.len();
+                let failed = render::TemplateError {
+                    part: "content".into(),
+                    line: None,
+                    message: format!("render task failed: {e}"),
+                };
+                out.extend(std::iter::repeat_n(Err(failed), per_task.min(window.len() - n)));
+            }
+        }
+    }
+    out
+}
+
+/// 32 random bits for Message-IDs (the queue id already makes them unique on this host).
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    format!("{:08x}", u32::from_le_bytes(b))
+}

@@ -1,0 +1,351 @@
+//! HTTP injection (`POST /api/inject/v1`) over real HTTP: curl and Python's urllib, messages
+//! checked where they arrive (a loopback SMTP sink) and parsed with Python's `email` package.
+
+mod common;
+
+use std::process::Command;
+
+use common::sink::{Behavior, Sink};
+use common::*;
+use serde_json::{Value, json};
+
+/// A token of scope `inject`, made with the CLI (its last word).
+fn inject_token(s: &Sluice) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "add", "campaigns", "--scope", "inject", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().split_whitespace().last().unwrap().to_string()
+}
+
+/// POST with curl; returns (status, body).
+fn curl_post(s: &Sluice, token: &str, body: &[u8], extra: &[&str]) -> (u16, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "120", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(extra)
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{}/api/inject/v1", s.admin))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn inject(s: &Sluice, token: &str, req: &Value) -> (u16, String) {
+    curl_post(s, token, req.to_string().as_bytes(), &[])
+}
+
+fn ok_json(r: (u16, String)) -> Value {
+    assert_eq!(r.0, 200, "{}", r.1);
+    serde_json::from_str(&r.1).unwrap()
+}
+
+fn text_of(m: &sink::Received) -> String {
+    String::from_utf8_lossy(&m.data).to_string()
+}
+
+#[test]
+fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let sink = Sink::start(Behavior::default());
+    let s = Sluice::start(&sink.route(""));
+    let token = inject_token(&s);
+    let req = json!({
+        "envelope_sender": "bounces@sender.example",
+        "content": "From: news@sender.example\nSubject: Hello {{ name }}\n\nHi {{ name }}, your code is {{ code }}.\n{% if vip %}VIP{% endif %}\n",
+        "substitutions": {"code": "GLOBAL", "vip": false},
+        "recipients": [
+            {"email": "ann@example.org", "substitutions": {"name": "Ann", "code": "A-1"}},
+            {"email": "bob@example.org", "substitutions": {"name": "Bob", "vip": true}},
+            {"email": "not an address"},
+        ],
+        "campaign": "spring-sale",
+        "tenant": "acme",
+        "meta": {"batch": 7},
+    });
+    let resp = ok_json(inject(&s, &token, &req));
+    assert_eq!(
+        (resp["success_count"].as_u64(), resp["fail_count"].as_u64()),
+        (Some(2), Some(1)),
+        "{resp}"
+    );
+    assert_eq!(resp["failed_recipients"], json!(["not an address"]));
+    assert!(resp["errors"][0].as_str().unwrap().starts_with("recipients[2].email"), "{resp}");
+    let ids: Vec<(String, String)> = resp["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["recipient"].as_str().unwrap().into(), m["id"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    let got = sink.wait_for(2, 20);
+    let to = |a: &str| got.iter().find(|m| m.rcpts == vec![a.to_string()]).unwrap();
+    let ann = text_of(to("ann@example.org"));
+    assert!(ann.contains("Subject: Hello Ann\r\n"), "{ann}");
+    assert!(ann.contains("Hi Ann, your code is A-1.\r\n"), "{ann}");
+    assert!(!ann.contains("VIP"), "{ann}");
+    assert!(
+        ann.contains("\r\nDate: ") || ann.starts_with("Date: ") || ann.contains("Date: "),
+        "Date added: {ann}"
+    );
+    assert!(ann.contains("Message-ID: <"), "Message-ID added: {ann}");
+    assert!(ann.contains(&format!("with HTTP id {}", ids[0].1)), "{ann}");
+    let bob = text_of(to("bob@example.org"));
+    assert!(bob.contains("your code is GLOBAL.\r\nVIP\r\n"), "{bob}");
+    assert_eq!(to("bob@example.org").mail_from, "bounces@sender.example");
+    // Tags travel in the envelope, not in headers.
+    assert!(!ann.to_lowercase().contains("spring-sale") && !ann.contains("acme"), "{ann}");
+    s.wait_queue(20, |q| q.is_empty());
+    let log = s.delivery_log(4);
+    let delivered: Vec<_> = log.iter().filter(|e| e["event"] == "delivered").collect();
+    assert_eq!(delivered.len(), 2, "{log:?}");
+    assert!(
+        delivered.iter().all(|e| e["tenant"] == "acme" && e["campaign"] == "spring-sale"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn bad_requests_name_the_field_and_bad_tokens_are_refused() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let s = Sluice::start("[delivery]\nenabled = false\n");
+    let token = inject_token(&s);
+    let base = json!({"envelope_sender": "a@example.com", "content": "Subject: x\n\nx\n", "recipients": [{"email": "b@example.org"}]});
+    assert_eq!(inject(&s, "not-a-token", &base).0, 401);
+    assert_eq!(inject(&s, &s.admin_token(), &base).0, 200, "the admin token may inject too");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"envelope_sender": "a@example.com", "content": "x", "recipients": [{"emial": "b@example.org"}]}),
+            "recipients[0].emial: unknown field `emial`",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": "x", "recipients": []}),
+            "recipients: at least one",
+        ),
+        (
+            json!({"envelope_sender": "not an address", "content": "x", "recipients": [{"email": "b@example.org"}]}),
+            "envelope_sender:",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": {"subject": "x"}, "recipients": [{"email": "b@example.org"}]}),
+            "content: a built message needs",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": {"text_body": "x", "attachments": [{"data": "!!", "base64": true, "content_type": "text/plain"}]}, "recipients": [{"email": "b@example.org"}]}),
+            "content.attachments[0].data: bad base64",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": {"subject": "Hi {{ name", "text_body": "x"}, "recipients": [{"email": "b@example.org", "substitutions": {"name": "B"}}]}),
+            "template content.subject line 1:",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": "Subject: x\n\nline 1\n{% for x in y %}\nno end\n", "substitutions": {"y": [1]}, "recipients": [{"email": "b@example.org"}]}),
+            "template content line ",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": "x", "tenant": "no spaces", "recipients": [{"email": "b@example.org"}]}),
+            "tenant:",
+        ),
+        (
+            json!({"envelope_sender": "a@example.com", "content": 5, "recipients": [{"email": "b@example.org"}]}),
+            "content: must be a string",
+        ),
+    ];
+    for (req, want) in cases {
+        let (status, body) = inject(&s, &token, &req);
+        assert_eq!(status, 400, "{req} -> {body}");
+        assert!(body.contains(want), "{req}: wanted {want:?} in {body:?}");
+    }
+    let (status, body) = curl_post(&s, &token, b"{not json", &[]);
+    assert_eq!(status, 400, "{body}");
+}
+
+/// Builder content with templates, non-ASCII, HTML escaping and attachments, gzip'd, sent by
+/// Python's urllib; the delivered MIME is parsed with Python's `email` package.
+#[test]
+fn built_messages_parse_as_the_mime_they_claim_to_be() {
+    let sink = Sink::start(Behavior::default());
+    let s = Sluice::start(&sink.route(""));
+    let token = inject_token(&s);
+    let long_word = "x".repeat(1500);
+    let req = json!({
+        "envelope_sender": "bounces@sender.example",
+        "content": {
+            "from": {"email": "news@sender.example", "name": "Sender Ünïcode News"},
+            "reply_to": {"email": "help@sender.example"},
+            "subject": "Grüße, {{ name }}! {{ long }}",
+            "headers": {"X-Campaign-Ref": "ref-{{ ref }}", "List-Unsubscribe": "<mailto:unsub@sender.example?subject={{ ref }}>"},
+            "text_body": "Hallo {{ name }},\nline two {{ long }}\nbye\n",
+            "html_body": "<p>Hallo {{ name }} {{ html }}</p><img src=\"cid:logo\">",
+            "attachments": [
+                {"data": "aGVsbG8gYXR0YWNobWVudA==", "base64": true, "content_type": "application/pdf", "file_name": "report.pdf"},
+                {"data": "R0lGODlhAQABAAAAACw=", "base64": true, "content_type": "image/gif", "content_id": "logo"},
+                {"data": "plain text attachment é", "content_type": "text/plain", "file_name": "notes.txt"},
+            ],
+        },
+        "substitutions": {"long": long_word, "html": "<b>&</b>"},
+        "recipients": [
+            {"email": "ann@example.org", "name": "Ann Ärger", "substitutions": {"name": "Änn", "ref": "A1"}},
+            {"email": "bob@example.org", "substitutions": {"name": "Bob", "ref": "B2"}},
+        ],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let req_file = dir.path().join("req.json");
+    std::fs::write(&req_file, req.to_string()).unwrap();
+    let out = python(
+        r#"
+import gzip, json, sys, urllib.request
+body = gzip.compress(open(sys.argv[1], "rb").read())
+r = urllib.request.Request(sys.argv[2], data=body, method="POST", headers={
+    "Authorization": "Bearer " + sys.argv[3], "Content-Type": "application/json", "Content-Encoding": "gzip"})
+with urllib.request.urlopen(r, timeout=60) as resp:
+    print(resp.status, resp.read().decode())
+"#,
+        &[req_file.to_str().unwrap(), &format!("http://{}/api/inject/v1", s.admin), &token],
+    );
+    assert!(out.starts_with("200 "), "{out}");
+    let resp: Value = serde_json::from_str(out[4..].trim()).unwrap();
+    assert_eq!(resp["success_count"], 2, "{resp}");
+    let got = sink.wait_for(2, 20);
+    for (m, name, display, reference) in [
+        (got.iter().find(|m| m.rcpts[0] == "ann@example.org").unwrap(), "Änn", "Ann Ärger", "A1"),
+        (got.iter().find(|m| m.rcpts[0] == "bob@example.org").unwrap(), "Bob", "", "B2"),
+    ] {
+        let file = dir.path().join(format!("{reference}.eml"));
+        std::fs::write(&file, &m.data).unwrap();
+        let checked = python(
+            r#"
+import base64, email, sys
+from email import policy
+raw = open(sys.argv[1], "rb").read()
+for line in raw.split(b"\r\n"):
+    assert len(line) <= 998, ("line too long", len(line))
+    assert all(b < 128 for b in line), ("8-bit octet in", line[:80])
+msg = email.message_from_bytes(raw, policy=policy.default)
+name, display, ref, long_word = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+assert str(msg["Subject"]) == "Grüße, %s! %s" % (name, long_word), str(msg["Subject"])[:100]
+assert msg["From"].addresses[0].display_name == "Sender Ünïcode News", str(msg["From"])
+assert msg["From"].addresses[0].addr_spec == "news@sender.example"
+to = msg["To"].addresses[0]
+assert (to.display_name, to.addr_spec.split("@")[1]) == (display, "example.org"), str(msg["To"])
+assert str(msg["Reply-To"]) == "help@sender.example"
+assert str(msg["X-Campaign-Ref"]) == "ref-" + ref
+assert str(msg["List-Unsubscribe"]) == "<mailto:unsub@sender.example?subject=%s>" % ref
+assert msg["Message-ID"] and msg["Date"] and msg["MIME-Version"] == "1.0"
+assert msg.get_content_type() == "multipart/mixed", msg.get_content_type()
+body = msg.get_body(preferencelist=("plain",))
+# Parsed from CRLF bytes, the text keeps its CRLFs; the CRLF before a boundary belongs to the
+# boundary (RFC 2046 5.1.1), so the last line break of a part is not part of its text.
+text = body.get_content().replace("\r\n", "\n")
+assert text.rstrip("\n") == "Hallo %s,\nline two %s\nbye" % (name, long_word), repr(text[:80])
+html = msg.get_body(preferencelist=("html",)).get_content()
+assert "<p>Hallo %s &lt;b&gt;&amp;&lt;&#x2f;b&gt;</p>" % name in html, html[:200]
+atts = {p.get_filename(): p for p in msg.iter_attachments()}
+assert atts["report.pdf"].get_content_type() == "application/pdf"
+assert atts["report.pdf"].get_content() == b"hello attachment"
+assert atts["notes.txt"].get_content() == "plain text attachment é"
+inline = [p for p in msg.walk() if p.get("Content-ID")]
+assert len(inline) == 1 and inline[0]["Content-ID"].strip("<>") == "logo", [str(p["Content-ID"]) for p in inline]
+assert inline[0].get_content() == base64.b64decode("R0lGODlhAQABAAAAACw="), inline[0].get_content()
+print("ok")
+"#,
+            &[file.to_str().unwrap(), name, display, reference, &long_word],
+        );
+        assert_eq!(checked.trim(), "ok", "{checked}");
+    }
+}
+
+#[test]
+fn suppressed_recipients_are_refused_and_a_hard_bounce_suppresses_for_the_tenant() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let mut b = Behavior::default();
+    b.rcpt.insert("gone@example.org".into(), vec!["550 5.1.1 no such user".into()]);
+    let sink = Sink::start(b);
+    let s = Sluice::start(&sink.route(""));
+    let token = inject_token(&s);
+    let req = |rcpts: &[&str], tenant: &str| {
+        json!({
+            "envelope_sender": "bounces@sender.example",
+            "content": "Subject: hi\n\nhello\n",
+            "tenant": tenant,
+            "recipients": rcpts.iter().map(|r| json!({"email": r})).collect::<Vec<_>>(),
+        })
+    };
+    let resp = ok_json(inject(&s, &token, &req(&["gone@example.org", "fine@example.org"], "acme")));
+    assert_eq!(resp["success_count"], 2, "{resp}");
+    s.wait_queue(20, |q| q.is_empty());
+    // The hard bounce is now on acme's list: refused for acme, not for another tenant.
+    let resp = ok_json(inject(&s, &token, &req(&["gone@example.org", "fine@example.org"], "acme")));
+    assert_eq!(resp["failed_recipients"], json!(["gone@example.org"]), "{resp}");
+    assert!(
+        resp["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("is on the suppression list (invalid_recipient since"),
+        "{resp}"
+    );
+    let resp = ok_json(inject(&s, &token, &req(&["gone@example.org"], "other")));
+    assert_eq!(resp["success_count"], 1, "another tenant's list is its own: {resp}");
+}
+
+/// The whole request is durable before the 200: kill -9 right after it, restart, and every
+/// recipient is in the queue. One bad address among 10,000 is reported, the rest stored.
+#[test]
+fn ten_thousand_recipients_survive_kill_9_after_the_answer() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let mut s = Sluice::start("[delivery]\nenabled = false\n");
+    let token = inject_token(&s);
+    let mut rcpts: Vec<Value> = (0..10_000)
+        .map(|i| json!({"email": format!("r{i}@example.org"), "substitutions": {"i": i}}))
+        .collect();
+    rcpts[4321] = json!({"email": "broken@@example.org"});
+    let req = json!({
+        "envelope_sender": "bounces@sender.example",
+        "content": "Subject: number {{ i }}\n\nhello {{ i }}\n",
+        "recipients": rcpts,
+    });
+    let resp = ok_json(inject(&s, &token, &req));
+    s.kill9();
+    assert_eq!(
+        (resp["success_count"].as_u64(), resp["fail_count"].as_u64()),
+        (Some(9_999), Some(1))
+    );
+    assert_eq!(resp["failed_recipients"], json!(["broken@@example.org"]));
+    let want: std::collections::BTreeSet<String> = resp["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(want.len(), 9_999);
+    s.spawn();
+    let queued: std::collections::BTreeSet<String> =
+        s.queue_list().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let lost: Vec<_> = want.difference(&queued).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let one = s.raw_message(resp["messages"][10]["id"].as_str().unwrap());
+    assert!(String::from_utf8_lossy(&one).contains("Subject: number 10\r\n"));
+}
