@@ -372,6 +372,12 @@ pub struct MetricsConfig {
     /// A domain earns a label after this many delivery events.
     #[serde(default = "default_promote_after")]
     pub promote_after: u64,
+    /// Tenants that always get their own label in `sluice_tenant_deliveries_total`.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// At most this many tenants get a label (the rest count as "other").
+    #[serde(default = "default_domain_labels")]
+    pub tenant_labels: usize,
 }
 
 fn default_domain_labels() -> usize {

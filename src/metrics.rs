@@ -201,6 +201,12 @@ metrics! {
         "Delivery outcomes per recipient by destination domain: the busiest domains (see [metrics] in README) each get a label, the rest count as \"other\".",
         &["domain", "outcome"],
     );
+    /// Delivery outcomes of tagged mail by tenant (bounded labels, like domains).
+    TENANT_DELIVERIES: IntCounterVec = counter_vec(
+        "sluice_tenant_deliveries_total",
+        "Delivery outcomes per recipient of mail injected with a tenant: the busiest tenants (see [metrics] in README) each get a label, the rest count as \"other\".",
+        &["tenant", "outcome"],
+    );
     /// Outbound connections open now, by destination (same bounded labels as above).
     DESTINATION_CONNECTIONS: IntGaugeVec = register(
         IntGaugeVec::new(

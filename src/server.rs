@@ -355,6 +355,11 @@ fn start_delivery(
             cfg.metrics.domain_labels,
             cfg.metrics.promote_after,
         )),
+        tenant_labels: Arc::new(crate::domain_labels::DomainLabels::new(
+            &cfg.metrics.tenants,
+            cfg.metrics.tenant_labels,
+            cfg.metrics.promote_after,
+        )),
     };
     let dispatcher = Dispatcher::new(
         recorder,

@@ -59,7 +59,7 @@ fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
         return;
     }
     let sink = Sink::start(Behavior::default());
-    let s = Sluice::start(&sink.route(""));
+    let s = Sluice::start(&sink.route("[metrics]\ntenants = [\"acme\"]\n"));
     let token = inject_token(&s);
     let req = json!({
         "envelope_sender": "bounces@sender.example",
@@ -114,6 +114,12 @@ fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
     assert!(
         delivered.iter().all(|e| e["tenant"] == "acme" && e["campaign"] == "spring-sale"),
         "{log:?}"
+    );
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("sluice_tenant_deliveries_total{outcome=\"delivered\",tenant=\"acme\"} 2"),
+        "{m}"
     );
 }
 

@@ -8,10 +8,13 @@
 //! - `relay` starts a sink, injects into an MTA that relays to it, and reports end-to-end
 //!   messages per second until the sink has them all, with the MTA's CPU time and memory.
 //! - `idle` holds N idle connections open and reports the MTA's memory per connection.
+//! - `campaign` sends one templated campaign through sluice's HTTP injection API or over SMTP
+//!   and reports recipients accepted per second and end to end.
 //!
 //! Loads are bounded in count (`--messages`) and time (`--max-seconds`). Long runs show a
 //! progress bar on a terminal; `--json` and `--plot` keep the results.
 
+mod campaign;
 mod idle;
 mod inject;
 mod procstat;
@@ -40,6 +43,8 @@ enum Cmd {
     Relay(relay::RelayArgs),
     /// Hold idle connections open and report the MTA's memory per connection.
     Idle(idle::IdleArgs),
+    /// One campaign through HTTP injection or SMTP, to a sink; recipients per second.
+    Campaign(campaign::CampaignArgs),
 }
 
 #[tokio::main]
@@ -75,5 +80,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sink(a) => sink::run(a).await,
         Cmd::Relay(a) => relay::run(a).await,
         Cmd::Idle(a) => idle::run(a).await,
+        Cmd::Campaign(a) => campaign::run(a).await,
     }
 }

@@ -46,6 +46,8 @@ pub struct Recorder {
     pub suppress: Option<SuppressFeed>,
     /// Bounded per-domain metric labels.
     pub labels: Arc<DomainLabels>,
+    /// Bounded per-tenant metric labels.
+    pub tenant_labels: Arc<DomainLabels>,
 }
 
 /// Where and how an attempt went, for the delivery log.
@@ -255,6 +257,10 @@ impl Recorder {
         let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
         let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
         metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
+        if let Some(t) = env.tenant() {
+            let tenant = self.tenant_labels.label(t);
+            metrics::TENANT_DELIVERIES.with_label_values(&[&tenant, f.label]).inc();
+        }
         if self.log.enabled() {
             let mut e = Event::new(f.label, env.id);
             e.recipient = Some(env.recipients[f.index as usize].address.to_string());
