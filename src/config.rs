@@ -75,6 +75,9 @@ pub struct Config {
     /// HTTP injection (`POST /api/inject/v1` on the admin listener).
     #[serde(default)]
     pub inject: InjectConfig,
+    /// One-click unsubscribe (RFC 8058).
+    #[serde(default)]
+    pub unsubscribe: UnsubscribeConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -542,6 +545,30 @@ pub struct BounceConfig {
     pub rules: Option<PathBuf>,
 }
 
+/// One-click unsubscribe (README, "One-click unsubscribe").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// Add `List-Unsubscribe` to injected mail and serve the HTTPS endpoint.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where the HTTPS endpoint listens (TLS from `[tls]`).
+    #[serde(default = "default_unsubscribe_address")]
+    pub address: SocketAddr,
+    /// The base URL recipients see, e.g. `https://unsub.example.com/unsubscribe`; the token is
+    /// appended as a path segment. It must reach `address` (directly or through a proxy).
+    #[serde(default)]
+    pub url: String,
+    /// An address for the mailto form of `List-Unsubscribe`.
+    pub mailto: Option<String>,
+    /// The HMAC key (default `<data_dir>/unsubscribe.key`, made on first start).
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_unsubscribe_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
 /// HTTP injection (README, "HTTP injection").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -782,6 +809,7 @@ default_from_serde!(
     VerifyConfig,
     SuppressionConfig,
     InjectConfig,
+    UnsubscribeConfig,
     Limits,
     Queue,
     SpoolConfig,
@@ -880,6 +908,7 @@ impl Config {
             .and_then(|()| self.check_local())
             .and_then(|()| self.check_dkim())
             .and_then(|()| self.check_bounce())
+            .and_then(|()| self.check_unsubscribe())
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1062,6 +1091,38 @@ impl Config {
 }
 
 impl Config {
+    /// `[unsubscribe]`: an HTTPS URL, TLS to serve it, and the suppression list to record into.
+    fn check_unsubscribe(&self) -> Check {
+        let u = &self.unsubscribe;
+        if !u.enabled {
+            return Ok(());
+        }
+        if !u.url.starts_with("https://") {
+            return invalid_key(
+                "unsubscribe.url",
+                format!("{:?} is not an https:// URL (RFC 8058 3.1)", u.url),
+            );
+        }
+        if self.tls.is_none() {
+            return invalid_key(
+                "unsubscribe.enabled",
+                "the HTTPS endpoint needs [tls] cert and key".into(),
+            );
+        }
+        if !self.suppression.enabled {
+            return invalid_key(
+                "unsubscribe.enabled",
+                "needs [suppression] enabled = true (unsubscribes are recorded there)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `<data_dir>/unsubscribe.key` unless `[unsubscribe] key_file` says otherwise.
+    pub fn unsubscribe_key_file(&self) -> PathBuf {
+        self.unsubscribe.key_file.clone().unwrap_or_else(|| self.data_dir.join("unsubscribe.key"))
+    }
+
     /// `[bounce] rules`: the file reads and every pattern compiles.
     fn check_bounce(&self) -> Check {
         match crate::bounce::Classifier::load(self.bounce.rules.as_deref()) {

@@ -90,7 +90,8 @@ pub async fn run(
     let accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
-    let admin_task = start_admin(&cfg, &intake, dispatcher, &stop, &mut bound).await?;
+    let (links, unsubscribe_task) = start_unsubscribe(&cfg, &intake, &stop, &mut bound).await?;
+    let admin_task = start_admin(&cfg, &intake, dispatcher, links, &stop, &mut bound).await?;
     let addr_file = addresses_file(&cfg);
     std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
 
@@ -103,12 +104,51 @@ pub async fn run(
     let _ = dispatch_task.await;
     drain(&cfg, &sessions, &deliveries).await;
     let _ = admin_task.await;
+    if let Some(t) = unsubscribe_task {
+        let _ = t.await;
+    }
     reload_task.abort();
     let s = spool.clone();
     tokio::task::spawn_blocking(move || s.close()).await?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The one-click unsubscribe endpoint (HTTPS, `[unsubscribe] address`) and the links the
+/// injector adds; nothing unless `[unsubscribe] enabled`.
+async fn start_unsubscribe(
+    cfg: &Config,
+    intake: &Intake,
+    stop: &CancellationToken,
+    bound: &mut BTreeMap<String, Vec<SocketAddr>>,
+) -> anyhow::Result<(
+    Option<Arc<crate::bounce::unsubscribe::Links>>,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
+    use crate::bounce::unsubscribe::{Links, TlsListener, Tokens, router};
+    let u = &cfg.unsubscribe;
+    let (true, Some(tls), Some(list)) = (u.enabled, &intake.tls, &intake.suppressions) else {
+        return Ok((None, None));
+    };
+    let tokens = Arc::new(Tokens::load_or_create(&cfg.unsubscribe_key_file())?);
+    let links =
+        Arc::new(Links { tokens: tokens.clone(), url: u.url.clone(), mailto: u.mailto.clone() });
+    let sock = TcpListener::bind(u.address)
+        .await
+        .with_context(|| format!("binding the unsubscribe endpoint on {}", u.address))?;
+    let addr = sock.local_addr()?;
+    tracing::info!(%addr, url = %u.url, "one-click unsubscribe (HTTPS)");
+    bound.insert("unsubscribe".into(), vec![addr]);
+    let listener = TlsListener::new(sock, tls.clone(), stop.clone())?;
+    let app = router(tokens, list.clone());
+    let stop = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok((Some(links), Some(task)))
 }
 
 /// Opens (and recovers) the spool on a blocking thread.
@@ -391,6 +431,7 @@ async fn start_admin(
     cfg: &Config,
     intake: &Intake,
     dispatcher: Arc<Dispatcher>,
+    unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
     stop: &CancellationToken,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -414,6 +455,7 @@ async fn start_admin(
             hostname: cfg.hostname.clone(),
             log: intake.log.clone(),
             stored: intake.stored.clone(),
+            unsubscribe,
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;

@@ -355,3 +355,81 @@ fn ten_thousand_recipients_survive_kill_9_after_the_answer() {
     let one = s.raw_message(resp["messages"][10]["id"].as_str().unwrap());
     assert!(String::from_utf8_lossy(&one).contains("Subject: number 10\r\n"));
 }
+
+/// RFC 8058: injected mail carries List-Unsubscribe (HTTPS and mailto) and List-Unsubscribe-Post;
+/// a GET shows a page and changes nothing, a POST with the token suppresses that recipient for
+/// the tenant, and a token altered for another address is refused.
+#[test]
+fn one_click_unsubscribe_over_https() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["tls", "self-signed", "--host", "localhost", "--dir"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sink = Sink::start(Behavior::default());
+    let s = Sluice::start(&sink.route(&format!(
+        "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\
+         [unsubscribe]\nenabled = true\naddress = \"127.0.0.1:0\"\n\
+         url = \"https://unsub.example.test/unsubscribe\"\nmailto = \"unsub@sender.example\"\n",
+        certs.path().display()
+    )));
+    let bound: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.data_dir.join("sluice.addresses.json")).unwrap(),
+    )
+    .unwrap();
+    let endpoint = format!("https://{}/unsubscribe", bound["unsubscribe"][0].as_str().unwrap());
+    let token = inject_token(&s);
+    let req = json!({
+        "envelope_sender": "bounces@sender.example", "tenant": "acme",
+        "content": {"from": {"email": "news@sender.example"}, "subject": "news", "text_body": "hello"},
+        "recipients": [{"email": "ann@example.org"}],
+    });
+    assert_eq!(ok_json(inject(&s, &token, &req))["success_count"], 1);
+    let got = sink.wait_for(1, 20);
+    let text = text_of(&got[0]);
+    let field = text
+        .split("\r\n")
+        .skip_while(|l| !l.starts_with("List-Unsubscribe: <"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    assert!(
+        field.starts_with("List-Unsubscribe: <https://unsub.example.test/unsubscribe/"),
+        "{text}"
+    );
+    assert!(field.contains("<mailto:unsub@sender.example?subject=unsubscribe%20"), "{field}");
+    assert!(text.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{text}");
+    let tok = field.split("/unsubscribe/").nth(1).unwrap().split('>').next().unwrap().to_string();
+    let curl = |method: &str, url: &str| -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sk", "-w", "\n%{http_code}", "--max-time", "20", "-X", method])
+            .args(if method == "POST" { vec!["-d", "List-Unsubscribe=One-Click"] } else { vec![] })
+            .arg(url)
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = t.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    let (code, page) = curl("GET", &format!("{endpoint}/{tok}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<form method=\"post\">") && page.contains("ann@example.org"), "{page}");
+    let resend = || ok_json(inject(&s, &token, &req));
+    assert_eq!(resend()["success_count"], 1, "a GET unsubscribes nobody");
+    // A token moved onto another address keeps its tag: refused.
+    let (payload, tag) = tok.split_once('.').unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let other = String::from_utf8(b64.decode(payload).unwrap()).unwrap().replace("ann@", "boss@");
+    let forged = format!("{}.{tag}", b64.encode(other));
+    assert_eq!(curl("POST", &format!("{endpoint}/{forged}")).0, 403);
+    assert_eq!(curl("POST", &format!("{endpoint}/{tok}")).0, 200);
+    let after = resend();
+    assert_eq!(after["failed_recipients"], json!(["ann@example.org"]), "{after}");
+    assert!(after["errors"][0].as_str().unwrap().contains("(unsubscribe since"), "{after}");
+}

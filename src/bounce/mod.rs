@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod dsn;
 pub mod suppression;
+pub mod unsubscribe;
 
 pub use classify::{Category, Classifier};
 pub use dsn::*;

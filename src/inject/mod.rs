@@ -48,6 +48,8 @@ pub struct Injector {
     pub log: DeliveryLog,
     /// Woken after messages are stored, so delivery starts at once.
     pub stored: Arc<tokio::sync::Notify>,
+    /// One-click unsubscribe links (`[unsubscribe] enabled`).
+    pub unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
 }
 
 /// A recipient that passed the checks, with its message's queue id.
@@ -67,10 +69,19 @@ impl Injector {
         let accepted = self.screen(checked.recipients, checked.tags.tenant.as_deref(), &mut resp);
         let plan = Arc::new(Plan::compile(checked.content, checked.templated, &self.hostname)?);
         let globals = Arc::new(checked.globals);
+        let links = self.unsubscribe.clone().filter(|_| checked.list_unsubscribe);
         let tags = (checked.tags != Tags::default()).then(|| Box::new(checked.tags));
         let mut unavailable = None;
         for window in accepted.chunks(self.config.batch_size.max(1)) {
-            let rendered = render_window(&plan, &globals, window, &self.hostname).await;
+            let mut rendered = render_window(&plan, &globals, window, &self.hostname).await;
+            if let Some(links) = &links {
+                let tenant = tags.as_ref().and_then(|t| t.tenant.as_deref());
+                for (a, r) in window.iter().zip(rendered.iter_mut()) {
+                    if let Ok(msg) = r {
+                        add_unsubscribe(msg, links, tenant, &a.spec.email);
+                    }
+                }
+            }
             let outcome = self
                 .store_window(window, rendered, &checked.sender, &tags, client, &mut resp)
                 .await;
@@ -146,6 +157,7 @@ impl Injector {
             templated,
             globals: req.substitutions,
             tags: Tags { tenant, campaign, meta },
+            list_unsubscribe: req.list_unsubscribe.unwrap_or(true),
         })
     }
 
@@ -318,6 +330,23 @@ struct Checked {
     templated: bool,
     globals: serde_json::Map<String, serde_json::Value>,
     tags: Tags,
+    list_unsubscribe: bool,
+}
+
+/// Puts the one-click `List-Unsubscribe` fields in front of `msg` (before it is signed, so the
+/// signature covers them), unless the injector wrote its own.
+fn add_unsubscribe(
+    msg: &mut Vec<u8>,
+    links: &crate::bounce::unsubscribe::Links,
+    tenant: Option<&str>,
+    address: &str,
+) {
+    let header_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
+    if crate::proto::smtp::message::header_value(&msg[..header_end], "List-Unsubscribe").is_some() {
+        return;
+    }
+    let fields = links.header_fields(tenant, address);
+    msg.splice(0..0, fields.into_bytes());
 }
 
 /// Tenant and campaign names: 1-64 of `A-Z a-z 0-9 . _ -` (they become metric labels and

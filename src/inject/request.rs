@@ -25,6 +25,8 @@ pub struct InjectRequest {
     pub tenant: Option<String>,
     /// Any JSON, kept with the message and written to the delivery log.
     pub meta: Option<Value>,
+    /// Add one-click `List-Unsubscribe` fields (when `[unsubscribe] enabled`; default true).
+    pub list_unsubscribe: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
