@@ -78,6 +78,9 @@ pub struct Config {
     /// One-click unsubscribe (RFC 8058).
     #[serde(default)]
     pub unsubscribe: UnsubscribeConfig,
+    /// Per-message return paths and asynchronous bounce processing.
+    #[serde(default)]
+    pub verp: VerpConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -545,6 +548,41 @@ pub struct BounceConfig {
     pub rules: Option<PathBuf>,
 }
 
+/// VERP (README, "VERP and asynchronous bounces").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerpConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The bounce domain: sluice accepts mail for it (point its MX here).
+    #[serde(default)]
+    pub domain: String,
+    /// The local part before `+`.
+    #[serde(default = "default_verp_local")]
+    pub local: String,
+    /// Tenants whose injected mail gets VERP return paths (empty: all injected mail).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// How long a message's VERP address is remembered.
+    #[serde(default = "default_verp_keep", deserialize_with = "duration")]
+    pub keep: Duration,
+}
+
+fn default_verp_local() -> String {
+    "bounces".into()
+}
+fn default_verp_keep() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl VerpConfig {
+    pub fn applies_to(&self, tenant: Option<&str>) -> bool {
+        self.enabled
+            && (self.tenants.is_empty()
+                || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
+    }
+}
+
 /// One-click unsubscribe (README, "One-click unsubscribe").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -810,6 +848,7 @@ default_from_serde!(
     SuppressionConfig,
     InjectConfig,
     UnsubscribeConfig,
+    VerpConfig,
     Limits,
     Queue,
     SpoolConfig,
@@ -909,6 +948,7 @@ impl Config {
             .and_then(|()| self.check_dkim())
             .and_then(|()| self.check_bounce())
             .and_then(|()| self.check_unsubscribe())
+            .and_then(|()| self.check_verp())
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1113,6 +1153,32 @@ impl Config {
             return invalid_key(
                 "unsubscribe.enabled",
                 "needs [suppression] enabled = true (unsubscribes are recorded there)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `[verp]`: a domain (a DNS name, not one of the local domains) and the list to feed.
+    fn check_verp(&self) -> Check {
+        let v = &self.verp;
+        if !v.enabled {
+            return Ok(());
+        }
+        if v.domain.is_empty() || v.domain.contains(['@', ' ', '*']) {
+            return invalid_key("verp.domain", format!("{:?} is not a domain", v.domain));
+        }
+        if v.local.is_empty()
+            || !v.local.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid_key(
+                "verp.local",
+                format!("{:?}: use letters, digits, - and _", v.local),
+            );
+        }
+        if !self.suppression.enabled {
+            return invalid_key(
+                "verp.enabled",
+                "needs [suppression] enabled = true (bounces are recorded there)".into(),
             );
         }
         Ok(())

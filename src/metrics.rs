@@ -270,6 +270,12 @@ metrics! {
         "Recipients refused because they are on the suppression list, by where: rcpt (SMTP) or inject (HTTP).",
         &["where"],
     );
+    /// Asynchronous bounces received at VERP addresses, by category ("unmatched": not ours).
+    ASYNC_BOUNCES: IntCounterVec = counter_vec(
+        "sluice_async_bounces_total",
+        "Bounces received at VERP addresses, by bounce category; \"unmatched\" when the address is not one of ours or too old.",
+        &["category"],
+    );
     /// Entries in the suppression list.
     SUPPRESSION_ENTRIES: IntGauge = gauge("sluice_suppression_entries", "Entries in the suppression list.");
     /// Delivery status notifications queued to senders, by action (failed, delayed, relayed).

@@ -191,6 +191,11 @@ struct Intake {
     log: crate::delivery_log::DeliveryLog,
     /// The suppression list (`[suppression] enabled`).
     suppressions: Option<Arc<Suppressions>>,
+    /// Bounce categories, for delivery outcomes and received bounces.
+    classifier: Arc<crate::bounce::Classifier>,
+    /// VERP return paths (`[verp] enabled`) and where their bounces go.
+    verp: Option<Arc<crate::bounce::verp::Verp>>,
+    bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
 }
 
 impl Intake {
@@ -223,6 +228,33 @@ impl Intake {
         {
             session.recipient_policy = Some(s.clone());
         }
+        let classifier = Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?);
+        let verp = match (&suppressions, cfg.verp.enabled) {
+            (Some(list), true) => {
+                let key =
+                    crate::bounce::unsubscribe::load_or_create_key(&cfg.unsubscribe_key_file())?;
+                Some(Arc::new(crate::bounce::verp::Verp::new(
+                    &cfg.verp.domain,
+                    &cfg.verp.local,
+                    &key,
+                    list.clone(),
+                    cfg.verp.keep,
+                )))
+            }
+            _ => None,
+        };
+        if let Some(v) = &verp {
+            // Bounces come from anyone: the bounce domain is one of ours.
+            session.local_domains.insert(v.domain.clone());
+        }
+        let bounces = verp.as_ref().map(|v| {
+            Arc::new(crate::bounce::verp::BounceInbox {
+                verp: v.clone(),
+                classifier: classifier.clone(),
+                suppression: cfg.suppression.clone(),
+                log: log.clone(),
+            })
+        });
         Ok(Intake {
             spool,
             session: Arc::new(session),
@@ -240,6 +272,9 @@ impl Intake {
             stored: Arc::new(tokio::sync::Notify::new()),
             log,
             suppressions,
+            classifier,
+            verp,
+            bounces,
         })
     }
 }
@@ -361,6 +396,7 @@ async fn bind_listeners(
             auth: intake.auth.clone(),
             dkim: intake.dkim.clone(),
             verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
+            bounces: intake.bounces.clone(),
             verify_scope: cfg.verify.scope,
         });
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
@@ -385,7 +421,8 @@ fn start_delivery(
         wake: intake.stored.clone(),
         log: intake.log.clone(),
         delay_notice: cfg.queue.delay_notice,
-        classifier: Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?),
+        classifier: intake.classifier.clone(),
+        verp: intake.verp.clone(),
         suppress: intake.suppressions.clone().map(|list| crate::queue::outcome::SuppressFeed {
             list,
             config: cfg.suppression.clone(),
@@ -456,6 +493,8 @@ async fn start_admin(
             log: intake.log.clone(),
             stored: intake.stored.clone(),
             unsubscribe,
+            verp: intake.verp.clone(),
+            verp_config: cfg.verp.clone(),
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;

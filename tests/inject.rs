@@ -433,3 +433,86 @@ fn one_click_unsubscribe_over_https() {
     assert_eq!(after["failed_recipients"], json!(["ann@example.org"]), "{after}");
     assert!(after["errors"][0].as_str().unwrap().contains("(unsubscribe since"), "{after}");
 }
+
+/// VERP: injected mail leaves with a return path per message; a bounce sent to one later (an
+/// RFC 3464 report, or a plain-text bounce) is read, classified, logged with the recipient,
+/// tenant and campaign, and a hard one suppresses that recipient. Bounces are sent with Python's
+/// smtplib, as a remote MTA would.
+#[test]
+fn asynchronous_bounces_to_verp_addresses_are_classified_and_suppress() {
+    let mut b = Behavior::default();
+    b.rcpt.insert("carl@example.org".into(), vec!["550 5.1.1 no such user".into()]);
+    let sink = Sink::start(b);
+    let s =
+        Sluice::start(&sink.route("[verp]\nenabled = true\ndomain = \"bounces.sender.example\"\n"));
+    let token = inject_token(&s);
+    let req = json!({
+        "envelope_sender": "news@sender.example", "tenant": "acme", "campaign": "c1",
+        "content": {"from": {"email": "news@sender.example"}, "subject": "hi", "text_body": "hello"},
+        "recipients": [{"email": "ann@example.org"}, {"email": "bob@example.org"}, {"email": "carl@example.org"}],
+    });
+    assert_eq!(ok_json(inject(&s, &token, &req))["success_count"], 3);
+    let got = sink.wait_for(2, 20);
+    let from = |a: &str| got.iter().find(|m| m.rcpts[0] == a).unwrap().mail_from.clone();
+    let (ann, bob) = (from("ann@example.org"), from("bob@example.org"));
+    assert!(ann.starts_with("bounces+") && ann.ends_with("@bounces.sender.example"), "{ann}");
+    assert_ne!(ann, bob, "one return path per message");
+    s.wait_queue(20, |q| q.is_empty());
+
+    let dsn = format!(
+        "From: MAILER-DAEMON@mx.example.org\r\nTo: {ann}\r\nSubject: Delivery Status Notification (Failure)\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
+         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n\
+         Final-Recipient: rfc822; ann@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 The email account that you tried to reach does not exist.\r\n\r\n\
+         --b1--\r\n"
+    );
+    let plain = format!(
+        "From: postmaster@example.org\r\nTo: {bob}\r\nSubject: Undeliverable\r\n\r\n\
+         Delivery failed:\r\n  bob@example.org: 552 5.2.2 Mailbox full, try later\r\n"
+    );
+    let forged = ann.replace("bounces+", "bounces+ff");
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = smtplib.SMTP(host, int(port), timeout=30)
+s.ehlo("mx.example.org")
+for rcpt, path in ((sys.argv[2], sys.argv[3]), (sys.argv[4], sys.argv[5]), (sys.argv[6], sys.argv[3])):
+    print(s.sendmail("", [rcpt], open(path, "rb").read()))
+s.quit()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (dir.path().join("dsn.eml"), dir.path().join("plain.eml"));
+    std::fs::write(&p1, dsn).unwrap();
+    std::fs::write(&p2, plain).unwrap();
+    let out = python(
+        script,
+        &[&s.smtp.to_string(), &ann, p1.to_str().unwrap(), &bob, p2.to_str().unwrap(), &forged],
+    );
+    assert_eq!(out.lines().filter(|l| *l == "{}").count(), 3, "all accepted: {out}");
+
+    let log = s.delivery_log(1);
+    let received: Vec<_> = log.iter().filter(|e| e["event"] == "bounce_received").collect();
+    assert_eq!(received.len(), 2, "{log:?}");
+    let event = |r: &str| received.iter().find(|e| e["recipient"] == r).unwrap();
+    assert_eq!(event("ann@example.org")["category"], "invalid_recipient");
+    assert_eq!(event("bob@example.org")["category"], "quota");
+    assert!(received.iter().all(|e| e["tenant"] == "acme" && e["campaign"] == "c1"), "{log:?}");
+    assert_eq!(
+        log.iter().filter(|e| e["event"] == "bounce_unmatched").count(),
+        1,
+        "the forged one"
+    );
+    // Neither the bounces received nor carl's synchronous failure produced mail: VERP mail
+    // gets no DSN (it would only come back to us).
+    assert_eq!(
+        sink.messages().len(),
+        2,
+        "{:?}",
+        sink.messages().iter().map(|m| &m.rcpts).collect::<Vec<_>>()
+    );
+    let resp = ok_json(inject(&s, &token, &req));
+    assert_eq!(resp["failed_recipients"], json!(["ann@example.org", "carl@example.org"]), "{resp}");
+    assert_eq!(resp["success_count"], 1, "a full mailbox does not suppress: {resp}");
+}

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod dsn;
 pub mod suppression;
 pub mod unsubscribe;
+pub mod verp;
 
 pub use classify::{Category, Classifier};
 pub use dsn::*;

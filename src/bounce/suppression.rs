@@ -256,6 +256,11 @@ impl Suppressions {
         (one(&self.keys.0), one(&self.keys.1))
     }
 
+    /// The file, for tables that live beside the list (VERP).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn len(&self) -> usize {
         self.index.read().unwrap_or_else(|e| e.into_inner()).len()
     }

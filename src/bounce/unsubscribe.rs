@@ -36,29 +36,9 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// The key in `path`, made (32 random bytes, hex, mode 0600) if the file does not exist.
+    /// The key in `path`, made if the file does not exist ([`load_or_create_key`]).
     pub fn load_or_create(path: &Path) -> Result<Tokens, UnsubscribeError> {
-        let err = |e: &dyn std::fmt::Display| UnsubscribeError::Key {
-            path: path.display().to_string(),
-            error: e.to_string(),
-        };
-        if !path.exists() {
-            let mut raw = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut raw).map_err(|e| err(&e))?;
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            crate::cli::write_private(path, format!("{hex}\n").as_bytes(), false)
-                .map_err(|e| err(&e))?;
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(&e))?;
-        let hex = text.trim();
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
-        match bytes {
-            Some(b) if b.len() >= 32 => Ok(Tokens::from_key(&b)),
-            _ => Err(err(&"not 32 or more bytes of hex")),
-        }
+        Ok(Tokens::from_key(&load_or_create_key(path)?))
     }
 
     pub fn from_key(key: &[u8]) -> Tokens {
@@ -96,6 +76,32 @@ impl Tokens {
         let tenant = parts.next()?;
         let address = parts.next()?;
         Some(((!tenant.is_empty()).then(|| tenant.to_string()), address.to_string()))
+    }
+}
+
+/// The secret in `path` (hex), made (32 random bytes, mode 0600) if the file does not exist.
+/// Unsubscribe tokens and VERP tags are keyed from it.
+pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>, UnsubscribeError> {
+    let err = |e: &dyn std::fmt::Display| UnsubscribeError::Key {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    };
+    if !path.exists() {
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|e| err(&e))?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        crate::cli::write_private(path, format!("{hex}\n").as_bytes(), false)
+            .map_err(|e| err(&e))?;
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(&e))?;
+    let hex = text.trim();
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    match bytes {
+        Some(b) if b.len() >= 32 => Ok(b),
+        _ => Err(err(&"not 32 or more bytes of hex")),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Injector {
     pub stored: Arc<tokio::sync::Notify>,
     /// One-click unsubscribe links (`[unsubscribe] enabled`).
     pub unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
+    /// VERP return paths (`[verp] enabled`, for the tenants it lists).
+    pub verp: Option<Arc<crate::bounce::verp::Verp>>,
+    pub verp_config: crate::config::VerpConfig,
 }
 
 /// A recipient that passed the checks, with its message's queue id.
@@ -82,8 +85,29 @@ impl Injector {
                     }
                 }
             }
+            let verp = self.verp.clone().filter(|_| {
+                self.verp_config.applies_to(tags.as_ref().and_then(|t| t.tenant.as_deref()))
+            });
+            if let Some(v) = &verp
+                && let Err(e) = remember(v, window, &tags).await
+            {
+                // Without the mapping a bounce could not be attributed: refuse, try later.
+                unavailable = Some(e.to_string());
+                for a in window {
+                    resp.errors.push(format!("{}: not stored: {e} (try again)", a.spec.email));
+                    resp.failed_recipients.push(a.spec.email.clone());
+                }
+                continue;
+            }
             let outcome = self
-                .store_window(window, rendered, &checked.sender, &tags, client, &mut resp)
+                .store_window(
+                    window,
+                    rendered,
+                    ReturnPath { sender: &checked.sender, verp: verp.as_deref() },
+                    &tags,
+                    client,
+                    &mut resp,
+                )
                 .await;
             if let Err(e) = outcome {
                 unavailable = Some(e);
@@ -207,7 +231,7 @@ impl Injector {
         &self,
         window: &[Accepted],
         rendered: Vec<Result<Vec<u8>, render::TemplateError>>,
-        sender: &CompactString,
+        from: ReturnPath<'_>,
         tags: &Option<Box<Tags>>,
         client: IpAddr,
         resp: &mut InjectResponse,
@@ -254,14 +278,14 @@ impl Injector {
             let envelope = Envelope {
                 id: a.id,
                 received_at: now,
-                sender: sender.clone(),
+                sender: from.verp.map_or_else(|| from.sender.clone(), |v| v.address(a.id).into()),
                 recipients: vec![Recipient::queued(a.spec.email.as_str(), None, None)],
                 message_id: crate::proto::smtp::message::message_id(&body).map(Into::into),
                 size: (trace.len() + body.len()) as u64,
                 helo: "api".into(),
                 client_ip: client,
                 body_type: body.iter().any(|b| *b >= 0x80).then_some(BodyType::EightBitMime),
-                smtputf8: !sender.is_ascii() || !a.spec.email.is_ascii(),
+                smtputf8: !from.sender.is_ascii() || !a.spec.email.is_ascii(),
                 ret: None,
                 envid: None,
                 tags: tags.clone(),
@@ -273,7 +297,7 @@ impl Injector {
         for (a, ticket) in tickets {
             match ticket.await {
                 Ok(()) => {
-                    self.log_reception(a, sender, tags, client);
+                    self.log_reception(a, from.sender, tags, client);
                     resp.messages
                         .push(Stored { recipient: a.spec.email.clone(), id: a.id.to_string() });
                 }
@@ -323,6 +347,13 @@ impl Injector {
     }
 }
 
+/// The request's envelope sender, or a VERP return path per message.
+#[derive(Clone, Copy)]
+struct ReturnPath<'a> {
+    sender: &'a CompactString,
+    verp: Option<&'a crate::bounce::verp::Verp>,
+}
+
 struct Checked {
     sender: CompactString,
     recipients: Vec<RecipientSpec>,
@@ -331,6 +362,35 @@ struct Checked {
     globals: serde_json::Map<String, serde_json::Value>,
     tags: Tags,
     list_unsubscribe: bool,
+}
+
+/// Records who each message of `window` is for, so its bounces can be attributed (one
+/// durable transaction, before the messages exist).
+async fn remember(
+    verp: &Arc<crate::bounce::verp::Verp>,
+    window: &[Accepted],
+    tags: &Option<Box<Tags>>,
+) -> Result<(), crate::bounce::suppression::SuppressionError> {
+    let time = crate::spool::unix_millis() / 1000;
+    let tag = |f: fn(&Tags) -> &Option<CompactString>| {
+        tags.as_ref().and_then(|t| f(t).as_ref().map(|s| s.to_string()))
+    };
+    let sent: Vec<(QueueId, crate::bounce::verp::Sent)> = window
+        .iter()
+        .map(|a| {
+            let s = crate::bounce::verp::Sent {
+                recipient: a.spec.email.clone(),
+                tenant: tag(|t| &t.tenant),
+                campaign: tag(|t| &t.campaign),
+                time,
+            };
+            (a.id, s)
+        })
+        .collect();
+    let verp = verp.clone();
+    tokio::task::spawn_blocking(move || verp.remember(&sent))
+        .await
+        .map_err(|e| crate::bounce::suppression::SuppressionError::Store(e.to_string()))?
 }
 
 /// Puts the one-click `List-Unsubscribe` fields in front of `msg` (before it is signed, so the

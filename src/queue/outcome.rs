@@ -44,6 +44,9 @@ pub struct Recorder {
     pub classifier: Arc<Classifier>,
     /// Hard bounces feed the suppression list.
     pub suppress: Option<SuppressFeed>,
+    /// Mail sent with VERP return paths gets no DSN: its failures are recorded here (log,
+    /// suppression), and a DSN would only come back to us.
+    pub verp: Option<Arc<crate::bounce::verp::Verp>>,
     /// Bounded per-domain metric labels.
     pub labels: Arc<DomainLabels>,
     /// Bounded per-tenant metric labels.
@@ -157,6 +160,9 @@ impl Recorder {
         content: Option<&Bytes>,
         now: u64,
     ) -> Vec<u32> {
+        if self.verp.as_ref().is_some_and(|v| v.is_ours(&env.sender)) {
+            return Vec::new();
+        }
         let answered_by = attempt.answered_by;
         let remote = (!answered_by.is_empty() && outcome.is_ok()).then(|| answered_by.to_string());
         let notice = |f: &Fate, action: Action| Notice {

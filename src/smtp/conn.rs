@@ -366,6 +366,22 @@ async fn store(
 ) -> (spool::QueueId, Result<(), StoreError>) {
     let id = ctx.spool.next_id();
     let now = spool::unix_millis();
+    if let Some(inbox) = &ctx.bounces {
+        let (bounces, rest): (Vec<_>, Vec<_>) =
+            tx.rcpts.into_iter().partition(|r| inbox.verp.is_ours(r.to.as_str()));
+        tx.rcpts = rest;
+        if !bounces.is_empty() {
+            let to: Vec<String> = bounces.iter().map(|r| r.to.as_str().to_string()).collect();
+            if let Err(e) = inbox.consume(&to, tx.body.clone()).await {
+                tracing::error!(error = %e, "a bounce could not be recorded; asking the sender to retry");
+                return (id, Err(StoreError::Failed));
+            }
+            if tx.rcpts.is_empty() {
+                // Recorded (durably, where it suppresses); nothing to queue.
+                return (id, Ok(()));
+            }
+        }
+    }
     // Added by sluice, prepended as one buffer ahead of the body as received: retries never
     // sign or verify again. Signatures first, then our results, then the Received field.
     let results = match verify_inbound(ctx, &mut tx).await {

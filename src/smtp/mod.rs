@@ -41,6 +41,8 @@ pub struct ListenerContext {
     /// SPF/DKIM/DMARC verification (None: off, or not an `smtp` listener).
     pub verify: Option<Arc<crate::mailauth::verify::Verifier>>,
     pub verify_scope: crate::mailauth::verify::Scope,
+    /// Bounces to VERP addresses are processed here instead of queued.
+    pub bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
 }
 
 /// Users and brute-force state, shared by every listener.
