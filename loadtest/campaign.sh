@@ -6,12 +6,15 @@
 # recipients accepted per second (durable), end to end (until the sink has them all), and the
 # ratio HTTP / SMTP. Everything listens on 127.0.0.1; runs are bounded in count and seconds.
 #   usage: bash loadtest/campaign.sh [recipients]   (default 20000)
-#   CAMPAIGN_CONCURRENCY=N (default 4): concurrent HTTP requests and SMTP sessions.
+#   CAMPAIGN_CONCURRENCY=N (default 4): concurrent HTTP requests.
+#   CAMPAIGN_SMTP_SESSIONS=N (default 100): concurrent SMTP sessions (a campaign tool's usual
+#   connection pool; with few lockstep sessions SMTP waits for one fsync per message each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 recipients="${1:-20000}"
 concurrency="${CAMPAIGN_CONCURRENCY:-4}"
+smtp_sessions="${CAMPAIGN_SMTP_SESSIONS:-100}"
 cargo build --release --workspace --locked --quiet --ignore-rust-version
 bin=$PWD/target/release/sluice
 lt=$PWD/target/release/loadtest
@@ -22,7 +25,7 @@ trap '[ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null; rm -rf "$work"' EX
 run() { # $1 = http | smtp
   local data="$work/$1" sink
   sink=$(free_port)
-  sluice_config "$work/$1.toml" "$data" "" "$(cat <<TOML
+  sluice_config "$work/$1.toml" "$data" "max_sessions_per_ip = 1000" "$(cat <<TOML
 [[route]]
 domains = ["*"]
 smarthost = "127.0.0.1:$sink"
@@ -32,10 +35,11 @@ connections = 20
 TOML
 )"
   start_sluice "$bin" "$work/$1.toml" "$data" "$work/$1.log"
-  local token
+  local token n="$concurrency"
+  [ "$1" = smtp ] && n="$smtp_sessions"
   token=$("$bin" token add loadtest --scope inject --config "$work/$1.toml" | awk '{print $NF}')
   "$lt" campaign --mode "$1" --server "$sluice_smtp" --admin "$sluice_admin" --token "$token" \
-    --sink "127.0.0.1:$sink" --recipients "$recipients" --concurrency "$concurrency" --max-seconds 600 \
+    --sink "127.0.0.1:$sink" --recipients "$recipients" --concurrency "$n" --max-seconds 600 \
     > "$work/$1.json"
   kill "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true; sluice_pid=""
   cat "$work/$1.json" >&2

@@ -72,24 +72,6 @@ pub fn wants_success_notice(env: &Envelope, r: &Recipient) -> bool {
     !env.sender.is_empty() && r.notify.is_some_and(|n| n.success)
 }
 
-/// The enhanced status code in a reply line ("550 5.1.1 ..." -> "5.1.1"), or one derived from the
-/// reply class.
-pub fn status_of(reply: &str, permanent: bool) -> String {
-    let code = reply.split_whitespace().nth(1).filter(|w| {
-        let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3
-            && matches!(parts[0], "2" | "4" | "5")
-            && parts[1..]
-                .iter()
-                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-    });
-    match code {
-        Some(c) => c.to_string(),
-        None if permanent => "5.0.0".into(),
-        None => "4.0.0".into(),
-    }
-}
-
 /// Builds the DSN message for `notices` of `env` (all of one action). `original` is the stored
 /// message (trace header + body). Returns the report's text (headers and body) to queue from
 /// `<>` to the sender.
@@ -229,14 +211,6 @@ fn one_line(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::spool::{QueueId, RecipientState, test_envelope};
-
-    #[test]
-    fn rfc3463_status_extraction() {
-        assert_eq!(status_of("550 5.1.1 no such user", true), "5.1.1");
-        assert_eq!(status_of("452 4.2.2 mailbox full", false), "4.2.2");
-        assert_eq!(status_of("550 no enhanced code", true), "5.0.0");
-        assert_eq!(status_of("connection refused", false), "4.0.0");
-    }
 
     #[test]
     fn rfc3464_report_structure() {

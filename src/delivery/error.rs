@@ -93,6 +93,37 @@ impl DeliveryError {
     }
 }
 
+impl DeliveryError {
+    /// The RFC 3463 status a DSN reports: the reply's own enhanced code, or one for what went
+    /// wrong when there was no reply.
+    pub fn status(&self) -> String {
+        match self {
+            DeliveryError::NullMx(_) => "5.1.10".into(),
+            DeliveryError::NoSuchDomain(_) => "5.1.2".into(),
+            DeliveryError::Reply(r) | DeliveryError::Unsendable(r) => reply_status(r),
+            DeliveryError::Connect { .. }
+            | DeliveryError::Timeout(_)
+            | DeliveryError::ConnectionLost(_)
+            | DeliveryError::Protocol(_) => "4.4.1".into(),
+            DeliveryError::DnsTemporary(_) => "4.4.3".into(),
+            DeliveryError::Spool(_) => "4.3.0".into(),
+            // RFC 3463: 4.7.10 (RFC 7672: TLS required), 4.7.0 security/auth failure.
+            DeliveryError::Tls(_) => "4.7.10".into(),
+            DeliveryError::Auth(_) => "4.7.0".into(),
+        }
+    }
+}
+
+/// The reply's own RFC 3463 status (kept apart by `parse_reply`), or its class's `X.0.0`.
+pub fn reply_status(r: &Reply) -> String {
+    match (&r.enhanced, classify_reply(r)) {
+        (Some(e), _) => e.to_string(),
+        (None, Disposition::Delivered) => "2.0.0".into(),
+        (None, Disposition::Permanent) => "5.0.0".into(),
+        (None, Disposition::Temporary) => "4.0.0".into(),
+    }
+}
+
 /// RFC 5321 4.2.1: 2yz success, 4yz transient, 5yz permanent.
 pub fn classify_reply(r: &Reply) -> Disposition {
     match r.code {
@@ -106,6 +137,22 @@ pub fn classify_reply(r: &Reply) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3463_statuses_for_dsns() {
+        let with = |code, e: Option<&'static str>| {
+            let mut r = Reply::plain(code, "x".into());
+            r.enhanced = e.map(Into::into);
+            r
+        };
+        assert_eq!(reply_status(&with(550, Some("5.1.1"))), "5.1.1");
+        assert_eq!(reply_status(&with(452, Some("4.2.2"))), "4.2.2");
+        assert_eq!(reply_status(&with(550, None)), "5.0.0");
+        assert_eq!(reply_status(&with(421, None)), "4.0.0");
+        assert_eq!(DeliveryError::Reply(with(554, Some("5.7.1"))).status(), "5.7.1");
+        assert_eq!(DeliveryError::NullMx("x".into()).status(), "5.1.10");
+        assert_eq!(DeliveryError::Timeout("DATA").status(), "4.4.1");
+    }
 
     #[test]
     fn rfc5321_4_2_1_reply_classes() {

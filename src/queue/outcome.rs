@@ -16,11 +16,11 @@ use tokio::sync::Notify;
 use super::schedule::RetrySchedule;
 use crate::bounce::suppression::{NewEntry, Reason, Suppressions};
 use crate::bounce::{
-    Action, Category, Classifier, Notice, build_dsn, status_of, wants_delay_notice,
-    wants_failure_notice, wants_success_notice,
+    Action, Category, Classifier, Notice, build_dsn, wants_delay_notice, wants_failure_notice,
+    wants_success_notice,
 };
 use crate::config::{SuppressionConfig, SuppressionScope};
-use crate::delivery::error::{DeliveryError, Disposition, classify_reply};
+use crate::delivery::error::{DeliveryError, Disposition, classify_reply, reply_status};
 use crate::delivery_log::{DeliveryLog, Event};
 use crate::domain_labels::DomainLabels;
 use crate::metrics;
@@ -114,12 +114,10 @@ impl Recorder {
                         .cloned()
                         .unwrap_or_else(|| Reply::new(451, "4.3.0", "no reply"));
                     let d = classify_reply(&r);
-                    let status = reply_status(&r, d == Disposition::Permanent);
+                    let status = reply_status(&r);
                     (d, r.to_line(), status, self.classifier.classify_reply(&r))
                 }
-                Err(e) => {
-                    (e.classify(), e.to_string(), error_status(e), self.classifier.classify(e))
-                }
+                Err(e) => (e.classify(), e.to_string(), e.status(), self.classifier.classify(e)),
             };
             let attempts = rcpt.attempts + 1;
             let fate = match disposition {
@@ -140,7 +138,7 @@ impl Recorder {
                 }
                 Disposition::Temporary => {
                     let at = self.schedule.next_attempt(attempts, env.id.0 ^ u64::from(i), now);
-                    Fate::deferred(i, attempts, reply, at, category)
+                    Fate::deferred(i, attempts, reply, status, at, category)
                 }
             };
             fates.push(fate);
@@ -199,7 +197,7 @@ impl Recorder {
             .iter()
             .map(|f| Notice {
                 will_retry_until: Some(until),
-                status: status_of(&f.reply, false),
+                status: f.status.clone(),
                 ..notice(f, Action::Delayed)
             })
             .collect();
@@ -485,10 +483,10 @@ impl Fate {
         index: u32,
         attempts: u32,
         reply: String,
+        status: String,
         next_attempt: u64,
         category: Category,
     ) -> Self {
-        let status = "4.0.0".into();
         Fate {
             index,
             state: RecipientState::Queued,
@@ -499,33 +497,5 @@ impl Fate {
             label: "deferred",
             category: Some(category),
         }
-    }
-}
-
-/// The reply's own RFC 3463 status, or one from its class.
-fn reply_status(r: &Reply, permanent: bool) -> String {
-    match &r.enhanced {
-        Some(e) => e.to_string(),
-        None => status_of("", permanent),
-    }
-}
-
-/// RFC 3463 status for a failure that has no reply of its own.
-fn error_status(e: &DeliveryError) -> String {
-    match e {
-        DeliveryError::NullMx(_) => "5.1.10".into(),
-        DeliveryError::NoSuchDomain(_) => "5.1.2".into(),
-        DeliveryError::Reply(r) | DeliveryError::Unsendable(r) => {
-            reply_status(r, classify_reply(r) == Disposition::Permanent)
-        }
-        DeliveryError::Connect { .. }
-        | DeliveryError::Timeout(_)
-        | DeliveryError::ConnectionLost(_)
-        | DeliveryError::Protocol(_) => "4.4.1".into(),
-        DeliveryError::DnsTemporary(_) => "4.4.3".into(),
-        DeliveryError::Spool(_) => "4.3.0".into(),
-        // RFC 3463: 4.7.10 (RFC 7672: TLS required), 4.7.0 security/auth failure.
-        DeliveryError::Tls(_) => "4.7.10".into(),
-        DeliveryError::Auth(_) => "4.7.0".into(),
     }
 }
