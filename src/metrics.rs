@@ -276,6 +276,11 @@ metrics! {
         "Bounces received at VERP addresses, by bounce category; \"unmatched\" when the address is not one of ours or too old.",
         &["category"],
     );
+    /// Abuse reports (ARF) attributed to a message we sent.
+    COMPLAINTS: IntCounter = counter(
+        "sluice_complaints_total",
+        "Abuse reports (ARF, RFC 5965) received at the bounce domain and attributed to a message sluice sent.",
+    );
     /// Entries in the suppression list.
     SUPPRESSION_ENTRIES: IntGauge = gauge("sluice_suppression_entries", "Entries in the suppression list.");
     /// Delivery status notifications queued to senders, by action (failed, delayed, relayed).

@@ -126,12 +126,14 @@ async fn start_unsubscribe(
     Option<Arc<crate::bounce::unsubscribe::Links>>,
     Option<tokio::task::JoinHandle<()>>,
 )> {
-    use crate::bounce::unsubscribe::{Links, TlsListener, Tokens, router};
+    use crate::bounce::unsubscribe::{Links, TlsListener, router};
     let u = &cfg.unsubscribe;
-    let (true, Some(tls), Some(list)) = (u.enabled, &intake.tls, &intake.suppressions) else {
+    let (Some(tokens), Some(tls), Some(list)) =
+        (&intake.unsubscribe_tokens, &intake.tls, &intake.suppressions)
+    else {
         return Ok((None, None));
     };
-    let tokens = Arc::new(Tokens::load_or_create(&cfg.unsubscribe_key_file())?);
+    let tokens = tokens.clone();
     let links =
         Arc::new(Links { tokens: tokens.clone(), url: u.url.clone(), mailto: u.mailto.clone() });
     let sock = TcpListener::bind(u.address)
@@ -196,6 +198,8 @@ struct Intake {
     /// VERP return paths (`[verp] enabled`) and where their bounces go.
     verp: Option<Arc<crate::bounce::verp::Verp>>,
     bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
+    /// Unsubscribe tokens (`[unsubscribe] enabled`): the links, the endpoint and the inbox.
+    unsubscribe_tokens: Option<Arc<crate::bounce::unsubscribe::Tokens>>,
 }
 
 impl Intake {
@@ -247,12 +251,19 @@ impl Intake {
             // Bounces come from anyone: the bounce domain is one of ours.
             session.local_domains.insert(v.domain.clone());
         }
+        let unsubscribe_tokens = match (cfg.unsubscribe.enabled, &suppressions) {
+            (true, Some(_)) => Some(Arc::new(crate::bounce::unsubscribe::Tokens::load_or_create(
+                &cfg.unsubscribe_key_file(),
+            )?)),
+            _ => None,
+        };
         let bounces = verp.as_ref().map(|v| {
             Arc::new(crate::bounce::verp::BounceInbox {
                 verp: v.clone(),
                 classifier: classifier.clone(),
                 suppression: cfg.suppression.clone(),
                 log: log.clone(),
+                unsubscribe: unsubscribe_tokens.clone(),
             })
         });
         Ok(Intake {
@@ -275,6 +286,7 @@ impl Intake {
             classifier,
             verp,
             bounces,
+            unsubscribe_tokens,
         })
     }
 }

@@ -375,7 +375,8 @@ fn one_click_unsubscribe_over_https() {
     let s = Sluice::start(&sink.route(&format!(
         "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\
          [unsubscribe]\nenabled = true\naddress = \"127.0.0.1:0\"\n\
-         url = \"https://unsub.example.test/unsubscribe\"\nmailto = \"unsub@sender.example\"\n",
+         url = \"https://unsub.example.test/unsubscribe\"\nmailto = \"unsub@bounces.sender.example\"\n\
+         [verp]\nenabled = true\ndomain = \"bounces.sender.example\"\n",
         certs.path().display()
     )));
     let bound: Value = serde_json::from_str(
@@ -402,7 +403,10 @@ fn one_click_unsubscribe_over_https() {
         field.starts_with("List-Unsubscribe: <https://unsub.example.test/unsubscribe/"),
         "{text}"
     );
-    assert!(field.contains("<mailto:unsub@sender.example?subject=unsubscribe%20"), "{field}");
+    assert!(
+        field.contains("<mailto:unsub@bounces.sender.example?subject=unsubscribe%20"),
+        "{field}"
+    );
     assert!(text.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{text}");
     let tok = field.split("/unsubscribe/").nth(1).unwrap().split('>').next().unwrap().to_string();
     let curl = |method: &str, url: &str| -> (u16, String) {
@@ -432,6 +436,36 @@ fn one_click_unsubscribe_over_https() {
     let after = resend();
     assert_eq!(after["failed_recipients"], json!(["ann@example.org"]), "{after}");
     assert!(after["errors"][0].as_str().unwrap().contains("(unsubscribe since"), "{after}");
+
+    // The mailto form: a message to that address with the token in its Subject, as a mail
+    // client sends it (here Python's smtplib), unsubscribes eve.
+    let eve = json!({
+        "envelope_sender": "bounces@sender.example", "tenant": "acme",
+        "content": {"from": {"email": "news@sender.example"}, "subject": "news", "text_body": "hello"},
+        "recipients": [{"email": "eve@example.org"}],
+    });
+    assert_eq!(ok_json(inject(&s, &token, &eve))["success_count"], 1);
+    let got = sink.wait_for(3, 20);
+    let text = text_of(got.iter().find(|m| m.rcpts[0] == "eve@example.org").unwrap());
+    let mailto_token =
+        text.split("subject=unsubscribe%20").nth(1).unwrap().split('>').next().unwrap().to_string();
+    let out = python(
+        r#"
+import smtplib, sys
+from email.message import EmailMessage
+host, port = sys.argv[1].rsplit(":", 1)
+m = EmailMessage()
+m["From"], m["To"], m["Subject"] = "eve@example.org", "unsub@bounces.sender.example", "unsubscribe " + sys.argv[2]
+m.set_content("please")
+s = smtplib.SMTP(host, int(port), timeout=30)
+print(s.send_message(m))
+s.quit()
+"#,
+        &[&s.smtp.to_string(), &mailto_token],
+    );
+    assert_eq!(out.trim(), "{}", "{out}");
+    let after = ok_json(inject(&s, &token, &eve));
+    assert_eq!(after["failed_recipients"], json!(["eve@example.org"]), "{after}");
 }
 
 /// VERP: injected mail leaves with a return path per message; a bounce sent to one later (an
@@ -504,6 +538,42 @@ s.quit()
         1,
         "the forged one"
     );
+    // An abuse report (ARF) about bob's message: the original's return path names him.
+    let arf = format!(
+        "From: fbl@isp.example\r\nTo: fbl@bounces.sender.example\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"f\"\r\n\r\n\
+         --f\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         --f\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n\r\n\
+         --f\r\nContent-Type: text/rfc822-headers\r\n\r\nReturn-Path: <{bob}>\r\nFrom: news@sender.example\r\nSubject: hi\r\n\r\n\
+         --f--\r\n"
+    );
+    let p3 = dir.path().join("arf.eml");
+    std::fs::write(&p3, arf).unwrap();
+    let out = python(
+        r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = smtplib.SMTP(host, int(port), timeout=30)
+print(s.sendmail("", ["fbl@bounces.sender.example"], open(sys.argv[2], "rb").read()))
+s.quit()
+"#,
+        &[&s.smtp.to_string(), p3.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), "{}", "{out}");
+    let log = s.delivery_log(1);
+    let complaint: Vec<_> = log.iter().filter(|e| e["event"] == "complaint").collect();
+    assert_eq!(complaint.len(), 1, "{log:?}");
+    assert_eq!(
+        (complaint[0]["recipient"].as_str(), complaint[0]["tenant"].as_str()),
+        (Some("bob@example.org"), Some("acme"))
+    );
+    let suppressed =
+        |r: &str| log.iter().filter(|e| e["event"] == "suppressed" && e["recipient"] == r).count();
+    // Bob's full mailbox did not suppress him; his complaint did.
+    assert_eq!((suppressed("ann@example.org"), suppressed("bob@example.org")), (1, 1), "{log:?}");
+    let bob_reason =
+        log.iter().find(|e| e["event"] == "suppressed" && e["recipient"] == "bob@example.org");
+    assert_eq!(bob_reason.unwrap()["category"], "complaint");
     // Neither the bounces received nor carl's synchronous failure produced mail: VERP mail
     // gets no DSN (it would only come back to us).
     assert_eq!(
@@ -513,6 +583,10 @@ s.quit()
         sink.messages().iter().map(|m| &m.rcpts).collect::<Vec<_>>()
     );
     let resp = ok_json(inject(&s, &token, &req));
-    assert_eq!(resp["failed_recipients"], json!(["ann@example.org", "carl@example.org"]), "{resp}");
-    assert_eq!(resp["success_count"], 1, "a full mailbox does not suppress: {resp}");
+    assert_eq!(
+        resp["failed_recipients"],
+        json!(["ann@example.org", "bob@example.org", "carl@example.org"]),
+        "a hard bounce (ann), a complaint (bob), a synchronous hard bounce (carl): {resp}"
+    );
+    assert!(resp["errors"][1].as_str().unwrap().contains("(complaint since"), "{resp}");
 }

@@ -248,76 +248,165 @@ pub fn suppression_for(
     })
 }
 
-/// Where bounces addressed to VERP addresses go when they arrive over SMTP: read, classified,
-/// logged, and turned into suppression entries. They are not queued.
+/// Where mail to the bounce domain goes when it arrives over SMTP: bounces (read, classified,
+/// logged, suppressing), complaints (ARF, RFC 5965) and mailto unsubscribes. It is not queued.
 pub struct BounceInbox {
     pub verp: Arc<Verp>,
     pub classifier: Arc<Classifier>,
     pub suppression: crate::config::SuppressionConfig,
     pub log: crate::delivery_log::DeliveryLog,
+    /// Checks the tokens of mailto unsubscribes (`[unsubscribe] enabled`).
+    pub unsubscribe: Option<Arc<super::unsubscribe::Tokens>>,
 }
 
 impl BounceInbox {
-    /// Processes `message` for the VERP recipients `rcpts`; suppression entries are durable
-    /// when this returns Ok. Bounces we cannot attribute are logged and dropped.
+    /// Processes `message` for the bounce-domain recipients `rcpts`; suppression entries are
+    /// durable when this returns Ok. Mail we cannot attribute is logged and dropped.
     pub async fn consume(
-        &self,
+        self: &Arc<Self>,
         rcpts: &[String],
         message: bytes::Bytes,
     ) -> Result<(), SuppressionError> {
-        let (verp, classifier, rcpts) =
-            (self.verp.clone(), self.classifier.clone(), rcpts.to_vec());
-        let suppression = self.suppression.clone();
-        let log = self.log.clone();
-        let work = move || -> Result<(), SuppressionError> {
-            let reports = read_bounce(&message, &classifier);
-            let mut entries = Vec::new();
-            for rcpt in &rcpts {
-                let sent = verp.parse(rcpt).and_then(|id| Some((id, verp.recall(id)?)));
-                let Some((id, sent)) = sent else {
-                    crate::metrics::ASYNC_BOUNCES.with_label_values(&["unmatched"]).inc();
-                    let mut e = crate::delivery_log::Event::new("bounce_unmatched", "-");
-                    e.recipient = Some(rcpt.clone());
-                    log.log(e);
-                    continue;
-                };
-                // The report's line for this recipient, else its only one.
-                let mine = reports
-                    .iter()
-                    .find(|r| {
-                        r.recipient
-                            .as_deref()
-                            .is_some_and(|a| a.eq_ignore_ascii_case(&sent.recipient))
-                    })
-                    .or(if reports.len() == 1 { reports.first() } else { None });
-                let Some(r) = mine else { continue };
-                crate::metrics::ASYNC_BOUNCES.with_label_values(&[r.category.as_str()]).inc();
-                let mut e = crate::delivery_log::Event::new("bounce_received", id);
-                e.recipient = Some(sent.recipient.clone());
-                e.reply = Some(r.diagnostic.clone());
-                e.category = Some(r.category.as_str());
-                e.tenant = sent.tenant.clone();
-                e.campaign = sent.campaign.clone();
-                log.log(e);
-                if let Some(entry) = suppression_for(&sent, r, &suppression) {
-                    entries.push(entry);
-                }
-            }
-            if !entries.is_empty() {
-                verp.list.add(&entries)?;
-                for n in &entries {
-                    let mut e = crate::delivery_log::Event::new("suppressed", "-");
-                    e.recipient = Some(n.address.clone());
-                    e.category = Some(n.reason.as_str());
-                    e.tenant = n.tenant.clone();
-                    log.log(e);
-                }
-            }
-            Ok(())
-        };
-        tokio::task::spawn_blocking(work)
+        let (this, rcpts) = (self.clone(), rcpts.to_vec());
+        tokio::task::spawn_blocking(move || this.process(&rcpts, &message))
             .await
             .map_err(|e| SuppressionError::Store(e.to_string()))?
+    }
+
+    fn process(&self, rcpts: &[String], message: &[u8]) -> Result<(), SuppressionError> {
+        let entries = match Kind::of(message) {
+            Kind::Complaint(original) => self.complaint(&original),
+            Kind::Unsubscribe(token) => self.unsubscribe(&token),
+            Kind::Other => self.bounces(rcpts, message),
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.verp.list.add(&entries)?;
+        for n in &entries {
+            let mut e = crate::delivery_log::Event::new("suppressed", "-");
+            e.recipient = Some(n.address.clone());
+            e.category = Some(n.reason.as_str());
+            e.tenant = n.tenant.clone();
+            self.log.log(e);
+        }
+        Ok(())
+    }
+
+    fn unmatched(&self, what: &str) {
+        crate::metrics::ASYNC_BOUNCES.with_label_values(&["unmatched"]).inc();
+        let mut e = crate::delivery_log::Event::new("bounce_unmatched", "-");
+        e.recipient = Some(what.to_string());
+        self.log.log(e);
+    }
+
+    /// A bounce for each VERP recipient: its line of the report, else the report's only one.
+    fn bounces(&self, rcpts: &[String], message: &[u8]) -> Vec<NewEntry> {
+        let reports = read_bounce(message, &self.classifier);
+        let mut entries = Vec::new();
+        for rcpt in rcpts {
+            let sent = self.verp.parse(rcpt).and_then(|id| Some((id, self.verp.recall(id)?)));
+            let Some((id, sent)) = sent else {
+                self.unmatched(rcpt);
+                continue;
+            };
+            let mine = reports
+                .iter()
+                .find(|r| {
+                    r.recipient.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(&sent.recipient))
+                })
+                .or(if reports.len() == 1 { reports.first() } else { None });
+            let Some(r) = mine else { continue };
+            crate::metrics::ASYNC_BOUNCES.with_label_values(&[r.category.as_str()]).inc();
+            let mut e = crate::delivery_log::Event::new("bounce_received", id);
+            e.recipient = Some(sent.recipient.clone());
+            e.reply = Some(r.diagnostic.clone());
+            e.category = Some(r.category.as_str());
+            e.tenant = sent.tenant.clone();
+            e.campaign = sent.campaign.clone();
+            self.log.log(e);
+            entries.extend(suppression_for(&sent, r, &self.suppression));
+        }
+        entries
+    }
+
+    /// An abuse report: the original's VERP return path names the message, hence the
+    /// recipient who complained.
+    fn complaint(&self, original: &str) -> Vec<NewEntry> {
+        let found = original
+            .split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | ';' | ','))
+            .find_map(|w| self.verp.parse(w).and_then(|id| Some((id, self.verp.recall(id)?))));
+        let Some((id, sent)) = found else {
+            self.unmatched("complaint");
+            return Vec::new();
+        };
+        crate::metrics::COMPLAINTS.inc();
+        let mut e = crate::delivery_log::Event::new("complaint", id);
+        e.recipient = Some(sent.recipient.clone());
+        e.tenant = sent.tenant.clone();
+        e.campaign = sent.campaign.clone();
+        self.log.log(e);
+        vec![NewEntry {
+            address: sent.recipient,
+            tenant: match self.suppression.scope {
+                crate::config::SuppressionScope::Tenant => sent.tenant,
+                crate::config::SuppressionScope::Global => None,
+            },
+            reason: Reason::Complaint,
+            detail: Some("abuse report (ARF)".into()),
+        }]
+    }
+
+    /// `Subject: unsubscribe TOKEN` to the mailto address of `List-Unsubscribe`.
+    fn unsubscribe(&self, token: &str) -> Vec<NewEntry> {
+        match self.unsubscribe.as_ref().and_then(|t| t.verify(token)) {
+            Some((tenant, address)) => vec![NewEntry {
+                address,
+                tenant,
+                reason: Reason::Unsubscribe,
+                detail: Some("mailto".into()),
+            }],
+            None => {
+                self.unmatched("unsubscribe");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// What a message to the bounce domain is.
+enum Kind {
+    /// An ARF report (RFC 5965): the original message or its header, as text.
+    Complaint(String),
+    /// A mailto unsubscribe: the token from the Subject.
+    Unsubscribe(String),
+    /// A bounce (or something we will try to read as one).
+    Other,
+}
+
+impl Kind {
+    fn of(message: &[u8]) -> Kind {
+        let Some(msg) = mail_parser::MessageParser::new().parse(message) else {
+            return Kind::Other;
+        };
+        if msg.parts().any(|p| p.is_content_type("message", "feedback-report")) {
+            let original = msg
+                .parts()
+                .find(|p| {
+                    p.is_content_type("message", "rfc822")
+                        || p.is_content_type("text", "rfc822-headers")
+                })
+                .map(|p| String::from_utf8_lossy(&p.decoded()).into_owned())
+                .unwrap_or_default();
+            return Kind::Complaint(original);
+        }
+        let subject = msg.root().subject().unwrap_or("").trim();
+        match subject.split_once(char::is_whitespace) {
+            Some((word, token)) if word.eq_ignore_ascii_case("unsubscribe") => {
+                Kind::Unsubscribe(token.trim().to_string())
+            }
+            _ => Kind::Other,
+        }
     }
 }
 
