@@ -448,9 +448,13 @@ pub struct ShapingParams {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShapingRule {
-    /// Destination patterns: a domain, "*.example.org" or "*".
-    #[serde(rename = "match")]
+    /// Destination patterns: a domain, "*.example.org" or "*" (the default).
+    #[serde(rename = "match", default = "every_destination")]
     pub patterns: Vec<String>,
+    /// Only for mail of these tenants (HTTP injection's `tenant`), which then gets connections
+    /// and a rate of its own to each destination. Empty: all mail.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// Each setting left out is taken from `[shaping.default]`.
     pub connections: Option<usize>,
     pub messages_per_connection: Option<usize>,
@@ -458,6 +462,10 @@ pub struct ShapingRule {
     pub rate: Option<f64>,
     #[serde(default, deserialize_with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
+}
+
+fn every_destination() -> Vec<String> {
+    vec!["*".into()]
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -590,3 +590,29 @@ s.quit()
     );
     assert!(resp["errors"][1].as_str().unwrap().contains("(complaint since"), "{resp}");
 }
+
+/// `[[shaping.rule]] tenants`: a tenant's mail gets a lane of its own with its own limits (here
+/// one connection) to a destination other mail shares.
+#[test]
+fn a_tenant_shaping_rule_gives_the_tenant_its_own_lane() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    // A slow end of data keeps every connection open long enough to be seen at once.
+    let sink = Sink::start(Behavior {
+        end_delay: std::time::Duration::from_millis(200),
+        ..Default::default()
+    });
+    let s = Sluice::start(&sink.route(
+        "[shaping.default]\nconnections = 10\n[[shaping.rule]]\ntenants = [\"acme\"]\nconnections = 1\n",
+    ));
+    let token = inject_token(&s);
+    let rcpts: Vec<Value> = (0..6).map(|i| json!({"email": format!("r{i}@example.org")})).collect();
+    let req = json!({
+        "envelope_sender": "bounces@sender.example", "tenant": "acme",
+        "content": "Subject: lane\n\nhello\n", "recipients": rcpts,
+    });
+    assert_eq!(ok_json(inject(&s, &token, &req))["success_count"], 6);
+    sink.wait_for(6, 30);
+    assert_eq!(sink.max_concurrent(), 1, "acme's lane has one connection");
+}

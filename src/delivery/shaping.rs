@@ -21,7 +21,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn for_destination(cfg: &ShapingConfig, name: &str) -> Limits {
+    /// Limits for destination `name` and mail of `tenant`: `[shaping.default]` under the first
+    /// rule whose `match` fits the destination and whose `tenants` (if any) name the tenant.
+    pub fn for_destination(cfg: &ShapingConfig, name: &str, tenant: Option<&str>) -> Limits {
         let d = &cfg.default;
         let mut l = Limits {
             connections: d.connections,
@@ -30,7 +32,12 @@ impl Limits {
             idle_timeout: d.idle_timeout,
         };
         let name = crate::domain::normalize(name);
-        if let Some(r) = cfg.rule.iter().find(|r| r.patterns.iter().any(|p| matches(p, &name))) {
+        let fits = |r: &&crate::config::ShapingRule| {
+            r.patterns.iter().any(|p| matches(p, &name))
+                && (r.tenants.is_empty()
+                    || tenant.is_some_and(|t| r.tenants.iter().any(|x| x == t)))
+        };
+        if let Some(r) = cfg.rule.iter().find(fits) {
             l.connections = r.connections.unwrap_or(l.connections);
             l.messages_per_connection =
                 r.messages_per_connection.unwrap_or(l.messages_per_connection);
@@ -44,6 +51,24 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_rules_apply_to_their_tenants_only() {
+        let cfg: crate::config::Config = toml::from_str(
+            "[shaping.default]\nconnections = 10\n\
+             [[shaping.rule]]\ntenants = [\"acme\"]\nconnections = 2\n\
+             [[shaping.rule]]\nmatch = [\"gmail.com\"]\nconnections = 5\n",
+        )
+        .unwrap();
+        let c = |name: &str, tenant: Option<&str>| {
+            Limits::for_destination(&cfg.shaping, name, tenant).connections
+        };
+        assert_eq!(c("gmail.com", Some("acme")), 2, "first match wins");
+        assert_eq!(c("example.org", Some("acme")), 2, "no match = every destination");
+        assert_eq!(c("gmail.com", Some("other")), 5);
+        assert_eq!(c("gmail.com", None), 5);
+        assert_eq!(c("example.org", None), 10);
+    }
 
     #[test]
     fn gcra_spaces_messages_evenly() {

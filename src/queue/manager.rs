@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,9 +30,17 @@ use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::spool::{BodyType, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
 
-/// Where a group of recipients goes.
+/// Where a group of recipients goes, and in which lane: mail of a tenant that has shaping
+/// rules of its own gets its own connections and rate to the destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Hop {
+pub struct Hop {
+    pub via: Via,
+    /// The tenant, when `[[shaping.rule]] tenants` names it; None: the shared lane.
+    pub lane: Option<CompactString>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Via {
     SmartHost(String),
     /// MX delivery for this recipient domain.
     Mx(String),
@@ -40,16 +49,16 @@ pub enum Hop {
 impl Hop {
     /// The destination's name in logs: the domain, or the smart host's `host:port`.
     pub fn name(&self) -> &str {
-        match self {
-            Hop::SmartHost(a) | Hop::Mx(a) => a,
+        match &self.via {
+            Via::SmartHost(a) | Via::Mx(a) => a,
         }
     }
 
     /// The name shaping rules match: the domain, or the smart host's host.
     fn shaping_name(&self) -> &str {
-        match self {
-            Hop::SmartHost(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h),
-            Hop::Mx(d) => d,
+        match &self.via {
+            Via::SmartHost(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h),
+            Via::Mx(d) => d,
         }
     }
 }
@@ -363,16 +372,21 @@ impl Dispatcher {
                 self.recorder.spool.release(env.id); // an operator is changing it
                 continue;
             }
+            let lane = env
+                .tenant()
+                .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
+                .map(CompactString::from);
             let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
             for (i, r) in env.recipients.iter().enumerate() {
                 if r.state != RecipientState::Queued || r.next_attempt > now {
                     continue;
                 }
                 let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                let hop = match self.routes.next_hop(domain) {
-                    NextHop::SmartHost { address } => Hop::SmartHost(address),
-                    NextHop::Mx => Hop::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
+                let via = match self.routes.next_hop(domain) {
+                    NextHop::SmartHost { address } => Via::SmartHost(address),
+                    NextHop::Mx => Via::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
                 };
+                let hop = Hop { via, lane: lane.clone() };
                 groups.entry(hop).or_default().push(i as u32);
             }
             if groups.is_empty() {
@@ -431,7 +445,8 @@ impl Dispatcher {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(hop.clone())
             .or_insert_with(|| {
-                let limits = Limits::for_destination(&self.shaping, hop.shaping_name());
+                let limits =
+                    Limits::for_destination(&self.shaping, hop.shaping_name(), hop.lane.as_deref());
                 Arc::new(Destination {
                     hop: hop.clone(),
                     gcra: limits.rate.map(|r| Mutex::new(Gcra::new(r))),
@@ -465,9 +480,9 @@ impl Dispatcher {
             *open += 1;
             drop(open);
             metrics::DELIVERY_CONNECTIONS.inc();
-            let label = match &dest.hop {
-                Hop::SmartHost(a) => a.clone(),
-                Hop::Mx(d) => self.recorder.labels.peek(d),
+            let label = match &dest.hop.via {
+                Via::SmartHost(a) => a.clone(),
+                Via::Mx(d) => self.recorder.labels.peek(d),
             };
             let gauge = metrics::DESTINATION_CONNECTIONS.with_label_values(&[&label]);
             gauge.inc();
@@ -633,14 +648,14 @@ impl Dispatcher {
 
     /// Opens a connection to the destination, trying its addresses in order (RFC 5321 5.1).
     async fn connect(&self, hop: &Hop) -> Result<Connection, DeliveryError> {
-        let (candidates, policy) = match hop {
-            Hop::SmartHost(a) => {
+        let (candidates, policy) = match &hop.via {
+            Via::SmartHost(a) => {
                 let name = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
                 let name = name.trim_start_matches('[').trim_end_matches(']');
                 let t = Target { address: a.clone(), name: name.to_string() };
                 (vec![t], self.routes.smarthost_policy(a))
             }
-            Hop::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
+            Via::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
         };
         let mut last = DeliveryError::DnsTemporary("no address to try".into());
         for target in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
