@@ -222,50 +222,18 @@ impl Intake {
             stdout: cfg.delivery_log.stdout,
         })
         .context("starting the delivery log")?;
-        let suppressions = match cfg.suppression.enabled {
-            true => Some(Arc::new(Suppressions::open(&cfg.suppression_file())?)),
-            false => None,
-        };
+        let Bulk { suppressions, classifier, verp, bounces, unsubscribe_tokens } =
+            Bulk::load(cfg, &log)?;
         let mut session = session_config(cfg);
         if cfg.suppression.check_rcpt
             && let Some(s) = &suppressions
         {
             session.recipient_policy = Some(s.clone());
         }
-        let classifier = Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?);
-        let verp = match (&suppressions, cfg.verp.enabled) {
-            (Some(list), true) => {
-                let key =
-                    crate::bounce::unsubscribe::load_or_create_key(&cfg.unsubscribe_key_file())?;
-                Some(Arc::new(crate::bounce::verp::Verp::new(
-                    &cfg.verp.domain,
-                    &cfg.verp.local,
-                    &key,
-                    list.clone(),
-                    cfg.verp.keep,
-                )))
-            }
-            _ => None,
-        };
         if let Some(v) = &verp {
             // Bounces come from anyone: the bounce domain is one of ours.
             session.local_domains.insert(v.domain.clone());
         }
-        let unsubscribe_tokens = match (cfg.unsubscribe.enabled, &suppressions) {
-            (true, Some(_)) => Some(Arc::new(crate::bounce::unsubscribe::Tokens::load_or_create(
-                &cfg.unsubscribe_key_file(),
-            )?)),
-            _ => None,
-        };
-        let bounces = verp.as_ref().map(|v| {
-            Arc::new(crate::bounce::verp::BounceInbox {
-                verp: v.clone(),
-                classifier: classifier.clone(),
-                suppression: cfg.suppression.clone(),
-                log: log.clone(),
-                unsubscribe: unsubscribe_tokens.clone(),
-            })
-        });
         Ok(Intake {
             spool,
             session: Arc::new(session),
@@ -288,6 +256,50 @@ impl Intake {
             bounces,
             unsubscribe_tokens,
         })
+    }
+}
+
+/// The bulk-sending state: suppression list, bounce rules, VERP and its inbox, unsubscribe
+/// tokens.
+struct Bulk {
+    suppressions: Option<Arc<Suppressions>>,
+    classifier: Arc<crate::bounce::Classifier>,
+    verp: Option<Arc<crate::bounce::verp::Verp>>,
+    bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
+    unsubscribe_tokens: Option<Arc<crate::bounce::unsubscribe::Tokens>>,
+}
+
+impl Bulk {
+    fn load(cfg: &Config, log: &crate::delivery_log::DeliveryLog) -> anyhow::Result<Bulk> {
+        use crate::bounce::unsubscribe::{Tokens, load_or_create_key};
+        use crate::bounce::verp::{BounceInbox, Verp};
+        let suppressions = match cfg.suppression.enabled {
+            true => Some(Arc::new(Suppressions::open(&cfg.suppression_file())?)),
+            false => None,
+        };
+        let classifier = Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?);
+        let verp = match (&suppressions, cfg.verp.enabled) {
+            (Some(list), true) => {
+                let key = load_or_create_key(&cfg.unsubscribe_key_file())?;
+                let v = &cfg.verp;
+                Some(Arc::new(Verp::new(&v.domain, &v.local, &key, list.clone(), v.keep)))
+            }
+            _ => None,
+        };
+        let unsubscribe_tokens = match (cfg.unsubscribe.enabled, &suppressions) {
+            (true, Some(_)) => Some(Arc::new(Tokens::load_or_create(&cfg.unsubscribe_key_file())?)),
+            _ => None,
+        };
+        let bounces = verp.as_ref().map(|v| {
+            Arc::new(BounceInbox {
+                verp: v.clone(),
+                classifier: classifier.clone(),
+                suppression: cfg.suppression.clone(),
+                log: log.clone(),
+                unsubscribe: unsubscribe_tokens.clone(),
+            })
+        });
+        Ok(Bulk { suppressions, classifier, verp, bounces, unsubscribe_tokens })
     }
 }
 

@@ -237,6 +237,7 @@ impl Injector {
         resp: &mut InjectResponse,
     ) -> Result<(), String> {
         let now = crate::spool::unix_millis();
+        let origin = Origin { from, tags, client, now };
         let mut pending = Vec::with_capacity(window.len());
         for (a, body) in window.iter().zip(rendered) {
             let body = match body {
@@ -265,32 +266,8 @@ impl Injector {
                     continue;
                 }
             };
-            let mut trace = signed;
-            trace.push_str(&received_header(&TraceInfo {
-                helo: "api",
-                client_ip: client,
-                hostname: &self.hostname,
-                protocol: "HTTP",
-                queue_id: &a.id.to_string(),
-                single_recipient: Some(&a.spec.email),
-                unix_time: now / 1000,
-            }));
-            let envelope = Envelope {
-                id: a.id,
-                received_at: now,
-                sender: from.verp.map_or_else(|| from.sender.clone(), |v| v.address(a.id).into()),
-                recipients: vec![Recipient::queued(a.spec.email.as_str(), None, None)],
-                message_id: crate::proto::smtp::message::message_id(&body).map(Into::into),
-                size: (trace.len() + body.len()) as u64,
-                helo: "api".into(),
-                client_ip: client,
-                body_type: body.iter().any(|b| *b >= 0x80).then_some(BodyType::EightBitMime),
-                smtputf8: !from.sender.is_ascii() || !a.spec.email.is_ascii(),
-                ret: None,
-                envid: None,
-                tags: tags.clone(),
-            };
-            let ticket = self.spool.store(NewMessage { envelope, trace: Bytes::from(trace), body });
+            let msg = self.new_message(a, signed, body, &origin);
+            let ticket = self.spool.store(msg);
             tickets.push((a, ticket));
         }
         let mut refused = None;
@@ -311,6 +288,44 @@ impl Injector {
             }
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// The spool record of one message: the signatures and our Received field in front of the
+    /// rendered message, and its envelope.
+    fn new_message(
+        &self,
+        a: &Accepted,
+        signatures: String,
+        body: Bytes,
+        o: &Origin<'_>,
+    ) -> NewMessage {
+        let (from, tags, client, now) = (o.from, o.tags, o.client, o.now);
+        let mut trace = signatures;
+        trace.push_str(&received_header(&TraceInfo {
+            helo: "api",
+            client_ip: client,
+            hostname: &self.hostname,
+            protocol: "HTTP",
+            queue_id: &a.id.to_string(),
+            single_recipient: Some(&a.spec.email),
+            unix_time: now / 1000,
+        }));
+        let envelope = Envelope {
+            id: a.id,
+            received_at: now,
+            sender: from.verp.map_or_else(|| from.sender.clone(), |v| v.address(a.id).into()),
+            recipients: vec![Recipient::queued(a.spec.email.as_str(), None, None)],
+            message_id: crate::proto::smtp::message::message_id(&body).map(Into::into),
+            size: (trace.len() + body.len()) as u64,
+            helo: "api".into(),
+            client_ip: client,
+            body_type: body.iter().any(|b| *b >= 0x80).then_some(BodyType::EightBitMime),
+            smtputf8: !from.sender.is_ascii() || !a.spec.email.is_ascii(),
+            ret: None,
+            envid: None,
+            tags: tags.clone(),
+        };
+        NewMessage { envelope, trace: Bytes::from(trace), body }
     }
 
     /// DKIM signatures for every message, signed concurrently (the signing service bounds the
@@ -345,6 +360,14 @@ impl Injector {
         e.campaign = tags.as_ref().and_then(|t| t.campaign.as_deref().map(str::to_string));
         self.log.log(e);
     }
+}
+
+/// Where a window's messages come from and when.
+struct Origin<'a> {
+    from: ReturnPath<'a>,
+    tags: &'a Option<Box<Tags>>,
+    client: IpAddr,
+    now: u64,
 }
 
 /// The request's envelope sender, or a VERP return path per message.

@@ -372,23 +372,7 @@ impl Dispatcher {
                 self.recorder.spool.release(env.id); // an operator is changing it
                 continue;
             }
-            let lane = env
-                .tenant()
-                .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
-                .map(CompactString::from);
-            let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
-            for (i, r) in env.recipients.iter().enumerate() {
-                if r.state != RecipientState::Queued || r.next_attempt > now {
-                    continue;
-                }
-                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                let via = match self.routes.next_hop(domain) {
-                    NextHop::SmartHost { address } => Via::SmartHost(address),
-                    NextHop::Mx => Via::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
-                };
-                let hop = Hop { via, lane: lane.clone() };
-                groups.entry(hop).or_default().push(i as u32);
-            }
+            let groups = self.due_groups(&env, now);
             if groups.is_empty() {
                 self.recorder.spool.release(env.id);
                 continue;
@@ -439,6 +423,27 @@ impl Dispatcher {
         for dest in dests {
             self.open_connections(&dest, tracker);
         }
+    }
+
+    /// The message's recipients that are due now, grouped by where (and in which lane) they go.
+    fn due_groups(&self, env: &crate::spool::Envelope, now: u64) -> BTreeMap<Hop, Vec<u32>> {
+        let lane = env
+            .tenant()
+            .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
+            .map(CompactString::from);
+        let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if r.state != RecipientState::Queued || r.next_attempt > now {
+                continue;
+            }
+            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+            let via = match self.routes.next_hop(domain) {
+                NextHop::SmartHost { address } => Via::SmartHost(address),
+                NextHop::Mx => Via::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
+            };
+            groups.entry(Hop { via, lane: lane.clone() }).or_default().push(i as u32);
+        }
+        groups
     }
 
     fn destination(&self, hop: &Hop) -> Arc<Destination> {

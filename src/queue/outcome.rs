@@ -178,20 +178,7 @@ impl Recorder {
             .filter(|f| wants_failure_notice(env, &env.recipients[f.index as usize]))
             .map(|f| notice(f, Action::Failed))
             .collect();
-        // Delay notice: once per recipient (recorded durably with its state), on the first
-        // deferral at or after `delay_notice`.
-        let delayed: Vec<&Fate> = match self.delay_notice {
-            None => Vec::new(),
-            Some(after) => {
-                let threshold = env.received_at + after.as_millis() as u64;
-                fates
-                    .iter()
-                    .filter(|f| f.state == RecipientState::Queued && now >= threshold)
-                    .filter(|f| !env.recipients[f.index as usize].delay_notified)
-                    .filter(|f| wants_delay_notice(env, &env.recipients[f.index as usize]))
-                    .collect()
-            }
-        };
+        let delayed = self.due_delay_notices(env, fates, now);
         let until = (env.received_at + self.schedule.max_age().as_millis() as u64) / 1000;
         let delays: Vec<Notice<'_>> = delayed
             .iter()
@@ -243,6 +230,19 @@ impl Recorder {
             }
         }
         if delay_sent { delayed } else { Vec::new() }
+    }
+
+    /// Delay notice: once per recipient (recorded durably with its state), on the first
+    /// deferral at or after `delay_notice`.
+    fn due_delay_notices<'f>(&self, env: &Envelope, fates: &'f [Fate], now: u64) -> Vec<&'f Fate> {
+        let Some(after) = self.delay_notice else { return Vec::new() };
+        let threshold = env.received_at + after.as_millis() as u64;
+        fates
+            .iter()
+            .filter(|f| f.state == RecipientState::Queued && now >= threshold)
+            .filter(|f| !env.recipients[f.index as usize].delay_notified)
+            .filter(|f| wants_delay_notice(env, &env.recipients[f.index as usize]))
+            .collect()
     }
 
     /// Metrics, the delivery log and the log line for one fate.

@@ -358,6 +358,28 @@ fn spool_error(e: &SpoolError) -> StoreError {
     }
 }
 
+/// Mail to the bounce domain (VERP bounces, complaints, mailto unsubscribes) is processed, not
+/// queued: its recipients leave the transaction. `Some` when nothing is left to store.
+async fn take_bounces(
+    ctx: &ListenerContext,
+    tx: &mut Transaction,
+) -> Option<Result<(), StoreError>> {
+    let inbox = ctx.bounces.as_ref()?;
+    let (bounces, rest): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut tx.rcpts).into_iter().partition(|r| inbox.verp.is_ours(r.to.as_str()));
+    tx.rcpts = rest;
+    if bounces.is_empty() {
+        return None;
+    }
+    let to: Vec<String> = bounces.iter().map(|r| r.to.as_str().to_string()).collect();
+    if let Err(e) = inbox.consume(&to, tx.body.clone()).await {
+        tracing::error!(error = %e, "a bounce could not be recorded; asking the sender to retry");
+        return Some(Err(StoreError::Failed));
+    }
+    // Recorded (durably, where it suppresses); nothing to queue if no one else is left.
+    tx.rcpts.is_empty().then_some(Ok(()))
+}
+
 /// Verifies (inbound) and signs (trusted clients), builds the envelope and trace header, and
 /// waits until the spool has made them durable. Refusals are logged here.
 async fn store(
@@ -366,21 +388,8 @@ async fn store(
 ) -> (spool::QueueId, Result<(), StoreError>) {
     let id = ctx.spool.next_id();
     let now = spool::unix_millis();
-    if let Some(inbox) = &ctx.bounces {
-        let (bounces, rest): (Vec<_>, Vec<_>) =
-            tx.rcpts.into_iter().partition(|r| inbox.verp.is_ours(r.to.as_str()));
-        tx.rcpts = rest;
-        if !bounces.is_empty() {
-            let to: Vec<String> = bounces.iter().map(|r| r.to.as_str().to_string()).collect();
-            if let Err(e) = inbox.consume(&to, tx.body.clone()).await {
-                tracing::error!(error = %e, "a bounce could not be recorded; asking the sender to retry");
-                return (id, Err(StoreError::Failed));
-            }
-            if tx.rcpts.is_empty() {
-                // Recorded (durably, where it suppresses); nothing to queue.
-                return (id, Ok(()));
-            }
-        }
+    if let Some(done) = take_bounces(ctx, &mut tx).await {
+        return (id, done);
     }
     // Added by sluice, prepended as one buffer ahead of the body as received: retries never
     // sign or verify again. Signatures first, then our results, then the Received field.
