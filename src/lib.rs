@@ -17,7 +17,6 @@
 pub mod admin;
 pub mod auth;
 pub mod bounce;
-pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;
@@ -30,6 +29,7 @@ pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod rate;
+pub mod secret_file;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -1,11 +1,13 @@
 //! The `sluice` command line.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use sluice::cli::{self, Source};
+use crate::cli::Source;
 use sluice::config::Config;
 
 /// mimalloc rather than glibc's malloc: a million queued envelopes are small long-lived
@@ -332,7 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dkim { command } => dkim(command),
         Command::Suppression { config, data_dir, admin, tenant, command } => {
-            use sluice::cli::suppression::Action;
+            use cli::suppression::Action;
             let action = match command {
                 SuppressionCommand::List => Action::List,
                 SuppressionCommand::Add { address, reason } => Action::Add { address, reason },
@@ -347,7 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 SuppressionCommand::Export => Action::Export,
             };
-            let out = sluice::cli::suppression::command(
+            let out = cli::suppression::command(
                 config.as_deref(),
                 data_dir,
                 admin.as_deref(),

@@ -14,9 +14,7 @@
 //! A browser cannot add an `Authorization` header to a cross-site form post, and state changes
 //! are POST/DELETE only, so no other web page can make them (no CSRF).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -79,22 +77,10 @@ fn new_token() -> Result<String, TokenError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `text` to `path` with mode 0600, atomically (temporary file, fsync, rename).
+/// Writes `text` to `path` with mode 0600, atomically.
 fn write_private(path: &Path, text: &str) -> Result<(), TokenError> {
-    let io = |source| TokenError::Io { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    crate::secret_file::replace(path, text.as_bytes())
+        .map_err(|source| TokenError::Io { path: path.to_path_buf(), source })
 }
 
 /// The admin token in `path`, made (and written with mode 0600) if there is none yet.

@@ -90,8 +90,7 @@ pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>, UnsubscribeError> {
         let mut raw = [0u8; 32];
         aws_lc_rs::rand::fill(&mut raw).map_err(|e| err(&e))?;
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        crate::cli::write_private(path, format!("{hex}\n").as_bytes(), false)
-            .map_err(|e| err(&e))?;
+        crate::secret_file::create_new(path, format!("{hex}\n").as_bytes()).map_err(|e| err(&e))?;
     }
     let text = std::fs::read_to_string(path).map_err(|e| err(&e))?;
     let hex = text.trim();

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::admin::message_json;
-use crate::config::Config;
-use crate::spool::lock::{DataDirLock, LockMode};
-use crate::spool::{LogSpool, Spool, SpoolOptions};
+use sluice::admin::message_json;
+use sluice::config::Config;
+use sluice::spool::lock::{DataDirLock, LockMode};
+use sluice::spool::{LogSpool, Spool, SpoolOptions};
 
 pub enum Source {
     /// The daemon's admin API: base URL and the admin token (from its token file).
     Daemon(String, Option<String>),
-    /// The spool read directly, under a shared lock on the data dir (so never beside a daemon).
-    Offline(LogSpool, DataDirLock),
+    /// The spool read directly, under a shared lock on the data dir (so never beside a daemon;
+    /// held until dropped).
+    Offline { spool: LogSpool, _lock: DataDirLock },
 }
 
 impl Source {
@@ -29,7 +30,7 @@ impl Source {
         );
         match http_bytes("GET", &format!("{base}/health"), None) {
             Ok(_) => {
-                let token = crate::admin::auth::read_admin_token(&cfg.admin_token_file());
+                let token = sluice::admin::auth::read_admin_token(&cfg.admin_token_file());
                 Ok(Source::Daemon(base, token))
             }
             Err(_) if admin.is_some() => bail!("no sluice admin API answers at {base}"),
@@ -47,7 +48,7 @@ impl Source {
                 );
                 let spool =
                     LogSpool::open(SpoolOptions { read_only: true, ..SpoolOptions::new(dir) })?;
-                Ok(Source::Offline(spool, lock))
+                Ok(Source::Offline { spool, _lock: lock })
             }
         }
     }
@@ -57,7 +58,7 @@ impl Source {
             Source::Daemon(base, token) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue"), token)?)?)
             }
-            Source::Offline(s, _) => Ok(s.list().iter().map(message_json).collect()),
+            Source::Offline { spool: s, .. } => Ok(s.list().iter().map(message_json).collect()),
         }
     }
 
@@ -66,7 +67,7 @@ impl Source {
             Source::Daemon(base, token) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/{id}"), token)?)?)
             }
-            Source::Offline(s, _) => {
+            Source::Offline { spool: s, .. } => {
                 let id = id.parse().context("bad queue id")?;
                 s.get(id).map(|e| message_json(&e)).context("no such message")
             }
@@ -79,7 +80,7 @@ impl Source {
             Source::Daemon(base, token) => {
                 http_bytes("GET", &format!("{base}/api/queue/{id}/message"), token.as_deref())
             }
-            Source::Offline(s, _) => {
+            Source::Offline { spool: s, .. } => {
                 let id = id.parse().context("bad queue id")?;
                 Ok(s.read_message(id)?.to_vec())
             }
@@ -99,7 +100,7 @@ impl Source {
             Source::Daemon(base, token) => {
                 Ok(serde_json::from_str(&http_get(&format!("{base}/api/queue/stats"), token)?)?)
             }
-            Source::Offline(s, _) => Ok(serde_json::to_value(s.stats())?),
+            Source::Offline { spool: s, .. } => Ok(serde_json::to_value(s.stats())?),
         }
     }
 }
@@ -201,18 +202,10 @@ pub fn load_config_with(path: Option<&Path>, data_dir: Option<PathBuf>) -> anyho
 
 /// Writes a secret (a private key) readable by its owner only. `replace = false` refuses to
 /// overwrite an existing file (a DKIM key in use must not vanish by mistake).
-pub fn write_private(path: &std::path::Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(0o600);
-    if replace {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    let mut f = opts.open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+pub fn write_private(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
+    let written = match replace {
+        true => sluice::secret_file::replace(path, bytes),
+        false => sluice::secret_file::create_new(path, bytes),
+    };
+    written.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

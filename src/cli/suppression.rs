@@ -5,13 +5,13 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::{http_request, load_config_with};
-use crate::bounce::suppression::{self, NewEntry, Suppressions};
-use crate::config::Config;
-use crate::spool::lock::{DataDirLock, LockMode};
+use sluice::bounce::suppression::{self, NewEntry, Suppressions};
+use sluice::config::Config;
+use sluice::spool::lock::{DataDirLock, LockMode};
 
 pub enum ListSource {
     Daemon(String, Option<String>),
-    Offline(Suppressions, DataDirLock),
+    Offline { list: Suppressions, _lock: DataDirLock },
 }
 
 /// What to do.
@@ -30,7 +30,7 @@ impl ListSource {
             admin.map_or_else(|| cfg.admin.address.to_string(), str::to_string)
         );
         if http_request("GET", &format!("{base}/health"), None, None).is_ok() {
-            let token = crate::admin::auth::read_admin_token(&cfg.admin_token_file());
+            let token = sluice::admin::auth::read_admin_token(&cfg.admin_token_file());
             return Ok(ListSource::Daemon(base, token));
         }
         if admin.is_some() {
@@ -42,14 +42,14 @@ impl ListSource {
         })?;
         let path = cfg.suppression_file();
         eprintln!("note: no daemon answers at {base}; using {} directly", path.display());
-        Ok(ListSource::Offline(Suppressions::open(&path)?, lock))
+        Ok(ListSource::Offline { list: Suppressions::open(&path)?, _lock: lock })
     }
 
     /// Runs `action` for `tenant`; returns what to print.
     pub fn run(&self, action: Action, tenant: Option<&str>) -> anyhow::Result<String> {
         match self {
             ListSource::Daemon(base, token) => daemon(base, token.as_deref(), action, tenant),
-            ListSource::Offline(list, _) => offline(list, action, tenant),
+            ListSource::Offline { list, .. } => offline(list, action, tenant),
         }
     }
 }
