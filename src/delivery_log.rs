@@ -15,9 +15,10 @@ use serde::Serialize;
 
 use crate::metrics;
 
-/// One event. Fields that do not apply are left out of the JSON.
+/// One event of the delivery log (a line of JSON); fields that do not apply are left out.
+/// Not to be confused with the SMTP session's `Event`s.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+pub struct LogEntry {
     /// Unix milliseconds.
     pub time: u64,
     /// reception, delivered, deferred, failed, expired, bounce_queued.
@@ -63,9 +64,9 @@ pub struct Event {
     pub campaign: Option<String>,
 }
 
-impl Event {
+impl LogEntry {
     pub fn new(event: &'static str, id: impl ToString) -> Self {
-        Event {
+        LogEntry {
             time: crate::spool::unix_millis(),
             event,
             id: id.to_string(),
@@ -100,7 +101,7 @@ pub struct LogOptions {
 /// The sending side; cheap to clone. A disabled log drops events at once.
 #[derive(Clone)]
 pub struct DeliveryLog {
-    tx: Option<SyncSender<Event>>,
+    tx: Option<SyncSender<LogEntry>>,
 }
 
 const QUEUE: usize = 65_536;
@@ -136,7 +137,7 @@ impl DeliveryLog {
         self.tx.is_some()
     }
 
-    pub fn log(&self, e: Event) {
+    pub fn log(&self, e: LogEntry) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(e) {
             Ok(()) => {}
@@ -153,7 +154,7 @@ fn open(p: &Path) -> std::io::Result<(BufWriter<File>, u64)> {
     Ok((BufWriter::with_capacity(64 * 1024, f), len))
 }
 
-fn write_loop(rx: Receiver<Event>, mut file: Option<(BufWriter<File>, u64)>, opts: LogOptions) {
+fn write_loop(rx: Receiver<LogEntry>, mut file: Option<(BufWriter<File>, u64)>, opts: LogOptions) {
     let mut stdout = std::io::stdout();
     let mut line = Vec::with_capacity(512);
     loop {
@@ -230,7 +231,7 @@ mod tests {
         })
         .unwrap();
         for i in 0..100 {
-            let mut e = Event::new("delivered", format!("{i:016x}"));
+            let mut e = LogEntry::new("delivered", format!("{i:016x}"));
             e.recipient = Some("b@example.org".into());
             e.reply = Some("250 2.0.0 ok".into());
             log.log(e);

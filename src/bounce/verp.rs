@@ -284,7 +284,7 @@ impl BounceInbox {
         }
         self.verp.list.add(&entries)?;
         for n in &entries {
-            let mut e = crate::delivery_log::Event::new("suppressed", "-");
+            let mut e = crate::delivery_log::LogEntry::new("suppressed", "-");
             e.recipient = Some(n.address.clone());
             e.category = Some(n.reason.as_str());
             e.tenant = n.tenant.clone();
@@ -295,7 +295,7 @@ impl BounceInbox {
 
     fn unmatched(&self, what: &str) {
         crate::metrics::ASYNC_BOUNCES.with_label_values(&["unmatched"]).inc();
-        let mut e = crate::delivery_log::Event::new("bounce_unmatched", "-");
+        let mut e = crate::delivery_log::LogEntry::new("bounce_unmatched", "-");
         e.recipient = Some(what.to_string());
         self.log.log(e);
     }
@@ -318,7 +318,7 @@ impl BounceInbox {
                 .or(if reports.len() == 1 { reports.first() } else { None });
             let Some(r) = mine else { continue };
             crate::metrics::ASYNC_BOUNCES.with_label_values(&[r.category.as_str()]).inc();
-            let mut e = crate::delivery_log::Event::new("bounce_received", id);
+            let mut e = crate::delivery_log::LogEntry::new("bounce_received", id);
             e.recipient = Some(sent.recipient.clone());
             e.reply = Some(r.diagnostic.clone());
             e.category = Some(r.category.as_str());
@@ -341,7 +341,7 @@ impl BounceInbox {
             return Vec::new();
         };
         crate::metrics::COMPLAINTS.inc();
-        let mut e = crate::delivery_log::Event::new("complaint", id);
+        let mut e = crate::delivery_log::LogEntry::new("complaint", id);
         e.recipient = Some(sent.recipient.clone());
         e.tenant = sent.tenant.clone();
         e.campaign = sent.campaign.clone();

@@ -17,7 +17,7 @@ use compact_str::CompactString;
 
 use crate::bounce::suppression::{Suppressions, refusal_text};
 use crate::config::{InjectConfig, SuppressionConfig};
-use crate::delivery_log::{DeliveryLog, Event};
+use crate::delivery_log::{DeliveryLog, LogEntry};
 use crate::mailauth::SigningService;
 use crate::proto::smtp::message::{TraceInfo, received_header};
 use crate::spool::{BodyType, Envelope, NewMessage, QueueId, Recipient, Spool, SpoolError, Tags};
@@ -352,7 +352,7 @@ impl Injector {
         if !self.log.enabled() {
             return;
         }
-        let mut e = Event::new("reception", a.id);
+        let mut e = LogEntry::new("reception", a.id);
         e.sender = Some(sender.to_string());
         e.recipients = vec![a.spec.email.clone()];
         e.remote = Some(client.to_string());

@@ -21,7 +21,7 @@ use crate::bounce::{
 };
 use crate::config::{SuppressionConfig, SuppressionScope};
 use crate::delivery::error::{DeliveryError, Disposition, classify_reply, reply_status};
-use crate::delivery_log::{DeliveryLog, Event};
+use crate::delivery_log::{DeliveryLog, LogEntry};
 use crate::domain_labels::DomainLabels;
 use crate::metrics;
 use crate::proto::smtp::Reply;
@@ -266,7 +266,7 @@ impl Recorder {
             metrics::TENANT_DELIVERIES.with_label_values(&[&tenant, f.label]).inc();
         }
         if self.log.enabled() {
-            let mut e = Event::new(f.label, env.id);
+            let mut e = LogEntry::new(f.label, env.id);
             e.recipient = Some(env.recipients[f.index as usize].address.to_string());
             e.destination = Some(attempt.destination.to_string());
             e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
@@ -316,7 +316,7 @@ impl Recorder {
         match tokio::task::spawn_blocking(move || list.add(&added)).await {
             Ok(Ok(_)) => {
                 for e in &entries {
-                    let mut ev = Event::new("suppressed", env.id);
+                    let mut ev = LogEntry::new("suppressed", env.id);
                     ev.recipient = Some(e.address.clone());
                     ev.category = Some(e.reason.as_str());
                     ev.tenant = e.tenant.clone();
@@ -414,7 +414,7 @@ impl Recorder {
             Action::Relayed => "success_notice_queued",
         };
         metrics::DSNS.with_label_values(&[action.as_str()]).inc();
-        let mut e = Event::new(event, env.id);
+        let mut e = LogEntry::new(event, env.id);
         e.recipient = Some(env.sender.to_string());
         e.reply = Some(format!("DSN {id} for {} recipient(s)", notices.len()));
         self.log.log(e);

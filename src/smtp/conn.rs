@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::listener::Admission;
 use super::{Charge, ListenerContext};
-use crate::delivery_log::Event as LogEvent;
+use crate::delivery_log::LogEntry;
 use crate::mailauth::verify::{Disposition, Envelope as VerifyEnvelope, Scope};
 use crate::metrics;
 use crate::proto::smtp::client::Credentials;
@@ -423,7 +423,7 @@ async fn store(
         tags: None,
     };
     let event = ctx.log.enabled().then(|| {
-        let mut e = LogEvent::new("reception", id);
+        let mut e = LogEntry::new("reception", id);
         e.sender = Some(envelope.sender.to_string());
         e.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
         e.remote = Some(envelope.client_ip.to_string());
