@@ -519,6 +519,9 @@ async fn start_admin(
             unsubscribe,
             verp: intake.verp.clone(),
             verp_config: cfg.verp.clone(),
+            render_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;

@@ -53,6 +53,9 @@ pub struct Injector {
     /// VERP return paths (`[verp] enabled`, for the tenants it lists).
     pub verp: Option<Arc<crate::bounce::verp::Verp>>,
     pub verp_config: crate::config::VerpConfig,
+    /// Render tasks running at once, all requests together (one per core): concurrent
+    /// campaigns queue here instead of filling the blocking pool.
+    pub render_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A recipient that passed the checks, with its message's queue id.
@@ -76,7 +79,8 @@ impl Injector {
         let tags = (checked.tags != Tags::default()).then(|| Box::new(checked.tags));
         let mut unavailable = None;
         for window in accepted.chunks(self.config.batch_size.max(1)) {
-            let mut rendered = render_window(&plan, &globals, window, &self.hostname).await;
+            let mut rendered =
+                render_window(&plan, &globals, window, &self.hostname, &self.render_slots).await;
             if let Some(links) = &links {
                 let tenant = tags.as_ref().and_then(|t| t.tenant.as_deref());
                 for (a, r) in window.iter().zip(rendered.iter_mut()) {
@@ -446,6 +450,7 @@ async fn render_window(
     globals: &Arc<serde_json::Map<String, serde_json::Value>>,
     window: &[Accepted],
     hostname: &str,
+    slots: &Arc<tokio::sync::Semaphore>,
 ) -> Vec<Result<Vec<u8>, render::TemplateError>> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_task = window.len().div_ceil(cores).max(1);
@@ -458,7 +463,10 @@ async fn render_window(
             .iter()
             .map(|a| (a.spec.clone(), format!("{}.{}@{hostname}", a.id, random_suffix())))
             .collect();
+        // Held by the task until it is done; the semaphore is never closed.
+        let slot = slots.clone().acquire_owned().await.ok();
         tasks.push(tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             jobs.iter()
                 .map(|(spec, message_id)| {
                     plan.render(&Target {
