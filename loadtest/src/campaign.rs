@@ -188,6 +188,9 @@ async fn smtp(a: &CampaignArgs, tmpl: Arc<String>, deadline: Instant) -> anyhow:
         let (a, tmpl, next, accepted) = (a.clone(), tmpl.clone(), next.clone(), accepted.clone());
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(a.server).await?;
+            // Without it, the small write of each command waits for the ACK of the previous
+            // one (Nagle against delayed ACK: 40 ms per message).
+            stream.set_nodelay(true)?;
             let (r, mut w) = stream.into_split();
             let mut r = BufReader::new(r);
             let mut line = String::new();
@@ -231,8 +234,7 @@ async fn smtp(a: &CampaignArgs, tmpl: Arc<String>, deadline: Instant) -> anyhow:
                 if reply(&mut r, &mut line).await? != 354 {
                     bail!("DATA: {line}");
                 }
-                w.write_all(msg.as_bytes()).await?;
-                w.write_all(b".\r\n").await?;
+                w.write_all(format!("{msg}.\r\n").as_bytes()).await?;
                 if reply(&mut r, &mut line).await? == 250 {
                     accepted.fetch_add(1, Ordering::Relaxed);
                 }
