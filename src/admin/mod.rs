@@ -32,8 +32,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::dispatch::Dispatcher;
 use crate::metrics;
-use crate::queue::manager::Dispatcher;
 use crate::spool::{Envelope, QueueId, Spool, SpoolError};
 
 #[derive(Clone)]

@@ -1,6 +1,6 @@
-//! Scheduling what the spool holds: when each recipient is due, when it expires, and the
-//! dispatcher that hands due recipients to [`crate::delivery`].
+//! Scheduling what the spool holds: when each recipient is due ([`schedule`]), when it expires,
+//! and what an attempt's outcome does to it ([`outcome`]). The dispatcher that hands due
+//! recipients to connections is `crate::delivery::dispatch`.
 
-pub mod manager;
 pub mod outcome;
 pub mod schedule;

@@ -5,10 +5,9 @@
 //! queued work is deferred on the retry schedule and no connection is tried for a pause that
 //! doubles with each failure (up to 5 minutes).
 //!
-//! Outcomes are recorded by [`super::outcome::Recorder`] (bounce first, then states, then removal).
+//! Outcomes are recorded by [`crate::queue::outcome::Recorder`] (bounce first, then states, then removal).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,16 +17,16 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::outcome::{Attempt, Recorder};
+use super::conn::{Connection, Target, Timeouts};
+use super::error::DeliveryError;
+use super::route::{NextHop, Routes};
+use super::shaping::{Backoff, Gcra, Limits};
 use crate::bounce::{Action, Notice, wants_failure_notice};
 use crate::config::ShapingConfig;
-use crate::delivery::conn::{Connection, Target, Timeouts};
-use crate::delivery::error::DeliveryError;
-use crate::delivery::route::{NextHop, Routes};
-use crate::delivery::shaping::{Backoff, Gcra, Limits};
-use crate::dns::{Dns, DnsError, MxAnswer};
+use crate::dns::Dns;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
+use crate::queue::outcome::{Attempt, Recorder};
 use crate::spool::{BodyType, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
 
 /// Where a group of recipients goes, and in which lane: mail of a tenant that has shaping
@@ -672,48 +671,9 @@ impl Dispatcher {
         Err(last)
     }
 
-    /// `ip:port` candidates (with the MX host name, for TLS) for MX delivery to `domain`, most
-    /// preferred first.
+    /// `ip:port` candidates for MX delivery to `domain` ([`super::mx::targets`]).
     async fn mx_addresses(&self, domain: &str) -> Result<Vec<Target>, DeliveryError> {
-        let port = self.mx_port;
-        let target = |ip: IpAddr, name: &str| Target {
-            address: SocketAddr::new(ip, port).to_string(),
-            name: name.trim_end_matches('.').to_string(),
-        };
-        // Address literals ([192.0.2.1], [IPv6:2001:db8::1]) need no DNS.
-        if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-            let ip: IpAddr = lit.strip_prefix("ipv6:").unwrap_or(lit).parse().map_err(|_| {
-                DeliveryError::NoSuchDomain(format!("bad address literal {domain}"))
-            })?;
-            return Ok(vec![target(ip, &ip.to_string())]);
-        }
-        let dns_err = |e: DnsError| match e {
-            DnsError::NoSuchDomain(_) => DeliveryError::NoSuchDomain(e.to_string()),
-            DnsError::NoAddress(_) => DeliveryError::NoSuchDomain(e.to_string()),
-            DnsError::Temporary(..) => DeliveryError::DnsTemporary(e.to_string()),
-        };
-        let hosts = match self.dns.mx(domain).await.map_err(dns_err)? {
-            MxAnswer::NullMx => return Err(DeliveryError::NullMx(domain.to_string())),
-            MxAnswer::Implicit => vec![domain.to_string()],
-            MxAnswer::Hosts(h) => h,
-        };
-        let mut out = Vec::new();
-        let mut first_err = None;
-        for host in &hosts {
-            match self.dns.addresses(host).await {
-                Ok(ips) => out.extend(ips.into_iter().map(|ip| target(ip, host))),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match (out.is_empty(), first_err) {
-            (true, Some(e)) => Err(dns_err(e)),
-            (true, None) => {
-                Err(DeliveryError::NoSuchDomain(format!("{domain}: no mail exchanger")))
-            }
-            (false, _) => Ok(out),
-        }
+        super::mx::targets(&self.dns, domain, self.mx_port).await
     }
 
     async fn read_content(&self, id: QueueId) -> Result<Bytes, DeliveryError> {
