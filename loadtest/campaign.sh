@@ -25,15 +25,7 @@ trap '[ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null; rm -rf "$work"' EX
 run() { # $1 = http | smtp
   local data="$work/$1" sink
   sink=$(free_port)
-  sluice_config "$work/$1.toml" "$data" "max_sessions_per_ip = 1000" "$(cat <<TOML
-[[route]]
-domains = ["*"]
-smarthost = "127.0.0.1:$sink"
-tls = "disabled"
-[shaping.default]
-connections = 20
-TOML
-)"
+  relay_config "$work/$1.toml" "$data" "$sink"
   start_sluice "$bin" "$work/$1.toml" "$data" "$work/$1.log"
   local token n="$concurrency"
   [ "$1" = smtp ] && n="$smtp_sessions"

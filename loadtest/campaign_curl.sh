@@ -18,15 +18,7 @@ trap '[ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null; [ -n "$sink_pid" ]
 sink=$(free_port)
 "$lt" sink --listen "127.0.0.1:$sink" > "$work/sink.log" 2>&1 &
 sink_pid=$!
-sluice_config "$work/s.toml" "$work/data" "" "$(cat <<TOML
-[[route]]
-domains = ["*"]
-smarthost = "127.0.0.1:$sink"
-tls = "disabled"
-[shaping.default]
-connections = 20
-TOML
-)"
+relay_config "$work/s.toml" "$work/data" "$sink"
 start_sluice "$bin" "$work/s.toml" "$work/data" "$work/sluice.log"
 token=$("$bin" token add curl --scope inject --config "$work/s.toml" | awk '{print $NF}')
 python3 - "$work" "$requests" <<'PY'

@@ -38,3 +38,17 @@ ${3:-max_sessions_per_ip = 1000}
 ${4:-}
 TOML
 }
+
+# relay_config FILE DATA_DIR SINK_PORT: sluice_config relaying everything to 127.0.0.1:SINK_PORT
+# over plain SMTP with 20 connections (the campaign benchmarks).
+relay_config() {
+  sluice_config "$1" "$2" "max_sessions_per_ip = 1000" "$(cat <<TOML
+[[route]]
+domains = ["*"]
+smarthost = "127.0.0.1:$3"
+tls = "disabled"
+[shaping.default]
+connections = 20
+TOML
+)"
+}

@@ -64,14 +64,7 @@ fn the_admin_api_needs_a_token_a_host_of_its_own_and_no_form_posts_get_through()
 
     // A named token of scope inject, made by the CLI while the daemon runs: the token is the
     // last word of the output, only its hash is stored, and it cannot read the queue.
-    let out = Command::new(BIN)
-        .args(["token", "add", "campaigns", "--scope", "inject", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed = String::from_utf8(out.stdout).unwrap();
-    let inject = printed.split_whitespace().last().unwrap().to_string();
+    let inject = s.inject_token("campaigns");
     let stored = std::fs::read_to_string(s.data_dir.join("tokens.toml")).unwrap();
     assert!(!stored.contains(&inject) && stored.contains("campaigns"), "{stored}");
     assert_eq!(curl(&["-H", &format!("Authorization: Bearer {inject}"), &message]), 403);

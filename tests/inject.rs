@@ -9,17 +9,6 @@ use common::sink::{Behavior, Sink};
 use common::*;
 use serde_json::{Value, json};
 
-/// A token of scope `inject`, made with the CLI (its last word).
-fn inject_token(s: &Sluice) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "add", "campaigns", "--scope", "inject", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().last().unwrap().to_string()
-}
-
 /// POST with curl; returns (status, body).
 fn curl_post(s: &Sluice, token: &str, body: &[u8], extra: &[&str]) -> (u16, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +49,7 @@ fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
     }
     let sink = Sink::start(Behavior::default());
     let s = Sluice::start(&sink.route("[metrics]\ntenants = [\"acme\"]\n"));
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let req = json!({
         "envelope_sender": "bounces@sender.example",
         "content": "From: news@sender.example\nSubject: Hello {{ name }}\n\nHi {{ name }}, your code is {{ code }}.\n{% if vip %}VIP{% endif %}\n",
@@ -129,7 +118,7 @@ fn bad_requests_name_the_field_and_bad_tokens_are_refused() {
         return;
     }
     let s = Sluice::start("[delivery]\nenabled = false\n");
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let base = json!({"envelope_sender": "a@example.com", "content": "Subject: x\n\nx\n", "recipients": [{"email": "b@example.org"}]});
     assert_eq!(inject(&s, "not-a-token", &base).0, 401);
     assert_eq!(inject(&s, &s.admin_token(), &base).0, 200, "the admin token may inject too");
@@ -186,7 +175,7 @@ fn bad_requests_name_the_field_and_bad_tokens_are_refused() {
 fn built_messages_parse_as_the_mime_they_claim_to_be() {
     let sink = Sink::start(Behavior::default());
     let s = Sluice::start(&sink.route(""));
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let long_word = "x".repeat(1500);
     let req = json!({
         "envelope_sender": "bounces@sender.example",
@@ -284,7 +273,7 @@ fn suppressed_recipients_are_refused_and_a_hard_bounce_suppresses_for_the_tenant
     b.rcpt.insert("gone@example.org".into(), vec!["550 5.1.1 no such user".into()]);
     let sink = Sink::start(b);
     let s = Sluice::start(&sink.route(""));
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let req = |rcpts: &[&str], tenant: &str| {
         json!({
             "envelope_sender": "bounces@sender.example",
@@ -318,7 +307,7 @@ fn ten_thousand_recipients_survive_kill_9_after_the_answer() {
         return;
     }
     let mut s = Sluice::start("[delivery]\nenabled = false\n");
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let mut rcpts: Vec<Value> = (0..10_000)
         .map(|i| json!({"email": format!("r{i}@example.org"), "substitutions": {"i": i}}))
         .collect();
@@ -384,7 +373,7 @@ fn one_click_unsubscribe_over_https() {
     )
     .unwrap();
     let endpoint = format!("https://{}/unsubscribe", bound["unsubscribe"][0].as_str().unwrap());
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let req = json!({
         "envelope_sender": "bounces@sender.example", "tenant": "acme",
         "content": {"from": {"email": "news@sender.example"}, "subject": "news", "text_body": "hello"},
@@ -479,7 +468,7 @@ fn asynchronous_bounces_to_verp_addresses_are_classified_and_suppress() {
     let sink = Sink::start(b);
     let s =
         Sluice::start(&sink.route("[verp]\nenabled = true\ndomain = \"bounces.sender.example\"\n"));
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let req = json!({
         "envelope_sender": "news@sender.example", "tenant": "acme", "campaign": "c1",
         "content": {"from": {"email": "news@sender.example"}, "subject": "hi", "text_body": "hello"},
@@ -606,7 +595,7 @@ fn a_tenant_shaping_rule_gives_the_tenant_its_own_lane() {
     let s = Sluice::start(&sink.route(
         "[shaping.default]\nconnections = 10\n[[shaping.rule]]\ntenants = [\"acme\"]\nconnections = 1\n",
     ));
-    let token = inject_token(&s);
+    let token = s.inject_token("campaigns");
     let rcpts: Vec<Value> = (0..6).map(|i| json!({"email": format!("r{i}@example.org")})).collect();
     let req = json!({
         "envelope_sender": "bounces@sender.example", "tenant": "acme",

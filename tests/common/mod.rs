@@ -183,6 +183,17 @@ impl Sluice {
         }
     }
 
+    /// A new named token of scope `inject`, made with `sluice token add` (its last word).
+    pub fn inject_token(&self, name: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["token", "add", name, "--scope", "inject", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().split_whitespace().last().unwrap().to_string()
+    }
+
     /// The admin API token the daemon made on its first start.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap().trim().to_string()
