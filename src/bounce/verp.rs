@@ -80,7 +80,9 @@ impl Verp {
         }
         let local = local.to_ascii_lowercase();
         let rest = local.strip_prefix(&self.local.to_ascii_lowercase())?.strip_prefix('+')?;
-        if rest.len() != 16 + TAG_HEX {
+        // ASCII first: the byte slicing below must fall on character boundaries (SMTPUTF8
+        // addresses reach here).
+        if rest.len() != 16 + TAG_HEX || !rest.is_ascii() {
             return None;
         }
         let id = QueueId(u64::from_str_radix(&rest[..16], 16).ok()?);
@@ -438,6 +440,9 @@ mod tests {
         let other = a.replace("0001", "0002");
         assert_eq!(v.parse(&other), None, "another id with this tag");
         assert_eq!(v.parse("bounces@bounces.example.com"), None);
+        // 28 bytes but not 28 ASCII characters: refused, never a panic.
+        let cut = format!("bounces+{}é{}@bounces.example.com", "0".repeat(15), "0".repeat(11));
+        assert_eq!(v.parse(&cut), None);
         assert_eq!(v.parse(&a.replace("bounces.example.com", "example.org")), None);
     }
 
