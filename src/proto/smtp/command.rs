@@ -4,6 +4,7 @@
 //! commands without arguments; addresses are validated by [`super::address`].
 
 use super::address::{self, AddressError, Mailbox};
+use super::reply::{RejectReason, Rejection};
 
 /// A parsed command. Verbs are case-insensitive (RFC 5321 2.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,24 +116,23 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn reply(&self) -> super::Reply {
-        use super::Reply;
+    /// The reply, and the reason counted: unknown verbs as not implemented, the rest syntax.
+    pub fn rejection(&self) -> Rejection {
+        let owned =
+            |code, enhanced, text| Rejection::owned(code, enhanced, text, RejectReason::Syntax);
         match self {
             CommandError::Unrecognized => super::reply::UNRECOGNIZED,
-            CommandError::Syntax(s) => {
-                Reply::owned(501, "5.5.2", format!("Syntax error, expected: {s}"))
-            }
+            CommandError::Syntax(s) => owned(501, "5.5.2", format!("Syntax error, expected: {s}")),
             CommandError::Address(which, e) => {
                 let enhanced = if *which == "sender" { "5.1.7" } else { "5.1.3" };
-                Reply::owned(501, enhanced, format!("Bad {which} address syntax: {e}"))
+                owned(501, enhanced, format!("Bad {which} address syntax: {e}"))
             }
-            CommandError::UnknownParameter(p) => Reply::owned(
-                555,
-                "5.5.4",
-                format!("Parameter not recognized or not implemented: {p}"),
-            ),
+            CommandError::UnknownParameter(p) => {
+                let text = format!("Parameter not recognized or not implemented: {p}");
+                Rejection::owned(555, "5.5.4", text, RejectReason::Syntax)
+            }
             CommandError::BadParameter(p) => {
-                Reply::owned(501, "5.5.4", format!("Bad parameter value: {p}"))
+                owned(501, "5.5.4", format!("Bad parameter value: {p}"))
             }
         }
     }
@@ -434,7 +434,7 @@ mod tests {
         ];
         for (line, code, enhanced) in cases {
             let err = parse(line.as_bytes()).unwrap_err();
-            let reply = err.reply();
+            let reply = err.rejection().reply;
             assert_eq!(
                 (reply.code, reply.enhanced.as_deref()),
                 (*code, Some(*enhanced)),
@@ -486,7 +486,7 @@ mod tests {
             format!("EHLO {}", "a".repeat(256)),
         ];
         for line in &bad {
-            let r = parse(line.as_bytes()).map(|_| ()).unwrap_err().reply();
+            let r = parse(line.as_bytes()).map(|_| ()).unwrap_err().rejection().reply;
             assert_eq!((r.code, r.enhanced.as_deref()), (501, Some("5.5.4")), "{line:?}");
         }
         // UTF-8 ENVID with SMTPUTF8 (RFC 6533), and well-formed values, are accepted.
@@ -499,7 +499,7 @@ mod tests {
             assert!(parse(line.as_bytes()).is_ok(), "{line}");
         }
         // An unknown parameter's name is echoed printable only.
-        let r = parse(b"MAIL FROM:<a@b.c> X\x1bY=1").unwrap_err().reply();
+        let r = parse(b"MAIL FROM:<a@b.c> X\x1bY=1").unwrap_err().rejection().reply;
         assert_eq!(r.code, 555);
         assert!(r.to_line().bytes().all(|c| c >= 0x20), "{:?}", r.to_line());
     }

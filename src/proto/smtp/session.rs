@@ -27,7 +27,8 @@ use super::command::{self, BodyType, Command, MailFrom, RcptTo};
 use super::content::{self, Violation};
 use super::data::{DataEvent, DataFailure, DataReceiver};
 use super::message::{self, TraceInfo};
-use super::reply::{self, Reply};
+pub use super::reply::RejectReason;
+use super::reply::{self, Rejection, Reply};
 use super::sasl;
 use ipnet::IpNet;
 
@@ -148,104 +149,6 @@ pub enum Event {
     Rejected(RejectReason),
 }
 
-/// Why a command or message was refused (a bounded label set for metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    Syntax,
-    Sequence,
-    Size,
-    LineTooLong,
-    BareCrLf,
-    RelayDenied,
-    TooManyRecipients,
-    TooManyErrors,
-    Timeout,
-    Storage,
-    NotImplemented,
-    AuthRequired,
-    AuthFailed,
-    AuthLockedOut,
-    TlsRequired,
-    SenderNotOwned,
-    Pregreet,
-    TooSlow,
-    /// A NUL octet in the message text.
-    Nul,
-    /// More trace headers than `max_hops` (RFC 5321 6.3).
-    MailLoop,
-    /// Data sent before the reply to EHLO/HELO/DATA by an untrusted client (RFC 2920 3.1).
-    Pipelining,
-    /// A recipient with no mailbox to deliver to (`<postmaster>` without `[local] postmaster`).
-    NoMailbox,
-    /// DMARC policy reject of the From domain.
-    Dmarc,
-    /// SPF fail, refused by configuration.
-    Spf,
-    /// The recipient is on the suppression list.
-    Suppressed,
-}
-
-impl RejectReason {
-    /// Every reason, so metrics can show zero before the first refusal.
-    pub const ALL: [RejectReason; 25] = [
-        RejectReason::Syntax,
-        RejectReason::Sequence,
-        RejectReason::Size,
-        RejectReason::LineTooLong,
-        RejectReason::BareCrLf,
-        RejectReason::RelayDenied,
-        RejectReason::TooManyRecipients,
-        RejectReason::TooManyErrors,
-        RejectReason::Timeout,
-        RejectReason::Storage,
-        RejectReason::NotImplemented,
-        RejectReason::AuthRequired,
-        RejectReason::AuthFailed,
-        RejectReason::AuthLockedOut,
-        RejectReason::TlsRequired,
-        RejectReason::SenderNotOwned,
-        RejectReason::Pregreet,
-        RejectReason::TooSlow,
-        RejectReason::NoMailbox,
-        RejectReason::Nul,
-        RejectReason::MailLoop,
-        RejectReason::Pipelining,
-        RejectReason::Dmarc,
-        RejectReason::Spf,
-        RejectReason::Suppressed,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::Syntax => "syntax",
-            RejectReason::Sequence => "sequence",
-            RejectReason::Size => "size",
-            RejectReason::LineTooLong => "line_too_long",
-            RejectReason::BareCrLf => "bare_cr_lf",
-            RejectReason::RelayDenied => "relay_denied",
-            RejectReason::TooManyRecipients => "too_many_recipients",
-            RejectReason::TooManyErrors => "too_many_errors",
-            RejectReason::Timeout => "timeout",
-            RejectReason::Storage => "storage",
-            RejectReason::NotImplemented => "not_implemented",
-            RejectReason::AuthRequired => "auth_required",
-            RejectReason::AuthFailed => "auth_failed",
-            RejectReason::AuthLockedOut => "auth_locked_out",
-            RejectReason::TlsRequired => "tls_required",
-            RejectReason::SenderNotOwned => "sender_not_owned",
-            RejectReason::Pregreet => "pregreet",
-            RejectReason::TooSlow => "too_slow",
-            RejectReason::NoMailbox => "no_mailbox",
-            RejectReason::Nul => "nul",
-            RejectReason::MailLoop => "mail_loop",
-            RejectReason::Pipelining => "improper_pipelining",
-            RejectReason::Dmarc => "dmarc",
-            RejectReason::Spf => "spf",
-            RejectReason::Suppressed => "suppressed",
-        }
-    }
-}
-
 /// A complete mail transaction, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -329,7 +232,7 @@ struct BdatChunk {
     remaining: usize,
     last: bool,
     /// When set, the chunk is read and dropped, and this is the reply.
-    refuse: Option<(Reply, RejectReason)>,
+    refuse: Option<Rejection>,
 }
 
 /// The transaction being built between MAIL and the end of data.
@@ -341,7 +244,7 @@ struct Draft {
     chunks: BytesMut,
     chunking: bool,
     /// A BDAT chunk was refused; the rest of the transaction is refused too (RFC 3030 2).
-    failed: Option<(Reply, RejectReason)>,
+    failed: Option<Rejection>,
 }
 
 pub struct Session {
@@ -419,10 +322,8 @@ impl Session {
                 self.auth = Some((user, senders));
                 self.reply(reply::AUTH_OK);
             }
-            AuthResult::Invalid => self.reject(reply::AUTH_INVALID, RejectReason::AuthFailed),
-            AuthResult::LockedOut => {
-                self.reject(reply::AUTH_LOCKED_OUT, RejectReason::AuthLockedOut)
-            }
+            AuthResult::Invalid => self.reject(reply::AUTH_INVALID),
+            AuthResult::LockedOut => self.reject(reply::AUTH_LOCKED_OUT),
         }
     }
 
@@ -469,7 +370,7 @@ impl Session {
         match &mut self.state {
             State::Data(rx) => rx.refuse(DataFailure::OverBudget),
             State::Bdat(chunk) if chunk.refuse.is_none() => {
-                let refusal = (reply::MEMORY_BUDGET, RejectReason::Storage);
+                let refusal = reply::MEMORY_BUDGET;
                 chunk.refuse = Some(refusal.clone());
                 if let Some(d) = self.draft.as_mut() {
                     d.failed = Some(refusal);
@@ -483,25 +384,25 @@ impl Session {
 
     /// The read timed out (RFC 5321 4.5.3.2): 421 and close.
     pub fn handle_timeout(&mut self) {
-        self.close_with(reply::TIMEOUT, Some(RejectReason::Timeout));
+        self.close_with(reply::TIMEOUT);
     }
 
     /// The client spoke before the greeting (a spam-bot tell): 554 instead of the greeting.
     pub fn handle_pregreet(&mut self) {
         self.output.clear();
         self.input.clear();
-        self.close_with(reply::PREGREET, Some(RejectReason::Pregreet));
+        self.close_with(reply::PREGREET);
     }
 
     /// The message data arrives slower than the listener's minimum rate: 421 and close.
     pub fn handle_too_slow(&mut self) {
         self.draft = None;
-        self.close_with(reply::TOO_SLOW, Some(RejectReason::TooSlow));
+        self.close_with(reply::TOO_SLOW);
     }
 
     /// The server is stopping: 421 and close. Not for use while a store is pending.
     pub fn handle_shutdown(&mut self) {
-        self.close_with(reply::SHUTTING_DOWN, None);
+        self.close(reply::SHUTTING_DOWN);
     }
 
     /// The outcome of a [`Step::Store`]: `Ok(queue id)` once the message is durable.
@@ -513,12 +414,12 @@ impl Session {
                 self.events.push(Event::Accepted { bytes: size });
                 self.reply(Reply::owned(250, "2.0.0", format!("OK queued as {id}")));
             }
-            Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL, RejectReason::Storage),
-            Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR, RejectReason::Storage),
-            Err(StoreError::Signing) => self.reject(reply::SIGNING_ERROR, RejectReason::Storage),
-            Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT, RejectReason::Dmarc),
-            Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT, RejectReason::Spf),
-            Err(StoreError::ShuttingDown) => self.close_with(reply::SHUTTING_DOWN, None),
+            Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL),
+            Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR),
+            Err(StoreError::Signing) => self.reject(reply::SIGNING_ERROR),
+            Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT),
+            Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT),
+            Err(StoreError::ShuttingDown) => self.close(reply::SHUTTING_DOWN),
         }
     }
 
@@ -539,7 +440,7 @@ impl Session {
                             self.input.clear();
                             self.skipping_line = true;
                             self.state = State::Command;
-                            self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+                            self.reject(reply::LINE_TOO_LONG);
                             continue;
                         }
                         return Step::NeedInput;
@@ -570,21 +471,15 @@ impl Session {
                         self.state = State::Command;
                         self.draft = None;
                         match f {
-                            DataFailure::TooBig => {
-                                self.reject(reply::MESSAGE_TOO_BIG, RejectReason::Size)
-                            }
-                            DataFailure::LineTooLong => {
-                                self.reject(reply::TEXT_LINE_TOO_LONG, RejectReason::LineTooLong)
-                            }
-                            DataFailure::OverBudget => {
-                                self.reject(reply::MEMORY_BUDGET, RejectReason::Storage)
-                            }
-                            DataFailure::Nul => self.reject(reply::NUL_IN_TEXT, RejectReason::Nul),
+                            DataFailure::TooBig => self.reject(reply::MESSAGE_TOO_BIG),
+                            DataFailure::LineTooLong => self.reject(reply::TEXT_LINE_TOO_LONG),
+                            DataFailure::OverBudget => self.reject(reply::MEMORY_BUDGET),
+                            DataFailure::Nul => self.reject(reply::NUL_IN_TEXT),
                         }
                     }
                     DataEvent::BareCrLf => {
                         self.draft = None;
-                        self.close_with(reply::BARE_CR_LF, Some(RejectReason::BareCrLf));
+                        self.close_with(reply::BARE_CR_LF);
                     }
                 },
                 State::Bdat(_) => {
@@ -607,7 +502,7 @@ impl Session {
                 self.input.clear();
                 if !self.skipping_line {
                     self.skipping_line = true;
-                    self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+                    self.reject(reply::LINE_TOO_LONG);
                 }
             }
             return Some(if self.state_is_closed() { Step::Close } else { Step::NeedInput });
@@ -619,17 +514,13 @@ impl Session {
         let line = line.strip_suffix(b"\n").unwrap_or(&line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() + 2 > self.cfg.max_command_line {
-            self.reject(reply::LINE_TOO_LONG, RejectReason::LineTooLong);
+            self.reject(reply::LINE_TOO_LONG);
             return None;
         }
         match command::parse(line) {
             Ok(cmd) => self.handle_command(cmd),
             Err(e) => {
-                let reason = match e {
-                    command::CommandError::Unrecognized => RejectReason::NotImplemented,
-                    _ => RejectReason::Syntax,
-                };
-                self.reject(e.reply(), reason);
+                self.reject(e.rejection());
                 None
             }
         }
@@ -651,7 +542,7 @@ impl Session {
         {
             self.input.clear();
             self.draft = None;
-            self.close_with(reply::IMPROPER_PIPELINING, Some(RejectReason::Pipelining));
+            self.close_with(reply::IMPROPER_PIPELINING);
             return Some(Step::Close);
         }
         match cmd {
@@ -667,7 +558,7 @@ impl Session {
             }
             Command::Noop => self.reply(reply::OK),
             Command::Vrfy => self.reply(reply::VRFY),
-            Command::Expn => self.reject(reply::EXPN, RejectReason::NotImplemented),
+            Command::Expn => self.reject(reply::EXPN),
             Command::Help => self.reply(reply::HELP),
             Command::Quit => {
                 self.reply(reply::BYE);
@@ -686,9 +577,9 @@ impl Session {
     /// after it is discarded, never executed inside TLS (CVE-2011-0411 class).
     fn handle_starttls(&mut self) -> Option<Step> {
         if self.tls {
-            self.reject(reply::TLS_ALREADY_ACTIVE, RejectReason::Sequence);
+            self.reject(reply::TLS_ALREADY_ACTIVE);
         } else if !self.cfg.starttls {
-            self.reject(reply::STARTTLS_NOT_AVAILABLE, RejectReason::NotImplemented);
+            self.reject(reply::STARTTLS_NOT_AVAILABLE);
         } else {
             self.input.clear();
             self.reply(reply::STARTTLS_READY);
@@ -701,20 +592,20 @@ impl Session {
     /// RFC 4954 4.
     fn handle_auth_command(&mut self, mechanism: &str, initial: Option<&str>) -> Option<Step> {
         let refusal = if !self.cfg.auth {
-            Some((reply::AUTH_NOT_AVAILABLE, RejectReason::NotImplemented))
+            Some(reply::AUTH_NOT_AVAILABLE)
         } else if self.helo.is_none() {
-            Some((reply::NEED_HELO, RejectReason::Sequence))
+            Some(reply::NEED_HELO)
         } else if self.auth.is_some() {
-            Some((reply::ALREADY_AUTHENTICATED, RejectReason::Sequence))
+            Some(reply::ALREADY_AUTHENTICATED)
         } else if self.draft.is_some() {
-            Some((reply::AUTH_IN_TRANSACTION, RejectReason::Sequence))
+            Some(reply::AUTH_IN_TRANSACTION)
         } else if !self.tls && self.cfg.auth_needs_tls {
-            Some((reply::STARTTLS_FIRST, RejectReason::TlsRequired))
+            Some(reply::STARTTLS_FIRST)
         } else {
             None
         };
-        if let Some((r, why)) = refusal {
-            self.reject(r, why);
+        if let Some(r) = refusal {
+            self.reject(r);
             return self.state_is_closed().then_some(Step::Close);
         }
         self.sasl_progress(sasl::start(mechanism, initial))
@@ -733,14 +624,12 @@ impl Session {
                 Some(Step::Authenticate(creds))
             }
             Err(e) => {
-                let (r, why) = match e {
-                    sasl::SaslError::UnknownMechanism => {
-                        (reply::AUTH_MECHANISM_UNKNOWN, RejectReason::NotImplemented)
-                    }
-                    sasl::SaslError::Malformed => (reply::AUTH_UNDECODABLE, RejectReason::Syntax),
-                    sasl::SaslError::Cancelled => (reply::AUTH_CANCELLED, RejectReason::AuthFailed),
+                let r = match e {
+                    sasl::SaslError::UnknownMechanism => reply::AUTH_MECHANISM_UNKNOWN,
+                    sasl::SaslError::Malformed => reply::AUTH_UNDECODABLE,
+                    sasl::SaslError::Cancelled => reply::AUTH_CANCELLED,
                 };
-                self.reject(r, why);
+                self.reject(r);
                 self.state_is_closed().then_some(Step::Close)
             }
         }
@@ -774,25 +663,25 @@ impl Session {
     /// RFC 5321 4.1.1.2, with SIZE (RFC 1870 6) and SMTPUTF8 (RFC 6531 3.4).
     fn handle_mail(&mut self, mail: MailFrom) {
         if self.helo.is_none() {
-            return self.reject(reply::NEED_HELO, RejectReason::Sequence);
+            return self.reject(reply::NEED_HELO);
         }
         if self.draft.is_some() {
-            return self.reject(reply::NESTED_MAIL, RejectReason::Sequence);
+            return self.reject(reply::NESTED_MAIL);
         }
         if mail.size.is_some_and(|s| s > self.cfg.max_message_size as u64) {
-            return self.reject(reply::MESSAGE_TOO_BIG, RejectReason::Size);
+            return self.reject(reply::MESSAGE_TOO_BIG);
         }
         if mail.from.as_ref().is_some_and(|f| !f.is_ascii()) && !mail.smtputf8 {
-            return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+            return self.reject(reply::UTF8_NOT_ALLOWED);
         }
         if self.cfg.auth_required && self.auth.is_none() {
-            return self.reject(reply::AUTH_REQUIRED, RejectReason::AuthRequired);
+            return self.reject(reply::AUTH_REQUIRED);
         }
         if let Some((_, senders)) = &self.auth
             && !senders.is_empty()
             && !mail.from.as_ref().is_some_and(|f| owns(senders, f.as_str()))
         {
-            return self.reject(reply::SENDER_NOT_OWNED, RejectReason::SenderNotOwned);
+            return self.reject(reply::SENDER_NOT_OWNED);
         }
         self.draft = Some(Draft { mail, ..Default::default() });
         self.reply(reply::SENDER_OK);
@@ -801,10 +690,10 @@ impl Session {
     /// RFC 5321 4.1.1.3 with the relay policy (RFC 5321 3.6, 7.1).
     fn handle_rcpt(&mut self, mut rcpt: RcptTo) {
         let Some(draft) = self.draft.as_ref() else {
-            return self.reject(reply::NEED_MAIL, RejectReason::Sequence);
+            return self.reject(reply::NEED_MAIL);
         };
         if self.rcpts_in_session >= self.cfg.max_recipients_per_session {
-            return self.reject(reply::TOO_MANY_RCPTS_SESSION, RejectReason::TooManyRecipients);
+            return self.reject(reply::TOO_MANY_RCPTS_SESSION);
         }
         if draft.rcpts.len() >= self.cfg.max_recipients {
             // RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
@@ -812,35 +701,33 @@ impl Session {
             // overshoot limit (Postfix's smtpd_recipient_overshoot_limit).
             self.overshoot += 1;
             if self.overshoot <= self.cfg.recipient_overshoot_limit {
-                self.events.push(Event::Rejected(RejectReason::TooManyRecipients));
-                return self.reply(reply::TOO_MANY_RCPTS);
+                return self.refuse(reply::TOO_MANY_RCPTS);
             }
-            return self.reject(reply::TOO_MANY_RCPTS, RejectReason::TooManyRecipients);
+            return self.reject(reply::TOO_MANY_RCPTS);
         }
         if !rcpt.to.is_ascii() && !draft.mail.smtputf8 {
-            return self.reject(reply::UTF8_NOT_ALLOWED, RejectReason::Syntax);
+            return self.reject(reply::UTF8_NOT_ALLOWED);
         }
         // RFC 6533 4: a UTF-8 ORCPT (utf-8-addr-xtext) only with SMTPUTF8.
         if rcpt.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) && !draft.mail.smtputf8 {
-            return self.reject(reply::ORCPT_NEEDS_SMTPUTF8, RejectReason::Syntax);
+            return self.reject(reply::ORCPT_NEEDS_SMTPUTF8);
         }
         if !self.may_send_to(&rcpt.to) || (!self.trusted() && rcpt.to.has_routing_local_part()) {
-            return self.reject(reply::RELAY_DENIED, RejectReason::RelayDenied);
+            return self.reject(reply::RELAY_DENIED);
         }
         if self.trusted()
             && let Some(policy) = &self.cfg.recipient_policy
             && let Some(why) = policy.refusal(rcpt.to.as_str())
         {
             // Not a client error: a bulk sender's list may hold many of these.
-            self.events.push(Event::Rejected(RejectReason::Suppressed));
-            return self.reply(Reply::owned(550, "5.7.1", why));
+            return self.refuse(Rejection::suppressed(why));
         }
         // RFC 5321 4.5.1: `<postmaster>` goes to the configured postmaster's address. Without
         // one it could never be delivered: refused now rather than accepted and bounced.
         if rcpt.to.domain().is_empty() {
             match &self.cfg.postmaster {
                 Some(m) => rcpt.to = m.clone(),
-                None => return self.reject(reply::NO_POSTMASTER, RejectReason::NoMailbox),
+                None => return self.reject(reply::NO_POSTMASTER),
             }
         }
         if let Some(d) = self.draft.as_mut() {
@@ -863,24 +750,24 @@ impl Session {
     }
 
     /// Checks shared by DATA and BDAT; `Err` carries the refusal.
-    fn check_ready_for_body(&self) -> Result<(), (Reply, RejectReason)> {
+    fn check_ready_for_body(&self) -> Result<(), Rejection> {
         if self.helo.is_none() {
-            return Err((reply::NEED_HELO, RejectReason::Sequence));
+            return Err(reply::NEED_HELO);
         }
         match &self.draft {
-            None => Err((reply::NEED_RCPT, RejectReason::Sequence)),
-            Some(d) if d.rcpts.is_empty() => Err((reply::NO_VALID_RCPT, RejectReason::Sequence)),
+            None => Err(reply::NEED_RCPT),
+            Some(d) if d.rcpts.is_empty() => Err(reply::NO_VALID_RCPT),
             Some(_) => Ok(()),
         }
     }
 
     /// RFC 5321 4.1.1.4
     fn handle_data(&mut self) {
-        if let Err((r, why)) = self.check_ready_for_body() {
-            return self.reject(r, why);
+        if let Err(r) = self.check_ready_for_body() {
+            return self.reject(r);
         }
         if self.draft.as_ref().is_some_and(|d| d.chunking) {
-            return self.reject(reply::DATA_AFTER_BDAT, RejectReason::Sequence);
+            return self.reject(reply::DATA_AFTER_BDAT);
         }
         // With SIZE= we know how much to expect: fewer reallocations. Capped, so that a declared
         // size alone cannot make a session allocate much before the data arrives.
@@ -901,7 +788,7 @@ impl Session {
             Ok(()) => match self.draft.as_ref().and_then(|d| d.failed.clone()) {
                 Some(e) => Some(e),
                 None if held + size > self.cfg.max_message_size as u64 => {
-                    Some((reply::MESSAGE_TOO_BIG, RejectReason::Size))
+                    Some(reply::MESSAGE_TOO_BIG)
                 }
                 None => None,
             },
@@ -944,11 +831,11 @@ impl Session {
         let (last, refuse) = (chunk.last, chunk.refuse.take());
         self.state = State::Command;
         match refuse {
-            Some((r, why)) => {
+            Some(r) => {
                 if last {
                     self.draft = None;
                 }
-                self.reject(r, why);
+                self.reject(r);
                 None
             }
             None if last => {
@@ -958,14 +845,12 @@ impl Session {
                 // the session goes on, but such a message is never stored.
                 if let Err(v) = content::check(&body, self.cfg.max_text_line) {
                     self.draft = None;
-                    let (r, why) = match v {
-                        Violation::BareCrLf => (reply::BARE_CR_LF_BDAT, RejectReason::BareCrLf),
-                        Violation::Nul => (reply::NUL_IN_TEXT, RejectReason::Nul),
-                        Violation::LineTooLong => {
-                            (reply::TEXT_LINE_TOO_LONG, RejectReason::LineTooLong)
-                        }
+                    let r = match v {
+                        Violation::BareCrLf => reply::BARE_CR_LF_BDAT,
+                        Violation::Nul => reply::NUL_IN_TEXT,
+                        Violation::LineTooLong => reply::TEXT_LINE_TOO_LONG,
                     };
-                    self.reject(r, why);
+                    self.reject(r);
                     return None;
                 }
                 self.finish_data(body, true)
@@ -984,7 +869,7 @@ impl Session {
         // RFC 5321 6.3: a message that has been around this many times is in a loop.
         if message::hop_count(&body) > self.cfg.max_hops {
             self.state = State::Command;
-            self.reject(reply::TOO_MANY_HOPS, RejectReason::MailLoop);
+            self.reject(reply::TOO_MANY_HOPS);
             return None;
         }
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
@@ -1009,20 +894,30 @@ impl Session {
         r.encode(&mut self.output);
     }
 
+    /// A refusal that is no client error (a pipelining overshoot, a suppressed recipient):
+    /// counted in metrics, not toward `max_errors`.
+    fn refuse(&mut self, r: Rejection) {
+        self.events.push(Event::Rejected(r.reason));
+        self.reply(r.reply);
+    }
+
     /// A refusal: counted, and after `max_errors` of them the session ends (421 4.7.0).
-    fn reject(&mut self, r: Reply, why: RejectReason) {
-        self.events.push(Event::Rejected(why));
-        self.reply(r);
+    fn reject(&mut self, r: Rejection) {
+        self.refuse(r);
         self.errors += 1;
         if self.errors >= self.cfg.max_errors && !self.state_is_closed() {
-            self.close_with(reply::TOO_MANY_ERRORS, Some(RejectReason::TooManyErrors));
+            self.close_with(reply::TOO_MANY_ERRORS);
         }
     }
 
-    fn close_with(&mut self, r: Reply, why: Option<RejectReason>) {
-        if let Some(why) = why {
-            self.events.push(Event::Rejected(why));
-        }
+    /// Ends the session with a refusal.
+    fn close_with(&mut self, r: Rejection) {
+        self.refuse(r);
+        self.state = State::Closed;
+    }
+
+    /// Ends the session without a refusal (shutdown).
+    fn close(&mut self, r: Reply) {
         self.reply(r);
         self.state = State::Closed;
     }
