@@ -7,7 +7,8 @@
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
 //! - [`delivery`]: routes, the outbound SMTP driver, outcome classification.
-//! - [`dns`]: MX and address lookups (hickory-resolver).
+//! - [`dns`]: the `Resolver` trait for MX, address and TXT lookups; hickory-resolver in the
+//!   server, an in-memory table in unit tests.
 //! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.

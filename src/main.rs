@@ -275,9 +275,10 @@ fn dkim(command: DkimCommand) -> anyhow::Result<ExitCode> {
                 })?;
             let key = DkimKey::load(&entry.key, entry.algorithm)?;
             let name = format!("{selector}._domainkey.{domain}");
-            let dns = sluice::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?;
+            let dns = sluice::dns::HickoryResolver::new(&cfg.dns.nameservers)
+                .map_err(anyhow::Error::msg)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let records = match rt.block_on(dns.txt(&name)) {
+            let records = match rt.block_on(sluice::dns::Resolver::txt(&dns, &name)) {
                 Ok(r) => r,
                 Err(sluice::dns::DnsError::NoSuchDomain(_)) => Vec::new(),
                 Err(e) => {

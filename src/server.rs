@@ -437,7 +437,8 @@ fn start_delivery(
     deliveries: &TaskTracker,
 ) -> anyhow::Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>)> {
     let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls)?;
-    let dns = Arc::new(crate::dns::Dns::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?);
+    let dns = crate::dns::HickoryResolver::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?;
+    let dns: Arc<dyn crate::dns::Resolver> = Arc::new(dns);
     let recorder = Recorder {
         spool: intake.spool.clone(),
         schedule: RetrySchedule::new(cfg.queue.retry.clone(), cfg.queue.max_age),

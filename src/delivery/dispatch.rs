@@ -23,7 +23,7 @@ use super::route::{NextHop, Routes};
 use super::shaping::{Backoff, Gcra, Limits};
 use crate::bounce::{Action, Notice, wants_failure_notice};
 use crate::config::ShapingConfig;
-use crate::dns::Dns;
+use crate::dns::Resolver;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
@@ -95,7 +95,7 @@ struct Destination {
 pub struct Dispatcher {
     pub recorder: Recorder,
     routes: Routes,
-    dns: Arc<Dns>,
+    dns: Arc<dyn Resolver>,
     mx_port: u16,
     timeouts: Timeouts,
     scan_interval: Duration,
@@ -157,7 +157,7 @@ impl Drop for Hold<'_> {
 /// Everything the dispatcher needs, from the configuration.
 pub struct DispatcherConfig {
     pub routes: Routes,
-    pub dns: Arc<Dns>,
+    pub dns: Arc<dyn Resolver>,
     pub mx_port: u16,
     pub timeouts: Timeouts,
     pub scan_interval: Duration,
@@ -673,7 +673,7 @@ impl Dispatcher {
 
     /// `ip:port` candidates for MX delivery to `domain` ([`super::mx::targets`]).
     async fn mx_addresses(&self, domain: &str) -> Result<Vec<Target>, DeliveryError> {
-        super::mx::targets(&self.dns, domain, self.mx_port).await
+        super::mx::targets(self.dns.as_ref(), domain, self.mx_port).await
     }
 
     async fn read_content(&self, id: QueueId) -> Result<Bytes, DeliveryError> {

@@ -1,6 +1,6 @@
-//! DNS for delivery: MX lookup (RFC 5321 5.1, null MX RFC 7505) and host addresses, through
-//! hickory-resolver with its TTL-honouring cache. Nameservers come from `[dns] nameservers`, or
-//! the system configuration when none are given. Tests point it at their own server on loopback.
+//! The [`Resolver`] sluice runs with: hickory-resolver with its TTL-honouring cache, on
+//! `[dns] nameservers`, or the system configuration when none are given. Integration tests
+//! point it at their own DNS server on loopback.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,31 +9,9 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
-/// What the MX lookup of a domain says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MxAnswer {
-    /// Mail exchangers, sorted by preference (equal preferences in random order).
-    Hosts(Vec<String>),
-    /// "0 ." (RFC 7505): the domain accepts no mail.
-    NullMx,
-    /// The domain exists without MX: its own A/AAAA is the implicit MX (RFC 5321 5.1).
-    Implicit,
-}
+use super::{BoxFuture, DnsError, MxAnswer, Resolver};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnsError {
-    /// The domain does not exist (NXDOMAIN): a permanent failure.
-    #[error("domain {0} does not exist")]
-    NoSuchDomain(String),
-    /// The name exists but has no address records.
-    #[error("{0} has no address records")]
-    NoAddress(String),
-    /// SERVFAIL, timeouts, unreachable servers: try again later.
-    #[error("DNS lookup for {0} failed: {1}")]
-    Temporary(String, String),
-}
-
-pub struct Dns {
+pub struct HickoryResolver {
     resolver: TokioResolver,
 }
 
@@ -63,9 +41,9 @@ pub fn resolver_options() -> ResolverOpts {
     opts
 }
 
-impl Dns {
+impl HickoryResolver {
     /// `nameservers` empty = the system resolver configuration (/etc/resolv.conf).
-    pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
+    pub fn new(nameservers: &[SocketAddr]) -> Result<HickoryResolver, String> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder(provider)
@@ -74,15 +52,7 @@ impl Dns {
             TokioResolver::builder_with_config(resolver_config(nameservers), provider)
         };
         *builder.options_mut() = resolver_options();
-        Ok(Dns { resolver: builder.build().map_err(|e| e.to_string())? })
-    }
-
-    /// MX hosts of `domain`, most preferred first.
-    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
-        let started = std::time::Instant::now();
-        let r = self.mx_uncounted(domain).await;
-        count("mx", started, &r);
-        r
+        Ok(HickoryResolver { resolver: builder.build().map_err(|e| e.to_string())? })
     }
 
     async fn mx_uncounted(&self, domain: &str) -> Result<MxAnswer, DnsError> {
@@ -117,14 +87,6 @@ impl Dns {
         ))
     }
 
-    /// IPv4 and IPv6 addresses of `host`.
-    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let started = std::time::Instant::now();
-        let r = self.addresses_uncounted(host).await;
-        count("address", started, &r);
-        r
-    }
-
     async fn addresses_uncounted(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
         match self.resolver.lookup_ip(fqdn.as_str()).await {
@@ -139,12 +101,10 @@ impl Dns {
     }
 }
 
-impl Dns {
-    /// TXT records at `name`, each with its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2).
-    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let started = std::time::Instant::now();
+impl HickoryResolver {
+    async fn txt_uncounted(&self, name: &str) -> Result<Vec<String>, DnsError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
-        let r = match self.resolver.txt_lookup(fqdn.as_str()).await {
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
             Ok(lookup) => Ok(lookup
                 .answers()
                 .iter()
@@ -158,9 +118,21 @@ impl Dns {
             Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain(name.into())),
             Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsError::Temporary(name.into(), e.to_string())),
-        };
-        count("txt", started, &r);
-        r
+        }
+    }
+}
+
+impl Resolver for HickoryResolver {
+    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxAnswer, DnsError>> {
+        Box::pin(counted("mx", self.mx_uncounted(domain)))
+    }
+
+    fn addresses<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, DnsError>> {
+        Box::pin(counted("address", self.addresses_uncounted(host)))
+    }
+
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        Box::pin(counted("txt", self.txt_uncounted(name)))
     }
 }
 
@@ -176,13 +148,20 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-fn count<T>(kind: &str, started: std::time::Instant, r: &Result<T, DnsError>) {
+/// Times one lookup into `sluice_dns_*`.
+async fn counted<T>(
+    kind: &str,
+    lookup: impl std::future::Future<Output = Result<T, DnsError>>,
+) -> Result<T, DnsError> {
+    let started = std::time::Instant::now();
+    let r = lookup.await;
     crate::metrics::DNS_SECONDS.observe(started.elapsed().as_secs_f64());
-    let result = match r {
+    let result = match &r {
         Ok(_) => "ok",
         Err(DnsError::NoSuchDomain(_)) => "nxdomain",
         Err(DnsError::NoAddress(_)) => "nodata",
         Err(DnsError::Temporary(..)) => "error",
     };
     crate::metrics::DNS_LOOKUPS.with_label_values(&[kind, result]).inc();
+    r
 }
