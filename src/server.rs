@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +26,37 @@ use crate::smtp::{ListenerContext, listener};
 use crate::spool::lock::{DataDirLock, LockMode};
 use crate::spool::{LogSpool, Spool, SpoolOptions};
 use crate::{admin, metrics};
+
+/// Why the server could not start or stop cleanly. Start-up failures are reported, never
+/// matched on, so most carry the step that failed and its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another sluice owns the data directory, or its lock file cannot be opened.
+    #[error(transparent)]
+    Locked(#[from] crate::spool::lock::LockError),
+    /// The spool cannot be opened (unreadable, damaged beyond recovery, newer format).
+    #[error("opening the spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    /// A start-up step failed: `step` says which (with the file or address), `source` why.
+    #[error("{step}: {source}")]
+    Startup { step: String, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// Names the start-up step a failure belongs to (as anyhow's `context`, for [`ServerError`]).
+trait Step<T> {
+    fn step(self, step: &str) -> Result<T, ServerError>;
+    fn step_with(self, step: impl FnOnce() -> String) -> Result<T, ServerError>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync>>> Step<T> for Result<T, E> {
+    fn step(self, step: &str) -> Result<T, ServerError> {
+        self.step_with(|| step.to_string())
+    }
+
+    fn step_with(self, step: impl FnOnce() -> String) -> Result<T, ServerError> {
+        self.map_err(|e| ServerError::Startup { step: step(), source: e.into() })
+    }
+}
 
 /// Where the bound addresses are written (useful with port 0, e.g. in tests).
 pub fn addresses_file(cfg: &Config) -> PathBuf {
@@ -70,10 +100,10 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
     hooks: TestHooks,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
     std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+        .step_with(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     // One owner per data dir, before anything in it is opened (a second daemon touches nothing).
     let _lock = DataDirLock::acquire(&cfg.data_dir, LockMode::Exclusive)?;
     let spool = open_spool(&cfg, hooks).await?;
@@ -93,7 +123,8 @@ pub async fn run(
     let (links, unsubscribe_task) = start_unsubscribe(&cfg, &intake, &stop, &mut bound).await?;
     let admin_task = start_admin(&cfg, &intake, dispatcher, links, &stop, &mut bound).await?;
     let addr_file = addresses_file(&cfg);
-    std::fs::write(&addr_file, serde_json::to_vec_pretty(&bound)?)?;
+    let listing = serde_json::to_vec_pretty(&bound).step("listing bound addresses")?;
+    std::fs::write(&addr_file, listing).step_with(|| format!("writing {}", addr_file.display()))?;
 
     shutdown.await;
     tracing::info!("stopping: no new connections; draining sessions");
@@ -109,7 +140,7 @@ pub async fn run(
     }
     reload_task.abort();
     let s = spool.clone();
-    tokio::task::spawn_blocking(move || s.close()).await?;
+    tokio::task::spawn_blocking(move || s.close()).await.step("closing the spool")?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
     Ok(())
@@ -122,10 +153,10 @@ async fn start_unsubscribe(
     intake: &Intake,
     stop: &CancellationToken,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
-) -> anyhow::Result<(
-    Option<Arc<crate::bounce::unsubscribe::Links>>,
-    Option<tokio::task::JoinHandle<()>>,
-)> {
+) -> Result<
+    (Option<Arc<crate::bounce::unsubscribe::Links>>, Option<tokio::task::JoinHandle<()>>),
+    ServerError,
+> {
     use crate::bounce::unsubscribe::{Links, TlsListener, router};
     let u = &cfg.unsubscribe;
     let (Some(tokens), Some(tls), Some(list)) =
@@ -138,11 +169,12 @@ async fn start_unsubscribe(
         Arc::new(Links { tokens: tokens.clone(), url: u.url.clone(), mailto: u.mailto.clone() });
     let sock = TcpListener::bind(u.address)
         .await
-        .with_context(|| format!("binding the unsubscribe endpoint on {}", u.address))?;
-    let addr = sock.local_addr()?;
+        .step_with(|| format!("binding the unsubscribe endpoint on {}", u.address))?;
+    let addr = sock.local_addr().step("unsubscribe endpoint address")?;
     tracing::info!(%addr, url = %u.url, "one-click unsubscribe (HTTPS)");
     bound.insert("unsubscribe".into(), vec![addr]);
-    let listener = TlsListener::new(sock, tls.clone(), stop.clone())?;
+    let listener = TlsListener::new(sock, tls.clone(), stop.clone())
+        .step("starting the unsubscribe endpoint")?;
     let app = router(tokens, list.clone());
     let stop = stop.clone();
     let task = tokio::spawn(async move {
@@ -154,7 +186,7 @@ async fn start_unsubscribe(
 }
 
 /// Opens (and recovers) the spool on a blocking thread.
-async fn open_spool(cfg: &Config, hooks: TestHooks) -> anyhow::Result<Arc<dyn Spool>> {
+async fn open_spool(cfg: &Config, hooks: TestHooks) -> Result<Arc<dyn Spool>, ServerError> {
     let opts = SpoolOptions {
         segment_size: cfg.spool.segment_size,
         checkpoint_interval: cfg.spool.checkpoint_interval,
@@ -172,8 +204,8 @@ async fn open_spool(cfg: &Config, hooks: TestHooks) -> anyhow::Result<Arc<dyn Sp
     }
     Ok(Arc::new(
         tokio::task::spawn_blocking(move || LogSpool::open(opts))
-            .await?
-            .context("opening the spool")?,
+            .await
+            .step("opening the spool")??,
     ))
 }
 
@@ -203,16 +235,16 @@ struct Intake {
 }
 
 impl Intake {
-    fn load(cfg: &Config, spool: Arc<dyn Spool>) -> anyhow::Result<Intake> {
+    fn load(cfg: &Config, spool: Arc<dyn Spool>) -> Result<Intake, ServerError> {
         let tls = match &cfg.tls {
             Some(t) => Some(Arc::new(
-                crate::tls::ReloadableServer::load(&t.cert, &t.key).context("loading [tls]")?,
+                crate::tls::ReloadableServer::load(&t.cert, &t.key).step("loading [tls]")?,
             )),
             None => None,
         };
         let (dkim, verifier) = load_mailauth(cfg)?;
         let rate = crate::rate::parse_rate(&cfg.limits.max_connection_rate_per_ip)
-            .map_err(anyhow::Error::msg)?;
+            .step("[limits] max_connection_rate_per_ip")?;
         let exempt =
             if cfg.limits.exempt_relay_networks { cfg.relay.networks.clone() } else { Vec::new() };
         let log = crate::delivery_log::DeliveryLog::start(crate::delivery_log::LogOptions {
@@ -221,7 +253,7 @@ impl Intake {
             keep: cfg.delivery_log.keep,
             stdout: cfg.delivery_log.stdout,
         })
-        .context("starting the delivery log")?;
+        .step("starting the delivery log")?;
         let Bulk { suppressions, classifier, verp, bounces, unsubscribe_tokens } =
             Bulk::load(cfg, &log)?;
         let mut session = session_config(cfg);
@@ -270,24 +302,31 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn load(cfg: &Config, log: &crate::delivery_log::DeliveryLog) -> anyhow::Result<Bulk> {
+    fn load(cfg: &Config, log: &crate::delivery_log::DeliveryLog) -> Result<Bulk, ServerError> {
         use crate::bounce::unsubscribe::{Tokens, load_or_create_key};
         use crate::bounce::verp::{BounceInbox, Verp};
         let suppressions = match cfg.suppression.enabled {
-            true => Some(Arc::new(Suppressions::open(&cfg.suppression_file())?)),
+            true => Some(Arc::new(
+                Suppressions::open(&cfg.suppression_file()).step("opening the suppression list")?,
+            )),
             false => None,
         };
-        let classifier = Arc::new(crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())?);
+        let classifier = Arc::new(
+            crate::bounce::Classifier::load(cfg.bounce.rules.as_deref())
+                .step("loading [bounce] rules")?,
+        );
         let verp = match (&suppressions, cfg.verp.enabled) {
             (Some(list), true) => {
-                let key = load_or_create_key(&cfg.unsubscribe_key_file())?;
+                let key = load_or_create_key(&cfg.unsubscribe_key_file()).step("VERP key")?;
                 let v = &cfg.verp;
                 Some(Arc::new(Verp::new(&v.domain, &v.local, &key, list.clone(), v.keep)))
             }
             _ => None,
         };
         let unsubscribe_tokens = match (cfg.unsubscribe.enabled, &suppressions) {
-            (true, Some(_)) => Some(Arc::new(Tokens::load_or_create(&cfg.unsubscribe_key_file())?)),
+            (true, Some(_)) => Some(Arc::new(
+                Tokens::load_or_create(&cfg.unsubscribe_key_file()).step("unsubscribe key")?,
+            )),
             _ => None,
         };
         let bounces = verp.as_ref().map(|v| {
@@ -333,8 +372,8 @@ fn session_config(cfg: &Config) -> SessionConfig {
 }
 
 /// AUTH users and the brute-force lockout.
-fn load_auth(cfg: &Config) -> anyhow::Result<Arc<crate::smtp::AuthContext>> {
-    let users = crate::auth::users::Users::load(&cfg.users_file()).context("loading users")?;
+fn load_auth(cfg: &Config) -> Result<Arc<crate::smtp::AuthContext>, ServerError> {
+    let users = crate::auth::users::Users::load(&cfg.users_file()).step("loading users")?;
     tracing::info!(users = users.len(), file = %cfg.users_file().display(), "AUTH users loaded");
     Ok(Arc::new(crate::smtp::AuthContext {
         verifications: tokio::sync::Semaphore::new(cfg.auth.max_concurrent_verifications.max(1)),
@@ -353,9 +392,9 @@ type MailAuth =
     (Arc<crate::mailauth::SigningService>, Option<Arc<crate::mailauth::verify::Verifier>>);
 
 /// DKIM keys (`[[dkim]]`) and the verifier of inbound mail (`[verify]`).
-fn load_mailauth(cfg: &Config) -> anyhow::Result<MailAuth> {
+fn load_mailauth(cfg: &Config) -> Result<MailAuth, ServerError> {
     let dkim = Arc::new(
-        crate::mailauth::SigningService::new(cfg.dkim.clone()).context("loading [[dkim]] keys")?,
+        crate::mailauth::SigningService::new(cfg.dkim.clone()).step("loading [[dkim]] keys")?,
     );
     for d in &cfg.dkim {
         metrics::DKIM_SIGNATURES.with_label_values(&[&d.domain, d.algorithm.as_str()]);
@@ -370,7 +409,7 @@ fn load_mailauth(cfg: &Config) -> anyhow::Result<MailAuth> {
                 cfg.verify.dmarc_reject,
                 cfg.verify.spf_fail,
             )
-            .map_err(anyhow::Error::msg)?,
+            .step("starting the SPF/DMARC verifier")?,
         )),
     };
     Ok((dkim, verifier))
@@ -383,13 +422,13 @@ async fn bind_listeners(
     stop: &CancellationToken,
     sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
     let mut accept_loops = Vec::new();
     for l in &cfg.listener {
         let sock = TcpListener::bind(l.address)
             .await
-            .with_context(|| format!("binding {} listener on {}", l.name(), l.address))?;
-        let addr = sock.local_addr()?;
+            .step_with(|| format!("binding {} listener on {}", l.name(), l.address))?;
+        let addr = sock.local_addr().step("listener address")?;
         tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
         bound.entry(l.name()).or_default().push(addr);
         let has_users = !intake.auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
@@ -435,9 +474,10 @@ fn start_delivery(
     intake: &Intake,
     stop: &CancellationToken,
     deliveries: &TaskTracker,
-) -> anyhow::Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>)> {
-    let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls)?;
-    let dns = crate::dns::HickoryResolver::new(&cfg.dns.nameservers).map_err(anyhow::Error::msg)?;
+) -> Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>), ServerError> {
+    let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls).step("loading [[route]]")?;
+    let dns =
+        crate::dns::HickoryResolver::new(&cfg.dns.nameservers).step("starting the DNS resolver")?;
     let dns: Arc<dyn crate::dns::Resolver> = Arc::new(dns);
     let recorder = Recorder {
         spool: intake.spool.clone(),
@@ -496,11 +536,11 @@ async fn start_admin(
     unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
     stop: &CancellationToken,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let admin_sock = TcpListener::bind(cfg.admin.address)
         .await
-        .with_context(|| format!("binding admin on {}", cfg.admin.address))?;
-    let admin_addr = admin_sock.local_addr()?;
+        .step_with(|| format!("binding admin on {}", cfg.admin.address))?;
+    let admin_addr = admin_sock.local_addr().step("admin address")?;
     tracing::info!(addr = %admin_addr, "admin HTTP (metrics, health, queue API)");
     bound.insert("admin".into(), vec![admin_addr]);
     for w in cfg.warnings() {
@@ -525,14 +565,17 @@ async fn start_admin(
             )),
         })
     });
-    let token = admin::auth::ensure_admin_token(&cfg.admin_token_file())?;
-    let guard = Arc::new(admin::auth::Guard::new(
-        &token,
-        cfg.tokens_file(),
-        admin_addr.port(),
-        &cfg.admin.hostnames,
-        cfg.admin.metrics_need_token,
-    )?);
+    let token = admin::auth::ensure_admin_token(&cfg.admin_token_file()).step("admin token")?;
+    let guard = Arc::new(
+        admin::auth::Guard::new(
+            &token,
+            cfg.tokens_file(),
+            admin_addr.port(),
+            &cfg.admin.hostnames,
+            cfg.admin.metrics_need_token,
+        )
+        .step("loading API tokens")?,
+    );
     let app = admin::router(admin::AdminContext {
         spool,
         dispatcher,
