@@ -431,40 +431,58 @@ async fn bind_listeners(
         let addr = sock.local_addr().step("listener address")?;
         tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
         bound.entry(l.name()).or_default().push(addr);
-        let has_users = !intake.auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
-        let submission = l.mode != ListenerMode::Smtp;
-        let listener_session = Arc::new(SessionConfig {
-            starttls: intake.tls.is_some() && l.mode != ListenerMode::Submissions,
-            // AUTH is offered wherever users exist (on `smtp` too, for relaying clients), and
-            // submission demands it even before any user exists.
-            auth: has_users || submission,
-            auth_required: submission,
-            auth_needs_tls: !(cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback()),
-            ..(*intake.session).clone()
-        });
-        let ctx = Arc::new(ListenerContext {
-            name: l.name(),
-            session: listener_session,
-            spool: intake.spool.clone(),
-            command_timeout: cfg.limits.command_timeout,
-            data_timeout: cfg.limits.data_timeout,
-            limits: intake.limits.clone(),
-            budget: intake.budget.clone(),
-            stored: intake.stored.clone(),
-            log: intake.log.clone(),
-            tls: intake.tls.clone(),
-            implicit_tls: l.mode == ListenerMode::Submissions,
-            greet_pause: cfg.limits.greet_pause,
-            min_data_rate: cfg.limits.min_data_rate,
-            auth: intake.auth.clone(),
-            dkim: intake.dkim.clone(),
-            verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
-            bounces: intake.bounces.clone(),
-            verify_scope: cfg.verify.scope,
-        });
+        let ctx = listener_context(cfg, intake, l);
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
     Ok(accept_loops)
+}
+
+/// What one listener's sessions share: the intake plus the listener's mode and limits.
+fn listener_context(
+    cfg: &Config,
+    intake: &Intake,
+    l: &crate::config::Listener,
+) -> Arc<ListenerContext> {
+    let has_users = !intake.auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
+    let submission = l.mode != ListenerMode::Smtp;
+    let listener_session = Arc::new(SessionConfig {
+        starttls: intake.tls.is_some() && l.mode != ListenerMode::Submissions,
+        // AUTH is offered wherever users exist (on `smtp` too, for relaying clients), and
+        // submission demands it even before any user exists.
+        auth: has_users || submission,
+        auth_required: submission,
+        auth_needs_tls: !(cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback()),
+        ..(*intake.session).clone()
+    });
+    Arc::new(ListenerContext {
+        name: l.name(),
+        session: listener_session,
+        spool: intake.spool.clone(),
+        command_timeout: cfg.limits.command_timeout,
+        data_timeout: cfg.limits.data_timeout,
+        limits: intake.limits.clone(),
+        budget: intake.budget.clone(),
+        stored: intake.stored.clone(),
+        log: intake.log.clone(),
+        tls: intake.tls.clone(),
+        implicit_tls: l.mode == ListenerMode::Submissions,
+        greet_pause: cfg.limits.greet_pause,
+        min_data_rate: cfg.limits.min_data_rate,
+        auth: intake.auth.clone(),
+        dkim: intake.dkim.clone(),
+        verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
+        bounces: intake.bounces.clone(),
+        verify_scope: cfg.verify.scope,
+    })
+}
+
+/// An SMTP listener's context on a spool in `cfg.data_dir`, for tests that drive sessions
+/// in-process (over an in-memory pipe, on tokio's paused clock).
+#[cfg(test)]
+pub(crate) async fn test_listener(cfg: &Config) -> Arc<ListenerContext> {
+    let spool = open_spool(cfg, TestHooks::default()).await.expect("spool");
+    let intake = Intake::load(cfg, spool).expect("intake");
+    listener_context(cfg, &intake, &cfg.listener[0])
 }
 
 /// The dispatcher that hands due recipients to their next hop (idle with `[delivery] enabled =

@@ -1,5 +1,6 @@
-//! A TCP connection that may be upgraded to TLS mid-session (STARTTLS), used by the SMTP
-//! server and the delivery client alike. `T` is tokio-rustls' client or server stream.
+//! A connection that may be upgraded to TLS mid-session (STARTTLS), used by the SMTP server
+//! and the delivery client alike. `T` is tokio-rustls' client or server stream; `P` the plain
+//! transport, TCP except in tests that drive a session over an in-memory duplex pipe.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -9,17 +10,17 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-pub enum Stream<T> {
-    Plain(TcpStream),
+pub enum Stream<T, P = TcpStream> {
+    Plain(P),
     Tls(Box<T>),
     /// Between taking the TCP stream for a handshake and getting the TLS stream back; a failed
     /// handshake leaves it here, and every operation then fails.
     Gone,
 }
 
-impl<T> Stream<T> {
-    /// Takes the plain TCP stream out for a TLS handshake.
-    pub fn take_plain(&mut self) -> Option<TcpStream> {
+impl<T, P> Stream<T, P> {
+    /// Takes the plain stream out for a TLS handshake.
+    pub fn take_plain(&mut self) -> Option<P> {
         match std::mem::replace(self, Stream::Gone) {
             Stream::Plain(s) => Some(s),
             other => {
@@ -38,7 +39,7 @@ fn gone() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed after a TLS failure")
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
+impl<T: AsyncRead + Unpin, P: AsyncRead + Unpin> AsyncRead for Stream<T, P> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,7 +53,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Stream<T> {
+impl<T: AsyncWrite + Unpin, P: AsyncWrite + Unpin> AsyncWrite for Stream<T, P> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

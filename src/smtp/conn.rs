@@ -3,11 +3,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,11 @@ use crate::proto::smtp::session::{
 use crate::spool::{self, Envelope, NewMessage, Recipient, SpoolError};
 use crate::stream::Stream;
 
-type Conn = Stream<TlsStream<TcpStream>>;
+/// The client's connection: TCP in the server, an in-memory pipe in driver tests.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+type Conn<P> = Stream<TlsStream<P>, P>;
 
 /// Seconds of data before the minimum data rate is enforced (slow starts are normal).
 const MIN_RATE_GRACE: f64 = 10.0;
@@ -40,8 +45,8 @@ impl Drop for ActiveGuard {
 }
 
 /// Serves one connection until it closes. `admission` is released before the final reply.
-pub async fn run(
-    tcp: TcpStream,
+pub async fn run<P: Transport>(
+    io: P,
     ip: IpAddr,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
@@ -50,31 +55,12 @@ pub async fn run(
     let mut admission = Some(admission);
     metrics::SMTP_CONNECTIONS_ACTIVE.with_label_values(&[&ctx.name]).inc();
     let _active = ActiveGuard(ctx.name.clone());
-    let _ = tcp.set_nodelay(true);
-    let mut stream: Conn = Stream::Plain(tcp);
-    let mut session = if ctx.implicit_tls {
-        if Box::pin(handshake(&mut stream, &ctx, ip)).await.is_err() {
-            return;
-        }
-        Session::new_tls(ctx.session.clone(), ip)
-    } else {
-        Session::new(ctx.session.clone(), ip)
+    let mut stream = Stream::Plain(io);
+    let Some(mut session) = open_session(&mut stream, &ctx, ip).await else {
+        return;
     };
-    if !ctx.implicit_tls && !ctx.greet_pause.is_zero() {
-        // Pre-greeting talk: a client that speaks before the banner is not following SMTP.
-        let mut probe = [0u8; 1];
-        match tokio::time::timeout(ctx.greet_pause, stream.read(&mut probe)).await {
-            Err(_) => {}
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => session.handle_pregreet(),
-        }
-    }
     let mut charge = Charge::new(ctx.budget.clone());
-    // A whole command must arrive before this; bytes of a partial line do not extend it, so a
-    // client trickling one byte at a time (slowloris) is still timed out.
-    let mut command_deadline: Option<Instant> = None;
-    // When the current message's data started, and the bytes held then (minimum data rate).
-    let mut body_started: Option<(Instant, usize)> = None;
+    let mut clock = ReadClock::default();
     loop {
         let step = session.advance();
         charge.set(session.held_bytes());
@@ -84,34 +70,10 @@ pub async fn run(
                 if flush(&mut stream, &mut session, &ctx).await.is_err() {
                     return;
                 }
-                let now = Instant::now();
-                let timeout = match session.waiting_for() {
-                    Waiting::Command => {
-                        if session.input().is_empty() {
-                            command_deadline = None;
-                        }
-                        let d = *command_deadline.get_or_insert(now + ctx.command_timeout);
-                        d.saturating_duration_since(now)
-                    }
-                    Waiting::Data => {
-                        command_deadline = None;
-                        ctx.data_timeout
-                    }
+                let Some(timeout) = clock.next_read(&mut session, &ctx) else {
+                    session.handle_too_slow();
+                    continue;
                 };
-                if session.reading_body() {
-                    let (since, held) = *body_started.get_or_insert((now, session.held_bytes()));
-                    let secs = now.duration_since(since).as_secs_f64();
-                    let got = session.held_bytes().saturating_sub(held) as f64;
-                    if ctx.min_data_rate > 0
-                        && secs > MIN_RATE_GRACE
-                        && got / secs < ctx.min_data_rate as f64
-                    {
-                        session.handle_too_slow();
-                        continue;
-                    }
-                } else {
-                    body_started = None;
-                }
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => session.handle_shutdown(),
@@ -129,19 +91,7 @@ pub async fn run(
                     },
                 }
             }
-            Step::Store(tx) => {
-                let size = tx.body.len();
-                // The body stays in memory until the commit answers: it stays charged until
-                // then (DESIGN.md invariant 5), so a slow disk turns into 452s, not into RAM.
-                charge.set(session.held_bytes() + size);
-                let (id, result) = Box::pin(store(&ctx, *tx)).await;
-                let id = id.to_string();
-                let stored = result.is_ok();
-                session.handle_stored(result.map(|()| id.as_str()), size);
-                if stored {
-                    ctx.stored.notify_one();
-                }
-            }
+            Step::Store(tx) => commit(&ctx, &mut session, &mut charge, *tx).await,
             Step::StartTls => {
                 if flush(&mut stream, &mut session, &ctx).await.is_err()
                     || Box::pin(handshake(&mut stream, &ctx, ip)).await.is_err()
@@ -166,11 +116,99 @@ pub async fn run(
     }
 }
 
+/// Stores a finished message and gives the session the store's verdict.
+async fn commit(
+    ctx: &ListenerContext,
+    session: &mut Session,
+    charge: &mut Charge,
+    tx: Transaction,
+) {
+    let size = tx.body.len();
+    // The body stays in memory until the commit answers: it stays charged until then
+    // (DESIGN.md invariant 5), so a slow disk turns into 452s, not into RAM.
+    charge.set(session.held_bytes() + size);
+    let (id, result) = Box::pin(store(ctx, tx)).await;
+    let id = id.to_string();
+    let stored = result.is_ok();
+    session.handle_stored(result.map(|()| id.as_str()), size);
+    if stored {
+        ctx.stored.notify_one();
+    }
+}
+
+/// The TLS handshake of an implicit-TLS listener, or the greeting pause of a plain one.
+/// None: the client went away or failed the handshake.
+async fn open_session<P: Transport>(
+    stream: &mut Conn<P>,
+    ctx: &ListenerContext,
+    ip: IpAddr,
+) -> Option<Session> {
+    if ctx.implicit_tls {
+        Box::pin(handshake(stream, ctx, ip)).await.ok()?;
+        return Some(Session::new_tls(ctx.session.clone(), ip));
+    }
+    let mut session = Session::new(ctx.session.clone(), ip);
+    if !ctx.greet_pause.is_zero() {
+        // Pre-greeting talk: a client that speaks before the banner is not following SMTP.
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(ctx.greet_pause, stream.read(&mut probe)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => session.handle_pregreet(),
+        }
+    }
+    Some(session)
+}
+
+/// How long the next read may take: the command deadline and the minimum data rate.
+#[derive(Default)]
+struct ReadClock {
+    /// A whole command must arrive before this; bytes of a partial line do not extend it, so
+    /// a client trickling one byte at a time (slowloris) is still timed out.
+    command_deadline: Option<Instant>,
+    /// When the current message's data started, and the bytes held then (minimum data rate).
+    body_started: Option<(Instant, usize)>,
+}
+
+impl ReadClock {
+    /// The time the next read may take; None when the body arrives slower than
+    /// `min_data_rate` (after a grace period).
+    fn next_read(&mut self, session: &mut Session, ctx: &ListenerContext) -> Option<Duration> {
+        let now = Instant::now();
+        let timeout = match session.waiting_for() {
+            Waiting::Command => {
+                if session.input().is_empty() {
+                    self.command_deadline = None;
+                }
+                let d = *self.command_deadline.get_or_insert(now + ctx.command_timeout);
+                d.saturating_duration_since(now)
+            }
+            Waiting::Data => {
+                self.command_deadline = None;
+                ctx.data_timeout
+            }
+        };
+        if !session.reading_body() {
+            self.body_started = None;
+            return Some(timeout);
+        }
+        let (since, held) = *self.body_started.get_or_insert((now, session.held_bytes()));
+        let secs = now.duration_since(since).as_secs_f64();
+        let got = session.held_bytes().saturating_sub(held) as f64;
+        let too_slow =
+            ctx.min_data_rate > 0 && secs > MIN_RATE_GRACE && got / secs < ctx.min_data_rate as f64;
+        (!too_slow).then_some(timeout)
+    }
+}
+
 /// Reads what the client sent into `input`. A session waiting with nothing buffered holds no
 /// read buffer: it polls into a stack buffer that exists only during each poll (never in the
 /// task's state), so an idle connection costs its task and session, not 8 KB more (10,000 idle
 /// connections: DESIGN.md's memory target).
-async fn read_input(stream: &mut Conn, input: &mut bytes::BytesMut) -> std::io::Result<usize> {
+async fn read_input<P: Transport>(
+    stream: &mut Conn<P>,
+    input: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
     if input.is_empty() {
         if input.capacity() > 0 {
             *input = bytes::BytesMut::new();
@@ -195,7 +233,11 @@ async fn read_input(stream: &mut Conn, input: &mut bytes::BytesMut) -> std::io::
 }
 
 /// The TLS handshake (after STARTTLS, or first thing on an implicit-TLS listener).
-async fn handshake(stream: &mut Conn, ctx: &ListenerContext, ip: IpAddr) -> Result<(), ()> {
+async fn handshake<P: Transport>(
+    stream: &mut Conn<P>,
+    ctx: &ListenerContext,
+    ip: IpAddr,
+) -> Result<(), ()> {
     let (Some(tls), Some(tcp)) = (&ctx.tls, stream.take_plain()) else { return Err(()) };
     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
     match tokio::time::timeout(ctx.command_timeout, accept).await {
@@ -224,7 +266,7 @@ async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> 
     let auth = ctx.auth.clone();
     let user = creds.username.clone();
     // Reserved before the check, so simultaneous guesses cannot all slip under the limit.
-    let Ok(attempt) = auth.lockout.begin(ip, &user, Instant::now()) else {
+    let Ok(attempt) = auth.lockout.begin(ip, &user, std::time::Instant::now()) else {
         metrics::SMTP_AUTH.with_label_values(&["locked_out"]).inc();
         tracing::warn!(%ip, user, "AUTH refused: locked out");
         return AuthResult::LockedOut;
@@ -246,7 +288,7 @@ async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> 
             AuthResult::Ok { senders }
         }
         None => {
-            let wait = attempt.failed(Instant::now());
+            let wait = attempt.failed(std::time::Instant::now());
             metrics::SMTP_AUTH.with_label_values(&["invalid"]).inc();
             tracing::warn!(%ip, user, "AUTH failed");
             tokio::time::sleep(wait).await;
@@ -256,7 +298,7 @@ async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> 
 }
 
 async fn flush(
-    stream: &mut Conn,
+    stream: &mut Conn<impl Transport>,
     session: &mut Session,
     ctx: &ListenerContext,
 ) -> std::io::Result<()> {
@@ -443,6 +485,121 @@ async fn store(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    /// A session driven over an in-memory pipe by [`super::run`], on a real spool in a
+    /// temporary directory: timers run on tokio's paused clock, so minutes pass in no time.
+    struct Driven {
+        lines: BufReader<tokio::io::ReadHalf<DuplexStream>>,
+        tx: tokio::io::WriteHalf<DuplexStream>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Driven {
+        async fn start(config: &str) -> Driven {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = crate::config::Config::parse(config, "test.toml").unwrap();
+            cfg.data_dir = dir.path().to_path_buf();
+            let ctx = crate::server::test_listener(&cfg).await;
+            // The clock stops only now: the spool was opened on real time.
+            tokio::time::pause();
+            let ip = "127.0.0.1".parse().unwrap();
+            let admission = ctx.limits.admit(ip).unwrap();
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(super::run(server, ip, ctx, CancellationToken::new(), admission));
+            let (rx, tx) = tokio::io::split(client);
+            let mut d = Driven { lines: BufReader::new(rx), tx, _dir: dir };
+            assert!(d.reply().await.starts_with("220 "));
+            d
+        }
+
+        /// The next reply's last line ("" once the server closed the connection).
+        async fn reply(&mut self) -> String {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if self.lines.read_line(&mut line).await.unwrap() == 0 {
+                    return String::new();
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return line.trim_end().to_string();
+                }
+            }
+        }
+
+        async fn cmd(&mut self, line: &str) -> String {
+            self.tx.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+            self.reply().await
+        }
+
+        /// Opens a transaction up to the 354.
+        async fn start_data(&mut self) {
+            assert!(self.cmd("EHLO client.example").await.starts_with("250"));
+            assert!(self.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
+            assert!(self.cmd("RCPT TO:<b@example.org>").await.starts_with("250"));
+            assert!(self.cmd("DATA").await.starts_with("354"));
+        }
+
+        /// Sends one octet every 200 ms until the server replies or `limit` passes; the
+        /// reply and when it came.
+        async fn trickle(&mut self, limit: Duration) -> (String, Duration) {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut line = String::new();
+            while started.elapsed() < limit {
+                tokio::select! {
+                    n = self.lines.read_line(&mut line) => {
+                        assert!(n.unwrap() > 0, "closed without a reply");
+                        return (line.trim_end().to_string(), started.elapsed());
+                    }
+                    _ = tick.tick() => self.tx.write_all(b"x").await.unwrap(),
+                }
+            }
+            (String::new(), started.elapsed())
+        }
+    }
+
+    /// 5 octets/s against `min_data_rate = 1000`: cut with 421 4.4.2 once the 10 s grace is
+    /// over, at the first read after it.
+    #[tokio::test]
+    async fn data_slower_than_the_minimum_rate_is_cut_after_the_grace() {
+        let mut d =
+            Driven::start("[delivery]\nenabled = false\n[limits]\nmin_data_rate = 1000\n").await;
+        d.start_data().await;
+        let (reply, after) = d.trickle(Duration::from_secs(60)).await;
+        assert!(reply.starts_with("421 4.4.2"), "{reply}");
+        assert!(after > Duration::from_secs(10) && after < Duration::from_secs(11), "{after:?}");
+    }
+
+    /// The control: the same trickle with no minimum rate is never cut, and the message
+    /// it carried is accepted.
+    #[tokio::test]
+    async fn the_same_trickle_without_a_minimum_rate_is_accepted() {
+        let mut d =
+            Driven::start("[delivery]\nenabled = false\n[limits]\nmin_data_rate = 0\n").await;
+        d.start_data().await;
+        let (reply, _) = d.trickle(Duration::from_secs(60)).await;
+        assert_eq!(reply, "");
+        let r = d.cmd("\r\n.").await;
+        assert!(r.starts_with("250 2.0.0 OK queued as"), "{r}");
+    }
+
+    /// Slowloris: a command sent one octet at a time still ends at `command_timeout` after
+    /// it began; partial lines do not extend the deadline.
+    #[tokio::test]
+    async fn a_command_trickled_octet_by_octet_times_out_on_schedule() {
+        let mut d =
+            Driven::start("[delivery]\nenabled = false\n[limits]\ncommand_timeout = \"30s\"\n")
+                .await;
+        let (reply, after) = d.trickle(Duration::from_secs(120)).await;
+        assert!(reply.starts_with("421 4.4.2"), "{reply}");
+        assert!(after >= Duration::from_secs(30) && after < Duration::from_secs(31), "{after:?}");
+    }
+
     fn future_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -452,7 +609,7 @@ mod tests {
     /// handshake, AUTH and store steps were boxed and idle reads moved to the stack.
     #[test]
     fn a_connection_task_stays_small() {
-        let size = future_size(super::run);
+        let size = future_size(super::run::<tokio::net::TcpStream>);
         assert!(size <= 2048, "connection future is {size} bytes");
     }
 }

@@ -149,6 +149,7 @@ pub async fn serve(
             Ok(admission) => {
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
+                let _ = stream.set_nodelay(true);
                 tracker.spawn(conn::run(stream, ip, ctx, shutdown, admission));
             }
             Err(why) => {
