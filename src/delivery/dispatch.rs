@@ -514,24 +514,7 @@ impl Dispatcher {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
                 c
             }
-            Err(e) => {
-                // Unreachable: defer everything queued for it, and pause before trying again.
-                if e.classify() == crate::delivery::error::Disposition::Temporary {
-                    self.back_off(dest, &e);
-                }
-                let jobs: Vec<Job> =
-                    dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-                let attempt = Attempt {
-                    next_hop_dsn: false,
-                    answered_by: "",
-                    destination: dest.hop.name(),
-                    elapsed: Duration::ZERO,
-                };
-                for job in jobs {
-                    self.finish_job(dest, job, Err(e.clone()), &attempt, None).await;
-                }
-                return;
-            }
+            Err(e) => return self.unreachable(dest, e).await,
         };
         while conn.sent < dest.limits.messages_per_connection && conn.is_usable() {
             let Some(job) = self.next_job(dest, &mut conn).await else { break };
@@ -546,30 +529,7 @@ impl Dispatcher {
             let started = Instant::now();
             let content = self.read_content(job.id).await;
             let outcome = match &content {
-                Ok(content) => {
-                    let msg = Outbound {
-                        sender: env.sender.to_string(),
-                        recipients: job
-                            .rcpts
-                            .iter()
-                            .map(|&i| env.recipients[i as usize].address.to_string())
-                            .collect(),
-                        content: vec![content.clone()],
-                        eightbit: env.body_type == Some(BodyType::EightBitMime),
-                        smtputf8: env.smtputf8,
-                        dsn: DsnParams {
-                            ret: env.ret.map(Into::into),
-                            envid: env.envid.clone(),
-                            recipients: job
-                                .rcpts
-                                .iter()
-                                .map(|&i| &env.recipients[i as usize])
-                                .map(|r| (r.notify.map(Into::into), r.orcpt.clone()))
-                                .collect(),
-                        },
-                    };
-                    conn.send(msg).await
-                }
+                Ok(content) => conn.send(outbound(&env, &job, content.clone())).await,
                 Err(e) => Err(e.clone()),
             };
             metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -593,6 +553,25 @@ impl Dispatcher {
             });
         }
         conn.quit().await;
+    }
+
+    /// The next hop cannot be reached: defer everything queued for it, and pause before
+    /// trying again.
+    async fn unreachable(&self, dest: &Destination, e: DeliveryError) {
+        if e.classify() == crate::delivery::error::Disposition::Temporary {
+            self.back_off(dest, &e);
+        }
+        let jobs: Vec<Job> =
+            dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let attempt = Attempt {
+            next_hop_dsn: false,
+            answered_by: "",
+            destination: dest.hop.name(),
+            elapsed: Duration::ZERO,
+        };
+        for job in jobs {
+            self.finish_job(dest, job, Err(e.clone()), &attempt, None).await;
+        }
     }
 
     fn back_off(&self, dest: &Destination, e: &DeliveryError) {
@@ -682,5 +661,22 @@ impl Dispatcher {
             .await
             .map_err(|e| DeliveryError::Spool(e.to_string()))?
             .map_err(|e| DeliveryError::Spool(e.to_string()))
+    }
+}
+
+/// The SMTP transaction for one job: its recipients of the message, with their DSN requests.
+fn outbound(env: &crate::spool::Envelope, job: &Job, content: Bytes) -> Outbound {
+    let rcpts = || job.rcpts.iter().map(|&i| &env.recipients[i as usize]);
+    Outbound {
+        sender: env.sender.to_string(),
+        recipients: rcpts().map(|r| r.address.to_string()).collect(),
+        content: vec![content],
+        eightbit: env.body_type == Some(BodyType::EightBitMime),
+        smtputf8: env.smtputf8,
+        dsn: DsnParams {
+            ret: env.ret.map(Into::into),
+            envid: env.envid.clone(),
+            recipients: rcpts().map(|r| (r.notify.map(Into::into), r.orcpt.clone())).collect(),
+        },
     }
 }

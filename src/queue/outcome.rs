@@ -223,13 +223,19 @@ impl Recorder {
             && let Err(e) = self.queue_bounce(env, &notices, original, now).await
         {
             tracing::error!(id = %env.id, error = %e, "could not queue a bounce; failed recipients stay queued");
-            for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
-                f.state = RecipientState::Queued;
-                f.label = "deferred";
-                f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
-            }
+            self.keep_failed_queued(env, fates, now);
         }
         if delay_sent { delayed } else { Vec::new() }
+    }
+
+    /// Failed recipients whose bounce could not be queued stay in the queue, as deferrals:
+    /// a failure nobody hears about would be silent loss.
+    fn keep_failed_queued(&self, env: &Envelope, fates: &mut [Fate], now: u64) {
+        for f in fates.iter_mut().filter(|f| f.state == RecipientState::Failed) {
+            f.state = RecipientState::Queued;
+            f.label = "deferred";
+            f.next_attempt = self.schedule.next_attempt(f.attempts, env.id.0, now);
+        }
     }
 
     /// Delay notice: once per recipient (recorded durably with its state), on the first

@@ -466,92 +466,58 @@ impl Client {
         if reply.code == 421 && expect != Expect::Quit {
             return self.fail(ClientFailure::Refused(reply));
         }
+        let go_on = match expect {
+            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::End | Expect::Rset => {
+                self.transaction_reply(expect, reply)
+            }
+            _ => self.session_reply(expect, reply),
+        };
+        if go_on {
+            self.fill();
+        }
+    }
+
+    /// Replies to the session's commands: greeting, EHLO/HELO, STARTTLS, AUTH, QUIT. True when
+    /// the next commands may be sent.
+    fn session_reply(&mut self, expect: Expect, reply: Reply) -> bool {
         match expect {
             Expect::Greeting if reply.code == 220 => {
                 self.queue(format!("EHLO {}\r\n", self.helo_name), Expect::Ehlo);
             }
-            Expect::Greeting => return self.fail(ClientFailure::Refused(reply)),
             Expect::Ehlo if reply.code == 250 => {
                 self.caps = Capabilities::from_ehlo(&reply);
-                return self.after_ehlo();
+                self.after_ehlo();
+                return false;
             }
             Expect::Ehlo if reply.code >= 500 => {
                 self.queue(format!("HELO {}\r\n", self.helo_name), Expect::Helo);
             }
             Expect::Helo if reply.code == 250 => {
                 self.caps = Capabilities::default();
-                return self.after_ehlo();
+                self.after_ehlo();
+                return false;
             }
-            Expect::Ehlo | Expect::Helo => return self.fail(ClientFailure::Refused(reply)),
-            Expect::Mail => {
-                if let Some(tx) = self.tx.as_mut()
-                    && reply.code != 250
-                {
-                    tx.mail_refused = Some(reply);
-                    if !self.caps.pipelining {
-                        self.unsent.clear();
-                        self.abort_transaction();
-                        return;
-                    }
-                }
+            Expect::Greeting | Expect::Ehlo | Expect::Helo => {
+                self.fail(ClientFailure::Refused(reply));
+                return false;
             }
-            Expect::Rcpt(i) => {
-                if let Some(tx) = self.tx.as_mut() {
-                    tx.replies_seen = i + 1;
-                    if !(250..=252).contains(&reply.code) {
-                        tx.refused[i] = Some(reply);
-                    }
-                }
-            }
-            Expect::Data => {
-                if reply.code == 354 {
-                    // Send the body, dot-stuffed, as slices of the content (RFC 5321 4.5.2).
-                    let accepted = self.tx.as_ref().map_or(0, InFlight::accepted);
-                    let mut parts = Vec::new();
-                    if accepted > 0 {
-                        if let Some(tx) = &self.tx {
-                            dot_stuff(&tx.msg.content, &mut parts);
-                        }
-                    } else {
-                        parts.push(Bytes::from_static(b".\r\n")); // RFC 2920 3.1: end the empty DATA
-                    }
-                    for p in parts {
-                        self.transmit.push_back(p);
-                    }
-                    self.outstanding.push_back(Expect::End);
-                } else if let Some(tx) = self.tx.as_mut() {
-                    // DATA refused: the transaction is over without data.
-                    if tx.mail_refused.is_none() && tx.accepted() > 0 {
-                        tx.end = Some(reply);
-                    }
-                    self.abort_transaction();
-                    return;
-                }
-            }
-            Expect::End => {
-                if let Some(tx) = self.tx.as_mut() {
-                    tx.end = Some(reply);
-                }
-                self.finish_transaction();
-            }
-            Expect::Rset => self.finish_transaction(),
             Expect::StartTls if reply.code == 220 => {
                 // Anything the server sent after its 220 would be injected into the TLS session's
                 // plaintext prefix: drop it (RFC 3207 5, CVE-2011-0411 class).
                 self.input.clear();
                 self.events.push_back(ClientEvent::StartTls);
-                return;
+                return false;
             }
             Expect::StartTls => {
                 if self.policy.tls == TlsPolicy::Required {
-                    return self.fail(ClientFailure::Tls(format!(
-                        "STARTTLS refused: {}",
-                        reply.to_line()
-                    )));
+                    let why = format!("STARTTLS refused: {}", reply.to_line());
+                    self.fail(ClientFailure::Tls(why));
+                    return false;
                 }
                 // Opportunistic: go on in plaintext.
                 self.tls_decided = true;
-                return self.after_ehlo();
+                self.after_ehlo();
+                return false;
             }
             Expect::AuthPlain | Expect::AuthLogin(2) if reply.code == 235 => {
                 self.authenticated = true;
@@ -563,17 +529,78 @@ impl Client {
                 self.queue(format!("{}\r\n", B64.encode(secret)), Expect::AuthLogin(step + 1));
             }
             Expect::AuthPlain | Expect::AuthLogin(_) => {
-                return self.fail(ClientFailure::Auth(format!(
-                    "authentication failed: {}",
-                    reply.to_line()
-                )));
+                let why = format!("authentication failed: {}", reply.to_line());
+                self.fail(ClientFailure::Auth(why));
+                return false;
             }
             Expect::Quit => {
                 self.closed = true;
-                return;
+                return false;
+            }
+            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::End | Expect::Rset => {
+                unreachable!("transaction replies go to transaction_reply")
             }
         }
-        self.fill();
+        true
+    }
+
+    /// Replies to MAIL, RCPT, DATA, the end of data and RSET. True when the next commands may
+    /// be sent.
+    fn transaction_reply(&mut self, expect: Expect, reply: Reply) -> bool {
+        match expect {
+            Expect::Mail => {
+                if let Some(tx) = self.tx.as_mut()
+                    && reply.code != 250
+                {
+                    tx.mail_refused = Some(reply);
+                    if !self.caps.pipelining {
+                        self.unsent.clear();
+                        self.abort_transaction();
+                        return false;
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.replies_seen = i + 1;
+                    if !(250..=252).contains(&reply.code) {
+                        tx.refused[i] = Some(reply);
+                    }
+                }
+            }
+            Expect::Data if reply.code == 354 => self.send_body(),
+            Expect::Data => {
+                if let Some(tx) = self.tx.as_mut() {
+                    // DATA refused: the transaction is over without data.
+                    if tx.mail_refused.is_none() && tx.accepted() > 0 {
+                        tx.end = Some(reply);
+                    }
+                    self.abort_transaction();
+                    return false;
+                }
+            }
+            Expect::End => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.end = Some(reply);
+                }
+                self.finish_transaction();
+            }
+            Expect::Rset => self.finish_transaction(),
+            _ => unreachable!("session replies go to session_reply"),
+        }
+        true
+    }
+
+    /// After 354: the body, dot-stuffed, as slices of the content (RFC 5321 4.5.2), or just
+    /// the end of data when no recipient was accepted (RFC 2920 3.1: end the empty DATA).
+    fn send_body(&mut self) {
+        let mut parts = Vec::new();
+        match &self.tx {
+            Some(tx) if tx.accepted() > 0 => dot_stuff(&tx.msg.content, &mut parts),
+            _ => parts.push(Bytes::from_static(b".\r\n")),
+        }
+        self.transmit.extend(parts);
+        self.outstanding.push_back(Expect::End);
     }
 
     /// After EHLO/HELO: STARTTLS and AUTH as the policy asks, then Ready.
