@@ -218,7 +218,7 @@ struct Intake {
     auth: Arc<crate::smtp::AuthContext>,
     dkim: Arc<crate::mailauth::SigningService>,
     verifier: Option<Arc<crate::mailauth::verify::Verifier>>,
-    limits: Arc<listener::ConnectionLimits>,
+    limits: Arc<crate::smtp::admission::ConnectionLimits>,
     budget: Arc<crate::smtp::MemoryBudget>,
     /// Woken after each stored message, so delivery starts at once.
     stored: Arc<tokio::sync::Notify>,
@@ -273,7 +273,7 @@ impl Intake {
             auth: load_auth(cfg)?,
             dkim,
             verifier,
-            limits: listener::ConnectionLimits::new(
+            limits: crate::smtp::admission::ConnectionLimits::new(
                 cfg.limits.max_sessions,
                 cfg.limits.max_sessions_per_ip,
                 rate,

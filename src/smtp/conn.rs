@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::Admission;
+use super::admission::Admission;
 use super::{Charge, ListenerContext};
 use crate::delivery_log::LogEntry;
 use crate::mailauth::verify::{Disposition, Envelope as VerifyEnvelope, Scope};

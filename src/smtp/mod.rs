@@ -3,6 +3,7 @@
 //! This layer owns sockets, timeouts, connection limits and the hand-off to the spool; every
 //! protocol decision is made by the sans-IO session.
 
+pub mod admission;
 pub mod conn;
 pub mod listener;
 
@@ -21,7 +22,7 @@ pub struct ListenerContext {
     pub spool: Arc<dyn Spool>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
-    pub limits: Arc<listener::ConnectionLimits>,
+    pub limits: Arc<admission::ConnectionLimits>,
     pub budget: Arc<MemoryBudget>,
     /// Woken after each stored message, so delivery starts at once.
     pub stored: Arc<tokio::sync::Notify>,
