@@ -118,7 +118,7 @@ fn dot_stuffer(c: &mut Criterion) {
 /// replies fed as one server would send them.
 fn client_transaction(c: &mut Criterion) {
     use sluice::proto::smtp::client::{
-        Client, ClientEvent, DsnParams, Outbound, Policy, TlsPolicy,
+        Client, ClientEvent, DsnParams, Outbound, SessionPolicy, TlsPolicy,
     };
     let body = bytes::Bytes::from(message(10 * 1024));
     let msg = Outbound {
@@ -132,7 +132,7 @@ fn client_transaction(c: &mut Criterion) {
     let mut g = c.benchmark_group("client");
     g.throughput(Throughput::Elements(1));
     g.bench_function("pipelined_transaction_10k", |b| {
-        let policy = Policy { tls: TlsPolicy::Disabled, auth: None };
+        let policy = SessionPolicy { tls: TlsPolicy::Disabled, auth: None };
         let mut client = Client::new("mta.example.com", policy);
         client.handle_input(b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
         while client.poll_transmit().is_some() {}

@@ -362,7 +362,7 @@ pub struct DeliveryConfig {
     pub scan_interval: Duration,
     /// STARTTLS for MX delivery without a matching route.
     #[serde(default = "default_tls_mode")]
-    pub tls: TlsMode,
+    pub tls: TlsPolicy,
 }
 
 /// Per-domain metric labels (bounded: the rest is "other").
@@ -495,15 +495,7 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// STARTTLS when offered, certificate not verified (RFC 7435); plaintext otherwise.
-    Opportunistic,
-    /// STARTTLS with a verified certificate (Web PKI roots plus `ca_file`), or no delivery.
-    Required,
-    Disabled,
-}
+pub use crate::proto::smtp::client::TlsPolicy;
 
 /// SMTP AUTH credentials for a smart host; the password lives in its own file.
 #[derive(Debug, Clone, Deserialize)]
@@ -521,7 +513,7 @@ pub struct RouteConfig {
     /// `host:port` of a relay; absent = MX delivery.
     pub smarthost: Option<String>,
     #[serde(default = "default_tls_mode")]
-    pub tls: TlsMode,
+    pub tls: TlsPolicy,
     /// Credentials for the smart host (sent only over TLS).
     pub auth: Option<RouteAuth>,
     /// Extra trusted CA certificates (PEM) for `tls = "required"`, e.g. a private CA.
@@ -826,8 +818,8 @@ fn default_mx_port() -> u16 {
 fn default_scan_interval() -> Duration {
     Duration::from_secs(1)
 }
-fn default_tls_mode() -> TlsMode {
-    TlsMode::Opportunistic
+fn default_tls_mode() -> TlsPolicy {
+    TlsPolicy::Opportunistic
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
@@ -1065,7 +1057,7 @@ impl Config {
                     "needs at least one pattern".into(),
                 );
             }
-            if r.auth.is_some() && r.tls == TlsMode::Disabled {
+            if r.auth.is_some() && r.tls == TlsPolicy::Disabled {
                 return invalid_key(
                     &format!("route[{i}].auth"),
                     "credentials are sent over TLS only; tls = \"disabled\" would never use them"

@@ -17,7 +17,7 @@ use super::error::DeliveryError;
 use crate::metrics;
 use crate::proto::smtp::Reply;
 use crate::proto::smtp::client::{
-    Client, ClientEvent, ClientFailure, Outbound, Phase, Policy, TlsPolicy,
+    Client, ClientEvent, ClientFailure, Outbound, Phase, SessionPolicy, TlsPolicy,
 };
 use crate::stream::{Stream, write_all_bufs};
 
@@ -25,13 +25,13 @@ use crate::stream::{Stream, write_all_bufs};
 /// (verifying for `required`, opportunistic otherwise).
 #[derive(Debug, Clone)]
 pub struct HopPolicy {
-    pub session: Policy,
+    pub session: SessionPolicy,
     pub tls: Arc<ClientConfig>,
 }
 
 impl Default for HopPolicy {
     fn default() -> Self {
-        HopPolicy { session: Policy::default(), tls: crate::tls::opportunistic_client() }
+        HopPolicy { session: SessionPolicy::default(), tls: crate::tls::opportunistic_client() }
     }
 }
 
@@ -79,7 +79,7 @@ impl Connection {
                     && policy.session.auth.is_none() =>
             {
                 tracing::info!(peer = %target.address, %reason, "TLS handshake failed; retrying in plaintext");
-                let plain = Policy { tls: TlsPolicy::Disabled, auth: None };
+                let plain = SessionPolicy { tls: TlsPolicy::Disabled, auth: None };
                 Self::open_with(target, helo, t, policy, plain).await
             }
             other => other,
@@ -91,7 +91,7 @@ impl Connection {
         helo: &str,
         t: &Timeouts,
         policy: &HopPolicy,
-        session: Policy,
+        session: SessionPolicy,
     ) -> Result<Connection, DeliveryError> {
         let address = target.address.as_str();
         let connect_err =

@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use super::conn::{Connection, Target, Timeouts};
 use super::error::DeliveryError;
-use super::route::{NextHop, Routes};
+use super::route::Routes;
+pub use super::route::Via;
 use super::shaping::{Backoff, Gcra, Limits};
 use crate::bounce::{Action, Notice, wants_failure_notice};
 use crate::config::ShapingConfig;
@@ -36,13 +37,6 @@ pub struct Hop {
     pub via: Via,
     /// The tenant, when `[[shaping.rule]] tenants` names it; None: the shared lane.
     pub lane: Option<CompactString>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Via {
-    SmartHost(String),
-    /// MX delivery for this recipient domain.
-    Mx(String),
 }
 
 impl Hop {
@@ -436,10 +430,7 @@ impl Dispatcher {
                 continue;
             }
             let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-            let via = match self.routes.next_hop(domain) {
-                NextHop::SmartHost { address } => Via::SmartHost(address),
-                NextHop::Mx => Via::Mx(domain.trim_end_matches('.').to_ascii_lowercase()),
-            };
+            let via = self.routes.via(domain);
             groups.entry(Hop { via, lane: lane.clone() }).or_default().push(i as u32);
         }
         groups

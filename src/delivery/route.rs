@@ -5,17 +5,18 @@
 use std::path::Path;
 
 use super::conn::HopPolicy;
-use crate::config::{RouteConfig, TlsMode};
+use crate::config::RouteConfig;
 use crate::domain::pattern_matches as matches;
-use crate::proto::smtp::client::{Credentials, Policy, TlsPolicy};
+use crate::proto::smtp::client::{Credentials, SessionPolicy, TlsPolicy};
 use crate::tls::TlsError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum NextHop {
+/// Where mail for a recipient domain goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Via {
     /// `host:port` of a relay.
-    SmartHost { address: String },
-    /// The recipient domain's MX hosts.
-    Mx,
+    SmartHost(String),
+    /// MX delivery to this recipient domain (normalized).
+    Mx(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -36,25 +37,20 @@ pub enum RouteError {
 }
 
 fn hop_policy(
-    mode: TlsMode,
+    tls_policy: TlsPolicy,
     ca: Option<&Path>,
     auth: Option<Credentials>,
 ) -> Result<HopPolicy, TlsError> {
-    let tls = match mode {
-        TlsMode::Required => crate::tls::verifying_client(ca)?,
-        TlsMode::Opportunistic | TlsMode::Disabled => crate::tls::opportunistic_client(),
+    let tls = match tls_policy {
+        TlsPolicy::Required => crate::tls::verifying_client(ca)?,
+        TlsPolicy::Opportunistic | TlsPolicy::Disabled => crate::tls::opportunistic_client(),
     };
-    let tls_policy = match mode {
-        TlsMode::Required => TlsPolicy::Required,
-        TlsMode::Opportunistic => TlsPolicy::Opportunistic,
-        TlsMode::Disabled => TlsPolicy::Disabled,
-    };
-    Ok(HopPolicy { session: Policy { tls: tls_policy, auth }, tls })
+    Ok(HopPolicy { session: SessionPolicy { tls: tls_policy, auth }, tls })
 }
 
 impl Routes {
     /// Builds the routes, reading password and CA files now so a mistake shows at start.
-    pub fn new(routes: Vec<RouteConfig>, mx_tls: TlsMode) -> Result<Self, RouteError> {
+    pub fn new(routes: Vec<RouteConfig>, mx_tls: TlsPolicy) -> Result<Self, RouteError> {
         let mut out = Vec::with_capacity(routes.len());
         for (i, r) in routes.into_iter().enumerate() {
             let auth = match &r.auth {
@@ -96,11 +92,11 @@ impl Routes {
         self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
     }
 
-    /// The next hop for a recipient domain (case-insensitive, trailing dot ignored).
-    pub fn next_hop(&self, domain: &str) -> NextHop {
+    /// Where mail for a recipient domain goes (case-insensitive, trailing dot ignored).
+    pub fn via(&self, domain: &str) -> Via {
         match self.route(domain).and_then(|(r, _)| r.smarthost.as_ref()) {
-            Some(a) => NextHop::SmartHost { address: a.clone() },
-            None => NextHop::Mx,
+            Some(a) => Via::SmartHost(a.clone()),
+            None => Via::Mx(crate::domain::normalize(domain)),
         }
     }
 }
@@ -113,7 +109,7 @@ mod tests {
         RouteConfig {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             smarthost: host.map(str::to_string),
-            tls: TlsMode::Opportunistic,
+            tls: TlsPolicy::Opportunistic,
             auth: None,
             ca_file: None,
         }
@@ -122,18 +118,18 @@ mod tests {
     #[test]
     fn first_match_wins() {
         let mut org = route(&["*.example.org"], None);
-        org.tls = TlsMode::Disabled;
+        org.tls = TlsPolicy::Disabled;
         let routes = Routes::new(
             vec![route(&["example.com"], Some("a:25")), org, route(&["*"], Some("b:25"))],
-            TlsMode::Opportunistic,
+            TlsPolicy::Opportunistic,
         )
         .unwrap();
-        let host = |a: &str| NextHop::SmartHost { address: a.into() };
-        assert_eq!(routes.next_hop("Example.COM."), host("a:25"));
-        assert_eq!(routes.next_hop("mx.example.org"), NextHop::Mx);
-        assert_eq!(routes.next_hop("example.org"), host("b:25"), "*.x matches subdomains only");
-        assert_eq!(routes.next_hop("other.net"), host("b:25"));
-        assert_eq!(Routes::default().next_hop("x.y"), NextHop::Mx);
+        let host = |a: &str| Via::SmartHost(a.into());
+        assert_eq!(routes.via("Example.COM."), host("a:25"));
+        assert_eq!(routes.via("MX.example.org."), Via::Mx("mx.example.org".into()));
+        assert_eq!(routes.via("example.org"), host("b:25"), "*.x matches subdomains only");
+        assert_eq!(routes.via("other.net"), host("b:25"));
+        assert_eq!(Routes::default().via("x.y"), Via::Mx("x.y".into()));
         assert_eq!(routes.mx_policy("mx.example.org").session.tls, TlsPolicy::Disabled);
         assert_eq!(routes.smarthost_policy("a:25").session.tls, TlsPolicy::Opportunistic);
     }
@@ -145,11 +141,11 @@ mod tests {
         std::fs::write(&pw, "s3cret\n").unwrap();
         let mut r = route(&["*"], Some("relay:587"));
         r.auth = Some(crate::config::RouteAuth { username: "app".into(), password_file: pw });
-        let routes = Routes::new(vec![r.clone()], TlsMode::Opportunistic).unwrap();
+        let routes = Routes::new(vec![r.clone()], TlsPolicy::Opportunistic).unwrap();
         let creds = routes.smarthost_policy("relay:587").session.auth.unwrap();
         assert_eq!((creds.username.as_str(), creds.password.expose()), ("app", "s3cret"));
         r.auth.as_mut().unwrap().password_file = dir.path().join("missing");
-        let err = Routes::new(vec![route(&["x"], None), r], TlsMode::Opportunistic).unwrap_err();
+        let err = Routes::new(vec![route(&["x"], None), r], TlsPolicy::Opportunistic).unwrap_err();
         assert!(err.to_string().starts_with("route[1].auth.password_file"), "{err}");
     }
 }

@@ -65,13 +65,14 @@ impl Capabilities {
     }
 }
 
-/// When to use STARTTLS (RFC 3207).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When to use STARTTLS (RFC 3207); `[delivery] tls` and `[[route]] tls` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TlsPolicy {
     Disabled,
-    /// STARTTLS when the server offers it, plaintext otherwise.
+    /// STARTTLS when offered, the certificate not verified (RFC 7435); plaintext otherwise.
     Opportunistic,
-    /// No transaction without TLS.
+    /// STARTTLS with a verified certificate (Web PKI roots plus `ca_file`), or no delivery.
     Required,
 }
 
@@ -85,15 +86,15 @@ pub struct Credentials {
 
 /// What the session must establish before it is ready for mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub struct SessionPolicy {
     pub tls: TlsPolicy,
     /// Sent only over TLS: a session without TLS and with credentials fails instead.
     pub auth: Option<Credentials>,
 }
 
-impl Default for Policy {
+impl Default for SessionPolicy {
     fn default() -> Self {
-        Policy { tls: TlsPolicy::Opportunistic, auth: None }
+        SessionPolicy { tls: TlsPolicy::Opportunistic, auth: None }
     }
 }
 
@@ -202,7 +203,7 @@ enum Expect {
 
 pub struct Client {
     helo_name: String,
-    policy: Policy,
+    policy: SessionPolicy,
     tls: bool,
     /// Opportunistic STARTTLS was refused: carry on in plaintext.
     tls_decided: bool,
@@ -239,7 +240,7 @@ impl InFlight {
 }
 
 impl Client {
-    pub fn new(helo_name: impl Into<String>, policy: Policy) -> Self {
+    pub fn new(helo_name: impl Into<String>, policy: SessionPolicy) -> Self {
         Client {
             helo_name: helo_name.into(),
             policy,

@@ -23,10 +23,10 @@ struct Script {
 impl Script {
     fn new() -> Self {
         // Plaintext by default: most transcripts here are about the transaction.
-        Self::with_policy(Policy { tls: TlsPolicy::Disabled, auth: None })
+        Self::with_policy(SessionPolicy { tls: TlsPolicy::Disabled, auth: None })
     }
 
-    fn with_policy(p: Policy) -> Self {
+    fn with_policy(p: SessionPolicy) -> Self {
         Script { c: Client::new("me.test", p), sent: String::new(), events: vec![] }
     }
 
@@ -301,7 +301,7 @@ fn creds() -> Option<Credentials> {
 
 #[test]
 fn rfc3207_starttls_then_ehlo_again_and_discard_pipelined_reply_bytes() {
-    let mut s = Script::with_policy(Policy { tls: TlsPolicy::Opportunistic, auth: None });
+    let mut s = Script::with_policy(SessionPolicy { tls: TlsPolicy::Opportunistic, auth: None });
     s.server("220 mx\r\n");
     s.take_sent();
     s.server("250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n");
@@ -329,7 +329,7 @@ fn starttls_policy_matrix() {
         (TlsPolicy::Required, no_tls, false),
         (TlsPolicy::Disabled, tls, true),
     ] {
-        let mut s = Script::with_policy(Policy { tls: policy, auth: None });
+        let mut s = Script::with_policy(SessionPolicy { tls: policy, auth: None });
         s.server("220 mx\r\n").server(ehlo);
         let ev = s.events.pop();
         assert_eq!(matches!(ev, Some(ClientEvent::Ready(_))), ready, "{policy:?}: {ev:?}");
@@ -337,7 +337,7 @@ fn starttls_policy_matrix() {
     }
     // Refused STARTTLS: opportunistic goes on in plaintext, required gives up.
     for (policy, ready) in [(TlsPolicy::Opportunistic, true), (TlsPolicy::Required, false)] {
-        let mut s = Script::with_policy(Policy { tls: policy, auth: None });
+        let mut s = Script::with_policy(SessionPolicy { tls: policy, auth: None });
         s.server("220 mx\r\n").server(tls).server("454 4.7.0 TLS not available\r\n");
         let ev = s.events.pop();
         assert_eq!(matches!(ev, Some(ClientEvent::Ready(_))), ready, "{policy:?}: {ev:?}");
@@ -347,7 +347,7 @@ fn starttls_policy_matrix() {
     }
 }
 
-fn tls_session(policy: Policy, ehlo_after_tls: &str) -> Script {
+fn tls_session(policy: SessionPolicy, ehlo_after_tls: &str) -> Script {
     let mut s = Script::with_policy(policy);
     s.server("220 mx\r\n").server("250-mx\r\n250 STARTTLS\r\n").server("220 go\r\n");
     assert_eq!(s.events.pop(), Some(ClientEvent::StartTls));
@@ -360,7 +360,7 @@ fn tls_session(policy: Policy, ehlo_after_tls: &str) -> Script {
 
 #[test]
 fn rfc4616_auth_plain_after_tls() {
-    let p = Policy { tls: TlsPolicy::Opportunistic, auth: creds() };
+    let p = SessionPolicy { tls: TlsPolicy::Opportunistic, auth: creds() };
     let mut s = tls_session(p, "250-mx\r\n250 AUTH LOGIN PLAIN\r\n");
     // base64("\0app\0s3cret")
     assert_eq!(s.take_sent(), "AUTH PLAIN AGFwcABzM2NyZXQ=\r\n");
@@ -371,7 +371,7 @@ fn rfc4616_auth_plain_after_tls() {
 
 #[test]
 fn auth_login_steps_and_legacy_capability_form() {
-    let p = Policy { tls: TlsPolicy::Required, auth: creds() };
+    let p = SessionPolicy { tls: TlsPolicy::Required, auth: creds() };
     let mut s = tls_session(p, "250-mx\r\n250 AUTH=LOGIN\r\n");
     assert_eq!(s.take_sent(), "AUTH LOGIN\r\n");
     s.server("334 VXNlcm5hbWU6\r\n");
@@ -384,7 +384,7 @@ fn auth_login_steps_and_legacy_capability_form() {
 
 #[test]
 fn auth_failures_end_the_session() {
-    let p = || Policy { tls: TlsPolicy::Opportunistic, auth: creds() };
+    let p = || SessionPolicy { tls: TlsPolicy::Opportunistic, auth: creds() };
     let mut wrong = tls_session(p(), "250-mx\r\n250 AUTH PLAIN\r\n");
     wrong.server("535 5.7.8 bad credentials\r\n");
     assert!(
