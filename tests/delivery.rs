@@ -576,13 +576,14 @@ fn delay_notice_is_sent_once() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     assert!(!text.contains("\r\nbody\r\n"), "headers only");
-    // More retries follow, but no second notice.
-    std::thread::sleep(Duration::from_secs(2));
+    // More retries follow, but no second notice: wait for three more attempts (events the
+    // queue records), each a chance to send one, then count.
+    let attempts = |q: &[serde_json::Value]| q[0]["recipients"][0]["attempts"].as_u64().unwrap();
+    let now = attempts(&s.queue_list());
+    let q = s.wait_queue(15, |q| q.len() == 1 && attempts(q) >= now + 3);
+    assert_eq!(q.len(), 1, "still queued");
     let later = sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).count();
     assert_eq!(later, 1, "exactly one delay notice");
-    let q = s.queue_list();
-    assert_eq!(q.len(), 1, "still queued");
-    assert!(q[0]["recipients"][0]["attempts"].as_u64().unwrap() >= 4);
 }
 
 /// NOTIFY=SUCCESS to a server without DSN: sluice reports "relayed" itself. To a DSN server, the
