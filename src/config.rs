@@ -95,6 +95,17 @@ pub enum ListenerMode {
     Submission,
     /// Implicit TLS submission (port 465, RFC 8314): TLS from the first byte, AUTH before MAIL.
     Submissions,
+    /// POP3 (port 110, RFC 1939) with STLS (RFC 2595), for the local mailboxes.
+    Pop3,
+    /// POP3 over implicit TLS (port 995, RFC 8314).
+    Pop3s,
+}
+
+impl ListenerMode {
+    /// Whether the listener speaks SMTP (the others serve mailboxes).
+    pub fn is_smtp(self) -> bool {
+        matches!(self, ListenerMode::Smtp | ListenerMode::Submission | ListenerMode::Submissions)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +226,10 @@ impl Config {
     /// `<data_dir>/suppression.redb`.
     pub fn suppression_file(&self) -> PathBuf {
         self.data_dir.join("suppression.redb")
+    }
+
+    pub fn mailbox_dir(&self) -> PathBuf {
+        self.local.mailbox_dir.clone().unwrap_or_else(|| self.data_dir.join("mailboxes"))
     }
 
     pub fn users_file(&self) -> PathBuf {
@@ -717,7 +732,7 @@ fn default_spf_fail() -> crate::mailauth::verify::SpfAction {
     crate::mailauth::verify::SpfAction::Tag
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Local {
     /// Domains accepted from anyone.
@@ -725,8 +740,48 @@ pub struct Local {
     pub domains: Vec<String>,
     /// The address mail to `<postmaster>` (RCPT with no domain, RFC 5321 4.5.1) is delivered
     /// to. Unset: such recipients are refused with 550 5.1.1, since they could not be delivered.
+    /// With mailboxes, `postmaster@` and `abuse@` every local domain go there too (RFC 2142).
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// Deliver mail for `domains` into local mailboxes (users of the users file and aliases;
+    /// others get 550 5.1.1 at RCPT). false: the domains are only accepted from anyone and go
+    /// on by `[[route]]` (an inbound gateway).
+    #[serde(default = "default_true")]
+    pub mailboxes: bool,
+    /// `"alias@domain"` or a bare `"local-part"` (every local domain) to one user or a list.
+    #[serde(default)]
+    pub aliases: std::collections::HashMap<String, OneOrMany>,
+    /// The user that gets mail for unknown local parts (off by default: it invites spam).
+    #[serde(default)]
+    pub catch_all: Option<String>,
+    /// Where the Maildirs are: `<mailbox_dir>/<domain>/<user>/Maildir`. Default
+    /// `<data_dir>/mailboxes`.
+    #[serde(default)]
+    pub mailbox_dir: Option<PathBuf>,
+    /// Octets per mailbox (0: no limit); over it RCPT gets 452 4.2.2 and delivery is retried.
+    #[serde(default = "default_quota", deserialize_with = "size")]
+    pub quota: u64,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn default_quota() -> u64 {
+    1 << 30
 }
 
 fn default_hostname() -> String {
@@ -839,6 +894,7 @@ macro_rules! default_from_serde {
 
 default_from_serde!(
     Admin,
+    Local,
     Relay,
     AuthConfig,
     MetricsConfig,
@@ -1090,13 +1146,28 @@ impl Config {
                 );
             }
         }
+        let is_address =
+            |a: &str| matches!(crate::proto::smtp::address::parse_path(a, false), Ok(Some(_)));
         if let Some(p) = &self.local.postmaster
-            && !matches!(crate::proto::smtp::address::parse_path(p, false), Ok(Some(_)))
+            && !is_address(p)
         {
             return invalid_key(
                 "local.postmaster",
                 format!("{p:?} is not an address (user@domain)"),
             );
+        }
+        if let Some(c) = &self.local.catch_all
+            && !is_address(c)
+        {
+            return invalid_key("local.catch_all", format!("{c:?} is not an address"));
+        }
+        for (alias, targets) in &self.local.aliases {
+            for t in targets.to_vec() {
+                if !is_address(&t) {
+                    let key = format!("local.aliases.{alias}");
+                    return invalid_key(&key, format!("{t:?} is not an address (user@domain)"));
+                }
+            }
         }
         Ok(())
     }

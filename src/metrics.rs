@@ -165,6 +165,30 @@ metrics! {
         "Delivery outcomes per recipient: delivered, deferred, failed, expired.",
         &["outcome"],
     );
+    /// Local mailbox deliveries per recipient: stored, over_quota, no_such_user, loop, error.
+    LOCAL_DELIVERIES: IntCounterVec = counter_vec(
+        "sluice_local_deliveries_total",
+        "Local mailbox deliveries per recipient: stored, over_quota, no_such_user, loop, error.",
+        &["outcome"],
+    );
+    /// POP3 sessions by listener.
+    POP3_SESSIONS: IntCounterVec = counter_vec(
+        "sluice_pop3_sessions_total",
+        "POP3 connections accepted, by listener.",
+        &["listener"],
+    );
+    /// POP3 logins: ok, invalid, locked_out (brute-force lockout), busy (maildrop in use).
+    POP3_LOGINS: IntCounterVec = counter_vec(
+        "sluice_pop3_logins_total",
+        "POP3 logins by result: ok, invalid, locked_out, busy.",
+        &["result"],
+    );
+    /// Messages POP3 clients retrieved and deleted.
+    POP3_MESSAGES: IntCounterVec = counter_vec(
+        "sluice_pop3_messages_total",
+        "Messages retrieved (RETR) and deleted (at QUIT) over POP3.",
+        &["action"],
+    );
     /// Duration of one delivery attempt (connect to QUIT).
     DELIVERY_SECONDS: Histogram = histogram(
         "sluice_delivery_seconds",
@@ -342,6 +366,15 @@ pub fn init_labels(listeners: &[String]) {
     }
     for o in ["delivered", "deferred", "failed", "expired"] {
         DELIVERIES.with_label_values(&[o]);
+    }
+    for o in ["stored", "over_quota", "no_such_user", "loop", "error"] {
+        LOCAL_DELIVERIES.with_label_values(&[o]);
+    }
+    for r in ["ok", "invalid", "locked_out", "busy"] {
+        POP3_LOGINS.with_label_values(&[r]);
+    }
+    for a in ["retrieved", "deleted"] {
+        POP3_MESSAGES.with_label_values(&[a]);
     }
     for s in ["queued", "delivered", "failed"] {
         QUEUE_RECIPIENTS.with_label_values(&[s]);

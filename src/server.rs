@@ -117,7 +117,8 @@ pub async fn run(
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-    let accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
+    let mut accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
+    accept_loops.extend(bind_pop3(&cfg, &intake, &stop, &sessions, &mut bound).await?);
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
     let (links, unsubscribe_task) = start_unsubscribe(&cfg, &intake, &stop, &mut bound).await?;
@@ -232,6 +233,33 @@ struct Intake {
     bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
     /// Unsubscribe tokens (`[unsubscribe] enabled`): the links, the endpoint and the inbox.
     unsubscribe_tokens: Option<Arc<crate::bounce::unsubscribe::Tokens>>,
+    /// Local mailboxes (`[local] domains` with `mailboxes = true`).
+    mailboxes: Option<Arc<crate::local::Mailboxes>>,
+}
+
+/// The local mailboxes, when there are mailbox domains.
+fn mailboxes(
+    cfg: &Config,
+    auth: &crate::auth::AuthContext,
+) -> Option<Arc<crate::local::Mailboxes>> {
+    let l = &cfg.local;
+    if !l.mailboxes || l.domains.is_empty() {
+        return None;
+    }
+    let m = crate::local::Mailboxes::new(
+        crate::local::MailboxesConfig {
+            domains: l.domains.clone(),
+            aliases: l.aliases.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect(),
+            catch_all: l.catch_all.clone(),
+            postmaster: l.postmaster.clone(),
+            root: cfg.mailbox_dir(),
+            quota: l.quota,
+            hostname: cfg.hostname.clone(),
+        },
+        auth.users.clone(),
+    );
+    tracing::info!(domains = ?l.domains, dir = %cfg.mailbox_dir().display(), "local mailboxes");
+    Some(Arc::new(m))
 }
 
 impl Intake {
@@ -266,11 +294,17 @@ impl Intake {
             // Bounces come from anyone: the bounce domain is one of ours.
             session.local_domains.insert(v.domain.clone());
         }
+        let auth = load_auth(cfg)?;
+        let mailboxes = mailboxes(cfg, &auth);
+        if let Some(m) = &mailboxes {
+            session.local_recipients = Some(m.clone());
+        }
         Ok(Intake {
             spool,
             session: Arc::new(session),
             tls,
-            auth: load_auth(cfg)?,
+            auth,
+            mailboxes,
             dkim,
             verifier,
             limits: crate::smtp::admission::ConnectionLimits::new(
@@ -372,12 +406,12 @@ fn session_config(cfg: &Config) -> SessionConfig {
 }
 
 /// AUTH users and the brute-force lockout.
-fn load_auth(cfg: &Config) -> Result<Arc<crate::smtp::AuthContext>, ServerError> {
+fn load_auth(cfg: &Config) -> Result<Arc<crate::auth::AuthContext>, ServerError> {
     let users = crate::auth::users::Users::load(&cfg.users_file()).step("loading users")?;
     tracing::info!(users = users.len(), file = %cfg.users_file().display(), "AUTH users loaded");
     Ok(Arc::new(crate::smtp::AuthContext {
         verifications: tokio::sync::Semaphore::new(cfg.auth.max_concurrent_verifications.max(1)),
-        users: std::sync::RwLock::new(Arc::new(users)),
+        users: Arc::new(std::sync::RwLock::new(Arc::new(users))),
         lockout: crate::auth::lockout::Lockout::new(crate::auth::lockout::LockoutPolicy {
             max_failures_per_ip: cfg.auth.max_failures_per_ip,
             max_failures_per_user: cfg.auth.max_failures_per_user,
@@ -424,7 +458,7 @@ async fn bind_listeners(
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
     let mut accept_loops = Vec::new();
-    for l in &cfg.listener {
+    for l in cfg.listener.iter().filter(|l| l.mode.is_smtp()) {
         let sock = TcpListener::bind(l.address)
             .await
             .step_with(|| format!("binding {} listener on {}", l.name(), l.address))?;
@@ -433,6 +467,54 @@ async fn bind_listeners(
         bound.entry(l.name()).or_default().push(addr);
         let ctx = listener_context(cfg, intake, l);
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
+    }
+    Ok(accept_loops)
+}
+
+/// The POP3 listeners (`mode = "pop3" | "pop3s"`), serving the local mailboxes.
+async fn bind_pop3(
+    cfg: &Config,
+    intake: &Intake,
+    stop: &CancellationToken,
+    sessions: &TaskTracker,
+    bound: &mut BTreeMap<String, Vec<SocketAddr>>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
+    let mut accept_loops = Vec::new();
+    for l in cfg.listener.iter().filter(|l| !l.mode.is_smtp()) {
+        let what = || format!("{} listener on {}", l.name(), l.address);
+        let mailboxes = intake
+            .mailboxes
+            .clone()
+            .ok_or("[local] domains with mailboxes = true")
+            .step_with(|| format!("{} needs mailboxes", what()))?;
+        let implicit_tls = l.mode == ListenerMode::Pop3s;
+        if implicit_tls && intake.tls.is_none() {
+            return Err("no [tls] certificate").step_with(what);
+        }
+        let sock =
+            TcpListener::bind(l.address).await.step_with(|| format!("binding {}", what()))?;
+        let addr = sock.local_addr().step("listener address")?;
+        tracing::info!(listener = %l.name(), %addr, "listening for POP3");
+        bound.entry(l.name()).or_default().push(addr);
+        let ctx = Arc::new(crate::pop3::Pop3Context {
+            name: l.name(),
+            session: crate::proto::pop3::Pop3Config {
+                hostname: cfg.hostname.clone(),
+                stls: intake.tls.is_some() && !implicit_tls,
+                plaintext_ok: cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback(),
+            },
+            tls: intake.tls.clone(),
+            implicit_tls,
+            auth: intake.auth.clone(),
+            mailboxes,
+            limits: intake.limits.clone(),
+        });
+        accept_loops.push(tokio::spawn(crate::pop3::serve(
+            sock,
+            ctx,
+            stop.clone(),
+            sessions.clone(),
+        )));
     }
     Ok(accept_loops)
 }
@@ -524,6 +606,7 @@ fn start_delivery(
     let dispatcher = Dispatcher::new(
         recorder,
         DispatcherConfig {
+            mailboxes: intake.mailboxes.clone(),
             routes,
             dns,
             mx_port: cfg.delivery.mx_port,

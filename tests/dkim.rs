@@ -259,7 +259,7 @@ fn mail_from_untrusted_clients_is_not_signed() {
     // forged From of ours must not get our signature.
     let t = setup(
         Behavior { pipelining: true, ..Default::default() },
-        "[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\n",
+        "[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\nmailboxes = false\n",
     );
     send_data(&t.sluice, "From: ceo@example.com\r\nSubject: test\r\n\r\nforged\r\n");
     let got = t.sink.wait_for(1, 20);

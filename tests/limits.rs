@@ -381,7 +381,7 @@ fn talking_before_the_greeting_is_refused() {
 #[test]
 fn connection_rate_and_recipients_per_session() {
     let s = Sluice::start(
-        "[limits]\nmax_connection_rate_per_ip = \"3/m\"\nmax_recipients_per_session = 2\n[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\n",
+        "[limits]\nmax_connection_rate_per_ip = \"3/m\"\nmax_recipients_per_session = 2\n[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\nmailboxes = false\n",
     );
     let mut c = Client::ehlo(s.smtp);
     c.cmd("MAIL FROM:<a@example.com>");

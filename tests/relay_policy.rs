@@ -9,7 +9,7 @@ use common::*;
 #[test]
 fn open_relay_matrix_refuses_every_trick() {
     let s = Sluice::start(
-        "[relay]\nnetworks = []\n[local]\ndomains = [\"local.test\"]\n[delivery]\nenabled = false\n",
+        "[relay]\nnetworks = []\n[local]\ndomains = [\"local.test\"]\nmailboxes = false\n[delivery]\nenabled = false\n",
     );
     let mut c = Client::ehlo(s.smtp);
     assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com>")), 250);

@@ -149,7 +149,7 @@ fn bad_esmtp_parameters_are_refused_and_nothing_is_stored() {
 #[test]
 fn unauthenticated_clients_may_not_send_text_before_the_354() {
     let s = Sluice::start(
-        "[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\n[delivery]\nenabled = false\n",
+        "[relay]\nnetworks = []\n[local]\ndomains = [\"example.org\"]\nmailboxes = false\n[delivery]\nenabled = false\n",
     );
     let mut c = Client::ehlo(s.smtp);
     c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: early\r\n\r\ntext\r\n.\r\n")

@@ -6,52 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// A certificate written by `sluice tls self-signed` (the CLI under test) into `dir`.
-fn self_signed(dir: &Path, host: &str) {
-    let out = Command::new(BIN)
-        .args(["tls", "self-signed", "--host", host, "--host", "127.0.0.1", "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "the key is private");
-    // Valid now and for a year, not for centuries: `openssl x509 -checkend N` fails when the
-    // certificate expires within N seconds.
-    let checkend = |secs: u64| {
-        Command::new("openssl")
-            .args(["x509", "-noout", "-checkend", &secs.to_string(), "-in"])
-            .arg(dir.join("cert.pem"))
-            .status()
-            .unwrap()
-            .success()
-    };
-    assert!(checkend(364 * 86_400), "expires within 364 days");
-    assert!(!checkend(366 * 86_400), "valid for more than a year");
-}
-
-/// `sluice user add` with the password on stdin (never argv).
-fn add_user(users: &Path, name: &str, password: &str, senders: &[&str]) {
-    let cfg = users.with_file_name("user-cli.toml");
-    std::fs::write(&cfg, format!("[auth]\nusers_file = \"{}\"\n", users.display())).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["user", "add", name, "--config"]).arg(&cfg);
-    for s in senders {
-        cmd.args(["--sender", s]);
-    }
-    let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// Python preamble: smtplib and an SSL context that accepts the test's self-signed certificate.
 const PY_TLS: &str = "import smtplib, ssl, sys

@@ -51,7 +51,7 @@ fn setup_with(extra: &str, relay_networks: &str) -> Setup {
     dns.txt("sel._domainkey.signed.example", &record);
     let sink = Sink::start(Behavior { pipelining: true, ..Default::default() });
     let sluice = Sluice::start(&format!(
-        "{}\n[relay]\nnetworks = {relay_networks}\n[local]\ndomains = [\"example.net\"]\n\
+        "{}\n[relay]\nnetworks = {relay_networks}\n[local]\ndomains = [\"example.net\"]\nmailboxes = false\n\
          [[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n{extra}",
         dns.config(),
         sink.addr

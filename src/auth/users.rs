@@ -51,9 +51,15 @@ pub enum UsersError {
     Hash(String),
 }
 
+/// The users, replaced whole on SIGHUP; readers clone the inner `Arc`.
+pub type SharedUsers = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Users>>>;
+
 #[derive(Debug, Default)]
 pub struct Users {
     by_name: HashMap<String, User>,
+    /// Names in lower case: mailbox lookups ignore case (RFC 5321 allows a case-sensitive local
+    /// part, but no mail system people use relies on it).
+    lower: std::collections::HashSet<String>,
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> UsersError {
@@ -76,7 +82,13 @@ impl Users {
             })?;
             by_name.insert(u.name.clone(), u);
         }
-        Ok(Users { by_name })
+        let lower = by_name.keys().map(|n| n.to_lowercase()).collect();
+        Ok(Users { by_name, lower })
+    }
+
+    /// Whether a user of this name exists, ignoring case.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name) || self.lower.contains(&name.to_lowercase())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -44,6 +44,7 @@ impl Hop {
     pub fn name(&self) -> &str {
         match &self.via {
             Via::SmartHost(a) | Via::Mx(a) => a,
+            Via::Local => "local",
         }
     }
 
@@ -52,6 +53,7 @@ impl Hop {
         match &self.via {
             Via::SmartHost(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h),
             Via::Mx(d) => d,
+            Via::Local => "local",
         }
     }
 }
@@ -89,6 +91,8 @@ struct Destination {
 pub struct Dispatcher {
     pub recorder: Recorder,
     routes: Routes,
+    /// Local mailboxes: recipients in their domains are delivered here, not over SMTP.
+    mailboxes: Option<Arc<crate::local::Mailboxes>>,
     dns: Arc<dyn Resolver>,
     mx_port: u16,
     timeouts: Timeouts,
@@ -151,6 +155,7 @@ impl Drop for Hold<'_> {
 /// Everything the dispatcher needs, from the configuration.
 pub struct DispatcherConfig {
     pub routes: Routes,
+    pub mailboxes: Option<Arc<crate::local::Mailboxes>>,
     pub dns: Arc<dyn Resolver>,
     pub mx_port: u16,
     pub timeouts: Timeouts,
@@ -164,6 +169,7 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             recorder,
             routes: cfg.routes,
+            mailboxes: cfg.mailboxes,
             dns: cfg.dns,
             mx_port: cfg.mx_port,
             timeouts: cfg.timeouts,
@@ -430,7 +436,10 @@ impl Dispatcher {
                 continue;
             }
             let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-            let via = self.routes.via(domain);
+            let via = match &self.mailboxes {
+                Some(m) if m.is_local_domain(domain) => Via::Local,
+                _ => self.routes.via(domain),
+            };
             groups.entry(Hop { via, lane: lane.clone() }).or_default().push(i as u32);
         }
         groups
@@ -478,6 +487,7 @@ impl Dispatcher {
             let label = match &dest.hop.via {
                 Via::SmartHost(a) => a.clone(),
                 Via::Mx(d) => self.recorder.labels.peek(d),
+                Via::Local => "local".to_string(),
             };
             let gauge = metrics::DESTINATION_CONNECTIONS.with_label_values(&[&label]);
             gauge.inc();
@@ -500,6 +510,9 @@ impl Dispatcher {
         _permit: OwnedSemaphorePermit,
         tracker: &TaskTracker,
     ) {
+        if let (Via::Local, Some(m)) = (&dest.hop.via, &self.mailboxes) {
+            return self.serve_mailboxes(dest, m, tracker).await;
+        }
         let mut conn = match self.connect(&dest.hop).await {
             Ok(c) => {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
@@ -544,6 +557,60 @@ impl Dispatcher {
             });
         }
         conn.quit().await;
+    }
+
+    /// Local delivery: the destination's jobs, one Maildir write per recipient on the
+    /// blocking pool, each recorded like a server's replies (a 4xx is retried, a 5xx bounces).
+    async fn serve_mailboxes(
+        self: &Arc<Self>,
+        dest: &Arc<Destination>,
+        mailboxes: &Arc<crate::local::Mailboxes>,
+        tracker: &TaskTracker,
+    ) {
+        loop {
+            let job = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let Some(job) = job else { return };
+            let Some(env) = self.recorder.spool.get(job.id) else {
+                self.release(&job, &dest.hop);
+                continue;
+            };
+            let started = Instant::now();
+            let content = self.read_content(job.id).await;
+            let outcome = match &content {
+                Ok(content) => {
+                    let (m, c) = (mailboxes.clone(), content.clone());
+                    let rcpts: Vec<String> = job
+                        .rcpts
+                        .iter()
+                        .map(|&i| env.recipients[i as usize].address.to_string())
+                        .collect();
+                    let sender = env.sender.to_string();
+                    tokio::task::spawn_blocking(move || {
+                        rcpts.iter().map(|r| m.deliver(r, &sender, &c)).collect::<Vec<_>>()
+                    })
+                    .await
+                    .map_err(|e| DeliveryError::Spool(e.to_string()))
+                    .map(|results| {
+                        results
+                            .iter()
+                            .map(|d| {
+                                metrics::LOCAL_DELIVERIES.with_label_values(&[d.label()]).inc();
+                                d.reply()
+                            })
+                            .collect()
+                    })
+                }
+                Err(e) => Err(e.clone()),
+            };
+            metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
+            let (me, d) = (self.clone(), dest.clone());
+            let elapsed = started.elapsed();
+            tracker.spawn(async move {
+                let attempt =
+                    Attempt { next_hop_dsn: false, answered_by: "", destination: "local", elapsed };
+                me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
+            });
+        }
     }
 
     /// The next hop cannot be reached: defer everything queued for it, and pause before
@@ -630,6 +697,7 @@ impl Dispatcher {
                 (vec![t], self.routes.smarthost_policy(a))
             }
             Via::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
+            Via::Local => unreachable!("local delivery opens no connection"),
         };
         let mut last = DeliveryError::DnsTemporary("no address to try".into());
         for target in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {

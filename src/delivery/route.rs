@@ -17,6 +17,8 @@ pub enum Via {
     SmartHost(String),
     /// MX delivery to this recipient domain (normalized).
     Mx(String),
+    /// The local mailboxes (`[local] domains` with `[local] mailboxes`).
+    Local,
 }
 
 #[derive(Debug, Clone, Default)]

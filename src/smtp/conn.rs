@@ -30,7 +30,7 @@ use crate::stream::Stream;
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
-type Conn<P> = Stream<TlsStream<P>, P>;
+pub(crate) type Conn<P> = Stream<TlsStream<P>, P>;
 
 /// Seconds of data before the minimum data rate is enforced (slow starts are normal).
 const MIN_RATE_GRACE: f64 = 10.0;
@@ -238,23 +238,35 @@ async fn handshake<P: Transport>(
     ctx: &ListenerContext,
     ip: IpAddr,
 ) -> Result<(), ()> {
-    let (Some(tls), Some(tcp)) = (&ctx.tls, stream.take_plain()) else { return Err(()) };
+    accept_tls(stream, ctx.tls.as_deref(), ctx.command_timeout, &ctx.name, ip).await
+}
+
+/// The server side of a TLS handshake (implicit TLS, STARTTLS, STLS) within `timeout`,
+/// counted in `sluice_smtp_tls_total` under the listener's name.
+pub(crate) async fn accept_tls<P: Transport>(
+    stream: &mut Conn<P>,
+    tls: Option<&crate::tls::ReloadableServer>,
+    timeout: Duration,
+    listener: &str,
+    ip: IpAddr,
+) -> Result<(), ()> {
+    let (Some(tls), Some(tcp)) = (tls, stream.take_plain()) else { return Err(()) };
     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
-    match tokio::time::timeout(ctx.command_timeout, accept).await {
+    match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(s)) => {
             let version =
                 s.get_ref().1.protocol_version().map_or("?", |v| v.as_str().unwrap_or("?"));
-            metrics::SMTP_TLS.with_label_values(&[&ctx.name, version]).inc();
+            metrics::SMTP_TLS.with_label_values(&[listener, version]).inc();
             *stream = Stream::Tls(Box::new(s));
             Ok(())
         }
         Ok(Err(e)) => {
             tracing::info!(%ip, error = %e, "TLS handshake failed");
-            metrics::SMTP_TLS.with_label_values(&[&ctx.name, "failed"]).inc();
+            metrics::SMTP_TLS.with_label_values(&[listener, "failed"]).inc();
             Err(())
         }
         Err(_) => {
-            metrics::SMTP_TLS.with_label_values(&[&ctx.name, "failed"]).inc();
+            metrics::SMTP_TLS.with_label_values(&[listener, "failed"]).inc();
             Err(())
         }
     }
@@ -263,37 +275,10 @@ async fn handshake<P: Transport>(
 /// Checks credentials (argon2 on a blocking thread), with lockout and a growing delay after
 /// failures. Passwords are never logged.
 async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> AuthResult {
-    let auth = ctx.auth.clone();
-    let user = creds.username.clone();
-    // Reserved before the check, so simultaneous guesses cannot all slip under the limit.
-    let Ok(attempt) = auth.lockout.begin(ip, &user, std::time::Instant::now()) else {
-        metrics::SMTP_AUTH.with_label_values(&["locked_out"]).inc();
-        tracing::warn!(%ip, user, "AUTH refused: locked out");
-        return AuthResult::LockedOut;
-    };
-    let users = auth.users.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let verdict = {
-        let Ok(_slot) = auth.verifications.acquire().await else { return AuthResult::Invalid };
-        metrics::AUTH_VERIFICATIONS.inc();
-        tokio::task::spawn_blocking(move || users.verify(&creds.username, creds.password.expose()))
-            .await
-            .ok()
-            .flatten()
-    };
-    match verdict {
-        Some(senders) => {
-            attempt.succeeded();
-            metrics::SMTP_AUTH.with_label_values(&["ok"]).inc();
-            tracing::info!(%ip, user, "authenticated");
-            AuthResult::Ok { senders }
-        }
-        None => {
-            let wait = attempt.failed(std::time::Instant::now());
-            metrics::SMTP_AUTH.with_label_values(&["invalid"]).inc();
-            tracing::warn!(%ip, user, "AUTH failed");
-            tokio::time::sleep(wait).await;
-            AuthResult::Invalid
-        }
+    match crate::auth::authenticate(&ctx.auth, ip, "smtp", creds).await {
+        crate::auth::Verdict::Ok { senders } => AuthResult::Ok { senders },
+        crate::auth::Verdict::Invalid => AuthResult::Invalid,
+        crate::auth::Verdict::LockedOut => AuthResult::LockedOut,
     }
 }
 

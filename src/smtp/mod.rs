@@ -46,14 +46,7 @@ pub struct ListenerContext {
     pub bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
 }
 
-/// Users and brute-force state, shared by every listener.
-pub struct AuthContext {
-    /// Replaced on SIGHUP.
-    pub users: std::sync::RwLock<Arc<crate::auth::users::Users>>,
-    pub lockout: crate::auth::lockout::Lockout,
-    /// Bounds the password checks running at once (each argon2id check holds ~19 MiB).
-    pub verifications: tokio::sync::Semaphore,
-}
+pub use crate::auth::AuthContext;
 
 /// One budget for message bytes buffered by all sessions (DESIGN.md invariant 5). Past it, the
 /// session that asks for more has its message refused with 452 4.3.1.

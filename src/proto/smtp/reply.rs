@@ -132,6 +132,8 @@ reject_reasons! {
     Spf => "spf",
     /// The recipient is on the suppression list.
     Suppressed => "suppressed",
+    /// A local mailbox over its quota.
+    MailboxFull => "mailbox_full",
 }
 
 /// A negative reply and the reason it is counted under: the pair is fixed here, once, so no
@@ -176,6 +178,10 @@ pub const NO_POSTMASTER: Rejection = Rejection::new(
     "No postmaster mailbox here; write to postmaster@<domain>",
     RejectReason::NoMailbox,
 );
+pub const NO_SUCH_USER: Rejection =
+    Rejection::new(550, "5.1.1", "No such user here", RejectReason::NoMailbox);
+pub const MAILBOX_FULL: Rejection =
+    Rejection::new(452, "4.2.2", "Mailbox full; try again later", RejectReason::MailboxFull);
 pub const RESET_OK: Reply = Reply::new(250, "2.0.0", "Reset OK");
 
 pub const START_DATA: Reply = Reply::plain_static(354, "Start mail input; end with <CRLF>.<CRLF>");

@@ -71,6 +71,25 @@ pub struct SessionConfig {
     pub auth_needs_tls: bool,
     /// Recipients refused for trusted clients (the suppression list).
     pub recipient_policy: Option<Arc<dyn RecipientPolicy>>,
+    /// The local mailboxes, when `[local] mailboxes` is on.
+    pub local_recipients: Option<Arc<dyn LocalRecipients>>,
+}
+
+/// Local mailboxes as RCPT sees them, decided in memory (users, aliases, known quota use).
+pub trait LocalRecipients: Send + Sync + std::fmt::Debug {
+    /// `size`: the message size MAIL declared (RFC 1870), if any.
+    fn check(&self, rcpt: &str, size: Option<u64>) -> LocalCheck;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCheck {
+    /// Not a mailbox domain.
+    NotLocal,
+    Accept,
+    /// No such user or alias: 550 5.1.1 (refused now, so no backscatter later).
+    Unknown,
+    /// Over quota: 452 4.2.2, the client tries again later.
+    Full,
 }
 
 /// A refusal of recipients that is decided in memory, with no network I/O (the suppression
@@ -101,6 +120,7 @@ impl Default for SessionConfig {
             auth_required: false,
             auth_needs_tls: true,
             recipient_policy: None,
+            local_recipients: None,
         }
     }
 }
@@ -728,6 +748,14 @@ impl Session {
             match &self.cfg.postmaster {
                 Some(m) => rcpt.to = m.clone(),
                 None => return self.reject(reply::NO_POSTMASTER),
+            }
+        }
+        if let Some(local) = &self.cfg.local_recipients {
+            let size = self.draft.as_ref().and_then(|d| d.mail.size);
+            match local.check(rcpt.to.as_str(), size) {
+                LocalCheck::Unknown => return self.reject(reply::NO_SUCH_USER),
+                LocalCheck::Full => return self.refuse(reply::MAILBOX_FULL),
+                LocalCheck::NotLocal | LocalCheck::Accept => {}
             }
         }
         if let Some(d) = self.draft.as_mut() {

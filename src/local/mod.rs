@@ -1,0 +1,322 @@
+//! Local mailboxes: mail for `[local] domains` (with `[local] mailboxes = true`) goes to the
+//! Maildir of a user of the users file (the login name is the full address, as `sluice user
+//! add` makes it) or of an alias target. Delivery is a hop of the queue like any other: a full
+//! mailbox or a disk error is a retry, and the message leaves the spool only once the mailbox
+//! write is durable.
+
+pub mod maildir;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::proto::smtp::Reply;
+pub use maildir::Maildir;
+
+/// What RCPT may learn about a local recipient without touching the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not in a mailbox domain: relay policy decides.
+    NotLocal,
+    /// These users' mailboxes (an alias may name several).
+    Users(Vec<String>),
+    /// A mailbox domain, but no such user or alias: 550 5.1.1.
+    Unknown,
+}
+
+/// The local recipients and their mailboxes.
+#[derive(Debug)]
+pub struct Mailboxes {
+    domains: HashSet<String>,
+    /// Full addresses, or bare local parts (`postmaster`) that hold in every local domain.
+    aliases: HashMap<String, Vec<String>>,
+    catch_all: Option<String>,
+    root: PathBuf,
+    /// Octets per mailbox; 0: no limit.
+    pub quota: u64,
+    users: crate::auth::users::SharedUsers,
+    hostname: String,
+    /// Octets per user as last counted: RCPT consults it without touching the disk; delivery
+    /// counts once per user and adds; POP3 deletions forget it.
+    usage: Mutex<HashMap<String, u64>>,
+}
+
+/// How a local delivery attempt ended, per recipient.
+#[derive(Debug)]
+pub enum Delivered {
+    Stored,
+    /// The message already passed through this mailbox (`Delivered-To:`).
+    Loop,
+    NoSuchUser,
+    OverQuota,
+    Failed(std::io::Error),
+}
+
+impl Delivered {
+    /// The `outcome` label of `sluice_local_deliveries_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Delivered::Stored => "stored",
+            Delivered::Loop => "loop",
+            Delivered::NoSuchUser => "no_such_user",
+            Delivered::OverQuota => "over_quota",
+            Delivered::Failed(_) => "error",
+        }
+    }
+
+    /// The reply the queue records, as if a server had answered.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Delivered::Stored => Reply::new(250, "2.0.0", "Delivered to the mailbox"),
+            Delivered::Loop => {
+                Reply::new(554, "5.4.6", "Mail loop: already delivered to this mailbox")
+            }
+            Delivered::NoSuchUser => Reply::new(550, "5.1.1", "No such user here"),
+            Delivered::OverQuota => Reply::new(452, "4.2.2", "Mailbox full"),
+            Delivered::Failed(e) => {
+                Reply::owned(451, "4.3.0", format!("Mailbox write failed: {e}; will retry"))
+            }
+        }
+    }
+}
+
+pub struct MailboxesConfig {
+    pub domains: Vec<String>,
+    pub aliases: HashMap<String, Vec<String>>,
+    pub catch_all: Option<String>,
+    pub postmaster: Option<String>,
+    pub root: PathBuf,
+    pub quota: u64,
+    pub hostname: String,
+}
+
+impl Mailboxes {
+    pub fn new(cfg: MailboxesConfig, users: crate::auth::users::SharedUsers) -> Mailboxes {
+        let mut aliases: HashMap<String, Vec<String>> = cfg
+            .aliases
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.iter().map(|a| a.to_lowercase()).collect()))
+            .collect();
+        // RFC 5321 4.5.1 and RFC 2142: postmaster and abuse exist in every mail domain.
+        if let Some(p) = cfg.postmaster {
+            for role in ["postmaster", "abuse"] {
+                aliases.entry(role.into()).or_insert_with(|| vec![p.to_lowercase()]);
+            }
+        }
+        Mailboxes {
+            domains: cfg.domains.iter().map(|d| crate::domain::normalize(d)).collect(),
+            aliases,
+            catch_all: cfg.catch_all.map(|c| c.to_lowercase()),
+            root: cfg.root,
+            quota: cfg.quota,
+            users,
+            hostname: cfg.hostname,
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.contains(&crate::domain::normalize(domain))
+    }
+
+    fn is_user(&self, address: &str) -> bool {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).contains(address)
+    }
+
+    /// The users `rcpt` is delivered to: the user itself, else its alias (full address first,
+    /// then the bare local part), else the catch-all.
+    pub fn lookup(&self, rcpt: &str) -> Lookup {
+        let Some((local, domain)) = rcpt.rsplit_once('@') else { return Lookup::NotLocal };
+        if !self.is_local_domain(domain) {
+            return Lookup::NotLocal;
+        }
+        let address = format!("{}@{}", local.to_lowercase(), crate::domain::normalize(domain));
+        if self.is_user(&address) {
+            return Lookup::Users(vec![address]);
+        }
+        let targets = self
+            .aliases
+            .get(&address)
+            .or_else(|| self.aliases.get(&local.to_ascii_lowercase()))
+            .map(|t| t.iter().filter(|a| self.is_user(a)).cloned().collect::<Vec<_>>())
+            .filter(|t| !t.is_empty());
+        match (targets, &self.catch_all) {
+            (Some(t), _) => Lookup::Users(t),
+            (None, Some(c)) if self.is_user(c) => Lookup::Users(vec![c.clone()]),
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// The Maildir of a user: `<root>/<domain>/<local part>/Maildir`, with path-unsafe local
+    /// parts hex-encoded.
+    pub fn maildir(&self, user: &str) -> Maildir {
+        let (local, domain) = user.rsplit_once('@').unwrap_or((user, "local"));
+        let safe = |s: &str| {
+            if s.is_empty() || s.starts_with('.') || s.contains(['/', '\\', '\0']) {
+                format!("={}", s.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+            } else {
+                s.to_string()
+            }
+        };
+        Maildir::new(self.root.join(safe(domain)).join(safe(local)).join("Maildir"))
+    }
+
+    /// Octets in `user`'s mailbox (counted on the disk the first time).
+    fn usage(&self, user: &str) -> std::io::Result<u64> {
+        if let Some(&u) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get(user) {
+            return Ok(u);
+        }
+        let u = self.maildir(user).usage()?;
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_string(), u);
+        Ok(u)
+    }
+
+    fn add_usage(&self, user: &str, size: u64) {
+        if let Some(u) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get_mut(user) {
+            *u += size;
+        }
+    }
+
+    /// Messages left the mailbox (POP3 UPDATE): count again at the next delivery.
+    pub fn forget_usage(&self, user: &str) {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+    }
+
+    /// Whether a new message of `size` octets would take `user` over the quota.
+    pub fn over_quota(&self, user: &str, size: u64) -> bool {
+        self.quota > 0 && self.usage(user).unwrap_or(0) + size > self.quota
+    }
+
+    /// RCPT's check, with the size MAIL declared (0 if none): from memory only (no disk I/O
+    /// in an SMTP session), so a mailbox nobody delivered to since the start counts as not
+    /// full; delivery checks again.
+    pub fn known_full(&self, user: &str, size: u64) -> bool {
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get(user).copied();
+        self.quota > 0 && usage.is_some_and(|u| u >= self.quota || u + size > self.quota)
+    }
+
+    /// Writes `content` to the mailbox of every user `rcpt` resolves to (blocking I/O: run it
+    /// off the async threads). `Delivered-To:` (the recipient) and `Return-Path:` go first.
+    pub fn deliver(&self, rcpt: &str, sender: &str, content: &[u8]) -> Delivered {
+        let users = match self.lookup(rcpt) {
+            Lookup::Users(u) => u,
+            Lookup::NotLocal | Lookup::Unknown => return Delivered::NoSuchUser,
+        };
+        let rcpt_lc = rcpt.to_lowercase();
+        if delivered_to(content).any(|d| d == rcpt_lc) {
+            return Delivered::Loop;
+        }
+        let head = format!("Delivered-To: {rcpt}\r\nReturn-Path: <{sender}>\r\n");
+        for user in &users {
+            if self.over_quota(user, (head.len() + content.len()) as u64) {
+                return Delivered::OverQuota;
+            }
+        }
+        for user in &users {
+            let md = self.maildir(user);
+            if let Err(e) = md.deliver(&[head.as_bytes(), content], &self.hostname) {
+                return Delivered::Failed(e);
+            }
+            self.add_usage(user, (head.len() + content.len()) as u64);
+        }
+        Delivered::Stored
+    }
+}
+
+impl crate::proto::smtp::session::LocalRecipients for Mailboxes {
+    fn check(&self, rcpt: &str, size: Option<u64>) -> crate::proto::smtp::session::LocalCheck {
+        use crate::proto::smtp::session::LocalCheck;
+        match self.lookup(rcpt) {
+            Lookup::NotLocal => LocalCheck::NotLocal,
+            Lookup::Unknown => LocalCheck::Unknown,
+            Lookup::Users(u) if u.iter().any(|u| self.known_full(u, size.unwrap_or(0))) => {
+                LocalCheck::Full
+            }
+            Lookup::Users(_) => LocalCheck::Accept,
+        }
+    }
+}
+
+/// The addresses of the `Delivered-To:` fields in the header, lower-cased.
+fn delivered_to(content: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |e| e + 2);
+    content[..end].split(|&b| b == b'\n').filter_map(|line| {
+        let line = std::str::from_utf8(line).ok()?.trim_end();
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("delivered-to").then(|| value.trim().to_lowercase())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, RwLock};
+
+    use super::*;
+    use crate::auth::users::Users;
+
+    fn mailboxes(root: PathBuf) -> Mailboxes {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let mut file = crate::auth::users::UsersFileEditor::open(&path).unwrap();
+        file.add("alice@example.com", "pw", Vec::new()).unwrap();
+        file.add("bob@example.com", "pw", Vec::new()).unwrap();
+        file.save().unwrap();
+        let users = Arc::new(RwLock::new(Arc::new(Users::load(&path).unwrap())));
+        let aliases = [
+            (
+                "sales@example.com".to_string(),
+                vec!["alice@example.com".into(), "bob@example.com".into()],
+            ),
+            ("info".to_string(), vec!["bob@example.com".into()]),
+        ];
+        Mailboxes::new(
+            MailboxesConfig {
+                domains: vec!["Example.com".into(), "example.net".into()],
+                aliases: aliases.into_iter().collect(),
+                catch_all: None,
+                postmaster: Some("alice@example.com".into()),
+                root,
+                quota: 1000,
+                hostname: "mx.test".into(),
+            },
+            users,
+        )
+    }
+
+    #[test]
+    fn users_aliases_roles_and_strangers() {
+        let m = mailboxes(PathBuf::from("/nonexistent"));
+        let users = |v: &[&str]| Lookup::Users(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(m.lookup("Alice@EXAMPLE.com."), users(&["alice@example.com"]));
+        assert_eq!(m.lookup("sales@example.com"), users(&["alice@example.com", "bob@example.com"]));
+        assert_eq!(m.lookup("info@example.net"), users(&["bob@example.com"]), "bare local part");
+        assert_eq!(m.lookup("postmaster@example.net"), users(&["alice@example.com"]));
+        assert_eq!(m.lookup("abuse@example.com"), users(&["alice@example.com"]));
+        assert_eq!(m.lookup("carol@example.com"), Lookup::Unknown);
+        assert_eq!(m.lookup("alice@example.org"), Lookup::NotLocal);
+    }
+
+    #[test]
+    fn delivery_adds_delivered_to_refuses_loops_and_keeps_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mailboxes(dir.path().to_path_buf());
+        let msg = b"Subject: hi\r\n\r\nbody\r\n";
+        assert!(matches!(m.deliver("alice@example.com", "s@x.org", msg), Delivered::Stored));
+        let list = m.maildir("alice@example.com").list().unwrap();
+        let text = std::fs::read_to_string(&list[0].path).unwrap();
+        assert!(text.starts_with("Delivered-To: alice@example.com\r\nReturn-Path: <s@x.org>\r\n"));
+        let looped = text.as_bytes();
+        assert!(matches!(m.deliver("alice@example.com", "s@x.org", looped), Delivered::Loop));
+        let big = vec![b'x'; 990];
+        assert!(matches!(m.deliver("alice@example.com", "s@x.org", &big), Delivered::OverQuota));
+        assert!(matches!(m.deliver("carol@example.com", "", msg), Delivered::NoSuchUser));
+    }
+
+    #[test]
+    fn path_unsafe_local_parts_stay_inside_the_root() {
+        let m = mailboxes(PathBuf::from("/srv/mail"));
+        let p = m.maildir("../../etc@example.com");
+        assert_eq!(p.root(), Path::new("/srv/mail/example.com/=2e2e2f2e2e2f657463/Maildir"));
+    }
+}
