@@ -114,26 +114,7 @@ pub async fn run<P: Transport>(io: P, ip: IpAddr, ctx: &Pop3Context, shutdown: C
                 }
             }
             Step::Login(creds) => {
-                let user = creds.username.clone();
-                let verdict = crate::auth::authenticate(&ctx.auth, ip, "pop3", creds).await;
-                let result = match verdict {
-                    Verdict::Ok { .. } => match open_maildrop(&ctx.mailboxes, &user).await {
-                        Ok((d, messages)) => {
-                            drop_ = Some(d);
-                            Login::Ok(messages)
-                        }
-                        Err(e) => e,
-                    },
-                    Verdict::Invalid => Login::Invalid,
-                    Verdict::LockedOut => Login::LockedOut,
-                };
-                let label = match &result {
-                    Login::Ok(_) => "ok",
-                    Login::Invalid | Login::Unavailable => "invalid",
-                    Login::LockedOut => "locked_out",
-                    Login::Busy => "busy",
-                };
-                metrics::POP3_LOGINS.with_label_values(&[label]).inc();
+                let result = login(ctx, ip, creds, &mut drop_).await;
                 session.handle_login(result);
             }
             Step::SendMessage { path, body_lines } => {
@@ -169,6 +150,35 @@ pub async fn run<P: Transport>(io: P, ip: IpAddr, ctx: &Pop3Context, shutdown: C
             }
         }
     }
+}
+
+/// Checks the password, then locks and lists the maildrop, which `held` keeps.
+async fn login(
+    ctx: &Pop3Context,
+    ip: IpAddr,
+    creds: crate::proto::smtp::client::Credentials,
+    held: &mut Option<Maildrop>,
+) -> Login {
+    let user = creds.username.clone();
+    let result = match crate::auth::authenticate(&ctx.auth, ip, "pop3", creds).await {
+        Verdict::Ok { .. } => match open_maildrop(&ctx.mailboxes, &user).await {
+            Ok((d, messages)) => {
+                *held = Some(d);
+                Login::Ok(messages)
+            }
+            Err(e) => e,
+        },
+        Verdict::Invalid => Login::Invalid,
+        Verdict::LockedOut => Login::LockedOut,
+    };
+    let label = match &result {
+        Login::Ok(_) => "ok",
+        Login::Invalid | Login::Unavailable => "invalid",
+        Login::LockedOut => "locked_out",
+        Login::Busy => "busy",
+    };
+    metrics::POP3_LOGINS.with_label_values(&[label]).inc();
+    result
 }
 
 async fn flush<P: Transport>(stream: &mut Conn<P>, session: &mut Session) -> std::io::Result<()> {
