@@ -401,7 +401,7 @@ pub fn init_labels(listeners: &[String]) {
         BOUNCES.with_label_values(&[c.as_str()]);
         DEFERRALS.with_label_values(&[c.as_str()]);
     }
-    for a in ["failed", "delayed", "relayed"] {
+    for a in ["failed", "delayed", "relayed", "delivered"] {
         DSNS.with_label_values(&[a]);
     }
     for w in ["rcpt", "inject"] {

@@ -323,3 +323,21 @@ fn a_full_mailbox_defers_then_refuses_at_rcpt_until_space_is_freed() {
     assert_eq!(bob.len(), 1);
     assert!(bob[0].contains("Message-ID: <q2>"));
 }
+
+/// NOTIFY=SUCCESS (RFC 3461) for a local recipient: the success report says `delivered`
+/// (RFC 3464 2.3.3), as the message reached the mailbox, not a next hop.
+#[test]
+fn success_notice_of_a_local_delivery_says_delivered() {
+    let t = start("");
+    let mut c = Client::ehlo(t.s.smtp);
+    assert_eq!(code(&c.cmd("MAIL FROM:<sender@example.org>")), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.com> NOTIFY=SUCCESS")), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    assert_eq!(code(&c.cmd("Message-ID: <n1@t>\r\n\r\nhi\r\n.")), 250);
+    // The report to sender@example.org waits in the queue (no DNS in tests).
+    let q = t.s.wait_queue(20, |q| q.len() == 1 && q[0]["sender"] == "");
+    let report = String::from_utf8(t.s.raw_message(q[0]["id"].as_str().unwrap())).unwrap();
+    assert!(report.contains("Action: delivered\r\n"), "{report}");
+    assert!(report.contains("Final-Recipient: rfc822; bob@example.com"), "{report}");
+    assert_eq!(t.mailbox("bob").len(), 1);
+}

@@ -27,6 +27,8 @@ pub enum Action {
     Delayed,
     /// Handed to a next hop that does not do DSN (RFC 3461 6.2.3.5): no further reports.
     Relayed,
+    /// Put into the recipient's local mailbox (RFC 3464 2.3.3).
+    Delivered,
 }
 
 impl Action {
@@ -35,6 +37,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Relayed => "relayed",
+            Action::Delivered => "delivered",
         }
     }
 }
@@ -143,6 +146,10 @@ fn wording(action: Action) -> (&'static str, &'static str) {
             "Successful Mail Delivery Report",
             "Your message was relayed to the next server for the recipients below; that server \
              does not send delivery reports, so this is the last one:",
+        ),
+        Action::Delivered => (
+            "Successful Mail Delivery Report",
+            "Your message was delivered to the mailboxes of the recipients below:",
         ),
     }
 }

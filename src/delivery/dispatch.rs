@@ -410,6 +410,7 @@ impl Dispatcher {
                     });
                 let attempt = Attempt {
                     next_hop_dsn: false,
+                    local: false,
                     answered_by: "",
                     destination: dest.hop.name(),
                     elapsed: Duration::ZERO,
@@ -549,6 +550,7 @@ impl Dispatcher {
             tracker.spawn(async move {
                 let attempt = Attempt {
                     next_hop_dsn,
+                    local: false,
                     answered_by: &peer,
                     destination: d.hop.name(),
                     elapsed,
@@ -606,8 +608,13 @@ impl Dispatcher {
             let (me, d) = (self.clone(), dest.clone());
             let elapsed = started.elapsed();
             tracker.spawn(async move {
-                let attempt =
-                    Attempt { next_hop_dsn: false, answered_by: "", destination: "local", elapsed };
+                let attempt = Attempt {
+                    next_hop_dsn: false,
+                    local: true,
+                    answered_by: "",
+                    destination: "local",
+                    elapsed,
+                };
                 me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
             });
         }
@@ -623,6 +630,7 @@ impl Dispatcher {
             dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         let attempt = Attempt {
             next_hop_dsn: false,
+            local: false,
             answered_by: "",
             destination: dest.hop.name(),
             elapsed: Duration::ZERO,

@@ -58,6 +58,8 @@ pub struct Attempt<'a> {
     /// The next hop advertised DSN, so NOTIFY went on with the message and success reports are
     /// its job.
     pub next_hop_dsn: bool,
+    /// Delivered into local mailboxes: success reports say `delivered`, not `relayed`.
+    pub local: bool,
     /// The server that answered (`ip:port`), empty if none did.
     pub answered_by: &'a str,
     /// The recipient domain (MX) or smart host.
@@ -194,7 +196,7 @@ impl Recorder {
             .iter()
             .filter(|f| f.state == RecipientState::Delivered && !attempt.next_hop_dsn)
             .filter(|f| wants_success_notice(env, &env.recipients[f.index as usize]))
-            .map(|f| notice(f, Action::Relayed))
+            .map(|f| notice(f, if attempt.local { Action::Delivered } else { Action::Relayed }))
             .collect();
         // A DSN returns the original (its headers, or all of it for RET=FULL, RFC 3461 4.3): an
         // attempt that failed before the content was read (DNS, connect) reads it now.
@@ -417,7 +419,7 @@ impl Recorder {
         let event = match action {
             Action::Failed => "bounce_queued",
             Action::Delayed => "delay_notice_queued",
-            Action::Relayed => "success_notice_queued",
+            Action::Relayed | Action::Delivered => "success_notice_queued",
         };
         metrics::DSNS.with_label_values(&[action.as_str()]).inc();
         let mut e = LogEntry::new(event, env.id);
