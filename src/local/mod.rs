@@ -5,6 +5,7 @@
 //! write is durable.
 
 pub mod maildir;
+pub mod uidlist;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
