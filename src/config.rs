@@ -1014,9 +1014,17 @@ impl Config {
             return invalid_key("listener", "at least one [[listener]] is needed".into());
         }
         for (i, l) in self.listener.iter().enumerate() {
-            let plaintext_ok = l.mode == ListenerMode::Submission
+            let plaintext_ok = matches!(l.mode, ListenerMode::Submission | ListenerMode::Pop3)
                 && self.auth.plaintext_on_loopback
                 && l.address.ip().is_loopback();
+            let mailboxes = self.local.mailboxes && !self.local.domains.is_empty();
+            if !l.mode.is_smtp() && !mailboxes {
+                return invalid_key(
+                    &format!("listener[{i}].mode"),
+                    "POP3 serves the local mailboxes: set [local] domains (with mailboxes = true)"
+                        .into(),
+                );
+            }
             if l.mode != ListenerMode::Smtp && self.tls.is_none() && !plaintext_ok {
                 return invalid_key(
                     &format!("listener[{i}].mode"),
@@ -1359,6 +1367,18 @@ mod tests {
             ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", &["line 2"]),
             ("[[route]]\ndomains = [\"*\"]\nsmarthost = \"nohost\"\n", &["route[0].smarthost"]),
             ("[[route]]\ndomains = [\"*\"]\ntls = \"sometimes\"\n", &["line 3"]),
+            (
+                "[auth]\nplaintext_on_loopback = true\n[[listener]]\nmode = \"pop3\"\naddress = \"127.0.0.1:2110\"\n",
+                &["listener[0].mode", "[local] domains"],
+            ),
+            (
+                "[local]\ndomains = [\"example.com\"]\n[[listener]]\nmode = \"pop3s\"\naddress = \"127.0.0.1:2995\"\n",
+                &["listener[0].mode", "TLS"],
+            ),
+            (
+                "[local]\ndomains = [\"x.org\"]\naliases = { \"info\" = \"nobody\" }\n",
+                &["local.aliases.info", "not an address"],
+            ),
         ];
         for (text, needles) in cases {
             let err = Config::parse(text, "f.toml").unwrap_err().to_string();

@@ -495,6 +495,7 @@ async fn bind_pop3(
             TcpListener::bind(l.address).await.step_with(|| format!("binding {}", what()))?;
         let addr = sock.local_addr().step("listener address")?;
         tracing::info!(listener = %l.name(), %addr, "listening for POP3");
+        metrics::POP3_SESSIONS.with_label_values(&[&l.name()]);
         bound.entry(l.name()).or_default().push(addr);
         let ctx = Arc::new(crate::pop3::Pop3Context {
             name: l.name(),
