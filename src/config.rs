@@ -99,6 +99,10 @@ pub enum ListenerMode {
     Pop3,
     /// POP3 over implicit TLS (port 995, RFC 8314).
     Pop3s,
+    /// IMAP4rev1 (port 143, RFC 3501) with STARTTLS, for the local mailboxes.
+    Imap,
+    /// IMAP over implicit TLS (port 993, RFC 8314).
+    Imaps,
 }
 
 impl ListenerMode {
@@ -1014,14 +1018,16 @@ impl Config {
             return invalid_key("listener", "at least one [[listener]] is needed".into());
         }
         for (i, l) in self.listener.iter().enumerate() {
-            let plaintext_ok = matches!(l.mode, ListenerMode::Submission | ListenerMode::Pop3)
-                && self.auth.plaintext_on_loopback
+            let plaintext_ok = matches!(
+                l.mode,
+                ListenerMode::Submission | ListenerMode::Pop3 | ListenerMode::Imap
+            ) && self.auth.plaintext_on_loopback
                 && l.address.ip().is_loopback();
             let mailboxes = self.local.mailboxes && !self.local.domains.is_empty();
             if !l.mode.is_smtp() && !mailboxes {
                 return invalid_key(
                     &format!("listener[{i}].mode"),
-                    "POP3 serves the local mailboxes: set [local] domains (with mailboxes = true)"
+                    "POP3 and IMAP serve the local mailboxes: set [local] domains (with mailboxes = true)"
                         .into(),
                 );
             }

@@ -189,6 +189,18 @@ metrics! {
         "Messages retrieved (RETR) and deleted (at QUIT) over POP3.",
         &["action"],
     );
+    /// IMAP sessions by listener.
+    IMAP_SESSIONS: IntCounterVec = counter_vec(
+        "sluice_imap_sessions_total",
+        "IMAP connections accepted, by listener.",
+        &["listener"],
+    );
+    /// IMAP logins: ok, invalid, locked_out.
+    IMAP_LOGINS: IntCounterVec = counter_vec(
+        "sluice_imap_logins_total",
+        "IMAP logins by result: ok, invalid, locked_out.",
+        &["result"],
+    );
     /// Duration of one delivery attempt (connect to QUIT).
     DELIVERY_SECONDS: Histogram = histogram(
         "sluice_delivery_seconds",
@@ -375,6 +387,9 @@ pub fn init_labels(listeners: &[String]) {
     }
     for a in ["retrieved", "deleted"] {
         POP3_MESSAGES.with_label_values(&[a]);
+    }
+    for r in ["ok", "invalid", "locked_out"] {
+        IMAP_LOGINS.with_label_values(&[r]);
     }
     for s in ["queued", "delivered", "failed"] {
         QUEUE_RECIPIENTS.with_label_values(&[s]);

@@ -16,11 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthContext, Verdict};
+use crate::auth::Verdict;
 use crate::local::{Mailboxes, Maildir};
+use crate::mailbox_listener::{MailboxListener, accept_loop};
 use crate::metrics;
 use crate::proto::pop3::{DotStuffer, Login, Message, Pop3Config, Session, Step};
-use crate::smtp::admission::ConnectionLimits;
 use crate::smtp::conn::{Conn, Transport, accept_tls};
 use crate::stream::Stream;
 
@@ -29,49 +29,24 @@ const AUTOLOGOUT: Duration = Duration::from_secs(600);
 /// Before login, a client has this long per command.
 const AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What the sessions of one POP3 listener share.
-pub struct Pop3Context {
-    pub name: String,
-    pub session: Pop3Config,
-    pub tls: Option<Arc<crate::tls::ReloadableServer>>,
-    pub implicit_tls: bool,
-    pub auth: Arc<AuthContext>,
-    pub mailboxes: Arc<Mailboxes>,
-    pub limits: Arc<ConnectionLimits>,
-}
-
 /// Accepts until `shutdown`; over a connection limit the client gets `-ERR` at once.
 pub async fn serve(
     listener: TcpListener,
-    ctx: Arc<Pop3Context>,
+    ctx: Arc<MailboxListener>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut stream, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let ip = peer.ip().to_canonical();
-        metrics::POP3_SESSIONS.with_label_values(&[&ctx.name]).inc();
-        match ctx.limits.admit(ip) {
-            Ok(admission) => {
-                let _ = stream.set_nodelay(true);
-                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    run(stream, ip, &ctx, shutdown).await;
-                    drop(admission);
-                });
-            }
-            Err(_) => {
-                let _ = stream.write_all(b"-ERR [SYS/TEMP] Too many sessions; try later\r\n").await;
-            }
-        }
-    }
+    let refusal = b"-ERR [SYS/TEMP] Too many sessions; try later\r\n";
+    accept_loop(
+        listener,
+        ctx,
+        shutdown,
+        tracker,
+        &metrics::POP3_SESSIONS,
+        refusal,
+        |s, ip, ctx, stop| async move { run(s, ip, &ctx, stop).await },
+    )
+    .await
 }
 
 /// The maildrop of a logged-in session: its lock is held until the session ends.
@@ -82,7 +57,12 @@ struct Maildrop {
 }
 
 /// Serves one connection until it closes.
-pub async fn run<P: Transport>(io: P, ip: IpAddr, ctx: &Pop3Context, shutdown: CancellationToken) {
+pub async fn run<P: Transport>(
+    io: P,
+    ip: IpAddr,
+    ctx: &MailboxListener,
+    shutdown: CancellationToken,
+) {
     let mut stream: Conn<P> = Stream::Plain(io);
     if ctx.implicit_tls
         && accept_tls(&mut stream, ctx.tls.as_deref(), AUTHORIZATION_TIMEOUT, &ctx.name, ip)
@@ -91,7 +71,12 @@ pub async fn run<P: Transport>(io: P, ip: IpAddr, ctx: &Pop3Context, shutdown: C
     {
         return;
     }
-    let mut session = Session::new(ctx.session.clone(), ctx.implicit_tls);
+    let cfg = Pop3Config {
+        hostname: ctx.hostname.clone(),
+        stls: ctx.starttls(),
+        plaintext_ok: ctx.plaintext_ok,
+    };
+    let mut session = Session::new(cfg, ctx.implicit_tls);
     let mut drop_: Option<Maildrop> = None;
     loop {
         let step = session.advance();
@@ -154,7 +139,7 @@ pub async fn run<P: Transport>(io: P, ip: IpAddr, ctx: &Pop3Context, shutdown: C
 
 /// Checks the password, then locks and lists the maildrop, which `held` keeps.
 async fn login(
-    ctx: &Pop3Context,
+    ctx: &MailboxListener,
     ip: IpAddr,
     creds: crate::proto::smtp::client::Credentials,
     held: &mut Option<Maildrop>,

@@ -118,7 +118,7 @@ pub async fn run(
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     let mut accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
-    accept_loops.extend(bind_pop3(&cfg, &intake, &stop, &sessions, &mut bound).await?);
+    accept_loops.extend(bind_mailbox_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?);
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
     let (links, unsubscribe_task) = start_unsubscribe(&cfg, &intake, &stop, &mut bound).await?;
@@ -471,8 +471,9 @@ async fn bind_listeners(
     Ok(accept_loops)
 }
 
-/// The POP3 listeners (`mode = "pop3" | "pop3s"`), serving the local mailboxes.
-async fn bind_pop3(
+/// The POP3 and IMAP listeners (`mode = "pop3" | "pop3s" | "imap" | "imaps"`), serving the
+/// local mailboxes.
+async fn bind_mailbox_listeners(
     cfg: &Config,
     intake: &Intake,
     stop: &CancellationToken,
@@ -487,35 +488,33 @@ async fn bind_pop3(
             .clone()
             .ok_or("[local] domains with mailboxes = true")
             .step_with(|| format!("{} needs mailboxes", what()))?;
-        let implicit_tls = l.mode == ListenerMode::Pop3s;
+        let implicit_tls = matches!(l.mode, ListenerMode::Pop3s | ListenerMode::Imaps);
         if implicit_tls && intake.tls.is_none() {
             return Err("no [tls] certificate").step_with(what);
         }
         let sock =
             TcpListener::bind(l.address).await.step_with(|| format!("binding {}", what()))?;
         let addr = sock.local_addr().step("listener address")?;
-        tracing::info!(listener = %l.name(), %addr, "listening for POP3");
-        metrics::POP3_SESSIONS.with_label_values(&[&l.name()]);
+        tracing::info!(listener = %l.name(), %addr, mode = ?l.mode, "listening for mailbox clients");
         bound.entry(l.name()).or_default().push(addr);
-        let ctx = Arc::new(crate::pop3::Pop3Context {
+        let ctx = Arc::new(crate::mailbox_listener::MailboxListener {
             name: l.name(),
-            session: crate::proto::pop3::Pop3Config {
-                hostname: cfg.hostname.clone(),
-                stls: intake.tls.is_some() && !implicit_tls,
-                plaintext_ok: cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback(),
-            },
+            hostname: cfg.hostname.clone(),
             tls: intake.tls.clone(),
             implicit_tls,
+            plaintext_ok: cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback(),
             auth: intake.auth.clone(),
             mailboxes,
             limits: intake.limits.clone(),
         });
-        accept_loops.push(tokio::spawn(crate::pop3::serve(
-            sock,
-            ctx,
-            stop.clone(),
-            sessions.clone(),
-        )));
+        let (stop, sessions) = (stop.clone(), sessions.clone());
+        accept_loops.push(if matches!(l.mode, ListenerMode::Pop3 | ListenerMode::Pop3s) {
+            metrics::POP3_SESSIONS.with_label_values(&[&l.name()]);
+            tokio::spawn(crate::pop3::serve(sock, ctx, stop, sessions))
+        } else {
+            metrics::IMAP_SESSIONS.with_label_values(&[&l.name()]);
+            tokio::spawn(crate::imap::serve(sock, ctx, stop, sessions))
+        });
     }
     Ok(accept_loops)
 }

@@ -99,7 +99,7 @@ impl Maildir {
                 out.push(Entry { unique, path: e.path(), size });
             }
         }
-        out.sort_by(|a, b| a.unique.cmp(&b.unique));
+        out.sort_by_cached_key(|e| delivery_order(&e.unique));
         Ok(out)
     }
 
@@ -143,6 +143,21 @@ fn unique_name(hostname: &str, size: u64) -> String {
     )
 }
 
+/// Delivery order from the name: seconds, then microseconds (`M<usec>`, not zero-padded, so
+/// the names do not sort as strings), then the per-process counter (`Q<n>`), then the name.
+fn delivery_order(unique: &str) -> (u64, u64, u64, String) {
+    let mut parts = unique.split('.');
+    let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+    let mid = parts.next().unwrap_or("");
+    let field = |tag: char| -> u64 {
+        mid.split_once(tag)
+            .map(|(_, rest)| rest.chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    (secs, field('M'), field('Q'), unique.to_string())
+}
+
 fn size_from_name(unique: &str) -> Option<u64> {
     unique.split(',').find_map(|f| f.strip_prefix("S=")).and_then(|s| s.parse().ok())
 }
@@ -168,6 +183,13 @@ mod tests {
         assert_eq!(list[0].unique, name);
         assert_eq!(list[1].unique, second);
         assert_eq!(md.usage().unwrap(), text.len() as u64 + 1);
+    }
+
+    #[test]
+    fn listing_is_in_delivery_order_not_string_order() {
+        let mut names = vec!["100.M95P1Q2.h", "100.M123456P1Q1.h", "99.M5P1Q9.h", "100.M95P1Q10.h"];
+        names.sort_by_cached_key(|n| delivery_order(n));
+        assert_eq!(names, ["99.M5P1Q9.h", "100.M95P1Q2.h", "100.M95P1Q10.h", "100.M123456P1Q1.h"]);
     }
 
     #[test]

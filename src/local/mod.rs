@@ -5,6 +5,7 @@
 //! write is durable.
 
 pub mod maildir;
+pub mod mailstore;
 pub mod uidlist;
 
 use std::collections::{HashMap, HashSet};
@@ -40,6 +41,8 @@ pub struct Mailboxes {
     /// Octets per user as last counted: RCPT consults it without touching the disk; delivery
     /// counts once per user and adds; POP3 deletions forget it.
     usage: Mutex<HashMap<String, u64>>,
+    /// Woken when a user's mailbox gets mail (IMAP IDLE).
+    watchers: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 /// How a local delivery attempt ended, per recipient.
@@ -113,6 +116,21 @@ impl Mailboxes {
             users,
             hostname: cfg.hostname,
             usage: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What wakes when `user`'s mailbox changes (a delivery, or a session that changed it).
+    pub fn watch(&self, user: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(user.to_lowercase()).or_default().clone()
+    }
+
+    /// Wakes the sessions idling on `user`'s mailbox.
+    pub fn changed(&self, user: &str) {
+        let w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = w.get(&user.to_lowercase()) {
+            n.notify_waiters();
         }
     }
 
@@ -219,6 +237,7 @@ impl Mailboxes {
                 return Delivered::Failed(e);
             }
             self.add_usage(user, (head.len() + content.len()) as u64);
+            self.changed(user);
         }
         Delivered::Stored
     }

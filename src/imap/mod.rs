@@ -1,0 +1,366 @@
+//! IMAP listeners (`[[listener]] mode = "imap" | "imaps"`): framing with imap-codec (literals,
+//! with a continuation request for synchronizing ones and none for LITERAL+), TLS, logins
+//! through the shared lockout, IDLE (RFC 2177) woken by deliveries, and the
+//! [`session::Session`] for everything else.
+
+pub mod session;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use imap_codec::CommandCodec;
+use imap_codec::decode::{CommandDecodeError, Decoder};
+use imap_codec::imap_types::core::{LiteralMode, Tag};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verdict;
+use crate::local::Maildir;
+use crate::mailbox_listener::{MailboxListener, accept_loop};
+use crate::metrics;
+use crate::proto::smtp::client::Credentials;
+use crate::smtp::conn::{Conn, Transport, accept_tls};
+use crate::stream::Stream;
+use session::{ImapConfig, Next, Session};
+
+/// RFC 3501 5.4: the autologout timer is at least 30 minutes once logged in.
+const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Commands (with their literals) larger than this are refused and the connection closed.
+const MAX_COMMAND: usize = 1 << 20;
+/// While idling, the mailbox is looked at this often even without a delivery (changes made
+/// by POP3 or another program).
+const IDLE_POLL: Duration = Duration::from_secs(30);
+
+/// Accepts until `shutdown`; over a connection limit the client gets `* BYE` at once.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<MailboxListener>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let refusal = b"* BYE [UNAVAILABLE] Too many sessions; try later\r\n";
+    accept_loop(
+        listener,
+        ctx,
+        shutdown,
+        tracker,
+        &metrics::IMAP_SESSIONS,
+        refusal,
+        |s, ip, ctx, stop| async move { run(s, ip, &ctx, stop).await },
+    )
+    .await
+}
+
+/// One connection: the stream, what was read and not yet decoded, and the session.
+struct Connection<P: Transport> {
+    stream: Conn<P>,
+    buf: Vec<u8>,
+    session: Option<Box<Session>>,
+    ip: IpAddr,
+    user: Option<String>,
+}
+
+enum Read {
+    Data,
+    Closed,
+    Timeout,
+    Shutdown,
+}
+
+impl<P: Transport> Connection<P> {
+    fn session(&mut self) -> &mut Session {
+        self.session.as_mut().expect("the session is back from the blocking pool")
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let out = self.session().take_output();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let w = async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(LOGIN_TIMEOUT, w).await.map_err(|_| std::io::ErrorKind::TimedOut)?
+    }
+
+    async fn read_more(&mut self, shutdown: &CancellationToken) -> Read {
+        let timeout = if self.session().is_authenticated() { AUTOLOGOUT } else { LOGIN_TIMEOUT };
+        let mut chunk = [0u8; 8192];
+        tokio::select! {
+            _ = shutdown.cancelled() => Read::Shutdown,
+            r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+                Err(_) => Read::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    Read::Data
+                }
+            },
+        }
+    }
+
+    /// One line (without CRLF) from the buffer, reading as needed; None if the connection ends.
+    async fn line(&mut self, shutdown: &CancellationToken) -> Option<Vec<u8>> {
+        loop {
+            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(line);
+            }
+            if self.buf.len() > MAX_COMMAND {
+                return None;
+            }
+            if !matches!(self.read_more(shutdown).await, Read::Data) {
+                return None;
+            }
+        }
+    }
+
+    /// Runs a command on the blocking pool (the session reads and renames files).
+    async fn execute(&mut self, cmd: imap_codec::imap_types::command::Command<'static>) -> Next {
+        let mut s = self.session.take().expect("session present");
+        let (s, next) = match tokio::task::spawn_blocking(move || {
+            let next = s.execute(cmd);
+            (s, next)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.session = Some(s);
+        next
+    }
+}
+
+/// Serves one connection until it closes.
+pub async fn run<P: Transport>(
+    io: P,
+    ip: IpAddr,
+    ctx: &MailboxListener,
+    shutdown: CancellationToken,
+) {
+    let mut c =
+        Connection { stream: Stream::Plain(io), buf: Vec::new(), session: None, ip, user: None };
+    if ctx.implicit_tls
+        && accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, ip)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let cfg = ImapConfig {
+        hostname: ctx.hostname.clone(),
+        starttls: ctx.starttls(),
+        plaintext_ok: ctx.plaintext_ok,
+    };
+    c.session = Some(Box::new(Session::new(cfg, ctx.implicit_tls)));
+    // Where the buffer ended when a synchronizing literal was last agreed to, so a literal
+    // gets one continuation request however its data arrives.
+    let mut literal_acked_at = None;
+    loop {
+        if c.flush().await.is_err() || c.session().is_logged_out() {
+            break;
+        }
+        let decoded = CommandCodec::default()
+            .decode_static(&c.buf)
+            .map(|(rest, cmd)| (c.buf.len() - rest.len(), cmd));
+        match decoded {
+            Ok((used, cmd)) => {
+                c.buf.drain(..used);
+                literal_acked_at = None;
+                let next = c.execute(cmd).await;
+                if !follow(&mut c, next, ctx, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
+                if length as usize > MAX_COMMAND {
+                    let t = tag.as_ref().to_string();
+                    let _ = c
+                        .stream
+                        .write_all(format!("{t} BAD [TOOBIG] Literal too large\r\n").as_bytes())
+                        .await;
+                    break;
+                }
+                if mode == LiteralMode::Sync && literal_acked_at != Some(c.buf.len()) {
+                    literal_acked_at = Some(c.buf.len());
+                    if c.stream.write_all(b"+ Ready for literal data\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(CommandDecodeError::Incomplete) => {}
+            Err(CommandDecodeError::Failed) => {
+                if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = c.buf.drain(..=lf).collect();
+                    let tag = line
+                        .split(|&b| b == b' ')
+                        .next()
+                        .and_then(|t| Tag::try_from(t.to_vec()).ok());
+                    c.session().unparsable(tag.as_ref());
+                    literal_acked_at = None;
+                    continue;
+                }
+            }
+        }
+        if c.buf.len() > MAX_COMMAND {
+            let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;
+            break;
+        }
+        match c.read_more(&shutdown).await {
+            Read::Data => {}
+            Read::Closed => return,
+            Read::Timeout => c.session().bye("Autologout; idle for too long"),
+            Read::Shutdown => c.session().bye("[UNAVAILABLE] Server shutting down"),
+        }
+    }
+    let _ = c.flush().await;
+    let _ = c.stream.shutdown().await;
+}
+
+/// Does what the session asked; false when the connection must end.
+async fn follow<P: Transport>(
+    c: &mut Connection<P>,
+    mut next: Next,
+    ctx: &MailboxListener,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        next = match next {
+            Next::Continue => return true,
+            Next::Close => return false,
+            Next::Login { tag, creds } => {
+                let result = login(ctx, c.ip, creds).await;
+                let (maildir, user) = match result {
+                    Ok((md, user)) => (Ok(md), Some(user)),
+                    Err(e) => (Err(e), None),
+                };
+                c.user = user;
+                c.session().login_result(&tag, maildir);
+                return true;
+            }
+            Next::AuthenticateData { tag } => {
+                if c.stream.write_all(b"+ \r\n").await.is_err() {
+                    return false;
+                }
+                let Some(line) = c.line(shutdown).await else { return false };
+                match base64::engine::general_purpose::STANDARD.decode(&line) {
+                    Ok(data) if line != b"*" => c.session().authenticate_data(tag, &data),
+                    _ => {
+                        c.session().authenticate_failed(&tag);
+                        return true;
+                    }
+                }
+            }
+            Next::StartTls => {
+                if c.flush().await.is_err() {
+                    return false;
+                }
+                // Anything sent after STARTTLS in the clear is dropped (RFC 3501 11.1).
+                c.buf.clear();
+                if accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, c.ip)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                c.session().tls_established();
+                return true;
+            }
+            Next::Idle { tag } => return idle(c, tag, ctx, shutdown).await,
+        };
+    }
+}
+
+/// RFC 2177: untagged updates while the client waits, until it sends DONE.
+async fn idle<P: Transport>(
+    c: &mut Connection<P>,
+    tag: Tag<'static>,
+    ctx: &MailboxListener,
+    shutdown: &CancellationToken,
+) -> bool {
+    if c.stream.write_all(b"+ idling\r\n").await.is_err() {
+        return false;
+    }
+    let wake = c.user.as_deref().map(|u| ctx.mailboxes.watch(u));
+    loop {
+        if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = c.buf.drain(..=lf).collect();
+            if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                c.session().idle_done(&tag);
+                return true;
+            }
+            c.session().unparsable(Some(&tag));
+            return true;
+        }
+        let changed = async {
+            match &wake {
+                Some(n) => {
+                    let _ = tokio::time::timeout(IDLE_POLL, n.notified()).await;
+                }
+                None => tokio::time::sleep(IDLE_POLL).await,
+            }
+        };
+        let mut chunk = [0u8; 512];
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                c.session().bye("[UNAVAILABLE] Server shutting down");
+                return false;
+            }
+            _ = changed => {
+                let mut s = c.session.take().expect("session present");
+                s = tokio::task::spawn_blocking(move || { s.refresh(); s }).await.expect("refresh does not panic");
+                c.session = Some(s);
+                if c.flush().await.is_err() {
+                    return false;
+                }
+            }
+            r = tokio::time::timeout(AUTOLOGOUT, c.stream.read(&mut chunk)) => match r {
+                Ok(Ok(n)) if n > 0 => c.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    c.session().bye("Autologout; idle for too long");
+                    return false;
+                }
+                _ => return false,
+            },
+        }
+    }
+}
+
+/// Checks the password and opens the user's Maildir.
+async fn login(
+    ctx: &MailboxListener,
+    ip: IpAddr,
+    creds: Credentials,
+) -> Result<(Maildir, String), &'static str> {
+    let user = creds.username.to_lowercase();
+    let verdict = crate::auth::authenticate(&ctx.auth, ip, "imap", creds).await;
+    let (label, result) = match verdict {
+        Verdict::Ok { .. } if user.contains('@') => {
+            let md = ctx.mailboxes.maildir(&user);
+            let md2 = md.clone();
+            match tokio::task::spawn_blocking(move || md2.create()).await {
+                Ok(Ok(())) => ("ok", Ok((md, user))),
+                _ => ("invalid", Err("[UNAVAILABLE] Mailbox unavailable; try again later")),
+            }
+        }
+        Verdict::Ok { .. } => ("invalid", Err("[AUTHORIZATIONFAILED] This user has no mailbox")),
+        Verdict::Invalid => ("invalid", Err("[AUTHENTICATIONFAILED] Authentication failed")),
+        Verdict::LockedOut => {
+            ("locked_out", Err("[UNAVAILABLE] Too many failed logins; try again later"))
+        }
+    };
+    metrics::IMAP_LOGINS.with_label_values(&[label]).inc();
+    result
+}

@@ -1,0 +1,208 @@
+//! A Maildir as IMAP sees it: messages with UIDs (from [`super::uidlist`]), flags (the Maildir
+//! `:2,` info letters, so other Maildir readers see the same flags) and an internal date, and
+//! the operations IMAP needs: flag changes (a rename), expunge (an unlink) and reads of a byte
+//! range (never the whole file unless asked for it).
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::Maildir;
+use super::uidlist::{UidList, UidListError};
+
+/// IMAP system flags as bits; Maildir letters D, F, R, S, T (RFC 3501 2.3.2; Maildir spec).
+pub mod flag {
+    pub const SEEN: u8 = 1;
+    pub const ANSWERED: u8 = 2;
+    pub const FLAGGED: u8 = 4;
+    pub const DELETED: u8 = 8;
+    pub const DRAFT: u8 = 16;
+}
+
+/// Maildir info letters in ASCII order, as the format requires, with their flag bits.
+const LETTERS: [(char, u8); 5] = [
+    ('D', flag::DRAFT),
+    ('F', flag::FLAGGED),
+    ('R', flag::ANSWERED),
+    ('S', flag::SEEN),
+    ('T', flag::DELETED),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub uid: u32,
+    pub unique: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub flags: u8,
+    /// Seconds since the epoch: the delivery time from the Maildir name.
+    pub internal_date: i64,
+    /// In `new/`: not seen by any client yet (IMAP \Recent).
+    pub recent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    /// In UID order; sequence number = index + 1.
+    pub messages: Vec<MessageInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    UidList(#[from] UidListError),
+}
+
+fn parse_flags(info: &str) -> u8 {
+    let letters = info.strip_prefix("2,").unwrap_or("");
+    LETTERS.iter().filter(|(c, _)| letters.contains(*c)).fold(0, |acc, (_, bit)| acc | bit)
+}
+
+fn info_for(flags: u8) -> String {
+    let letters: String = LETTERS.iter().filter(|(_, b)| flags & b != 0).map(|(c, _)| *c).collect();
+    format!(":2,{letters}")
+}
+
+impl Maildir {
+    /// Holds an exclusive lock on the Maildir's UID list while `f` runs (sessions and the
+    /// delivery agent of this and other processes take it in turn).
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root().join("sluice-uidlist.lock"))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        f()
+    }
+
+    /// The messages with their UIDs, assigning (durably) UIDs to new ones.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.create()?;
+        self.locked(|| {
+            let entries = self.list()?;
+            let names: Vec<String> = entries.iter().map(|e| e.unique.clone()).collect();
+            let uids = UidList::sync(self.root(), &names)?;
+            let by_name: std::collections::HashMap<&str, &super::maildir::Entry> =
+                entries.iter().map(|e| (e.unique.as_str(), e)).collect();
+            let messages = uids
+                .entries
+                .iter()
+                .filter_map(|(uid, name)| {
+                    let e = by_name.get(name.as_str())?;
+                    let file = e.path.file_name()?.to_string_lossy().into_owned();
+                    let info = file.split_once(':').map_or("", |(_, i)| i);
+                    let internal_date =
+                        name.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    Some(MessageInfo {
+                        uid: *uid,
+                        unique: name.clone(),
+                        path: e.path.clone(),
+                        size: e.size,
+                        flags: parse_flags(info),
+                        internal_date,
+                        recent: e.path.parent().is_some_and(|p| p.ends_with("new")),
+                    })
+                })
+                .collect();
+            Ok(Snapshot { uidvalidity: uids.uidvalidity, uidnext: uids.uidnext, messages })
+        })
+    }
+
+    /// Gives a message these flags: it moves to `cur/` with the matching info letters.
+    /// Returns its new path.
+    pub fn set_flags(&self, msg: &MessageInfo, flags: u8) -> Result<PathBuf, StoreError> {
+        let to = self.root().join("cur").join(format!("{}{}", msg.unique, info_for(flags)));
+        if to != msg.path {
+            fs::rename(&msg.path, &to)?;
+        }
+        Ok(to)
+    }
+
+    /// Removes messages for good (EXPUNGE), durably.
+    pub fn expunge(&self, paths: &[PathBuf]) -> Result<(), StoreError> {
+        for p in paths {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for sub in ["new", "cur"] {
+            File::open(self.root().join(sub))?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Up to `len` octets of `path` from `offset` (a partial FETCH reads only those).
+pub fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    f.take(len).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The length of the header, blank line included (RFC 3501 BODY[HEADER]); reads only the
+/// header.
+pub fn header_len(path: &Path) -> std::io::Result<u64> {
+    let mut f = std::io::BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut len = 0u64;
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_until(&mut f, b'\n', &mut line)?;
+        len += n as u64;
+        if n == 0 || line == b"\r\n" || line == b"\n" {
+            return Ok(len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip_through_maildir_info() {
+        for bits in 0..32u8 {
+            assert_eq!(parse_flags(info_for(bits).trim_start_matches(':')), bits);
+        }
+        assert_eq!(info_for(flag::SEEN | flag::DRAFT | flag::DELETED), ":2,DST");
+        assert_eq!(parse_flags("2,FRS"), flag::FLAGGED | flag::ANSWERED | flag::SEEN);
+        assert_eq!(parse_flags(""), 0);
+    }
+
+    #[test]
+    fn snapshot_flags_and_expunge_keep_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("Maildir"));
+        md.deliver(&[b"Subject: a\r\n\r\none\r\n"], "h").unwrap();
+        md.deliver(&[b"Subject: b\r\n\r\ntwo\r\n"], "h").unwrap();
+        let s = md.snapshot().unwrap();
+        assert_eq!(s.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
+        assert!(s.messages.iter().all(|m| m.recent && m.flags == 0));
+        md.set_flags(&s.messages[0], flag::SEEN | flag::FLAGGED).unwrap();
+        let s2 = md.snapshot().unwrap();
+        assert_eq!(s2.messages[0].flags, flag::SEEN | flag::FLAGGED);
+        assert!(!s2.messages[0].recent);
+        assert_eq!(s2.uidvalidity, s.uidvalidity);
+        md.expunge(&[s2.messages[0].path.clone()]).unwrap();
+        md.deliver(&[b"x"], "h").unwrap();
+        let s3 = md.snapshot().unwrap();
+        assert_eq!(s3.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
+        let p = &s3.messages[0].path;
+        assert_eq!(header_len(p).unwrap(), 14);
+        assert_eq!(read_range(p, 14, 100).unwrap(), b"two\r\n");
+        assert_eq!(read_range(p, 2, 3).unwrap(), b"bje");
+    }
+}
