@@ -725,8 +725,10 @@ impl Session {
         let mut responses = Vec::new();
         let mut kept = Vec::new();
         let mut removed = 0u32;
+        let by_uid: std::collections::HashMap<u32, &MessageInfo> =
+            fresh.messages.iter().map(|f| (f.uid, f)).collect();
         for (i, m) in old.messages.iter().enumerate() {
-            match fresh.messages.iter().find(|f| f.uid == m.uid) {
+            match by_uid.get(&m.uid).copied() {
                 Some(f) => kept.push((i as u32 + 1 - removed, m.flags, f)),
                 None => {
                     responses.push(Data::Expunge(nz(i as u32 + 1 - removed)));
