@@ -71,7 +71,8 @@ pub enum Next {
 /// The selected mailbox as the client knows it: sequence numbers are positions here.
 struct View {
     read_only: bool,
-    snapshot: Snapshot,
+    /// Shared with other sessions until this one changes it (copy on write).
+    snapshot: std::sync::Arc<Snapshot>,
 }
 
 enum State {
@@ -346,7 +347,7 @@ impl Session {
         self.tls = true;
     }
 
-    fn snapshot(&self) -> Result<Snapshot, String> {
+    fn snapshot(&self) -> Result<std::sync::Arc<Snapshot>, String> {
         let md = self.maildir.as_ref().ok_or("no mailbox")?;
         md.snapshot().map_err(|e| e.to_string())
     }
@@ -365,7 +366,8 @@ impl Session {
             // This session has reported them as \Recent: they move to cur/ (Maildir "seen by a
             // client"), so no other session reports them again.
             if let Some(md) = self.maildir.clone() {
-                for m in snapshot.messages.iter_mut().filter(|m| m.recent) {
+                let messages = &mut std::sync::Arc::make_mut(&mut snapshot).messages;
+                for m in messages.iter_mut().filter(|m| m.recent) {
                     if let Ok(p) = md.set_flags(m, m.flags) {
                         m.path = p;
                     }
@@ -623,7 +625,7 @@ impl Session {
     fn set_flags(&mut self, i: usize, flags: u8) -> bool {
         let Some(md) = self.maildir.clone() else { return false };
         let Some(v) = self.view() else { return false };
-        let m = &mut v.snapshot.messages[i];
+        let m = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages[i];
         match md.set_flags(m, flags) {
             Ok(p) => {
                 m.path = p;
@@ -701,8 +703,9 @@ impl Session {
             return true;
         }
         // Highest first, so each number is right when the client applies it.
+        let messages = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages;
         for &i in gone.iter().rev() {
-            v.snapshot.messages.remove(i);
+            messages.remove(i);
         }
         if report {
             // RFC 3501 7.4.1: each EXPUNGE renumbers the rest; in ascending order, a removed

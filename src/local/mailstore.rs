@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::Maildir;
 use super::uidlist::{UidList, UidListError};
@@ -84,9 +85,20 @@ impl Maildir {
         f()
     }
 
-    /// The messages with their UIDs, assigning (durably) UIDs to new ones.
-    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+    /// The messages with their UIDs, assigning (durably) UIDs to new ones. Sessions of one
+    /// mailbox share the result while the Maildir is unchanged (1,000 clients idling on a large
+    /// mailbox hold one copy, not 1,000).
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         self.create()?;
+        if let Some(s) = cache::get(self.root()) {
+            return Ok(s);
+        }
+        let s = Arc::new(self.snapshot_uncached()?);
+        cache::put(self.root(), &s);
+        Ok(s)
+    }
+
+    fn snapshot_uncached(&self) -> Result<Snapshot, StoreError> {
         self.locked(|| {
             let entries = self.list()?;
             let names: Vec<String> = entries.iter().map(|e| e.unique.clone()).collect();
@@ -143,6 +155,55 @@ impl Maildir {
     }
 }
 
+/// Snapshots shared between sessions, keyed by Maildir. One is reused only while `new/`,
+/// `cur/` and the UID list keep the modification times they had when it was taken, and only
+/// if those times were over a second old then: a change within the file system's timestamp
+/// granularity could otherwise leave the times equal and the snapshot stale.
+mod cache {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, LazyLock, Mutex, Weak};
+    use std::time::{Duration, SystemTime};
+
+    use super::Snapshot;
+
+    type Stamp = [SystemTime; 3];
+
+    static CACHE: LazyLock<Mutex<HashMap<PathBuf, (Weak<Snapshot>, Stamp)>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    /// The modification times, if all are old enough to be trusted.
+    fn stamp(root: &Path) -> Option<Stamp> {
+        let m = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let stamp = [
+            m(root.join("new"))?,
+            m(root.join("cur"))?,
+            m(root.join(super::super::uidlist::FILE_NAME))?,
+        ];
+        let settled = SystemTime::now().checked_sub(Duration::from_secs(1))?;
+        stamp.iter().all(|t| *t < settled).then_some(stamp)
+    }
+
+    pub fn get(root: &Path) -> Option<Arc<Snapshot>> {
+        let now = stamp(root)?;
+        let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let (weak, then) = cache.get(root)?;
+        if *then != now {
+            return None;
+        }
+        weak.upgrade()
+    }
+
+    pub fn put(root: &Path, s: &Arc<Snapshot>) {
+        let Some(now) = stamp(root) else { return };
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 1000 {
+            cache.retain(|_, (w, _)| w.strong_count() > 0);
+        }
+        cache.insert(root.to_path_buf(), (Arc::downgrade(s), now));
+    }
+}
+
 /// Up to `len` octets of `path` from `offset` (a partial FETCH reads only those).
 pub fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     let mut f = File::open(path)?;
@@ -180,6 +241,39 @@ mod tests {
         assert_eq!(info_for(flag::SEEN | flag::DRAFT | flag::DELETED), ":2,DST");
         assert_eq!(parse_flags("2,FRS"), flag::FLAGGED | flag::ANSWERED | flag::SEEN);
         assert_eq!(parse_flags(""), 0);
+    }
+
+    /// Makes the Maildir look untouched for a while, as a mailbox nobody writes to.
+    fn age(md: &Maildir) {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        for p in [
+            md.root().join("new"),
+            md.root().join("cur"),
+            md.root().join(super::super::uidlist::FILE_NAME),
+        ] {
+            File::open(&p).unwrap().set_modified(then).unwrap();
+        }
+    }
+
+    #[test]
+    fn sessions_share_a_snapshot_until_the_maildir_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("Maildir"));
+        md.deliver(&[b"one\r\n"], "h").unwrap();
+        md.snapshot().unwrap();
+        age(&md);
+        let a = md.snapshot().unwrap();
+        let b = md.snapshot().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "an unchanged Maildir gives the same snapshot");
+        // A delivery changes new/: the next snapshot sees it.
+        md.deliver(&[b"two\r\n"], "h").unwrap();
+        let c = md.snapshot().unwrap();
+        assert_eq!(c.messages.len(), 2);
+        // A flag change (a rename into cur/) too, even from a snapshot taken just before.
+        age(&md);
+        let d = md.snapshot().unwrap();
+        md.set_flags(&d.messages[0], flag::SEEN).unwrap();
+        assert_eq!(md.snapshot().unwrap().messages[0].flags, flag::SEEN);
     }
 
     #[test]
