@@ -362,7 +362,7 @@ impl Session {
             Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
         };
         let recent = snapshot.messages.iter().filter(|m| m.recent).count() as u32;
-        if !read_only {
+        if !read_only && recent > 0 {
             // This session has reported them as \Recent: they move to cur/ (Maildir "seen by a
             // client"), so no other session reports them again.
             if let Some(md) = self.maildir.clone() {

@@ -168,9 +168,9 @@ mod cache {
     use super::Snapshot;
 
     type Stamp = [SystemTime; 3];
+    type Entries = HashMap<PathBuf, (Weak<Snapshot>, Stamp)>;
 
-    static CACHE: LazyLock<Mutex<HashMap<PathBuf, (Weak<Snapshot>, Stamp)>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
+    static CACHE: LazyLock<Mutex<Entries>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
     /// The modification times, if all are old enough to be trusted.
     fn stamp(root: &Path) -> Option<Stamp> {
