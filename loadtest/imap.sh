@@ -153,7 +153,12 @@ for k, what in (("flags_per_second", "FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALD
     print(f"{what}: sluice {s[k]} msg/s, dovecot {d[k]} msg/s; ratio {s[k] / d[k]:.2f}x")
 PY
 
-# --- memory: $idle connections logged in, INBOX selected, in IDLE.
+# --- memory: $idle connections logged in, INBOX selected, in IDLE, on a fresh sluice (memory
+# the FETCH runs freed stays with the allocator and would hide what the connections add).
+kill "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true
+rm -f "$work/sluice-data/sluice.addresses.json"
+start_sluice "$bin" "$work/sluice.toml" "$work/sluice-data" "$work/sluice.log"
+sluice_imap=$(bound_address "$work/sluice-data" imap)
 python3 - "$sluice_imap" "$sluice_pid" "$idle" <<'PY' >&2
 import socket, sys, time
 addr, pid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
