@@ -449,6 +449,20 @@ fn load_mailauth(cfg: &Config) -> Result<MailAuth, ServerError> {
     Ok((dkim, verifier))
 }
 
+/// Binds one listener's socket and records its address (for `sluice.addresses.json`).
+async fn bind(
+    l: &crate::config::Listener,
+    bound: &mut BTreeMap<String, Vec<SocketAddr>>,
+) -> Result<TcpListener, ServerError> {
+    let sock = TcpListener::bind(l.address)
+        .await
+        .step_with(|| format!("binding {} listener on {}", l.name(), l.address))?;
+    let addr = sock.local_addr().step("listener address")?;
+    tracing::info!(listener = %l.name(), %addr, mode = ?l.mode, "listening");
+    bound.entry(l.name()).or_default().push(addr);
+    Ok(sock)
+}
+
 /// Binds every `[[listener]]` and starts its accept loop.
 async fn bind_listeners(
     cfg: &Config,
@@ -459,12 +473,7 @@ async fn bind_listeners(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
     let mut accept_loops = Vec::new();
     for l in cfg.listener.iter().filter(|l| l.mode.is_smtp()) {
-        let sock = TcpListener::bind(l.address)
-            .await
-            .step_with(|| format!("binding {} listener on {}", l.name(), l.address))?;
-        let addr = sock.local_addr().step("listener address")?;
-        tracing::info!(listener = %l.name(), %addr, "listening for SMTP");
-        bound.entry(l.name()).or_default().push(addr);
+        let sock = bind(l, bound).await?;
         let ctx = listener_context(cfg, intake, l);
         accept_loops.push(tokio::spawn(listener::serve(sock, ctx, stop.clone(), sessions.clone())));
     }
@@ -492,11 +501,7 @@ async fn bind_mailbox_listeners(
         if implicit_tls && intake.tls.is_none() {
             return Err("no [tls] certificate").step_with(what);
         }
-        let sock =
-            TcpListener::bind(l.address).await.step_with(|| format!("binding {}", what()))?;
-        let addr = sock.local_addr().step("listener address")?;
-        tracing::info!(listener = %l.name(), %addr, mode = ?l.mode, "listening for mailbox clients");
-        bound.entry(l.name()).or_default().push(addr);
+        let sock = bind(l, bound).await?;
         let ctx = Arc::new(crate::mailbox_listener::MailboxListener {
             name: l.name(),
             hostname: cfg.hostname.clone(),

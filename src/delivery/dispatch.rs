@@ -66,6 +66,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_IN_FLIGHT: usize = 20_000;
 
 /// Some recipients of one message for one destination.
+/// How an attempt was made, for its record.
+struct AttemptBy {
+    next_hop_dsn: bool,
+    local: bool,
+    /// The server that answered (`ip:port`); empty for local delivery.
+    answered_by: String,
+}
+
 struct Job {
     id: QueueId,
     rcpts: Vec<u32>,
@@ -527,36 +535,23 @@ impl Dispatcher {
                 let wait = g.lock().unwrap_or_else(|e| e.into_inner()).reserve(Instant::now());
                 tokio::time::sleep(wait).await;
             }
-            let Some(env) = self.recorder.spool.get(job.id) else {
-                self.release(&job, &dest.hop);
-                continue;
-            };
+            let Some((env, content)) = self.load_job(dest, &job).await else { continue };
             let started = Instant::now();
-            let content = self.read_content(job.id).await;
             let outcome = match &content {
                 Ok(content) => conn.send(outbound(&env, &job, content.clone())).await,
                 Err(e) => Err(e.clone()),
             };
-            metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
             if let Err(e) = &outcome
                 && e.is_session_trouble()
             {
                 self.back_off(dest, e);
             }
-            // The outcome is recorded beside the connection, which goes on to its next job at
-            // once instead of idling through the group commit.
-            let (me, d, peer) = (self.clone(), dest.clone(), conn.peer.clone());
-            let (next_hop_dsn, elapsed) = (conn.capabilities().dsn, started.elapsed());
-            tracker.spawn(async move {
-                let attempt = Attempt {
-                    next_hop_dsn,
-                    local: false,
-                    answered_by: &peer,
-                    destination: d.hop.name(),
-                    elapsed,
-                };
-                me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
-            });
+            let by = AttemptBy {
+                next_hop_dsn: conn.capabilities().dsn,
+                local: false,
+                answered_by: conn.peer.clone(),
+            };
+            self.finish_later(tracker, dest, job, (outcome, content), started, by);
         }
         conn.quit().await;
     }
@@ -572,12 +567,8 @@ impl Dispatcher {
         loop {
             let job = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             let Some(job) = job else { return };
-            let Some(env) = self.recorder.spool.get(job.id) else {
-                self.release(&job, &dest.hop);
-                continue;
-            };
+            let Some((env, content)) = self.load_job(dest, &job).await else { continue };
             let started = Instant::now();
-            let content = self.read_content(job.id).await;
             let outcome = match &content {
                 Ok(content) => {
                     let (m, c) = (mailboxes.clone(), content.clone());
@@ -604,20 +595,51 @@ impl Dispatcher {
                 }
                 Err(e) => Err(e.clone()),
             };
-            metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
-            let (me, d) = (self.clone(), dest.clone());
-            let elapsed = started.elapsed();
-            tracker.spawn(async move {
-                let attempt = Attempt {
-                    next_hop_dsn: false,
-                    local: true,
-                    answered_by: "",
-                    destination: "local",
-                    elapsed,
-                };
-                me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
-            });
+            let by = AttemptBy { next_hop_dsn: false, local: true, answered_by: String::new() };
+            self.finish_later(tracker, dest, job, (outcome, content), started, by);
         }
+    }
+
+    /// A job's envelope and content; None, with the job released, when the message is gone.
+    async fn load_job(
+        &self,
+        dest: &Destination,
+        job: &Job,
+    ) -> Option<(crate::spool::Envelope, Result<Bytes, DeliveryError>)> {
+        let Some(env) = self.recorder.spool.get(job.id) else {
+            self.release(job, &dest.hop);
+            return None;
+        };
+        Some((env, self.read_content(job.id).await))
+    }
+
+    /// Records an attempt's outcome beside the sender, which goes on to its next job at once
+    /// instead of idling through the group commit.
+    fn finish_later(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        dest: &Arc<Destination>,
+        job: Job,
+        (outcome, content): (
+            Result<Vec<crate::proto::smtp::Reply>, DeliveryError>,
+            Result<Bytes, DeliveryError>,
+        ),
+        started: Instant,
+        by: AttemptBy,
+    ) {
+        let elapsed = started.elapsed();
+        metrics::DELIVERY_SECONDS.observe(elapsed.as_secs_f64());
+        let (me, d) = (self.clone(), dest.clone());
+        tracker.spawn(async move {
+            let attempt = Attempt {
+                next_hop_dsn: by.next_hop_dsn,
+                local: by.local,
+                answered_by: &by.answered_by,
+                destination: d.hop.name(),
+                elapsed,
+            };
+            me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
+        });
     }
 
     /// The next hop cannot be reached: defer everything queued for it, and pause before
@@ -705,7 +727,9 @@ impl Dispatcher {
                 (vec![t], self.routes.smarthost_policy(a))
             }
             Via::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
-            Via::Local => unreachable!("local delivery opens no connection"),
+            Via::Local => {
+                return Err(DeliveryError::Protocol("local delivery opens no connection".into()));
+            }
         };
         let mut last = DeliveryError::DnsTemporary("no address to try".into());
         for target in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
