@@ -52,3 +52,49 @@ connections = 20
 TOML
 )"
 }
+
+# start_postfix WORK PORT EXTRA: a private Postfix instance (own config, queue and log under
+# WORK/postfix, WORK/pfx-*) with its SMTP listener on 127.0.0.1:PORT, chroot off, and EXTRA
+# appended to main.cf (where the mail goes). Sets pfx_pid; stop it with
+# `postfix -c WORK/postfix stop`.
+start_postfix() {
+  local work=$1 port=$2
+  mkdir -p "$work/postfix" "$work/pfx-queue" "$work/pfx-data"
+  chown postfix "$work/pfx-data"
+  cat > "$work/postfix/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $work/pfx-queue
+data_directory = $work/pfx-data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.loadtest
+mydomain = loadtest
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 200
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = $work/pfx-maillog
+maillog_file_prefixes = $work
+$3
+CF
+  # Debian's master.cf with the SMTP listener moved to our port and chroot off (private queue).
+  awk -v port="$port" '
+    /^smtp +inet/ { print "127.0.0.1:" port " inet n - n - - smtpd"; next }
+    /^[a-z]/ && NF >= 8 && $5 == "y" { $5 = "n" }
+    { print }' /etc/postfix/master.cf > "$work/postfix/master.cf"
+  # Postfix reports configuration errors to syslog only; `script` gives it a terminal to print on.
+  if ! script -qec "postfix -c $work/postfix start" /dev/null >"$work/pfx-start.log" 2>&1; then
+    echo "postfix did not start:" >&2; cat "$work/pfx-start.log" >&2; exit 1
+  fi
+  for _ in $(seq 100); do [ -s "$work/pfx-queue/pid/master.pid" ] && break; sleep 0.1; done
+  pfx_pid=$(tr -d ' ' < "$work/pfx-queue/pid/master.pid")
+}

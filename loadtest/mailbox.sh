@@ -31,46 +31,17 @@ trap cleanup EXIT
 pfx_port=$(free_port)
 
 # --- Postfix: a private instance delivering example.com to Maildirs under $work/pfx-mail.
-mkdir -p "$work/postfix" "$work/pfx-queue" "$work/pfx-data" "$work/pfx-mail"
-chown postfix "$work/pfx-data"
+mkdir -p "$work/pfx-mail"
 chown nobody "$work/pfx-mail"
-cat > "$work/postfix/main.cf" <<CF
-compatibility_level = 3.6
-queue_directory = $work/pfx-queue
-data_directory = $work/pfx-data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = postfix.loadtest
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
+start_postfix "$work" "$pfx_port" "$(cat <<CF
 virtual_mailbox_domains = example.com
 virtual_mailbox_base = $work/pfx-mail
 virtual_mailbox_maps = static:example.com/alice/Maildir/
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 virtual_minimum_uid = 100
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-default_process_limit = 200
-smtpd_tls_security_level = none
-maillog_file = $work/pfx-maillog
-maillog_file_prefixes = $work
 CF
-awk -v port="$pfx_port" '
-  /^smtp +inet/ { print "127.0.0.1:" port " inet n - n - - smtpd"; next }
-  /^[a-z]/ && NF >= 8 && $5 == "y" { $5 = "n" }
-  { print }' /etc/postfix/master.cf > "$work/postfix/master.cf"
-if ! script -qec "postfix -c $work/postfix start" /dev/null >"$work/pfx-start.log" 2>&1; then
-  echo "postfix did not start:" >&2; cat "$work/pfx-start.log" >&2; exit 1
-fi
-for _ in $(seq 100); do [ -s "$work/pfx-queue/pid/master.pid" ] && break; sleep 0.1; done
-pfx_pid=$(tr -d ' ' < "$work/pfx-queue/pid/master.pid")
+)"
 
 # --- sluice: example.com in local mailboxes, one user.
 printf 'pw\n' | "$bin" user add alice@example.com --config <(printf '[auth]\nusers_file = "%s"\n' "$work/users.toml") >/dev/null
