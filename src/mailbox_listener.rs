@@ -28,6 +28,8 @@ pub struct MailboxListener {
     pub auth: Arc<AuthContext>,
     pub mailboxes: Arc<Mailboxes>,
     pub limits: Arc<ConnectionLimits>,
+    /// The largest message IMAP APPEND takes (`[limits] max_message_size`).
+    pub max_append: usize,
 }
 
 impl MailboxListener {

@@ -511,6 +511,7 @@ async fn bind_mailbox_listeners(
             auth: intake.auth.clone(),
             mailboxes,
             limits: intake.limits.clone(),
+            max_append: cfg.limits.max_message_size as usize,
         });
         let (stop, sessions) = (stop.clone(), sessions.clone());
         accept_loops.push(if matches!(l.mode, ListenerMode::Pop3 | ListenerMode::Pop3s) {

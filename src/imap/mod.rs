@@ -3,6 +3,10 @@
 //! through the shared lockout, IDLE (RFC 2177) woken by deliveries, and the
 //! [`session::Session`] for everything else.
 
+mod fetch;
+mod mailboxes;
+mod mime;
+mod search;
 pub mod session;
 
 use std::net::IpAddr;
@@ -125,6 +129,17 @@ impl<P: Transport> Connection<P> {
         }
     }
 
+    /// After a command that added or removed messages: the quota count is stale, and other
+    /// sessions idling on the mailbox should look.
+    fn after_command(&mut self, ctx: &MailboxListener) {
+        if self.session().take_size_changed()
+            && let Some(user) = &self.user
+        {
+            ctx.mailboxes.forget_usage(user);
+            ctx.mailboxes.changed(user);
+        }
+    }
+
     /// Runs a command on the blocking pool (the session reads and renames files).
     async fn execute(&mut self, cmd: imap_codec::imap_types::command::Command<'static>) -> Next {
         let mut s = self.session.take().expect("session present");
@@ -162,6 +177,7 @@ pub async fn run<P: Transport>(
         hostname: ctx.hostname.clone(),
         starttls: ctx.starttls(),
         plaintext_ok: ctx.plaintext_ok,
+        quota: ctx.mailboxes.quota,
     };
     c.session = Some(Box::new(Session::new(cfg, ctx.implicit_tls)));
     // Where the buffer ended when a synchronizing literal was last agreed to, so a literal
@@ -179,13 +195,28 @@ pub async fn run<P: Transport>(
                 c.buf.drain(..used);
                 literal_acked_at = None;
                 let next = c.execute(cmd).await;
+                c.after_command(ctx);
                 if !follow(&mut c, next, ctx, &shutdown).await {
                     break;
                 }
                 continue;
             }
             Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                if length as usize > MAX_COMMAND {
+                // APPEND carries a whole message; any other literal is small.
+                let limit = if is_append(&c.buf) { ctx.max_append } else { MAX_COMMAND };
+                if length as usize > limit && mode == LiteralMode::Sync {
+                    // RFC 7888 4: refuse before the client sends it, and go on.
+                    let t = tag.as_ref().to_string();
+                    let reply = format!("{t} NO [TOOBIG] The message is too large\r\n");
+                    if c.stream.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
+                        c.buf.drain(..=lf);
+                    }
+                    continue;
+                }
+                if length as usize > limit {
                     let t = tag.as_ref().to_string();
                     let _ = c
                         .stream
@@ -204,6 +235,11 @@ pub async fn run<P: Transport>(
             Err(CommandDecodeError::Failed) => {
                 if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = c.buf.drain(..=lf).collect();
+                    if c.session().raw_command(&line) {
+                        literal_acked_at = None;
+                        c.after_command(ctx);
+                        continue;
+                    }
                     let tag = line
                         .split(|&b| b == b' ')
                         .next()
@@ -214,7 +250,8 @@ pub async fn run<P: Transport>(
                 }
             }
         }
-        if c.buf.len() > MAX_COMMAND {
+        let limit = if is_append(&c.buf) { ctx.max_append + (64 << 10) } else { MAX_COMMAND };
+        if c.buf.len() > limit {
             let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;
             break;
         }
@@ -338,6 +375,13 @@ async fn idle<P: Transport>(
     }
 }
 
+/// Whether the command being read is an APPEND (`tag APPEND ...`).
+fn is_append(buf: &[u8]) -> bool {
+    let mut words = buf.splitn(3, |&b| b == b' ');
+    words.next();
+    words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"APPEND"))
+}
+
 /// Checks the password and opens the user's Maildir.
 async fn login(
     ctx: &MailboxListener,
@@ -350,7 +394,11 @@ async fn login(
         Verdict::Ok { .. } if user.contains('@') => {
             let md = ctx.mailboxes.maildir(&user);
             let md2 = md.clone();
-            match tokio::task::spawn_blocking(move || md2.create()).await {
+            let opened = tokio::task::spawn_blocking(move || {
+                md2.create().map_err(crate::local::folders::FolderError::from)?;
+                md2.ensure_default_folders()
+            });
+            match opened.await {
                 Ok(Ok(())) => ("ok", Ok((md, user))),
                 _ => ("invalid", Err("[UNAVAILABLE] Mailbox unavailable; try again later")),
             }

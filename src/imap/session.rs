@@ -4,34 +4,27 @@
 //! [`crate::local::mailstore`] (blocking file I/O: the driver runs [`Session::execute`] on the
 //! blocking pool).
 //!
-//! This first part serves INBOX: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE PLAIN
-//! (with SASL-IR or a continuation), SELECT, EXAMINE, LIST, LSUB, STATUS, CHECK, CLOSE,
-//! UNSELECT, EXPUNGE, SEARCH (flag, size, sequence and UID keys), FETCH (FLAGS, UID,
-//! INTERNALDATE, RFC822.SIZE, RFC822, RFC822.HEADER, RFC822.TEXT, BODY[]/BODY.PEEK[] with
-//! HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT and partial ranges), STORE and the UID
-//! forms. Folders, APPEND, COPY, MOVE, ENVELOPE and BODYSTRUCTURE answer NO for now.
+//! Here: state, login, SELECT/EXAMINE, STORE, EXPUNGE (and UID EXPUNGE), change reports for
+//! NOOP/IDLE, and the extensions imap-codec 1.0 cannot parse (NAMESPACE, ID). Mailbox
+//! commands are in [`super::mailboxes`], FETCH in [`super::fetch`], SEARCH in
+//! [`super::search`].
 
-use std::borrow::Cow;
 use std::num::NonZeroU32;
-use std::path::Path;
 
 use base64::Engine;
 use imap_codec::ResponseCodec;
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::core::{AString, Literal, NString, NonEmptyVec, Tag};
-use imap_codec::imap_types::fetch::{
-    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
-};
-use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreType};
-use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::core::{NonEmptyVec, Tag};
+use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagPerm, StoreType};
+use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Code, Data, Response, Status};
-use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
+use super::mailboxes::{Manage, mailbox_name};
 use crate::local::Maildir;
-use crate::local::mailstore::{self, MessageInfo, Snapshot, flag};
+use crate::local::mailstore::{MessageInfo, Snapshot, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
 
 #[derive(Debug, Clone)]
@@ -41,6 +34,8 @@ pub struct ImapConfig {
     pub starttls: bool,
     /// LOGIN and AUTHENTICATE without TLS (`[auth] plaintext_on_loopback`, loopback listener).
     pub plaintext_ok: bool,
+    /// Octets per mailbox for APPEND (`[local] quota`); 0: no limit.
+    pub quota: u64,
 }
 
 /// What the driver must do after a command.
@@ -69,13 +64,14 @@ pub enum Next {
 }
 
 /// The selected mailbox as the client knows it: sequence numbers are positions here.
-struct View {
-    read_only: bool,
+pub(super) struct View {
+    pub(super) folder: Maildir,
+    pub(super) read_only: bool,
     /// Shared with other sessions until this one changes it (copy on write).
-    snapshot: std::sync::Arc<Snapshot>,
+    pub(super) snapshot: std::sync::Arc<Snapshot>,
 }
 
-enum State {
+pub(super) enum State {
     NotAuthenticated,
     Authenticated,
     Selected(View),
@@ -83,14 +79,18 @@ enum State {
 }
 
 pub struct Session {
-    cfg: ImapConfig,
+    pub(super) cfg: ImapConfig,
     tls: bool,
-    state: State,
-    maildir: Option<Maildir>,
+    pub(super) state: State,
+    /// The user's Maildir (INBOX; folders are Maildir++ directories inside it).
+    pub(super) maildir: Option<Maildir>,
     out: Vec<u8>,
+    /// Set when a command added or removed messages (the driver then refreshes the quota
+    /// count and wakes IDLE sessions).
+    pub(super) size_changed: bool,
 }
 
-fn nz(n: u32) -> NonZeroU32 {
+pub(super) fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("at least 1")
 }
 
@@ -110,7 +110,7 @@ pub fn contains(set: &SequenceSet, n: u32, largest: u32) -> bool {
     })
 }
 
-fn flags_of(bits: u8) -> Vec<Flag<'static>> {
+pub(super) fn flags_of(bits: u8) -> Vec<Flag<'static>> {
     let mut v = Vec::new();
     for (bit, f) in [
         (flag::SEEN, Flag::Seen),
@@ -126,7 +126,7 @@ fn flags_of(bits: u8) -> Vec<Flag<'static>> {
     v
 }
 
-fn bits_of(flags: &[Flag<'_>]) -> u8 {
+pub(super) fn bits_of(flags: &[Flag<'_>]) -> u8 {
     flags.iter().fold(0, |acc, f| {
         acc | match f {
             Flag::Seen => flag::SEEN,
@@ -140,17 +140,16 @@ fn bits_of(flags: &[Flag<'_>]) -> u8 {
     })
 }
 
-fn is_inbox(m: &Mailbox<'_>) -> bool {
-    match m {
-        Mailbox::Inbox => true,
-        Mailbox::Other(o) => o.as_ref().eq_ignore_ascii_case(b"INBOX"),
-    }
-}
-
 impl Session {
     pub fn new(cfg: ImapConfig, tls: bool) -> Session {
-        let mut s =
-            Session { cfg, tls, state: State::NotAuthenticated, maildir: None, out: Vec::new() };
+        let mut s = Session {
+            cfg,
+            tls,
+            state: State::NotAuthenticated,
+            maildir: None,
+            out: Vec::new(),
+            size_changed: false,
+        };
         let caps = s.capabilities();
         let greeting = format!("* OK [CAPABILITY {caps}] {} IMAP4rev1 ready\r\n", s.cfg.hostname);
         s.out.extend_from_slice(greeting.as_bytes());
@@ -162,12 +161,34 @@ impl Session {
         std::mem::take(&mut self.out)
     }
 
+    /// Whether the last command added or removed messages (reset by reading it).
+    pub fn take_size_changed(&mut self) -> bool {
+        std::mem::take(&mut self.size_changed)
+    }
+
+    pub(super) fn out_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
     fn login_allowed(&self) -> bool {
         self.tls || self.cfg.plaintext_ok
     }
 
     fn capabilities(&self) -> String {
-        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "IDLE"];
+        let mut caps = vec![
+            "IMAP4rev1",
+            "LITERAL+",
+            "SASL-IR",
+            "IDLE",
+            "NAMESPACE",
+            "ID",
+            "ENABLE",
+            "UIDPLUS",
+            "MOVE",
+            "UNSELECT",
+            "CHILDREN",
+            "SPECIAL-USE",
+        ];
         if matches!(self.state, State::NotAuthenticated) {
             if self.cfg.starttls && !self.tls {
                 caps.push("STARTTLS");
@@ -181,25 +202,25 @@ impl Session {
         caps.join(" ")
     }
 
-    fn send(&mut self, r: Response<'_>) {
+    pub(super) fn send(&mut self, r: Response<'_>) {
         self.out.extend(ResponseCodec::default().encode(&r).dump());
     }
 
-    fn data(&mut self, d: Data<'_>) {
+    pub(super) fn data(&mut self, d: Data<'_>) {
         self.send(Response::Data(d));
     }
 
-    fn ok(&mut self, tag: &Tag<'_>, code: Option<Code<'_>>, text: &str) {
+    pub(super) fn ok(&mut self, tag: &Tag<'_>, code: Option<Code<'_>>, text: &str) {
         let s = Status::ok(Some(tag.clone()), code, text).expect("valid text");
         self.send(Response::Status(s));
     }
 
-    fn no(&mut self, tag: &Tag<'_>, text: &str) {
+    pub(super) fn no(&mut self, tag: &Tag<'_>, text: &str) {
         let s = Status::no(Some(tag.clone()), None, text).expect("valid text");
         self.send(Response::Status(s));
     }
 
-    fn bad(&mut self, tag: &Tag<'_>, text: &str) {
+    pub(super) fn bad(&mut self, tag: &Tag<'_>, text: &str) {
         let s = Status::bad(Some(tag.clone()), None, text).expect("valid text");
         self.send(Response::Status(s));
     }
@@ -297,6 +318,23 @@ impl Session {
             (_, CommandBody::Status { mailbox, item_names }) => {
                 self.status(&tag, &mailbox, &item_names)
             }
+            (_, CommandBody::Create { mailbox }) => self.manage(&tag, Manage::Create, &mailbox),
+            (_, CommandBody::Delete { mailbox }) => self.manage(&tag, Manage::Delete, &mailbox),
+            (_, CommandBody::Rename { from, to }) => self.manage(&tag, Manage::Rename(to), &from),
+            (_, CommandBody::Subscribe { mailbox }) => {
+                self.manage(&tag, Manage::Subscribe(true), &mailbox)
+            }
+            (_, CommandBody::Unsubscribe { mailbox }) => {
+                self.manage(&tag, Manage::Subscribe(false), &mailbox)
+            }
+            (_, CommandBody::Append { mailbox, flags, date, message }) => {
+                self.append(&tag, &mailbox, &flags, date.as_ref(), message.data())
+            }
+            (_, CommandBody::Enable { .. }) => {
+                // Nothing here changes behaviour when enabled (no CONDSTORE, no UTF8=ACCEPT).
+                self.out_raw(b"* ENABLED\r\n");
+                self.ok(&tag, None, "ENABLE completed");
+            }
             (_, CommandBody::Idle) => return Next::Idle { tag },
             (State::Selected(_), body) => self.selected(&tag, body),
             (_, CommandBody::Close | CommandBody::Unselect | CommandBody::Expunge) => {
@@ -304,7 +342,11 @@ impl Session {
             }
             (
                 _,
-                CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. },
+                CommandBody::Fetch { .. }
+                | CommandBody::Store { .. }
+                | CommandBody::Search { .. }
+                | CommandBody::Copy { .. }
+                | CommandBody::Move { .. },
             ) => self.bad(&tag, "No mailbox selected"),
             _ => self.no(&tag, "[CANNOT] Not supported by this server yet"),
         }
@@ -347,17 +389,14 @@ impl Session {
         self.tls = true;
     }
 
-    fn snapshot(&self) -> Result<std::sync::Arc<Snapshot>, String> {
-        let md = self.maildir.as_ref().ok_or("no mailbox")?;
-        md.snapshot().map_err(|e| e.to_string())
-    }
-
     fn select(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, read_only: bool) {
         self.state = State::Authenticated;
-        if !is_inbox(mailbox) {
-            return self.no(tag, "[NONEXISTENT] No such mailbox");
-        }
-        let mut snapshot = match self.snapshot() {
+        let name = mailbox_name(mailbox);
+        let folder = match self.open(&name) {
+            Ok(f) => f,
+            Err(_) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+        };
+        let mut snapshot = match folder.snapshot() {
             Ok(s) => s,
             Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
         };
@@ -365,12 +404,10 @@ impl Session {
         if !read_only && recent > 0 {
             // This session has reported them as \Recent: they move to cur/ (Maildir "seen by a
             // client"), so no other session reports them again.
-            if let Some(md) = self.maildir.clone() {
-                let messages = &mut std::sync::Arc::make_mut(&mut snapshot).messages;
-                for m in messages.iter_mut().filter(|m| m.recent) {
-                    if let Ok(p) = md.set_flags(m, m.flags) {
-                        m.path = p;
-                    }
+            let messages = &mut std::sync::Arc::make_mut(&mut snapshot).messages;
+            for m in messages.iter_mut().filter(|m| m.recent) {
+                if let Ok(p) = folder.set_flags(m, m.flags) {
+                    m.path = p;
                 }
             }
         }
@@ -393,69 +430,7 @@ impl Session {
         self.send(Response::Status(s));
         let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
         self.ok(tag, Some(code), if read_only { "EXAMINE completed" } else { "SELECT completed" });
-        self.state = State::Selected(View { read_only, snapshot });
-    }
-
-    fn list(
-        &mut self,
-        tag: &Tag<'_>,
-        reference: &Mailbox<'_>,
-        pattern: &ListMailbox<'_>,
-        lsub: bool,
-    ) {
-        let reference: &[u8] = match reference {
-            Mailbox::Inbox => b"INBOX",
-            Mailbox::Other(o) => o.as_ref(),
-        };
-        let pattern: &[u8] = match pattern {
-            ListMailbox::Token(t) => t.as_ref(),
-            ListMailbox::String(s) => s.as_ref(),
-        };
-        let delimiter = Some('/'.try_into().expect("valid"));
-        if pattern.is_empty() && !lsub {
-            // RFC 3501 6.3.8: the hierarchy delimiter and root.
-            self.out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
-        } else if reference.is_empty() && inbox_matches(pattern) {
-            let items: Vec<FlagNameAttribute<'_>> = Vec::new();
-            let d = if lsub {
-                Data::Lsub { items, delimiter, mailbox: Mailbox::Inbox }
-            } else {
-                Data::List { items, delimiter, mailbox: Mailbox::Inbox }
-            };
-            self.data(d);
-        }
-        self.ok(tag, None, if lsub { "LSUB completed" } else { "LIST completed" });
-    }
-
-    fn status(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, names: &[StatusDataItemName]) {
-        if !is_inbox(mailbox) {
-            return self.no(tag, "[NONEXISTENT] No such mailbox");
-        }
-        let s = match self.snapshot() {
-            Ok(s) => s,
-            Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
-        };
-        let count =
-            |f: &dyn Fn(&MessageInfo) -> bool| s.messages.iter().filter(|m| f(m)).count() as u32;
-        let items: Vec<StatusDataItem> = names
-            .iter()
-            .filter_map(|n| match n {
-                StatusDataItemName::Messages => {
-                    Some(StatusDataItem::Messages(s.messages.len() as u32))
-                }
-                StatusDataItemName::Recent => Some(StatusDataItem::Recent(count(&|m| m.recent))),
-                StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(s.uidnext))),
-                StatusDataItemName::UidValidity => {
-                    Some(StatusDataItem::UidValidity(nz(s.uidvalidity)))
-                }
-                StatusDataItemName::Unseen => {
-                    Some(StatusDataItem::Unseen(count(&|m| m.flags & flag::SEEN == 0)))
-                }
-                _ => None,
-            })
-            .collect();
-        self.data(Data::Status { mailbox: Mailbox::Inbox, items: Cow::Owned(items) });
-        self.ok(tag, None, "STATUS completed");
+        self.state = State::Selected(View { folder, read_only, snapshot });
     }
 
     fn selected(&mut self, tag: &Tag<'_>, body: CommandBody<'static>) {
@@ -468,16 +443,25 @@ impl Session {
                     matches!(response, imap_codec::imap_types::flag::StoreResponse::Silent);
                 self.store(tag, &sequence_set, kind, silent, bits_of(&flags), uid)
             }
-            CommandBody::Search { criteria, uid, .. } => self.search(tag, &criteria, uid),
+            CommandBody::Search { criteria, uid, charset } => {
+                let charset = charset.map(|c| c.as_ref().to_string());
+                self.search(tag, charset.as_deref(), &criteria, uid)
+            }
+            CommandBody::Copy { sequence_set, mailbox, uid } => {
+                self.transfer(tag, &sequence_set, &mailbox, uid, Transfer::Copy)
+            }
+            CommandBody::Move { sequence_set, mailbox, uid } => {
+                self.transfer(tag, &sequence_set, &mailbox, uid, Transfer::Move)
+            }
             CommandBody::Expunge => {
-                if self.expunge(true) {
+                if self.expunge(true, None) {
                     self.ok(tag, None, "EXPUNGE completed");
                 } else {
                     self.no(tag, "Mailbox is read-only");
                 }
             }
             CommandBody::Close => {
-                self.expunge(false);
+                self.expunge(false, None);
                 self.state = State::Authenticated;
                 self.ok(tag, None, "CLOSE completed");
             }
@@ -489,7 +473,7 @@ impl Session {
         }
     }
 
-    fn view(&mut self) -> Option<&mut View> {
+    pub(super) fn view(&mut self) -> Option<&mut View> {
         match &mut self.state {
             State::Selected(v) => Some(v),
             _ => None,
@@ -497,7 +481,7 @@ impl Session {
     }
 
     /// Indexes of the messages a sequence or UID set names.
-    fn matching(&mut self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+    pub(super) fn matching(&mut self, set: &SequenceSet, uid: bool) -> Vec<usize> {
         let Some(v) = self.view() else { return Vec::new() };
         let msgs = &v.snapshot.messages;
         let largest_uid = msgs.last().map_or(0, |m| m.uid);
@@ -509,124 +493,10 @@ impl Session {
             .collect()
     }
 
-    fn fetch(
-        &mut self,
-        tag: &Tag<'_>,
-        set: &SequenceSet,
-        names: MacroOrMessageDataItemNames<'_>,
-        uid: bool,
-    ) {
-        use imap_codec::imap_types::fetch::Macro;
-        let mut names = match names {
-            MacroOrMessageDataItemNames::Macro(m) => {
-                let mut v = vec![
-                    MessageDataItemName::Flags,
-                    MessageDataItemName::InternalDate,
-                    MessageDataItemName::Rfc822Size,
-                ];
-                if matches!(m, Macro::All | Macro::Full) {
-                    v.push(MessageDataItemName::Envelope);
-                }
-                if matches!(m, Macro::Full) {
-                    v.push(MessageDataItemName::Body);
-                }
-                v
-            }
-            MacroOrMessageDataItemNames::MessageDataItemNames(n) => n,
-        };
-        if names.iter().any(|n| {
-            matches!(
-                n,
-                MessageDataItemName::Envelope
-                    | MessageDataItemName::BodyStructure
-                    | MessageDataItemName::Body
-            )
-        }) {
-            return self.no(tag, "[CANNOT] ENVELOPE and BODYSTRUCTURE are not supported yet");
-        }
-        if uid && !names.contains(&MessageDataItemName::Uid) {
-            names.insert(0, MessageDataItemName::Uid);
-        }
-        for i in self.matching(set, uid) {
-            match self.fetch_one(i, &names) {
-                Ok(items) => {
-                    if let Ok(items) = NonEmptyVec::try_from(items) {
-                        self.data(Data::Fetch { seq: nz(i as u32 + 1), items });
-                    }
-                }
-                // Gone since the snapshot (expunged by another session): skip it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
-            }
-        }
-        self.ok(tag, None, "FETCH completed");
-    }
-
-    fn fetch_one(
-        &mut self,
-        i: usize,
-        names: &[MessageDataItemName<'_>],
-    ) -> std::io::Result<Vec<MessageDataItem<'static>>> {
-        let (msg, read_only) = match self.view() {
-            Some(v) => (v.snapshot.messages[i].clone(), v.read_only),
-            None => return Ok(Vec::new()),
-        };
-        let mut items = Vec::new();
-        let mut seen = false;
-        for n in names {
-            let item = match n {
-                MessageDataItemName::Uid => MessageDataItem::Uid(nz(msg.uid)),
-                MessageDataItemName::Flags => continue,
-                MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(msg.size as u32),
-                MessageDataItemName::InternalDate => {
-                    MessageDataItem::InternalDate(internal_date(msg.internal_date))
-                }
-                MessageDataItemName::Rfc822 => {
-                    seen = true;
-                    MessageDataItem::Rfc822(nstring(mailstore::read_range(&msg.path, 0, u64::MAX)?))
-                }
-                MessageDataItemName::Rfc822Header => {
-                    let h = mailstore::header_len(&msg.path)?;
-                    MessageDataItem::Rfc822Header(nstring(mailstore::read_range(&msg.path, 0, h)?))
-                }
-                MessageDataItemName::Rfc822Text => {
-                    seen = true;
-                    let h = mailstore::header_len(&msg.path)?;
-                    MessageDataItem::Rfc822Text(nstring(mailstore::read_range(
-                        &msg.path,
-                        h,
-                        u64::MAX,
-                    )?))
-                }
-                MessageDataItemName::BodyExt { section, partial, peek } => {
-                    seen |= !peek;
-                    let bytes = section_bytes(&msg.path, section.as_ref(), *partial)?;
-                    MessageDataItem::BodyExt {
-                        section: section.clone().map(to_static_section),
-                        origin: partial.map(|(o, _)| o),
-                        data: nstring(bytes),
-                    }
-                }
-                _ => continue,
-            };
-            items.push(item);
-        }
-        let mut flags = msg.flags;
-        if seen && !read_only && flags & flag::SEEN == 0 {
-            flags |= flag::SEEN;
-            self.set_flags(i, flags);
-        }
-        if names.contains(&MessageDataItemName::Flags) || flags != msg.flags {
-            items.push(MessageDataItem::Flags(fetch_flags(flags, msg.recent)));
-        }
-        Ok(items)
-    }
-
-    fn set_flags(&mut self, i: usize, flags: u8) -> bool {
-        let Some(md) = self.maildir.clone() else { return false };
+    pub(super) fn set_flags(&mut self, i: usize, flags: u8) -> bool {
         let Some(v) = self.view() else { return false };
         let m = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages[i];
-        match md.set_flags(m, flags) {
+        match v.folder.set_flags(m, flags) {
             Ok(p) => {
                 m.path = p;
                 m.flags = flags;
@@ -672,49 +542,84 @@ impl Session {
         self.ok(tag, None, "STORE completed");
     }
 
-    fn search(&mut self, tag: &Tag<'_>, key: &SearchKey<'_>, uid: bool) {
-        let Some(v) = self.view() else { return };
-        let msgs = &v.snapshot.messages;
-        let (n, largest_uid) = (msgs.len() as u32, msgs.last().map_or(0, |m| m.uid));
-        let mut hits = Vec::new();
-        for (i, m) in msgs.iter().enumerate() {
-            match matches_key(key, m, i as u32 + 1, n, largest_uid) {
-                Some(true) => hits.push(nz(if uid { m.uid } else { i as u32 + 1 })),
-                Some(false) => {}
-                None => return self.no(tag, "[CANNOT] Search key not supported yet"),
-            }
-        }
-        self.data(Data::Search(hits));
-        self.ok(tag, None, "SEARCH completed");
-    }
-
-    /// Removes \Deleted messages; `report`: send EXPUNGE responses. False if read-only.
-    fn expunge(&mut self, report: bool) -> bool {
-        let Some(md) = self.maildir.clone() else { return false };
+    /// Removes \Deleted messages (only those with a UID in `uids`, for UID EXPUNGE);
+    /// `report`: send EXPUNGE responses. False if read-only.
+    fn expunge(&mut self, report: bool, uids: Option<&SequenceSet>) -> bool {
         let Some(v) = self.view() else { return false };
         if v.read_only {
             return false;
         }
+        let largest = v.snapshot.messages.last().map_or(0, |m| m.uid);
         let gone: Vec<usize> = (0..v.snapshot.messages.len())
-            .filter(|&i| v.snapshot.messages[i].flags & flag::DELETED != 0)
+            .filter(|&i| {
+                let m = &v.snapshot.messages[i];
+                m.flags & flag::DELETED != 0 && uids.is_none_or(|s| contains(s, m.uid, largest))
+            })
             .collect();
         let paths: Vec<_> = gone.iter().map(|&i| v.snapshot.messages[i].path.clone()).collect();
-        if md.expunge(&paths).is_err() {
+        if v.folder.expunge(&paths).is_err() {
             return true;
         }
-        // Highest first, so each number is right when the client applies it.
+        self.size_changed |= !gone.is_empty();
+        if report {
+            self.forget_messages(&gone);
+        } else if let Some(v) = self.view() {
+            let messages = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages;
+            for &i in gone.iter().rev() {
+                messages.remove(i);
+            }
+        }
+        true
+    }
+
+    /// Drops messages (by index, ascending) from the view and tells the client (EXPUNGE).
+    pub(super) fn forget_messages(&mut self, gone: &[usize]) {
+        let Some(v) = self.view() else { return };
+        // Highest first, so each index is right when it is removed.
         let messages = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages;
         for &i in gone.iter().rev() {
             messages.remove(i);
         }
-        if report {
-            // RFC 3501 7.4.1: each EXPUNGE renumbers the rest; in ascending order, a removed
-            // message's number drops by the removals before it.
-            let numbers: Vec<u32> =
-                gone.iter().enumerate().map(|(k, &i)| i as u32 + 1 - k as u32).collect();
-            for n in numbers {
-                self.data(Data::Expunge(nz(n)));
+        // RFC 3501 7.4.1: each EXPUNGE renumbers the rest; in ascending order, a removed
+        // message's number drops by the removals before it.
+        for (k, &i) in gone.iter().enumerate() {
+            self.data(Data::Expunge(nz(i as u32 + 1 - k as u32)));
+        }
+    }
+
+    /// Extensions imap-codec 1.0 does not parse: NAMESPACE (RFC 2342), ID (RFC 2971) and
+    /// UID EXPUNGE (RFC 4315). True if `line` was one of them and has been answered.
+    pub fn raw_command(&mut self, line: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.trim_end().splitn(3, ' ');
+        let (Some(tag), Some(verb)) = (words.next(), words.next()) else { return false };
+        let Ok(tag) = Tag::try_from(tag.to_string()) else { return false };
+        let rest = words.next().unwrap_or("");
+        let authenticated = !matches!(self.state, State::NotAuthenticated);
+        match verb.to_ascii_uppercase().as_str() {
+            "ID" => {
+                let v = env!("CARGO_PKG_VERSION");
+                self.out_raw(
+                    format!("* ID (\"name\" \"sluice\" \"version\" \"{v}\")\r\n").as_bytes(),
+                );
+                self.ok(&tag, None, "ID completed");
             }
+            "NAMESPACE" if authenticated => {
+                self.out_raw(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                self.ok(&tag, None, "NAMESPACE completed");
+            }
+            "UID" if rest.to_ascii_uppercase().starts_with("EXPUNGE ") => {
+                let set = SequenceSet::try_from(rest[8..].trim());
+                match (set, matches!(self.state, State::Selected(_))) {
+                    (Err(_), _) => self.bad(&tag, "Bad UID set"),
+                    (Ok(_), false) => self.bad(&tag, "No mailbox selected"),
+                    (Ok(set), true) => match self.expunge(true, Some(&set)) {
+                        true => self.ok(&tag, None, "UID EXPUNGE completed"),
+                        false => self.no(&tag, "Mailbox is read-only"),
+                    },
+                }
+            }
+            _ => return false,
         }
         true
     }
@@ -722,8 +627,8 @@ impl Session {
     /// Reports what changed in the selected mailbox since the client last heard: expunges,
     /// new messages and flag changes made by others (NOOP, CHECK, IDLE).
     pub fn refresh(&mut self) {
-        let Ok(fresh) = self.snapshot() else { return };
         let Some(v) = self.view() else { return };
+        let Ok(fresh) = v.folder.snapshot() else { return };
         let old = std::mem::replace(&mut v.snapshot, fresh.clone());
         let mut responses = Vec::new();
         let mut kept = Vec::new();
@@ -764,14 +669,7 @@ impl Session {
     }
 }
 
-fn inbox_matches(pattern: &[u8]) -> bool {
-    let p = String::from_utf8_lossy(pattern).to_ascii_uppercase();
-    // '*' and '%' match any run of characters; INBOX has no hierarchy below it here.
-    let re = format!("^{}$", regex::escape(&p).replace("\\*", ".*").replace('%', "[^/]*"));
-    regex::Regex::new(&re).is_ok_and(|r| r.is_match("INBOX"))
-}
-
-fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
+pub(super) fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
     let mut v: Vec<FlagFetch<'static>> = flags_of(bits).into_iter().map(FlagFetch::Flag).collect();
     if recent {
         v.push(FlagFetch::Recent);
@@ -779,131 +677,10 @@ fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
     v
 }
 
-fn internal_date(secs: i64) -> imap_codec::imap_types::datetime::DateTime {
+pub(super) fn internal_date(secs: i64) -> imap_codec::imap_types::datetime::DateTime {
     let utc = chrono::FixedOffset::east_opt(0).expect("zero offset");
     let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().with_timezone(&utc);
     imap_codec::imap_types::datetime::DateTime::try_from(t).expect("a valid date")
-}
-
-/// A message's bytes as a literal (NUL never occurs: sluice refuses NUL at intake).
-fn nstring(bytes: Vec<u8>) -> NString<'static> {
-    NString::from(Literal::unvalidated(bytes))
-}
-
-fn to_static_section(s: Section<'_>) -> Section<'static> {
-    use bounded_static::IntoBoundedStatic;
-    s.into_static()
-}
-
-/// BODY[section]<partial>: the whole message, its header, selected header fields or its text.
-/// Partial ranges read only their octets from the file.
-fn section_bytes(
-    path: &Path,
-    section: Option<&Section<'_>>,
-    partial: Option<(u32, NonZeroU32)>,
-) -> std::io::Result<Vec<u8>> {
-    let (start, len) = match partial {
-        Some((o, n)) => (o as u64, n.get() as u64),
-        None => (0, u64::MAX),
-    };
-    let slice = |v: Vec<u8>| -> Vec<u8> {
-        let s = (start as usize).min(v.len());
-        let e = s.saturating_add(len.min(usize::MAX as u64) as usize).min(v.len());
-        v[s..e].to_vec()
-    };
-    match section {
-        None => mailstore::read_range(path, start, len),
-        Some(Section::Header(None)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(mailstore::read_range(path, 0, h)?))
-        }
-        Some(Section::Text(None)) => {
-            let h = mailstore::header_len(path)?;
-            mailstore::read_range(path, h.saturating_add(start), len)
-        }
-        // A message that is not multipart has one part: its text (RFC 3501 6.4.5).
-        Some(Section::Part(p)) if p.0.as_ref() == [nz(1)] => {
-            let h = mailstore::header_len(path)?;
-            mailstore::read_range(path, h.saturating_add(start), len)
-        }
-        Some(Section::HeaderFields(None, names)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(header_fields(&mailstore::read_range(path, 0, h)?, names.as_ref(), true)))
-        }
-        Some(Section::HeaderFieldsNot(None, names)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(header_fields(&mailstore::read_range(path, 0, h)?, names.as_ref(), false)))
-        }
-        Some(_) => Err(std::io::Error::other("MIME part sections are not supported yet")),
-    }
-}
-
-/// The header fields (with their continuation lines) whose names are (`keep`) or are not in
-/// `names`, then the blank line.
-fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
-    let wanted: Vec<String> =
-        names.iter().map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_lowercase()).collect();
-    let mut out = Vec::new();
-    let mut include = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
-            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-            include = wanted.contains(&name) == keep;
-        }
-        if include {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// Whether a message matches a search key; None for keys this server does not evaluate yet
-/// (text and date searches).
-fn matches_key(
-    key: &SearchKey<'_>,
-    m: &MessageInfo,
-    seq: u32,
-    n: u32,
-    largest_uid: u32,
-) -> Option<bool> {
-    let has = |bit: u8| m.flags & bit != 0;
-    Some(match key {
-        SearchKey::All => true,
-        SearchKey::And(keys) => {
-            let mut all = true;
-            for k in keys.as_ref() {
-                all &= matches_key(k, m, seq, n, largest_uid)?;
-            }
-            all
-        }
-        SearchKey::Or(a, b) => {
-            matches_key(a, m, seq, n, largest_uid)? | matches_key(b, m, seq, n, largest_uid)?
-        }
-        SearchKey::Not(k) => !matches_key(k, m, seq, n, largest_uid)?,
-        SearchKey::SequenceSet(s) => contains(s, seq, n),
-        SearchKey::Uid(s) => contains(s, m.uid, largest_uid),
-        SearchKey::Seen => has(flag::SEEN),
-        SearchKey::Unseen => !has(flag::SEEN),
-        SearchKey::Answered => has(flag::ANSWERED),
-        SearchKey::Unanswered => !has(flag::ANSWERED),
-        SearchKey::Flagged => has(flag::FLAGGED),
-        SearchKey::Unflagged => !has(flag::FLAGGED),
-        SearchKey::Deleted => has(flag::DELETED),
-        SearchKey::Undeleted => !has(flag::DELETED),
-        SearchKey::Draft => has(flag::DRAFT),
-        SearchKey::Undraft => !has(flag::DRAFT),
-        SearchKey::Recent => m.recent,
-        SearchKey::Old => !m.recent,
-        SearchKey::New => m.recent && !has(flag::SEEN),
-        SearchKey::Larger(x) => m.size > *x as u64,
-        SearchKey::Smaller(x) => m.size < *x as u64,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -923,49 +700,5 @@ mod tests {
         assert!(contains(&set("6:4"), 5, 10));
         assert!(contains(&set("1:4294967295"), 4_000_000_000, 10));
         assert!(!contains(&set("*"), 9, 10));
-    }
-
-    #[test]
-    fn header_fields_keep_continuations_and_the_blank_line() {
-        let h = b"Subject: one\r\n two\r\nFrom: a@b\r\nX-Long: x\r\n\ty\r\n\r\n";
-        let names = [AString::try_from("subject").unwrap(), AString::try_from("X-LONG").unwrap()];
-        assert_eq!(
-            header_fields(h, &names, true),
-            b"Subject: one\r\n two\r\nX-Long: x\r\n\ty\r\n\r\n".to_vec()
-        );
-        assert_eq!(header_fields(h, &names, false), b"From: a@b\r\n\r\n".to_vec());
-    }
-
-    #[test]
-    fn list_patterns_find_inbox() {
-        for p in ["*", "%", "INBOX", "inbox", "IN*", "%BOX"] {
-            assert!(inbox_matches(p.as_bytes()), "{p}");
-        }
-        for p in ["Sent", "INBOX/*", "x%"] {
-            assert!(!inbox_matches(p.as_bytes()), "{p}");
-        }
-    }
-
-    #[test]
-    fn search_keys_combine() {
-        let m = |flags, recent, size| MessageInfo {
-            uid: 7,
-            unique: "u".into(),
-            path: "/x".into(),
-            size,
-            flags,
-            internal_date: 0,
-            recent,
-        };
-        let seen_big = m(flag::SEEN, false, 5000);
-        let new_small = m(0, true, 10);
-        let key = |k: SearchKey<'static>| move |msg: &MessageInfo| matches_key(&k, msg, 1, 1, 7);
-        assert_eq!(key(SearchKey::New)(&new_small), Some(true));
-        assert_eq!(key(SearchKey::New)(&seen_big), Some(false));
-        let or = SearchKey::Or(Box::new(SearchKey::Larger(1000)), Box::new(SearchKey::Recent));
-        assert_eq!(key(or.clone())(&seen_big), Some(true));
-        assert_eq!(key(SearchKey::Not(Box::new(or)))(&new_small), Some(false));
-        assert_eq!(key(SearchKey::Uid(set("5:7")))(&seen_big), Some(true));
-        assert_eq!(key(SearchKey::Body(AString::try_from("x").unwrap()))(&seen_big), None);
     }
 }

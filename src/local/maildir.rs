@@ -126,15 +126,28 @@ fn create_durably(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// `M<micros>P<pid>Q<n>`: unique within this host and second.
+pub fn unique_token() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let n = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    format!("{}.M{}P{}Q{}", now.as_secs(), now.subsec_micros(), std::process::id(), n)
+}
+
 /// `<secs>.M<micros>P<pid>Q<n>.<host>,S=<size>`: unique per host (time, process, counter).
 fn unique_name(hostname: &str, size: u64) -> String {
+    unique_name_at(hostname, size, None)
+}
+
+/// A unique name whose leading seconds are `secs` (a message APPENDed or copied with its
+/// internal date) rather than now; the rest still makes it unique.
+pub fn unique_name_at(hostname: &str, size: u64, secs: Option<i64>) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let n = DELIVERIES.fetch_add(1, Ordering::Relaxed);
     // '/' and ':' would change the path or the flags; Maildir escapes them as octal.
     let host = hostname.replace('/', "\\057").replace(':', "\\072");
     format!(
         "{}.M{}P{}Q{}.{},S={}",
-        now.as_secs(),
+        secs.map_or(now.as_secs(), |s| s.max(0) as u64),
         now.subsec_micros(),
         std::process::id(),
         n,

@@ -155,6 +155,110 @@ impl Maildir {
     }
 }
 
+/// How [`Maildir::transfer`] brings messages into another folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// COPY: a hard link (a copy where links fail) under a new name.
+    Copy,
+    /// MOVE: a rename, atomic, so a crash leaves each message in one folder or the other.
+    Move,
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Maildir {
+    /// APPEND: stores a message with flags and an internal date (seconds), durably (tmp,
+    /// fsync, rename, fsync the directory). Returns its unique name.
+    pub fn append(
+        &self,
+        data: &[u8],
+        flags: u8,
+        date: Option<i64>,
+        hostname: &str,
+    ) -> Result<String, StoreError> {
+        use std::io::Write;
+        self.create()?;
+        let unique = super::maildir::unique_name_at(hostname, data.len() as u64, date);
+        let tmp = self.root().join("tmp").join(&unique);
+        // Without flags it is new (\Recent); with them it has been seen by a client: cur/.
+        let (sub, file) = match flags {
+            0 => ("new", unique.clone()),
+            f => ("cur", format!("{unique}{}", info_for(f))),
+        };
+        let result = (|| {
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            if let Some(t) = date.and_then(|d| u64::try_from(d).ok()) {
+                // Dovecot takes the internal date from the modification time.
+                f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))?;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, self.root().join(sub).join(&file))?;
+            sync_dir(&self.root().join(sub))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        Ok(unique)
+    }
+
+    /// COPY or MOVE `msgs` into `dest`, keeping flags and internal dates, durably. Returns the
+    /// new unique names in the order of `msgs` (messages gone meanwhile are skipped: None).
+    pub fn transfer(
+        &self,
+        msgs: &[MessageInfo],
+        dest: &Maildir,
+        how: Transfer,
+        hostname: &str,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        dest.create()?;
+        let mut names = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let unique = super::maildir::unique_name_at(hostname, m.size, Some(m.internal_date));
+            let to = dest.root().join("cur").join(format!("{unique}{}", info_for(m.flags)));
+            let done = match how {
+                Transfer::Move => fs::rename(&m.path, &to),
+                Transfer::Copy => fs::hard_link(&m.path, &to).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Err(e),
+                    _ => copy_durably(&m.path, dest, &unique, &to),
+                }),
+            };
+            match done {
+                Ok(()) => names.push(Some(unique)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => names.push(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sync_dir(&dest.root().join("cur"))?;
+        if how == Transfer::Move {
+            for sub in ["new", "cur"] {
+                sync_dir(&self.root().join(sub))?;
+            }
+        }
+        Ok(names)
+    }
+
+    /// The UIDs `names` got in this Maildir (assigning them durably), with the UIDVALIDITY.
+    pub fn uids_of(&self, names: &[Option<String>]) -> Result<(u32, Vec<Option<u32>>), StoreError> {
+        let s = self.snapshot()?;
+        let by_name: std::collections::HashMap<&str, u32> =
+            s.messages.iter().map(|m| (m.unique.as_str(), m.uid)).collect();
+        let uids =
+            names.iter().map(|n| n.as_deref().and_then(|n| by_name.get(n).copied())).collect();
+        Ok((s.uidvalidity, uids))
+    }
+}
+
+fn copy_durably(from: &Path, dest: &Maildir, unique: &str, to: &Path) -> std::io::Result<()> {
+    let tmp = dest.root().join("tmp").join(unique);
+    fs::copy(from, &tmp)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, to)
+}
+
 /// Snapshots shared between sessions, keyed by Maildir. One is reused only while `new/`,
 /// `cur/` and the UID list keep the modification times they had when it was taken, and only
 /// if those times were over a second old then: a change within the file system's timestamp

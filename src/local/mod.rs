@@ -4,6 +4,7 @@
 //! mailbox or a disk error is a retry, and the message leaves the spool only once the mailbox
 //! write is durable.
 
+pub mod folders;
 pub mod maildir;
 pub mod mailstore;
 pub mod uidlist;
@@ -185,7 +186,7 @@ impl Mailboxes {
         if let Some(&u) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get(user) {
             return Ok(u);
         }
-        let u = self.maildir(user).usage()?;
+        let u = self.maildir(user).total_usage()?;
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_string(), u);
         Ok(u)
     }

@@ -70,7 +70,16 @@ impl UidList {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        let uidvalidity = now.max(previous.map_or(1, |p| p.saturating_add(1))).max(1);
+        // Never the same value twice in this process, even for a folder deleted and created
+        // again within one second (its UIDs start over, so its UIDVALIDITY must change).
+        static LAST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let floor = now.max(previous.map_or(1, |p| p.saturating_add(1))).max(1);
+        let last = LAST.fetch_max(floor, std::sync::atomic::Ordering::SeqCst);
+        let uidvalidity = if last >= floor {
+            LAST.fetch_add(1, std::sync::atomic::Ordering::SeqCst).saturating_add(1)
+        } else {
+            floor
+        };
         UidList { uidvalidity, uidnext: 1, entries: Vec::new() }
     }
 
