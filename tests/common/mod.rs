@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod dns;
 pub mod load;
+pub mod mailboxes;
 pub mod sink;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");

