@@ -259,3 +259,129 @@ fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
     );
     assert_eq!(out.trim(), "OK");
 }
+
+const IMAPLIB_FOLDERS: &str = r#"
+import imaplib, re, sys
+host, port = sys.argv[1], int(sys.argv[2])
+m = imaplib.IMAP4(host, port)
+m.login("bob@example.com", "pw")
+for cap in ["UIDPLUS", "MOVE", "NAMESPACE", "SPECIAL-USE", "ID", "ENABLE", "CHILDREN"]:
+    assert cap in m.capabilities, (cap, m.capabilities)
+typ, data = m.namespace(); assert data == [b'(("" "/")) NIL NIL'], data
+typ, data = m.xatom("ID", "NIL"); assert typ == "OK", data
+assert b"sluice" in m.untagged_responses.pop("ID")[0]
+typ, data = m.enable("CONDSTORE"); assert typ == "OK", data
+
+def names(pattern="*", lsub=False):
+    typ, data = (m.lsub if lsub else m.list)('""', pattern)
+    assert typ == "OK", data
+    return [d.decode() for d in data if d]
+
+# The default folders with their roles (RFC 6154), created and subscribed at the first login.
+listed = names()
+for line in ['(\\HasNoChildren) "/" INBOX', '(\\HasNoChildren \\Sent) "/" Sent',
+             '(\\HasNoChildren \\Trash) "/" Trash', '(\\HasNoChildren \\Drafts) "/" Drafts',
+             '(\\HasNoChildren \\Junk) "/" Junk']:
+    assert line in listed, (line, listed)
+assert len(listed) == 5, listed
+
+# CREATE makes the parents too; LIST shows the hierarchy; % stops at the delimiter.
+assert m.create("Lists/rust")[0] == "OK"
+assert m.create("Lists/rust")[0] == "NO"
+assert '(\\HasChildren) "/" Lists' in names("Lists*"), names("Lists*")
+assert names("Lists/%") == ['(\\HasNoChildren) "/" Lists/rust'], names("Lists/%")
+assert m.subscribe("Lists/rust")[0] == "OK"
+assert '() "/" Lists/rust' in names(lsub=True) or any("Lists/rust" in n for n in names(lsub=True))
+
+# APPEND with flags, a date and a literal: APPENDUID names the new message.
+msg = b"From: Carol <bob@example.com>\r\nSubject: draft one\r\n\r\nHello\r\n"
+date = '"17-May-2023 10:00:00 +0000"'
+typ, data = m.append("Sent", "(\\Seen)", date, msg)
+assert typ == "OK", data
+validity, uid = map(int, re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[0]).groups())
+typ, data = m.append("Nowhere", None, None, msg)
+assert typ == "NO" and b"TRYCREATE" in data[0], data
+typ, data = m.select("Sent")
+assert typ == "OK" and data == [b"1"], data
+assert int(m.untagged_responses["UIDVALIDITY"][0]) == validity
+typ, data = m.uid("fetch", str(uid), "(FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
+assert b"\\Seen" in data[0][0] and b'"17-May-2023' in data[0][0], data
+assert data[0][1] == msg, data
+assert m.close()[0] == "OK"
+
+# Three messages over SMTP; COPY two, MOVE one (COPYUID, EXPUNGE), UID EXPUNGE one.
+typ, data = m.select("INBOX"); assert data == [b"3"], data
+typ, data = m.uid("search", None, "ALL"); uids = data[0].split()
+# (imaplib's uid() drops the tagged text, where COPYUID is: the command directly.)
+typ, data = m._simple_command("UID", "COPY", b"%s:%s" % (uids[0], uids[1]), "Lists/rust")
+assert typ == "OK" and re.search(rb"\[COPYUID \d+ \d+:\d+ 1:2\]", data[0]), data
+typ, data = m._simple_command("UID", "MOVE", uids[2], "Trash")
+assert typ == "OK", data
+moved = m.untagged_responses.get("OK", [])
+assert any(b"COPYUID" in x for x in moved), moved
+assert m.untagged_responses.pop("EXPUNGE") == [b"3"], m.untagged_responses
+typ, data = m.status("Trash", "(MESSAGES)"); assert data == [b"Trash (MESSAGES 1)"], data
+typ, data = m.status("Lists/rust", "(MESSAGES UIDNEXT)"); assert data == [b'Lists/rust (MESSAGES 2 UIDNEXT 3)'], data
+m.uid("store", b"%s:%s" % (uids[0], uids[1]), "+FLAGS.SILENT", "(\\Deleted)")
+typ, data = m._simple_command("UID", "EXPUNGE", uids[1])
+assert typ == "OK" and m.untagged_responses.pop("EXPUNGE") == [b"2"], (data, m.untagged_responses)
+typ, data = m.uid("search", None, "ALL"); assert data[0].split() == [uids[0]], data
+
+# ENVELOPE and BODYSTRUCTURE of a multipart message; part sections; SEARCH by content.
+typ, data = m.select("Lists/rust")
+typ, data = m.fetch("1", "(ENVELOPE BODYSTRUCTURE)")
+head = data[0]
+assert b'"Dinner plans"' in head and b'(("Ann Example" NIL "ann" "example.org"))' in head, head
+assert re.search(rb'\("text" "plain" \("charset" "utf-8"\) NIL NIL "7bit" \d+ \d+', head), head
+assert b'"alternative" ("boundary" "b1")' in head, head
+typ, data = m.fetch("1", "(BODY.PEEK[2] BODY.PEEK[1.MIME])")
+assert data[0][1] == b"<p>Soup</p>", data
+assert data[1][1] == b"Content-Type: text/plain; charset=utf-8\r\n\r\n", data
+for crit, want in [('SUBJECT "dinner"', b"1"), ('FROM "ann@"', b"1 2"), ('BODY "soup"', b"1"),
+                   ('TEXT "plans"', b"1"), ('HEADER Message-ID "m2"', b"2"),
+                   ('SENTSINCE 1-Jan-2023 SENTBEFORE 1-Jan-2024', b"1"), ('NOT BODY "soup"', b"2"),
+                   ('OR SUBJECT "nothing" LARGER 1000000', b"")]:
+    typ, data = m.search("UTF-8", crit)
+    assert typ == "OK" and data == [want], (crit, data)
+typ, data = m.search("KOI8-R", "ALL"); assert typ == "NO" and b"BADCHARSET" in data[0], data
+
+# RENAME moves a folder with its children and messages; DELETE refuses a parent.
+m.close()
+assert m.rename("Lists", "Archive/Lists")[0] == "OK"
+listed = names("Archive*")
+assert '(\\HasChildren \\Archive) "/" Archive' in listed or any(l.endswith(" Archive") for l in listed), listed
+assert any(l.endswith("Archive/Lists/rust") for l in listed), listed
+typ, data = m.status("Archive/Lists/rust", "(MESSAGES)"); assert data == [b'Archive/Lists/rust (MESSAGES 2)'], data
+typ, data = m.delete("Archive/Lists"); assert typ == "NO", data
+assert m.delete("Archive/Lists/rust")[0] == "OK"
+assert m.delete("INBOX")[0] == "NO"
+assert not any("rust" in l for l in names()), names()
+m.logout()
+print("ok")
+"#;
+
+/// Folders and the message-moving commands through imaplib: LIST with SPECIAL-USE and
+/// CHILDREN attributes, NAMESPACE, ID, ENABLE, CREATE (with parents), SUBSCRIBE/LSUB, APPEND
+/// with flags, date and APPENDUID, COPY/MOVE with COPYUID, UID EXPUNGE, ENVELOPE and
+/// BODYSTRUCTURE of a multipart message, part sections, SEARCH by header, body and sent date,
+/// RENAME of a folder with children, DELETE.
+#[test]
+fn imaplib_manages_folders_appends_copies_and_moves() {
+    let t = start("");
+    let alt = "From: Ann Example <ann@example.org>\r\nTo: bob@example.com\r\n\
+               Date: Tue, 3 Jan 2023 12:00:00 +0000\r\nSubject: Dinner plans\r\n\
+               MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b1\r\n\r\n\
+               --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSoup.\r\n\
+               --b1\r\nContent-Type: text/html\r\n\r\n<p>Soup</p>\r\n--b1--\r\n";
+    t.send_raw("bob@example.com", "ann@example.org", alt);
+    t.send_raw("bob@example.com", "ann@example.org", "Message-ID: <m2>\r\nFrom: ann@example.org\r\nSubject: second\r\n\r\nbread\r\n");
+    t.send("bob@example.com", "m3", "third\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    let out = python(IMAPLIB_FOLDERS, &["127.0.0.1", &t.imap.port().to_string()]);
+    assert_eq!(out.trim(), "ok");
+    // The folders are Maildir++ directories any Maildir reader finds.
+    let md = t.maildir("bob");
+    for dir in [".Sent", ".Trash", ".Archive", ".Archive.Lists"] {
+        assert!(md.join(dir).join("cur").is_dir(), "{dir}");
+    }
+}

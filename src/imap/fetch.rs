@@ -48,11 +48,7 @@ impl Session {
         }
         for i in self.matching(set, uid) {
             match self.fetch_one(i, &names) {
-                Ok(items) => {
-                    if let Ok(items) = NonEmptyVec::try_from(items) {
-                        self.data(Data::Fetch { seq: nz(i as u32 + 1), items });
-                    }
-                }
+                Ok((items, structure)) => self.fetch_response(nz(i as u32 + 1), items, &structure),
                 // Gone since the snapshot (expunged by another session): skip it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
@@ -61,23 +57,53 @@ impl Session {
         self.ok(tag, None, "FETCH completed");
     }
 
+    /// `* n FETCH (...)`: the items imap-codec encodes, then the structure items.
+    fn fetch_response(
+        &mut self,
+        seq: NonZeroU32,
+        items: Vec<MessageDataItem<'static>>,
+        structure: &[u8],
+    ) {
+        use imap_codec::encode::Encoder;
+        let mut line = match NonEmptyVec::try_from(items) {
+            Ok(items) => {
+                let r = imap_codec::imap_types::response::Response::Data(Data::Fetch { seq, items });
+                imap_codec::ResponseCodec::default().encode(&r).dump()
+            }
+            Err(_) if structure.is_empty() => return,
+            Err(_) => format!("* {seq} FETCH ()\r\n").into_bytes(),
+        };
+        // Before the closing ")\r\n"; an empty list loses the space that would lead.
+        let at = line.len() - 3;
+        let skip = usize::from(line[at - 1] == b'(');
+        line.splice(at..at, structure[skip..].iter().copied());
+        self.out_raw(&line);
+    }
+
     fn fetch_one(
         &mut self,
         i: usize,
         names: &[MessageDataItemName<'_>],
-    ) -> std::io::Result<Vec<MessageDataItem<'static>>> {
+    ) -> std::io::Result<(Vec<MessageDataItem<'static>>, Vec<u8>)> {
         let (msg, read_only) = match self.view() {
             Some(v) => (v.snapshot.messages[i].clone(), v.read_only),
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), Vec::new())),
         };
         let mut items = Vec::new();
         let mut seen = false;
         // The whole message, read and parsed once, only for items that need its MIME tree.
         let mut whole: Option<Vec<u8>> = None;
+        let mut flags_at = None;
+        // ENVELOPE and BODY[STRUCTURE], encoded by `mime::wire` (each with a leading space).
+        let mut structure = Vec::new();
         for n in names {
             let item = match n {
                 MessageDataItemName::Uid => MessageDataItem::Uid(nz(msg.uid)),
-                MessageDataItemName::Flags => continue,
+                MessageDataItemName::Flags => {
+                    // Filled in last: a body fetch in this command may set \Seen.
+                    flags_at = Some(items.len());
+                    continue;
+                }
                 MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(msg.size as u32),
                 MessageDataItemName::InternalDate => {
                     MessageDataItem::InternalDate(internal_date(msg.internal_date))
@@ -101,16 +127,19 @@ impl Session {
                 }
                 MessageDataItemName::Envelope => {
                     let raw = load(&mut whole, &msg.path)?;
-                    MessageDataItem::Envelope(parse(raw, |m| mime::envelope(&m.root()))?)
+                    let e = parse(raw, |m| mime::envelope(&m.root()))?;
+                    structure.extend_from_slice(b" ENVELOPE ");
+                    mime::wire::envelope(&mut structure, &e);
+                    continue;
                 }
                 MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
                     let extended = *n == MessageDataItemName::BodyStructure;
                     let raw = load(&mut whole, &msg.path)?;
                     let b = parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
-                    match extended {
-                        true => MessageDataItem::BodyStructure(b),
-                        false => MessageDataItem::Body(b),
-                    }
+                    let name: &[u8] = if extended { b" BODYSTRUCTURE " } else { b" BODY " };
+                    structure.extend_from_slice(name);
+                    mime::wire::body(&mut structure, &b);
+                    continue;
                 }
                 MessageDataItemName::BodyExt { section, partial, peek } => {
                     seen |= !peek;
@@ -135,10 +164,11 @@ impl Session {
             flags |= flag::SEEN;
             self.set_flags(i, flags);
         }
-        if names.contains(&MessageDataItemName::Flags) || flags != msg.flags {
-            items.push(MessageDataItem::Flags(fetch_flags(flags, msg.recent)));
+        if flags_at.is_some() || flags != msg.flags {
+            let at = flags_at.unwrap_or(items.len());
+            items.insert(at, MessageDataItem::Flags(fetch_flags(flags, msg.recent)));
         }
-        Ok(items)
+        Ok((items, structure))
     }
 }
 

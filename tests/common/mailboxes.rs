@@ -62,6 +62,17 @@ impl Setup {
         out
     }
 
+    /// Sends `message` (header and body, CRLF lines) from `from` to `rcpt` over SMTP.
+    pub fn send_raw(&self, rcpt: &str, from: &str, message: &str) {
+        let mut c = Client::ehlo(self.s.smtp);
+        assert_eq!(code(&c.cmd(&format!("MAIL FROM:<{from}>"))), 250);
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert_eq!(code(&r), 250, "{r}");
+        assert_eq!(code(&c.cmd("DATA")), 354);
+        let r = c.cmd(&format!("{message}."));
+        assert_eq!(code(&r), 250, "{r}");
+    }
+
     pub fn send(&self, rcpt: &str, message_id: &str, body: &str) {
         let mut c = Client::ehlo(self.s.smtp);
         assert_eq!(code(&c.cmd("MAIL FROM:<sender@example.org>")), 250);
