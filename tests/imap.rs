@@ -374,7 +374,11 @@ fn imaplib_manages_folders_appends_copies_and_moves() {
                --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSoup.\r\n\
                --b1\r\nContent-Type: text/html\r\n\r\n<p>Soup</p>\r\n--b1--\r\n";
     t.send_raw("bob@example.com", "ann@example.org", alt);
-    t.send_raw("bob@example.com", "ann@example.org", "Message-ID: <m2>\r\nFrom: ann@example.org\r\nSubject: second\r\n\r\nbread\r\n");
+    t.send_raw(
+        "bob@example.com",
+        "ann@example.org",
+        "Message-ID: <m2>\r\nFrom: ann@example.org\r\nSubject: second\r\n\r\nbread\r\n",
+    );
     t.send("bob@example.com", "m3", "third\r\n");
     t.s.wait_queue(20, |q| q.is_empty());
     let out = python(IMAPLIB_FOLDERS, &["127.0.0.1", &t.imap.port().to_string()]);
@@ -384,4 +388,109 @@ fn imaplib_manages_folders_appends_copies_and_moves() {
     for dir in [".Sent", ".Trash", ".Archive", ".Archive.Lists"] {
         assert!(md.join(dir).join("cur").is_dir(), "{dir}");
     }
+}
+
+/// Raw FETCH answers, one command per message and item, as JSON {"seq item": base64 line}.
+const RAW_FETCH: &str = r#"
+import base64, json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+f = s.makefile("rb")
+def response(tag):
+    out = b""
+    while True:
+        line = f.readline()
+        assert line, out
+        # A literal: its octets follow the line, then the line goes on.
+        while line.endswith(b"}\r\n"):
+            n = int(line[line.rindex(b"{") + 1:-3])
+            line += f.read(n) + f.readline()
+        if line.startswith(tag + b" "):
+            assert line.startswith(tag + b" OK"), line
+            return out
+        out += line
+f.readline()
+s.sendall(b"l LOGIN alice@example.com pw\r\n"); response(b"l")
+s.sendall(b"s EXAMINE INBOX\r\n"); response(b"s")
+answers = {}
+for seq in range(1, int(sys.argv[3]) + 1):
+    for item in ["ENVELOPE", "BODYSTRUCTURE", "BODY"]:
+        s.sendall(b"f FETCH %d (%s)\r\n" % (seq, item.encode()))
+        answers[f"{seq} {item}"] = base64.b64encode(response(b"f")).decode()
+print(json.dumps(answers))
+"#;
+
+/// MIME messages whose structure clients read with ENVELOPE and BODYSTRUCTURE.
+const MIME_CORPUS: [&str; 11] = [
+    // multipart/alternative
+    "From: Ann Example <ann@example.org>\r\nTo: bob@example.com, \"Doe, J.\" <j@d.example>\r\nCc: undisclosed-recipients:;\r\nDate: Tue, 3 Jan 2023 12:00:00 +0000\r\nSubject: Dinner plans\r\nMessage-ID: <alt@x>\r\nIn-Reply-To: <prev@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSoup =E2=98=83\r\nand bread.\r\n--b1\r\nContent-Type: text/html; charset=\"us-ascii\"\r\n\r\n<p>Soup</p>\r\n--b1--\r\nepilogue\r\n",
+    // an attachment with a disposition, a language and an ID
+    "From: ann@example.org (Ann)\r\nSubject: report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=mix\r\n\r\n--mix\r\nContent-Type: text/plain\r\nContent-Language: en, fr\r\n\r\nSee attached.\r\n\r\n--mix\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <pdf@x>\r\nContent-Description: The report\r\nContent-Location: http://example.org/r.pdf\r\n\r\nJVBERi0xLjQK\r\nJVBERi0xLjQK\r\n--mix--\r\n",
+    // encoded words in the subject and the names
+    "From: =?utf-8?q?Jos=C3=A9?= <jose@example.org>\r\nTo: =?iso-8859-1?b?SvxyZ2Vu?= <j@example.org>\r\nSubject: =?utf-8?B?w6l0w6k=?= and\r\n =?utf-8?q?more?=\r\nReply-To: list@example.org\r\n\r\nbody\r\n",
+    // a message/rfc822 part
+    "From: fwd@example.org\r\nSubject: Fwd: hello\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nForwarded:\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: orig@example.net\r\nTo: fwd@example.org\r\nSubject: hello\r\nDate: Mon, 2 Jan 2023 08:00:00 -0500\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n--inner\r\nContent-Type: text/plain\r\n\r\nhi\r\n--inner\r\nContent-Type: text/html\r\n\r\n<b>hi</b>\r\n--inner--\r\n\r\n--outer--\r\n",
+    // no MIME at all
+    "Subject: plain\r\nContent-Transfer-Encoding: QUOTED-Printable\r\nContent-ID: <c@x>\r\nContent-Disposition: inline\r\nContent-Type: text/plain; format=flowed\r\n\r\nline one\r\nline two\r\n",
+    // malformed: the closing boundary never comes, a part without header
+    "From: broken@example.org\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\nno header here\r\n--zz\r\nContent-Type: text/plain; charset=us-ascii; format=flowed\r\n\r\ncut short\r\n",
+    // malformed: a multipart without a boundary parameter, odd encodings
+    "From: <odd@example.org>\r\nContent-Type: multipart/mixed\r\nContent-Transfer-Encoding: 8BIT\r\n\r\njust text\r\n",
+    // groups, routes, a missing domain, quoted and escaped names
+    "From: \"A \\\"quoted\\\" name\" <a@example.org>\r\nTo: team: x@example.org, y@example.org;, solo\r\nCc: <@route.example:z@example.org>, <>, Nobody <@>\r\nBcc: Some Body <sb@example.org> (comment)\r\nSubject: addresses\r\n\r\nx\r\n",
+    // an empty body and a header with no value
+    "Subject:\r\nX-Empty:\r\n\r\n",
+    // a transfer encoding without a content type
+    "Subject: cte only\r\nContent-Transfer-Encoding: base64\r\nContent-Description: what\r\n\r\naGk=\r\n",
+    // RFC 2231 parameters and a non-text single part
+    "From: p@example.org\r\nMIME-Version: 1.0\r\nContent-Type: image/png; name*=utf-8''caf%C3%A9.png\r\nContent-Disposition: inline; filename*0=\"long\"; filename*1=\"name.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+];
+
+/// Dovecot's imapd as the reference for ENVELOPE, BODYSTRUCTURE and BODY: serving a copy of
+/// the Maildir sluice wrote (multipart/alternative, attachments, encoded words, message/rfc822
+/// parts, malformed MIME, address groups), each answer must be the same octets.
+#[test]
+fn envelope_and_bodystructure_match_dovecot_byte_for_byte() {
+    if !require_tool("dovecot", "apt-get install dovecot-imapd") {
+        return;
+    }
+    let t = start("");
+    for (i, message) in MIME_CORPUS.iter().enumerate() {
+        t.send_raw("alice@example.com", "sender@example.org", message);
+        // One at a time: the Maildir order is the corpus order.
+        t.s.wait_queue(20, |q| q.is_empty());
+        assert_eq!(t.mailbox("alice").len(), i + 1);
+    }
+    let n = MIME_CORPUS.len().to_string();
+    let fetch = |port: u16| -> serde_json::Value {
+        let out = python(RAW_FETCH, &["127.0.0.1", &port.to_string(), &n]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let ours = fetch(t.imap.port());
+    let copy = tempfile::tempdir().unwrap();
+    let dv_maildir = copy.path().join("Maildir");
+    copy_tree(&t.maildir("alice"), &dv_maildir);
+    let ok = Command::new("chown").args(["-R", "65534:65534"]).arg(copy.path()).status().unwrap();
+    assert!(ok.success());
+    let theirs = {
+        let dovecot = Dovecot::start(&dv_maildir, "imap");
+        fetch(dovecot.port)
+    };
+    let text = |v: &serde_json::Value| {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let mut differences = Vec::new();
+    for (key, theirs) in theirs.as_object().unwrap() {
+        let (a, b) = (text(&ours[key]), text(theirs));
+        if a != b {
+            differences.push(format!("{key}\n  sluice:  {a}  dovecot: {b}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
 }

@@ -344,4 +344,3 @@ fn dovecot_serves_the_maildir_sluice_wrote_byte_for_byte() {
     copy_tree(&dv_maildir, &ours_dir);
     assert_eq!(snapshot(t.pop3.port()), ours, "sluice serves Dovecot's Maildir the same");
 }
-

@@ -67,7 +67,8 @@ impl Session {
         use imap_codec::encode::Encoder;
         let mut line = match NonEmptyVec::try_from(items) {
             Ok(items) => {
-                let r = imap_codec::imap_types::response::Response::Data(Data::Fetch { seq, items });
+                let r =
+                    imap_codec::imap_types::response::Response::Data(Data::Fetch { seq, items });
                 imap_codec::ResponseCodec::default().encode(&r).dump()
             }
             Err(_) if structure.is_empty() => return,

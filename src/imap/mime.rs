@@ -20,6 +20,28 @@ fn raw_field(headers: &Headers<'_>, name: &str) -> Option<Vec<u8>> {
     Some(v.trim_ascii().to_vec())
 }
 
+/// A MIME field of a part. Without a Content-Type, Dovecot reports the defaults whatever other
+/// Content-* fields say, and so does this.
+fn mime_field(part: &MessagePart<'_>, name: &str) -> Option<Vec<u8>> {
+    let headers = part.headers();
+    raw_field(&headers, "Content-Type")?;
+    raw_field(&headers, name)
+}
+
+/// A field for ENVELOPE: unfolded, and sent as a literal when it was folded, as Dovecot does.
+fn envelope_field(headers: &Headers<'_>, name: &str) -> NString<'static> {
+    let Some(h) = headers.iter().find(|h| h.raw_name().eq_ignore_ascii_case(name)) else {
+        return NString(None);
+    };
+    let raw = h.raw_value().trim_ascii();
+    let v: Vec<u8> = raw.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+    if v.len() == raw.len() {
+        nstring(Some(v))
+    } else {
+        NString(Some(IString::Literal(imap_codec::imap_types::core::Literal::unvalidated(v))))
+    }
+}
+
 fn istring(bytes: impl Into<Vec<u8>>) -> IString<'static> {
     let bytes = bytes.into();
     match IString::try_from(bytes.clone()) {
@@ -40,16 +62,16 @@ pub fn envelope(msg: &MessageRef<'_>) -> Envelope<'static> {
     let sender = addresses("Sender").filter(|a| !a.is_empty()).unwrap_or_else(|| from.clone());
     let reply_to = addresses("Reply-To").filter(|a| !a.is_empty()).unwrap_or_else(|| from.clone());
     Envelope {
-        date: nstring(raw_field(&h, "Date")),
-        subject: nstring(raw_field(&h, "Subject")),
+        date: envelope_field(&h, "Date"),
+        subject: envelope_field(&h, "Subject"),
         from,
         sender,
         reply_to,
         to: addresses("To").unwrap_or_default(),
         cc: addresses("Cc").unwrap_or_default(),
         bcc: addresses("Bcc").unwrap_or_default(),
-        in_reply_to: nstring(raw_field(&h, "In-Reply-To")),
-        message_id: nstring(raw_field(&h, "Message-ID")),
+        in_reply_to: envelope_field(&h, "In-Reply-To"),
+        message_id: envelope_field(&h, "Message-ID"),
     }
 }
 
@@ -135,11 +157,14 @@ fn address(name: Option<Vec<u8>>, adl: Option<Vec<u8>>, spec: &[Token]) -> Addre
         Some(a) => (text(&spec[..a]), Some(text(&spec[a + 1..]))),
         None => (text(spec), None),
     };
+    // Dovecot fills what is missing with these markers.
+    let host = host.filter(|h| !h.is_empty()).unwrap_or_else(|| b"MISSING_DOMAIN".to_vec());
+    let local = if local.is_empty() { b"MISSING_MAILBOX".to_vec() } else { local };
     Address {
         name: nstring(name.filter(|n| !n.is_empty())),
         adl: nstring(adl),
         mailbox: nstring(Some(local)),
-        host: nstring(host.filter(|h| !h.is_empty())),
+        host: nstring(Some(host)),
     }
 }
 
@@ -182,6 +207,10 @@ fn mailbox(ts: &[Token]) -> Option<Address<'static>> {
                     .collect::<Vec<_>>()
                     .concat();
                 (Some(route), &inner[c + 1..])
+            }
+            // `<@>`: a route that never ends.
+            None if inner.first() == Some(&Token::Special(b'@')) => {
+                (Some(b"INVALID_ROUTE".to_vec()), &inner[..0])
             }
             None => (None, inner),
         };
@@ -241,10 +270,69 @@ fn in_angle(ts: &[Token]) -> bool {
     open > close
 }
 
-fn params<'a>(
-    attrs: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Vec<(IString<'static>, IString<'static>)> {
-    attrs.map(|(k, v)| (istring(k.as_bytes()), istring(v.as_bytes()))).collect()
+type Params = Vec<(IString<'static>, IString<'static>)>;
+
+/// `value; key=value; key="quoted value"` as written (Content-Type, Content-Disposition):
+/// the value in lower case and the parameters with lower-case names. RFC 2231 continuations
+/// (`name*0`, `name*1`) are joined; a charset-encoded value (`name*`) is kept encoded, as
+/// Dovecot keeps it.
+fn structured_field(raw: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
+    let mut i = 0;
+    let until = |i: &mut usize, stop: &[u8]| {
+        let start = *i;
+        while *i < raw.len() && !stop.contains(&raw[*i]) {
+            *i += 1;
+        }
+        raw[start..*i].trim_ascii().to_vec()
+    };
+    let value = String::from_utf8_lossy(&until(&mut i, b";")).to_ascii_lowercase();
+    let mut params: Vec<(String, Vec<u8>)> = Vec::new();
+    while i < raw.len() {
+        i += 1; // ';'
+        let key = String::from_utf8_lossy(&until(&mut i, b"=;")).to_ascii_lowercase();
+        if i >= raw.len() || raw[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < raw.len() && raw[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let v = if raw.get(i) == Some(&b'"') {
+            let mut v = Vec::new();
+            i += 1;
+            while i < raw.len() && raw[i] != b'"' {
+                if raw[i] == b'\\' && i + 1 < raw.len() {
+                    i += 1;
+                }
+                v.push(raw[i]);
+                i += 1;
+            }
+            i += 1;
+            until(&mut i, b";");
+            v
+        } else {
+            until(&mut i, b";")
+        };
+        if key.is_empty() {
+            continue;
+        }
+        // name*0, name*1* ...: continuations of `name` (or `name*` when encoded).
+        match key.split_once('*').filter(|(_, n)| n.trim_end_matches('*').parse::<u32>().is_ok()) {
+            Some((base, n)) => {
+                let name = if n.ends_with('*') { format!("{base}*") } else { base.to_string() };
+                match params.iter_mut().find(|(k, _)| *k == name) {
+                    Some((_, existing)) => existing.extend_from_slice(&v),
+                    None => params.push((name, v)),
+                }
+            }
+            None => params.push((key, v)),
+        }
+    }
+    (value, params)
+}
+
+fn params(list: &[(String, Vec<u8>)]) -> Params {
+    list.iter().map(|(k, v)| (istring(k.as_bytes()), istring(v.clone()))).collect()
 }
 
 fn lines(body: &[u8]) -> u32 {
@@ -253,41 +341,41 @@ fn lines(body: &[u8]) -> u32 {
 
 /// BODYSTRUCTURE (`extended`) or BODY of one part.
 pub fn body_structure(part: &MessagePart<'_>, extended: bool) -> BodyStructure<'static> {
-    let ct = part.content_type();
-    if part.is_multipart() {
-        let children: Vec<BodyStructure<'static>> =
+    let content_type = raw_field(&part.headers(), "Content-Type");
+    let (value, mut ct_params) = match content_type {
+        Some(raw) => structured_field(&raw),
+        None => ("text/plain".into(), Vec::new()),
+    };
+    let (ctype, subtype) = match value.split_once('/') {
+        Some((t, s)) => (t.trim().to_string(), s.trim().to_string()),
+        None => ("text".into(), "plain".into()),
+    };
+    if ctype == "multipart" {
+        let mut children: Vec<BodyStructure<'static>> =
             part.children().map(|c| body_structure(&c, extended)).collect();
-        let subtype = ct.as_ref().and_then(|c| c.subtype()).unwrap_or("mixed");
-        let bodies = NonEmptyVec::try_from(children).unwrap_or_else(|_| {
-            // An empty multipart still needs one body: an empty text part.
-            NonEmptyVec::from(empty_text())
-        });
+        if children.is_empty() {
+            // No boundary (or no parts): Dovecot shows one empty text part.
+            children.push(empty_text(extended));
+        }
+        let bodies = NonEmptyVec::try_from(children).expect("at least one");
         let extension_data = extended.then(|| MultiPartExtensionData {
-            parameter_list: ct.as_ref().map(|c| params(c.attributes())).unwrap_or_default(),
+            parameter_list: params(&ct_params),
             tail: Some(disposition(part)),
         });
         return BodyStructure::Multi { bodies, subtype: istring(subtype), extension_data };
     }
-    let (ctype, subtype, parameter_list) = match &ct {
-        Some(c) => (
-            c.ctype().to_ascii_lowercase(),
-            c.subtype().unwrap_or("").to_ascii_lowercase(),
-            params(c.attributes()),
-        ),
-        None => (
-            "text".into(),
-            "plain".into(),
-            vec![(istring(&b"charset"[..]), istring(&b"us-ascii"[..]))],
-        ),
-    };
+    if ctype == "text" && !ct_params.iter().any(|(k, _)| k == "charset") {
+        // RFC 2045 5.2: the default.
+        ct_params.push(("charset".into(), b"us-ascii".to_vec()));
+    }
+    let parameter_list = params(&ct_params);
     let body = part.raw_body();
     let basic = BasicFields {
         parameter_list,
-        id: nstring(raw_field(&part.headers(), "Content-ID")),
-        description: nstring(raw_field(&part.headers(), "Content-Description")),
+        id: nstring(mime_field(part, "Content-ID")),
+        description: nstring(mime_field(part, "Content-Description")),
         content_transfer_encoding: istring(
-            raw_field(&part.headers(), "Content-Transfer-Encoding")
-                .unwrap_or_else(|| b"7bit".to_vec()),
+            mime_field(part, "Content-Transfer-Encoding").unwrap_or_else(|| b"7bit".to_vec()),
         ),
         size: body.len() as u32,
     };
@@ -305,17 +393,17 @@ pub fn body_structure(part: &MessagePart<'_>, extended: bool) -> BodyStructure<'
         _ => SpecificFields::Basic { r#type: istring(ctype), subtype: istring(subtype) },
     };
     let extension_data = extended.then(|| SinglePartExtensionData {
-        md5: nstring(raw_field(&part.headers(), "Content-MD5")),
+        md5: nstring(mime_field(part, "Content-MD5")),
         tail: Some(disposition(part)),
     });
     BodyStructure::Single { body: Body { basic, specific }, extension_data }
 }
 
-fn empty_text() -> BodyStructure<'static> {
+fn empty_text(extended: bool) -> BodyStructure<'static> {
     BodyStructure::Single {
         body: Body {
             basic: BasicFields {
-                parameter_list: Vec::new(),
+                parameter_list: vec![(istring(&b"charset"[..]), istring(&b"us-ascii"[..]))],
                 id: NString(None),
                 description: NString(None),
                 content_transfer_encoding: istring(&b"7bit"[..]),
@@ -323,13 +411,25 @@ fn empty_text() -> BodyStructure<'static> {
             },
             specific: SpecificFields::Text { subtype: istring(&b"plain"[..]), number_of_lines: 0 },
         },
-        extension_data: None,
+        extension_data: extended.then(|| SinglePartExtensionData {
+            md5: NString(None),
+            tail: Some(Disposition {
+                disposition: None,
+                tail: Some(Language {
+                    language: Vec::new(),
+                    tail: Some(Location { location: NString(None), extensions: Vec::new() }),
+                }),
+            }),
+        }),
     }
 }
 
 fn disposition(part: &MessagePart<'_>) -> Disposition<'static> {
-    let d = part.content_disposition().map(|d| (istring(d.ctype()), params(d.attributes())));
-    let language: Vec<IString<'static>> = raw_field(&part.headers(), "Content-Language")
+    let d = mime_field(part, "Content-Disposition").map(|raw| {
+        let (value, p) = structured_field(&raw);
+        (istring(value), params(&p))
+    });
+    let language: Vec<IString<'static>> = mime_field(part, "Content-Language")
         .map(|v| v.split(|&b| b == b',').map(|l| istring(l.trim_ascii().to_vec())).collect())
         .unwrap_or_default();
     Disposition {
@@ -337,7 +437,7 @@ fn disposition(part: &MessagePart<'_>) -> Disposition<'static> {
         tail: Some(Language {
             language,
             tail: Some(Location {
-                location: nstring(raw_field(&part.headers(), "Content-Location")),
+                location: nstring(mime_field(part, "Content-Location")),
                 extensions: Vec::new(),
             }),
         }),
@@ -352,24 +452,27 @@ pub mod wire {
     use imap_codec::imap_types::core::{IString, NString};
     use imap_codec::imap_types::envelope::{Address, Envelope};
 
+    /// Quoted, unless it holds 8-bit octets, line breaks, quotes or backslashes: then a
+    /// literal (Dovecot never escapes inside quotes).
     fn string(out: &mut Vec<u8>, bytes: &[u8]) {
-        if bytes.iter().any(|&b| b >= 0x80 || b == b'\r' || b == b'\n' || b == 0) {
-            out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
-            out.extend_from_slice(bytes);
-            return;
+        if bytes.iter().any(|&b| b >= 0x80 || b"\r\n\0\"\\".contains(&b)) {
+            return literal(out, bytes);
         }
         out.push(b'"');
-        for &b in bytes {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
+        out.extend_from_slice(bytes);
         out.push(b'"');
     }
 
     fn istring(out: &mut Vec<u8>, s: &IString<'_>) {
-        string(out, s.as_ref());
+        match s {
+            IString::Literal(l) => literal(out, l.as_ref()),
+            IString::Quoted(_) => string(out, s.as_ref()),
+        }
+    }
+
+    fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
+        out.extend_from_slice(bytes);
     }
 
     fn nstring(out: &mut Vec<u8>, s: &NString<'_>) {
@@ -508,7 +611,9 @@ pub mod wire {
                         out.push(b' ');
                         istring(out, subtype);
                     }
-                    SpecificFields::Message { .. } => out.extend_from_slice(b"\"message\" \"rfc822\""),
+                    SpecificFields::Message { .. } => {
+                        out.extend_from_slice(b"\"message\" \"rfc822\"")
+                    }
                     SpecificFields::Text { subtype, .. } => {
                         out.extend_from_slice(b"\"text\" ");
                         istring(out, subtype);

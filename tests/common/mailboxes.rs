@@ -151,4 +151,3 @@ pub fn imap_until(r: &mut impl std::io::BufRead, until: &str) -> String {
         }
     }
 }
-
