@@ -494,3 +494,239 @@ fn envelope_and_bodystructure_match_dovecot_byte_for_byte() {
         differences.join("\n")
     );
 }
+
+/// Every folder on the server with its messages: `{folder: [[message-id or subject, flags]]}`.
+const SERVER_STATE: &str = r#"
+import imaplib, json, re, sys
+m = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]))
+m.login("bob@example.com", "pw")
+state = {}
+for line in m.list('""', "*")[1]:
+    name = line.decode().rsplit(' "/" ', 1)[1].strip('"')
+    m.select(name, readonly=True)
+    typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT)])")
+    msgs = []
+    for d in data:
+        if isinstance(d, tuple):
+            flags = sorted(re.search(rb"FLAGS \(([^)]*)\)", d[0]).group(1).decode().split())
+            fields = d[1].decode()
+            key = re.search(r"Message-ID: <([^>]+)>", fields) or re.search(r"Subject: (.+)\r", fields)
+            msgs.append([key.group(1), [f for f in flags if f != "\\Recent"]])
+    state[name] = sorted(msgs)
+print(json.dumps(state, sort_keys=True))
+"#;
+
+/// mbsync (isync) keeps a local Maildir and the server in step both ways over STARTTLS:
+/// messages, flags, expunges, a message appended locally to Sent and a folder created
+/// locally reach the server; a flag set and a message delivered on the server reach the
+/// local side.
+#[test]
+fn mbsync_syncs_a_mailbox_both_ways() {
+    if !require_tool("mbsync", "apt-get install isync") {
+        return;
+    }
+    let t = start("");
+    for id in ["m1", "m2", "m3"] {
+        t.send("bob@example.com", id, &format!("body of {id}\r\n"));
+    }
+    t.s.wait_queue(20, |q| q.is_empty());
+    let local = tempfile::tempdir().unwrap();
+    let mail = local.path().join("mail");
+    std::fs::create_dir_all(&mail).unwrap();
+    let rc = local.path().join("mbsyncrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount sluice\nHost 127.0.0.1\nPort {port}\nUser bob@example.com\nPass pw\n\
+             SSLType STARTTLS\nCertificateFile {cert}\nAuthMechs PLAIN\n\n\
+             IMAPStore remote\nAccount sluice\n\n\
+             MaildirStore local\nPath {mail}/\nInbox {mail}/INBOX\nSubFolders Verbatim\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\n\
+             SyncState *\n",
+            port = t.imap.port(),
+            cert = t.cert().display(),
+            mail = mail.display(),
+        ),
+    )
+    .unwrap();
+    let mbsync = || {
+        let out = Command::new("mbsync")
+            .arg("-c")
+            .arg(&rc)
+            .arg("-a")
+            .env("HOME", local.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mbsync failed:\n{text}");
+    };
+    mbsync();
+    // Local files by Message-ID (or subject), with their paths.
+    let local_messages = |folder: &str| -> Vec<(String, std::path::PathBuf)> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(dir) = std::fs::read_dir(mail.join(folder).join(sub)) else { continue };
+            for e in dir {
+                let p = e.unwrap().path();
+                let text = std::fs::read_to_string(&p).unwrap();
+                let id = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Message-ID: <").map(|r| r.trim_end_matches('>')))
+                    .unwrap_or("?")
+                    .to_string();
+                out.push((id, p));
+            }
+        }
+        out.sort();
+        out
+    };
+    let inbox = local_messages("INBOX");
+    assert_eq!(inbox.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3"]);
+    for folder in ["Sent", "Trash", "Drafts", "Junk"] {
+        assert!(mail.join(folder).join("cur").is_dir(), "{folder} was synced");
+    }
+
+    // Local changes: m1 read, m2 deleted, a sent message, a new folder with a message.
+    let with_flags = |p: &std::path::Path, flags: &str| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let base = name.split(":2,").next().unwrap().to_string();
+        let to =
+            p.parent().unwrap().parent().unwrap().join("cur").join(format!("{base}:2,{flags}"));
+        std::fs::rename(p, to).unwrap();
+    };
+    with_flags(&inbox[0].1, "S");
+    with_flags(&inbox[1].1, "T");
+    let drop_in = |folder: &str, name: &str, text: &str| {
+        let dir = mail.join(folder);
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("new").join(name), text).unwrap();
+    };
+    drop_in("Sent", "1700000000.local1.host", "Message-ID: <sent1>\r\nSubject: sent\r\n\r\nhi\r\n");
+    drop_in("Projects", "1700000000.local2.host", "Message-ID: <p1>\r\nSubject: plan\r\n\r\nx\r\n");
+    // Server changes: m3 flagged (another client), m4 delivered.
+    let flag = format!(
+        "import imaplib\nm = imaplib.IMAP4('127.0.0.1', {})\nm.login('bob@example.com', 'pw')\n\
+         m.select('INBOX')\nm.store('3', '+FLAGS', '(\\\\Flagged)')\nm.logout()",
+        t.imap.port()
+    );
+    python(&flag, &[]);
+    t.send("bob@example.com", "m4", "body of m4\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    mbsync();
+
+    let state = python(SERVER_STATE, &["127.0.0.1", &t.imap.port().to_string()]);
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(
+        state["INBOX"],
+        serde_json::json!([["m1", ["\\Seen"]], ["m3", ["\\Flagged"]], ["m4", []]]),
+        "{state}"
+    );
+    assert_eq!(state["Sent"], serde_json::json!([["sent1", []]]), "{state}");
+    assert_eq!(state["Projects"], serde_json::json!([["p1", []]]), "{state}");
+    let inbox = local_messages("INBOX");
+    assert_eq!(inbox.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["m1", "m3", "m4"]);
+    let m3 = inbox[1].1.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(m3.ends_with(":2,F"), "the server's flag reached the local copy: {m3}");
+}
+
+/// kill -9 while EXPUNGE runs: after the restart no message is lost (every one not marked
+/// \Deleted is there), none the client was told is expunged is listed, the UIDVALIDITY is the
+/// same, the UIDs are the ones from before, and a new message gets a greater UID.
+#[test]
+fn kill9_during_expunge_loses_nothing_and_reuses_no_uid() {
+    use std::io::{BufReader, Read};
+    let mut t = start("");
+    let inbox = t.maildir("alice");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+    }
+    let n = 2000;
+    for i in 0..n {
+        let text = format!("Message-ID: <x{i}>\r\n\r\nbody {i}\r\n");
+        let name = format!("1700000000.M{i}P1Q{i}.test,S={}", text.len());
+        std::fs::write(inbox.join("new").join(name), text).unwrap();
+    }
+    // A session's view: UIDs by sequence number, and UID -> Message-ID.
+    let select = |imap: std::net::SocketAddr| {
+        let s = std::net::TcpStream::connect(imap).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        imap_until(&mut r, "* OK");
+        w.write_all(b"l LOGIN alice@example.com pw\r\ns SELECT INBOX\r\n").unwrap();
+        imap_until(&mut r, "l OK");
+        let sel = imap_until(&mut r, "s OK");
+        let validity: u32 =
+            sel.split("[UIDVALIDITY ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
+        w.write_all(b"f FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])\r\n").unwrap();
+        let fetched = imap_until(&mut r, "f OK");
+        let mut uids = Vec::new();
+        let mut ids = std::collections::HashMap::new();
+        let mut last_uid = 0;
+        for line in fetched.lines() {
+            if let Some(u) = line.split("(UID ").nth(1) {
+                last_uid = u.split(' ').next().unwrap().parse::<u32>().unwrap();
+                uids.push(last_uid);
+            }
+            if let Some(id) = line.strip_prefix("Message-ID: <") {
+                ids.insert(last_uid, id.trim_end_matches('>').to_string());
+            }
+        }
+        (r, w, validity, uids, ids)
+    };
+    let (mut r, mut w, validity, uids, ids) = select(t.imap);
+    assert_eq!(uids.len(), n);
+    // Every other message \Deleted; EXPUNGE, and the kill without waiting for the answer.
+    w.write_all(b"d STORE 1:* +FLAGS.SILENT (\\Deleted)\r\n").unwrap();
+    imap_until(&mut r, "d OK");
+    let keep: Vec<u32> = uids.iter().copied().step_by(2).collect();
+    let set: Vec<String> = keep.iter().map(|u| u.to_string()).collect();
+    w.write_all(format!("k UID STORE {} -FLAGS.SILENT (\\Deleted)\r\n", set.join(",")).as_bytes())
+        .unwrap();
+    imap_until(&mut r, "k OK");
+    w.write_all(b"e EXPUNGE\r\n").unwrap();
+    // Kill as soon as the first file is gone: mid-way through the unlinks, or just after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(inbox.join("cur")).unwrap().count() == n {
+        assert!(std::time::Instant::now() < deadline, "EXPUNGE never started");
+    }
+    t.s.kill9();
+    // What the client heard before the kill: those messages are gone for good.
+    let mut heard = String::new();
+    let _ = r.read_to_string(&mut heard);
+    let mut view = uids.clone();
+    let mut told_gone = Vec::new();
+    for line in heard.lines() {
+        if let Some(seq) = line.strip_prefix("* ").and_then(|l| l.strip_suffix(" EXPUNGE")) {
+            told_gone.push(view.remove(seq.parse::<usize>().unwrap() - 1));
+        }
+    }
+    t.s.spawn();
+    let imap = t.s.listener("imap");
+    let (_r2, _w2, validity2, uids2, ids2) = select(imap);
+    assert_eq!(validity2, validity, "UIDVALIDITY kept");
+    for u in &keep {
+        assert_eq!(ids2.get(u), ids.get(u), "UID {u} lost or changed");
+    }
+    for u in &uids2 {
+        assert!(uids.contains(u), "UID {u} is new after the restart");
+        assert!(!told_gone.contains(u), "UID {u} was reported expunged and is listed");
+    }
+    eprintln!(
+        "{} expunges heard before the kill; {} of {} messages listed after it",
+        told_gone.len(),
+        uids2.len(),
+        n
+    );
+    t.send("alice@example.com", "after", "x\r\n");
+    t.s.wait_queue(20, |q| q.is_empty());
+    let (_r3, _w3, _, uids3, _) = select(imap);
+    let max_before = *uids.iter().max().unwrap();
+    assert!(*uids3.last().unwrap() > max_before, "a UID was reused: {uids3:?}");
+}

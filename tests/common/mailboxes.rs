@@ -9,7 +9,7 @@ use super::*;
 
 pub struct Setup {
     pub s: Sluice,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
     pub pop3: std::net::SocketAddr,
     pub imap: std::net::SocketAddr,
 }
@@ -42,6 +42,11 @@ pub fn start(extra: &str) -> Setup {
 }
 
 impl Setup {
+    /// The listeners' self-signed certificate.
+    pub fn cert(&self) -> PathBuf {
+        self._dir.path().join("tls/cert.pem")
+    }
+
     pub fn maildir(&self, user: &str) -> PathBuf {
         self.s.data_dir.join("mailboxes/example.com").join(user).join("Maildir")
     }
