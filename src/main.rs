@@ -122,7 +122,12 @@ enum UserCommand {
         /// for several. None: any sender.
         #[arg(long = "sender")]
         senders: Vec<String>,
+        /// The mailbox quota of this user (`2GiB`, `500MB`; `0`: none), over `[local] quota`.
+        #[arg(long)]
+        quota: Option<String>,
     },
+    /// Set a user's mailbox quota (`2GiB`; `0`: none; `default`: back to `[local] quota`).
+    Quota { name: String, quota: String },
     /// Change a user's password (from stdin).
     Passwd { name: String },
     /// Remove a user.
@@ -416,9 +421,16 @@ fn user(
     let path = cfg.users_file();
     let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
     let what = match command {
-        UserCommand::Add { name, senders } => {
-            ed.add(&name, &read_password()?, senders)?;
+        UserCommand::Add { name, senders, quota } => {
+            ed.add(&name, &read_password()?, senders, quota)?;
             format!("added user {name:?}")
+        }
+        UserCommand::Quota { name, quota } => {
+            let q = (quota != "default").then_some(quota);
+            let text =
+                format!("set the quota of {name:?} to {}", q.as_deref().unwrap_or("default"));
+            ed.set_quota(&name, q)?;
+            text
         }
         UserCommand::Passwd { name } => {
             ed.passwd(&name, &read_password()?)?;

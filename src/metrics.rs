@@ -195,6 +195,11 @@ metrics! {
         "IMAP connections accepted, by listener.",
         &["listener"],
     );
+    /// Octets in the local mailboxes (INBOX and folders of every user).
+    MAILBOX_BYTES: IntGauge = gauge(
+        "sluice_mailbox_bytes",
+        "Octets in the local mailboxes (INBOX and folders of every user), counted every minute.",
+    );
     /// IMAP logins: ok, invalid, locked_out.
     IMAP_LOGINS: IntCounterVec = counter_vec(
         "sluice_imap_logins_total",

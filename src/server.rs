@@ -626,6 +626,9 @@ fn start_delivery(
             concurrency: cfg.delivery.concurrency,
         },
     );
+    if let Some(m) = intake.mailboxes.clone() {
+        tokio::spawn(count_mailboxes(m, stop.clone()));
+    }
     let task = if cfg.delivery.enabled {
         tokio::spawn(dispatcher.clone().run(stop.clone(), deliveries.clone()))
     } else {
@@ -633,6 +636,19 @@ fn start_delivery(
         tokio::spawn(async {})
     };
     Ok((dispatcher, task))
+}
+
+/// Counts the mailboxes at start and every minute (`sluice_mailbox_bytes`, and quota usage
+/// for RCPT), until shutdown.
+async fn count_mailboxes(m: Arc<crate::local::Mailboxes>, stop: CancellationToken) {
+    loop {
+        let counted = m.clone();
+        let _ = tokio::task::spawn_blocking(move || counted.count_all()).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
 }
 
 /// The admin HTTP listener (metrics, health, queue API), behind its token guard.

@@ -75,6 +75,26 @@ fn imaplib_reads_flags_and_expunges_mail_delivered_over_smtp() {
     t.s.terminate();
     t.s.spawn();
     let imap = t.s.listener("imap");
+    // The mailboxes are counted at start: the gauge is the octets of alice's messages.
+    let on_disk: u64 = ["new", "cur"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(t.maildir("alice").join(sub)).unwrap())
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = t.s.http_get("/metrics");
+        let text = String::from_utf8(body).unwrap();
+        let gauge = text.lines().find_map(|l| l.strip_prefix("sluice_mailbox_bytes "));
+        if gauge == Some(on_disk.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice_mailbox_bytes {gauge:?}, {on_disk} on disk"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     t.send("alice@example.com", "four", "fourth\r\n");
     t.s.wait_queue(20, |q| q.is_empty());
     let check = format!(

@@ -28,6 +28,9 @@ pub struct User {
     /// Allowed MAIL FROM addresses (`user@domain`) or domains (`@domain`); empty = any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub senders: Vec<String>,
+    /// The user's mailbox quota (`"2GiB"`), over `[local] quota`; "0" for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -47,6 +50,8 @@ pub enum UsersError {
     NoSuchUser(String),
     #[error("user names are 1-64 characters without spaces, ':' or control characters")]
     BadName,
+    #[error("bad quota: {0}")]
+    BadQuota(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
@@ -60,6 +65,8 @@ pub struct Users {
     /// Names in lower case: mailbox lookups ignore case (RFC 5321 allows a case-sensitive local
     /// part, but no mail system people use relies on it).
     lower: std::collections::HashSet<String>,
+    /// Mailbox quotas set per user, by lower-case name.
+    quotas: HashMap<String, u64>,
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> UsersError {
@@ -76,19 +83,35 @@ impl Users {
         };
         let f: UsersFile = toml::from_str(&text).map_err(|e| file_err(path, e))?;
         let mut by_name = HashMap::new();
+        let mut quotas = HashMap::new();
         for u in f.user {
+            if let Some(q) = &u.quota {
+                let bytes = crate::config::parse_size(q)
+                    .map_err(|e| file_err(path, format!("user {:?}: quota: {e}", u.name)))?;
+                quotas.insert(u.name.to_lowercase(), bytes);
+            }
             PasswordHash::new(&u.password).map_err(|e| {
                 file_err(path, format!("user {:?}: bad password hash: {e}", u.name))
             })?;
             by_name.insert(u.name.clone(), u);
         }
         let lower = by_name.keys().map(|n| n.to_lowercase()).collect();
-        Ok(Users { by_name, lower })
+        Ok(Users { by_name, lower, quotas })
     }
 
     /// Whether a user of this name exists, ignoring case.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name) || self.lower.contains(&name.to_lowercase())
+    }
+
+    /// Every user name, in lower case.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.lower.iter()
+    }
+
+    /// The mailbox quota set for this user, if any (0: no limit).
+    pub fn quota(&self, name: &str) -> Option<u64> {
+        self.quotas.get(&name.to_lowercase()).copied()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,13 +177,27 @@ impl UsersFileEditor {
         name: &str,
         password: &str,
         senders: Vec<String>,
+        quota: Option<String>,
     ) -> Result<(), UsersError> {
         check_name(name)?;
         if self.users.iter().any(|u| u.name == name) {
             return Err(UsersError::Exists(name.into()));
         }
+        check_quota(quota.as_deref())?;
         let password = hash_password(password)?;
-        self.users.push(User { name: name.into(), password, senders });
+        self.users.push(User { name: name.into(), password, senders, quota });
+        Ok(())
+    }
+
+    /// Sets (or with None removes) a user's mailbox quota.
+    pub fn set_quota(&mut self, name: &str, quota: Option<String>) -> Result<(), UsersError> {
+        check_quota(quota.as_deref())?;
+        let u = self
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+        u.quota = quota;
         Ok(())
     }
 
@@ -204,6 +241,13 @@ impl UsersFileEditor {
     }
 }
 
+fn check_quota(quota: Option<&str>) -> Result<(), UsersError> {
+    match quota.map(crate::config::parse_size) {
+        Some(Err(e)) => Err(UsersError::BadQuota(e)),
+        _ => Ok(()),
+    }
+}
+
 fn check_name(name: &str) -> Result<(), UsersError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -220,9 +264,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let mut ed = UsersFileEditor::open(&path).unwrap();
-        ed.add("app", "s3cret", vec!["@example.com".into()]).unwrap();
-        assert!(matches!(ed.add("app", "x", vec![]), Err(UsersError::Exists(_))));
-        assert!(matches!(ed.add("bad name", "x", vec![]), Err(UsersError::BadName)));
+        ed.add("app", "s3cret", vec!["@example.com".into()], None).unwrap();
+        assert!(matches!(ed.add("app", "x", vec![], None), Err(UsersError::Exists(_))));
+        assert!(matches!(ed.add("bad name", "x", vec![], None), Err(UsersError::BadName)));
+        let lots = Some("lots".to_string());
+        assert!(matches!(ed.add("q", "x", vec![], lots), Err(UsersError::BadQuota(_))));
+        ed.add("big@example.com", "x", vec![], Some("2GiB".into())).unwrap();
         ed.save().unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -232,12 +279,14 @@ mod tests {
         assert_eq!(users.verify("app", "s3cret"), Some(vec!["@example.com".to_string()]));
         assert_eq!(users.verify("app", "wrong"), None);
         assert_eq!(users.verify("nobody", "s3cret"), None);
+        assert_eq!((users.quota("Big@Example.com"), users.quota("app")), (Some(2 << 30), None));
         let mut ed = UsersFileEditor::open(&path).unwrap();
         ed.passwd("app", "new").unwrap();
         ed.save().unwrap();
         assert_eq!(Users::load(&path).unwrap().verify("app", "new").map(|_| ()), Some(()));
         let mut ed = UsersFileEditor::open(&path).unwrap();
         ed.del("app").unwrap();
+        ed.del("big@example.com").unwrap();
         assert!(matches!(ed.del("app"), Err(UsersError::NoSuchUser(_))));
         ed.save().unwrap();
         assert!(Users::load(&path).unwrap().is_empty());

@@ -127,8 +127,15 @@ impl Session {
                     )?))
                 }
                 MessageDataItemName::Envelope => {
-                    let raw = load(&mut whole, &msg.path)?;
-                    let e = parse(raw, |m| mime::envelope(&m.root()))?;
+                    // The header is enough (a 20 MB message is not read for its ENVELOPE).
+                    let header = match &whole {
+                        Some(w) => w[..mailstore::header_len_of(w)].to_vec(),
+                        None => {
+                            let h = mailstore::header_len(&msg.path)?;
+                            mailstore::read_range(&msg.path, 0, h)?
+                        }
+                    };
+                    let e = parse(&header, |m| mime::envelope(&m.root()))?;
                     structure.extend_from_slice(b" ENVELOPE ");
                     mime::wire::envelope(&mut structure, &e);
                     continue;

@@ -231,9 +231,9 @@ impl Session {
             Err(FolderError::NotFound) => return self.no(tag, "[TRYCREATE] No such mailbox"),
             Err(e) => return self.no(tag, &folder_error(&e)),
         };
-        if self.cfg.quota > 0 {
+        if self.quota > 0 {
             let used = self.maildir.as_ref().map_or(Ok(0), |m| m.total_usage());
-            if used.is_ok_and(|u| u + data.len() as u64 > self.cfg.quota) {
+            if used.is_ok_and(|u| u + data.len() as u64 > self.quota) {
                 return self.no(tag, "[OVERQUOTA] Mailbox is full");
             }
         }

@@ -177,7 +177,6 @@ pub async fn run<P: Transport>(
         hostname: ctx.hostname.clone(),
         starttls: ctx.starttls(),
         plaintext_ok: ctx.plaintext_ok,
-        quota: ctx.mailboxes.quota,
     };
     c.session = Some(Box::new(Session::new(cfg, ctx.implicit_tls)));
     // Where the buffer ended when a synchronizing literal was last agreed to, so a literal
@@ -283,6 +282,9 @@ async fn follow<P: Transport>(
                     Ok((md, user)) => (Ok(md), Some(user)),
                     Err(e) => (Err(e), None),
                 };
+                if let Some(u) = &user {
+                    c.session().set_quota(ctx.mailboxes.quota_of(u));
+                }
                 c.user = user;
                 c.session().login_result(&tag, maildir);
                 return true;

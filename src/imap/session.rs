@@ -34,8 +34,6 @@ pub struct ImapConfig {
     pub starttls: bool,
     /// LOGIN and AUTHENTICATE without TLS (`[auth] plaintext_on_loopback`, loopback listener).
     pub plaintext_ok: bool,
-    /// Octets per mailbox for APPEND (`[local] quota`); 0: no limit.
-    pub quota: u64,
 }
 
 /// What the driver must do after a command.
@@ -85,6 +83,8 @@ pub struct Session {
     /// The user's Maildir (INBOX; folders are Maildir++ directories inside it).
     pub(super) maildir: Option<Maildir>,
     out: Vec<u8>,
+    /// The user's quota for APPEND, in octets (0: none).
+    pub(super) quota: u64,
     /// Set when a command added or removed messages (the driver then refreshes the quota
     /// count and wakes IDLE sessions).
     pub(super) size_changed: bool,
@@ -149,6 +149,7 @@ impl Session {
             maildir: None,
             out: Vec::new(),
             size_changed: false,
+            quota: 0,
         };
         let caps = s.capabilities();
         let greeting = format!("* OK [CAPABILITY {caps}] {} IMAP4rev1 ready\r\n", s.cfg.hostname);
@@ -164,6 +165,11 @@ impl Session {
     /// Whether the last command added or removed messages (reset by reading it).
     pub fn take_size_changed(&mut self) -> bool {
         std::mem::take(&mut self.size_changed)
+    }
+
+    /// The logged-in user's mailbox quota (APPEND refuses to go over it).
+    pub fn set_quota(&mut self, quota: u64) {
+        self.quota = quota;
     }
 
     pub(super) fn out_raw(&mut self, bytes: &[u8]) {

@@ -317,6 +317,18 @@ pub fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>
     Ok(out)
 }
 
+/// The length of the header in `bytes`, blank line included.
+pub fn header_len_of(bytes: &[u8]) -> usize {
+    let mut len = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        len += line.len();
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    len
+}
+
 /// The length of the header, blank line included (RFC 3501 BODY[HEADER]); reads only the
 /// header.
 pub fn header_len(path: &Path) -> std::io::Result<u64> {

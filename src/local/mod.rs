@@ -191,6 +191,25 @@ impl Mailboxes {
         Ok(u)
     }
 
+    /// Counts every local user's mailbox afresh (blocking I/O): the usage RCPT consults, and
+    /// `sluice_mailbox_bytes`.
+    pub fn count_all(&self) {
+        let users: Vec<String> = {
+            let all = self.users.read().unwrap_or_else(|e| e.into_inner()).clone();
+            all.names()
+                .filter(|u| u.rsplit_once('@').is_some_and(|(_, d)| self.is_local_domain(d)))
+                .cloned()
+                .collect()
+        };
+        let mut total = 0;
+        for u in &users {
+            let Ok(bytes) = self.maildir(u).total_usage() else { continue };
+            self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(u.clone(), bytes);
+            total += bytes;
+        }
+        crate::metrics::MAILBOX_BYTES.set(total as i64);
+    }
+
     fn add_usage(&self, user: &str, size: u64) {
         if let Some(u) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get_mut(user) {
             *u += size;
@@ -202,9 +221,15 @@ impl Mailboxes {
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
     }
 
+    /// The user's quota in octets (0: none): theirs from the users file, else `[local] quota`.
+    pub fn quota_of(&self, user: &str) -> u64 {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).quota(user).unwrap_or(self.quota)
+    }
+
     /// Whether a new message of `size` octets would take `user` over the quota.
     pub fn over_quota(&self, user: &str, size: u64) -> bool {
-        self.quota > 0 && self.usage(user).unwrap_or(0) + size > self.quota
+        let quota = self.quota_of(user);
+        quota > 0 && self.usage(user).unwrap_or(0) + size > quota
     }
 
     /// RCPT's check, with the size MAIL declared (0 if none): from memory only (no disk I/O
@@ -212,7 +237,8 @@ impl Mailboxes {
     /// full; delivery checks again.
     pub fn known_full(&self, user: &str, size: u64) -> bool {
         let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get(user).copied();
-        self.quota > 0 && usage.is_some_and(|u| u >= self.quota || u + size > self.quota)
+        let quota = self.quota_of(user);
+        quota > 0 && usage.is_some_and(|u| u >= quota || u + size > quota)
     }
 
     /// Writes `content` to the mailbox of every user `rcpt` resolves to (blocking I/O: run it
@@ -280,8 +306,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let mut file = crate::auth::users::UsersFileEditor::open(&path).unwrap();
-        file.add("alice@example.com", "pw", Vec::new()).unwrap();
-        file.add("bob@example.com", "pw", Vec::new()).unwrap();
+        file.add("alice@example.com", "pw", Vec::new(), None).unwrap();
+        file.add("bob@example.com", "pw", Vec::new(), Some("5KB".into())).unwrap();
         file.save().unwrap();
         let users = Arc::new(RwLock::new(Arc::new(Users::load(&path).unwrap())));
         let aliases = [
@@ -331,6 +357,9 @@ mod tests {
         assert!(matches!(m.deliver("alice@example.com", "s@x.org", looped), Delivered::Loop));
         let big = vec![b'x'; 990];
         assert!(matches!(m.deliver("alice@example.com", "s@x.org", &big), Delivered::OverQuota));
+        // Bob's own quota (5 KB in the users file) is over the default 1,000 octets.
+        assert_eq!((m.quota_of("alice@example.com"), m.quota_of("Bob@example.com")), (1000, 5000));
+        assert!(matches!(m.deliver("bob@example.com", "s@x.org", &big), Delivered::Stored));
         assert!(matches!(m.deliver("carol@example.com", "", msg), Delivered::NoSuchUser));
     }
 
