@@ -376,6 +376,16 @@ typ, data = m.delete("Archive/Lists"); assert typ == "NO", data
 assert m.delete("Archive/Lists/rust")[0] == "OK"
 assert m.delete("INBOX")[0] == "NO"
 assert not any("rust" in l for l in names()), names()
+assert m.unsubscribe("Lists/rust")[0] == "OK"
+assert not any("rust" in l for l in names(lsub=True)), names(lsub=True)
+# A folder deleted under another session's feet stays deleted.
+m2 = imaplib.IMAP4(host, port)
+m2.login("bob@example.com", "pw")
+assert m2.select("Junk")[0] == "OK"
+assert m.delete("Junk")[0] == "OK"
+m2.noop(); m2.fetch("1:*", "(FLAGS)")
+assert not any(l.endswith(" Junk") for l in names()), names()
+m2.logout()
 m.logout()
 print("ok")
 "#;

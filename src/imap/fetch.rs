@@ -16,6 +16,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use super::mime;
 use super::session::{Session, fetch_flags, internal_date, nz};
 use crate::local::mailstore::{self, flag};
+use structure_cache::Kind;
 
 impl Session {
     pub(super) fn fetch(
@@ -127,26 +128,38 @@ impl Session {
                     )?))
                 }
                 MessageDataItemName::Envelope => {
-                    // The header is enough (a 20 MB message is not read for its ENVELOPE).
-                    let header = match &whole {
-                        Some(w) => w[..mailstore::header_len_of(w)].to_vec(),
-                        None => {
-                            let h = mailstore::header_len(&msg.path)?;
-                            mailstore::read_range(&msg.path, 0, h)?
-                        }
-                    };
-                    let e = parse(&header, |m| mime::envelope(&m.root()))?;
+                    let e = structure_cache::get_or(&msg.unique, Kind::Envelope, || {
+                        // The header is enough (a 20 MB message is not read for it).
+                        let header = match &whole {
+                            Some(w) => w[..mailstore::header_len_of(w)].to_vec(),
+                            None => {
+                                let h = mailstore::header_len(&msg.path)?;
+                                mailstore::read_range(&msg.path, 0, h)?
+                            }
+                        };
+                        let e = parse(&header, |m| mime::envelope(&m.root()))?;
+                        let mut out = Vec::new();
+                        mime::wire::envelope(&mut out, &e);
+                        Ok(out)
+                    })?;
                     structure.extend_from_slice(b" ENVELOPE ");
-                    mime::wire::envelope(&mut structure, &e);
+                    structure.extend_from_slice(&e);
                     continue;
                 }
                 MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
                     let extended = *n == MessageDataItemName::BodyStructure;
-                    let raw = load(&mut whole, &msg.path)?;
-                    let b = parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
+                    let kind = if extended { Kind::BodyStructure } else { Kind::Body };
+                    let b = structure_cache::get_or(&msg.unique, kind, || {
+                        let raw = load(&mut whole, &msg.path)?;
+                        let b =
+                            parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
+                        let mut out = Vec::new();
+                        mime::wire::body(&mut out, &b);
+                        Ok(out)
+                    })?;
                     let name: &[u8] = if extended { b" BODYSTRUCTURE " } else { b" BODY " };
                     structure.extend_from_slice(name);
-                    mime::wire::body(&mut structure, &b);
+                    structure.extend_from_slice(&b);
                     continue;
                 }
                 MessageDataItemName::BodyExt { section, partial, peek } => {
@@ -251,6 +264,44 @@ fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Encoded ENVELOPE, BODY and BODYSTRUCTURE answers by message. A Maildir message never
+/// changes under its unique name, so an entry never goes stale; the map is bounded (emptied
+/// when full), so memory stays within tens of MB whatever the mailboxes hold.
+mod structure_cache {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Kind {
+        Envelope,
+        Body,
+        BodyStructure,
+    }
+
+    const MAX_ENTRIES: usize = 100_000;
+
+    type Entries = HashMap<(String, Kind), Arc<Vec<u8>>>;
+    static CACHE: LazyLock<Mutex<Entries>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    pub fn get_or(
+        unique: &str,
+        kind: Kind,
+        make: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<Arc<Vec<u8>>> {
+        let key = (unique.to_string(), kind);
+        if let Some(v) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(make()?);
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, v.clone());
+        Ok(v)
+    }
 }
 
 /// Reads the whole message once per FETCH item list.

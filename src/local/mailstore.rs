@@ -89,7 +89,11 @@ impl Maildir {
     /// mailbox share the result while the Maildir is unchanged (1,000 clients idling on a large
     /// mailbox hold one copy, not 1,000).
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
-        self.create()?;
+        // Never created here: a session still on a folder another one deleted must not bring
+        // it back.
+        if !self.root().join("cur").is_dir() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound).into());
+        }
         if let Some(s) = cache::get(self.root()) {
             return Ok(s);
         }
