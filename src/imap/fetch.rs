@@ -18,12 +18,23 @@ use super::session::{Session, fetch_flags, internal_date, nz};
 use crate::local::mailstore::{self, flag};
 use structure_cache::Kind;
 
+/// A FETCH being answered in parts.
+pub struct PendingFetch {
+    tag: Tag<'static>,
+    /// Indexes into the view still to answer.
+    todo: std::collections::VecDeque<usize>,
+    names: Vec<MessageDataItemName<'static>>,
+}
+
+/// How much output a FETCH prepares before the driver sends it.
+const OUTPUT_CHUNK: usize = 256 << 10;
+
 impl Session {
     pub(super) fn fetch(
         &mut self,
-        tag: &Tag<'_>,
+        tag: &Tag<'static>,
         set: &SequenceSet,
-        names: MacroOrMessageDataItemNames<'_>,
+        names: MacroOrMessageDataItemNames<'static>,
         uid: bool,
     ) {
         use imap_codec::imap_types::fetch::Macro;
@@ -47,15 +58,29 @@ impl Session {
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
         }
-        for i in self.matching(set, uid) {
-            match self.fetch_one(i, &names) {
+        let todo = self.matching(set, uid).into();
+        self.pending = Some(PendingFetch { tag: tag.clone(), todo, names });
+        self.fetch_more();
+    }
+
+    /// Answers the pending FETCH until about [`OUTPUT_CHUNK`] octets are waiting to be sent (the
+    /// driver sends them and calls again), so `FETCH 1:* BODY[]` on a mailbox of gigabytes
+    /// never holds more than that in memory.
+    pub fn fetch_more(&mut self) {
+        let Some(mut p) = self.pending.take() else { return };
+        while let Some(i) = p.todo.pop_front() {
+            match self.fetch_one(i, &p.names) {
                 Ok((items, structure)) => self.fetch_response(nz(i as u32 + 1), items, &structure),
                 // Gone since the snapshot (expunged by another session): skip it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
+                Err(e) => return self.no(&p.tag, &format!("[SERVERBUG] {e}")),
+            }
+            if self.output_len() >= OUTPUT_CHUNK && !p.todo.is_empty() {
+                self.pending = Some(p);
+                return;
             }
         }
-        self.ok(tag, None, "FETCH completed");
+        self.ok(&p.tag, None, "FETCH completed");
     }
 
     /// `* n FETCH (...)`: the items imap-codec encodes, then the structure items.
@@ -380,6 +405,39 @@ mod tests {
             b"Subject: one\r\n two\r\nX-Long: x\r\n\ty\r\n\r\n".to_vec()
         );
         assert_eq!(header_fields(h, &names, false), b"From: a@b\r\n\r\n".to_vec());
+    }
+
+    fn command(text: &str) -> imap_codec::imap_types::command::Command<'static> {
+        use imap_codec::decode::Decoder;
+        imap_codec::CommandCodec::default().decode_static(text.as_bytes()).unwrap().1
+    }
+
+    /// FETCH 1:* BODY[] on 2 MB of mail is answered in parts of about 256 KiB, not at once.
+    #[test]
+    fn a_large_fetch_is_answered_in_parts() {
+        use super::super::session::{ImapConfig, Next};
+        let dir = tempfile::tempdir().unwrap();
+        let md = crate::local::Maildir::new(dir.path().join("Maildir"));
+        let body = vec![b'x'; 10_000];
+        for _ in 0..200 {
+            md.deliver(&[b"Subject: s\r\n\r\n", &body], "h").unwrap();
+        }
+        let cfg = ImapConfig { hostname: "h".into(), starttls: false, plaintext_ok: true };
+        let mut s = Session::new(cfg, false);
+        s.login_result(&Tag::try_from("l").unwrap(), Ok(md));
+        assert!(matches!(s.execute(command("s SELECT INBOX\r\n")), Next::Continue));
+        s.take_output();
+        let mut next = s.execute(command("f FETCH 1:* BODY.PEEK[]\r\n"));
+        let mut parts = Vec::new();
+        while matches!(next, Next::More) {
+            parts.push(s.take_output().len());
+            s.fetch_more();
+            next = if s.has_more() { Next::More } else { Next::Continue };
+        }
+        let last = String::from_utf8(s.take_output()).unwrap();
+        assert!(last.ends_with("f OK FETCH completed\r\n"), "{}", &last[last.len() - 40..]);
+        assert!(parts.len() >= 7, "{parts:?}");
+        assert!(parts.iter().all(|&n| n < OUTPUT_CHUNK + 11_000), "{parts:?}");
     }
 
     fn part(path: &[u32]) -> Part {

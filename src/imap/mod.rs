@@ -140,6 +140,20 @@ impl<P: Transport> Connection<P> {
         }
     }
 
+    /// The next part of a FETCH, on the blocking pool.
+    async fn fetch_more(&mut self) -> Next {
+        let mut s = self.session.take().expect("session present");
+        let s = tokio::task::spawn_blocking(move || {
+            s.fetch_more();
+            s
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let more = s.has_more();
+        self.session = Some(s);
+        if more { Next::More } else { Next::Continue }
+    }
+
     /// Runs a command on the blocking pool (the session reads and renames files).
     async fn execute(&mut self, cmd: imap_codec::imap_types::command::Command<'static>) -> Next {
         let mut s = self.session.take().expect("session present");
@@ -318,6 +332,12 @@ async fn follow<P: Transport>(
                 return true;
             }
             Next::Idle { tag } => return idle(c, tag, ctx, shutdown).await,
+            Next::More => {
+                if c.flush().await.is_err() {
+                    return false;
+                }
+                c.fetch_more().await
+            }
         };
     }
 }

@@ -57,6 +57,9 @@ pub enum Next {
     Idle {
         tag: Tag<'static>,
     },
+    /// Send the output, then call [`Session::fetch_more`] (on the blocking pool) until
+    /// [`Session::has_more`] is false: a large FETCH is answered in parts.
+    More,
     /// Send the output and close.
     Close,
 }
@@ -83,6 +86,8 @@ pub struct Session {
     /// The user's Maildir (INBOX; folders are Maildir++ directories inside it).
     pub(super) maildir: Option<Maildir>,
     out: Vec<u8>,
+    /// A FETCH answered in parts.
+    pub(super) pending: Option<super::fetch::PendingFetch>,
     /// The user's quota for APPEND, in octets (0: none).
     pub(super) quota: u64,
     /// Set when a command added or removed messages (the driver then refreshes the quota
@@ -150,6 +155,7 @@ impl Session {
             out: Vec::new(),
             size_changed: false,
             quota: 0,
+            pending: None,
         };
         let caps = s.capabilities();
         let greeting = format!("* OK [CAPABILITY {caps}] {} IMAP4rev1 ready\r\n", s.cfg.hostname);
@@ -170,6 +176,15 @@ impl Session {
     /// The logged-in user's mailbox quota (APPEND refuses to go over it).
     pub fn set_quota(&mut self, quota: u64) {
         self.quota = quota;
+    }
+
+    pub(super) fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether a FETCH still has parts to answer.
+    pub fn has_more(&self) -> bool {
+        self.pending.is_some()
     }
 
     pub(super) fn out_raw(&mut self, bytes: &[u8]) {
@@ -271,7 +286,13 @@ impl Session {
                 self.state = State::Logout;
                 return Next::Close;
             }
-            body => return self.by_state(tag, body),
+            body => {
+                let next = self.by_state(tag, body);
+                if self.pending.is_some() {
+                    return Next::More;
+                }
+                return next;
+            }
         }
         Next::Continue
     }
@@ -439,7 +460,7 @@ impl Session {
         self.state = State::Selected(View { folder, read_only, snapshot });
     }
 
-    fn selected(&mut self, tag: &Tag<'_>, body: CommandBody<'static>) {
+    fn selected(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) {
         match body {
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid } => {
                 self.fetch(tag, &sequence_set, macro_or_item_names, uid)
