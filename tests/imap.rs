@@ -284,7 +284,9 @@ const IMAPLIB_FOLDERS: &str = r#"
 import imaplib, re, sys
 host, port = sys.argv[1], int(sys.argv[2])
 m = imaplib.IMAP4(host, port)
-m.login("bob@example.com", "pw")
+# AUTHENTICATE PLAIN with a continuation (imaplib sends no initial response).
+typ, data = m.authenticate("PLAIN", lambda _: b"\0bob@example.com\0pw")
+assert typ == "OK", data
 for cap in ["UIDPLUS", "MOVE", "NAMESPACE", "SPECIAL-USE", "ID", "ENABLE", "CHILDREN"]:
     assert cap in m.capabilities, (cap, m.capabilities)
 typ, data = m.namespace(); assert data == [b'(("" "/")) NIL NIL'], data
@@ -319,6 +321,15 @@ date = '"17-May-2023 10:00:00 +0000"'
 typ, data = m.append("Sent", "(\\Seen)", date, msg)
 assert typ == "OK", data
 validity, uid = map(int, re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[0]).groups())
+# A 3 MB message goes to a file as it arrives (synchronizing literal) and comes back whole.
+big = b"Subject: big append\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3000
+typ, data = m.append("Drafts", None, None, big)
+assert typ == "OK", data
+big_uid = re.search(rb"\[APPENDUID \d+ (\d+)\]", data[0]).group(1)
+m.select("Drafts")
+typ, data = m.uid("fetch", big_uid, "(RFC822.SIZE BODY.PEEK[])")
+assert data[0][1] == big, (len(data[0][1]), len(big))
+m.close()
 typ, data = m.append("Nowhere", None, None, msg)
 assert typ == "NO" and b"TRYCREATE" in data[0], data
 typ, data = m.select("Sent")
@@ -327,6 +338,7 @@ assert int(m.untagged_responses["UIDVALIDITY"][0]) == validity
 typ, data = m.uid("fetch", str(uid), "(FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
 assert b"\\Seen" in data[0][0] and b'"17-May-2023' in data[0][0], data
 assert data[0][1] == msg, data
+assert m.check()[0] == "OK"
 assert m.close()[0] == "OK"
 
 # Three messages over SMTP; COPY two, MOVE one (COPYUID, EXPUNGE), UID EXPUNGE one.
@@ -390,8 +402,9 @@ m.logout()
 print("ok")
 "#;
 
-/// Folders and the message-moving commands through imaplib: LIST with SPECIAL-USE and
-/// CHILDREN attributes, NAMESPACE, ID, ENABLE, CREATE (with parents), SUBSCRIBE/LSUB, APPEND
+/// Folders and the message-moving commands through imaplib (logged in with AUTHENTICATE
+/// PLAIN): LIST with SPECIAL-USE and CHILDREN attributes, NAMESPACE, ID, ENABLE, CHECK,
+/// CREATE (with parents), SUBSCRIBE/UNSUBSCRIBE/LSUB, APPEND
 /// with flags, date and APPENDUID, COPY/MOVE with COPYUID, UID EXPUNGE, ENVELOPE and
 /// BODYSTRUCTURE of a multipart message, part sections, SEARCH by header, body and sent date,
 /// RENAME of a folder with children, DELETE.
@@ -759,4 +772,37 @@ fn kill9_during_expunge_loses_nothing_and_reuses_no_uid() {
     let (_r3, _w3, _, uids3, _) = select(imap);
     let max_before = *uids.iter().max().unwrap();
     assert!(*uids3.last().unwrap() > max_before, "a UID was reused: {uids3:?}");
+}
+
+/// APPEND with a LITERAL+ message of 300 KB streams it to the mailbox, and the command sent
+/// right behind it in the same write is still answered; before login, a large APPEND literal
+/// is refused without being read.
+#[test]
+fn large_append_literals_stream_and_need_a_login() {
+    use std::io::BufReader;
+    let t = start("");
+    let s = std::net::TcpStream::connect(t.imap).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    imap_until(&mut r, "* OK");
+    w.write_all(b"x APPEND INBOX {5000000}\r\n").unwrap();
+    let refused = imap_until(&mut r, "x ");
+    assert!(refused.starts_with("x NO [TOOBIG]"), "{refused}");
+    w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
+    imap_until(&mut r, "l OK");
+    let body: String = (0..3000).map(|i| format!("{i:0>98}\r\n")).collect();
+    let message = format!("Subject: streamed\r\n\r\n{body}");
+    let mut cmd = format!("a APPEND INBOX (\\Flagged) {{{}+}}\r\n", message.len()).into_bytes();
+    cmd.extend_from_slice(message.as_bytes());
+    cmd.extend_from_slice(b"\r\nn NOOP\r\n");
+    w.write_all(&cmd).unwrap();
+    let appended = imap_until(&mut r, "a ");
+    assert!(appended.starts_with("a OK [APPENDUID "), "{appended}");
+    imap_until(&mut r, "n OK");
+    let stored = t.mailbox("alice");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0], message, "stored octet for octet");
+    let tmp = std::fs::read_dir(t.maildir("alice").join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "nothing left in tmp/");
 }

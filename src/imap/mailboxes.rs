@@ -15,7 +15,7 @@ use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
 use super::session::{Session, State, bits_of, nz};
 use crate::local::folders::{self, DELIMITER, FolderError};
-use crate::local::mailstore::{MessageInfo, Transfer, flag};
+use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
 
 /// The name a client gave, as text (`INBOX` whatever its case).
 pub fn mailbox_name(m: &Mailbox<'_>) -> String {
@@ -217,30 +217,40 @@ impl Session {
     }
 
     /// APPEND (with APPENDUID, RFC 4315).
-    pub(super) fn append(
+    pub fn append(
         &mut self,
         tag: &Tag<'_>,
         mailbox: &Mailbox<'_>,
         flags: &[Flag<'_>],
         date: Option<&DateTime>,
-        data: &[u8],
+        message: Appended<'_>,
     ) {
+        let refuse = |s: &mut Self, text: &str| {
+            if let Appended::File(p) = message {
+                let _ = std::fs::remove_file(p);
+            }
+            s.no(tag, text)
+        };
         let name = mailbox_name(mailbox);
         let folder = match self.open(&name) {
             Ok(f) => f,
-            Err(FolderError::NotFound) => return self.no(tag, "[TRYCREATE] No such mailbox"),
-            Err(e) => return self.no(tag, &folder_error(&e)),
+            Err(FolderError::NotFound) => return refuse(self, "[TRYCREATE] No such mailbox"),
+            Err(e) => return refuse(self, &folder_error(&e)),
         };
         if self.quota > 0 {
+            let size = match message {
+                Appended::Bytes(b) => b.len() as u64,
+                Appended::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            };
             let used = self.maildir.as_ref().map_or(Ok(0), |m| m.total_usage());
-            if used.is_ok_and(|u| u + data.len() as u64 > self.quota) {
-                return self.no(tag, "[OVERQUOTA] Mailbox is full");
+            if used.is_ok_and(|u| u + size > self.quota) {
+                return refuse(self, "[OVERQUOTA] Mailbox is full");
             }
         }
         let date = date.map(|d| d.as_ref().timestamp());
         let host = self.cfg.hostname.clone();
         let stored = folder
-            .append(data, bits_of(flags), date, &host)
+            .append(message, bits_of(flags), date, &host)
             .and_then(|n| folder.uids_of(&[Some(n)]));
         match stored {
             Ok((validity, uids)) => {

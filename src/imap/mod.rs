@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verdict;
 use crate::local::Maildir;
+use crate::local::mailstore::Appended;
 use crate::mailbox_listener::{MailboxListener, accept_loop};
 use crate::metrics;
 use crate::proto::smtp::client::Credentials;
@@ -36,6 +37,8 @@ const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands (with their literals) larger than this are refused and the connection closed.
 const MAX_COMMAND: usize = 1 << 20;
+/// APPEND literals larger than this go to a file as they arrive, not into memory.
+const STREAM_OVER: usize = 64 << 10;
 /// While idling, the mailbox is looked at this often even without a delivery (changes made
 /// by POP3 or another program).
 const IDLE_POLL: Duration = Duration::from_secs(30);
@@ -215,8 +218,20 @@ pub async fn run<P: Transport>(
                 continue;
             }
             Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                // APPEND carries a whole message; any other literal is small.
-                let limit = if is_append(&c.buf) { ctx.max_append } else { MAX_COMMAND };
+                // APPEND carries a whole message, once logged in; any other literal is small.
+                let append = is_append(&c.buf) && c.session().is_authenticated();
+                let limit = if append { ctx.max_append } else { MAX_COMMAND };
+                if append && length as usize > STREAM_OVER && length as usize <= limit {
+                    literal_acked_at = None;
+                    let Some(next) = append_streamed(&mut c, &shutdown, length, mode).await else {
+                        break;
+                    };
+                    c.after_command(ctx);
+                    if !follow(&mut c, next, ctx, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
                 if length as usize > limit && mode == LiteralMode::Sync {
                     // RFC 7888 4: refuse before the client sends it, and go on.
                     let t = tag.as_ref().to_string();
@@ -263,8 +278,7 @@ pub async fn run<P: Transport>(
                 }
             }
         }
-        let limit = if is_append(&c.buf) { ctx.max_append + (64 << 10) } else { MAX_COMMAND };
-        if c.buf.len() > limit {
+        if c.buf.len() > MAX_COMMAND {
             let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;
             break;
         }
@@ -395,6 +409,105 @@ async fn idle<P: Transport>(
             },
         }
     }
+}
+
+/// An APPEND whose message literal is over [`STREAM_OVER`]: the command up to the literal is
+/// parsed by imap-codec (with a one-octet literal in its place), the message goes straight
+/// from the socket to a file in the user's `tmp/`, and the session stores that file. Memory
+/// stays flat whatever the message size. None: the connection must end.
+async fn append_streamed<P: Transport>(
+    c: &mut Connection<P>,
+    shutdown: &CancellationToken,
+    length: u32,
+    mode: LiteralMode,
+) -> Option<Next> {
+    use tokio::io::AsyncWriteExt as _;
+    let (header_end, cmd) = literal_prefix(&c.buf, length)?;
+    let imap_codec::imap_types::command::CommandBody::Append { mailbox, flags, date, .. } =
+        cmd.body
+    else {
+        return None;
+    };
+    c.buf.drain(..header_end);
+    if mode == LiteralMode::Sync
+        && c.stream.write_all(b"+ Ready for literal data\r\n").await.is_err()
+    {
+        return None;
+    }
+    let tmp = c.session().append_file_path()?;
+    // A file that cannot be written still has its literal read, then gets a NO.
+    let mut file = tokio::fs::File::create(&tmp).await.ok();
+    let mut left = length as usize;
+    while left > 0 {
+        if c.buf.is_empty() && !matches!(c.read_more(shutdown).await, Read::Data) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return None;
+        }
+        let take = left.min(c.buf.len());
+        if let Some(f) = file.as_mut()
+            && f.write_all(&c.buf[..take]).await.is_err()
+        {
+            file = None;
+        }
+        c.buf.drain(..take);
+        left -= take;
+    }
+    let rest = c.line(shutdown).await;
+    let written = match file {
+        Some(mut f) => f.flush().await.is_ok(),
+        None => false,
+    };
+    let tag = cmd.tag;
+    if rest.as_deref() != Some(b"") || !written {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match rest {
+            None => return None,
+            Some(r) if !r.is_empty() => c.session().unparsable(Some(&tag)),
+            Some(_) => c.session().append_failed(&tag),
+        }
+        return Some(Next::Continue);
+    }
+    let mut s = c.session.take().expect("session present");
+    let s = tokio::task::spawn_blocking(move || {
+        let stored = Appended::File(&tmp);
+        s.append(&tag, &mailbox, &flags, date.as_ref(), stored);
+        s
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    c.session = Some(s);
+    Some(Next::Continue)
+}
+
+/// Where the literal of `length` octets starts in an APPEND command, and the command parsed
+/// with a one-octet literal instead. The first `{length}` (or `{length+}`) whose prefix parses
+/// as an APPEND is the message's: a mailbox name cannot make a false match parse.
+fn literal_prefix(
+    buf: &[u8],
+    length: u32,
+) -> Option<(usize, imap_codec::imap_types::command::Command<'static>)> {
+    for header in [format!("{{{length}}}"), format!("{{{length}+}}")] {
+        let h = header.as_bytes();
+        let mut from = 0;
+        while let Some(at) = buf[from..].windows(h.len()).position(|w| w == h) {
+            let start = from + at;
+            let after = start + h.len();
+            from = after;
+            let end = match &buf[after..] {
+                [b'\r', b'\n', ..] => after + 2,
+                [b'\n', ..] => after + 1,
+                _ => continue,
+            };
+            let mut probe = buf[..start].to_vec();
+            probe.extend_from_slice(b"{1+}\r\nx\r\n");
+            if let Ok((_, cmd)) = CommandCodec::default().decode_static(&probe)
+                && matches!(cmd.body, imap_codec::imap_types::command::CommandBody::Append { .. })
+            {
+                return Some((end, cmd));
+            }
+        }
+    }
+    None
 }
 
 /// Whether the command being read is an APPEND (`tag APPEND ...`).

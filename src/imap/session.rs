@@ -24,7 +24,7 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use super::mailboxes::{Manage, mailbox_name};
 use crate::local::Maildir;
-use crate::local::mailstore::{MessageInfo, Snapshot, Transfer, flag};
+use crate::local::mailstore::{Appended, MessageInfo, Snapshot, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
 
 #[derive(Debug, Clone)]
@@ -180,6 +180,19 @@ impl Session {
 
     pub(super) fn output_len(&self) -> usize {
         self.out.len()
+    }
+
+    /// A new file in the user's `tmp/` for a streamed APPEND (same file system as every
+    /// folder, so storing it is a rename).
+    pub fn append_file_path(&self) -> Option<std::path::PathBuf> {
+        let root = self.maildir.as_ref()?.root();
+        let name = format!("append.{}", crate::local::maildir::unique_token());
+        Some(root.join("tmp").join(name))
+    }
+
+    /// A streamed APPEND whose file could not be written.
+    pub fn append_failed(&mut self, tag: &Tag<'_>) {
+        self.no(tag, "[SERVERBUG] The message could not be written; try again");
     }
 
     /// Whether a FETCH still has parts to answer.
@@ -355,7 +368,7 @@ impl Session {
                 self.manage(&tag, Manage::Subscribe(false), &mailbox)
             }
             (_, CommandBody::Append { mailbox, flags, date, message }) => {
-                self.append(&tag, &mailbox, &flags, date.as_ref(), message.data())
+                self.append(&tag, &mailbox, &flags, date.as_ref(), Appended::Bytes(message.data()))
             }
             (_, CommandBody::Enable { .. }) => {
                 // Nothing here changes behaviour when enabled (no CONDSTORE, no UTF8=ACCEPT).

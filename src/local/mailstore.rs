@@ -159,6 +159,14 @@ impl Maildir {
     }
 }
 
+/// What APPEND stores: the octets, or a file the driver streamed a large literal into (in the
+/// same file system; it is moved, not copied, and removed if the store fails).
+#[derive(Clone, Copy)]
+pub enum Appended<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
 /// How [`Maildir::transfer`] brings messages into another folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transfer {
@@ -177,23 +185,36 @@ impl Maildir {
     /// fsync, rename, fsync the directory). Returns its unique name.
     pub fn append(
         &self,
-        data: &[u8],
+        message: Appended<'_>,
         flags: u8,
         date: Option<i64>,
         hostname: &str,
     ) -> Result<String, StoreError> {
         use std::io::Write;
         self.create()?;
-        let unique = super::maildir::unique_name_at(hostname, data.len() as u64, date);
-        let tmp = self.root().join("tmp").join(&unique);
+        let size = match &message {
+            Appended::Bytes(b) => b.len() as u64,
+            Appended::File(p) => fs::metadata(p)?.len(),
+        };
+        let unique = super::maildir::unique_name_at(hostname, size, date);
         // Without flags it is new (\Recent); with them it has been seen by a client: cur/.
         let (sub, file) = match flags {
             0 => ("new", unique.clone()),
             f => ("cur", format!("{unique}{}", info_for(f))),
         };
+        let tmp = match &message {
+            Appended::Bytes(_) => self.root().join("tmp").join(&unique),
+            Appended::File(p) => p.to_path_buf(),
+        };
         let result = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            let f = match message {
+                Appended::Bytes(data) => {
+                    let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                    f.write_all(data)?;
+                    f
+                }
+                Appended::File(p) => fs::OpenOptions::new().write(true).open(p)?,
+            };
             if let Some(t) = date.and_then(|d| u64::try_from(d).ok()) {
                 // Dovecot takes the internal date from the modification time.
                 f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))?;
