@@ -14,17 +14,9 @@ use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::mime;
-use super::session::{Session, fetch_flags, internal_date, nz};
+use super::state::{PendingFetch, Session, fetch_flags, internal_date, nz};
 use crate::local::mailstore::{self, flag};
 use structure_cache::Kind;
-
-/// A FETCH being answered in parts.
-pub struct PendingFetch {
-    tag: Tag<'static>,
-    /// Indexes into the view still to answer.
-    todo: std::collections::VecDeque<usize>,
-    names: Vec<MessageDataItemName<'static>>,
-}
 
 /// How much output a FETCH prepares before the driver sends it.
 const OUTPUT_CHUNK: usize = 256 << 10;
@@ -152,39 +144,10 @@ impl Session {
                         u64::MAX,
                     )?))
                 }
-                MessageDataItemName::Envelope => {
-                    let e = structure_cache::get_or(&msg.unique, Kind::Envelope, || {
-                        // The header is enough (a 20 MB message is not read for it).
-                        let header = match &whole {
-                            Some(w) => w[..mailstore::header_len_of(w)].to_vec(),
-                            None => {
-                                let h = mailstore::header_len(&msg.path)?;
-                                mailstore::read_range(&msg.path, 0, h)?
-                            }
-                        };
-                        let e = parse(&header, |m| mime::envelope(&m.root()))?;
-                        let mut out = Vec::new();
-                        mime::wire::envelope(&mut out, &e);
-                        Ok(out)
-                    })?;
-                    structure.extend_from_slice(b" ENVELOPE ");
-                    structure.extend_from_slice(&e);
-                    continue;
-                }
-                MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
-                    let extended = *n == MessageDataItemName::BodyStructure;
-                    let kind = if extended { Kind::BodyStructure } else { Kind::Body };
-                    let b = structure_cache::get_or(&msg.unique, kind, || {
-                        let raw = load(&mut whole, &msg.path)?;
-                        let b =
-                            parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
-                        let mut out = Vec::new();
-                        mime::wire::body(&mut out, &b);
-                        Ok(out)
-                    })?;
-                    let name: &[u8] = if extended { b" BODYSTRUCTURE " } else { b" BODY " };
-                    structure.extend_from_slice(name);
-                    structure.extend_from_slice(&b);
+                MessageDataItemName::Envelope
+                | MessageDataItemName::BodyStructure
+                | MessageDataItemName::Body => {
+                    structure_item(&mut structure, n, &msg, &mut whole)?;
                     continue;
                 }
                 MessageDataItemName::BodyExt { section, partial, peek } => {
@@ -216,6 +179,45 @@ impl Session {
         }
         Ok((items, structure))
     }
+}
+
+/// ` ENVELOPE (...)`, ` BODY (...)` or ` BODYSTRUCTURE (...)` for `msg`, from the cache or
+/// from the message (only its header for ENVELOPE).
+fn structure_item(
+    out: &mut Vec<u8>,
+    name: &MessageDataItemName<'_>,
+    msg: &crate::local::mailstore::MessageInfo,
+    whole: &mut Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    let (kind, label): (Kind, &[u8]) = match name {
+        MessageDataItemName::Envelope => (Kind::Envelope, b" ENVELOPE "),
+        MessageDataItemName::BodyStructure => (Kind::BodyStructure, b" BODYSTRUCTURE "),
+        _ => (Kind::Body, b" BODY "),
+    };
+    let encoded = structure_cache::get_or(&msg.unique, kind, || {
+        let mut out = Vec::new();
+        if kind == Kind::Envelope {
+            // The header is enough (a 20 MB message is not read for it).
+            let header = match whole {
+                Some(w) => w[..mailstore::header_len_of(w)].to_vec(),
+                None => {
+                    let h = mailstore::header_len(&msg.path)?;
+                    mailstore::read_range(&msg.path, 0, h)?
+                }
+            };
+            let e = parse(&header, |m| mime::envelope(&m.root()))?;
+            mime::wire::envelope(&mut out, &e);
+        } else {
+            let extended = kind == Kind::BodyStructure;
+            let raw = load(whole, &msg.path)?;
+            let b = parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
+            mime::wire::body(&mut out, &b);
+        }
+        Ok(out)
+    })?;
+    out.extend_from_slice(label);
+    out.extend_from_slice(&encoded);
+    Ok(())
 }
 
 /// A message's bytes as a literal (NUL never occurs: sluice refuses NUL at intake).
@@ -415,7 +417,7 @@ mod tests {
     /// FETCH 1:* BODY[] on 2 MB of mail is answered in parts of about 256 KiB, not at once.
     #[test]
     fn a_large_fetch_is_answered_in_parts() {
-        use super::super::session::{ImapConfig, Next};
+        use super::super::state::{ImapConfig, Next};
         let dir = tempfile::tempdir().unwrap();
         let md = crate::local::Maildir::new(dir.path().join("Maildir"));
         let body = vec![b'x'; 10_000];

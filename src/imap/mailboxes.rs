@@ -13,7 +13,7 @@ use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
-use super::session::{Session, State, bits_of, nz};
+use super::state::{Session, State, bits_of, nz};
 use crate::local::folders::{self, DELIMITER, FolderError};
 use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
 

@@ -8,6 +8,7 @@ mod mailboxes;
 mod mime;
 mod search;
 pub mod session;
+mod state;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::metrics;
 use crate::proto::smtp::client::Credentials;
 use crate::smtp::conn::{Conn, Transport, accept_tls};
 use crate::stream::Stream;
-use session::{ImapConfig, Next, Session};
+use state::{ImapConfig, Next, Session};
 
 /// RFC 3501 5.4: the autologout timer is at least 30 minutes once logged in.
 const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
@@ -70,6 +71,19 @@ struct Connection<P: Transport> {
     session: Option<Box<Session>>,
     ip: IpAddr,
     user: Option<String>,
+    /// Where the buffer ended when a synchronizing literal was last agreed to, so a literal
+    /// gets one continuation request however its data arrives.
+    literal_acked_at: Option<usize>,
+}
+
+/// What the command loop does next.
+enum Step {
+    /// Decode again: a command was handled.
+    Again,
+    /// Read more input first.
+    ReadMore,
+    /// Close the connection.
+    End,
 }
 
 enum Read {
@@ -143,6 +157,68 @@ impl<P: Transport> Connection<P> {
         }
     }
 
+    /// A literal announced in the command being read: streamed (a large APPEND), refused
+    /// (too large), or agreed to with a continuation request.
+    async fn on_literal(
+        &mut self,
+        ctx: &MailboxListener,
+        shutdown: &CancellationToken,
+        tag: Tag<'_>,
+        length: u32,
+        mode: LiteralMode,
+    ) -> Step {
+        // APPEND carries a whole message, once logged in; any other literal is small.
+        let append = is_append(&self.buf) && self.session().is_authenticated();
+        let limit = if append { ctx.max_append } else { MAX_COMMAND };
+        let length = length as usize;
+        if append && length > STREAM_OVER && length <= limit {
+            self.literal_acked_at = None;
+            let Some(next) = append_streamed(self, shutdown, length as u32, mode).await else {
+                return Step::End;
+            };
+            self.after_command(ctx);
+            return if follow(self, next, ctx, shutdown).await { Step::Again } else { Step::End };
+        }
+        let t = tag.as_ref().to_string();
+        if length > limit && mode == LiteralMode::Sync {
+            // RFC 7888 4: refuse before the client sends it, and go on.
+            let reply = format!("{t} NO [TOOBIG] The message is too large\r\n");
+            if self.stream.write_all(reply.as_bytes()).await.is_err() {
+                return Step::End;
+            }
+            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
+                self.buf.drain(..=lf);
+            }
+            return Step::Again;
+        }
+        if length > limit {
+            let reply = format!("{t} BAD [TOOBIG] Literal too large\r\n");
+            let _ = self.stream.write_all(reply.as_bytes()).await;
+            return Step::End;
+        }
+        if mode == LiteralMode::Sync && self.literal_acked_at != Some(self.buf.len()) {
+            self.literal_acked_at = Some(self.buf.len());
+            if self.stream.write_all(b"+ Ready for literal data\r\n").await.is_err() {
+                return Step::End;
+            }
+        }
+        Step::ReadMore
+    }
+
+    /// A line imap-codec cannot parse: one of the extensions it lacks, or a BAD.
+    fn on_unparsable(&mut self, ctx: &MailboxListener) -> Step {
+        let Some(lf) = self.buf.iter().position(|&b| b == b'\n') else { return Step::ReadMore };
+        let line: Vec<u8> = self.buf.drain(..=lf).collect();
+        self.literal_acked_at = None;
+        if self.session().raw_command(&line) {
+            self.after_command(ctx);
+            return Step::Again;
+        }
+        let tag = line.split(|&b| b == b' ').next().and_then(|t| Tag::try_from(t.to_vec()).ok());
+        self.session().unparsable(tag.as_ref());
+        Step::Again
+    }
+
     /// The next part of a FETCH, on the blocking pool.
     async fn fetch_more(&mut self) -> Next {
         let mut s = self.session.take().expect("session present");
@@ -181,8 +257,14 @@ pub async fn run<P: Transport>(
     ctx: &MailboxListener,
     shutdown: CancellationToken,
 ) {
-    let mut c =
-        Connection { stream: Stream::Plain(io), buf: Vec::new(), session: None, ip, user: None };
+    let mut c = Connection {
+        stream: Stream::Plain(io),
+        buf: Vec::new(),
+        session: None,
+        ip,
+        user: None,
+        literal_acked_at: None,
+    };
     if ctx.implicit_tls
         && accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, ip)
             .await
@@ -196,9 +278,6 @@ pub async fn run<P: Transport>(
         plaintext_ok: ctx.plaintext_ok,
     };
     c.session = Some(Box::new(Session::new(cfg, ctx.implicit_tls)));
-    // Where the buffer ended when a synchronizing literal was last agreed to, so a literal
-    // gets one continuation request however its data arrives.
-    let mut literal_acked_at = None;
     loop {
         if c.flush().await.is_err() || c.session().is_logged_out() {
             break;
@@ -206,77 +285,24 @@ pub async fn run<P: Transport>(
         let decoded = CommandCodec::default()
             .decode_static(&c.buf)
             .map(|(rest, cmd)| (c.buf.len() - rest.len(), cmd));
-        match decoded {
+        let step = match decoded {
             Ok((used, cmd)) => {
                 c.buf.drain(..used);
-                literal_acked_at = None;
+                c.literal_acked_at = None;
                 let next = c.execute(cmd).await;
                 c.after_command(ctx);
-                if !follow(&mut c, next, ctx, &shutdown).await {
-                    break;
-                }
-                continue;
+                if follow(&mut c, next, ctx, &shutdown).await { Step::Again } else { Step::End }
             }
             Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                // APPEND carries a whole message, once logged in; any other literal is small.
-                let append = is_append(&c.buf) && c.session().is_authenticated();
-                let limit = if append { ctx.max_append } else { MAX_COMMAND };
-                if append && length as usize > STREAM_OVER && length as usize <= limit {
-                    literal_acked_at = None;
-                    let Some(next) = append_streamed(&mut c, &shutdown, length, mode).await else {
-                        break;
-                    };
-                    c.after_command(ctx);
-                    if !follow(&mut c, next, ctx, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-                if length as usize > limit && mode == LiteralMode::Sync {
-                    // RFC 7888 4: refuse before the client sends it, and go on.
-                    let t = tag.as_ref().to_string();
-                    let reply = format!("{t} NO [TOOBIG] The message is too large\r\n");
-                    if c.stream.write_all(reply.as_bytes()).await.is_err() {
-                        break;
-                    }
-                    if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
-                        c.buf.drain(..=lf);
-                    }
-                    continue;
-                }
-                if length as usize > limit {
-                    let t = tag.as_ref().to_string();
-                    let _ = c
-                        .stream
-                        .write_all(format!("{t} BAD [TOOBIG] Literal too large\r\n").as_bytes())
-                        .await;
-                    break;
-                }
-                if mode == LiteralMode::Sync && literal_acked_at != Some(c.buf.len()) {
-                    literal_acked_at = Some(c.buf.len());
-                    if c.stream.write_all(b"+ Ready for literal data\r\n").await.is_err() {
-                        break;
-                    }
-                }
+                c.on_literal(ctx, &shutdown, tag, length, mode).await
             }
-            Err(CommandDecodeError::Incomplete) => {}
-            Err(CommandDecodeError::Failed) => {
-                if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = c.buf.drain(..=lf).collect();
-                    if c.session().raw_command(&line) {
-                        literal_acked_at = None;
-                        c.after_command(ctx);
-                        continue;
-                    }
-                    let tag = line
-                        .split(|&b| b == b' ')
-                        .next()
-                        .and_then(|t| Tag::try_from(t.to_vec()).ok());
-                    c.session().unparsable(tag.as_ref());
-                    literal_acked_at = None;
-                    continue;
-                }
-            }
+            Err(CommandDecodeError::Incomplete) => Step::ReadMore,
+            Err(CommandDecodeError::Failed) => c.on_unparsable(ctx),
+        };
+        match step {
+            Step::Again => continue,
+            Step::End => break,
+            Step::ReadMore => {}
         }
         if c.buf.len() > MAX_COMMAND {
             let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;

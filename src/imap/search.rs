@@ -10,7 +10,7 @@ use imap_codec::imap_types::core::{AString, Tag};
 use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::search::SearchKey;
 
-use super::session::{Session, contains, nz};
+use super::state::{Session, contains, nz};
 use crate::local::mailstore::{MessageInfo, flag};
 
 impl Session {

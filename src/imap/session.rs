@@ -9,141 +9,24 @@
 //! commands are in [`super::mailboxes`], FETCH in [`super::fetch`], SEARCH in
 //! [`super::search`].
 
-use std::num::NonZeroU32;
-
 use base64::Engine;
 use imap_codec::ResponseCodec;
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{NonEmptyVec, Tag};
 use imap_codec::imap_types::fetch::MessageDataItem;
-use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagPerm, StoreType};
+use imap_codec::imap_types::flag::{FlagPerm, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Code, Data, Response, Status};
-use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::mailboxes::{Manage, mailbox_name};
+use super::state::State;
+pub use super::state::{ImapConfig, Next, Session};
+use super::state::{View, bits_of, contains, fetch_flags, flags_of, nz};
 use crate::local::Maildir;
-use crate::local::mailstore::{Appended, MessageInfo, Snapshot, Transfer, flag};
+use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
-
-#[derive(Debug, Clone)]
-pub struct ImapConfig {
-    pub hostname: String,
-    /// STARTTLS is offered (a certificate is set, the session is not TLS yet).
-    pub starttls: bool,
-    /// LOGIN and AUTHENTICATE without TLS (`[auth] plaintext_on_loopback`, loopback listener).
-    pub plaintext_ok: bool,
-}
-
-/// What the driver must do after a command.
-#[derive(Debug)]
-pub enum Next {
-    Continue,
-    /// Check the password; answer with [`Session::login_result`].
-    Login {
-        tag: Tag<'static>,
-        creds: Credentials,
-    },
-    /// AUTHENTICATE without an initial response: send `+ `, read one line of base64 and give
-    /// it to [`Session::authenticate_data`].
-    AuthenticateData {
-        tag: Tag<'static>,
-    },
-    /// Send the output, then start TLS, then [`Session::tls_established`].
-    StartTls,
-    /// IDLE (RFC 2177): send `+ idling`, report changes with [`Session::refresh`] until the
-    /// client's DONE, then [`Session::idle_done`].
-    Idle {
-        tag: Tag<'static>,
-    },
-    /// Send the output, then call [`Session::fetch_more`] (on the blocking pool) until
-    /// [`Session::has_more`] is false: a large FETCH is answered in parts.
-    More,
-    /// Send the output and close.
-    Close,
-}
-
-/// The selected mailbox as the client knows it: sequence numbers are positions here.
-pub(super) struct View {
-    pub(super) folder: Maildir,
-    pub(super) read_only: bool,
-    /// Shared with other sessions until this one changes it (copy on write).
-    pub(super) snapshot: std::sync::Arc<Snapshot>,
-}
-
-pub(super) enum State {
-    NotAuthenticated,
-    Authenticated,
-    Selected(View),
-    Logout,
-}
-
-pub struct Session {
-    pub(super) cfg: ImapConfig,
-    tls: bool,
-    pub(super) state: State,
-    /// The user's Maildir (INBOX; folders are Maildir++ directories inside it).
-    pub(super) maildir: Option<Maildir>,
-    out: Vec<u8>,
-    /// A FETCH answered in parts.
-    pub(super) pending: Option<super::fetch::PendingFetch>,
-    /// The user's quota for APPEND, in octets (0: none).
-    pub(super) quota: u64,
-    /// Set when a command added or removed messages (the driver then refreshes the quota
-    /// count and wakes IDLE sessions).
-    pub(super) size_changed: bool,
-}
-
-pub(super) fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n.max(1)).expect("at least 1")
-}
-
-/// Whether `n` is in the set, with `*` meaning `largest` (never iterates a range: `1:*` over
-/// 4 billion UIDs costs the same as `1:2`).
-pub fn contains(set: &SequenceSet, n: u32, largest: u32) -> bool {
-    let value = |s: &SeqOrUid| match s {
-        SeqOrUid::Value(v) => v.get(),
-        SeqOrUid::Asterisk => largest,
-    };
-    set.0.as_ref().iter().any(|seq| match seq {
-        Sequence::Single(s) => value(s) == n,
-        Sequence::Range(a, b) => {
-            let (lo, hi) = (value(a).min(value(b)), value(a).max(value(b)));
-            (lo..=hi).contains(&n)
-        }
-    })
-}
-
-pub(super) fn flags_of(bits: u8) -> Vec<Flag<'static>> {
-    let mut v = Vec::new();
-    for (bit, f) in [
-        (flag::SEEN, Flag::Seen),
-        (flag::ANSWERED, Flag::Answered),
-        (flag::FLAGGED, Flag::Flagged),
-        (flag::DELETED, Flag::Deleted),
-        (flag::DRAFT, Flag::Draft),
-    ] {
-        if bits & bit != 0 {
-            v.push(f);
-        }
-    }
-    v
-}
-
-pub(super) fn bits_of(flags: &[Flag<'_>]) -> u8 {
-    flags.iter().fold(0, |acc, f| {
-        acc | match f {
-            Flag::Seen => flag::SEEN,
-            Flag::Answered => flag::ANSWERED,
-            Flag::Flagged => flag::FLAGGED,
-            Flag::Deleted => flag::DELETED,
-            Flag::Draft => flag::DRAFT,
-            // Keywords are not kept (PERMANENTFLAGS lists the system flags only).
-            _ => 0,
-        }
-    })
-}
 
 impl Session {
     pub fn new(cfg: ImapConfig, tls: bool) -> Session {
@@ -310,13 +193,14 @@ impl Session {
         Next::Continue
     }
 
-    fn by_state(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Next {
-        match (&self.state, body) {
-            (State::NotAuthenticated, CommandBody::StartTLS) if self.cfg.starttls && !self.tls => {
+    /// Before login: STARTTLS, LOGIN and AUTHENTICATE.
+    fn not_authenticated(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Next {
+        match body {
+            CommandBody::StartTLS if self.cfg.starttls && !self.tls => {
                 self.ok(&tag, None, "Begin TLS negotiation now");
                 return Next::StartTls;
             }
-            (State::NotAuthenticated, CommandBody::Login { username, password }) => {
+            CommandBody::Login { username, password } => {
                 if !self.login_allowed() {
                     self.no(&tag, "[PRIVACYREQUIRED] LOGIN needs TLS; use STARTTLS");
                     return Next::Continue;
@@ -328,10 +212,7 @@ impl Session {
                     creds: Credentials { username: user, password: pass.into() },
                 };
             }
-            (
-                State::NotAuthenticated,
-                CommandBody::Authenticate { mechanism, initial_response },
-            ) => {
+            CommandBody::Authenticate { mechanism, initial_response } => {
                 if !self.login_allowed() {
                     self.no(&tag, "[PRIVACYREQUIRED] AUTHENTICATE needs TLS; use STARTTLS");
                 } else if mechanism != imap_codec::imap_types::auth::AuthMechanism::Plain {
@@ -343,7 +224,14 @@ impl Session {
                     };
                 }
             }
-            (State::NotAuthenticated, _) => self.bad(&tag, "Log in first"),
+            _ => self.bad(&tag, "Log in first"),
+        }
+        Next::Continue
+    }
+
+    fn by_state(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Next {
+        match (&self.state, body) {
+            (State::NotAuthenticated, body) => return self.not_authenticated(tag, body),
             (_, CommandBody::Login { .. } | CommandBody::Authenticate { .. }) => {
                 self.bad(&tag, "Already authenticated")
             }
@@ -706,39 +594,5 @@ impl Session {
     /// After IDLE's DONE.
     pub fn idle_done(&mut self, tag: &Tag<'_>) {
         self.ok(tag, None, "IDLE terminated");
-    }
-}
-
-pub(super) fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
-    let mut v: Vec<FlagFetch<'static>> = flags_of(bits).into_iter().map(FlagFetch::Flag).collect();
-    if recent {
-        v.push(FlagFetch::Recent);
-    }
-    v
-}
-
-pub(super) fn internal_date(secs: i64) -> imap_codec::imap_types::datetime::DateTime {
-    let utc = chrono::FixedOffset::east_opt(0).expect("zero offset");
-    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().with_timezone(&utc);
-    imap_codec::imap_types::datetime::DateTime::try_from(t).expect("a valid date")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(text: &str) -> SequenceSet {
-        SequenceSet::try_from(text).unwrap()
-    }
-
-    #[test]
-    fn sequence_sets_are_checked_without_walking_ranges() {
-        let s = set("2,4:6,9:*");
-        let hits: Vec<u32> = (1..=12).filter(|&n| contains(&s, n, 10)).collect();
-        assert_eq!(hits, [2, 4, 5, 6, 9, 10]);
-        // Reversed ranges count (RFC 3501 9: "4:2" is "2:4"), and 1:4294967295 is one test.
-        assert!(contains(&set("6:4"), 5, 10));
-        assert!(contains(&set("1:4294967295"), 4_000_000_000, 10));
-        assert!(!contains(&set("*"), 9, 10));
     }
 }

@@ -1,0 +1,175 @@
+//! The IMAP session's state and the small helpers every command module shares. The
+//! commands live in `session.rs` (dispatch, login, SELECT, STORE, EXPUNGE), `mailboxes.rs`,
+//! `fetch.rs` and `search.rs`; they all build on this module, and it on none of them, so the
+//! modules import in one direction.
+
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::fetch::MessageDataItemName;
+use imap_codec::imap_types::flag::{Flag, FlagFetch};
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+
+use crate::local::Maildir;
+use crate::local::mailstore::{Snapshot, flag};
+use crate::proto::smtp::client::Credentials;
+
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub hostname: String,
+    /// STARTTLS is offered (a certificate is set, the session is not TLS yet).
+    pub starttls: bool,
+    /// LOGIN and AUTHENTICATE without TLS (`[auth] plaintext_on_loopback`, loopback listener).
+    pub plaintext_ok: bool,
+}
+
+/// What the driver must do after a command.
+#[derive(Debug)]
+pub enum Next {
+    Continue,
+    /// Check the password; answer with [`Session::login_result`].
+    Login {
+        tag: Tag<'static>,
+        creds: Credentials,
+    },
+    /// AUTHENTICATE without an initial response: send `+ `, read one line of base64 and give
+    /// it to [`Session::authenticate_data`].
+    AuthenticateData {
+        tag: Tag<'static>,
+    },
+    /// Send the output, then start TLS, then [`Session::tls_established`].
+    StartTls,
+    /// IDLE (RFC 2177): send `+ idling`, report changes with [`Session::refresh`] until the
+    /// client's DONE, then [`Session::idle_done`].
+    Idle {
+        tag: Tag<'static>,
+    },
+    /// Send the output, then call [`Session::fetch_more`] (on the blocking pool) until
+    /// [`Session::has_more`] is false: a large FETCH is answered in parts.
+    More,
+    /// Send the output and close.
+    Close,
+}
+
+/// The selected mailbox as the client knows it: sequence numbers are positions here.
+pub(super) struct View {
+    pub(super) folder: Maildir,
+    pub(super) read_only: bool,
+    /// Shared with other sessions until this one changes it (copy on write).
+    pub(super) snapshot: std::sync::Arc<Snapshot>,
+}
+
+pub(super) enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(View),
+    Logout,
+}
+
+pub struct Session {
+    pub(super) cfg: ImapConfig,
+    pub(super) tls: bool,
+    pub(super) state: State,
+    /// The user's Maildir (INBOX; folders are Maildir++ directories inside it).
+    pub(super) maildir: Option<Maildir>,
+    pub(super) out: Vec<u8>,
+    /// A FETCH answered in parts.
+    pub(super) pending: Option<PendingFetch>,
+    /// The user's quota for APPEND, in octets (0: none).
+    pub(super) quota: u64,
+    /// Set when a command added or removed messages (the driver then refreshes the quota
+    /// count and wakes IDLE sessions).
+    pub(super) size_changed: bool,
+}
+
+pub(super) fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("at least 1")
+}
+
+/// Whether `n` is in the set, with `*` meaning `largest` (never iterates a range: `1:*` over
+/// 4 billion UIDs costs the same as `1:2`).
+pub fn contains(set: &SequenceSet, n: u32, largest: u32) -> bool {
+    let value = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(v) => v.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    set.0.as_ref().iter().any(|seq| match seq {
+        Sequence::Single(s) => value(s) == n,
+        Sequence::Range(a, b) => {
+            let (lo, hi) = (value(a).min(value(b)), value(a).max(value(b)));
+            (lo..=hi).contains(&n)
+        }
+    })
+}
+
+pub(super) fn flags_of(bits: u8) -> Vec<Flag<'static>> {
+    let mut v = Vec::new();
+    for (bit, f) in [
+        (flag::SEEN, Flag::Seen),
+        (flag::ANSWERED, Flag::Answered),
+        (flag::FLAGGED, Flag::Flagged),
+        (flag::DELETED, Flag::Deleted),
+        (flag::DRAFT, Flag::Draft),
+    ] {
+        if bits & bit != 0 {
+            v.push(f);
+        }
+    }
+    v
+}
+
+pub(super) fn bits_of(flags: &[Flag<'_>]) -> u8 {
+    flags.iter().fold(0, |acc, f| {
+        acc | match f {
+            Flag::Seen => flag::SEEN,
+            Flag::Answered => flag::ANSWERED,
+            Flag::Flagged => flag::FLAGGED,
+            Flag::Deleted => flag::DELETED,
+            Flag::Draft => flag::DRAFT,
+            // Keywords are not kept (PERMANENTFLAGS lists the system flags only).
+            _ => 0,
+        }
+    })
+}
+
+/// A FETCH being answered in parts.
+pub struct PendingFetch {
+    pub(super) tag: Tag<'static>,
+    /// Indexes into the view still to answer.
+    pub(super) todo: std::collections::VecDeque<usize>,
+    pub(super) names: Vec<MessageDataItemName<'static>>,
+}
+
+pub(super) fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
+    let mut v: Vec<FlagFetch<'static>> = flags_of(bits).into_iter().map(FlagFetch::Flag).collect();
+    if recent {
+        v.push(FlagFetch::Recent);
+    }
+    v
+}
+
+pub(super) fn internal_date(secs: i64) -> imap_codec::imap_types::datetime::DateTime {
+    let utc = chrono::FixedOffset::east_opt(0).expect("zero offset");
+    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().with_timezone(&utc);
+    imap_codec::imap_types::datetime::DateTime::try_from(t).expect("a valid date")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(text: &str) -> SequenceSet {
+        SequenceSet::try_from(text).unwrap()
+    }
+
+    #[test]
+    fn sequence_sets_are_checked_without_walking_ranges() {
+        let s = set("2,4:6,9:*");
+        let hits: Vec<u32> = (1..=12).filter(|&n| contains(&s, n, 10)).collect();
+        assert_eq!(hits, [2, 4, 5, 6, 9, 10]);
+        // Reversed ranges count (RFC 3501 9: "4:2" is "2:4"), and 1:4294967295 is one test.
+        assert!(contains(&set("6:4"), 5, 10));
+        assert!(contains(&set("1:4294967295"), 4_000_000_000, 10));
+        assert!(!contains(&set("*"), 9, 10));
+    }
+}
