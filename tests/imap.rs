@@ -416,12 +416,15 @@ fn imaplib_manages_folders_appends_copies_and_moves() {
                MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b1\r\n\r\n\
                --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSoup.\r\n\
                --b1\r\nContent-Type: text/html\r\n\r\n<p>Soup</p>\r\n--b1--\r\n";
+    // One at a time: the queue delivers in parallel, and the script relies on this order.
     t.send_raw("bob@example.com", "ann@example.org", alt);
+    t.s.wait_queue(20, |q| q.is_empty());
     t.send_raw(
         "bob@example.com",
         "ann@example.org",
         "Message-ID: <m2>\r\nFrom: ann@example.org\r\nSubject: second\r\n\r\nbread\r\n",
     );
+    t.s.wait_queue(20, |q| q.is_empty());
     t.send("bob@example.com", "m3", "third\r\n");
     t.s.wait_queue(20, |q| q.is_empty());
     let out = python(IMAPLIB_FOLDERS, &["127.0.0.1", &t.imap.port().to_string()]);
@@ -652,10 +655,12 @@ fn mbsync_syncs_a_mailbox_both_ways() {
     };
     drop_in("Sent", "1700000000.local1.host", "Message-ID: <sent1>\r\nSubject: sent\r\n\r\nhi\r\n");
     drop_in("Projects", "1700000000.local2.host", "Message-ID: <p1>\r\nSubject: plan\r\n\r\nx\r\n");
-    // Server changes: m3 flagged (another client), m4 delivered.
+    // Server changes: m3 flagged (another client), m4 delivered. (Found by Message-ID: the
+    // queue delivers in parallel, so the Maildir order need not be the sending order.)
     let flag = format!(
         "import imaplib\nm = imaplib.IMAP4('127.0.0.1', {})\nm.login('bob@example.com', 'pw')\n\
-         m.select('INBOX')\nm.store('3', '+FLAGS', '(\\\\Flagged)')\nm.logout()",
+         m.select('INBOX')\nn = m.search(None, 'HEADER', 'Message-ID', 'm3')[1][0]\n\
+         assert n, 'm3 not found'\nm.store(n, '+FLAGS', '(\\\\Flagged)')\nm.logout()",
         t.imap.port()
     );
     python(&flag, &[]);
