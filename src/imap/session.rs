@@ -28,6 +28,14 @@ use crate::local::Maildir;
 use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
 
+/// How an EXPUNGE ended.
+enum Expunged {
+    Done,
+    ReadOnly,
+    /// The Maildir refused (an I/O error); some messages may be gone.
+    Failed(String),
+}
+
 impl Session {
     pub fn new(cfg: ImapConfig, tls: bool) -> Session {
         let mut s = Session {
@@ -224,6 +232,8 @@ impl Session {
                     };
                 }
             }
+            CommandBody::StartTLS if self.tls => self.bad(&tag, "TLS is already active"),
+            CommandBody::StartTLS => self.bad(&tag, "STARTTLS is not offered here"),
             _ => self.bad(&tag, "Log in first"),
         }
         Next::Continue
@@ -232,9 +242,12 @@ impl Session {
     fn by_state(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Next {
         match (&self.state, body) {
             (State::NotAuthenticated, body) => return self.not_authenticated(tag, body),
-            (_, CommandBody::Login { .. } | CommandBody::Authenticate { .. }) => {
-                self.bad(&tag, "Already authenticated")
-            }
+            (
+                _,
+                CommandBody::Login { .. }
+                | CommandBody::Authenticate { .. }
+                | CommandBody::StartTLS,
+            ) => self.bad(&tag, "Already authenticated"),
             (_, CommandBody::Select { mailbox }) => self.select(&tag, &mailbox, false),
             (_, CommandBody::Examine { mailbox }) => self.select(&tag, &mailbox, true),
             (_, CommandBody::List { reference, mailbox_wildcard }) => {
@@ -381,15 +394,11 @@ impl Session {
             CommandBody::Move { sequence_set, mailbox, uid } => {
                 self.transfer(tag, &sequence_set, &mailbox, uid, Transfer::Move)
             }
-            CommandBody::Expunge => {
-                if self.expunge(true, None) {
-                    self.ok(tag, None, "EXPUNGE completed");
-                } else {
-                    self.no(tag, "Mailbox is read-only");
-                }
-            }
+            CommandBody::Expunge => self.expunge_reply(tag, None, "EXPUNGE completed"),
             CommandBody::Close => {
-                self.expunge(false, None);
+                // RFC 3501 6.4.2: CLOSE expunges silently, and a failure does not keep the
+                // mailbox selected.
+                let _ = self.expunge(false, None);
                 self.state = State::Authenticated;
                 self.ok(tag, None, "CLOSE completed");
             }
@@ -470,12 +479,25 @@ impl Session {
         self.ok(tag, None, "STORE completed");
     }
 
+    /// EXPUNGE or UID EXPUNGE, answered.
+    fn expunge_reply(&mut self, tag: &Tag<'_>, uids: Option<&SequenceSet>, done: &str) {
+        match self.expunge(true, uids) {
+            Expunged::Done => self.ok(tag, None, done),
+            Expunged::ReadOnly => self.no(tag, "Mailbox is read-only"),
+            Expunged::Failed(e) => {
+                // Some files may be gone: the client hears which before the NO.
+                self.refresh();
+                self.no(tag, &format!("[SERVERBUG] Expunge failed: {e}"));
+            }
+        }
+    }
+
     /// Removes \Deleted messages (only those with a UID in `uids`, for UID EXPUNGE);
-    /// `report`: send EXPUNGE responses. False if read-only.
-    fn expunge(&mut self, report: bool, uids: Option<&SequenceSet>) -> bool {
-        let Some(v) = self.view() else { return false };
+    /// `report`: send EXPUNGE responses.
+    fn expunge(&mut self, report: bool, uids: Option<&SequenceSet>) -> Expunged {
+        let Some(v) = self.view() else { return Expunged::ReadOnly };
         if v.read_only {
-            return false;
+            return Expunged::ReadOnly;
         }
         let largest = v.snapshot.messages.last().map_or(0, |m| m.uid);
         let gone: Vec<usize> = (0..v.snapshot.messages.len())
@@ -485,8 +507,8 @@ impl Session {
             })
             .collect();
         let paths: Vec<_> = gone.iter().map(|&i| v.snapshot.messages[i].path.clone()).collect();
-        if v.folder.expunge(&paths).is_err() {
-            return true;
+        if let Err(e) = v.folder.expunge(&paths) {
+            return Expunged::Failed(e.to_string());
         }
         self.size_changed |= !gone.is_empty();
         if report {
@@ -497,7 +519,7 @@ impl Session {
                 messages.remove(i);
             }
         }
-        true
+        Expunged::Done
     }
 
     /// Drops messages (by index, ascending) from the view and tells the client (EXPUNGE).
@@ -541,10 +563,9 @@ impl Session {
                 match (set, matches!(self.state, State::Selected(_))) {
                     (Err(_), _) => self.bad(&tag, "Bad UID set"),
                     (Ok(_), false) => self.bad(&tag, "No mailbox selected"),
-                    (Ok(set), true) => match self.expunge(true, Some(&set)) {
-                        true => self.ok(&tag, None, "UID EXPUNGE completed"),
-                        false => self.no(&tag, "Mailbox is read-only"),
-                    },
+                    (Ok(set), true) => {
+                        self.expunge_reply(&tag, Some(&set), "UID EXPUNGE completed")
+                    }
                 }
             }
             _ => return false,
@@ -596,3 +617,6 @@ impl Session {
         self.ok(tag, None, "IDLE terminated");
     }
 }
+
+#[cfg(test)]
+mod tests;
