@@ -458,8 +458,15 @@ f.readline()
 s.sendall(b"l LOGIN alice@example.com pw\r\n"); response(b"l")
 s.sendall(b"s EXAMINE INBOX\r\n"); response(b"s")
 answers = {}
+# Part sections: parts, their MIME headers, nested messages' header and text, ranges.
+PARTS = ["BODY.PEEK[1]", "BODY.PEEK[1.MIME]", "BODY.PEEK[2]", "BODY.PEEK[2.MIME]",
+         "BODY.PEEK[1.1]", "BODY.PEEK[1.2]", "BODY.PEEK[2.1]", "BODY.PEEK[2.2]", "BODY.PEEK[3]",
+         "BODY.PEEK[2.HEADER]", "BODY.PEEK[2.TEXT]", "BODY.PEEK[3.HEADER]", "BODY.PEEK[2.1.1]",
+         "BODY.PEEK[2.HEADER.FIELDS (SUBJECT FROM)]", "BODY.PEEK[1]<3.20>", "BODY.PEEK[2]<0.7>",
+         "BODY.PEEK[2.1.MIME]", "BODY.PEEK[1.TEXT]", "BODY.PEEK[2.1.2]", "BODY.PEEK[1.1.1]",
+         "BODY.PEEK[2.2.1]", "BODY.PEEK[2.HEADER.FIELDS.NOT (SUBJECT)]"]
 for seq in range(1, int(sys.argv[3]) + 1):
-    for item in ["ENVELOPE", "BODYSTRUCTURE", "BODY"]:
+    for item in ["ENVELOPE", "BODYSTRUCTURE", "BODY"] + PARTS:
         s.sendall(b"f FETCH %d (%s)\r\n" % (seq, item.encode()))
         answers[f"{seq} {item}"] = base64.b64encode(response(b"f")).decode()
 print(json.dumps(answers))
@@ -491,11 +498,13 @@ const MIME_CORPUS: [&str; 11] = [
     "From: p@example.org\r\nMIME-Version: 1.0\r\nContent-Type: image/png; name*=utf-8''caf%C3%A9.png\r\nContent-Disposition: inline; filename*0=\"long\"; filename*1=\"name.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
 ];
 
-/// Dovecot's imapd as the reference for ENVELOPE, BODYSTRUCTURE and BODY: serving a copy of
-/// the Maildir sluice wrote (multipart/alternative, attachments, encoded words, message/rfc822
-/// parts, malformed MIME, address groups), each answer must be the same octets.
+/// Dovecot's imapd as the reference for ENVELOPE, BODYSTRUCTURE, BODY and 22 part sections
+/// (parts, .MIME, .HEADER, .TEXT, HEADER.FIELDS of nested messages, ranges, part numbers
+/// that do not exist): serving a copy of the Maildir sluice wrote (multipart/alternative,
+/// attachments, encoded words, message/rfc822 parts, malformed MIME, address groups), each
+/// answer must be the same octets.
 #[test]
-fn envelope_and_bodystructure_match_dovecot_byte_for_byte() {
+fn fetch_answers_match_dovecot_byte_for_byte() {
     if !require_tool("dovecot", "apt-get install dovecot-imapd") {
         return;
     }

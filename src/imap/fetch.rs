@@ -1,19 +1,18 @@
-//! FETCH (RFC 3501 6.4.5): flags, sizes and dates from the snapshot; BODY[] sections read
-//! from the file, only the octets asked for where the section allows it (a partial FETCH of a
-//! 20 MB message reads its range, not the file); ENVELOPE, BODYSTRUCTURE and part sections
-//! (`BODY[1.2]`, `.MIME`, `.HEADER`, `.TEXT` of a message/rfc822 part) parse the message.
+//! FETCH (RFC 3501 6.4.5): flags, sizes and dates from the snapshot; BODY[section] octets
+//! from [`super::sections`] (only the range asked for); ENVELOPE (from the header),
+//! BODYSTRUCTURE and BODY parse the message once and are kept encoded by message.
 
 use std::num::NonZeroU32;
-use std::path::Path;
 
-use imap_codec::imap_types::core::{AString, Literal, NString, NonEmptyVec, Tag};
+use imap_codec::imap_types::core::{Literal, NString, NonEmptyVec, Tag};
 use imap_codec::imap_types::fetch::{
-    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section,
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
 };
 use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::mime;
+use super::sections::{load, part_bytes, section_bytes, section_part};
 use super::state::{PendingFetch, Session, fetch_flags, internal_date, nz};
 use crate::local::mailstore::{self, flag};
 use structure_cache::Kind;
@@ -154,8 +153,7 @@ impl Session {
                     seen |= !peek;
                     let bytes = match section.as_ref().and_then(section_part) {
                         Some(part) => {
-                            let raw = load(&mut whole, &msg.path)?;
-                            part_bytes(raw, part, section.as_ref(), *partial)
+                            part_bytes(&msg, part, section.as_ref(), *partial, &mut whole)?
                         }
                         None => section_bytes(&msg.path, section.as_ref(), *partial)?,
                     };
@@ -205,12 +203,12 @@ fn structure_item(
                     mailstore::read_range(&msg.path, 0, h)?
                 }
             };
-            let e = parse(&header, |m| mime::envelope(&m.root()))?;
+            let e = mime::parse(&header, |m| mime::envelope(&m.root()))?;
             mime::wire::envelope(&mut out, &e);
         } else {
             let extended = kind == Kind::BodyStructure;
             let raw = load(whole, &msg.path)?;
-            let b = parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
+            let b = mime::parse(raw, |m| mime::body_structure(&m.root().root_part(), extended))?;
             mime::wire::body(&mut out, &b);
         }
         Ok(out)
@@ -228,69 +226,6 @@ fn nstring(bytes: Vec<u8>) -> NString<'static> {
 fn to_static_section(s: Section<'_>) -> Section<'static> {
     use bounded_static::IntoBoundedStatic;
     s.into_static()
-}
-
-/// BODY[section]<partial>: the whole message, its header, selected header fields or its text.
-/// Partial ranges read only their octets from the file.
-fn section_bytes(
-    path: &Path,
-    section: Option<&Section<'_>>,
-    partial: Option<(u32, NonZeroU32)>,
-) -> std::io::Result<Vec<u8>> {
-    let (start, len) = match partial {
-        Some((o, n)) => (o as u64, n.get() as u64),
-        None => (0, u64::MAX),
-    };
-    let slice = |v: Vec<u8>| -> Vec<u8> {
-        let s = (start as usize).min(v.len());
-        let e = s.saturating_add(len.min(usize::MAX as u64) as usize).min(v.len());
-        v[s..e].to_vec()
-    };
-    match section {
-        None => mailstore::read_range(path, start, len),
-        Some(Section::Header(None)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(mailstore::read_range(path, 0, h)?))
-        }
-        Some(Section::Text(None)) => {
-            let h = mailstore::header_len(path)?;
-            mailstore::read_range(path, h.saturating_add(start), len)
-        }
-        Some(Section::HeaderFields(None, names)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(header_fields(&mailstore::read_range(path, 0, h)?, names.as_ref(), true)))
-        }
-        Some(Section::HeaderFieldsNot(None, names)) => {
-            let h = mailstore::header_len(path)?;
-            Ok(slice(header_fields(&mailstore::read_range(path, 0, h)?, names.as_ref(), false)))
-        }
-        // Sections of a part go through `part_bytes`.
-        Some(_) => Ok(Vec::new()),
-    }
-}
-
-/// The header fields (with their continuation lines) whose names are (`keep`) or are not in
-/// `names`, then the blank line.
-fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
-    let wanted: Vec<String> =
-        names.iter().map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_lowercase()).collect();
-    let mut out = Vec::new();
-    let mut include = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
-            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-            include = wanted.contains(&name) == keep;
-        }
-        if include {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Encoded ENVELOPE, BODY and BODYSTRUCTURE answers by message. A Maildir message never
@@ -331,83 +266,9 @@ mod structure_cache {
     }
 }
 
-/// Reads the whole message once per FETCH item list.
-fn load<'a>(whole: &'a mut Option<Vec<u8>>, path: &Path) -> std::io::Result<&'a [u8]> {
-    if whole.is_none() {
-        *whole = Some(std::fs::read(path)?);
-    }
-    Ok(whole.as_deref().unwrap_or_default())
-}
-
-fn parse<T>(raw: &[u8], f: impl FnOnce(&mail_parser::Message<'_>) -> T) -> std::io::Result<T> {
-    // An empty file still has a (empty) header and body.
-    let message = mail_parser::MessageParser::new()
-        .parse(raw)
-        .or_else(|| mail_parser::MessageParser::new().parse(b"\r\n"))
-        .ok_or_else(|| std::io::Error::other("unparsable message"))?;
-    Ok(f(&message))
-}
-
-/// The part path of a section that names one (`BODY[1.2]`, `BODY[2.MIME]`, `BODY[3.TEXT]`).
-fn section_part<'s>(section: &'s Section<'_>) -> Option<&'s Part> {
-    match section {
-        Section::Part(p) | Section::Mime(p) => Some(p),
-        Section::Header(p) | Section::Text(p) => p.as_ref(),
-        Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _) => p.as_ref(),
-    }
-}
-
-/// The octets of a part section; empty when there is no such part (RFC 3501: a missing part
-/// is an empty string, not an error).
-fn part_bytes(
-    raw: &[u8],
-    part: &Part,
-    section: Option<&Section<'_>>,
-    partial: Option<(u32, NonZeroU32)>,
-) -> Vec<u8> {
-    let path: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
-    let bytes: Vec<u8> = parse(raw, |m| {
-        let Some(r) = mime::locate(&m.root(), raw, &path) else { return Vec::new() };
-        let header = |nested: Option<(std::ops::Range<usize>, std::ops::Range<usize>)>| {
-            nested.map(|(h, _)| raw[h].to_vec()).unwrap_or_default()
-        };
-        match section {
-            Some(Section::Mime(_)) => raw[r.mime].to_vec(),
-            Some(Section::Header(_)) => header(r.nested),
-            Some(Section::Text(_)) => r.nested.map(|(_, t)| raw[t].to_vec()).unwrap_or_default(),
-            Some(Section::HeaderFields(_, names)) => {
-                header_fields(&header(r.nested), names.as_ref(), true)
-            }
-            Some(Section::HeaderFieldsNot(_, names)) => {
-                header_fields(&header(r.nested), names.as_ref(), false)
-            }
-            _ => raw[r.body].to_vec(),
-        }
-    })
-    .unwrap_or_default();
-    match partial {
-        Some((o, n)) => {
-            let s = (o as usize).min(bytes.len());
-            bytes[s..(s + n.get() as usize).min(bytes.len())].to_vec()
-        }
-        None => bytes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_fields_keep_continuations_and_the_blank_line() {
-        let h = b"Subject: one\r\n two\r\nFrom: a@b\r\nX-Long: x\r\n\ty\r\n\r\n";
-        let names = [AString::try_from("subject").unwrap(), AString::try_from("X-LONG").unwrap()];
-        assert_eq!(
-            header_fields(h, &names, true),
-            b"Subject: one\r\n two\r\nX-Long: x\r\n\ty\r\n\r\n".to_vec()
-        );
-        assert_eq!(header_fields(h, &names, false), b"From: a@b\r\n\r\n".to_vec());
-    }
 
     fn command(text: &str) -> imap_codec::imap_types::command::Command<'static> {
         use imap_codec::decode::Decoder;
@@ -440,28 +301,5 @@ mod tests {
         assert!(last.ends_with("f OK FETCH completed\r\n"), "{}", &last[last.len() - 40..]);
         assert!(parts.len() >= 7, "{parts:?}");
         assert!(parts.iter().all(|&n| n < OUTPUT_CHUNK + 11_000), "{parts:?}");
-    }
-
-    fn part(path: &[u32]) -> Part {
-        Part(NonEmptyVec::try_from(path.iter().map(|&n| nz(n)).collect::<Vec<_>>()).unwrap())
-    }
-
-    #[test]
-    fn part_sections_find_nested_parts() {
-        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--b--\r\n";
-        let get = |p: &[u32], s: Option<Section<'static>>| {
-            String::from_utf8(part_bytes(raw, &part(p), s.as_ref(), None)).unwrap()
-        };
-        assert_eq!(get(&[1], None), "one");
-        assert_eq!(get(&[1], Some(Section::Mime(part(&[1])))), "Content-Type: text/plain\r\n\r\n");
-        assert_eq!(get(&[2], Some(Section::Header(Some(part(&[2]))))), "Subject: inner\r\n\r\n");
-        assert_eq!(get(&[2], Some(Section::Text(Some(part(&[2]))))), "inner body");
-        assert_eq!(get(&[2, 1], None), "inner body");
-        assert_eq!(get(&[3], None), "", "a missing part is empty");
-        let single = b"Subject: x\r\n\r\nbody\r\n";
-        assert_eq!(
-            String::from_utf8(part_bytes(single, &part(&[1]), None, None)).unwrap(),
-            "body\r\n"
-        );
     }
 }

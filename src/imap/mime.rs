@@ -657,6 +657,7 @@ pub mod wire {
 }
 
 /// Where a MIME part (`1.2` in `BODY[1.2]`) is inside the message, as byte ranges.
+#[derive(Debug, Clone)]
 pub struct PartRange {
     /// The part's MIME header (`BODY[1.2.MIME]`).
     pub mime: Range<usize>,
@@ -665,46 +666,94 @@ pub struct PartRange {
     /// For a message/rfc822 part: the nested message's header and text
     /// (`BODY[1.2.HEADER]`, `BODY[1.2.TEXT]`).
     pub nested: Option<(Range<usize>, Range<usize>)>,
+    /// A part of a multipart that is neither multipart nor message/rfc822: as the last
+    /// number of a section, its part 1 is itself (`BODY[2.1]` of a text/html part 2 is its
+    /// body, as Dovecot answers).
+    pub leaf: bool,
 }
 
-/// Finds part `path` (numbers from 1). Offsets are into `raw` (the message as stored); parts
-/// inside a transfer-encoded nested message have none (None).
-pub fn locate(msg: &MessageRef<'_>, raw: &[u8], path: &[u32]) -> Option<PartRange> {
+/// Parses a message for `f` (an empty or unparsable file still has an empty header and body).
+pub fn parse<T>(raw: &[u8], f: impl FnOnce(&mail_parser::Message<'_>) -> T) -> std::io::Result<T> {
+    let message = mail_parser::MessageParser::new()
+        .parse(raw)
+        .or_else(|| mail_parser::MessageParser::new().parse(b"\r\n"))
+        .ok_or_else(|| std::io::Error::other("unparsable message"))?;
+    Ok(f(&message))
+}
+
+/// Every part with its part number (`[1, 2]` for `BODY[1.2]`), in depth-first order, with its
+/// octets' ranges in `raw` (the message as stored). Parts inside a transfer-encoded nested
+/// message have no place in `raw` and are left out (a section of one is empty).
+pub fn part_ranges(msg: &MessageRef<'_>, raw: &[u8]) -> Vec<(Vec<u32>, PartRange)> {
+    let mut out = Vec::new();
+    walk(msg.root_part(), true, raw, &mut Vec::new(), &mut out);
+    out
+}
+
+/// RFC 3501 6.4.5 numbering: a multipart's parts are 1..n; a message/rfc822 part's are its
+/// nested message's (its body is part 1 when not multipart); a message that is not
+/// multipart has one part, its body. Those last two are the part itself under another
+/// number, not parts of their own (`real` false), so they have no part 1 of their own.
+fn walk(
+    current: MessagePart<'_>,
+    top: bool,
+    raw: &[u8],
+    path: &mut Vec<u32>,
+    out: &mut Vec<(Vec<u32>, PartRange)>,
+) {
+    let kids: Vec<(MessagePart<'_>, bool)> = if multipart(&current) {
+        current.children().map(|c| (c, true)).collect()
+    } else if let Some(nested) = current.nested() {
+        let root = nested.root_part();
+        match multipart(&root) {
+            true => root.children().map(|c| (c, true)).collect(),
+            false => vec![(root, false)],
+        }
+    } else if top {
+        vec![(current, false)]
+    } else {
+        Vec::new()
+    };
+    for (n, (kid, real)) in kids.into_iter().enumerate() {
+        path.push(n as u32 + 1);
+        if let Some(mut r) = part_range(&kid, raw) {
+            r.leaf &= real;
+            out.push((path.clone(), r));
+            walk(kid, false, raw, path, out);
+        }
+        path.pop();
+    }
+}
+
+/// A multipart by its header, even one mail-parser read as text (no boundary): it has no
+/// parts, as Dovecot and BODYSTRUCTURE see it.
+fn multipart(part: &MessagePart<'_>) -> bool {
+    part.is_multipart()
+        || raw_field(&part.headers(), "Content-Type").is_some_and(|raw| {
+            structured_field(&raw).0.trim().to_ascii_lowercase().starts_with("multipart/")
+        })
+}
+
+fn part_range(part: &MessagePart<'_>, raw: &[u8]) -> Option<PartRange> {
     let base = raw.as_ptr() as usize;
     let range = |s: &[u8]| -> Option<Range<usize>> {
         let start = (s.as_ptr() as usize).checked_sub(base)?;
         (start + s.len() <= raw.len()).then_some(start..start + s.len())
     };
-    let mut current = msg.root_part();
-    for (depth, &n) in path.iter().enumerate() {
-        let n = n as usize;
-        if current.is_multipart() {
-            current = current.children().nth(n.checked_sub(1)?)?;
-        } else if let Some(nested) = current.nested() {
-            // A message/rfc822 part: its number 1.. are the nested message's parts.
-            let root = nested.root_part();
-            current = if root.is_multipart() {
-                root.children().nth(n.checked_sub(1)?)?
-            } else if n == 1 {
-                root
-            } else {
-                return None;
-            };
-        } else if n == 1 && depth == 0 {
-            // A single-part message has one part: its body (RFC 3501 6.4.5).
-        } else {
-            return None;
-        }
-    }
-    let nested = match current.nested() {
+    let nested = match part.nested() {
         Some(m) => {
             let r = m.root_part();
             Some((range(r.raw_headers())?, range(r.raw_body())?))
         }
         None => None,
     };
-    let body = range(current.raw_body())?;
-    Some(PartRange { mime: range(current.raw_headers())?, body, nested })
+    let leaf = nested.is_none() && !multipart(part);
+    Some(PartRange {
+        mime: range(part.raw_headers())?,
+        body: range(part.raw_body())?,
+        nested,
+        leaf,
+    })
 }
 
 #[cfg(test)]

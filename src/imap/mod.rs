@@ -7,6 +7,7 @@ mod fetch;
 mod mailboxes;
 mod mime;
 mod search;
+mod sections;
 pub mod session;
 mod state;
 
