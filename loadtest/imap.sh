@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # IMAP FETCH throughput, sluice against Debian's Dovecot serving a copy of the same Maildir
 # (10,000 messages of 10 KB by default), in one run: FETCH 1:* (UID FLAGS RFC822.SIZE
-# INTERNALDATE), FETCH 1:* (FLAGS ENVELOPE) and FETCH 1:* BODY.PEEK[], timed with Python's
+# INTERNALDATE), FETCH 1:* (FLAGS ENVELOPE) and FETCH 1:* BODY.PEEK[], then part sections of
+# a 20 MB message in folder Big (the text part; a range of the attachment), timed with Python's
 # imaplib; then the resident
 # memory 1,000 IMAP connections in IDLE add to sluice. Everything on 127.0.0.1, bounded in
 # messages and connections. Installs dovecot-imapd (its service not started) if missing.
@@ -52,6 +53,22 @@ for i in range(n):
     name = "%d.M%dP1Q%d.bench,S=%d" % (t + i, i, i, len(body))
     with open(os.path.join(md, "cur", name + ":2,"), "wb") as f:
         f.write(body)
+PY
+# A 20 MB message in folder Big: a text part, a 20 MB base64 attachment, an HTML part.
+python3 - "$md/.Big" <<'PY'
+import base64, os, sys, time
+d = sys.argv[1]
+for sub in ("cur", "new", "tmp"):
+    os.makedirs(os.path.join(d, sub), exist_ok=True)
+b64 = base64.encodebytes(os.urandom(15 << 20)).replace(b"\n", b"\r\n")
+body = (b"Subject: big\r\nFrom: a@example.org\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=xx\r\n\r\n"
+        b"--xx\r\nContent-Type: text/plain\r\n\r\n" + b"See the attachment.\r\n" * 50 +
+        b"--xx\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+        b64 + b"--xx\r\nContent-Type: text/html\r\n\r\n<p>end</p>\r\n--xx--\r\n")
+name = "%d.Mbig.bench,S=%d" % (int(time.time()) - 10, len(body))
+with open(os.path.join(d, "cur", name + ":2,S"), "wb") as f:
+    f.write(body)
 PY
 cp -a "$md" "$work/dovecot-Maildir"
 chown -R 65534:65534 "$work/dovecot-Maildir"
@@ -141,6 +158,17 @@ for name, items in (("flags", "(UID FLAGS RFC822.SIZE INTERNALDATE)"), ("envelop
         assert typ == "OK"
         best = dt if best is None else min(best, dt)
     out[name + "_per_second"] = round(n / best)
+# Part sections of the 20 MB message, as a client reads them after BODYSTRUCTURE: the text
+# part, and 1,000 octets from the middle of the attachment; 20 of each, the first untimed.
+m.select("Big", readonly=True)
+m.fetch("1", "(BODYSTRUCTURE)")
+for name, items in (("text_part", "(BODY.PEEK[1])"), ("attachment_range", "(BODY.PEEK[2]<10000000.1000>)")):
+    typ, data = m.fetch("1", items)
+    assert typ == "OK" and len(data[0][1]) > 100, data[0][0]
+    t0 = time.monotonic()
+    for _ in range(20):
+        m.fetch("1", items)
+    out[name + "_per_second"] = round(20 / (time.monotonic() - t0), 1)
 m.logout()
 print(json.dumps(out))
 PY
@@ -154,10 +182,12 @@ echo "$s"
 python3 - "$d" "$s" <<'PY' >&2
 import json, sys
 d, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for k, what in (("flags_per_second", "FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)"),
-                ("envelope_per_second", "FETCH 1:* (FLAGS ENVELOPE)"),
-                ("bodies_per_second", "FETCH 1:* BODY.PEEK[]")):
-    print(f"{what}: sluice {s[k]} msg/s, dovecot {d[k]} msg/s; ratio {s[k] / d[k]:.2f}x")
+for k, what, unit in (("flags_per_second", "FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)", "msg/s"),
+                      ("envelope_per_second", "FETCH 1:* (FLAGS ENVELOPE)", "msg/s"),
+                      ("bodies_per_second", "FETCH 1:* BODY.PEEK[]", "msg/s"),
+                      ("text_part_per_second", "FETCH 1 BODY.PEEK[1] of a 20 MB message", "fetches/s"),
+                      ("attachment_range_per_second", "FETCH 1 BODY.PEEK[2]<10000000.1000> of it", "fetches/s")):
+    print(f"{what}: sluice {s[k]} {unit}, dovecot {d[k]} {unit}; ratio {s[k] / d[k]:.2f}x")
 PY
 
 # --- memory: $idle connections logged in, INBOX selected, in IDLE, on a fresh sluice (memory
