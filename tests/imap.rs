@@ -39,6 +39,12 @@ assert data[0][0].endswith(b"BODY[TEXT]<1000000> {100}"), data[0][0]
 text = (b"0123456789" * 7 + b"\r\n") * 280000
 assert data[0][1] == text[1000000:1000100], data
 assert sizes[0] > 20_000_000, sizes
+# The whole mailbox in one FETCH: answered in parts, every body whole and in order.
+typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+bodies = [d[1] for d in data if isinstance(d, tuple)]
+assert [len(b) for b in bodies] == sizes, ([len(b) for b in bodies], sizes)
+assert bodies[0].endswith(text) and bodies[1].endswith(b"\r\n\r\nsecond\r\n"), bodies[1]
+assert bodies[2].endswith(b"\r\n\r\nthird\r\n"), bodies[2]
 typ, data = m.search(None, "UNSEEN"); assert data == [b"1 2 3"], data
 typ, data = m.fetch("2", "(BODY[TEXT])")
 assert data[0][1] == b"second\r\n", data

@@ -220,18 +220,25 @@ impl<P: Transport> Connection<P> {
         Step::Again
     }
 
-    /// The next part of a FETCH, on the blocking pool.
-    async fn fetch_more(&mut self) -> Next {
+    /// Sends the part of a FETCH answer that is ready while the next part is prepared on the
+    /// blocking pool, so the socket is not idle while files are read.
+    async fn send_and_fetch_more(&mut self) -> std::io::Result<Next> {
+        let out = self.session().take_output();
         let mut s = self.session.take().expect("session present");
-        let s = tokio::task::spawn_blocking(move || {
+        let prepare = tokio::task::spawn_blocking(move || {
             s.fetch_more();
             s
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        });
+        let send = async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        };
+        let (sent, prepared) = tokio::join!(tokio::time::timeout(LOGIN_TIMEOUT, send), prepare);
+        let s = prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let more = s.has_more();
         self.session = Some(s);
-        if more { Next::More } else { Next::Continue }
+        sent.map_err(|_| std::io::ErrorKind::TimedOut)??;
+        Ok(if more { Next::More } else { Next::Continue })
     }
 
     /// Runs a command on the blocking pool (the session reads and renames files).
@@ -373,12 +380,10 @@ async fn follow<P: Transport>(
                 return true;
             }
             Next::Idle { tag } => return idle(c, tag, ctx, shutdown).await,
-            Next::More => {
-                if c.flush().await.is_err() {
-                    return false;
-                }
-                c.fetch_more().await
-            }
+            Next::More => match c.send_and_fetch_more().await {
+                Ok(next) => next,
+                Err(_) => return false,
+            },
         };
     }
 }

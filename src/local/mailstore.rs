@@ -336,8 +336,13 @@ mod cache {
 /// Up to `len` octets of `path` from `offset` (a partial FETCH reads only those).
 pub fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut out = Vec::new();
+    // Sized from the file, so the read is one call into a buffer that never grows (a Maildir
+    // file does not change; if it did, this still reads what is there).
+    let len = len.min(f.metadata()?.len().saturating_sub(offset));
+    if offset > 0 {
+        f.seek(SeekFrom::Start(offset))?;
+    }
+    let mut out = Vec::with_capacity(len as usize);
     f.take(len).read_to_end(&mut out)?;
     Ok(out)
 }
