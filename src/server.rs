@@ -502,17 +502,7 @@ async fn bind_mailbox_listeners(
             return Err("no [tls] certificate").step_with(what);
         }
         let sock = bind(l, bound).await?;
-        let ctx = Arc::new(crate::mailbox_listener::MailboxListener {
-            name: l.name(),
-            hostname: cfg.hostname.clone(),
-            tls: intake.tls.clone(),
-            implicit_tls,
-            plaintext_ok: cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback(),
-            auth: intake.auth.clone(),
-            mailboxes,
-            limits: intake.limits.clone(),
-            max_append: cfg.limits.max_message_size as usize,
-        });
+        let ctx = mailbox_listener_context(cfg, intake, l, mailboxes);
         let (stop, sessions) = (stop.clone(), sessions.clone());
         accept_loops.push(if matches!(l.mode, ListenerMode::Pop3 | ListenerMode::Pop3s) {
             metrics::POP3_SESSIONS.with_label_values(&[&l.name()]);
@@ -523,6 +513,39 @@ async fn bind_mailbox_listeners(
         });
     }
     Ok(accept_loops)
+}
+
+/// What one POP3 or IMAP listener's sessions share.
+fn mailbox_listener_context(
+    cfg: &Config,
+    intake: &Intake,
+    l: &crate::config::Listener,
+    mailboxes: Arc<crate::local::Mailboxes>,
+) -> Arc<crate::mailbox_listener::MailboxListener> {
+    Arc::new(crate::mailbox_listener::MailboxListener {
+        name: l.name(),
+        hostname: cfg.hostname.clone(),
+        tls: intake.tls.clone(),
+        implicit_tls: matches!(l.mode, ListenerMode::Pop3s | ListenerMode::Imaps),
+        plaintext_ok: cfg.auth.plaintext_on_loopback && l.address.ip().is_loopback(),
+        auth: intake.auth.clone(),
+        mailboxes,
+        limits: intake.limits.clone(),
+        max_append: cfg.limits.max_message_size as usize,
+    })
+}
+
+/// A POP3 or IMAP listener's context (the first mailbox listener of `cfg`), for tests that
+/// drive sessions in-process.
+#[cfg(test)]
+pub(crate) async fn test_mailbox_listener(
+    cfg: &Config,
+) -> Arc<crate::mailbox_listener::MailboxListener> {
+    let spool = open_spool(cfg, TestHooks::default()).await.expect("spool");
+    let intake = Intake::load(cfg, spool).expect("intake");
+    let l = cfg.listener.iter().find(|l| !l.mode.is_smtp()).expect("a mailbox listener");
+    let mailboxes = intake.mailboxes.clone().expect("mailbox domains");
+    mailbox_listener_context(cfg, &intake, l, mailboxes)
 }
 
 /// What one listener's sessions share: the intake plus the listener's mode and limits.

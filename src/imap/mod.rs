@@ -399,6 +399,9 @@ async fn idle<P: Transport>(
         return false;
     }
     let wake = c.user.as_deref().map(|u| ctx.mailboxes.watch(u));
+    // RFC 2177: a client re-issues IDLE within 29 minutes; one that does not is logged out,
+    // whatever was reported meanwhile (a dead peer must not hold a session for ever).
+    let deadline = tokio::time::Instant::now() + AUTOLOGOUT;
     loop {
         if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = c.buf.drain(..=lf).collect();
@@ -431,7 +434,7 @@ async fn idle<P: Transport>(
                     return false;
                 }
             }
-            r = tokio::time::timeout(AUTOLOGOUT, c.stream.read(&mut chunk)) => match r {
+            r = tokio::time::timeout_at(deadline, c.stream.read(&mut chunk)) => match r {
                 Ok(Ok(n)) if n > 0 => c.buf.extend_from_slice(&chunk[..n]),
                 Err(_) => {
                     c.session().bye("Autologout; idle for too long");
@@ -579,3 +582,6 @@ async fn login(
     metrics::IMAP_LOGINS.with_label_values(&[label]).inc();
     result
 }
+
+#[cfg(test)]
+mod tests;
