@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verdict;
 use crate::local::{Mailboxes, Maildir};
-use crate::mailbox_listener::{MailboxListener, accept_loop};
+use crate::mailbox_listener::{LOGIN_DEADLINE, MailboxListener, accept_loop};
 use crate::metrics;
 use crate::proto::pop3::{DotStuffer, Login, Message, Pop3Config, Session, Step};
 use crate::smtp::conn::{Conn, Transport, accept_tls};
@@ -78,6 +78,7 @@ pub async fn run<P: Transport>(
     };
     let mut session = Session::new(cfg, ctx.implicit_tls);
     let mut drop_: Option<Maildrop> = None;
+    let login_deadline = tokio::time::Instant::now() + LOGIN_DEADLINE;
     loop {
         let step = session.advance();
         if flush(&mut stream, &mut session).await.is_err() {
@@ -85,12 +86,15 @@ pub async fn run<P: Transport>(
         }
         match step {
             Step::NeedInput => {
-                let timeout =
-                    if session.in_transaction() { AUTOLOGOUT } else { AUTHORIZATION_TIMEOUT };
+                let now = tokio::time::Instant::now();
+                let until = match session.in_transaction() {
+                    true => now + AUTOLOGOUT,
+                    false => (now + AUTHORIZATION_TIMEOUT).min(login_deadline),
+                };
                 let mut buf = [0u8; 4096];
                 tokio::select! {
                     _ = shutdown.cancelled() => session.close_with("[SYS/TEMP] Server shutting down"),
-                    r = tokio::time::timeout(timeout, stream.read(&mut buf)) => match r {
+                    r = tokio::time::timeout_at(until, stream.read(&mut buf)) => match r {
                         Err(_) => session.close_with("Autologout; idle for too long"),
                         // A dropped connection never reaches UPDATE: nothing is deleted.
                         Ok(Ok(0)) | Ok(Err(_)) => return,
@@ -280,11 +284,48 @@ async fn remove(paths: Vec<PathBuf>, maildrop: Option<&Maildrop>) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::mailbox_listener::testing::Piped;
+
     #[test]
     fn uidl_is_the_maildir_name_or_a_hash_of_it() {
         assert_eq!(super::uidl("1733000000.M1P2Q3.mx,S=10"), "1733000000.M1P2Q3.mx,S=10");
         let long = super::uidl(&"x".repeat(80));
         assert_eq!(long.len(), 40);
         assert!(long.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    async fn start() -> Piped {
+        let p = Piped::start("pop3", |io, ip, ctx| async move {
+            super::run(io, ip, &ctx, CancellationToken::new()).await
+        })
+        .await;
+        tokio::time::pause();
+        p
+    }
+
+    /// A client that never logs in is cut at the login deadline, though it sends a command
+    /// every 50 s (each well within the per-command timeout).
+    #[tokio::test]
+    async fn a_client_that_never_logs_in_is_cut_at_the_deadline() {
+        let mut p = start().await;
+        let started = Instant::now();
+        // Commands at 0, 50, 100 and 150 s; the 60 s per-command timer alone would allow
+        // the client until 210 s.
+        for i in 0..4 {
+            assert_eq!(p.command("CAPA", ".").await, ".");
+            if i < 3 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+            }
+        }
+        let line = p.line().await;
+        assert_eq!(line, "-ERR Autologout; idle for too long");
+        let after = started.elapsed();
+        assert!(after >= Duration::from_secs(180) && after < Duration::from_secs(181), "{after:?}");
+        assert_eq!(p.line().await, "", "closed");
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verdict;
 use crate::local::Maildir;
 use crate::local::mailstore::Appended;
-use crate::mailbox_listener::{MailboxListener, accept_loop};
+use crate::mailbox_listener::{LOGIN_DEADLINE, MailboxListener, accept_loop};
 use crate::metrics;
 use crate::proto::smtp::client::Credentials;
 use crate::smtp::conn::{Conn, Transport, accept_tls};
@@ -75,6 +75,8 @@ struct Connection<P: Transport> {
     /// Where the buffer ended when a synchronizing literal was last agreed to, so a literal
     /// gets one continuation request however its data arrives.
     literal_acked_at: Option<usize>,
+    /// When a client that has not logged in is disconnected, whatever it sends.
+    login_deadline: tokio::time::Instant,
 }
 
 /// What the command loop does next.
@@ -112,11 +114,15 @@ impl<P: Transport> Connection<P> {
     }
 
     async fn read_more(&mut self, shutdown: &CancellationToken) -> Read {
-        let timeout = if self.session().is_authenticated() { AUTOLOGOUT } else { LOGIN_TIMEOUT };
+        let now = tokio::time::Instant::now();
+        let until = match self.session().is_authenticated() {
+            true => now + AUTOLOGOUT,
+            false => (now + LOGIN_TIMEOUT).min(self.login_deadline),
+        };
         let mut chunk = [0u8; 8192];
         tokio::select! {
             _ = shutdown.cancelled() => Read::Shutdown,
-            r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+            r = tokio::time::timeout_at(until, self.stream.read(&mut chunk)) => match r {
                 Err(_) => Read::Timeout,
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                 Ok(Ok(n)) => {
@@ -272,6 +278,7 @@ pub async fn run<P: Transport>(
         ip,
         user: None,
         literal_acked_at: None,
+        login_deadline: tokio::time::Instant::now() + LOGIN_DEADLINE,
     };
     if ctx.implicit_tls
         && accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, ip)
