@@ -550,7 +550,7 @@ pub struct DkimConfig {
     pub selector: String,
     /// PEM private key (PKCS#8, or PKCS#1 for RSA); `sluice dkim keygen` makes one.
     pub key: PathBuf,
-    pub algorithm: crate::mailauth::DkimAlgorithm,
+    pub algorithm: crate::mailauth::key::DkimAlgorithm,
     /// Also sign mail whose From domain has no key of its own (not DMARC-aligned, but signed).
     #[serde(default)]
     pub default: bool,
@@ -662,7 +662,7 @@ pub struct SuppressionConfig {
     pub enabled: bool,
     /// Hard-bounce categories that add the recipient.
     #[serde(default = "default_suppress_categories")]
-    pub categories: Vec<crate::bounce::Category>,
+    pub categories: Vec<crate::bounce::classify::Category>,
     /// Where bounce-fed entries go: "tenant" (the message's tenant; global for untagged mail)
     /// or "global".
     #[serde(default)]
@@ -690,11 +690,11 @@ pub struct TenantSuppression {
     #[serde(default = "default_true")]
     pub check: bool,
     /// Hard-bounce categories that add this tenant's recipients (default: the global list).
-    pub categories: Option<Vec<crate::bounce::Category>>,
+    pub categories: Option<Vec<crate::bounce::classify::Category>>,
 }
 
-fn default_suppress_categories() -> Vec<crate::bounce::Category> {
-    use crate::bounce::Category::*;
+fn default_suppress_categories() -> Vec<crate::bounce::classify::Category> {
+    use crate::bounce::classify::Category::*;
     vec![InvalidRecipient, BadDomain, InactiveMailbox]
 }
 
@@ -705,7 +705,11 @@ impl SuppressionConfig {
     }
 
     /// Whether a hard bounce of `category` for `tenant` suppresses the recipient.
-    pub fn suppresses(&self, tenant: Option<&str>, category: crate::bounce::Category) -> bool {
+    pub fn suppresses(
+        &self,
+        tenant: Option<&str>,
+        category: crate::bounce::classify::Category,
+    ) -> bool {
         let own = tenant.and_then(|t| self.tenant.get(t)).and_then(|t| t.categories.as_ref());
         self.enabled && own.unwrap_or(&self.categories).contains(&category)
     }
@@ -1195,7 +1199,7 @@ impl Config {
                     format!("{:?} is not a domain", d.domain),
                 );
             }
-            if d.selector.is_empty() || !d.selector.split('.').all(crate::mailauth::is_dns_label) {
+            if d.selector.is_empty() || !d.selector.split('.').all(crate::domain::is_dns_label) {
                 return invalid_key(
                     &format!("dkim[{i}].selector"),
                     format!("{:?} is not a DNS label", d.selector),
@@ -1276,7 +1280,7 @@ impl Config {
 
     /// `[bounce] rules`: the file reads and every pattern compiles.
     fn check_bounce(&self) -> Check {
-        match crate::bounce::Classifier::load(self.bounce.rules.as_deref()) {
+        match crate::bounce::classify::Classifier::load(self.bounce.rules.as_deref()) {
             Ok(_) => Ok(()),
             Err(e) => invalid_key("bounce.rules", e.to_string()),
         }
@@ -1334,8 +1338,8 @@ mod tests {
             &(entry("example.com", "a", "ed25519") + &entry("example.com", "b", "rsa-sha256")),
         )
         .unwrap();
-        assert_eq!(ok.dkim[0].algorithm, crate::mailauth::DkimAlgorithm::Ed25519Sha256);
-        assert_eq!(ok.dkim[1].algorithm, crate::mailauth::DkimAlgorithm::RsaSha256);
+        assert_eq!(ok.dkim[0].algorithm, crate::mailauth::key::DkimAlgorithm::Ed25519Sha256);
+        assert_eq!(ok.dkim[1].algorithm, crate::mailauth::key::DkimAlgorithm::RsaSha256);
         let twice =
             check(&(entry("example.com", "a", "ed25519") + &entry("EXAMPLE.com", "a", "rsa")));
         assert!(twice.unwrap_err().contains("configured twice"));

@@ -3,6 +3,15 @@
 //! `[[shaping.rule]] match`: an exact domain, `*.example.org` (any subdomain, not the domain
 //! itself) or `*` (everything).
 
+/// A DNS label as DKIM selectors use them: letters, digits, hyphens (and `_`), 1–63 bytes,
+/// no edge hyphen.
+pub fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// The normal form used for every comparison.
 pub fn normalize(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()

@@ -417,10 +417,6 @@ pub fn init_labels(listeners: &[String]) {
     for r in ["max_sessions", "max_sessions_per_ip", "connection_rate"] {
         SMTP_CONNECTIONS_REFUSED.with_label_values(&[r]);
     }
-    for c in crate::bounce::Category::ALL {
-        BOUNCES.with_label_values(&[c.as_str()]);
-        DEFERRALS.with_label_values(&[c.as_str()]);
-    }
     for a in ["failed", "delayed", "relayed", "delivered"] {
         DSNS.with_label_values(&[a]);
     }

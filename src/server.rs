@@ -102,6 +102,7 @@ pub async fn run(
     hooks: TestHooks,
 ) -> Result<(), ServerError> {
     metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
+    crate::bounce::init_metric_labels();
     std::fs::create_dir_all(&cfg.data_dir)
         .step_with(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     // One owner per data dir, before anything in it is opened (a second daemon touches nothing).

@@ -12,11 +12,3 @@ pub mod verify;
 
 pub use key::{DkimAlgorithm, DkimKey, KeyError};
 pub use sign::{DkimSigner, SignError, Signed, SigningService};
-
-/// A DNS label as selectors use them: letters, digits, hyphens, 1–63 bytes, no edge hyphen.
-pub fn is_dns_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
