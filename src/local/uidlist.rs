@@ -8,8 +8,8 @@
 //! - UIDs only grow: a message that appears gets `uidnext`, a message that is gone takes its UID
 //!   with it, and `uidnext` never goes back, so no UID is reused within a UIDVALIDITY;
 //! - a list that is missing or unreadable is rebuilt from the directory with a new UIDVALIDITY
-//!   (greater than any before it: the current time), which tells clients to forget what they
-//!   cached.
+//!   (the current time, or above the last one any mailbox of the user had if that is later:
+//!   `sluice-uidvalidity` keeps it), which tells clients to forget what they cached.
 //!
 //! The file is text: a header `V<uidvalidity> N<uidnext>`, then one `<uid> <unique name>` per
 //! line, in UID order.
@@ -66,20 +66,16 @@ impl UidList {
     }
 
     /// A fresh list (no messages) with a UIDVALIDITY greater than `previous`.
-    fn fresh(previous: Option<u32>) -> UidList {
+    fn fresh(maildir: &Path, previous: Option<u32>) -> UidList {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        // Never the same value twice in this process, even for a folder deleted and created
-        // again within one second (its UIDs start over, so its UIDVALIDITY must change).
-        static LAST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let floor = now.max(previous.map_or(1, |p| p.saturating_add(1))).max(1);
-        let last = LAST.fetch_max(floor, std::sync::atomic::Ordering::SeqCst);
-        let uidvalidity = if last >= floor {
-            LAST.fetch_add(1, std::sync::atomic::Ordering::SeqCst).saturating_add(1)
-        } else {
-            floor
-        };
+        // Never the same value twice for one user's mailboxes, across restarts too (a folder
+        // deleted and created again within a second starts its UIDs over, so its UIDVALIDITY
+        // must change): the user's Maildir keeps the last value handed out.
+        let uidvalidity = validity::reserve(&validity::counter_dir(maildir), floor)
+            .unwrap_or_else(|_| validity::in_process(floor));
         UidList { uidvalidity, uidnext: 1, entries: Vec::new() }
     }
 
@@ -93,7 +89,7 @@ impl UidList {
             Some(l) => l,
             None => {
                 let previous = had_file.then(|| Self::previous_validity(maildir)).flatten();
-                Self::fresh(previous)
+                Self::fresh(maildir, previous)
             }
         };
         let changed = list.merge(present)?;
@@ -152,6 +148,61 @@ impl UidList {
     /// The UID of a message by its unique name.
     pub fn uid(&self, unique: &str) -> Option<u32> {
         self.entries.iter().find(|(_, n)| n == unique).map(|(u, _)| *u)
+    }
+}
+
+/// The last UIDVALIDITY handed out to a user's mailboxes, in `sluice-uidvalidity` at the
+/// root of the user's Maildir (Dovecot keeps `dovecot-uidvalidity` for the same reason).
+mod validity {
+    use std::fs::OpenOptions;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    pub const FILE_NAME: &str = "sluice-uidvalidity";
+
+    /// Where a mailbox's counter is: a Maildir++ folder (`.name` inside a Maildir) shares its
+    /// parent's.
+    pub fn counter_dir(maildir: &Path) -> PathBuf {
+        let folder = maildir.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        match maildir.parent() {
+            Some(root) if folder && root.join("cur").is_dir() => root.to_path_buf(),
+            _ => maildir.to_path_buf(),
+        }
+    }
+
+    /// The next UIDVALIDITY for a mailbox under `dir`: at least `floor`, above the last one
+    /// handed out there, and recorded (fsync'd) before it is returned. Sessions of this and
+    /// other processes take turns through a lock on the file.
+    pub fn reserve(dir: &Path, floor: u32) -> std::io::Result<u32> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(FILE_NAME))?;
+        // SAFETY: flock on a descriptor we own; released when `f` is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut text = String::new();
+        f.read_to_string(&mut text)?;
+        // Unreadable (a torn write): the floor, which is the clock, still holds.
+        let last: u32 = text.trim().parse().unwrap_or(0);
+        let value = floor.max(last.saturating_add(1)).max(1);
+        f.seek(SeekFrom::Start(0))?;
+        f.set_len(0)?;
+        f.write_all(format!("{value}\n").as_bytes())?;
+        f.sync_all()?;
+        Ok(value)
+    }
+
+    /// Without the file (it could not be written): unique within this process.
+    pub fn in_process(floor: u32) -> u32 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static LAST: AtomicU32 = AtomicU32::new(0);
+        let last = LAST.fetch_max(floor, Ordering::SeqCst);
+        if last >= floor { LAST.fetch_add(1, Ordering::SeqCst).saturating_add(1) } else { floor }
     }
 }
 
@@ -215,6 +266,32 @@ mod tests {
         let l = UidList::sync(dir.path(), &names(&["a"])).unwrap();
         assert_eq!(l.entries, [(1, "a".into())]);
         assert!(path.exists(), "the rebuilt list is written at once");
+    }
+
+    /// A folder deleted and created again in the same second, by a restarted process (no
+    /// in-process state): the counter in the user's Maildir still gives it a new UIDVALIDITY.
+    #[test]
+    fn uidvalidity_never_repeats_for_a_users_mailboxes_across_restarts() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join(".Lists.rust");
+        assert_eq!(validity::counter_dir(&folder), folder, "not inside a Maildir");
+        fs::create_dir(root.path().join("cur")).unwrap();
+        assert_eq!(validity::counter_dir(&folder), root.path());
+        assert_eq!(validity::counter_dir(root.path()), root.path(), "INBOX: the root");
+        assert_eq!(validity::reserve(root.path(), 1000).unwrap(), 1000);
+        assert_eq!(validity::reserve(root.path(), 1000).unwrap(), 1001, "same second");
+        assert_eq!(validity::reserve(root.path(), 5000).unwrap(), 5000, "the clock moved on");
+        let recorded = fs::read_to_string(root.path().join(validity::FILE_NAME)).unwrap();
+        assert_eq!(recorded, "5000\n");
+        // A torn counter: the floor (the clock) still holds.
+        fs::write(root.path().join(validity::FILE_NAME), "50\u{0}").unwrap();
+        assert_eq!(validity::reserve(root.path(), 6000).unwrap(), 6000);
+        // Through the UID list: a folder's list lost twice in one second gets two values.
+        fs::create_dir(&folder).unwrap();
+        let first = UidList::sync(&folder, &names(&["a"])).unwrap().uidvalidity;
+        fs::remove_file(folder.join(FILE_NAME)).unwrap();
+        let second = UidList::sync(&folder, &names(&["a"])).unwrap().uidvalidity;
+        assert!(second > first, "{first} then {second}");
     }
 
     #[test]
