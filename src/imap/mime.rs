@@ -85,6 +85,23 @@ enum Token {
     Special(u8),
 }
 
+/// The quoted string that starts at `v[*i]` (a `"`), unescaped; `*i` ends past its closing
+/// quote (or at the end of an unterminated one).
+fn quoted(v: &[u8], i: &mut usize) -> Vec<u8> {
+    let mut s = Vec::new();
+    *i += 1;
+    while *i < v.len() && v[*i] != b'"' {
+        if v[*i] == b'\\' && *i + 1 < v.len() {
+            *i += 1;
+        }
+        s.push(v[*i]);
+        *i += 1;
+    }
+    // Past the closing quote; an unterminated string ends at the end (never beyond it).
+    *i = (*i + 1).min(v.len());
+    s
+}
+
 fn tokenize(v: &[u8]) -> Vec<Token> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -92,19 +109,7 @@ fn tokenize(v: &[u8]) -> Vec<Token> {
         let c = v[i];
         match c {
             b' ' | b'\t' => i += 1,
-            b'"' => {
-                let mut s = Vec::new();
-                i += 1;
-                while i < v.len() && v[i] != b'"' {
-                    if v[i] == b'\\' && i + 1 < v.len() {
-                        i += 1;
-                    }
-                    s.push(v[i]);
-                    i += 1;
-                }
-                i += 1;
-                out.push(Token::Quoted(s));
-            }
+            b'"' => out.push(Token::Quoted(quoted(v, &mut i))),
             b'(' => {
                 let (mut depth, mut s) = (0, Vec::new());
                 while i < v.len() {
@@ -298,16 +303,7 @@ fn structured_field(raw: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
             i += 1;
         }
         let v = if raw.get(i) == Some(&b'"') {
-            let mut v = Vec::new();
-            i += 1;
-            while i < raw.len() && raw[i] != b'"' {
-                if raw[i] == b'\\' && i + 1 < raw.len() {
-                    i += 1;
-                }
-                v.push(raw[i]);
-                i += 1;
-            }
-            i += 1;
+            let v = quoted(raw, &mut i);
             until(&mut i, b";");
             v
         } else {
@@ -778,6 +774,18 @@ mod tests {
         wire::envelope(&mut out, &env);
         let text = String::from_utf8(out).unwrap();
         text.strip_prefix("(NIL NIL ").unwrap().to_string()
+    }
+
+    /// An unterminated quoted parameter (hostile or cut-off header) ends at the end of the
+    /// field; it used to slice past it and panic.
+    #[test]
+    fn an_unterminated_quoted_parameter_is_read_to_the_end() {
+        let (value, params) = structured_field(b"text/plain; name=\"abc");
+        assert_eq!(value, "text/plain");
+        assert_eq!(params, [("name".to_string(), b"abc".to_vec())]);
+        let (_, params) = structured_field(b"text/plain; a=\"x\\");
+        assert_eq!(params, [("a".to_string(), b"x\\".to_vec())]);
+        assert!(!addresses("\"Ann <a@b>").is_empty());
     }
 
     #[test]

@@ -14,17 +14,22 @@ MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n\
 Content-Type: text/plain\r\n\r\nbody one\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\n\
 From: dave@example.com\r\nSubject: inner\r\n\r\ninner body\r\n--b1--\r\n";
 
+/// Hostile MIME: an unterminated quoted parameter and a boundary that never comes.
+const BROKEN: &[u8] =
+    b"Content-Type: multipart/mixed; boundary=\"zz\r\nSubject: \"open\r\n\r\n--zz\r\n\
+Content-Type: text/plain; name=\"x\r\n\r\nbody";
+
 fn cfg(plaintext_ok: bool) -> ImapConfig {
     ImapConfig { hostname: "mx.test".into(), starttls: true, plaintext_ok }
 }
 
-/// A user's Maildir with `n` delivered messages (alternately plain and multipart).
+/// A user's Maildir with `n` delivered messages (plain, multipart and broken in turn).
 fn mailbox(n: usize) -> (tempfile::TempDir, Maildir) {
     let dir = tempfile::tempdir().unwrap();
     let md = Maildir::new(dir.path().join("Maildir"));
     md.create().unwrap();
     for i in 0..n {
-        md.deliver(&[if i.is_multiple_of(2) { PLAIN } else { MULTIPART }], "mx.test").unwrap();
+        md.deliver(&[[PLAIN, MULTIPART, BROKEN][i % 3]], "mx.test").unwrap();
     }
     (dir, md)
 }
@@ -331,4 +336,16 @@ fn random_commands_always_get_a_tagged_answer() {
         assert!(now.uidnext >= uidnext, "UIDNEXT went back after {command:?}");
         inbox = Some((validity, now.uidnext));
     }
+}
+
+/// Structure items and part sections of hostile MIME are answered, not a panic.
+#[test]
+fn broken_mime_gets_answers() {
+    let (_dir, md) = mailbox(3);
+    let mut s = selected(&md);
+    let out = run(&mut s, &md, b"f FETCH 3 (BODYSTRUCTURE ENVELOPE BODY[1] BODY[1.MIME])\r\n");
+    assert!(out.contains(r#"BODYSTRUCTURE (("text" "plain" ("name" "x" "#), "{out}");
+    assert!(
+        out.contains(r#""mixed" ("boundary" "zz")"#) && out.ends_with("f OK FETCH completed\r\n")
+    );
 }
