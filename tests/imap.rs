@@ -121,17 +121,12 @@ fn imaplib_reads_flags_and_expunges_mail_delivered_over_smtp() {
 /// IDLE session hears of a delivery made over SMTP.
 #[test]
 fn sessions_see_each_others_changes_and_idle_sees_new_mail() {
-    use std::io::BufReader;
     let t = start("");
     t.send("bob@example.com", "s1", "one\r\n");
     t.send("bob@example.com", "s2", "two\r\n");
     t.s.wait_queue(20, |q| q.is_empty());
     let open = || {
-        let s = std::net::TcpStream::connect(t.imap).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        imap_until(&mut r, "* OK");
-        let mut w = s;
+        let (mut r, mut w) = imap_connect(t.imap);
         w.write_all(b"l LOGIN bob@example.com pw\r\ns SELECT INBOX\r\n").unwrap();
         imap_until(&mut r, "l OK");
         let sel = imap_until(&mut r, "s OK");
@@ -192,7 +187,6 @@ fn curl_lists_and_fetches_over_imap() {
 /// every line gets an answer and the session still works afterwards.
 #[test]
 fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
-    use std::io::BufReader;
     let t = start("");
     let mut next = {
         let mut x: u64 = 0x1DEA_5EED;
@@ -230,11 +224,7 @@ fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
         "%",
     ];
     for round in 0..20 {
-        let s = std::net::TcpStream::connect(t.imap).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut w = s;
-        imap_until(&mut r, "* OK");
+        let (mut r, mut w) = imap_connect(t.imap);
         w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
         imap_until(&mut r, "l OK");
         for _ in 0..30 {
@@ -703,7 +693,7 @@ fn mbsync_syncs_a_mailbox_both_ways() {
 /// same, the UIDs are the ones from before, and a new message gets a greater UID.
 #[test]
 fn kill9_during_expunge_loses_nothing_and_reuses_no_uid() {
-    use std::io::{BufReader, Read};
+    use std::io::Read;
     let mut t = start("");
     let inbox = t.maildir("alice");
     for sub in ["cur", "new", "tmp"] {
@@ -717,11 +707,7 @@ fn kill9_during_expunge_loses_nothing_and_reuses_no_uid() {
     }
     // A session's view: UIDs by sequence number, and UID -> Message-ID.
     let select = |imap: std::net::SocketAddr| {
-        let s = std::net::TcpStream::connect(imap).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut w = s;
-        imap_until(&mut r, "* OK");
+        let (mut r, mut w) = imap_connect(imap);
         w.write_all(b"l LOGIN alice@example.com pw\r\ns SELECT INBOX\r\n").unwrap();
         imap_until(&mut r, "l OK");
         let sel = imap_until(&mut r, "s OK");
@@ -799,13 +785,8 @@ fn kill9_during_expunge_loses_nothing_and_reuses_no_uid() {
 /// is refused without being read.
 #[test]
 fn large_append_literals_stream_and_need_a_login() {
-    use std::io::BufReader;
     let t = start("");
-    let s = std::net::TcpStream::connect(t.imap).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    imap_until(&mut r, "* OK");
+    let (mut r, mut w) = imap_connect(t.imap);
     w.write_all(b"x APPEND INBOX {5000000}\r\n").unwrap();
     let refused = imap_until(&mut r, "x ");
     assert!(refused.starts_with("x NO [TOOBIG]"), "{refused}");

@@ -144,6 +144,17 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
+/// A raw IMAP connection past the greeting: the reading half and the writing half.
+pub fn imap_connect(
+    addr: std::net::SocketAddr,
+) -> (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    imap_until(&mut r, "* OK");
+    (r, s)
+}
+
 /// Raw IMAP lines: returns everything up to and including the line starting with `until`.
 pub fn imap_until(r: &mut impl std::io::BufRead, until: &str) -> String {
     let mut all = String::new();
