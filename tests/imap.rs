@@ -144,7 +144,8 @@ fn sessions_see_each_others_changes_and_idle_sees_new_mail() {
     wa.write_all(b"a1 NOOP\r\n").unwrap();
     let a = imap_until(&mut ra, "a1 OK");
     assert!(a.contains("* 2 EXPUNGE"), "A sees B's expunge: {a}");
-    assert!(a.contains("* 1 FETCH (FLAGS (\\Flagged))"), "A sees B's flag: {a}");
+    // A selected first: the messages are \Recent to A alone (RFC 3501 2.3.2).
+    assert!(a.contains("* 1 FETCH (FLAGS (\\Flagged \\Recent))"), "A sees B's flag: {a}");
     // IDLE, then a delivery over SMTP.
     wa.write_all(b"a2 IDLE\r\n").unwrap();
     imap_until(&mut ra, "+ ");
@@ -460,7 +461,8 @@ PARTS = ["BODY.PEEK[1]", "BODY.PEEK[1.MIME]", "BODY.PEEK[2]", "BODY.PEEK[2.MIME]
          "BODY.PEEK[2.HEADER]", "BODY.PEEK[2.TEXT]", "BODY.PEEK[3.HEADER]", "BODY.PEEK[2.1.1]",
          "BODY.PEEK[2.HEADER.FIELDS (SUBJECT FROM)]", "BODY.PEEK[1]<3.20>", "BODY.PEEK[2]<0.7>",
          "BODY.PEEK[2.1.MIME]", "BODY.PEEK[1.TEXT]", "BODY.PEEK[2.1.2]", "BODY.PEEK[1.1.1]",
-         "BODY.PEEK[2.2.1]", "BODY.PEEK[2.HEADER.FIELDS.NOT (SUBJECT)]"]
+         "BODY.PEEK[2.2.1]", "BODY.PEEK[2.HEADER.FIELDS.NOT (SUBJECT)]", "BODY.PEEK[1.HEADER]",
+         "BODY.PEEK[1.1.MIME]", "BODY.PEEK[1.2.TEXT]"]
 for seq in range(1, int(sys.argv[3]) + 1):
     for item in ["ENVELOPE", "BODYSTRUCTURE", "BODY"] + PARTS:
         s.sendall(b"f FETCH %d (%s)\r\n" % (seq, item.encode()))
@@ -469,7 +471,7 @@ print(json.dumps(answers))
 "#;
 
 /// MIME messages whose structure clients read with ENVELOPE and BODYSTRUCTURE.
-const MIME_CORPUS: [&str; 11] = [
+const MIME_CORPUS: [&str; 13] = [
     // multipart/alternative
     "From: Ann Example <ann@example.org>\r\nTo: bob@example.com, \"Doe, J.\" <j@d.example>\r\nCc: undisclosed-recipients:;\r\nDate: Tue, 3 Jan 2023 12:00:00 +0000\r\nSubject: Dinner plans\r\nMessage-ID: <alt@x>\r\nIn-Reply-To: <prev@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSoup =E2=98=83\r\nand bread.\r\n--b1\r\nContent-Type: text/html; charset=\"us-ascii\"\r\n\r\n<p>Soup</p>\r\n--b1--\r\nepilogue\r\n",
     // an attachment with a disposition, a language and an ID
@@ -492,9 +494,13 @@ const MIME_CORPUS: [&str; 11] = [
     "Subject: cte only\r\nContent-Transfer-Encoding: base64\r\nContent-Description: what\r\n\r\naGk=\r\n",
     // RFC 2231 parameters and a non-text single part
     "From: p@example.org\r\nMIME-Version: 1.0\r\nContent-Type: image/png; name*=utf-8''caf%C3%A9.png\r\nContent-Disposition: inline; filename*0=\"long\"; filename*1=\"name.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+    // a whole message as the body (issue #23: BODY[1] is the encapsulated message)
+    "From: fwd@example.org\r\nSubject: whole\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\nFrom: orig@example.net\r\nSubject: inner\r\n\r\ninner text\r\n",
+    // the same, with a multipart inside
+    "From: fwd@example.org\r\nSubject: whole multipart\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\nFrom: orig@example.net\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\none\r\n--in\r\nContent-Type: text/html\r\n\r\n<i>two</i>\r\n--in--\r\n",
 ];
 
-/// Dovecot's imapd as the reference for ENVELOPE, BODYSTRUCTURE, BODY and 22 part sections
+/// Dovecot's imapd as the reference for ENVELOPE, BODYSTRUCTURE, BODY and 25 part sections
 /// (parts, .MIME, .HEADER, .TEXT, HEADER.FIELDS of nested messages, ranges, part numbers
 /// that do not exist): serving a copy of the Maildir sluice wrote (multipart/alternative,
 /// attachments, encoded words, message/rfc822 parts, malformed MIME, address groups), each

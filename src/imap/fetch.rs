@@ -60,7 +60,14 @@ impl Session {
     pub fn fetch_more(&mut self) {
         let Some(mut p) = self.pending.take() else { return };
         while let Some(i) = p.todo.pop_front() {
-            match self.fetch_one(i, &p.names) {
+            let mut answer = self.fetch_one(i, &p.names);
+            // Renamed by another session's flag change: read it where it is now.
+            if answer.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                && self.relocate(i)
+            {
+                answer = self.fetch_one(i, &p.names);
+            }
+            match answer {
                 Ok((items, structure)) => self.fetch_response(nz(i as u32 + 1), items, &structure),
                 // Gone since the snapshot (expunged by another session): skip it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -103,8 +110,12 @@ impl Session {
         i: usize,
         names: &[MessageDataItemName<'_>],
     ) -> std::io::Result<(Vec<MessageDataItem<'static>>, Vec<u8>)> {
-        let (msg, read_only) = match self.view() {
-            Some(v) => (v.snapshot.messages[i].clone(), v.read_only),
+        let (msg, read_only, recent) = match self.view() {
+            Some(v) => {
+                let m = v.snapshot.messages[i].clone();
+                let recent = v.is_recent(m.uid);
+                (m, v.read_only, recent)
+            }
             None => return Ok((Vec::new(), Vec::new())),
         };
         let mut items = Vec::new();
@@ -168,12 +179,14 @@ impl Session {
         }
         let mut flags = msg.flags;
         if seen && !read_only && flags & flag::SEEN == 0 {
-            flags |= flag::SEEN;
-            self.set_flags(i, flags);
+            flags = match self.update_flags(i, |f| f | flag::SEEN) {
+                Ok(Some(f)) => f,
+                _ => flags | flag::SEEN,
+            };
         }
         if flags_at.is_some() || flags != msg.flags {
             let at = flags_at.unwrap_or(items.len());
-            items.insert(at, MessageDataItem::Flags(fetch_flags(flags, msg.recent)));
+            items.insert(at, MessageDataItem::Flags(fetch_flags(flags, recent)));
         }
         Ok((items, structure))
     }

@@ -128,12 +128,40 @@ impl Session {
         }
         let full = format!("{reference}{pattern}");
         let delimiter = Some(DELIMITER.try_into().expect("valid"));
+        // LSUB lists subscribed names (existing or not), and an unsubscribed parent of a
+        // subscribed name that `%` stops short of as \Noselect (RFC 3501 6.3.9).
+        let mut lsub_noselect = std::collections::BTreeSet::new();
+        if lsub {
+            for s in &subscribed {
+                names.entry(s.clone()).or_insert(false);
+                let mut parent = s.as_str();
+                while let Some((p, _)) = parent.rsplit_once(DELIMITER) {
+                    if !subscribed.iter().any(|x| x == p)
+                        && pattern_matches(&full, p)
+                        && !pattern_matches(&full, s)
+                    {
+                        names.entry(p.to_string()).or_insert(false);
+                        lsub_noselect.insert(p.to_string());
+                    }
+                    parent = p;
+                }
+            }
+        }
         for (name, exists) in &names {
-            if !pattern_matches(&full, name) || (lsub && !subscribed.contains(name)) {
+            let listed = match lsub {
+                true => subscribed.contains(name) || lsub_noselect.contains(name),
+                false => true,
+            };
+            if !pattern_matches(&full, name) || !listed {
                 continue;
             }
             let mut items = Vec::new();
-            if !exists {
+            // LSUB does not say whether a subscribed name exists (RFC 3501 6.3.9).
+            let noselect = match lsub {
+                true => lsub_noselect.contains(name),
+                false => !exists,
+            };
+            if noselect {
                 items.push(FlagNameAttribute::Noselect);
             }
             let prefix = format!("{name}{DELIMITER}");
@@ -311,7 +339,20 @@ impl Session {
         };
         if how == Transfer::Move {
             self.out_raw(format!("* OK {code}Moved\r\n").as_bytes());
-            self.forget_messages(&picked);
+            // Only what moved leaves the view (a message expunged meanwhile is reported by
+            // the next refresh).
+            let moved: Vec<usize> = picked
+                .iter()
+                .zip(&new_uids)
+                .filter(|(_, u)| u.is_some())
+                .map(|(i, _)| *i)
+                .collect();
+            self.forget_messages(&moved);
+            // Into the selected mailbox itself: the client hears of the new messages now
+            // (RFC 6851 3.3, RFC 3501 5.2), not at its next NOOP.
+            if self.is_selected(&dest) {
+                self.refresh();
+            }
             self.out_raw(format!("{} OK {verb} completed\r\n", tag.as_ref()).as_bytes());
         } else {
             if self.is_selected(&dest) {

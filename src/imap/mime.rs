@@ -699,14 +699,17 @@ fn walk(
 ) {
     let kids: Vec<(MessagePart<'_>, bool)> = if multipart(&current) {
         current.children().map(|c| (c, true)).collect()
+    } else if top {
+        // Part 1 of a single-part message is its body, also when that body is a whole
+        // message (Content-Type: message/rfc822): then 1.HEADER, 1.TEXT and 1.1 are the
+        // encapsulated message's, as for such a part inside a multipart.
+        vec![(current, false)]
     } else if let Some(nested) = current.nested() {
         let root = nested.root_part();
         match multipart(&root) {
             true => root.children().map(|c| (c, true)).collect(),
             false => vec![(root, false)],
         }
-    } else if top {
-        vec![(current, false)]
     } else {
         Vec::new()
     };

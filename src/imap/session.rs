@@ -25,7 +25,7 @@ use super::state::State;
 pub use super::state::{ImapConfig, Next, Session};
 use super::state::{View, bits_of, contains, fetch_flags, flags_of, nz};
 use crate::local::Maildir;
-use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
+use crate::local::mailstore::{Appended, MessageInfo, Snapshot, StoreError, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
 
 /// How an EXPUNGE ended.
@@ -341,17 +341,25 @@ impl Session {
             Ok(s) => s,
             Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
         };
-        let recent = snapshot.messages.iter().filter(|m| m.recent).count() as u32;
-        if !read_only && recent > 0 {
-            // This session has reported them as \Recent: they move to cur/ (Maildir "seen by a
-            // client"), so no other session reports them again.
+        let in_new = |m: &MessageInfo| m.path.parent().is_some_and(|p| p.ends_with("new"));
+        if !read_only && snapshot.messages.iter().any(in_new) {
+            // Seen by a client now: they move to cur/ (the Maildir convention for other
+            // Maildir readers; \Recent itself is the claim below).
             let messages = &mut std::sync::Arc::make_mut(&mut snapshot).messages;
-            for m in messages.iter_mut().filter(|m| m.recent) {
-                if let Ok(p) = folder.set_flags(m, m.flags) {
-                    m.path = p;
+            for m in messages.iter_mut().filter(|m| in_new(m)) {
+                if let Ok(Some((p, flags))) = folder.update_flags(m, |f| f) {
+                    (m.path, m.flags) = (p, flags);
                 }
             }
         }
+        let mut view = View { folder, read_only, recent: Vec::new(), snapshot };
+        match read_only {
+            // Sees what no session was told of yet, and claims none of it.
+            true => view.recent.push(view.snapshot.recent_from..u32::MAX),
+            false => view.claim_recent(),
+        }
+        let recent = view.recent_count();
+        let snapshot = view.snapshot.clone();
         let flags = flags_of(0x1f);
         self.data(Data::Flags(flags.clone()));
         self.data(Data::Exists(snapshot.messages.len() as u32));
@@ -371,10 +379,22 @@ impl Session {
         self.send(Response::Status(s));
         let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
         self.ok(tag, Some(code), if read_only { "EXAMINE completed" } else { "SELECT completed" });
-        self.state = State::Selected(View { folder, read_only, snapshot });
+        self.state = State::Selected(view);
     }
 
     fn selected(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) {
+        // What other sessions changed, before acting on it: a FETCH shows the flags the
+        // message has now, a STORE starts from them, a SEARCH searches them.
+        if matches!(
+            body,
+            CommandBody::Fetch { .. }
+                | CommandBody::Store { .. }
+                | CommandBody::Search { .. }
+                | CommandBody::Copy { .. }
+                | CommandBody::Move { .. }
+        ) {
+            self.sync(false);
+        }
         match body {
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid } => {
                 self.fetch(tag, &sequence_set, macro_or_item_names, uid)
@@ -430,16 +450,32 @@ impl Session {
             .collect()
     }
 
-    pub(super) fn set_flags(&mut self, i: usize, flags: u8) -> bool {
-        let Some(v) = self.view() else { return false };
+    /// Changes message `i`'s flags from what they are on disk now (`change` gets them); the
+    /// view keeps the file's new path and flags. Ok(None): the message is gone.
+    pub(super) fn update_flags(
+        &mut self,
+        i: usize,
+        change: impl Fn(u8) -> u8,
+    ) -> Result<Option<u8>, StoreError> {
+        let Some(v) = self.view() else { return Ok(None) };
         let m = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages[i];
-        match v.folder.set_flags(m, flags) {
-            Ok(p) => {
-                m.path = p;
-                m.flags = flags;
+        Ok(v.folder.update_flags(m, change)?.map(|(p, flags)| {
+            (m.path, m.flags) = (p, flags);
+            flags
+        }))
+    }
+
+    /// Message `i`'s file was not found where the view had it: finds it by its unique name
+    /// (renamed by another session) and keeps the new path. False: it is gone.
+    pub(super) fn relocate(&mut self, i: usize) -> bool {
+        let Some(v) = self.view() else { return false };
+        let m = &v.snapshot.messages[i];
+        match v.folder.locate(&m.unique, &m.path) {
+            Ok(Some(p)) if p != m.path => {
+                std::sync::Arc::make_mut(&mut v.snapshot).messages[i].path = p;
                 true
             }
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -455,19 +491,35 @@ impl Session {
         if self.view().is_some_and(|v| v.read_only) {
             return self.no(tag, "Mailbox is read-only");
         }
+        let mut failed = None;
         for i in self.matching(set, uid) {
             let Some(v) = self.view() else { break };
             let m = &v.snapshot.messages[i];
-            let (old, recent, message_uid) = (m.flags, m.recent, m.uid);
-            let new = match kind {
+            let (old, recent, message_uid) = (m.flags, v.is_recent(m.uid), m.uid);
+            // From the flags on disk now: another session may have changed them since this
+            // one last looked (RFC 3501 6.4.6: +FLAGS adds to the message's flags).
+            let change = |current: u8| match kind {
+                StoreType::Replace => bits,
+                StoreType::Add => current | bits,
+                StoreType::Remove => current & !bits,
+            };
+            let new = match self.update_flags(i, change) {
+                Ok(Some(new)) => new,
+                // Expunged by another session: nothing to change (RFC 2180 4.2.1).
+                Ok(None) => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            // .SILENT still reports flags that differ from what the client asked for (set by
+            // another session meanwhile), as RFC 3501 6.4.6 allows and clients need.
+            let expected = match kind {
                 StoreType::Replace => bits,
                 StoreType::Add => old | bits,
                 StoreType::Remove => old & !bits,
             };
-            if new != old && !self.set_flags(i, new) {
-                continue; // gone meanwhile
-            }
-            if !silent {
+            if !silent || new != expected {
                 let mut items = vec![MessageDataItem::Flags(fetch_flags(new, recent))];
                 if uid {
                     items.insert(0, MessageDataItem::Uid(nz(message_uid)));
@@ -476,7 +528,10 @@ impl Session {
                 self.data(Data::Fetch { seq: nz(i as u32 + 1), items });
             }
         }
-        self.ok(tag, None, "STORE completed");
+        match failed {
+            None => self.ok(tag, None, "STORE completed"),
+            Some(e) => self.no(tag, &format!("[SERVERBUG] Some flags could not be changed: {e}")),
+        }
     }
 
     /// EXPUNGE or UID EXPUNGE, answered.
@@ -495,21 +550,35 @@ impl Session {
     /// Removes \Deleted messages (only those with a UID in `uids`, for UID EXPUNGE);
     /// `report`: send EXPUNGE responses.
     fn expunge(&mut self, report: bool, uids: Option<&SequenceSet>) -> Expunged {
-        let Some(v) = self.view() else { return Expunged::ReadOnly };
-        if v.read_only {
+        if self.view().is_none_or(|v| v.read_only) {
             return Expunged::ReadOnly;
         }
+        // What other sessions changed first (flags set or cleared, messages gone), so the
+        // view's flags and paths are the files' own and the numbers below are the client's.
+        if report {
+            self.refresh();
+        } else if let Some(v) = self.view()
+            && let Ok(fresh) = v.folder.snapshot()
+        {
+            // CLOSE: the client hears nothing more of this mailbox.
+            v.snapshot = fresh;
+        }
+        let Some(v) = self.view() else { return Expunged::ReadOnly };
         let largest = v.snapshot.messages.last().map_or(0, |m| m.uid);
-        let gone: Vec<usize> = (0..v.snapshot.messages.len())
+        let candidates: Vec<usize> = (0..v.snapshot.messages.len())
             .filter(|&i| {
                 let m = &v.snapshot.messages[i];
                 m.flags & flag::DELETED != 0 && uids.is_none_or(|s| contains(s, m.uid, largest))
             })
             .collect();
-        let paths: Vec<_> = gone.iter().map(|&i| v.snapshot.messages[i].path.clone()).collect();
-        if let Err(e) = v.folder.expunge(&paths) {
-            return Expunged::Failed(e.to_string());
-        }
+        let msgs: Vec<&MessageInfo> = candidates.iter().map(|&i| &v.snapshot.messages[i]).collect();
+        let removed = match v.folder.expunge(&msgs) {
+            Ok(r) => r,
+            Err(e) => return Expunged::Failed(e.to_string()),
+        };
+        // Only what is gone is reported: a message undeleted meanwhile stays.
+        let gone: Vec<usize> =
+            candidates.iter().zip(&removed).filter(|(_, r)| **r).map(|(i, _)| *i).collect();
         self.size_changed |= !gone.is_empty();
         if report {
             self.forget_messages(&gone);
@@ -576,36 +645,63 @@ impl Session {
     /// Reports what changed in the selected mailbox since the client last heard: expunges,
     /// new messages and flag changes made by others (NOOP, CHECK, IDLE).
     pub fn refresh(&mut self) {
+        self.sync(true);
+    }
+
+    /// Brings the view in line with the Maildir and tells the client: flag changes and new
+    /// messages always; expunges only when `expunges` (RFC 3501 7.4.1: not during FETCH,
+    /// STORE or SEARCH, whose sequence numbers must stay put), else the expunged messages
+    /// stay in the view until a command that may report them.
+    pub(super) fn sync(&mut self, expunges: bool) {
         let Some(v) = self.view() else { return };
         let Ok(fresh) = v.folder.snapshot() else { return };
+        if std::sync::Arc::ptr_eq(&fresh, &v.snapshot) {
+            return;
+        }
         let old = std::mem::replace(&mut v.snapshot, fresh.clone());
         let mut responses = Vec::new();
         let mut kept = Vec::new();
+        let mut merged = Vec::with_capacity(fresh.messages.len());
         let mut removed = 0u32;
         let by_uid: std::collections::HashMap<u32, &MessageInfo> =
             fresh.messages.iter().map(|f| (f.uid, f)).collect();
         for (i, m) in old.messages.iter().enumerate() {
             match by_uid.get(&m.uid).copied() {
-                Some(f) => kept.push((i as u32 + 1 - removed, m.flags, f)),
-                None => {
+                Some(f) => {
+                    kept.push((i as u32 + 1 - removed, m.flags, f));
+                    merged.push(f.clone());
+                }
+                None if expunges => {
                     responses.push(Data::Expunge(nz(i as u32 + 1 - removed)));
                     removed += 1;
                 }
-            }
-        }
-        for (seq, old_flags, f) in &kept {
-            if *old_flags != f.flags {
-                let items =
-                    NonEmptyVec::from(MessageDataItem::Flags(fetch_flags(f.flags, f.recent)));
-                responses.push(Data::Fetch { seq: nz(*seq), items });
+                None => merged.push(m.clone()),
             }
         }
         let last_old_uid = old.messages.last().map_or(0, |m| m.uid);
-        let new = fresh.messages.iter().filter(|m| m.uid > last_old_uid).count();
-        if new > 0 || removed > 0 {
-            responses.push(Data::Exists(fresh.messages.len() as u32));
-            let recent = fresh.messages.iter().filter(|m| m.recent).count() as u32;
-            responses.push(Data::Recent(recent));
+        let new: Vec<&MessageInfo> =
+            fresh.messages.iter().filter(|m| m.uid > last_old_uid).collect();
+        if merged.len() + new.len() != fresh.messages.len() {
+            // Expunged messages kept for now: the view is this session's own.
+            merged.extend(new.iter().map(|m| (*m).clone()));
+            let mut own = Snapshot::clone(&fresh);
+            own.messages = merged;
+            v.snapshot = std::sync::Arc::new(own);
+        }
+        v.claim_recent();
+        let v: &View = v;
+        for (seq, old_flags, f) in &kept {
+            if *old_flags != f.flags {
+                let items = NonEmptyVec::from(MessageDataItem::Flags(fetch_flags(
+                    f.flags,
+                    v.is_recent(f.uid),
+                )));
+                responses.push(Data::Fetch { seq: nz(*seq), items });
+            }
+        }
+        if !new.is_empty() || removed > 0 {
+            responses.push(Data::Exists(v.snapshot.messages.len() as u32));
+            responses.push(Data::Recent(v.recent_count()));
         }
         for d in responses {
             self.data(d);

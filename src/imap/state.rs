@@ -57,6 +57,32 @@ pub(super) struct View {
     pub(super) read_only: bool,
     /// Shared with other sessions until this one changes it (copy on write).
     pub(super) snapshot: std::sync::Arc<Snapshot>,
+    /// The UIDs this session reports as \Recent: those it claimed (read-write), or those no
+    /// session had claimed when it looked (read-only, which claims nothing).
+    pub(super) recent: Vec<std::ops::Range<u32>>,
+}
+
+impl View {
+    pub(super) fn is_recent(&self, uid: u32) -> bool {
+        self.recent.iter().any(|r| r.contains(&uid))
+    }
+
+    /// How many messages of the view are \Recent to this session.
+    pub(super) fn recent_count(&self) -> u32 {
+        self.snapshot.messages.iter().filter(|m| self.is_recent(m.uid)).count() as u32
+    }
+
+    /// Claims \Recent for messages no session was told of yet (read-write views only), once
+    /// the view holds messages past what it claimed before.
+    pub(super) fn claim_recent(&mut self) {
+        let claimed_to = self.recent.last().map_or(0, |r| r.end);
+        if self.read_only || self.snapshot.messages.last().is_none_or(|m| m.uid < claimed_to) {
+            return;
+        }
+        if let Ok(Some(r)) = self.folder.claim_recent() {
+            self.recent.push(r);
+        }
+    }
 }
 
 pub(super) enum State {

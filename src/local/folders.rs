@@ -18,6 +18,9 @@ pub const DEFAULT_FOLDERS: [(&str, &str); 4] =
     [("Drafts", "\\Drafts"), ("Sent", "\\Sent"), ("Trash", "\\Trash"), ("Junk", "\\Junk")];
 
 const SUBSCRIPTIONS: &str = "subscriptions";
+const SUBSCRIPTIONS_LOCK: &str = "sluice-subscriptions.lock";
+/// Held while the default folders are made (first logins racing).
+const FOLDERS_LOCK: &str = "sluice-folders.lock";
 /// Deleted folders are renamed to this prefix first, so a crash never leaves half a folder
 /// under its name.
 const GRAVEYARD: &str = "sluice-deleted.";
@@ -162,8 +165,11 @@ impl Maildir {
         let aside = self.root().join(format!("{GRAVEYARD}{}", super::maildir::unique_token()));
         fs::rename(self.folder_dir(name)?, &aside)?;
         sync_dir(self.root())?;
-        fs::remove_dir_all(&aside)?;
-        Ok(())
+        // Gone under its name already; what a racing clean_deleted removed first is fine.
+        match fs::remove_dir_all(&aside) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Removes what a crash left of deleted folders.
@@ -243,11 +249,13 @@ impl Maildir {
         }
     }
 
-    /// SUBSCRIBE / UNSUBSCRIBE: the file is replaced whole (write, fsync, rename).
+    /// SUBSCRIBE / UNSUBSCRIBE: the file is replaced whole (write, fsync, rename), under a
+    /// lock, so sessions changing it at once each keep their change.
     pub fn subscribe(&self, name: &str, on: bool) -> Result<(), FolderError> {
         if !is_inbox(name) {
             dir_name(name)?;
         }
+        let _lock = self.lock(SUBSCRIPTIONS_LOCK)?;
         let mut subs = self.subscriptions()?;
         subs.retain(|s| s != name);
         if on {
@@ -269,6 +277,12 @@ impl Maildir {
     /// folder the user deleted is not brought back.
     pub fn ensure_default_folders(&self) -> Result<(), FolderError> {
         let marker = self.root().join("sluice-folders-created");
+        if marker.exists() {
+            return Ok(());
+        }
+        // Several first logins at once: one creates, the others wait and find the marker.
+        self.create()?;
+        let _lock = self.lock(FOLDERS_LOCK)?;
         if marker.exists() {
             return Ok(());
         }

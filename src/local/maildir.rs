@@ -103,6 +103,47 @@ impl Maildir {
         Ok(out)
     }
 
+    /// An exclusive lock on `name` in this Maildir, held (across processes too) until the
+    /// returned file is dropped: read-modify-write of a shared file goes under one.
+    pub fn lock(&self, name: &str) -> std::io::Result<File> {
+        use std::os::fd::AsRawFd;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(name))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(lock)
+    }
+
+    /// Removes files in `tmp/` last modified over `max_age` ago: what a crash or power cut
+    /// left of deliveries and APPENDs that never reached `new/` (the Maildir specification
+    /// says 36 hours). Returns how many went.
+    pub fn clean_tmp(&self, max_age: std::time::Duration) -> std::io::Result<usize> {
+        let Some(before) = SystemTime::now().checked_sub(max_age) else { return Ok(0) };
+        let dir = match fs::read_dir(self.root.join("tmp")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for e in dir {
+            let e = e?;
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_file() && meta.modified().is_ok_and(|t| t < before) {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Octets in use (for the quota).
     pub fn usage(&self) -> std::io::Result<u64> {
         Ok(self.list()?.iter().map(|e| e.size).sum())
@@ -196,6 +237,22 @@ mod tests {
         assert_eq!(list[0].unique, name);
         assert_eq!(list[1].unique, second);
         assert_eq!(md.usage().unwrap(), text.len() as u64 + 1);
+    }
+
+    #[test]
+    fn tmp_files_older_than_36_hours_are_removed_and_newer_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("Maildir"));
+        md.create().unwrap();
+        let (old, fresh) = (md.root().join("tmp/old"), md.root().join("tmp/fresh"));
+        fs::write(&old, b"x").unwrap();
+        fs::write(&fresh, b"y").unwrap();
+        let then = SystemTime::now() - std::time::Duration::from_secs(37 * 3600);
+        File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+        let day_and_a_half = std::time::Duration::from_secs(36 * 3600);
+        assert_eq!(md.clean_tmp(day_and_a_half).unwrap(), 1);
+        assert!(!old.exists() && fresh.exists());
+        assert_eq!(md.clean_tmp(day_and_a_half).unwrap(), 0);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,7 +38,8 @@ pub struct MessageInfo {
     pub flags: u8,
     /// Seconds since the epoch: the delivery time from the Maildir name.
     pub internal_date: i64,
-    /// In `new/`: not seen by any client yet (IMAP \Recent).
+    /// Not yet reported as \Recent to any session (its UID is at or above the list's
+    /// `recent_from`); a session's own \Recent set is the UIDs it claimed.
     pub recent: bool,
 }
 
@@ -47,6 +47,8 @@ pub struct MessageInfo {
 pub struct Snapshot {
     pub uidvalidity: u32,
     pub uidnext: u32,
+    /// The lowest UID no session has been told is \Recent.
+    pub recent_from: u32,
     /// In UID order; sequence number = index + 1.
     pub messages: Vec<MessageInfo>,
 }
@@ -65,23 +67,43 @@ fn parse_flags(info: &str) -> u8 {
 }
 
 fn info_for(flags: u8) -> String {
-    let letters: String = LETTERS.iter().filter(|(_, b)| flags & b != 0).map(|(c, _)| *c).collect();
-    format!(":2,{letters}")
+    info_with(flags, "")
 }
+
+/// The info part for `flags`, keeping `other` letters (those another Maildir reader set and
+/// sluice does not interpret, such as Dovecot's keyword letters), in ASCII order as the
+/// format requires.
+fn info_with(flags: u8, other: &str) -> String {
+    let mut letters: Vec<char> =
+        LETTERS.iter().filter(|(_, b)| flags & b != 0).map(|(c, _)| *c).collect();
+    letters.extend(other.chars());
+    letters.sort_unstable();
+    letters.dedup();
+    format!(":2,{}", letters.into_iter().collect::<String>())
+}
+
+/// The flags a message file's name gives, and the info letters sluice does not interpret.
+fn flags_of_path(path: &Path) -> (u8, String) {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let info = name.split_once(':').map_or("", |(_, i)| i);
+    let other = info
+        .strip_prefix("2,")
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() && !LETTERS.iter().any(|(l, _)| l == c))
+        .collect();
+    (parse_flags(info), other)
+}
+
+/// How many times a flag change is tried again when the file was renamed under it (by another
+/// session changing the same message's flags at the same moment).
+const RENAME_RETRIES: usize = 16;
 
 impl Maildir {
     /// Holds an exclusive lock on the Maildir's UID list while `f` runs (sessions and the
     /// delivery agent of this and other processes take it in turn).
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root().join("sluice-uidlist.lock"))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        let _lock = self.lock("sluice-uidlist.lock")?;
         f()
     }
 
@@ -125,37 +147,154 @@ impl Maildir {
                         size: e.size,
                         flags: parse_flags(info),
                         internal_date,
-                        recent: e.path.parent().is_some_and(|p| p.ends_with("new")),
+                        recent: *uid >= uids.recent_from,
                     })
                 })
                 .collect();
-            Ok(Snapshot { uidvalidity: uids.uidvalidity, uidnext: uids.uidnext, messages })
+            Ok(Snapshot {
+                uidvalidity: uids.uidvalidity,
+                uidnext: uids.uidnext,
+                recent_from: uids.recent_from,
+                messages,
+            })
         })
     }
 
-    /// Gives a message these flags: it moves to `cur/` with the matching info letters.
-    /// Returns its new path.
-    pub fn set_flags(&self, msg: &MessageInfo, flags: u8) -> Result<PathBuf, StoreError> {
-        let to = self.root().join("cur").join(format!("{}{}", msg.unique, info_for(flags)));
-        if to != msg.path {
-            fs::rename(&msg.path, &to)?;
-        }
-        Ok(to)
+    /// Claims \Recent for one session (RFC 3501 2.3.2): the UIDs no session was told of yet
+    /// (None: none). Another session claiming after this one gets none of them.
+    pub fn claim_recent(&self) -> Result<Option<std::ops::Range<u32>>, StoreError> {
+        self.locked(|| Ok(UidList::claim_recent(self.root())?))
     }
 
-    /// Removes messages for good (EXPUNGE), durably.
-    pub fn expunge(&self, paths: &[PathBuf]) -> Result<(), StoreError> {
-        for p in paths {
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+    /// Where the message named `unique` is now: `known` if it is still there, else the file
+    /// in `cur/` or `new/` with that unique name whatever its info letters (another session,
+    /// or another Maildir reader, renamed it to change its flags). None: it is gone.
+    pub fn locate(&self, unique: &str, known: &Path) -> std::io::Result<Option<PathBuf>> {
+        if fs::symlink_metadata(known).is_ok() {
+            return Ok(Some(known.to_path_buf()));
+        }
+        for sub in ["cur", "new"] {
+            let dir = match fs::read_dir(self.root().join(sub)) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in dir {
+                let e = e?;
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.split(':').next() == Some(unique) {
+                    return Ok(Some(e.path()));
+                }
             }
+        }
+        Ok(None)
+    }
+
+    /// Runs `op` on the message's file; if the file was renamed meanwhile (NotFound), finds it
+    /// by its unique name and runs `op` again there. Returns the result and the path it used
+    /// (the caller keeps it), or NotFound when the message is gone.
+    pub fn with_file<T>(
+        &self,
+        msg: &MessageInfo,
+        mut op: impl FnMut(&Path) -> std::io::Result<T>,
+    ) -> std::io::Result<(T, PathBuf)> {
+        let mut path = msg.path.clone();
+        for _ in 0..RENAME_RETRIES {
+            match op(&path) {
+                Ok(t) => return Ok((t, path)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match self.locate(&msg.unique, &path)? {
+                        Some(p) if p != path => path = p,
+                        _ => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("the message file keeps being renamed"))
+    }
+
+    /// Changes a message's flags from what its file says now (not what a snapshot said):
+    /// `change` gets the current flags and returns the new ones. The file moves to `cur/` with
+    /// the matching info letters; a rename that finds the file renamed meanwhile by another
+    /// session is tried again from that session's flags, so no change is lost. Returns the
+    /// new path and flags, or None when the message is gone (expunged).
+    pub fn update_flags(
+        &self,
+        msg: &MessageInfo,
+        change: impl Fn(u8) -> u8,
+    ) -> Result<Option<(PathBuf, u8)>, StoreError> {
+        let mut path = msg.path.clone();
+        for _ in 0..RENAME_RETRIES {
+            let (current, other) = flags_of_path(&path);
+            let new = change(current);
+            let to =
+                self.root().join("cur").join(format!("{}{}", msg.unique, info_with(new, &other)));
+            if to == path {
+                if fs::symlink_metadata(&path).is_ok() {
+                    return Ok(Some((path, new)));
+                }
+            } else {
+                match fs::rename(&path, &to) {
+                    Ok(()) => return Ok(Some((to, new))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self.locate(&msg.unique, &path)? {
+                Some(p) if p != path => path = p,
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+        Err(std::io::Error::other("the message file keeps being renamed").into())
+    }
+
+    /// Gives a message exactly these flags (see [`Maildir::update_flags`]).
+    pub fn set_flags(&self, msg: &MessageInfo, flags: u8) -> Result<Option<PathBuf>, StoreError> {
+        Ok(self.update_flags(msg, |_| flags)?.map(|(p, _)| p))
+    }
+
+    /// EXPUNGE: removes the messages that are \Deleted *now* (a message another session
+    /// undeleted meanwhile stays), durably. Returns, in the order of `msgs`, whether each one
+    /// is gone (removed here, or by another session before).
+    pub fn expunge(&self, msgs: &[&MessageInfo]) -> Result<Vec<bool>, StoreError> {
+        let mut gone = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut path = m.path.clone();
+            let mut removed = None;
+            for _ in 0..RENAME_RETRIES {
+                // Where the file is now, with the flags it has now.
+                match self.locate(&m.unique, &path)? {
+                    Some(p) => path = p,
+                    None => {
+                        removed = Some(true);
+                        break;
+                    }
+                }
+                if flags_of_path(&path).0 & flag::DELETED == 0 {
+                    removed = Some(false);
+                    break;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        removed = Some(true);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(removed) = removed else {
+                return Err(std::io::Error::other("the message file keeps being renamed").into());
+            };
+            gone.push(removed);
         }
         for sub in ["new", "cur"] {
             File::open(self.root().join(sub))?.sync_all()?;
         }
-        Ok(())
+        Ok(gone)
     }
 }
 
@@ -243,16 +382,23 @@ impl Maildir {
         let mut names = Vec::with_capacity(msgs.len());
         for m in msgs {
             let unique = super::maildir::unique_name_at(hostname, m.size, Some(m.internal_date));
-            let to = dest.root().join("cur").join(format!("{unique}{}", info_for(m.flags)));
-            let done = match how {
-                Transfer::Move => fs::rename(&m.path, &to),
-                Transfer::Copy => fs::hard_link(&m.path, &to).or_else(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Err(e),
-                    _ => copy_durably(&m.path, dest, &unique, &to),
-                }),
-            };
+            let done = self.with_file(m, |from| {
+                // The flags the file has now (another session may have changed them), without
+                // letters that only mean something in this folder.
+                let to = dest
+                    .root()
+                    .join("cur")
+                    .join(format!("{unique}{}", info_for(flags_of_path(from).0)));
+                match how {
+                    Transfer::Move => fs::rename(from, &to),
+                    Transfer::Copy => fs::hard_link(from, &to).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Err(e),
+                        _ => copy_durably(from, dest, &unique, &to),
+                    }),
+                }
+            });
             match done {
-                Ok(()) => names.push(Some(unique)),
+                Ok(_) => names.push(Some(unique)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => names.push(None),
                 Err(e) => return Err(e.into()),
             }
@@ -422,6 +568,27 @@ mod tests {
         assert_eq!(md.snapshot().unwrap().messages[0].flags, flag::SEEN);
     }
 
+    /// RFC 3501 7.4.1, RFC 2180 4: a session whose snapshot has an old file name still
+    /// changes and expunges the message, from the flags the file has now.
+    #[test]
+    fn a_stale_path_is_found_by_its_unique_name_and_no_change_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("Maildir"));
+        md.deliver(&[b"Subject: a\r\n\r\none\r\n"], "h").unwrap();
+        let s = md.snapshot().unwrap();
+        let stale = &s.messages[0];
+        // Another session sets \Seen: the file is renamed under this one's snapshot.
+        md.set_flags(stale, flag::SEEN).unwrap().unwrap();
+        let (path, flags) = md.update_flags(stale, |f| f | flag::DELETED).unwrap().unwrap();
+        assert_eq!(flags, flag::SEEN | flag::DELETED, "the other session's \\Seen is kept");
+        assert!(path.ends_with(format!("cur/{}:2,ST", stale.unique)), "{path:?}");
+        let (text, _) = md.with_file(stale, |p| std::fs::read(p)).unwrap();
+        assert_eq!(text, b"Subject: a\r\n\r\none\r\n");
+        assert_eq!(md.expunge(&[stale]).unwrap(), [true]);
+        assert!(md.snapshot().unwrap().messages.is_empty(), "expunged for real");
+        assert!(md.update_flags(stale, |f| f).unwrap().is_none(), "gone");
+    }
+
     #[test]
     fn snapshot_flags_and_expunge_keep_uids() {
         let dir = tempfile::tempdir().unwrap();
@@ -434,9 +601,17 @@ mod tests {
         md.set_flags(&s.messages[0], flag::SEEN | flag::FLAGGED).unwrap();
         let s2 = md.snapshot().unwrap();
         assert_eq!(s2.messages[0].flags, flag::SEEN | flag::FLAGGED);
-        assert!(!s2.messages[0].recent);
+        assert!(s2.messages[0].recent, "a flag change does not take \\Recent away");
+        // The first session to claim \Recent gets both; nobody after it.
+        assert_eq!(md.claim_recent().unwrap(), Some(1..3));
+        assert!(md.snapshot().unwrap().messages.iter().all(|m| !m.recent));
+        assert_eq!(md.claim_recent().unwrap(), None);
         assert_eq!(s2.uidvalidity, s.uidvalidity);
-        md.expunge(&[s2.messages[0].path.clone()]).unwrap();
+        // Only what is \Deleted on disk goes: the first message is not, yet.
+        assert_eq!(md.expunge(&[&s2.messages[0]]).unwrap(), [false]);
+        let p = md.set_flags(&s2.messages[0], flag::DELETED).unwrap().unwrap();
+        let stale = MessageInfo { path: p, ..s2.messages[0].clone() };
+        assert_eq!(md.expunge(&[&stale]).unwrap(), [true]);
         md.deliver(&[b"x"], "h").unwrap();
         let s3 = md.snapshot().unwrap();
         assert_eq!(s3.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);

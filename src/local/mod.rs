@@ -16,6 +16,10 @@ use std::sync::Mutex;
 use crate::proto::smtp::Reply;
 pub use maildir::Maildir;
 
+/// How old a file in a Maildir's `tmp/` must be before it is taken for a crash's leftover
+/// (the Maildir specification's 36 hours).
+pub const TMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(36 * 3600);
+
 /// What RCPT may learn about a local recipient without touching the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -203,11 +207,31 @@ impl Mailboxes {
         };
         let mut total = 0;
         for u in &users {
+            self.clean_tmp(u);
             let Ok(bytes) = self.maildir(u).total_usage() else { continue };
             self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(u.clone(), bytes);
             total += bytes;
         }
         crate::metrics::MAILBOX_BYTES.set(total as i64);
+    }
+
+    /// Removes what crashes left in the `tmp/` of `user`'s INBOX and folders (files over
+    /// [`TMP_MAX_AGE`] old).
+    fn clean_tmp(&self, user: &str) {
+        let md = self.maildir(user);
+        let folders = md.folders().unwrap_or_default();
+        let all =
+            std::iter::once(md.clone()).chain(folders.iter().filter_map(|f| md.folder(f).ok()));
+        for folder in all {
+            match folder.clean_tmp(TMP_MAX_AGE) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    user = %user, folder = %folder.root().display(), removed = n,
+                    "removed files left in the Maildir's tmp/ for over 36 hours"
+                ),
+                Err(e) => tracing::warn!(user = %user, error = %e, "cleaning the Maildir's tmp/"),
+            }
+        }
     }
 
     fn add_usage(&self, user: &str, size: u64) {

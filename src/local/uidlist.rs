@@ -11,7 +11,12 @@
 //!   (the current time, or above the last one any mailbox of the user had if that is later:
 //!   `sluice-uidvalidity` keeps it), which tells clients to forget what they cached.
 //!
-//! The file is text: a header `V<uidvalidity> N<uidnext>`, then one `<uid> <unique name>` per
+//! \Recent (RFC 3501 2.3.2) belongs to the first session told of a message: `recent_from` is
+//! the lowest UID no session has claimed yet, and a session that selects the mailbox
+//! read-write claims everything from there to `uidnext` ([`UidList::claim_recent`]).
+//!
+//! The file is text: a header `V<uidvalidity> N<uidnext> R<recent_from>` (a list without `R`,
+//! from before it existed, has nothing recent), then one `<uid> <unique name>` per
 //! line, in UID order.
 
 use std::collections::HashMap;
@@ -25,6 +30,8 @@ pub const FILE_NAME: &str = "sluice-uidlist";
 pub struct UidList {
     pub uidvalidity: u32,
     pub uidnext: u32,
+    /// The lowest UID not yet reported as \Recent to any session.
+    pub recent_from: u32,
     /// (uid, Maildir unique name), ascending by UID.
     pub entries: Vec<(u32, String)>,
 }
@@ -50,6 +57,10 @@ impl UidList {
         let mut header = lines.next()?.split(' ');
         let uidvalidity = header.next()?.strip_prefix('V')?.parse().ok().filter(|v| *v > 0)?;
         let uidnext: u32 = header.next()?.strip_prefix('N')?.parse().ok()?;
+        let recent_from = match header.next() {
+            Some(r) => r.strip_prefix('R')?.parse().ok().filter(|r| *r <= uidnext)?,
+            None => uidnext,
+        };
         let mut entries = Vec::new();
         let mut last = 0;
         for line in lines {
@@ -62,7 +73,7 @@ impl UidList {
             last = uid;
             entries.push((uid, name.to_string()));
         }
-        Some(UidList { uidvalidity, uidnext, entries })
+        Some(UidList { uidvalidity, uidnext, recent_from, entries })
     }
 
     /// A fresh list (no messages) with a UIDVALIDITY greater than `previous`.
@@ -76,7 +87,7 @@ impl UidList {
         // must change): the user's Maildir keeps the last value handed out.
         let uidvalidity = validity::reserve(&validity::counter_dir(maildir), floor)
             .unwrap_or_else(|_| validity::in_process(floor));
-        UidList { uidvalidity, uidnext: 1, entries: Vec::new() }
+        UidList { uidvalidity, uidnext: 1, recent_from: 1, entries: Vec::new() }
     }
 
     /// Brings the list in line with `present` (the unique names now in `new/` and `cur/`, in
@@ -135,7 +146,7 @@ impl UidList {
             let p = p.display().to_string();
             move |source| UidListError::Io { path: p.clone(), source }
         };
-        let mut text = format!("V{} N{}\n", self.uidvalidity, self.uidnext);
+        let mut text = format!("V{} N{} R{}\n", self.uidvalidity, self.uidnext, self.recent_from);
         for (uid, name) in &self.entries {
             text.push_str(&format!("{uid} {name}\n"));
         }
@@ -143,6 +154,19 @@ impl UidList {
         f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         File::open(maildir).and_then(|d| d.sync_all()).map_err(io(maildir))
+    }
+
+    /// Claims \Recent for the caller (who holds the list's lock): the UIDs from `recent_from`
+    /// to `uidnext`, which no other session will be told are recent. None: nothing new.
+    pub fn claim_recent(maildir: &Path) -> Result<Option<std::ops::Range<u32>>, UidListError> {
+        let Some(mut list) = Self::load(maildir) else { return Ok(None) };
+        if list.recent_from >= list.uidnext {
+            return Ok(None);
+        }
+        let claimed = list.recent_from..list.uidnext;
+        list.recent_from = list.uidnext;
+        list.save(maildir)?;
+        Ok(Some(claimed))
     }
 
     /// The UID of a message by its unique name.
