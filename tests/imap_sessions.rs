@@ -87,6 +87,9 @@ for m in (s1, s2, s3):
 
 # 2. SUBSCRIBE from several sessions at once: every subscription answered OK is kept.
 errors = []
+for k in range(8):
+    for i in range(10):
+        folder(f"sub{k}{delim}n{i}")
 def subscriber(k):
     try:
         m = login()

@@ -177,16 +177,18 @@ impl Session {
             };
             items.push(item);
         }
-        let mut flags = msg.flags;
-        if seen && !read_only && flags & flag::SEEN == 0 {
-            flags = match self.update_flags(i, |f| f | flag::SEEN) {
+        let mut flags = (msg.flags, msg.keywords);
+        if seen && !read_only && flags.0 & flag::SEEN == 0 {
+            flags = match self.update_flags(i, |f, k| (f | flag::SEEN, k)) {
                 Ok(Some(f)) => f,
-                _ => flags | flag::SEEN,
+                _ => (flags.0 | flag::SEEN, flags.1),
             };
         }
-        if flags_at.is_some() || flags != msg.flags {
+        if flags_at.is_some() || flags.0 != msg.flags {
             let at = flags_at.unwrap_or(items.len());
-            items.insert(at, MessageDataItem::Flags(fetch_flags(flags, recent)));
+            let Some(v) = self.view() else { return Ok((items, structure)) };
+            let list = fetch_flags(flags.0, flags.1, &v.keywords, recent);
+            items.insert(at, MessageDataItem::Flags(list));
         }
         Ok((items, structure))
     }

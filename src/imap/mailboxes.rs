@@ -13,8 +13,9 @@ use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
-use super::state::{Session, State, bits_of, nz};
+use super::state::{Session, State, bits_of, keyword_names, nz};
 use crate::local::folders::{self, DELIMITER, FolderError};
+use crate::local::keywords::KeywordError;
 use crate::local::mailstore::{Appended, MessageInfo, Transfer, flag};
 
 /// The name a client gave, as text (`INBOX` whatever its case).
@@ -277,8 +278,21 @@ impl Session {
         }
         let date = date.map(|d| d.as_ref().timestamp());
         let host = self.cfg.hostname.clone();
+        let names = keyword_names(flags);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let kw = match refs.is_empty() {
+            true => 0,
+            false => match folder.ensure_keywords(&refs) {
+                Ok(k) => k.bits_of(refs.iter().copied()),
+                Err(KeywordError::Full) => {
+                    return refuse(self, "[LIMIT] This mailbox cannot hold more keywords");
+                }
+                Err(KeywordError::Invalid) => return refuse(self, "Invalid keyword"),
+                Err(e) => return refuse(self, &format!("[SERVERBUG] {e}")),
+            },
+        };
         let stored = folder
-            .append(message, bits_of(flags), date, &host)
+            .append(message, (bits_of(flags), kw), date, &host)
             .and_then(|n| folder.uids_of(&[Some(n)]));
         match stored {
             Ok((validity, uids)) => {

@@ -17,6 +17,7 @@ use imap_codec::imap_types::search::SearchKey;
 
 use super::state::{Session, contains, nz};
 use crate::local::Maildir;
+use crate::local::keywords::Keywords;
 use crate::local::mailstore::{MessageInfo, flag};
 
 impl Session {
@@ -39,6 +40,7 @@ impl Session {
         for (i, m) in msgs.iter().enumerate() {
             let mut c = Candidate::new(Some(&v.folder), m, i as u32 + 1, n, largest_uid);
             c.recent = v.is_recent(m.uid);
+            c.keywords = Some(&v.keywords);
             if c.matches(key) {
                 hits.push(nz(if uid { m.uid } else { i as u32 + 1 }));
             }
@@ -54,6 +56,8 @@ struct Candidate<'a> {
     m: &'a MessageInfo,
     /// \Recent to the searching session.
     recent: bool,
+    /// The folder's keyword names.
+    keywords: Option<&'a Keywords>,
     seq: u32,
     n: u32,
     largest_uid: u32,
@@ -130,7 +134,18 @@ impl<'a> Candidate<'a> {
         largest_uid: u32,
     ) -> Candidate<'a> {
         let recent = m.recent;
-        Candidate { folder, m, recent, seq, n, largest_uid, header: None, text: None, raw: None }
+        Candidate {
+            folder,
+            m,
+            recent,
+            keywords: None,
+            seq,
+            n,
+            largest_uid,
+            header: None,
+            text: None,
+            raw: None,
+        }
     }
 
     /// The message's octets (empty if it is gone); found by its unique name if another
@@ -239,9 +254,8 @@ impl<'a> Candidate<'a> {
             SearchKey::Recent => self.recent,
             SearchKey::Old => !self.recent,
             SearchKey::New => self.recent && !has(flag::SEEN),
-            // Keywords are not kept (PERMANENTFLAGS lists the system flags only).
-            SearchKey::Keyword(_) => false,
-            SearchKey::Unkeyword(_) => true,
+            SearchKey::Keyword(k) => self.has_keyword(k.as_ref()),
+            SearchKey::Unkeyword(k) => !self.has_keyword(k.as_ref()),
             SearchKey::Larger(x) => self.m.size > *x as u64,
             SearchKey::Smaller(x) => self.m.size < *x as u64,
             SearchKey::Before(d) => date_of(self.m.internal_date) < *d.as_ref(),
@@ -262,6 +276,11 @@ impl<'a> Candidate<'a> {
             SearchKey::Body(s) => self.text(&lower(s), false),
             SearchKey::Text(s) => self.text(&lower(s), true),
         }
+    }
+
+    fn has_keyword(&self, name: &str) -> bool {
+        let index = self.keywords.and_then(|k| k.index(name));
+        index.is_some_and(|i| self.m.keywords & (1 << i) != 0)
     }
 
     /// Whether a field named `name` (lowered) contains `needle` (raw, decoded, or in one of
@@ -295,6 +314,7 @@ mod tests {
             path: path.into(),
             size,
             flags,
+            keywords: 0,
             internal_date: 1_700_000_000, // 2023-11-14
             recent,
         }

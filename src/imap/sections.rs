@@ -241,6 +241,7 @@ mod tests {
             path,
             size: raw.len() as u64,
             flags: 0,
+            keywords: 0,
             internal_date: 0,
             recent: false,
         };

@@ -15,7 +15,7 @@ use imap_codec::encode::Encoder;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{NonEmptyVec, Tag};
 use imap_codec::imap_types::fetch::MessageDataItem;
-use imap_codec::imap_types::flag::{FlagPerm, StoreType};
+use imap_codec::imap_types::flag::{Flag, FlagPerm, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Code, Data, Response, Status};
 use imap_codec::imap_types::sequence::SequenceSet;
@@ -23,8 +23,9 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use super::mailboxes::{Manage, mailbox_name};
 use super::state::State;
 pub use super::state::{ImapConfig, Next, Session};
-use super::state::{View, bits_of, contains, fetch_flags, flags_of, nz};
+use super::state::{View, bits_of, contains, fetch_flags, flag_list, keyword_names, nz};
 use crate::local::Maildir;
+use crate::local::keywords::{KeywordError, Keywords};
 use crate::local::mailstore::{Appended, MessageInfo, Snapshot, StoreError, Transfer, flag};
 use crate::proto::smtp::client::Credentials;
 
@@ -347,12 +348,13 @@ impl Session {
             // Maildir readers; \Recent itself is the claim below).
             let messages = &mut std::sync::Arc::make_mut(&mut snapshot).messages;
             for m in messages.iter_mut().filter(|m| in_new(m)) {
-                if let Ok(Some((p, flags))) = folder.update_flags(m, |f| f) {
-                    (m.path, m.flags) = (p, flags);
+                if let Ok(Some((p, flags, kw))) = folder.update_flags(m, |f, k| (f, k)) {
+                    (m.path, m.flags, m.keywords) = (p, flags, kw);
                 }
             }
         }
-        let mut view = View { folder, read_only, recent: Vec::new(), snapshot };
+        let keywords = Keywords::load(folder.root());
+        let mut view = View { folder, read_only, keywords, recent: Vec::new(), snapshot };
         match read_only {
             // Sees what no session was told of yet, and claims none of it.
             true => view.recent.push(view.snapshot.recent_from..u32::MAX),
@@ -360,8 +362,8 @@ impl Session {
         }
         let recent = view.recent_count();
         let snapshot = view.snapshot.clone();
-        let flags = flags_of(0x1f);
-        self.data(Data::Flags(flags.clone()));
+        self.state = State::Selected(view);
+        self.flags_list();
         self.data(Data::Exists(snapshot.messages.len() as u32));
         self.data(Data::Recent(recent));
         if let Some(i) = snapshot.messages.iter().position(|m| m.flags & flag::SEEN == 0) {
@@ -373,13 +375,49 @@ impl Session {
         {
             self.send(Response::Status(Status::ok(None, Some(code), "ok").unwrap()));
         }
-        let perm =
-            if read_only { Vec::new() } else { flags.into_iter().map(FlagPerm::Flag).collect() };
-        let s = Status::ok(None, Some(Code::PermanentFlags(perm)), "Limited").unwrap();
-        self.send(Response::Status(s));
+        self.permanent_flags();
         let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
         self.ok(tag, Some(code), if read_only { "EXAMINE completed" } else { "SELECT completed" });
-        self.state = State::Selected(view);
+    }
+
+    /// `* FLAGS`: the system flags and the selected folder's keywords.
+    fn flags_list(&mut self) {
+        let Some(v) = self.view() else { return };
+        let flags = flag_list(0x1f, u32::MAX, &v.keywords);
+        self.data(Data::Flags(flags));
+    }
+
+    /// `* OK [PERMANENTFLAGS ...]`: what a STORE keeps, with `\*` while the folder has room
+    /// for new keywords; nothing in a read-only view.
+    fn permanent_flags(&mut self) {
+        let Some(v) = self.view() else { return };
+        let perm = match v.read_only {
+            true => Vec::new(),
+            false => {
+                let mut p: Vec<FlagPerm<'static>> = flag_list(0x1f, u32::MAX, &v.keywords)
+                    .into_iter()
+                    .map(FlagPerm::Flag)
+                    .collect();
+                if v.keywords.has_room() {
+                    p.push(FlagPerm::Asterisk);
+                }
+                p
+            }
+        };
+        let s = Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted").unwrap();
+        self.send(Response::Status(s));
+    }
+
+    /// The folder's keywords grew (this session or another added one): the client hears the
+    /// new FLAGS and PERMANENTFLAGS (RFC 3501 7.2.6).
+    pub(super) fn keywords_changed(&mut self, keywords: Keywords) {
+        let Some(v) = self.view() else { return };
+        if v.keywords == keywords {
+            return;
+        }
+        v.keywords = keywords;
+        self.flags_list();
+        self.permanent_flags();
     }
 
     fn selected(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) {
@@ -402,7 +440,7 @@ impl Session {
             CommandBody::Store { sequence_set, kind, response, flags, uid } => {
                 let silent =
                     matches!(response, imap_codec::imap_types::flag::StoreResponse::Silent);
-                self.store(tag, &sequence_set, kind, silent, bits_of(&flags), uid)
+                self.store(tag, &sequence_set, kind, silent, &flags, uid)
             }
             CommandBody::Search { criteria, uid, charset } => {
                 let charset = charset.map(|c| c.as_ref().to_string());
@@ -455,13 +493,13 @@ impl Session {
     pub(super) fn update_flags(
         &mut self,
         i: usize,
-        change: impl Fn(u8) -> u8,
-    ) -> Result<Option<u8>, StoreError> {
+        change: impl Fn(u8, u32) -> (u8, u32),
+    ) -> Result<Option<(u8, u32)>, StoreError> {
         let Some(v) = self.view() else { return Ok(None) };
         let m = &mut std::sync::Arc::make_mut(&mut v.snapshot).messages[i];
-        Ok(v.folder.update_flags(m, change)?.map(|(p, flags)| {
-            (m.path, m.flags) = (p, flags);
-            flags
+        Ok(v.folder.update_flags(m, change)?.map(|(p, flags, kw)| {
+            (m.path, m.flags, m.keywords) = (p, flags, kw);
+            (flags, kw)
         }))
     }
 
@@ -485,23 +523,43 @@ impl Session {
         set: &SequenceSet,
         kind: StoreType,
         silent: bool,
-        bits: u8,
+        flags: &[Flag<'_>],
         uid: bool,
     ) {
-        if self.view().is_some_and(|v| v.read_only) {
+        let Some(v) = self.view() else { return };
+        if v.read_only {
             return self.no(tag, "Mailbox is read-only");
         }
+        let bits = bits_of(flags);
+        // Keywords by name; new ones get a letter of this folder (unless they are removed).
+        let names = keyword_names(flags);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let keywords = match (refs.is_empty(), kind) {
+            (true, _) | (false, StoreType::Remove) => Ok(Keywords::load(v.folder.root())),
+            (false, _) => v.folder.ensure_keywords(&refs),
+        };
+        let keywords = match keywords {
+            Ok(k) => k,
+            Err(KeywordError::Full) => {
+                return self.no(tag, "[LIMIT] This mailbox cannot hold more keywords");
+            }
+            Err(KeywordError::Invalid) => return self.bad(tag, "Invalid keyword"),
+            Err(e) => return self.no(tag, &format!("[SERVERBUG] {e}")),
+        };
+        let kw = keywords.bits_of(refs.iter().copied());
+        self.keywords_changed(keywords);
         let mut failed = None;
         for i in self.matching(set, uid) {
             let Some(v) = self.view() else { break };
             let m = &v.snapshot.messages[i];
-            let (old, recent, message_uid) = (m.flags, v.is_recent(m.uid), m.uid);
+            let (old, old_kw, recent, message_uid) =
+                (m.flags, m.keywords, v.is_recent(m.uid), m.uid);
             // From the flags on disk now: another session may have changed them since this
             // one last looked (RFC 3501 6.4.6: +FLAGS adds to the message's flags).
-            let change = |current: u8| match kind {
-                StoreType::Replace => bits,
-                StoreType::Add => current | bits,
-                StoreType::Remove => current & !bits,
+            let change = |current: u8, current_kw: u32| match kind {
+                StoreType::Replace => (bits, kw),
+                StoreType::Add => (current | bits, current_kw | kw),
+                StoreType::Remove => (current & !bits, current_kw & !kw),
             };
             let new = match self.update_flags(i, change) {
                 Ok(Some(new)) => new,
@@ -514,13 +572,10 @@ impl Session {
             };
             // .SILENT still reports flags that differ from what the client asked for (set by
             // another session meanwhile), as RFC 3501 6.4.6 allows and clients need.
-            let expected = match kind {
-                StoreType::Replace => bits,
-                StoreType::Add => old | bits,
-                StoreType::Remove => old & !bits,
-            };
-            if !silent || new != expected {
-                let mut items = vec![MessageDataItem::Flags(fetch_flags(new, recent))];
+            if !silent || new != change(old, old_kw) {
+                let Some(v) = self.view() else { break };
+                let flags = fetch_flags(new.0, new.1, &v.keywords, recent);
+                let mut items = vec![MessageDataItem::Flags(flags)];
                 if uid {
                     items.insert(0, MessageDataItem::Uid(nz(message_uid)));
                 }
@@ -668,7 +723,7 @@ impl Session {
         for (i, m) in old.messages.iter().enumerate() {
             match by_uid.get(&m.uid).copied() {
                 Some(f) => {
-                    kept.push((i as u32 + 1 - removed, m.flags, f));
+                    kept.push((i as u32 + 1 - removed, (m.flags, m.keywords), f));
                     merged.push(f.clone());
                 }
                 None if expunges => {
@@ -689,13 +744,18 @@ impl Session {
             v.snapshot = std::sync::Arc::new(own);
         }
         v.claim_recent();
+        // A keyword another session added: the client hears the new FLAGS first.
+        let unknown = fresh.messages.iter().any(|m| !v.keywords.knows(m.keywords));
+        if unknown {
+            let keywords = Keywords::load(v.folder.root());
+            self.keywords_changed(keywords);
+        }
+        let Some(v) = self.view() else { return };
         let v: &View = v;
-        for (seq, old_flags, f) in &kept {
-            if *old_flags != f.flags {
-                let items = NonEmptyVec::from(MessageDataItem::Flags(fetch_flags(
-                    f.flags,
-                    v.is_recent(f.uid),
-                )));
+        for (seq, old, f) in &kept {
+            if *old != (f.flags, f.keywords) {
+                let flags = fetch_flags(f.flags, f.keywords, &v.keywords, v.is_recent(f.uid));
+                let items = NonEmptyVec::from(MessageDataItem::Flags(flags));
                 responses.push(Data::Fetch { seq: nz(*seq), items });
             }
         }

@@ -5,12 +5,13 @@
 
 use std::num::NonZeroU32;
 
-use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::core::{Atom, Tag};
 use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::flag::{Flag, FlagFetch};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use crate::local::Maildir;
+use crate::local::keywords::Keywords;
 use crate::local::mailstore::{Snapshot, flag};
 use crate::proto::smtp::client::Credentials;
 
@@ -57,6 +58,8 @@ pub(super) struct View {
     pub(super) read_only: bool,
     /// Shared with other sessions until this one changes it (copy on write).
     pub(super) snapshot: std::sync::Arc<Snapshot>,
+    /// The folder's keywords as this session last told the client (FLAGS).
+    pub(super) keywords: Keywords,
     /// The UIDs this session reports as \Recent: those it claimed (read-write), or those no
     /// session had claimed when it looked (read-only, which claims nothing).
     pub(super) recent: Vec<std::ops::Range<u32>>,
@@ -128,6 +131,26 @@ pub fn contains(set: &SequenceSet, n: u32, largest: u32) -> bool {
     })
 }
 
+/// The system flags of `bits`, then the keywords of `kw` by their names in `keywords`.
+pub(super) fn flag_list(bits: u8, kw: u32, keywords: &Keywords) -> Vec<Flag<'static>> {
+    let mut v = flags_of(bits);
+    v.extend(
+        keywords.names(kw).filter_map(|n| Atom::try_from(n.to_string()).ok().map(Flag::keyword)),
+    );
+    v
+}
+
+/// The keyword names among `flags` (`$Junk`; system flags and `\Extension`s left out).
+pub(super) fn keyword_names(flags: &[Flag<'_>]) -> Vec<String> {
+    flags
+        .iter()
+        .filter_map(|f| match f {
+            Flag::Keyword(k) => Some(k.as_ref().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn flags_of(bits: u8) -> Vec<Flag<'static>> {
     let mut v = Vec::new();
     for (bit, f) in [
@@ -152,7 +175,7 @@ pub(super) fn bits_of(flags: &[Flag<'_>]) -> u8 {
             Flag::Flagged => flag::FLAGGED,
             Flag::Deleted => flag::DELETED,
             Flag::Draft => flag::DRAFT,
-            // Keywords are not kept (PERMANENTFLAGS lists the system flags only).
+            // Keywords: see keyword_names.
             _ => 0,
         }
     })
@@ -166,8 +189,14 @@ pub struct PendingFetch {
     pub(super) names: Vec<MessageDataItemName<'static>>,
 }
 
-pub(super) fn fetch_flags(bits: u8, recent: bool) -> Vec<FlagFetch<'static>> {
-    let mut v: Vec<FlagFetch<'static>> = flags_of(bits).into_iter().map(FlagFetch::Flag).collect();
+pub(super) fn fetch_flags(
+    bits: u8,
+    kw: u32,
+    keywords: &Keywords,
+    recent: bool,
+) -> Vec<FlagFetch<'static>> {
+    let mut v: Vec<FlagFetch<'static>> =
+        flag_list(bits, kw, keywords).into_iter().map(FlagFetch::Flag).collect();
     if recent {
         v.push(FlagFetch::Recent);
     }

@@ -57,18 +57,33 @@ impl Maildir {
     /// Writes one message made of `parts` (header lines sluice adds, then the message) and
     /// returns its unique name once it is durable in `new/`.
     pub fn deliver(&self, parts: &[&[u8]], hostname: &str) -> std::io::Result<String> {
+        self.deliver_with_info(parts, hostname, None)
+    }
+
+    /// [`Maildir::deliver`], into `cur/` with these info letters when `info` is set (a
+    /// message delivered with flags or keywords, as `$Junk` for quarantined mail).
+    pub fn deliver_with_info(
+        &self,
+        parts: &[&[u8]],
+        hostname: &str,
+        info: Option<&str>,
+    ) -> std::io::Result<String> {
         self.create()?;
         let size: usize = parts.iter().map(|p| p.len()).sum();
         let unique = unique_name(hostname, size as u64);
         let tmp = self.root.join("tmp").join(&unique);
+        let (sub, file) = match info {
+            None => ("new", unique.clone()),
+            Some(i) => ("cur", format!("{unique}:2,{i}")),
+        };
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             for p in parts {
                 f.write_all(p)?;
             }
             f.sync_all()?;
-            fs::rename(&tmp, self.root.join("new").join(&unique))?;
-            sync_dir(&self.root.join("new"))
+            fs::rename(&tmp, self.root.join(sub).join(&file))?;
+            sync_dir(&self.root.join(sub))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

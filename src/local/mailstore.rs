@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Maildir;
+use super::keywords::{self, Keywords};
 use super::uidlist::{UidList, UidListError};
 
 /// IMAP system flags as bits; Maildir letters D, F, R, S, T (RFC 3501 2.3.2; Maildir spec).
@@ -36,6 +37,8 @@ pub struct MessageInfo {
     pub path: PathBuf,
     pub size: u64,
     pub flags: u8,
+    /// Keyword bits, indexes into the folder's [`Keywords`] (letters `a`..`z` in the name).
+    pub keywords: u32,
     /// Seconds since the epoch: the delivery time from the Maildir name.
     pub internal_date: i64,
     /// Not yet reported as \Recent to any session (its UID is at or above the list's
@@ -66,33 +69,30 @@ fn parse_flags(info: &str) -> u8 {
     LETTERS.iter().filter(|(c, _)| letters.contains(*c)).fold(0, |acc, (_, bit)| acc | bit)
 }
 
-fn info_for(flags: u8) -> String {
-    info_with(flags, "")
-}
-
-/// The info part for `flags`, keeping `other` letters (those another Maildir reader set and
-/// sluice does not interpret, such as Dovecot's keyword letters), in ASCII order as the
+/// The info part for `flags` and `keywords`, keeping `other` letters (those another Maildir
+/// reader set and sluice does not interpret, such as `P` for passed), in ASCII order as the
 /// format requires.
-fn info_with(flags: u8, other: &str) -> String {
+fn info_with(flags: u8, keywords: u32, other: &str) -> String {
     let mut letters: Vec<char> =
         LETTERS.iter().filter(|(_, b)| flags & b != 0).map(|(c, _)| *c).collect();
+    letters.extend(keywords::letters(keywords));
     letters.extend(other.chars());
     letters.sort_unstable();
     letters.dedup();
     format!(":2,{}", letters.into_iter().collect::<String>())
 }
 
-/// The flags a message file's name gives, and the info letters sluice does not interpret.
-fn flags_of_path(path: &Path) -> (u8, String) {
+/// The flags and keyword bits a message file's name gives, and the info letters sluice does
+/// not interpret.
+fn flags_of_path(path: &Path) -> (u8, u32, String) {
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let info = name.split_once(':').map_or("", |(_, i)| i);
-    let other = info
-        .strip_prefix("2,")
-        .unwrap_or("")
+    let letters = info.strip_prefix("2,").unwrap_or("");
+    let other = letters
         .chars()
-        .filter(|c| c.is_ascii_alphabetic() && !LETTERS.iter().any(|(l, _)| l == c))
+        .filter(|c| c.is_ascii_uppercase() && !LETTERS.iter().any(|(l, _)| l == c))
         .collect();
-    (parse_flags(info), other)
+    (parse_flags(info), keywords::bits_of_letters(letters), other)
 }
 
 /// How many times a flag change is tried again when the file was renamed under it (by another
@@ -146,6 +146,7 @@ impl Maildir {
                         path: e.path.clone(),
                         size: e.size,
                         flags: parse_flags(info),
+                        keywords: keywords::bits_of_letters(info.strip_prefix("2,").unwrap_or("")),
                         internal_date,
                         recent: *uid >= uids.recent_from,
                     })
@@ -215,29 +216,29 @@ impl Maildir {
         Err(std::io::Error::other("the message file keeps being renamed"))
     }
 
-    /// Changes a message's flags from what its file says now (not what a snapshot said):
-    /// `change` gets the current flags and returns the new ones. The file moves to `cur/` with
+    /// Changes a message's flags and keywords from what its file says now (not what a
+    /// snapshot said): `change` gets the current ones and returns the new ones. The file moves to `cur/` with
     /// the matching info letters; a rename that finds the file renamed meanwhile by another
     /// session is tried again from that session's flags, so no change is lost. Returns the
-    /// new path and flags, or None when the message is gone (expunged).
+    /// new path, flags and keywords, or None when the message is gone (expunged).
     pub fn update_flags(
         &self,
         msg: &MessageInfo,
-        change: impl Fn(u8) -> u8,
-    ) -> Result<Option<(PathBuf, u8)>, StoreError> {
+        change: impl Fn(u8, u32) -> (u8, u32),
+    ) -> Result<Option<(PathBuf, u8, u32)>, StoreError> {
         let mut path = msg.path.clone();
         for _ in 0..RENAME_RETRIES {
-            let (current, other) = flags_of_path(&path);
-            let new = change(current);
-            let to =
-                self.root().join("cur").join(format!("{}{}", msg.unique, info_with(new, &other)));
+            let (flags, kw, other) = flags_of_path(&path);
+            let (new, new_kw) = change(flags, kw);
+            let info = info_with(new, new_kw, &other);
+            let to = self.root().join("cur").join(format!("{}{info}", msg.unique));
             if to == path {
                 if fs::symlink_metadata(&path).is_ok() {
-                    return Ok(Some((path, new)));
+                    return Ok(Some((path, new, new_kw)));
                 }
             } else {
                 match fs::rename(&path, &to) {
-                    Ok(()) => return Ok(Some((to, new))),
+                    Ok(()) => return Ok(Some((to, new, new_kw))),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -253,7 +254,7 @@ impl Maildir {
 
     /// Gives a message exactly these flags (see [`Maildir::update_flags`]).
     pub fn set_flags(&self, msg: &MessageInfo, flags: u8) -> Result<Option<PathBuf>, StoreError> {
-        Ok(self.update_flags(msg, |_| flags)?.map(|(p, _)| p))
+        Ok(self.update_flags(msg, |_, kw| (flags, kw))?.map(|(p, _, _)| p))
     }
 
     /// EXPUNGE: removes the messages that are \Deleted *now* (a message another session
@@ -320,12 +321,13 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Maildir {
-    /// APPEND: stores a message with flags and an internal date (seconds), durably (tmp,
-    /// fsync, rename, fsync the directory). Returns its unique name.
+    /// APPEND: stores a message with flags, keyword bits (of this folder's [`Keywords`]) and
+    /// an internal date (seconds), durably (tmp, fsync, rename, fsync the directory). Returns
+    /// its unique name.
     pub fn append(
         &self,
         message: Appended<'_>,
-        flags: u8,
+        (flags, keywords): (u8, u32),
         date: Option<i64>,
         hostname: &str,
     ) -> Result<String, StoreError> {
@@ -337,9 +339,9 @@ impl Maildir {
         };
         let unique = super::maildir::unique_name_at(hostname, size, date);
         // Without flags it is new (\Recent); with them it has been seen by a client: cur/.
-        let (sub, file) = match flags {
-            0 => ("new", unique.clone()),
-            f => ("cur", format!("{unique}{}", info_for(f))),
+        let (sub, file) = match (flags, keywords) {
+            (0, 0) => ("new", unique.clone()),
+            (f, k) => ("cur", format!("{unique}{}", info_with(f, k, ""))),
         };
         let tmp = match &message {
             Appended::Bytes(_) => self.root().join("tmp").join(&unique),
@@ -379,16 +381,25 @@ impl Maildir {
         hostname: &str,
     ) -> Result<Vec<Option<String>>, StoreError> {
         dest.create()?;
+        // Keywords by name: the destination gives them its own letters (those it has no
+        // room for are left behind).
+        let source_kw = Keywords::load(self.root());
+        let used = msgs.iter().fold(0, |acc, m| acc | m.keywords);
+        let wanted: Vec<&str> = source_kw.names(used).collect();
+        let dest_kw = match wanted.is_empty() {
+            true => Keywords::default(),
+            false => dest.ensure_keywords(&wanted).unwrap_or_else(|_| Keywords::load(dest.root())),
+        };
         let mut names = Vec::with_capacity(msgs.len());
         for m in msgs {
             let unique = super::maildir::unique_name_at(hostname, m.size, Some(m.internal_date));
             let done = self.with_file(m, |from| {
                 // The flags the file has now (another session may have changed them), without
                 // letters that only mean something in this folder.
-                let to = dest
-                    .root()
-                    .join("cur")
-                    .join(format!("{unique}{}", info_for(flags_of_path(from).0)));
+                let (flags, kw, _) = flags_of_path(from);
+                let kw = dest_kw.bits_of(source_kw.names(kw));
+                let to =
+                    dest.root().join("cur").join(format!("{unique}{}", info_with(flags, kw, "")));
                 match how {
                     Transfer::Move => fs::rename(from, &to),
                     Transfer::Copy => fs::hard_link(from, &to).or_else(|e| match e.kind() {
@@ -528,9 +539,9 @@ mod tests {
     #[test]
     fn flags_round_trip_through_maildir_info() {
         for bits in 0..32u8 {
-            assert_eq!(parse_flags(info_for(bits).trim_start_matches(':')), bits);
+            assert_eq!(parse_flags(info_with(bits, 0, "").trim_start_matches(':')), bits);
         }
-        assert_eq!(info_for(flag::SEEN | flag::DRAFT | flag::DELETED), ":2,DST");
+        assert_eq!(info_with(flag::SEEN | flag::DRAFT | flag::DELETED, 0, ""), ":2,DST");
         assert_eq!(parse_flags("2,FRS"), flag::FLAGGED | flag::ANSWERED | flag::SEEN);
         assert_eq!(parse_flags(""), 0);
     }
@@ -579,14 +590,15 @@ mod tests {
         let stale = &s.messages[0];
         // Another session sets \Seen: the file is renamed under this one's snapshot.
         md.set_flags(stale, flag::SEEN).unwrap().unwrap();
-        let (path, flags) = md.update_flags(stale, |f| f | flag::DELETED).unwrap().unwrap();
+        let (path, flags, _) =
+            md.update_flags(stale, |f, k| (f | flag::DELETED, k)).unwrap().unwrap();
         assert_eq!(flags, flag::SEEN | flag::DELETED, "the other session's \\Seen is kept");
         assert!(path.ends_with(format!("cur/{}:2,ST", stale.unique)), "{path:?}");
         let (text, _) = md.with_file(stale, |p| std::fs::read(p)).unwrap();
         assert_eq!(text, b"Subject: a\r\n\r\none\r\n");
         assert_eq!(md.expunge(&[stale]).unwrap(), [true]);
         assert!(md.snapshot().unwrap().messages.is_empty(), "expunged for real");
-        assert!(md.update_flags(stale, |f| f).unwrap().is_none(), "gone");
+        assert!(md.update_flags(stale, |f, k| (f, k)).unwrap().is_none(), "gone");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! write is durable.
 
 pub mod folders;
+pub mod keywords;
 pub mod maildir;
 pub mod mailstore;
 pub mod uidlist;
@@ -282,9 +283,14 @@ impl Mailboxes {
                 return Delivered::OverQuota;
             }
         }
+        let quarantined = header_has(content, "x-sluice-quarantine");
         for user in &users {
             let md = self.maildir(user);
-            if let Err(e) = md.deliver(&[head.as_bytes(), content], &self.hostname) {
+            let stored = match quarantined {
+                true => deliver_to_junk(&md, &[head.as_bytes(), content], &self.hostname),
+                false => md.deliver(&[head.as_bytes(), content], &self.hostname),
+            };
+            if let Err(e) = stored {
                 return Delivered::Failed(e);
             }
             self.add_usage(user, (head.len() + content.len()) as u64);
@@ -306,6 +312,31 @@ impl crate::proto::smtp::session::LocalRecipients for Mailboxes {
             Lookup::Users(_) => LocalCheck::Accept,
         }
     }
+}
+
+/// Quarantined mail (`X-Sluice-Quarantine:`, DMARC quarantine) goes to the user's Junk folder
+/// with the `$Junk` keyword, as clients file junk; to INBOX with `$Junk` when the user has
+/// deleted Junk.
+fn deliver_to_junk(md: &Maildir, parts: &[&[u8]], hostname: &str) -> std::io::Result<String> {
+    let folder = md.folder("Junk").unwrap_or_else(|_| md.clone());
+    match folder.ensure_keywords(&["$Junk"]) {
+        Ok(k) => {
+            let letters: String = keywords::letters(k.bits_of(["$Junk"])).collect();
+            folder.deliver_with_info(parts, hostname, Some(&letters))
+        }
+        // No room for the keyword: the folder alone says it.
+        Err(_) => folder.deliver(parts, hostname),
+    }
+}
+
+/// Whether the header of `content` has a field named `name` (lower-case).
+fn header_has(content: &[u8], name: &str) -> bool {
+    let end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |e| e + 2);
+    content[..end].split(|&b| b == b'\n').any(|line| {
+        line.iter()
+            .position(|&b| b == b':')
+            .is_some_and(|c| line[..c].eq_ignore_ascii_case(name.as_bytes()))
+    })
 }
 
 /// The addresses of the `Delivered-To:` fields in the header, lower-cased.
@@ -385,6 +416,31 @@ mod tests {
         assert_eq!((m.quota_of("alice@example.com"), m.quota_of("Bob@example.com")), (1000, 5000));
         assert!(matches!(m.deliver("bob@example.com", "s@x.org", &big), Delivered::Stored));
         assert!(matches!(m.deliver("carol@example.com", "", msg), Delivered::NoSuchUser));
+    }
+
+    #[test]
+    fn quarantined_mail_is_filed_into_junk_with_the_junk_keyword() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mailboxes(dir.path().to_path_buf());
+        let md = m.maildir("bob@example.com");
+        md.create().unwrap();
+        // Without a Junk folder: INBOX, with $Junk.
+        let msg = b"X-Sluice-Quarantine: dmarc\r\nSubject: spam\r\n\r\nbody\r\n";
+        assert!(matches!(m.deliver("bob@example.com", "s@x.org", msg), Delivered::Stored));
+        let inbox = md.snapshot().unwrap();
+        let k = keywords::Keywords::load(md.root());
+        assert_eq!(k.names(inbox.messages[0].keywords).collect::<Vec<_>>(), ["$Junk"]);
+        md.ensure_default_folders().unwrap();
+        assert!(matches!(m.deliver("bob@example.com", "s@x.org", msg), Delivered::Stored));
+        let junk = md.folder("Junk").unwrap();
+        let filed = junk.snapshot().unwrap();
+        assert_eq!(filed.messages.len(), 1);
+        assert!(filed.messages[0].path.to_string_lossy().ends_with(":2,a"));
+        assert_eq!(md.snapshot().unwrap().messages.len(), 1, "not in INBOX");
+        // A field that only mentions the name in its value does not count.
+        let ok = b"Subject: X-Sluice-Quarantine: no\r\n\r\nbody\r\n";
+        assert!(matches!(m.deliver("bob@example.com", "s@x.org", ok), Delivered::Stored));
+        assert_eq!(md.snapshot().unwrap().messages.len(), 2);
     }
 
     #[test]
