@@ -223,6 +223,12 @@ fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
         "LIST",
         "\"\"",
         "%",
+        "APPEND",
+        "INBOX",
+        "\"31-Dec-9999 23:59:59 -1200\"",
+        "\"01-Jan-1900 00:00:00 +1400\"",
+        "{1+}\r\nx",
+        "INTERNALDATE",
     ];
     for round in 0..20 {
         let (mut r, mut w) = imap_connect(t.imap);
@@ -275,6 +281,31 @@ fn random_input_to_imap_gets_answers_and_never_kills_the_server() {
         &[],
     );
     assert_eq!(out.trim(), "OK");
+    t.s.assert_no_panic();
+}
+
+/// Issue #22: APPEND with the latest date IMAP can write in a zone west of UTC (year 10000 in
+/// UTC) and one before 1970: stored, and FETCH INTERNALDATE answers (it panicked, and the
+/// folder could not be synced again).
+#[test]
+fn append_with_extreme_dates_is_clamped_and_fetchable() {
+    let t = start("");
+    let (mut r, mut w) = imap_connect(t.imap);
+    w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
+    imap_until(&mut r, "l OK");
+    for (tag, date) in [("a1", "31-Dec-9999 23:59:59 -1200"), ("a2", "01-Jan-1900 00:00:00 +1400")]
+    {
+        w.write_all(format!("{tag} APPEND INBOX \"{date}\" {{1+}}\r\nx\r\n").as_bytes()).unwrap();
+        let answer = imap_until(&mut r, tag);
+        assert!(answer.contains(&format!("{tag} OK [APPENDUID")), "{answer}");
+    }
+    w.write_all(b"s SELECT INBOX\r\nf FETCH 1:* (INTERNALDATE BODY.PEEK[])\r\n").unwrap();
+    imap_until(&mut r, "s OK");
+    let fetched = imap_until(&mut r, "f ");
+    assert!(fetched.contains("INTERNALDATE \"31-Dec-9999 23:59:59 +0000\""), "{fetched}");
+    assert!(fetched.contains("INTERNALDATE \"01-Jan-1970 00:00:00 +0000\""), "{fetched}");
+    assert!(fetched.contains("f OK"), "{fetched}");
+    t.s.assert_no_panic();
 }
 
 const IMAPLIB_FOLDERS: &str = r#"
@@ -812,4 +843,71 @@ fn large_append_literals_stream_and_need_a_login() {
     assert_eq!(stored[0], message, "stored octet for octet");
     let tmp = std::fs::read_dir(t.maildir("alice").join("tmp")).unwrap().count();
     assert_eq!(tmp, 0, "nothing left in tmp/");
+}
+
+/// Issue #22: a LITERAL+ APPEND of 3 MB whose data comes in the same write as its `{n+}`
+/// streams like any other (it got `* BYE [TOOBIG]`); over the quota, a synchronizing APPEND is
+/// refused before the `+`, so the message is never sent.
+#[test]
+fn literal_plus_append_in_one_write_streams_and_quota_refuses_before_the_literal() {
+    let t = start("quota = \"4MiB\"\n");
+    let (mut r, mut w) = imap_connect(t.imap);
+    w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
+    imap_until(&mut r, "l OK");
+    let body: String = (0..30_000).map(|i| format!("{i:0>98}\r\n")).collect();
+    let message = format!("Subject: big\r\n\r\n{body}");
+    assert!(message.len() > 3_000_000);
+    let mut cmd = format!("a APPEND INBOX {{{}+}}\r\n", message.len()).into_bytes();
+    cmd.extend_from_slice(message.as_bytes());
+    cmd.extend_from_slice(b"\r\n");
+    w.write_all(&cmd).unwrap();
+    let appended = imap_until(&mut r, "a ");
+    assert!(appended.starts_with("a OK [APPENDUID "), "{appended}");
+    assert_eq!(t.mailbox("alice"), std::slice::from_ref(&message), "stored octet for octet");
+    // 3 MB of the 4 MiB quota used: another 3 MB is refused before its data is sent.
+    w.write_all(format!("q APPEND INBOX {{{}}}\r\n", message.len()).as_bytes()).unwrap();
+    let refused = imap_until(&mut r, "q ");
+    assert!(refused.starts_with("q NO [OVERQUOTA]"), "{refused}");
+    w.write_all(b"n NOOP\r\n").unwrap();
+    imap_until(&mut r, "n OK");
+}
+
+/// Issue #22: while idling only DONE is expected; a client that streams a line without end
+/// is logged out at 1 KiB instead of growing a buffer searched again at every read.
+#[test]
+fn idle_input_is_bounded() {
+    let t = start("");
+    let (mut r, mut w) = imap_connect(t.imap);
+    w.write_all(b"l LOGIN alice@example.com pw\r\ns SELECT INBOX\r\ni IDLE\r\n").unwrap();
+    imap_until(&mut r, "+ ");
+    let junk = vec![b'x'; 64 << 10];
+    let _ = w.write_all(&junk);
+    let bye = imap_until(&mut r, "* BYE");
+    assert!(bye.contains("* BYE [TOOBIG]"), "{bye}");
+    let mut rest = String::new();
+    use std::io::Read;
+    let _ = r.read_to_string(&mut rest);
+    assert!(!rest.contains("OK"), "closed after the BYE: {rest}");
+}
+
+/// Issue #22: before login a command may be 64 KiB (it was 1 MiB), so 300 connections that
+/// never log in hold at most about 20 MiB of input, not 300.
+#[test]
+fn commands_before_login_are_bounded_at_64_kib() {
+    let t = start("");
+    let (mut r, mut w) = imap_connect(t.imap);
+    // An unterminated quoted string, the worst case for a decoder that starts over.
+    let mut cmd = b"a LOGIN \"".to_vec();
+    cmd.extend(std::iter::repeat_n(b'u', 70 << 10));
+    let _ = w.write_all(&cmd);
+    let bye = imap_until(&mut r, "* BYE");
+    assert!(bye.contains("[TOOBIG]"), "{bye}");
+    // After login the limit is the old one: a 200 KiB quoted string is still a command.
+    let (mut r, mut w) = imap_connect(t.imap);
+    w.write_all(b"l LOGIN alice@example.com pw\r\n").unwrap();
+    imap_until(&mut r, "l OK");
+    let name = "n".repeat(200 << 10);
+    w.write_all(format!("c SELECT \"{name}\"\r\n").as_bytes()).unwrap();
+    let answer = imap_until(&mut r, "c ");
+    assert!(answer.starts_with("c NO"), "{answer}");
 }

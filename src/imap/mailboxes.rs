@@ -276,7 +276,8 @@ impl Session {
                 return refuse(self, "[OVERQUOTA] Mailbox is full");
             }
         }
-        let date = date.map(|d| d.as_ref().timestamp());
+        // `31-Dec-9999 23:59:59 -1200` is year 10000 in UTC: kept within what IMAP can write.
+        let date = date.map(|d| d.as_ref().timestamp().clamp(0, super::state::LAST_DATE));
         let host = self.cfg.hostname.clone();
         let names = keyword_names(flags);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -39,6 +39,11 @@ const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands (with their literals) larger than this are refused and the connection closed.
 const MAX_COMMAND: usize = 1 << 20;
+/// The same before login: a client that has not proved who it is buffers little (Dovecot's
+/// login processes allow 64 KiB too).
+const MAX_COMMAND_BEFORE_LOGIN: usize = 64 << 10;
+/// While idling, the only input expected is `DONE`: a longer line ends the session.
+const MAX_IDLE_LINE: usize = 1024;
 /// APPEND literals larger than this go to a file as they arrive, not into memory.
 const STREAM_OVER: usize = 64 << 10;
 /// While idling, the mailbox is looked at this often even without a delivery (changes made
@@ -72,8 +77,8 @@ struct Connection<P: Transport> {
     session: Option<Box<Session>>,
     ip: IpAddr,
     user: Option<String>,
-    /// Where the buffer ended when a synchronizing literal was last agreed to, so a literal
-    /// gets one continuation request however its data arrives.
+    /// Where the data of the synchronizing literal last agreed to starts in the buffer, so a
+    /// literal gets one continuation request however its data arrives.
     literal_acked_at: Option<usize>,
     /// When a client that has not logged in is disconnected, whatever it sends.
     login_deadline: tokio::time::Instant,
@@ -90,7 +95,8 @@ enum Step {
 }
 
 enum Read {
-    Data,
+    /// Input arrived; true when it holds a line end (only then can a command be complete).
+    Data(bool),
     Closed,
     Timeout,
     Shutdown,
@@ -127,7 +133,7 @@ impl<P: Transport> Connection<P> {
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&chunk[..n]);
-                    Read::Data
+                    Read::Data(memchr::memchr(b'\n', &chunk[..n]).is_some())
                 }
             },
         }
@@ -144,12 +150,20 @@ impl<P: Transport> Connection<P> {
                 }
                 return Some(line);
             }
-            if self.buf.len() > MAX_COMMAND {
+            if self.buf.len() > self.max_command() {
                 return None;
             }
-            if !matches!(self.read_more(shutdown).await, Read::Data) {
+            if !matches!(self.read_more(shutdown).await, Read::Data(_)) {
                 return None;
             }
+        }
+    }
+
+    /// The longest command (with its literals) taken in this state.
+    fn max_command(&mut self) -> usize {
+        match self.session().is_authenticated() {
+            true => MAX_COMMAND,
+            false => MAX_COMMAND_BEFORE_LOGIN,
         }
     }
 
@@ -170,14 +184,23 @@ impl<P: Transport> Connection<P> {
         &mut self,
         ctx: &MailboxListener,
         shutdown: &CancellationToken,
-        tag: Tag<'_>,
-        length: u32,
-        mode: LiteralMode,
+        literal: Literal,
     ) -> Step {
+        let Literal { tag, length, mode, data_at } = literal;
         // APPEND carries a whole message, once logged in; any other literal is small.
         let append = is_append(&self.buf) && self.session().is_authenticated();
-        let limit = if append { ctx.max_append } else { MAX_COMMAND };
+        let limit = if append { ctx.max_append } else { self.max_command() };
         let length = length as usize;
+        if append && mode == LiteralMode::Sync && self.over_quota(ctx, length).await {
+            // Refused before the client sends the message (RFC 7888 4, as for TOOBIG).
+            let reply = format!("{} NO [OVERQUOTA] Mailbox is full\r\n", tag.as_ref());
+            if self.stream.write_all(reply.as_bytes()).await.is_err() {
+                return Step::End;
+            }
+            // The command so far goes (a client that sent data anyway gets BAD for it).
+            self.buf.drain(..data_at.min(self.buf.len()));
+            return Step::Again;
+        }
         if append && length > STREAM_OVER && length <= limit {
             self.literal_acked_at = None;
             let Some(next) = append_streamed(self, shutdown, length as u32, mode).await else {
@@ -203,13 +226,22 @@ impl<P: Transport> Connection<P> {
             let _ = self.stream.write_all(reply.as_bytes()).await;
             return Step::End;
         }
-        if mode == LiteralMode::Sync && self.literal_acked_at != Some(self.buf.len()) {
-            self.literal_acked_at = Some(self.buf.len());
+        if mode == LiteralMode::Sync && self.literal_acked_at != Some(data_at) {
+            self.literal_acked_at = Some(data_at);
             if self.stream.write_all(b"+ Ready for literal data\r\n").await.is_err() {
                 return Step::End;
             }
         }
         Step::ReadMore
+    }
+
+    /// Whether an APPEND of `length` octets would take the logged-in user over the quota.
+    async fn over_quota(&mut self, ctx: &MailboxListener, length: usize) -> bool {
+        let Some(user) = self.user.clone() else { return false };
+        let mailboxes = ctx.mailboxes.clone();
+        tokio::task::spawn_blocking(move || mailboxes.over_quota(&user, length as u64))
+            .await
+            .unwrap_or(false)
     }
 
     /// A line imap-codec cannot parse: one of the extensions it lacks, or a BAD.
@@ -309,9 +341,18 @@ pub async fn run<P: Transport>(
                 if follow(&mut c, next, ctx, &shutdown).await { Step::Again } else { Step::End }
             }
             Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                c.on_literal(ctx, &shutdown, tag, length, mode).await
+                let data_at = c.buf.len();
+                c.on_literal(ctx, &shutdown, Literal { tag, length, mode, data_at }).await
             }
-            Err(CommandDecodeError::Incomplete) => Step::ReadMore,
+            // imap-codec says Incomplete, not LiteralFound, when a literal's data came in the
+            // same read as its `{n+}`: the literal is found here (a large LITERAL+ APPEND
+            // must stream whichever way its bytes arrive).
+            Err(CommandDecodeError::Incomplete) => match open_literal(&c.buf) {
+                Some(l) if c.literal_acked_at != Some(l.data_at) => {
+                    c.on_literal(ctx, &shutdown, l).await
+                }
+                _ => Step::ReadMore,
+            },
             Err(CommandDecodeError::Failed) => c.on_unparsable(ctx),
         };
         match step {
@@ -319,19 +360,71 @@ pub async fn run<P: Transport>(
             Step::End => break,
             Step::ReadMore => {}
         }
-        if c.buf.len() > MAX_COMMAND {
-            let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;
-            break;
-        }
-        match c.read_more(&shutdown).await {
-            Read::Data => {}
-            Read::Closed => return,
-            Read::Timeout => c.session().bye("Autologout; idle for too long"),
-            Read::Shutdown => c.session().bye("[UNAVAILABLE] Server shutting down"),
+        // Read until a line end arrives: a command cannot be complete before one, so the
+        // buffer is decoded again once per line, not once per read (an unterminated quoted
+        // string sent an octet at a time costs one decode).
+        let max = c.max_command();
+        let read = loop {
+            if c.buf.len() > max {
+                break None;
+            }
+            match c.read_more(&shutdown).await {
+                Read::Data(false) => continue,
+                other => break Some(other),
+            }
+        };
+        match read {
+            None => {
+                let _ = c.stream.write_all(b"* BYE [TOOBIG] Command too long\r\n").await;
+                break;
+            }
+            Some(Read::Data(_)) => {}
+            Some(Read::Closed) => return,
+            Some(Read::Timeout) => c.session().bye("Autologout; idle for too long"),
+            Some(Read::Shutdown) => c.session().bye("[UNAVAILABLE] Server shutting down"),
         }
     }
     let _ = c.flush().await;
     let _ = c.stream.shutdown().await;
+}
+
+/// A literal announced in the command being read whose data has not all arrived.
+struct Literal {
+    tag: Tag<'static>,
+    length: u32,
+    mode: LiteralMode,
+    /// Where its data starts in the buffer.
+    data_at: usize,
+}
+
+/// The literal whose data the buffer ends inside, if any: the command's lines are walked from
+/// the start, each `{n}` or `{n+}` at a line end skipping its n octets of data.
+fn open_literal(buf: &[u8]) -> Option<Literal> {
+    let mut at = 0;
+    loop {
+        let lf = at + memchr::memchr(b'\n', &buf[at..])?;
+        let line = buf[at..lf].strip_suffix(b"\r").unwrap_or(&buf[at..lf]);
+        let open = line.strip_suffix(b"}").and_then(|l| {
+            let brace = l.iter().rposition(|&b| b == b'{')?;
+            let (digits, mode) = match l[brace + 1..].strip_suffix(b"+") {
+                Some(d) => (d, LiteralMode::NonSync),
+                None => (&l[brace + 1..], LiteralMode::Sync),
+            };
+            let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            Some((n, mode))
+        });
+        let Some((length, mode)) = open else {
+            at = lf + 1;
+            continue;
+        };
+        let data_at = lf + 1;
+        if buf.len() - data_at < length as usize {
+            let tag = buf.split(|&b| b == b' ').next()?;
+            let tag = Tag::try_from(tag.to_vec()).ok()?;
+            return Some(Literal { tag, length, mode, data_at });
+        }
+        at = data_at + length as usize;
+    }
 }
 
 /// Does what the session asked; false when the connection must end.
@@ -409,8 +502,10 @@ async fn idle<P: Transport>(
     // RFC 2177: a client re-issues IDLE within 29 minutes; one that does not is logged out,
     // whatever was reported meanwhile (a dead peer must not hold a session for ever).
     let deadline = tokio::time::Instant::now() + AUTOLOGOUT;
+    // Input is looked at once: only what arrived since the last look is searched.
+    let mut scanned = 0;
     loop {
-        if let Some(lf) = c.buf.iter().position(|&b| b == b'\n') {
+        if let Some(lf) = memchr::memchr(b'\n', &c.buf[scanned..]).map(|i| scanned + i) {
             let line: Vec<u8> = c.buf.drain(..=lf).collect();
             if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
                 c.session().idle_done(&tag);
@@ -418,6 +513,11 @@ async fn idle<P: Transport>(
             }
             c.session().unparsable(Some(&tag));
             return true;
+        }
+        scanned = c.buf.len();
+        if c.buf.len() > MAX_IDLE_LINE {
+            c.session().bye("[TOOBIG] Only DONE is expected while idling");
+            return false;
         }
         let changed = async {
             match &wake {
@@ -481,7 +581,7 @@ async fn append_streamed<P: Transport>(
     let mut file = tokio::fs::File::create(&tmp).await.ok();
     let mut left = length as usize;
     while left > 0 {
-        if c.buf.is_empty() && !matches!(c.read_more(shutdown).await, Read::Data) {
+        if c.buf.is_empty() && !matches!(c.read_more(shutdown).await, Read::Data(_)) {
             let _ = tokio::fs::remove_file(&tmp).await;
             return None;
         }

@@ -203,10 +203,19 @@ pub(super) fn fetch_flags(
     v
 }
 
+/// The latest internal date IMAP can write (`date-year = 4DIGIT`): 9999-12-31 23:59:59 UTC.
+pub(super) const LAST_DATE: i64 = 253_402_300_799;
+
+/// An internal date (seconds) for FETCH, clamped to what IMAP can write: a stored date is never
+/// trusted to be representable (a Maildir written by another program, a date from APPEND).
 pub(super) fn internal_date(secs: i64) -> imap_codec::imap_types::datetime::DateTime {
+    use imap_codec::imap_types::datetime::DateTime;
     let utc = chrono::FixedOffset::east_opt(0).expect("zero offset");
-    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().with_timezone(&utc);
-    imap_codec::imap_types::datetime::DateTime::try_from(t).expect("a valid date")
+    let at = |s: i64| {
+        let t = chrono::DateTime::from_timestamp(s, 0).unwrap_or_default().with_timezone(&utc);
+        DateTime::try_from(t).ok()
+    };
+    at(secs.clamp(0, LAST_DATE)).or_else(|| at(0)).expect("the epoch is a valid IMAP date")
 }
 
 #[cfg(test)]
@@ -215,6 +224,15 @@ mod tests {
 
     fn set(text: &str) -> SequenceSet {
         SequenceSet::try_from(text).unwrap()
+    }
+
+    #[test]
+    fn internal_dates_past_year_9999_or_before_1970_are_clamped_not_a_panic() {
+        for secs in [i64::MIN, -1, 0, LAST_DATE, LAST_DATE + 1, 253_402_343_999, i64::MAX] {
+            let d = internal_date(secs);
+            let t = d.as_ref().timestamp();
+            assert!((0..=LAST_DATE).contains(&t), "{secs} gave {t}");
+        }
     }
 
     #[test]

@@ -158,6 +158,14 @@ impl Sluice {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
 
+    /// Fails if any task of the server panicked (the panic hook's line is in the log), even
+    /// one whose connection the server survived.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+        assert!(panics.is_empty(), "the server panicked:\n{}", panics.join("\n"));
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
