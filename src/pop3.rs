@@ -189,11 +189,9 @@ async fn open_maildrop(
     mailboxes: &Arc<Mailboxes>,
     user: &str,
 ) -> Result<(Maildrop, Vec<Message>), Login> {
-    let (m, user) = (mailboxes.clone(), user.to_lowercase());
+    let Some(user) = mailboxes.mailbox_user(user) else { return Err(Login::Unavailable) };
+    let m = mailboxes.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        if !user.contains('@') {
-            return Err(Login::Unavailable);
-        }
         let maildir = m.maildir(&user);
         maildir.create().map_err(|_| Login::Unavailable)?;
         let lock = lock_maildrop(&maildir.root().join("sluice-pop3.lock"))?;

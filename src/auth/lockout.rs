@@ -31,6 +31,9 @@ struct Counts {
     /// Failures in the window, when the last one was, and attempts being verified now.
     ip: HashMap<IpAddr, (u32, Instant, u32)>,
     user: HashMap<String, (u32, Instant)>,
+    /// Log lines about failed logins per client: when its minute began, lines written in it,
+    /// and lines left out since the last one written.
+    logs: HashMap<IpAddr, (Instant, u32, u64)>,
 }
 
 pub struct Lockout {
@@ -41,6 +44,10 @@ pub struct Lockout {
 const MAX_DELAY: Duration = Duration::from_secs(10);
 /// Entries kept per table; beyond it, expired ones are dropped first.
 const MAX_ENTRIES: usize = 100_000;
+/// Failed-login log lines a client gets per [`LOG_PERIOD`]; the rest are counted, and the next
+/// line written says how many were left out.
+const LOG_BURST: u32 = 5;
+const LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Why an attempt was not allowed.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,6 +93,26 @@ impl Lockout {
         Ok(Attempt { lockout: self, ip, user: user.to_string(), open: true })
     }
 
+    /// Whether a log line about this client's failed login may be written now: Some(the number
+    /// left out before it), or None (left out, and counted). A client guessing passwords, or
+    /// refused while locked out, cannot fill the log.
+    pub fn log_allowed(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if c.logs.len() >= MAX_ENTRIES {
+            c.logs.retain(|_, (t, _, _)| now.duration_since(*t) < LOG_PERIOD);
+        }
+        let e = c.logs.entry(ip).or_insert((now, 0, 0));
+        if now.duration_since(e.0) >= LOG_PERIOD {
+            (e.0, e.1) = (now, 0);
+        }
+        if e.1 >= LOG_BURST {
+            e.2 += 1;
+            return None;
+        }
+        e.1 += 1;
+        Some(std::mem::take(&mut e.2))
+    }
+
     /// Whether this IP (or, with `lock_users`, this user) is locked out now.
     pub fn is_locked(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
         match self.begin(ip, user, now) {
@@ -113,9 +140,16 @@ impl Attempt<'_> {
         let e = c.ip.entry(self.ip).or_insert((0, now, 0));
         let n_ip = Lockout::live(e.0, e.1, w, now) + 1;
         (e.0, e.1) = (n_ip, now);
-        let u = c.user.entry(std::mem::take(&mut self.user)).or_insert((0, now));
-        let n_user = Lockout::live(u.0, u.1, w, now) + 1;
-        *u = (n_user, now);
+        // An empty name (one too long to keep) counts against the client alone.
+        let n_user = match self.user.is_empty() {
+            true => 0,
+            false => {
+                let u = c.user.entry(std::mem::take(&mut self.user)).or_insert((0, now));
+                let n = Lockout::live(u.0, u.1, w, now) + 1;
+                *u = (n, now);
+                n
+            }
+        };
         (l.policy.failure_delay * n_ip.max(n_user)).min(MAX_DELAY)
     }
 
@@ -195,5 +229,18 @@ mod tests {
         l.begin(ip, "mine", t).unwrap().succeeded();
         l.begin(ip, "x", t).unwrap().failed(t);
         assert!(l.is_locked(ip, "x", t), "the success did not reset the count");
+    }
+
+    #[test]
+    fn failed_login_log_lines_are_limited_per_client() {
+        let l = Lockout::new(policy(false));
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t = Instant::now();
+        let written: Vec<Option<u64>> = (0..8).map(|_| l.log_allowed(a, t)).collect();
+        assert_eq!(written, [Some(0), Some(0), Some(0), Some(0), Some(0), None, None, None]);
+        assert_eq!(l.log_allowed(b, t), Some(0), "another client has its own");
+        // The next minute: the first line says how many were left out.
+        assert_eq!(l.log_allowed(a, t + LOG_PERIOD), Some(3));
+        assert_eq!(l.log_allowed(a, t + LOG_PERIOD), Some(0));
     }
 }

@@ -48,7 +48,7 @@ pub enum UsersError {
     Exists(String),
     #[error("no user {0:?}")]
     NoSuchUser(String),
-    #[error("user names are 1-64 characters without spaces, ':' or control characters")]
+    #[error("user names are 1-255 octets without spaces, ':' or control characters")]
     BadName,
     #[error("bad quota: {0}")]
     BadQuota(String),
@@ -61,12 +61,22 @@ pub type SharedUsers = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Users>>>;
 
 #[derive(Debug, Default)]
 pub struct Users {
+    /// By [`normal_name`]: logins, mailboxes and quotas all find a user by that one form.
     by_name: HashMap<String, User>,
-    /// Names in lower case: mailbox lookups ignore case (RFC 5321 allows a case-sensitive local
-    /// part, but no mail system people use relies on it).
-    lower: std::collections::HashSet<String>,
-    /// Mailbox quotas set per user, by lower-case name.
+    /// Mailbox quotas set per user, by normal name.
     quotas: HashMap<String, u64>,
+}
+
+/// The one form of an account name every lookup uses (password, mailbox, quota, lockout):
+/// lower case (Unicode, so a Kelvin sign is a `k`), and for an address the canonical form of
+/// [`crate::domain::canonical_address`] (`"bob"@x` is `bob@x`). RFC 5321 allows a
+/// case-sensitive local part, but no mail system people use relies on it, and two accounts
+/// that differ only so would share a mailbox.
+pub fn normal_name(name: &str) -> String {
+    match name.contains('@') {
+        true => crate::domain::canonical_address(name),
+        false => name.to_lowercase(),
+    }
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> UsersError {
@@ -82,36 +92,46 @@ impl Users {
             Err(e) => return Err(file_err(path, e)),
         };
         let f: UsersFile = toml::from_str(&text).map_err(|e| file_err(path, e))?;
-        let mut by_name = HashMap::new();
+        let mut by_name: HashMap<String, User> = HashMap::new();
         let mut quotas = HashMap::new();
         for u in f.user {
+            let key = normal_name(&u.name);
             if let Some(q) = &u.quota {
                 let bytes = crate::config::parse_size(q)
                     .map_err(|e| file_err(path, format!("user {:?}: quota: {e}", u.name)))?;
-                quotas.insert(u.name.to_lowercase(), bytes);
+                quotas.insert(key.clone(), bytes);
             }
             PasswordHash::new(&u.password).map_err(|e| {
                 file_err(path, format!("user {:?}: bad password hash: {e}", u.name))
             })?;
-            by_name.insert(u.name.clone(), u);
+            // Two accounts with one normal form would share a mailbox: refused, not guessed.
+            if let Some(other) = by_name.get(&key) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "users {:?} and {:?} are the same account ({key:?}); remove one",
+                        other.name, u.name
+                    ),
+                ));
+            }
+            by_name.insert(key, u);
         }
-        let lower = by_name.keys().map(|n| n.to_lowercase()).collect();
-        Ok(Users { by_name, lower, quotas })
+        Ok(Users { by_name, quotas })
     }
 
-    /// Whether a user of this name exists, ignoring case.
+    /// Whether a user of this name exists (in any case).
     pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name) || self.lower.contains(&name.to_lowercase())
+        self.by_name.contains_key(&normal_name(name))
     }
 
-    /// Every user name, in lower case.
+    /// Every user name, in normal form.
     pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.lower.iter()
+        self.by_name.keys()
     }
 
     /// The mailbox quota set for this user, if any (0: no limit).
     pub fn quota(&self, name: &str) -> Option<u64> {
-        self.quotas.get(&name.to_lowercase()).copied()
+        self.quotas.get(&normal_name(name)).copied()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,7 +146,7 @@ impl Users {
     /// as slow for unknown users, so timing does not tell which names exist.
     pub fn verify(&self, name: &str, password: &str) -> Option<Vec<String>> {
         let argon = Argon2::default();
-        match self.by_name.get(name) {
+        match self.by_name.get(&normal_name(name)) {
             Some(u) => {
                 let hash = PasswordHash::new(&u.password).ok()?;
                 argon.verify_password(password.as_bytes(), &hash).ok()?;
@@ -180,8 +200,9 @@ impl UsersFileEditor {
         quota: Option<String>,
     ) -> Result<(), UsersError> {
         check_name(name)?;
-        if self.users.iter().any(|u| u.name == name) {
-            return Err(UsersError::Exists(name.into()));
+        let key = normal_name(name);
+        if let Some(u) = self.users.iter().find(|u| normal_name(&u.name) == key) {
+            return Err(UsersError::Exists(u.name.clone()));
         }
         check_quota(quota.as_deref())?;
         let password = hash_password(password)?;
@@ -195,7 +216,7 @@ impl UsersFileEditor {
         let u = self
             .users
             .iter_mut()
-            .find(|u| u.name == name)
+            .find(|u| normal_name(&u.name) == normal_name(name))
             .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
         u.quota = quota;
         Ok(())
@@ -205,7 +226,7 @@ impl UsersFileEditor {
         let u = self
             .users
             .iter_mut()
-            .find(|u| u.name == name)
+            .find(|u| normal_name(&u.name) == normal_name(name))
             .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
         u.password = hash_password(password)?;
         Ok(())
@@ -213,7 +234,8 @@ impl UsersFileEditor {
 
     pub fn del(&mut self, name: &str) -> Result<(), UsersError> {
         let before = self.users.len();
-        self.users.retain(|u| u.name != name);
+        let key = normal_name(name);
+        self.users.retain(|u| normal_name(&u.name) != key);
         if self.users.len() == before {
             return Err(UsersError::NoSuchUser(name.into()));
         }
@@ -250,7 +272,7 @@ fn check_quota(quota: Option<&str>) -> Result<(), UsersError> {
 
 fn check_name(name: &str) -> Result<(), UsersError> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= crate::auth::MAX_IDENTITY
         && !name.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':');
     if ok { Ok(()) } else { Err(UsersError::BadName) }
 }
@@ -294,5 +316,36 @@ mod tests {
         std::fs::write(&path, "[[user]]\nname = \"x\"\npassword = \"plain\"\n").unwrap();
         let err = Users::load(&path).unwrap_err().to_string();
         assert!(err.contains("bad password hash"), "{err}");
+    }
+
+    /// One account per normal form: `bob@x`, `Bob@x`, `"bob"@X` and a Kelvin-sign `Kate`
+    /// would otherwise be different users sharing one mailbox.
+    #[test]
+    fn names_that_differ_only_in_case_or_quoting_are_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let mut ed = UsersFileEditor::open(&path).unwrap();
+        ed.add("bob@example.com", "one", vec![], None).unwrap();
+        ed.add("kate@example.com", "two", vec![], None).unwrap();
+        for twin in ["Bob@example.com", "\"bob\"@EXAMPLE.com", "\u{212a}ate@example.com"] {
+            assert!(
+                matches!(ed.add(twin, "x", vec![], None), Err(UsersError::Exists(_))),
+                "{twin}"
+            );
+        }
+        ed.save().unwrap();
+        let users = Users::load(&path).unwrap();
+        assert!(users.verify("BOB@Example.com", "one").is_some(), "logins ignore case");
+        assert!(users.verify("\u{212a}ATE@example.com", "two").is_some());
+        assert!(users.contains("\"Bob\"@example.com"));
+        // A file written by hand with two spellings of one account does not load.
+        let hash = hash_password("x").unwrap();
+        std::fs::write(
+            &path,
+            format!("[[user]]\nname = \"bob@x\"\npassword = \"{hash}\"\n[[user]]\nname = \"Bob@x\"\npassword = \"{hash}\"\n"),
+        )
+        .unwrap();
+        let err = Users::load(&path).unwrap_err().to_string();
+        assert!(err.contains("are the same account"), "{err}");
     }
 }

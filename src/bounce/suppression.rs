@@ -184,7 +184,7 @@ impl std::fmt::Debug for Suppressions {
 
 /// The address as compared: trimmed, without angle brackets, lower case.
 pub fn normalize(address: &str) -> Result<String, SuppressionError> {
-    let a = address.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+    let a = crate::domain::canonical_address(address);
     match a.rsplit_once('@') {
         Some((local, domain))
             if !local.is_empty()
@@ -275,7 +275,11 @@ impl Suppressions {
     pub fn check(&self, tenant: Option<&str>, address: &str) -> Option<Entry> {
         let mut buf = [0u8; 256];
         let lower_owned;
-        let lower: &[u8] = if address.is_ascii() && address.len() <= buf.len() {
+        // Quoted local parts and brackets take the canonical form (`"supp"@x` is `supp@x`).
+        let lower: &[u8] = if address.contains(['"', '<', '\\']) {
+            lower_owned = crate::domain::canonical_address(address);
+            lower_owned.as_bytes()
+        } else if address.is_ascii() && address.len() <= buf.len() {
             for (d, s) in buf.iter_mut().zip(address.bytes()) {
                 *d = s.to_ascii_lowercase();
             }

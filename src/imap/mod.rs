@@ -665,10 +665,10 @@ async fn login(
     ip: IpAddr,
     creds: Credentials,
 ) -> Result<(Maildir, String), &'static str> {
-    let user = creds.username.to_lowercase();
+    let mailbox = ctx.mailboxes.mailbox_user(&creds.username);
     let verdict = crate::auth::authenticate(&ctx.auth, ip, "imap", creds).await;
-    let (label, result) = match verdict {
-        Verdict::Ok { .. } if user.contains('@') => {
+    let (label, result) = match (verdict, mailbox) {
+        (Verdict::Ok { .. }, Some(user)) => {
             let md = ctx.mailboxes.maildir(&user);
             let md2 = md.clone();
             let opened = tokio::task::spawn_blocking(move || {
@@ -680,9 +680,11 @@ async fn login(
                 _ => ("invalid", Err("[UNAVAILABLE] Mailbox unavailable; try again later")),
             }
         }
-        Verdict::Ok { .. } => ("invalid", Err("[AUTHORIZATIONFAILED] This user has no mailbox")),
-        Verdict::Invalid => ("invalid", Err("[AUTHENTICATIONFAILED] Authentication failed")),
-        Verdict::LockedOut => {
+        (Verdict::Ok { .. }, None) => {
+            ("invalid", Err("[AUTHORIZATIONFAILED] This user has no mailbox"))
+        }
+        (Verdict::Invalid, _) => ("invalid", Err("[AUTHENTICATIONFAILED] Authentication failed")),
+        (Verdict::LockedOut, _) => {
             ("locked_out", Err("[UNAVAILABLE] Too many failed logins; try again later"))
         }
     };

@@ -144,6 +144,14 @@ impl Mailboxes {
         self.domains.contains(&crate::domain::normalize(domain))
     }
 
+    /// The mailbox a login name may open: its normal form, when it is an address in one of
+    /// `[local] domains` (an account for SMTP AUTH alone, or of another domain, has none).
+    pub fn mailbox_user(&self, login: &str) -> Option<String> {
+        let user = crate::auth::users::normal_name(login);
+        let (_, domain) = user.rsplit_once('@')?;
+        self.is_local_domain(domain).then_some(user)
+    }
+
     fn is_user(&self, address: &str) -> bool {
         self.users.read().unwrap_or_else(|e| e.into_inner()).contains(address)
     }
@@ -155,7 +163,8 @@ impl Mailboxes {
         if !self.is_local_domain(domain) {
             return Lookup::NotLocal;
         }
-        let address = format!("{}@{}", local.to_lowercase(), crate::domain::normalize(domain));
+        let address = crate::domain::canonical_address(rcpt);
+        let local = address.rsplit_once('@').map_or(local, |(l, _)| l);
         if self.is_user(&address) {
             return Lookup::Users(vec![address]);
         }

@@ -18,12 +18,18 @@ pub struct Setup {
 /// `team@` to both; postmaster to alice), a POP3 listener with STLS, plaintext logins allowed
 /// on loopback, and `extra` appended.
 pub fn start(extra: &str) -> Setup {
+    start_with_users(extra, &[])
+}
+
+/// [`start`] with more users (password "pw") in the users file.
+pub fn start_with_users(extra: &str, more: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let tls_dir = dir.path().join("tls");
     self_signed(&tls_dir, "mail.sluice.test");
     let users = dir.path().join("users.toml");
-    add_user(&users, "alice@example.com", "pw", &[]);
-    add_user(&users, "bob@example.com", "pw", &[]);
+    for name in ["alice@example.com", "bob@example.com"].iter().chain(more) {
+        add_user(&users, name, "pw", &[]);
+    }
     let cfg = format!(
         "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\
          [auth]\nusers_file = \"{1}\"\nplaintext_on_loopback = true\nfailure_delay = \"10ms\"\n\
