@@ -81,6 +81,9 @@ pub struct Config {
     /// Per-message return paths and asynchronous bounce processing.
     #[serde(default)]
     pub verp: VerpConfig,
+    /// Timeouts and connection caps of every HTTP listener (admin, unsubscribe).
+    #[serde(default)]
+    pub http: HttpConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -143,6 +146,55 @@ pub struct Admin {
     /// management network).
     #[serde(default)]
     pub metrics_need_token: bool,
+}
+
+/// `[http]`: what each HTTP listener (admin, unsubscribe) allows; each keeps its own counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's header must arrive within this, from the connection's first byte.
+    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// A connection that reads or writes nothing for this long is closed (keep-alive too).
+    #[serde(default = "default_http_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake of the unsubscribe endpoint must end within this.
+    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once per listener; more are closed at accept.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once per client address per listener.
+    #[serde(default = "default_http_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: default_http_header_timeout(),
+            idle_timeout: default_http_idle_timeout(),
+            tls_handshake_timeout: default_http_header_timeout(),
+            max_connections: default_http_max_connections(),
+            max_connections_per_ip: default_http_max_connections_per_ip(),
+        }
+    }
+}
+
+fn default_http_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_http_max_connections() -> usize {
+    256
+}
+
+fn default_http_max_connections_per_ip() -> usize {
+    32
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,6 +12,8 @@
 //! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.
+//! - [`net`]: HTTP serving with timeouts and connection caps for the admin and unsubscribe
+//!   listeners.
 //! - [`server`]: `sluice serve`: start-up, graceful shutdown.
 //! - [`cli`]: `sluice queue ...`.
 
@@ -30,6 +32,7 @@ pub mod local;
 pub mod mailauth;
 pub mod mailbox_listener;
 pub mod metrics;
+pub mod net;
 pub mod pop3;
 pub mod proto;
 pub mod queue;

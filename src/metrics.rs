@@ -206,6 +206,12 @@ metrics! {
         "IMAP logins by result: ok, invalid, locked_out.",
         &["result"],
     );
+    /// HTTP connections closed at accept: the listener or the client was at its cap.
+    HTTP_REFUSED: IntCounterVec = counter_vec(
+        "sluice_http_refused_total",
+        "HTTP connections closed at accept because the listener (admin, unsubscribe) or the client address was at its connection cap ([http] max_connections, max_connections_per_ip).",
+        &["listener"],
+    );
     /// Duration of one delivery attempt (connect to QUIT).
     DELIVERY_SECONDS: Histogram = histogram(
         "sluice_delivery_seconds",
@@ -395,6 +401,9 @@ pub fn init_labels(listeners: &[String]) {
     }
     for r in ["ok", "invalid", "locked_out"] {
         IMAP_LOGINS.with_label_values(&[r]);
+    }
+    for l in ["admin", "unsubscribe"] {
+        HTTP_REFUSED.with_label_values(&[l]);
     }
     for s in ["queued", "delivered", "failed"] {
         QUEUE_RECIPIENTS.with_label_values(&[s]);

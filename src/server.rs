@@ -102,6 +102,7 @@ pub async fn run(
     hooks: TestHooks,
 ) -> Result<(), ServerError> {
     metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
+    descriptor_headroom(&cfg);
     crate::bounce::init_metric_labels();
     std::fs::create_dir_all(&cfg.data_dir)
         .step_with(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
@@ -122,8 +123,10 @@ pub async fn run(
     accept_loops.extend(bind_mailbox_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?);
     let deliveries = TaskTracker::new();
     let (dispatcher, dispatch_task) = start_delivery(&cfg, &intake, &stop, &deliveries)?;
-    let (links, unsubscribe_task) = start_unsubscribe(&cfg, &intake, &stop, &mut bound).await?;
-    let admin_task = start_admin(&cfg, &intake, dispatcher, links, &stop, &mut bound).await?;
+    let (links, unsubscribe_task) =
+        start_unsubscribe(&cfg, &intake, &stop, &sessions, &mut bound).await?;
+    let admin_task =
+        start_admin(&cfg, &intake, dispatcher, links, &stop, &sessions, &mut bound).await?;
     let addr_file = addresses_file(&cfg);
     let listing = serde_json::to_vec_pretty(&bound).step("listing bound addresses")?;
     std::fs::write(&addr_file, listing).step_with(|| format!("writing {}", addr_file.display()))?;
@@ -154,12 +157,13 @@ async fn start_unsubscribe(
     cfg: &Config,
     intake: &Intake,
     stop: &CancellationToken,
+    sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> Result<
     (Option<Arc<crate::bounce::unsubscribe::Links>>, Option<tokio::task::JoinHandle<()>>),
     ServerError,
 > {
-    use crate::bounce::unsubscribe::{Links, TlsListener, router};
+    use crate::bounce::unsubscribe::{Links, router};
     let u = &cfg.unsubscribe;
     let (Some(tokens), Some(tls), Some(list)) =
         (&intake.unsubscribe_tokens, &intake.tls, &intake.suppressions)
@@ -175,16 +179,51 @@ async fn start_unsubscribe(
     let addr = sock.local_addr().step("unsubscribe endpoint address")?;
     tracing::info!(%addr, url = %u.url, "one-click unsubscribe (HTTPS)");
     bound.insert("unsubscribe".into(), vec![addr]);
-    let listener = TlsListener::new(sock, tls.clone(), stop.clone())
-        .step("starting the unsubscribe endpoint")?;
     let app = router(tokens, list.clone());
-    let stop = stop.clone();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
+    let task = tokio::spawn(crate::net::http::serve(
+        sock,
+        Some(tls.clone()),
+        app,
+        cfg.http.clone(),
+        "unsubscribe",
+        stop.clone(),
+        sessions.clone(),
+    ));
     Ok((Some(links), Some(task)))
+}
+
+/// Raises the soft limit on open files to the hard one, and warns when the connection caps
+/// could use up the descriptors the spool, the index and outbound connections need: every
+/// listener's cap is a share of one budget, so one listener cannot starve the others.
+fn descriptor_headroom(cfg: &Config) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let http_listeners = 1 + usize::from(cfg.unsubscribe.enabled);
+    let inbound = cfg.limits.max_sessions + http_listeners * cfg.http.max_connections;
+    // The spool, its index, logs, and outbound connections at their cap.
+    let reserve = 256 + cfg.delivery.concurrency;
+    let available = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    tracing::info!(open_files = available, inbound_caps = inbound, "file descriptor budget");
+    if inbound + reserve > available {
+        tracing::warn!(
+            open_files = available,
+            inbound_caps = inbound,
+            reserve,
+            "[limits] max_sessions and [http] max_connections add up to more file descriptors \
+             than the process may open (ulimit -n) with room for the spool and deliveries: \
+             lower them or raise the limit"
+        );
+    }
 }
 
 /// Opens (and recovers) the spool on a blocking thread.
@@ -682,6 +721,7 @@ async fn start_admin(
     dispatcher: Arc<Dispatcher>,
     unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
     stop: &CancellationToken,
+    sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let admin_sock = TcpListener::bind(cfg.admin.address)
@@ -731,13 +771,15 @@ async fn start_admin(
         suppressions,
         injector,
     });
-    let admin_stop = stop.clone();
-    Ok(tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(admin_sock, app)
-            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-            .await;
-    }))
+    Ok(tokio::spawn(crate::net::http::serve(
+        admin_sock,
+        None,
+        app,
+        cfg.http.clone(),
+        "admin",
+        stop.clone(),
+        sessions.clone(),
+    )))
 }
 
 /// Waits for sessions and deliveries to finish, at most `shutdown_timeout`.

@@ -95,3 +95,68 @@ except imaplib.IMAP4.error as e:
     assert!(lines[1].contains("AUTHORIZATIONFAILED"), "{out}");
     assert!(!t.s.data_dir.join("mailboxes/elsewhere.test").exists());
 }
+
+/// Reads until the peer closes; Err if it is still open after `within` (a bound on a hang,
+/// not a pace: the close is the event waited for).
+fn closed_within(s: &mut std::net::TcpStream, within: std::time::Duration) -> Result<(), String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(format!("still open: {e}")),
+        }
+    }
+}
+
+/// Issue #22: the admin and unsubscribe HTTP listeners close connections that send no header
+/// (or no TLS handshake) in time, close a keep-alive connection left idle, and refuse
+/// connections past their caps at accept, while SMTP keeps greeting. Before, idle connections
+/// held descriptors until `accept` failed everywhere.
+#[test]
+fn http_listeners_have_timeouts_and_caps_and_smtp_keeps_greeting() {
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let certs = tempfile::tempdir().unwrap();
+    self_signed(certs.path(), "localhost");
+    let s = Sluice::start(&format!(
+        "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\
+         [unsubscribe]\nenabled = true\naddress = \"127.0.0.1:0\"\nurl = \"https://u.test/unsubscribe\"\n\
+         [http]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\ntls_handshake_timeout = \"1s\"\n\
+         max_connections = 6\nmax_connections_per_ip = 4\n",
+        certs.path().display()
+    ));
+    let unsub = s.listener("unsubscribe");
+    // Four idle connections: the client's cap. A fifth is closed at once.
+    let mut idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(s.admin).unwrap()).collect();
+    let mut fifth = TcpStream::connect(s.admin).unwrap();
+    closed_within(&mut fifth, Duration::from_millis(500)).expect("over the per-client cap");
+    // SMTP greets meanwhile.
+    let mut c = Client::connect(s.smtp);
+    assert!(c.reply().unwrap().starts_with("220"));
+    // The idle ones are closed by the header deadline (1 s).
+    for conn in &mut idle {
+        closed_within(conn, Duration::from_secs(10)).expect("closed by the header deadline");
+    }
+    // A keep-alive connection after one request: closed when idle (2 s).
+    let mut kept = TcpStream::connect(s.admin).unwrap();
+    kept.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", s.admin).as_bytes())
+        .unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut kept, &mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    closed_within(&mut kept, Duration::from_secs(10)).expect("closed when idle");
+    // The unsubscribe endpoint: no TLS handshake, closed after 1 s.
+    let mut silent = TcpStream::connect(unsub).unwrap();
+    closed_within(&mut silent, Duration::from_secs(10)).expect("closed by the handshake deadline");
+    // Slots are given back: the admin API answers again.
+    let (status, _) = s.http_get("/health");
+    assert_eq!(status, 200);
+    let (_, metrics) = s.http_get("/metrics");
+    let text = String::from_utf8(metrics).unwrap();
+    assert!(text.contains("sluice_http_refused_total{listener=\"admin\"} 1"), "{text}");
+    s.assert_no_panic();
+}

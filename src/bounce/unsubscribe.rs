@@ -6,7 +6,6 @@
 //! for another address. The key is 32 random bytes in `<data_dir>/unsubscribe.key` (mode 0600),
 //! made on first use.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -185,71 +184,6 @@ async fn unsubscribe(State(e): State<Endpoint>, UrlPath(token): UrlPath<String>)
             html(StatusCode::SERVICE_UNAVAILABLE, "<p>Please try again later.</p>")
         }
         Err(_) => html(StatusCode::SERVICE_UNAVAILABLE, "<p>Please try again later.</p>"),
-    }
-}
-
-/// TLS for [`router`] through axum: handshakes run in their own tasks (a client that never
-/// finishes one holds nothing but itself) and finished ones are handed to `accept`.
-pub struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        tcp: tokio::net::TcpListener,
-        tls: Arc<crate::tls::ReloadableServer>,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (sock, peer) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unsubscribe listener: accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let hs = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(sock),
-                    );
-                    if let Ok(Ok(stream)) = hs.await {
-                        let _ = tx.send((stream, peer)).await;
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept loop stopped (shutdown): wait for the graceful shutdown to end us.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

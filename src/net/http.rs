@@ -1,0 +1,175 @@
+//! Serving an axum router over HTTP/1.1 (plain or TLS) with the limits every listener needs,
+//! which `axum::serve` does not set: a cap on connections in all and per client address, a
+//! TLS handshake deadline, a deadline for each request's header (hyper's, from the first
+//! byte of a connection), and an idle deadline for reads and writes, so a client that opens
+//! connections and sends nothing, or stops reading, holds neither a task nor a descriptor for
+//! long. Used by the admin API and the one-click unsubscribe endpoint.
+//!
+//! Not here: routing and authorisation (the routers), HTTP/2.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HttpConfig;
+use crate::metrics;
+use crate::tls::ReloadableServer;
+
+/// Connections open now, in all and by client address, for one listener.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A slot among a listener's connections, given back when the connection ends.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    /// A slot for `ip`, or None when the listener or the client is at its cap.
+    fn take(open: &Arc<Mutex<Open>>, ip: IpAddr, cfg: &HttpConfig) -> Option<Slot> {
+        let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = o.by_ip.get(&ip).copied().unwrap_or(0);
+        if o.total >= cfg.max_connections || mine >= cfg.max_connections_per_ip {
+            return None;
+        }
+        o.total += 1;
+        *o.by_ip.entry(ip).or_insert(0) += 1;
+        Some(Slot { open: open.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total = o.total.saturating_sub(1);
+        if let Some(n) = o.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                o.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `stop`; then open connections finish their request
+/// (graceful), within `tracker`'s wait. `name` labels logs and metrics.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ReloadableServer>>,
+    router: Router,
+    cfg: HttpConfig,
+    name: &'static str,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let open = Arc::new(Mutex::new(Open::default()));
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Slot::take(&open, peer.ip(), &cfg) else {
+            metrics::HTTP_REFUSED.with_label_values(&[name]).inc();
+            // Closed at once: the descriptor goes back now, whatever the client does.
+            drop(sock);
+            continue;
+        };
+        let (tls, router, cfg, stop) = (tls.clone(), router.clone(), cfg.clone(), stop.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            let _ = sock.set_nodelay(true);
+            match tls {
+                None => connection(sock, peer, router, &cfg, stop).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                    let hs = tokio::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(sock));
+                    if let Ok(Ok(stream)) = hs.await {
+                        connection(stream, peer, router, &cfg, stop).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One connection: hyper's HTTP/1.1 server with the header deadline, over the stream with
+/// the idle deadline; the client's address reaches handlers as axum's `ConnectInfo`.
+async fn connection<S>(
+    io: S,
+    peer: SocketAddr,
+    router: Router,
+    cfg: &HttpConfig,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_read_timeout(Some(cfg.idle_timeout));
+    io.set_write_timeout(Some(cfg.idle_timeout));
+    let io = TokioIo::new(Box::pin(io));
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        use tower::ServiceExt;
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(cfg.header_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(cfg.idle_timeout, conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(total: usize, per_ip: usize) -> HttpConfig {
+        HttpConfig {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            ..HttpConfig::default()
+        }
+    }
+
+    #[test]
+    fn slots_are_capped_in_all_and_per_client_and_given_back() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let c = cfg(3, 2);
+        let a1 = Slot::take(&open, a, &c).unwrap();
+        let _a2 = Slot::take(&open, a, &c).unwrap();
+        assert!(Slot::take(&open, a, &c).is_none(), "per client");
+        let _b1 = Slot::take(&open, b, &c).unwrap();
+        assert!(Slot::take(&open, b, &c).is_none(), "in all");
+        drop(a1);
+        assert!(Slot::take(&open, b, &c).is_some(), "given back");
+        assert_eq!(open.lock().unwrap().by_ip.get(&a), Some(&1));
+    }
+}
