@@ -434,9 +434,11 @@ impl Session {
                 self.events.push(Event::Accepted { bytes: size });
                 self.reply(Reply::owned(250, "2.0.0", format!("OK queued as {id}")));
             }
-            Err(StoreError::NoSpace) => self.reject(reply::STORAGE_FULL),
-            Err(StoreError::Failed) => self.reject(reply::STORAGE_ERROR),
-            Err(StoreError::Signing) => self.reject(reply::SIGNING_ERROR),
+            // Our resources or our fault, not the client's: no count toward max_errors (a
+            // trusted injector retrying into a full spool must not be disconnected for it).
+            Err(StoreError::NoSpace) => self.refuse(reply::STORAGE_FULL),
+            Err(StoreError::Failed) => self.refuse(reply::STORAGE_ERROR),
+            Err(StoreError::Signing) => self.refuse(reply::SIGNING_ERROR),
             Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT),
             Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT),
             Err(StoreError::ShuttingDown) => self.close(reply::SHUTTING_DOWN),
@@ -493,7 +495,7 @@ impl Session {
                         match f {
                             DataFailure::TooBig => self.reject(reply::MESSAGE_TOO_BIG),
                             DataFailure::LineTooLong => self.reject(reply::TEXT_LINE_TOO_LONG),
-                            DataFailure::OverBudget => self.reject(reply::MEMORY_BUDGET),
+                            DataFailure::OverBudget => self.refuse(reply::MEMORY_BUDGET),
                             DataFailure::Nul => self.reject(reply::NUL_IN_TEXT),
                         }
                     }

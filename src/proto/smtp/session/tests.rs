@@ -516,6 +516,31 @@ fn timeout_shutdown_and_storage_errors() {
     assert_eq!(h.cmd("MAIL FROM:<a@b.c>"), vec![250]);
 }
 
+/// Issue #22: resource refusals (a full spool, a failed write or signature, the memory
+/// budget) are not client errors: 50 of them do not reach `max_errors` (3,648 refusals of a
+/// full spool gave a relay-network injector 182 disconnects).
+#[test]
+fn resource_refusals_do_not_count_toward_max_errors() {
+    let cfg = SessionConfig { max_errors: 3, ..SessionConfig::default() };
+    let mut h = Harness::with(cfg, "127.0.0.1");
+    h.expect("EHLO x", 250);
+    for (i, e) in [StoreError::NoSpace, StoreError::Failed, StoreError::Signing]
+        .into_iter()
+        .cycle()
+        .take(50)
+        .enumerate()
+    {
+        h.s.input()
+            .extend_from_slice(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n");
+        let Step::Store(_) = h.s.advance() else { panic!("expected a store at {i}") };
+        h.s.handle_stored(Err(e), 0);
+        let out = h.take_output();
+        assert!(out.contains("\r\n45"), "{i}: {out}");
+        assert!(!h.closed, "disconnected after {i} resource refusals");
+    }
+    h.expect("MAIL FROM:<a@b.c>", 250);
+}
+
 #[test]
 fn events_are_reported() {
     let mut h = Harness::new();
