@@ -160,3 +160,56 @@ fn http_listeners_have_timeouts_and_caps_and_smtp_keeps_greeting() {
     assert!(text.contains("sluice_http_refused_total{listener=\"admin\"} 1"), "{text}");
     s.assert_no_panic();
 }
+
+/// Issue #22: Authentication-Results fields claiming our authserv-id are removed on every
+/// intake path (port 25, authenticated submission, HTTP injection), whichever way RFC 8601
+/// lets a field spell it: a comment before or glued to the id, a quoted id, a trailing dot,
+/// another case. Before, only smtp listeners stripped them, and only the first word.
+#[test]
+fn forged_authentication_results_are_removed_on_every_intake_path() {
+    let t = start("[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:0\"\n");
+    let forms = [
+        "(c) sluice.test; dkim=pass header.d=bank.example",
+        "(glued)sluice.test; dkim=pass header.d=bank.example",
+        "sluice.test(glued); dkim=pass header.d=bank.example",
+        "\"sluice.test\"; dkim=pass header.d=bank.example",
+        "sluice.test.; dkim=pass header.d=bank.example",
+        "SLUICE.TEST 1; dkim=pass header.d=bank.example",
+    ];
+    let forged: String = forms.iter().map(|f| format!("Authentication-Results: {f}\r\n")).collect();
+    let script = r#"
+import smtplib, ssl, sys
+smtp, sub, forged = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+msg = forged + "From: boss@example.com\r\nSubject: {}\r\nMessage-ID: <{}@t>\r\n\r\nx\r\n"
+with smtplib.SMTP("127.0.0.1", smtp) as s:
+    s.sendmail("a@example.org", ["alice@example.com"], msg.format("port25", "port25"))
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", sub) as s:
+    s.starttls(context=ctx); s.login("bob@example.com", "pw")
+    s.sendmail("bob@example.com", ["alice@example.com"], msg.format("submission", "submission"))
+print("sent")
+"#;
+    let sub = t.s.listener("submission").port().to_string();
+    let out = python(script, &[&t.s.smtp.port().to_string(), &sub, &forged]);
+    assert_eq!(out.trim(), "sent");
+    let token = t.s.inject_token("forger");
+    let headers: serde_json::Map<String, serde_json::Value> = forms
+        .iter()
+        .take(1)
+        .map(|f| ("Authentication-Results".to_string(), serde_json::Value::from(*f)))
+        .collect();
+    let req = serde_json::json!({
+        "envelope_sender": "news@example.com",
+        "content": {"from": {"email": "news@example.com"}, "subject": "inject",
+                    "headers": headers, "text_body": "x"},
+        "recipients": [{"email": "alice@example.com"}],
+    });
+    let resp = t.s.agent_post_json("/api/inject/v1", &token, &req);
+    assert_eq!(resp.0, 200, "{}", resp.1);
+    t.s.wait_queue(30, |q| q.is_empty());
+    let mailbox = t.mailbox("alice");
+    assert_eq!(mailbox.len(), 3, "{mailbox:?}");
+    for m in &mailbox {
+        assert!(!m.contains("bank.example"), "a forged result survived:\n{m}");
+    }
+}

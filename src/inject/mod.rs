@@ -245,7 +245,11 @@ impl Injector {
         let mut pending = Vec::with_capacity(window.len());
         for (a, body) in window.iter().zip(rendered) {
             let body = match body {
-                Ok(b) => Bytes::from(b),
+                // RFC 8601 5: no results under our name but ours, whatever the template says.
+                Ok(b) => match crate::mailauth::headers::strip_forged_results(&b, &self.hostname) {
+                    Some(stripped) => Bytes::from(stripped),
+                    None => Bytes::from(b),
+                },
                 Err(e) => {
                     resp.errors.push(format!("{}: template {e}", a.spec.email));
                     resp.failed_recipients.push(a.spec.email.clone());

@@ -64,17 +64,60 @@ pub fn existing_signatures(message: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `message` without the Authentication-Results fields that claim `authserv_id` (RFC 8601 5:
-/// only we may write results under our name); `None` when there are none (the usual case: no
-/// copy).
-pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
-    let forged = |name: &str, value: &[u8]| {
-        name.eq_ignore_ascii_case("Authentication-Results") && {
-            let value = String::from_utf8_lossy(value);
-            // authserv-id [version] ";" ... (comments aside, which claimants rarely use)
-            let id = value.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or("");
-            id.eq_ignore_ascii_case(authserv_id)
+/// Skips CFWS (RFC 5322 3.2.2: blanks, line breaks and nested comments) from `v[*i]`.
+fn skip_cfws(v: &[u8], i: &mut usize) {
+    let mut depth = 0usize;
+    while *i < v.len() {
+        match v[*i] {
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b'\\' if depth > 0 => *i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => return,
         }
+        *i += 1;
+    }
+}
+
+/// The authserv-id of an Authentication-Results value as RFC 8601 2.2 reads it:
+/// `[CFWS] authserv-id`, where authserv-id is a `value` (RFC 2045: a token or a quoted-string),
+/// in lower case without a trailing dot. Comments before it or glued to it, quoting and case
+/// do not change whose results a field claims to be.
+pub fn authserv_id_of(value: &[u8]) -> Option<String> {
+    let mut i = 0;
+    skip_cfws(value, &mut i);
+    let id = if value.get(i) == Some(&b'"') {
+        let mut s = Vec::new();
+        i += 1;
+        while i < value.len() && value[i] != b'"' {
+            if value[i] == b'\\' && i + 1 < value.len() {
+                i += 1;
+            }
+            s.push(value[i]);
+            i += 1;
+        }
+        s
+    } else {
+        // token: up to a blank, a special (tspecials of RFC 2045) or a control character.
+        let end = value[i..]
+            .iter()
+            .position(|&b| b <= b' ' || b == 0x7f || b"()<>@,;:\\\"/[]?=".contains(&b))
+            .map_or(value.len(), |p| i + p);
+        value[i..end].to_vec()
+    };
+    let id = String::from_utf8_lossy(&id).trim().trim_end_matches('.').to_ascii_lowercase();
+    (!id.is_empty()).then_some(id)
+}
+
+/// `message` without the Authentication-Results fields that claim `authserv_id` (RFC 8601 5:
+/// only we may write results under our name, whichever way a field spells it); `None` when
+/// there are none (the usual case: no copy).
+pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    let ours = authserv_id.trim_end_matches('.').to_ascii_lowercase();
+    let forged = |name: &str, value: &[u8]| {
+        name.eq_ignore_ascii_case("Authentication-Results")
+            && authserv_id_of(value).is_some_and(|id| id == ours)
     };
     if !fields(message).any(|(n, v)| forged(n, v)) {
         return None;
@@ -136,6 +179,39 @@ mod tests {
              Authentication-Results: mx.example.net; in the body\r\n"
         );
         assert!(strip_forged_results(b"From: a@b\r\n\r\nx\r\n", "mx.example.net").is_none());
+    }
+
+    /// RFC 8601 2.2: `[CFWS] authserv-id`, a token or a quoted-string; every spelling of our
+    /// id is ours (an RFC 8601 parser downstream reads each of these as our results).
+    #[test]
+    fn every_spelling_of_our_authserv_id_is_removed() {
+        for forged in [
+            " mx.example.net; dkim=pass",
+            " (comment) mx.example.net; dkim=pass",
+            " (nested (comment)) MX.example.net 1; dkim=pass",
+            "(glued)mx.example.net; dkim=pass",
+            " mx.example.net(glued); dkim=pass",
+            " \"mx.example.net\"; dkim=pass",
+            " \"mx.exa\\mple.net\"; dkim=pass",
+            " mx.example.net.; dkim=pass",
+            "\r\n\tmx.example.net\r\n ; dkim=pass",
+            " mx.example.net;dkim=pass",
+        ] {
+            assert_eq!(
+                authserv_id_of(forged.as_bytes()).as_deref(),
+                Some("mx.example.net"),
+                "{forged:?}"
+            );
+            let m = format!("Authentication-Results:{forged}\r\nFrom: a@b\r\n\r\nbody\r\n");
+            let out = strip_forged_results(m.as_bytes(), "mx.example.net.").expect(forged);
+            assert_eq!(out, b"From: a@b\r\n\r\nbody\r\n", "{forged:?}");
+        }
+        for other in
+            [" mx.example.net.evil; x", " other.example; mx.example.net", " (mx.example.net) x; y"]
+        {
+            let m = format!("Authentication-Results:{other}\r\n\r\n");
+            assert!(strip_forged_results(m.as_bytes(), "mx.example.net").is_none(), "{other:?}");
+        }
     }
 
     #[test]

@@ -318,7 +318,7 @@ fn record_events(session: &mut Session, listener: &str) {
 }
 
 /// SPF/DKIM/ARC/DMARC of mail in the verification scope: the Authentication-Results field to
-/// add, or the refusal the policy asks for. Forged results under our name are removed first.
+/// add, or the refusal the policy asks for (forged results under our name are gone by now).
 async fn verify_inbound(ctx: &ListenerContext, tx: &mut Transaction) -> Result<String, StoreError> {
     let Some(verifier) = &ctx.verify else { return Ok(String::new()) };
     let local = &ctx.session.local_domains;
@@ -332,12 +332,6 @@ async fn verify_inbound(ctx: &ListenerContext, tx: &mut Transaction) -> Result<S
     };
     if !in_scope {
         return Ok(String::new());
-    }
-    if let Some(stripped) =
-        crate::mailauth::headers::strip_forged_results(&tx.body, verifier.authserv_id())
-    {
-        tracing::info!(ip = %tx.client_ip, "removed Authentication-Results claiming our name");
-        tx.body = Bytes::from(stripped);
     }
     let env = VerifyEnvelope {
         client_ip: tx.client_ip,
@@ -417,6 +411,14 @@ async fn store(
     let now = spool::unix_millis();
     if let Some(done) = take_bounces(ctx, &mut tx).await {
         return (id, done);
+    }
+    // RFC 8601 5: results under our name come only from us, on every listener and whatever
+    // the verification scope (a submission user could deliver forged dkim=pass locally).
+    if let Some(stripped) =
+        crate::mailauth::headers::strip_forged_results(&tx.body, &ctx.session.hostname)
+    {
+        tracing::info!(ip = %tx.client_ip, "removed Authentication-Results claiming our name");
+        tx.body = Bytes::from(stripped);
     }
     // Added by sluice, prepended as one buffer ahead of the body as received: retries never
     // sign or verify again. Signatures first, then our results, then the Received field.

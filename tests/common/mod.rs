@@ -220,6 +220,24 @@ impl Sluice {
         (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
     }
 
+    /// POSTs `body` as JSON to the admin listener with a bearer token: (status, body).
+    pub fn agent_post_json(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, String) {
+        let mut resp = self
+            .agent
+            .post(&format!("http://{}{}", self.admin, path))
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
     /// Polls the queue until `done` says so (or fails after `secs`).
     pub fn wait_queue(
         &self,
