@@ -4,7 +4,7 @@
 //! name holds the letter `'a' + n`. A folder holds at most 26 keywords, as in Dovecot's Maildir
 //! file names; the file only grows (an index is never given to another name).
 //!
-//! Not here: system flags (`\Seen`…, upper-case letters; see [`super::mailstore`]).
+//! Not here: system flags (`\Seen`…, the upper-case letters the mail store reads).
 
 use std::fs::{self, File};
 use std::io::Write;
