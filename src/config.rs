@@ -181,6 +181,10 @@ impl Default for HttpConfig {
     }
 }
 
+fn default_max_folders() -> usize {
+    1000
+}
+
 fn default_http_header_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -821,6 +825,9 @@ pub struct Local {
     /// Octets per mailbox (0: no limit); over it RCPT gets 452 4.2.2 and delivery is retried.
     #[serde(default = "default_quota", deserialize_with = "size")]
     pub quota: u64,
+    /// Folders per user (IMAP CREATE past it: `NO [LIMIT]`).
+    #[serde(default = "default_max_folders")]
+    pub max_folders: usize,
 }
 
 /// One address or a list of them.

@@ -35,6 +35,8 @@ pub struct MailboxListener {
     pub limits: Arc<ConnectionLimits>,
     /// The largest message IMAP APPEND takes (`[limits] max_message_size`).
     pub max_append: usize,
+    /// Folders per user (`[local] max_folders`).
+    pub max_folders: usize,
 }
 
 impl MailboxListener {

@@ -572,6 +572,7 @@ fn mailbox_listener_context(
         mailboxes,
         limits: intake.limits.clone(),
         max_append: cfg.limits.max_message_size as usize,
+        max_folders: cfg.local.max_folders,
     })
 }
 

@@ -300,7 +300,12 @@ mod tests {
         for _ in 0..200 {
             md.deliver(&[b"Subject: s\r\n\r\n", &body], "h").unwrap();
         }
-        let cfg = ImapConfig { hostname: "h".into(), starttls: false, plaintext_ok: true };
+        let cfg = ImapConfig {
+            hostname: "h".into(),
+            starttls: false,
+            plaintext_ok: true,
+            max_folders: 9,
+        };
         let mut s = Session::new(cfg, false);
         s.login_result(&Tag::try_from("l").unwrap(), Ok(md));
         assert!(matches!(s.execute(command("s SELECT INBOX\r\n")), Next::Continue));

@@ -31,6 +31,9 @@ pub fn mailbox_name(m: &Mailbox<'_>) -> String {
 
 /// RFC 3501 6.3.8 wildcards: `*` matches anything, `%` anything but the delimiter. Names are
 /// case-sensitive except INBOX.
+/// The longest LIST/LSUB reference plus pattern taken (octets).
+const MAX_PATTERN: usize = 1024;
+
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     // Dynamic programming, not backtracking: `*a*a*a…` costs pattern × name, never more.
     fn glob(p: &[u8], n: &[u8]) -> bool {
@@ -106,6 +109,11 @@ impl Session {
             ListMailbox::String(s) => s.as_ref(),
         })
         .into_owned();
+        // Folder names are at most 512 octets; a longer pattern matches nothing useful and
+        // costs its length times every name.
+        if reference.len() + pattern.len() > MAX_PATTERN {
+            return self.bad(tag, "Pattern too long");
+        }
         if pattern.is_empty() && !lsub {
             // RFC 3501 6.3.8: the hierarchy delimiter and root.
             self.out_raw(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
@@ -221,6 +229,11 @@ impl Session {
         // A trailing delimiter only says the folder will have subfolders (RFC 3501 6.3.3).
         let name = mailbox_name(name);
         let name = name.trim_end_matches(DELIMITER);
+        if matches!(op, Manage::Create)
+            && md.folders().is_ok_and(|f| f.len() >= self.cfg.max_folders)
+        {
+            return self.no(tag, "[LIMIT] Too many folders; delete some first");
+        }
         let result = match &op {
             Manage::Create => md.create_folder(name),
             Manage::Delete => md.delete_folder(name),

@@ -323,6 +323,7 @@ pub async fn run<P: Transport>(
         hostname: ctx.hostname.clone(),
         starttls: ctx.starttls(),
         plaintext_ok: ctx.plaintext_ok,
+        max_folders: ctx.max_folders,
     };
     c.session = Some(Box::new(Session::new(cfg, ctx.implicit_tls)));
     loop {

@@ -33,11 +33,18 @@ impl Session {
         {
             return self.no(tag, "[BADCHARSET (US-ASCII UTF-8)] Unsupported charset");
         }
+        if key_count(key, MAX_KEYS + 1) > MAX_KEYS {
+            return self.no(tag, "[LIMIT] Too many search keys");
+        }
         let Some(v) = self.view() else { return };
         let msgs = &v.snapshot.messages;
         let (n, largest_uid) = (msgs.len() as u32, msgs.last().map_or(0, |m| m.uid));
         let mut hits = Vec::new();
+        let started = std::time::Instant::now();
         for (i, m) in msgs.iter().enumerate() {
+            if started.elapsed() > SEARCH_BUDGET {
+                return self.no(tag, "[LIMIT] SEARCH took too long; narrow it down");
+            }
             let mut c = Candidate::new(Some(&v.folder), m, i as u32 + 1, n, largest_uid);
             c.recent = v.is_recent(m.uid);
             c.keywords = Some(&v.keywords);
@@ -48,6 +55,31 @@ impl Session {
         self.data(Data::Search(hits));
         self.ok(tag, None, "SEARCH completed");
     }
+}
+
+/// Search keys one SEARCH may hold (a UID or sequence set is one key, however long).
+const MAX_KEYS: usize = 1000;
+/// The time one SEARCH may take (a text search of a large mailbox takes seconds; an
+/// amplification attempt is cut).
+const SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The criteria (leaf keys: NOT, OR and lists only combine them) in `key`, counting no
+/// further than `stop`.
+fn key_count(key: &SearchKey<'_>, stop: usize) -> usize {
+    let mut count = 0;
+    let mut todo = vec![key];
+    while let Some(k) = todo.pop() {
+        match k {
+            SearchKey::And(keys) => todo.extend(keys.as_ref().iter()),
+            SearchKey::Or(a, b) => todo.extend([a.as_ref(), b.as_ref()]),
+            SearchKey::Not(k) => todo.push(k),
+            _ => count += 1,
+        }
+        if count >= stop {
+            return count;
+        }
+    }
+    count
 }
 
 /// One message being searched; its file is read and parsed on first need, once.

@@ -22,6 +22,8 @@ pub struct ImapConfig {
     pub starttls: bool,
     /// LOGIN and AUTHENTICATE without TLS (`[auth] plaintext_on_loopback`, loopback listener).
     pub plaintext_ok: bool,
+    /// Folders a user may have (`[local] max_folders`).
+    pub max_folders: usize,
 }
 
 /// What the driver must do after a command.

@@ -20,7 +20,7 @@ const BROKEN: &[u8] =
 Content-Type: text/plain; name=\"x\r\n\r\nbody";
 
 fn cfg(plaintext_ok: bool) -> ImapConfig {
-    ImapConfig { hostname: "mx.test".into(), starttls: true, plaintext_ok }
+    ImapConfig { hostname: "mx.test".into(), starttls: true, plaintext_ok, max_folders: 50 }
 }
 
 /// A user's Maildir with `n` delivered messages (plain, multipart and broken in turn).
