@@ -84,6 +84,9 @@ pub struct Config {
     /// Timeouts and connection caps of every HTTP listener (admin, unsubscribe).
     #[serde(default)]
     pub http: HttpConfig,
+    /// DKIM signing policy (the keys are `[[dkim]]`).
+    #[serde(default)]
+    pub signing: SigningConfig,
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -769,6 +772,25 @@ impl SuppressionConfig {
         let own = tenant.and_then(|t| self.tenant.get(t)).and_then(|t| t.categories.as_ref());
         self.enabled && own.unwrap_or(&self.categories).contains(&category)
     }
+}
+
+/// `[signing]`: what happens to mail from a user with `senders` whose From: domain is not one
+/// of them (signing it would give a DMARC-aligned signature for someone else's domain).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    #[serde(default)]
+    pub unaligned_from: UnalignedFrom,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnalignedFrom {
+    /// 550 5.7.1 at the end of DATA.
+    #[default]
+    Refuse,
+    /// Accepted and sent without our signatures.
+    Unsigned,
 }
 
 /// Verification of mail received on `smtp` listeners (submission is authenticated instead).

@@ -625,6 +625,7 @@ fn listener_context(
         verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
         bounces: intake.bounces.clone(),
         verify_scope: cfg.verify.scope,
+        unaligned_from: cfg.signing.unaligned_from,
     })
 }
 

@@ -365,3 +365,43 @@ fn rotated_keys_are_used_after_sighup() {
         got.iter().find(|m| String::from_utf8_lossy(&m.data).contains("Subject: kept")).unwrap();
     assert_eq!(dkimpy(&kept.data, &t.records), BOTH_PASS);
 }
+
+/// Issue #22: a user allowed `@other.test` who writes `From: boss@example.com` got a
+/// `d=example.com` signature, a DMARC-aligned forgery of another customer's domain. Now such
+/// mail is refused (550 5.7.1), or sent unsigned with `[signing] unaligned_from = "unsigned"`.
+#[test]
+fn signatures_only_for_from_domains_the_user_may_send_as() {
+    use base64::Engine;
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = users_dir.path().join("users.toml");
+    add_user(&users, "app", "pw", &["@other.test"]);
+    let auth = |unaligned: &str| {
+        format!(
+            "[relay]\nnetworks = []\n[auth]\nusers_file = \"{}\"\nplaintext_on_loopback = true\n\
+             [signing]\nunaligned_from = \"{unaligned}\"\n",
+            users.display()
+        )
+    };
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0app\0pw");
+    let send = |s: &Sluice, from_header: &str| -> String {
+        let mut c = Client::ehlo(s.smtp);
+        assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {plain}"))), 235);
+        assert_eq!(code(&c.cmd("MAIL FROM:<app@other.test>")), 250);
+        assert_eq!(code(&c.cmd("RCPT TO:<b@example.org>")), 250);
+        assert_eq!(code(&c.cmd("DATA")), 354);
+        c.cmd(&format!("From: {from_header}\r\nSubject: rights\r\n\r\nbody\r\n."))
+    };
+    let t = setup(Behavior::default(), &auth("refuse"));
+    let r = send(&t.sluice, "boss@example.com");
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let r = send(&t.sluice, "Team <team@Other.Test>");
+    assert_eq!(code(&r), 250, "{r}");
+    let got = t.sink.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "only the allowed one went out");
+    let t = setup(Behavior::default(), &auth("unsigned"));
+    let r = send(&t.sluice, "boss@example.com");
+    assert_eq!(code(&r), 250, "{r}");
+    let got = t.sink.wait_for(1, 20);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(!text.contains("DKIM-Signature"), "signed for a domain the user may not use: {text}");
+}

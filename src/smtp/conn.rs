@@ -356,6 +356,26 @@ async fn sign_outbound(ctx: &ListenerContext, tx: &Transaction) -> Result<String
     if !tx.trusted {
         return Ok(String::new());
     }
+    // A user limited to some senders gets signatures only for From: domains among them: a
+    // signature follows the From domain, so anything else would be a DMARC-aligned forgery of
+    // another customer's domain.
+    if !tx.auth_senders.is_empty() {
+        let from = crate::mailauth::headers::from_domain(&tx.body);
+        let allowed = from.as_deref().is_some_and(|d| sender_domain_allowed(&tx.auth_senders, d));
+        if !allowed {
+            let user = tx.auth_user.as_deref().unwrap_or("");
+            return match ctx.unaligned_from {
+                crate::config::UnalignedFrom::Refuse => {
+                    tracing::info!(ip = %tx.client_ip, user, from = ?from, "message refused: From: domain not among the user's senders");
+                    Err(StoreError::UnalignedFrom)
+                }
+                crate::config::UnalignedFrom::Unsigned => {
+                    tracing::info!(ip = %tx.client_ip, user, from = ?from, "not signed: From: domain not among the user's senders");
+                    Ok(String::new())
+                }
+            };
+        }
+    }
     match ctx.dkim.sign(tx.body.clone()).await {
         Ok(signed) => Ok(signed.headers),
         Err(e) => {
@@ -363,6 +383,15 @@ async fn sign_outbound(ctx: &ListenerContext, tx: &Transaction) -> Result<String
             Err(StoreError::Signing)
         }
     }
+}
+
+/// Whether `domain` (the From: domain, lower case) is the domain of one of `senders`
+/// (`user@domain` or `@domain`).
+fn sender_domain_allowed(senders: &[String], domain: &str) -> bool {
+    senders.iter().any(|s| {
+        let d = s.rsplit_once('@').map_or(s.as_str(), |(_, d)| d);
+        crate::domain::normalize(d) == domain
+    })
 }
 
 fn spool_error(e: &SpoolError) -> StoreError {

@@ -39,6 +39,8 @@ pub struct ListenerContext {
     pub auth: Arc<AuthContext>,
     /// DKIM keys; mail from trusted clients is signed before it is stored.
     pub dkim: Arc<crate::mailauth::SigningService>,
+    /// Mail from a user whose From: domain is not among its `senders`: refused or unsigned.
+    pub unaligned_from: crate::config::UnalignedFrom,
     /// SPF/DKIM/DMARC verification (None: off, or not an `smtp` listener).
     pub verify: Option<Arc<crate::mailauth::verify::Verifier>>,
     pub verify_scope: crate::mailauth::verify::Scope,

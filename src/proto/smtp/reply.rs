@@ -347,6 +347,12 @@ pub const SIGNING_ERROR: Rejection = Rejection::new(
     "Local error while signing the message; try again later",
     RejectReason::Storage,
 );
+pub const FROM_NOT_OWNED: Rejection = Rejection::new(
+    550,
+    "5.7.1",
+    "From: domain not allowed for the authenticated user",
+    RejectReason::SenderNotOwned,
+);
 pub const DMARC_REJECT: Rejection = Rejection::new(
     550,
     "5.7.1",

@@ -184,6 +184,8 @@ pub struct Transaction {
     pub tls: bool,
     /// The authenticated user, if any.
     pub auth_user: Option<String>,
+    /// The addresses (`user@dom`) and domains (`@dom`) that user may send as (empty: any).
+    pub auth_senders: Vec<String>,
     /// Authenticated or from a relay network: mail sluice sends on the client's behalf, and
     /// so signs (DKIM).
     pub trusted: bool,
@@ -230,6 +232,9 @@ pub enum StoreError {
     DmarcReject,
     /// SPF failed and `[verify] spf_fail = "reject"`: 550 5.7.23 (RFC 7372).
     SpfReject,
+    /// The From: domain is not one the authenticated user may send as, and
+    /// `[signing] unaligned_from = "refuse"`: 550 5.7.1.
+    UnalignedFrom,
 }
 
 #[derive(Debug)]
@@ -441,6 +446,7 @@ impl Session {
             Err(StoreError::Signing) => self.refuse(reply::SIGNING_ERROR),
             Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT),
             Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT),
+            Err(StoreError::UnalignedFrom) => self.reject(reply::FROM_NOT_OWNED),
             Err(StoreError::ShuttingDown) => self.close(reply::SHUTTING_DOWN),
         }
     }
@@ -914,6 +920,7 @@ impl Session {
             chunking,
             tls: self.tls,
             auth_user: self.auth.as_ref().map(|a| a.0.clone()),
+            auth_senders: self.auth.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
             trusted: self.trusted(),
         })))
     }
