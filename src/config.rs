@@ -806,6 +806,14 @@ pub struct VerifyConfig {
     /// SPF `fail`: "tag" (Authentication-Results only) or "reject" (550 5.7.23).
     #[serde(default = "default_spf_fail")]
     pub spf_fail: crate::mailauth::verify::SpfAction,
+    /// All DNS lookups of one message's verification end within this; past it the results
+    /// not in yet are `temperror` (which never refuses mail).
+    #[serde(default = "default_verify_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_verify_scope() -> crate::mailauth::verify::Scope {

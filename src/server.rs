@@ -482,6 +482,7 @@ fn load_mailauth(cfg: &Config) -> Result<MailAuth, ServerError> {
                 &cfg.hostname,
                 cfg.verify.dmarc_reject,
                 cfg.verify.spf_fail,
+                cfg.verify.timeout,
             )
             .step("starting the SPF/DMARC verifier")?,
         )),

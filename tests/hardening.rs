@@ -252,3 +252,34 @@ fn search_list_and_folder_amplification_is_capped() {
     let answer = imap_until(&mut r, "g ");
     assert!(answer.starts_with("g NO [LIMIT]"), "{answer}");
 }
+
+/// Issue #22: with the resolver dead (a loopback address that takes DNS queries and never
+/// answers), verifying a message for a local mailbox took 30 s (SPF and DMARC lookups waited
+/// out their timeouts one after another), and clients that give up at 30 s sent it again.
+/// Now all of a message's lookups share `[verify] timeout`; past it the results are
+/// temperror and the message is accepted.
+#[test]
+fn a_dead_resolver_costs_the_verification_deadline_not_the_lookup_timeouts() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    // TCP on the same port too, accepting and never answering.
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+    let t = start(&format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{port}\"]\n[verify]\ntimeout = \"1s\"\n"
+    ));
+    let started = std::time::Instant::now();
+    t.send_raw(
+        "alice@example.com",
+        "a@pass.example",
+        "From: a@pass.example\r\nSubject: dead dns\r\n\r\nx\r\n",
+    );
+    let took = started.elapsed();
+    // The deadline is 1 s; the old code needed at least 20 s here. The bound only catches a
+    // hang, it does not measure speed.
+    assert!(took < std::time::Duration::from_secs(8), "end of DATA answered after {took:?}");
+    t.s.wait_queue(30, |q| q.is_empty());
+    let mailbox = t.mailbox("alice");
+    assert_eq!(mailbox.len(), 1);
+    assert!(mailbox[0].contains("spf=temperror"), "{}", mailbox[0]);
+    drop(udp);
+}

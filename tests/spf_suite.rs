@@ -224,8 +224,14 @@ fn rfc7208_test_suite() {
     for scenario in &scenarios {
         let dns = TestDns::start();
         load_zone(&dns, scenario["zonedata"].as_object().unwrap());
-        let verifier =
-            Verifier::new(&[dns.addr], "receiver.test", DmarcAction::Tag, SpfAction::Tag).unwrap();
+        let verifier = Verifier::new(
+            &[dns.addr],
+            "receiver.test",
+            DmarcAction::Tag,
+            SpfAction::Tag,
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
         for (id, t) in scenario["tests"].as_object().unwrap() {
             total += 1;
             let want = strings(&t["result"]);

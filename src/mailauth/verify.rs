@@ -77,6 +77,8 @@ pub struct Verifier {
     hostname: String,
     dmarc_reject: DmarcAction,
     spf_fail: SpfAction,
+    /// One deadline for all of a message's lookups (`[verify] timeout`).
+    timeout: std::time::Duration,
 }
 
 /// What the SMTP transaction tells the verifier.
@@ -94,6 +96,7 @@ impl Verifier {
         hostname: &str,
         dmarc_reject: DmarcAction,
         spf_fail: SpfAction,
+        timeout: std::time::Duration,
     ) -> Result<Verifier, String> {
         let auth = if nameservers.is_empty() {
             MessageAuthenticator::new_system_conf()
@@ -102,7 +105,7 @@ impl Verifier {
             MessageAuthenticator::new(config, crate::dns::resolver_options())
         }
         .map_err(|e| format!("DNS resolver for verification: {e}"))?;
-        Ok(Verifier { auth, hostname: hostname.to_string(), dmarc_reject, spf_fail })
+        Ok(Verifier { auth, hostname: hostname.to_string(), dmarc_reject, spf_fail, timeout })
     }
 
     /// The authserv-id of our Authentication-Results fields.
@@ -118,23 +121,40 @@ impl Verifier {
         self.auth.verify_spf(params).await.result()
     }
 
-    /// Verifies `message` (headers and body as received).
+    /// Verifies `message` (headers and body as received). SPF, DKIM and ARC are looked up at
+    /// once, then DMARC (which needs their results), all within one deadline: a dead resolver
+    /// costs `[verify] timeout`, not its timeouts one lookup after another (clients give up
+    /// at 30 s and send the message again).
     pub async fn verify(&self, env: &Envelope<'_>, message: &[u8]) -> Verdict {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let params = spf_parameters(env, &self.hostname);
-        let spf = self.auth.verify_spf(params).await;
+        let parsed = AuthenticatedMessage::parse(message);
+        let first = async {
+            let spf = self.auth.verify_spf(params);
+            let signatures = async {
+                match &parsed {
+                    Some(msg) => {
+                        Some(tokio::join!(self.auth.verify_dkim(msg), self.auth.verify_arc(msg)))
+                    }
+                    None => None,
+                }
+            };
+            tokio::join!(spf, signatures)
+        };
+        let Ok((spf, signatures)) = tokio::time::timeout_at(deadline, first).await else {
+            return self.timed_out(env);
+        };
         let mut results = AuthenticationResults::new(&self.hostname);
         let spf_label = spf_label(spf.result());
         count("spf", spf_label);
-        let Some(msg) = AuthenticatedMessage::parse(message) else {
+        let (Some(msg), Some((dkim, arc))) = (&parsed, signatures) else {
             // Not a parsable message: SPF is all there is to say.
             results.set_spf_result(&spf, &params);
             return self.verdict(results, spf.result(), "none", Policy::None);
         };
-        let dkim = self.auth.verify_dkim(&msg).await;
         for d in &dkim {
             count("dkim", dkim_label(d.result()));
         }
-        let arc = self.auth.verify_arc(&msg).await;
         if !matches!(arc.result(), DkimResult::None) {
             count("arc", dkim_label(arc.result()));
         }
@@ -142,8 +162,27 @@ impl Verifier {
             Some((_, d)) => d,
             None => env.helo,
         };
-        let dmarc =
-            self.auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, mail_from_domain, &spf)).await;
+        let dmarc = tokio::time::timeout_at(
+            deadline,
+            self.auth.verify_dmarc(DmarcParameters::new(msg, &dkim, mail_from_domain, &spf)),
+        )
+        .await;
+        results.set_dkim_results(&dkim, msg.first_from_address());
+        results.set_spf_result(&spf, &params);
+        if !matches!(arc.result(), DkimResult::None) {
+            results.set_arc_result(&arc, env.client_ip);
+        }
+        let Ok(dmarc) = dmarc else {
+            count("dmarc", "temperror");
+            let mut v = self.verdict(results, spf.result(), "temperror", Policy::None);
+            // Our own field, so appending its last entry is safe.
+            if v.headers.ends_with("\r\n") {
+                v.headers.truncate(v.headers.len() - 2);
+                v.headers
+                    .push_str(";\r\n\tdmarc=temperror (DNS past the verification deadline)\r\n");
+            }
+            return v;
+        };
         let dmarc_label = match dmarc.result() {
             DmarcResult::Pass => "pass",
             DmarcResult::Fail(_) => "fail",
@@ -152,11 +191,6 @@ impl Verifier {
             DmarcResult::None => "none",
         };
         count("dmarc", dmarc_label);
-        results.set_dkim_results(&dkim, msg.first_from_address());
-        results.set_spf_result(&spf, &params);
-        if !matches!(arc.result(), DkimResult::None) {
-            results.set_arc_result(&arc, env.client_ip);
-        }
         results.set_dmarc_result(&dmarc);
         let policy = if dmarc_label == "fail" {
             self.sampled(dmarc.domain(), dmarc.policy()).await
@@ -164,6 +198,24 @@ impl Verifier {
             Policy::None
         };
         self.verdict(results, spf.result(), dmarc_label, policy)
+    }
+
+    /// Nothing came back before the deadline: every result is `temperror`, and the message
+    /// is accepted (a temporary DNS failure never refuses mail).
+    fn timed_out(&self, env: &Envelope<'_>) -> Verdict {
+        for method in ["spf", "dkim", "dmarc"] {
+            count(method, "temperror");
+        }
+        tracing::warn!(ip = %env.client_ip, "verification DNS past [verify] timeout: temperror");
+        let from = match env.mail_from {
+            "" => format!("smtp.helo={}", env.helo),
+            m => format!("smtp.mailfrom={m}"),
+        };
+        let headers = format!(
+            "Authentication-Results: {};\r\n\tspf=temperror (DNS past the verification deadline) {from};\r\n\tdkim=temperror;\r\n\tdmarc=temperror\r\n",
+            self.hostname
+        );
+        Verdict { headers, disposition: Disposition::Accept, spf: "temperror", dmarc: "temperror" }
     }
 
     fn verdict(
