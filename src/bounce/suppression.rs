@@ -52,6 +52,17 @@ impl Reason {
         }
     }
 
+    /// How strong a reason is: an entry is never replaced by a weaker one (a bounce read
+    /// later does not turn a complaint or an unsubscribe into a bounce).
+    fn strength(self) -> u8 {
+        match self {
+            Reason::Bounce(_) => 0,
+            Reason::Manual => 1,
+            Reason::Unsubscribe => 2,
+            Reason::Complaint => 3,
+        }
+    }
+
     fn from_code(c: u8) -> Reason {
         match c {
             100 => Reason::Complaint,
@@ -329,9 +340,21 @@ impl Suppressions {
         }
         let w = self.db.begin_write().map_err(SuppressionError::store)?;
         let mut new = 0;
+        // Entries left as they were because they hold a stronger reason.
+        let mut kept_stronger = Vec::new();
         {
             let mut t = w.open_table(TABLE).map_err(SuppressionError::store)?;
-            for (k, v, _, _) in &keyed {
+            for (i, (k, v, _, _)) in keyed.iter().enumerate() {
+                let existing =
+                    t.get(k.as_str()).map_err(SuppressionError::store)?.and_then(|old| {
+                        postcard::from_bytes::<Stored>(old.value()).ok().map(|s| s.reason)
+                    });
+                if let Some(old) = existing
+                    && Reason::from_code(old).strength() > entries[i].reason.strength()
+                {
+                    kept_stronger.push(i);
+                    continue;
+                }
                 if t.insert(k.as_str(), v.as_slice()).map_err(SuppressionError::store)?.is_none() {
                     new += 1;
                 }
@@ -339,8 +362,10 @@ impl Suppressions {
         }
         w.commit().map_err(SuppressionError::store)?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (_, _, slot, packed) in &keyed {
-            index.insert(*slot, *packed);
+        for (i, (_, _, slot, packed)) in keyed.iter().enumerate() {
+            if !kept_stronger.contains(&i) {
+                index.insert(*slot, *packed);
+            }
         }
         crate::metrics::SUPPRESSION_ENTRIES.set(index.len() as i64);
         for e in entries {
@@ -483,6 +508,32 @@ mod tests {
             s.add(&[entry("no-at-sign", None, Reason::Manual)]),
             Err(SuppressionError::BadAddress(_))
         ));
+    }
+
+    /// Issue #22: an unsubscribe or a complaint is never turned into a bounce by a later
+    /// report; a quoted local part is the same mailbox (RFC 5321 4.1.2).
+    #[test]
+    fn the_strongest_reason_stays_and_quoted_local_parts_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Suppressions::open(&dir.path().join("s.redb")).unwrap();
+        let bounced = Reason::Bounce(Category::InvalidRecipient);
+        s.add(&[entry("ann@example.org", None, Reason::Unsubscribe)]).unwrap();
+        s.add(&[entry("ann@example.org", None, bounced)]).unwrap();
+        assert_eq!(s.check(None, "ann@example.org").unwrap().reason, Reason::Unsubscribe);
+        s.add(&[entry("ann@example.org", None, Reason::Complaint)]).unwrap();
+        assert_eq!(s.check(None, "ann@example.org").unwrap().reason, Reason::Complaint);
+        s.add(&[entry("bob@example.org", None, bounced)]).unwrap();
+        s.add(&[entry("bob@example.org", None, Reason::Unsubscribe)]).unwrap();
+        assert_eq!(s.check(None, "bob@example.org").unwrap().reason, Reason::Unsubscribe);
+        // Reopened, the index agrees with the table.
+        drop(s);
+        let s = Suppressions::open(&dir.path().join("s.redb")).unwrap();
+        assert_eq!(s.check(None, "ann@example.org").unwrap().reason, Reason::Complaint);
+        s.add(&[entry("supp@example.org", None, Reason::Manual)]).unwrap();
+        assert!(s.check(None, "\"supp\"@example.org").is_some(), "quoted local part");
+        assert!(s.check(None, "<\"Supp\"@Example.org>").is_some());
+        s.add(&[entry("\"carl\"@example.org", None, Reason::Manual)]).unwrap();
+        assert!(s.check(None, "carl@example.org").is_some(), "inserted in canonical form");
     }
 
     #[test]

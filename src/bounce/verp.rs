@@ -312,13 +312,23 @@ impl BounceInbox {
                 self.unmatched(rcpt);
                 continue;
             };
-            let mine = reports
-                .iter()
-                .find(|r| {
-                    r.recipient.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(&sent.recipient))
-                })
-                .or(if reports.len() == 1 { reports.first() } else { None });
-            let Some(r) = mine else { continue };
+            // The report's line for this recipient; a report without a Final-Recipient (the
+            // one line of a non-standard bounce) is taken as this recipient's, but one naming
+            // someone else is not (a forged DSN must not suppress our recipient).
+            let ours = crate::domain::canonical_address(&sent.recipient);
+            let names = |r: &Reported| {
+                r.recipient.as_deref().is_some_and(|a| crate::domain::canonical_address(a) == ours)
+            };
+            let mine = reports.iter().find(|r| names(r)).or(match reports.as_slice() {
+                [only] if only.recipient.is_none() => Some(only),
+                _ => None,
+            });
+            let Some(r) = mine else {
+                if !reports.is_empty() {
+                    self.unmatched(rcpt);
+                }
+                continue;
+            };
             crate::metrics::ASYNC_BOUNCES.with_label_values(&[r.category.as_str()]).inc();
             let mut e = crate::delivery_log::LogEntry::new("bounce_received", id);
             e.recipient = Some(sent.recipient.clone());
@@ -458,6 +468,71 @@ mod tests {
         v.remember(&[(QueueId(7), sent.clone())]).unwrap();
         assert_eq!(v.recall(QueueId(7)), Some(sent));
         assert_eq!(v.recall(QueueId(8)), None);
+    }
+
+    fn dsn(final_recipient: &str) -> String {
+        format!(
+            "From: MAILER-DAEMON@mx.example.org\r\nSubject: failure\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\n\
+             Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n\
+             Final-Recipient: rfc822; {final_recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n--b--\r\n"
+        )
+    }
+
+    /// Issue #22: a DSN sent to one recipient's VERP address but naming another address is
+    /// not applied to that recipient, and no report downgrades an unsubscribe to a bounce.
+    #[test]
+    fn a_report_naming_someone_else_is_not_applied() {
+        let (_d, v) = verp();
+        let v = Arc::new(v);
+        let inbox = BounceInbox {
+            verp: v.clone(),
+            classifier: Arc::new(Classifier::default()),
+            suppression: crate::config::SuppressionConfig {
+                enabled: true,
+                categories: Category::ALL.to_vec(),
+                scope: crate::config::SuppressionScope::Global,
+                check_rcpt: true,
+                tenant: Default::default(),
+            },
+            log: crate::delivery_log::DeliveryLog::disabled(),
+            unsubscribe: None,
+        };
+        let now = crate::spool::unix_millis() / 1000;
+        let sent = |r: &str| Sent { recipient: r.into(), tenant: None, campaign: None, time: now };
+        v.remember(&[
+            (QueueId(1), sent("ann@example.org")),
+            (QueueId(2), sent("bob@example.org")),
+            (QueueId(3), sent("carl@example.org")),
+        ])
+        .unwrap();
+        // A report naming someone else, to carl's VERP address: carl is not suppressed.
+        inbox.process(&[v.address(QueueId(3))], dsn("boss@example.org").as_bytes()).unwrap();
+        assert!(v.list.check(None, "carl@example.org").is_none(), "applied to carl");
+        v.list
+            .add(&[NewEntry {
+                address: "ann@example.org".into(),
+                tenant: None,
+                reason: Reason::Unsubscribe,
+                detail: None,
+            }])
+            .unwrap();
+        let to_ann = v.address(QueueId(1));
+        inbox.process(std::slice::from_ref(&to_ann), dsn("boss@example.org").as_bytes()).unwrap();
+        assert_eq!(v.list.check(None, "ann@example.org").unwrap().reason, Reason::Unsubscribe);
+        assert!(v.list.check(None, "boss@example.org").is_none());
+        inbox.process(&[to_ann], dsn("Ann@Example.org").as_bytes()).unwrap();
+        assert_eq!(
+            v.list.check(None, "ann@example.org").unwrap().reason,
+            Reason::Unsubscribe,
+            "an unsubscribe is never downgraded to a bounce"
+        );
+        // Bob's own report (his address quoted, as some MTAs write it) suppresses him.
+        inbox.process(&[v.address(QueueId(2))], dsn("\"bob\"@example.org").as_bytes()).unwrap();
+        let bob = v.list.check(None, "bob@example.org").expect("bob suppressed");
+        assert!(matches!(bob.reason, Reason::Bounce(_)), "{:?}", bob.reason);
     }
 
     #[test]
