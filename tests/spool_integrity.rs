@@ -78,3 +78,51 @@ fn kill_9_leaves_no_lock_behind() {
     assert!(t.elapsed() < Duration::from_secs(30));
     assert_eq!(code(&Client::ehlo(s.smtp).send_message("<after@t>", "x\r\n")), 250);
 }
+
+/// Issue #22: damage in a part of the spool the index checkpoint covers is found only when
+/// the message is read. It was retried as a temporary failure until `max_age` (logged at INFO,
+/// no quarantine copy, the metric at 0). Now it is treated as damage found at start: a copy in
+/// quarantine/, an ERROR naming the message, the metric, and a DSN to the sender at once.
+#[test]
+fn damage_found_on_read_is_quarantined_and_bounced_at_once() {
+    use common::sink::{Behavior, Sink};
+    let mut b = Behavior::default();
+    b.rcpt.insert("slow@example.org".into(), vec!["451 4.2.0 try later".into()]);
+    let sink = Sink::start(b);
+    let mut s = Sluice::start(&sink.route(""));
+    let mut c = Client::ehlo(s.smtp);
+    assert_eq!(code(&c.cmd("MAIL FROM:<sender@example.com>")), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<slow@example.org>")), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    let marker = "DAMAGE-ME-0123456789";
+    assert_eq!(code(&c.cmd(&format!("Subject: x\r\n\r\n{marker}\r\n."))), 250);
+    drop(c);
+    // One deferred attempt, then a graceful stop: the checkpoint covers the record.
+    s.wait_queue(30, |q| q.iter().any(|m| m["recipients"][0]["attempts"].as_u64() >= Some(1)));
+    assert!(s.terminate().success());
+    let spool = s.data_dir.join("spool");
+    let mut flipped = false;
+    for e in std::fs::read_dir(&spool).unwrap() {
+        let p = e.unwrap().path();
+        let Ok(mut data) = std::fs::read(&p) else { continue };
+        if let Some(at) = data.windows(marker.len()).position(|w| w == marker.as_bytes()) {
+            data[at] ^= 0x20;
+            std::fs::write(&p, data).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the record was not found in {}", spool.display());
+    s.spawn();
+    let got = sink.wait_for(1, 30);
+    let dsn = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert_eq!(got[0].rcpts, ["sender@example.com"], "{dsn}");
+    assert!(dsn.contains("5.3.0"), "{dsn}");
+    s.wait_queue(30, |q| q.is_empty());
+    let log = s.log();
+    assert!(log.contains("damaged spool record found on read"), "{log}");
+    let quarantined = std::fs::read_dir(spool.join("quarantine")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(quarantined, 1);
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("sluice_spool_damaged_records_total 1"), "{m}");
+}

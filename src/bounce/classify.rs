@@ -221,7 +221,7 @@ impl Classifier {
             DeliveryError::DnsTemporary(_) => Category::DnsFailure,
             // Our credentials for the smart host: the route is broken, not the recipient.
             DeliveryError::Auth(_) => Category::Routing,
-            DeliveryError::Spool(_) => Category::Other,
+            DeliveryError::Spool(_) | DeliveryError::Damaged(_) => Category::Other,
         }
     }
 }

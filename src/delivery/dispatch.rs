@@ -751,7 +751,10 @@ impl Dispatcher {
         tokio::task::spawn_blocking(move || spool.read_message(id))
             .await
             .map_err(|e| DeliveryError::Spool(e.to_string()))?
-            .map_err(|e| DeliveryError::Spool(e.to_string()))
+            .map_err(|e| match e {
+                crate::spool::SpoolError::Corrupt(why) => DeliveryError::Damaged(why),
+                e => DeliveryError::Spool(e.to_string()),
+            })
     }
 }
 

@@ -42,6 +42,10 @@ pub enum DeliveryError {
     /// The message could not be read from the spool.
     #[error("spool: {0}")]
     Spool(String),
+    /// The message's record in the spool fails its check: it can never be sent (5.3.0); the
+    /// sender gets a DSN at once, not retries until `max_age`.
+    #[error("the message is damaged in the spool: {0}")]
+    Damaged(String),
 }
 
 /// What an outcome means for the recipient.
@@ -69,6 +73,7 @@ impl DeliveryError {
             DeliveryError::Tls(_) => Disposition::Temporary,
             DeliveryError::Auth(_) => Disposition::Temporary,
             DeliveryError::Spool(_) => Disposition::Temporary,
+            DeliveryError::Damaged(_) => Disposition::Permanent,
         }
     }
 }
@@ -88,7 +93,8 @@ impl DeliveryError {
             | DeliveryError::DnsTemporary(_)
             | DeliveryError::Tls(_)
             | DeliveryError::Auth(_)
-            | DeliveryError::Spool(_) => false,
+            | DeliveryError::Spool(_)
+            | DeliveryError::Damaged(_) => false,
         }
     }
 }
@@ -107,6 +113,8 @@ impl DeliveryError {
             | DeliveryError::Protocol(_) => "4.4.1".into(),
             DeliveryError::DnsTemporary(_) => "4.4.3".into(),
             DeliveryError::Spool(_) => "4.3.0".into(),
+            // RFC 3463 X.3.0: other or undefined mail system status.
+            DeliveryError::Damaged(_) => "5.3.0".into(),
             // RFC 3463: 4.7.10 (RFC 7672: TLS required), 4.7.0 security/auth failure.
             DeliveryError::Tls(_) => "4.7.10".into(),
             DeliveryError::Auth(_) => "4.7.0".into(),

@@ -4,6 +4,7 @@
 //! one fdatasync, wake every waiter) and one checkpoint thread (save the index to redb, then
 //! delete dead segments). Sessions never wait on each other except through the batch they share.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,8 @@ pub(super) struct Shared {
     free_checked: AtomicU64,
     /// The current episode of write failures, if any.
     trouble: Mutex<Trouble>,
+    /// Messages whose record failed its check on read (each reported once).
+    damaged_seen: Mutex<HashSet<QueueId>>,
     /// Set after a write failure that could not be repaired: every store fails from then on.
     broken: AtomicBool,
     checkpoint: Mutex<Option<CheckpointStore>>,
@@ -175,6 +178,7 @@ impl LogSpool {
             free_space: AtomicU64::new(free_space(&opts.dir)),
             free_checked: AtomicU64::new(0),
             trouble: Mutex::new(Trouble::default()),
+            damaged_seen: Mutex::new(HashSet::new()),
             opts,
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
@@ -652,19 +656,31 @@ impl Spool for LogSpool {
         };
         let file = File::open(segment_path(&self.shared.opts.dir, loc.segment))?;
         let mut buf = vec![0; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)?;
-        match record::decode(&buf) {
-            Ok((Record::Message { envelope, content_offset }, _)) if envelope.id == id => {
-                Ok(Bytes::from(buf).slice(content_offset..))
-            }
-            Ok(_) => Err(SpoolError::Corrupt(format!(
-                "record at {}:{} is not message {id}",
-                loc.segment, loc.offset
-            ))),
-            Err(why) => {
-                Err(SpoolError::Corrupt(format!("{why:?} at {}:{}", loc.segment, loc.offset)))
-            }
+        let why = match file.read_exact_at(&mut buf, loc.offset) {
+            Ok(()) => match record::decode(&buf) {
+                Ok((Record::Message { envelope, content_offset }, _)) if envelope.id == id => {
+                    return Ok(Bytes::from(buf).slice(content_offset..));
+                }
+                Ok(_) => format!("the record there is not message {id}"),
+                Err(why) => format!("{why:?}"),
+            },
+            // The segment ends before the record: cut short under the checkpoint.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "missing".to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        // Damage found late (below the checkpoint, so recovery did not read it) is treated as
+        // damage found at start: a copy aside, an ERROR, the metric, once per message.
+        if self.shared.damaged_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            metrics::SPOOL_DAMAGED_RECORDS.inc();
+            let copy =
+                recovery::quarantine_late(&self.shared.opts.dir, loc.segment, loc.offset, &buf)
+                    .map(|p| p.display().to_string());
+            tracing::error!(
+                %id, segment = loc.segment, offset = loc.offset, why, copy = ?copy.ok(),
+                "damaged spool record found on read; the message is bounced without its content"
+            );
         }
+        Err(SpoolError::Corrupt(format!("message {id} at {}:{}: {why}", loc.segment, loc.offset)))
     }
 
     fn stats(&self) -> SpoolStats {

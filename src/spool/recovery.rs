@@ -206,7 +206,22 @@ impl Recovered {
 
     /// Phase 3: cut a torn tail, copy damaged regions to `quarantine/`, and say so.
     pub(super) fn set_damage_aside(&mut self, opts: &SpoolOptions) -> Result<(), SpoolError> {
-        let damage = std::mem::take(&mut self.damage);
+        let mut damage = std::mem::take(&mut self.damage);
+        // Every message the index places in a damaged region is named, not only the one
+        // whose envelope could be salvaged from its bytes.
+        for d in &mut damage {
+            let end = (d.offset + d.bytes.len()) as u64;
+            for e in self.state.entries.values() {
+                let l = &e.loc;
+                if l.segment == d.segment
+                    && l.offset < end
+                    && l.offset + l.len > d.offset as u64
+                    && !d.messages.contains(&e.envelope.id)
+                {
+                    d.messages.push(e.envelope.id);
+                }
+            }
+        }
         let mut skipped = 0;
         let mut affected = Vec::new();
         for d in &damage {
@@ -238,6 +253,25 @@ impl Recovered {
                 );
             }
         }
+        // Records the index knows that lie past the end of their segment's file (a segment
+        // cut short below the checkpoint, where replay does not look): those messages are
+        // damaged too; reading them fails, and delivery bounces them at once.
+        let mut missing = Vec::new();
+        for e in self.state.entries.values() {
+            let size = self.state.seg_bytes.get(&e.loc.segment).copied().unwrap_or(0);
+            if e.loc.offset + e.loc.len > size {
+                missing.push(e.envelope.id);
+            }
+        }
+        if !missing.is_empty() {
+            metrics::SPOOL_DAMAGED_RECORDS.inc_by(missing.len() as u64);
+            tracing::error!(
+                count = missing.len(),
+                messages = ?missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "spool records missing: their segment ends before them; the messages are bounced \
+                 at their next delivery attempt"
+            );
+        }
         if skipped > 0 {
             tracing::error!(
                 regions = skipped,
@@ -256,6 +290,25 @@ impl Recovered {
         }
         Ok(())
     }
+}
+
+/// A record that failed its check when read (after start-up), copied aside like damage found
+/// at start.
+pub(super) fn quarantine_late(
+    dir: &Path,
+    segment: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> std::io::Result<std::path::PathBuf> {
+    let d = Damage {
+        segment,
+        offset: offset as usize,
+        bytes: bytes.to_vec(),
+        why: Invalid::BadChecksum,
+        messages: Vec::new(),
+        tail: false,
+    };
+    quarantine(dir, &d)
 }
 
 /// Writes a damaged region to `quarantine/seg-<segment>-at-<offset>.bin`, durably.
