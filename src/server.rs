@@ -753,6 +753,8 @@ async fn start_admin(
             render_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            max_message_size: cfg.limits.max_message_size as usize,
+            budget: intake.budget.clone(),
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file()).step("admin token")?;

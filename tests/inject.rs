@@ -605,3 +605,59 @@ fn a_tenant_shaping_rule_gives_the_tenant_its_own_lane() {
     sink.wait_for(6, 30);
     assert_eq!(sink.max_concurrent(), 1, "acme's lane has one connection");
 }
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue #22: injection memory is bounded. A window of 1,000 rendered messages each with its
+/// own copy of a 1 MiB attachment raised peak memory by 500 MiB; windows are now cut at about
+/// 32 MiB of messages. A template whose output grows without end (a loop) stops at
+/// `[limits] max_message_size`, and that recipient alone is refused; a rendered message over
+/// the limit is refused per recipient too (a 35.9 MB message went out under a 20 MiB limit).
+#[test]
+fn injection_memory_is_bounded_by_windows_and_the_message_size_limit() {
+    if !require_tool("curl", "apt-get install curl") {
+        return;
+    }
+    let sink = Sink::start(Behavior::default());
+    let s = Sluice::start(&sink.route(
+        "[limits]\nmax_message_size = \"4MiB\"\n[inject]\nmax_request_size = \"64MiB\"\n",
+    ));
+    let token = s.inject_token("campaigns");
+    use base64::Engine;
+    let attachment = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1 << 20]);
+    let before = peak_rss_kib(s.pid());
+    let recipients: Vec<Value> =
+        (0..200).map(|i| json!({"email": format!("r{i}@example.org")})).collect();
+    let req = json!({
+        "envelope_sender": "a@example.com",
+        "content": {"from": {"email": "a@example.com"}, "subject": "big", "text_body": "see attached",
+                    "attachments": [{"data": attachment, "base64": true, "content_type": "application/octet-stream"}]},
+        "recipients": recipients,
+    });
+    let resp = ok_json(curl_post(&s, &token, req.to_string().as_bytes(), &[]));
+    assert_eq!(resp["success_count"].as_u64(), Some(200), "{resp}");
+    let grown = peak_rss_kib(s.pid()).saturating_sub(before) / 1024;
+    eprintln!("peak RSS grew by {grown} MiB for 200 messages of 1.4 MB");
+    // 200 messages of 1.4 MB are 280 MB when one window holds them all (and more while the
+    // spool writes them); windows of about 32 MiB hold 23 at a time.
+    assert!(grown < 160, "peak RSS grew by {grown} MiB");
+    // Output without end: cut at the size limit, that recipient refused, the other stored.
+    let req = json!({
+        "envelope_sender": "a@example.com",
+        "content": "From: a@example.com\nSubject: loop\n\n{% for i in range(100000) %}{{ big }}\n{% endfor %}",
+        "recipients": [
+            {"email": "huge@example.org", "substitutions": {"big": "y".repeat(900)}},
+            {"email": "small@example.org", "substitutions": {"big": ""}},
+        ],
+    });
+    let resp = ok_json(curl_post(&s, &token, req.to_string().as_bytes(), &[]));
+    assert_eq!(resp["success_count"].as_u64(), Some(1), "{resp}");
+    assert_eq!(resp["failed_recipients"], json!(["huge@example.org"]), "{resp}");
+    let error = resp["errors"][0].as_str().unwrap();
+    assert!(error.contains("max_message_size"), "{error}");
+    s.assert_no_panic();
+}

@@ -56,7 +56,16 @@ pub struct Injector {
     /// Render tasks running at once, all requests together (one per core): concurrent
     /// campaigns queue here instead of filling the blocking pool.
     pub render_slots: Arc<tokio::sync::Semaphore>,
+    /// `[limits] max_message_size`: a recipient whose rendered message is larger is refused.
+    pub max_message_size: usize,
+    /// The memory budget SMTP bodies share (`[limits] memory_budget`): rendered messages
+    /// waiting to be stored are charged to it as SMTP bodies are.
+    pub budget: Arc<crate::smtp::MemoryBudget>,
 }
+
+/// Rendered messages held at once by one request before they are stored (a window is cut
+/// short when its messages add up to this).
+const WINDOW_BYTES: usize = 32 << 20;
 
 /// A recipient that passed the checks, with its message's queue id.
 struct Accepted {
@@ -73,14 +82,46 @@ impl Injector {
         let checked = self.check(req)?;
         let mut resp = InjectResponse::default();
         let accepted = self.screen(checked.recipients, checked.tags.tenant.as_deref(), &mut resp);
-        let plan = Arc::new(Plan::compile(checked.content, checked.templated, &self.hostname)?);
+        let plan = Arc::new(Plan::compile(
+            checked.content,
+            checked.templated,
+            &self.hostname,
+            self.max_message_size,
+        )?);
         let globals = Arc::new(checked.globals);
         let links = self.unsubscribe.clone().filter(|_| checked.list_unsubscribe);
         let tags = (checked.tags != Tags::default()).then(|| Box::new(checked.tags));
         let mut unavailable = None;
-        for window in accepted.chunks(self.config.batch_size.max(1)) {
+        // Windows are sized by bytes as well as by count: the first is small, the next hold
+        // about WINDOW_BYTES of messages like the ones rendered so far (one request's
+        // messages share a template), so 1,000 messages with a 1 MiB attachment each are not
+        // all in memory at once.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut next = self.config.batch_size.clamp(1, cores * 4);
+        let mut start = 0;
+        let mut charge = crate::smtp::Charge::new(self.budget.clone());
+        while start < accepted.len() {
+            let window = &accepted[start..(start + next).min(accepted.len())];
+            start += window.len();
             let mut rendered =
                 render_window(&plan, &globals, window, &self.hostname, &self.render_slots).await;
+            let bytes: usize = rendered.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum();
+            let per_message = (bytes / window.len()).max(1);
+            next = (WINDOW_BYTES / per_message).clamp(1, self.config.batch_size.max(1));
+            if charge.set(bytes) && bytes > 0 {
+                // The server's budget for bodies in flight is spent (by this request or by
+                // SMTP sessions): this window is refused, to be sent again later.
+                for a in window {
+                    resp.errors.push(format!(
+                        "{}: not stored: the server is short of memory (try again)",
+                        a.spec.email
+                    ));
+                    resp.failed_recipients.push(a.spec.email.clone());
+                }
+                unavailable = Some("memory budget spent".to_string());
+                charge.set(0);
+                continue;
+            }
             if let Some(links) = &links {
                 let tenant = tags.as_ref().and_then(|t| t.tenant.as_deref());
                 for (a, r) in window.iter().zip(rendered.iter_mut()) {
@@ -116,6 +157,7 @@ impl Injector {
             if let Err(e) = outcome {
                 unavailable = Some(e);
             }
+            charge.set(0);
         }
         resp.fail_count = resp.failed_recipients.len();
         resp.success_count = resp.messages.len();

@@ -51,6 +51,33 @@ pub struct Plan {
     /// None: no substitutions anywhere, so the content is used as given.
     env: Option<Environment<'static>>,
     hostname: String,
+    /// The largest message one recipient's rendering may make (`[limits] max_message_size`):
+    /// template output is cut off there, and a larger built message is refused.
+    max_size: usize,
+}
+
+/// An output that refuses to grow past its limit: template output is written here, so what
+/// a template writes cannot make a message larger than the limit.
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+    /// Set when a write was refused.
+    full: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + b.len() > self.limit {
+            self.full = true;
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.out.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Per message: who it is for and its ids.
@@ -70,6 +97,7 @@ impl Plan {
         content: Content,
         templated: bool,
         hostname: &str,
+        max_size: usize,
     ) -> Result<Plan, TemplateError> {
         let env = templated.then(|| build_env(&content)).transpose()?;
         if let Content::Raw(raw) = &content
@@ -77,7 +105,7 @@ impl Plan {
         {
             check_lines(raw.as_bytes(), RAW)?;
         }
-        Ok(Plan { content, env, hostname: hostname.to_string() })
+        Ok(Plan { content, env, hostname: hostname.to_string(), max_size })
     }
 
     /// The message for one recipient (headers and body, CRLF line ends).
@@ -88,19 +116,40 @@ impl Plan {
                 (Some(env), Some(ctx)) => {
                     let tmpl =
                         env.get_template(name).map_err(|e| TemplateError::new(part(name), &e))?;
-                    tmpl.render(ctx).map_err(|e| TemplateError::new(part(name), &e))
+                    let mut out = Bounded { out: Vec::new(), limit: self.max_size, full: false };
+                    match tmpl.render_captured_to(ctx, &mut out) {
+                        // Templates are UTF-8 and write whole values: the output is too.
+                        Ok(_) => Ok(String::from_utf8_lossy(&out.out).into_owned()),
+                        Err(_) if out.full => Err(self.too_large(part(name))),
+                        Err(e) => Err(TemplateError::new(part(name), &e)),
+                    }
                 }
                 _ => Ok(literal.to_string()),
             }
         };
-        match &self.content {
+        let msg = match &self.content {
             Content::Raw(raw) => {
                 let text = render(RAW, raw)?;
                 let msg = complete_raw(&text, t, &self.hostname);
                 check_lines(&msg, RAW)?;
-                Ok(msg)
+                msg
             }
-            Content::Builder(b) => self.build(b, t, &render),
+            Content::Builder(b) => self.build(b, t, &render)?,
+        };
+        if msg.len() > self.max_size {
+            return Err(self.too_large("content"));
+        }
+        Ok(msg)
+    }
+
+    fn too_large(&self, part: &str) -> TemplateError {
+        TemplateError {
+            part: part.to_string(),
+            line: None,
+            message: format!(
+                "the rendered message is larger than {} octets ([limits] max_message_size)",
+                self.max_size
+            ),
         }
     }
 
