@@ -206,6 +206,11 @@ metrics! {
         "IMAP logins by result: ok, invalid, locked_out.",
         &["result"],
     );
+    /// Local deliveries not written because the mailbox already had them.
+    LOCAL_DUPLICATES: IntCounter = counter(
+        "sluice_local_duplicates_total",
+        "Local deliveries found already in the mailbox and not written again: a crash between the mailbox write and the spool's record of it, or an alias delivered to some of its users before a failure.",
+    );
     /// HTTP connections closed at accept: the listener or the client was at its cap.
     HTTP_REFUSED: IntCounterVec = counter_vec(
         "sluice_http_refused_total",

@@ -623,9 +623,10 @@ fn injection_memory_is_bounded_by_windows_and_the_message_size_limit() {
         return;
     }
     let sink = Sink::start(Behavior::default());
-    let s = Sluice::start(&sink.route(
-        "[limits]\nmax_message_size = \"4MiB\"\n[inject]\nmax_request_size = \"64MiB\"\n",
-    ));
+    let s =
+        Sluice::start(&sink.route(
+            "[limits]\nmax_message_size = \"4MiB\"\n[inject]\nmax_request_size = \"64MiB\"\n",
+        ));
     let token = s.inject_token("campaigns");
     use base64::Engine;
     let attachment = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1 << 20]);

@@ -174,6 +174,7 @@ pub struct DispatcherConfig {
 
 impl Dispatcher {
     pub fn new(recorder: Recorder, cfg: DispatcherConfig) -> Arc<Self> {
+        process_started_ms();
         Arc::new(Dispatcher {
             recorder,
             routes: cfg.routes,
@@ -572,14 +573,28 @@ impl Dispatcher {
             let outcome = match &content {
                 Ok(content) => {
                     let (m, c) = (mailboxes.clone(), content.clone());
-                    let rcpts: Vec<String> = job
+                    // Each recipient's files carry `<queue id>-<index>`; a delivery that may
+                    // have been made already (retried, or queued before this process started,
+                    // so a crash may have come between the mailbox write and its record) is
+                    // looked for first.
+                    let queued_before_start = env.received_at < process_started_ms();
+                    let rcpts: Vec<(String, String, bool)> = job
                         .rcpts
                         .iter()
-                        .map(|&i| env.recipients[i as usize].address.to_string())
+                        .map(|&i| {
+                            let r = &env.recipients[i as usize];
+                            let key = format!("{}-{i}", env.id);
+                            (r.address.to_string(), key, queued_before_start || r.attempts > 0)
+                        })
                         .collect();
                     let sender = env.sender.to_string();
                     tokio::task::spawn_blocking(move || {
-                        rcpts.iter().map(|r| m.deliver(r, &sender, &c)).collect::<Vec<_>>()
+                        rcpts
+                            .iter()
+                            .map(|(r, key, maybe)| {
+                                m.deliver_once(r, &sender, &c, Some((key.as_str(), *maybe)))
+                            })
+                            .collect::<Vec<_>>()
                     })
                     .await
                     .map_err(|e| DeliveryError::Spool(e.to_string()))
@@ -756,6 +771,12 @@ impl Dispatcher {
                 e => DeliveryError::Spool(e.to_string()),
             })
     }
+}
+
+/// When this process started (Unix milliseconds), first asked at the dispatcher's start.
+fn process_started_ms() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(crate::spool::unix_millis)
 }
 
 /// The SMTP transaction for one job: its recipients of the message, with their DSN requests.

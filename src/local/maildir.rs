@@ -68,9 +68,32 @@ impl Maildir {
         hostname: &str,
         info: Option<&str>,
     ) -> std::io::Result<String> {
+        self.deliver_keyed(parts, hostname, info, None)
+    }
+
+    /// [`Maildir::deliver_with_info`], with a delivery key (`<queue id>-<recipient>`) in the
+    /// name (`,X=<key>`, a field Maildir readers ignore), so a delivery repeated after a crash
+    /// can be found ([`Maildir::has_delivery`]).
+    pub fn deliver_keyed(
+        &self,
+        parts: &[&[u8]],
+        hostname: &str,
+        info: Option<&str>,
+        key: Option<&str>,
+    ) -> std::io::Result<String> {
         self.create()?;
         let size: usize = parts.iter().map(|p| p.len()).sum();
-        let unique = unique_name(hostname, size as u64);
+        let unique = match key {
+            None => unique_name(hostname, size as u64),
+            Some(k) => {
+                let plain = unique_name(hostname, size as u64);
+                // Before `,S=`: `<secs>.<unique>.<host>,X=<key>,S=<size>`.
+                match plain.rsplit_once(",S=") {
+                    Some((head, size)) => format!("{head},X={k},S={size}"),
+                    None => format!("{plain},X={k}"),
+                }
+            }
+        };
         let tmp = self.root.join("tmp").join(&unique);
         let (sub, file) = match info {
             None => ("new", unique.clone()),
@@ -157,6 +180,25 @@ impl Maildir {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether a message delivered with this key is in `new/` or `cur/` (read once, after a
+    /// restart or a failed attempt, never on the usual path).
+    pub fn has_delivery(&self, key: &str) -> std::io::Result<bool> {
+        let marker = format!(",X={key},");
+        for sub in ["new", "cur"] {
+            let dir = match fs::read_dir(self.root.join(sub)) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in dir {
+                if e?.file_name().to_string_lossy().contains(&marker) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Octets in use (for the quota).

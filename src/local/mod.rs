@@ -244,6 +244,13 @@ impl Mailboxes {
         }
     }
 
+    /// Whether the user's INBOX or Junk folder holds a delivery with `key` (a scan of the
+    /// folder: only for deliveries that may be repeats).
+    fn already_delivered(&self, md: &Maildir, key: &str) -> bool {
+        let junk = md.folder("Junk").ok();
+        std::iter::once(md).chain(junk.as_ref()).any(|f| f.has_delivery(key).unwrap_or(false))
+    }
+
     fn add_usage(&self, user: &str, size: u64) {
         if let Some(u) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get_mut(user) {
             *u += size;
@@ -278,6 +285,21 @@ impl Mailboxes {
     /// Writes `content` to the mailbox of every user `rcpt` resolves to (blocking I/O: run it
     /// off the async threads). `Delivered-To:` (the recipient) and `Return-Path:` go first.
     pub fn deliver(&self, rcpt: &str, sender: &str, content: &[u8]) -> Delivered {
+        self.deliver_once(rcpt, sender, content, None)
+    }
+
+    /// [`Mailboxes::deliver`] for one recipient of a queued message: the files carry `key`
+    /// (`<queue id>-<recipient index>`), and when `key.1` says the delivery may have happened
+    /// already (a retry, or a message queued before this process started: a crash between
+    /// the mailbox write and the spool's record of it), a mailbox that has the key is not
+    /// written again; such duplicates avoided are counted (`sluice_local_duplicates_total`).
+    pub fn deliver_once(
+        &self,
+        rcpt: &str,
+        sender: &str,
+        content: &[u8],
+        key: Option<(&str, bool)>,
+    ) -> Delivered {
         let users = match self.lookup(rcpt) {
             Lookup::Users(u) => u,
             Lookup::NotLocal | Lookup::Unknown => return Delivered::NoSuchUser,
@@ -295,9 +317,17 @@ impl Mailboxes {
         let quarantined = header_has(content, "x-sluice-quarantine");
         for user in &users {
             let md = self.maildir(user);
+            if let Some((k, true)) = key
+                && self.already_delivered(&md, k)
+            {
+                crate::metrics::LOCAL_DUPLICATES.inc();
+                tracing::info!(user = %user, key = k, "already in the mailbox (a repeated delivery): not written again");
+                continue;
+            }
+            let parts = [head.as_bytes(), content];
             let stored = match quarantined {
-                true => deliver_to_junk(&md, &[head.as_bytes(), content], &self.hostname),
-                false => md.deliver(&[head.as_bytes(), content], &self.hostname),
+                true => deliver_to_junk(&md, &parts, &self.hostname, key.map(|k| k.0)),
+                false => md.deliver_keyed(&parts, &self.hostname, None, key.map(|k| k.0)),
             };
             if let Err(e) = stored {
                 return Delivered::Failed(e);
@@ -326,15 +356,20 @@ impl crate::proto::smtp::session::LocalRecipients for Mailboxes {
 /// Quarantined mail (`X-Sluice-Quarantine:`, DMARC quarantine) goes to the user's Junk folder
 /// with the `$Junk` keyword, as clients file junk; to INBOX with `$Junk` when the user has
 /// deleted Junk.
-fn deliver_to_junk(md: &Maildir, parts: &[&[u8]], hostname: &str) -> std::io::Result<String> {
+fn deliver_to_junk(
+    md: &Maildir,
+    parts: &[&[u8]],
+    hostname: &str,
+    key: Option<&str>,
+) -> std::io::Result<String> {
     let folder = md.folder("Junk").unwrap_or_else(|_| md.clone());
     match folder.ensure_keywords(&["$Junk"]) {
         Ok(k) => {
             let letters: String = keywords::letters(k.bits_of(["$Junk"])).collect();
-            folder.deliver_with_info(parts, hostname, Some(&letters))
+            folder.deliver_keyed(parts, hostname, Some(&letters), key)
         }
         // No room for the keyword: the folder alone says it.
-        Err(_) => folder.deliver(parts, hostname),
+        Err(_) => folder.deliver_keyed(parts, hostname, None, key),
     }
 }
 
@@ -450,6 +485,32 @@ mod tests {
         let ok = b"Subject: X-Sluice-Quarantine: no\r\n\r\nbody\r\n";
         assert!(matches!(m.deliver("bob@example.com", "s@x.org", ok), Delivered::Stored));
         assert_eq!(md.snapshot().unwrap().messages.len(), 2);
+    }
+
+    /// Issue #23: a delivery repeated after a crash between the mailbox write and the spool's
+    /// record of it (or a retry of an alias delivered to some of its users) finds its key in
+    /// the mailbox and is not written twice; a first delivery never looks.
+    #[test]
+    fn a_repeated_delivery_is_found_by_its_key_and_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mailboxes(dir.path().to_path_buf());
+        let msg = b"Subject: once\r\n\r\nbody\r\n";
+        let first = m.deliver_once("alice@example.com", "s@x.org", msg, Some(("17-0", false)));
+        assert!(matches!(first, Delivered::Stored));
+        let md = m.maildir("alice@example.com");
+        assert!(md.has_delivery("17-0").unwrap() && !md.has_delivery("17-1").unwrap());
+        let before = crate::metrics::LOCAL_DUPLICATES.get();
+        let again = m.deliver_once("alice@example.com", "s@x.org", msg, Some(("17-0", true)));
+        assert!(matches!(again, Delivered::Stored), "reported as delivered");
+        assert_eq!(md.list().unwrap().len(), 1, "not written twice");
+        assert!(crate::metrics::LOCAL_DUPLICATES.get() > before);
+        // Another recipient of the same message is written.
+        m.deliver_once("alice@example.com", "s@x.org", msg, Some(("17-1", true)));
+        assert_eq!(md.list().unwrap().len(), 2);
+        // The key is a field Maildir readers ignore: the size is still read from the name.
+        let names: Vec<String> = md.list().unwrap().into_iter().map(|e| e.unique).collect();
+        assert!(names.iter().all(|n| n.contains(",X=17-") && n.contains(",S=")), "{names:?}");
+        assert_eq!(md.list().unwrap()[0].size, md.usage().unwrap() / 2);
     }
 
     #[test]
