@@ -9,9 +9,7 @@ use common::mailboxes::*;
 use common::*;
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    proc_status_kib(pid, "VmRSS")
 }
 
 /// 300 failed IMAP logins with 60 KiB names (LITERAL+, under the 64 KiB limit before login):

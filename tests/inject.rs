@@ -607,9 +607,7 @@ fn a_tenant_shaping_rule_gives_the_tenant_its_own_lane() {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    proc_status_kib(pid, "VmHWM")
 }
 
 /// Issue #22: injection memory is bounded. A window of 1,000 rendered messages each with its

@@ -114,15 +114,20 @@ impl Maildir {
         result.map(|()| unique)
     }
 
+    /// The entries of `sub` (`new`, `cur`, `tmp`); none when it does not exist.
+    pub fn read_sub(&self, sub: &str) -> std::io::Result<Option<fs::ReadDir>> {
+        match fs::read_dir(self.root.join(sub)) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every message in `new/` and `cur/`, oldest delivery first (names start with the time).
     pub fn list(&self) -> std::io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         for sub in ["new", "cur"] {
-            let dir = match fs::read_dir(self.root.join(sub)) {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(dir) = self.read_sub(sub)? else { continue };
             for e in dir {
                 let e = e?;
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -162,11 +167,7 @@ impl Maildir {
     /// says 36 hours). Returns how many went.
     pub fn clean_tmp(&self, max_age: std::time::Duration) -> std::io::Result<usize> {
         let Some(before) = SystemTime::now().checked_sub(max_age) else { return Ok(0) };
-        let dir = match fs::read_dir(self.root.join("tmp")) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
+        let Some(dir) = self.read_sub("tmp")? else { return Ok(0) };
         let mut removed = 0;
         for e in dir {
             let e = e?;
@@ -187,11 +188,7 @@ impl Maildir {
     pub fn has_delivery(&self, key: &str) -> std::io::Result<bool> {
         let marker = format!(",X={key},");
         for sub in ["new", "cur"] {
-            let dir = match fs::read_dir(self.root.join(sub)) {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(dir) = self.read_sub(sub)? else { continue };
             for e in dir {
                 if e?.file_name().to_string_lossy().contains(&marker) {
                     return Ok(true);

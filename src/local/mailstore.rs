@@ -175,11 +175,7 @@ impl Maildir {
             return Ok(Some(known.to_path_buf()));
         }
         for sub in ["cur", "new"] {
-            let dir = match fs::read_dir(self.root().join(sub)) {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(dir) = self.read_sub(sub)? else { continue };
             for e in dir {
                 let e = e?;
                 let name = e.file_name();

@@ -435,6 +435,13 @@ pub fn self_signed(dir: &Path, host: &str) {
     assert!(!checkend(366 * 86_400), "valid for more than a year");
 }
 
+/// A size field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM` for the peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// `sluice user add` with the password on stdin (never argv).
 pub fn add_user(users: &Path, name: &str, password: &str, senders: &[&str]) {
     let cfg = users.with_file_name("user-cli.toml");
