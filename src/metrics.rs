@@ -284,7 +284,7 @@ metrics! {
     /// DNS lookups for delivery by type (mx, address) and result (ok, nxdomain, nodata, error).
     DNS_LOOKUPS: IntCounterVec = counter_vec(
         "sluice_dns_lookups_total",
-        "DNS lookups for delivery by type (mx, address) and result (ok, nxdomain, nodata, error).",
+        "DNS lookups by type (mx and address for delivery, spf for SPF evaluation) and result (ok, nxdomain, nodata, error).",
         &["type", "result"],
     );
     /// DNS lookup latency, cache hits included.
@@ -413,7 +413,7 @@ pub fn init_labels(listeners: &[String]) {
     for s in ["queued", "delivered", "failed"] {
         QUEUE_RECIPIENTS.with_label_values(&[s]);
     }
-    for t in ["mx", "address"] {
+    for t in ["mx", "address", "spf"] {
         for r in ["ok", "nxdomain", "nodata", "error"] {
             DNS_LOOKUPS.with_label_values(&[t, r]);
         }

@@ -8,6 +8,7 @@
 pub mod headers;
 pub mod key;
 pub mod sign;
+pub mod spf;
 pub mod verify;
 
 pub use key::{DkimAlgorithm, DkimKey, KeyError};

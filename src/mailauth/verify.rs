@@ -1,4 +1,5 @@
-//! Verification of inbound mail: SPF (RFC 7208) for HELO and MAIL FROM, every DKIM signature
+//! Verification of inbound mail: SPF (RFC 7208, MAIL FROM or the HELO name for the null
+//! reverse-path, by [`super::spf`]), every DKIM signature
 //! (RFC 6376), the ARC chain (RFC 8617) and DMARC (RFC 7489) alignment and policy, reported in one
 //! `Authentication-Results` field (RFC 8601) whose authserv-id is sluice's host name.
 //!
@@ -116,9 +117,8 @@ impl Verifier {
     /// `check_host` (RFC 7208 4) of the MAIL FROM identity, or of `postmaster@<HELO>` for the null
     /// reverse-path: what RFC 7208's test suite specifies.
     pub async fn spf_mail_from(&self, env: &Envelope<'_>) -> SpfResult {
-        let params =
-            SpfParameters::mail_from(env.client_ip, env.helo, &self.hostname, env.mail_from);
-        self.auth.verify_spf(params).await.result()
+        let dns = super::spf::HickorySpf(self.auth.resolver());
+        super::spf::check_mail_from(&dns, env.client_ip, env.helo, env.mail_from).await
     }
 
     /// Verifies `message` (headers and body as received). SPF, DKIM and ARC are looked up at
@@ -130,7 +130,15 @@ impl Verifier {
         let params = spf_parameters(env, &self.hostname);
         let parsed = AuthenticatedMessage::parse(message);
         let first = async {
-            let spf = self.auth.verify_spf(params);
+            // SPF by our RFC 7208 evaluator (mail-auth's departs from the RFC test suite),
+            // reported through mail-auth's output type for DMARC and Authentication-Results.
+            let spf = async {
+                let dns = super::spf::HickorySpf(self.auth.resolver());
+                let r =
+                    super::spf::check_mail_from(&dns, env.client_ip, env.helo, env.mail_from).await;
+                let domain = env.mail_from.rsplit_once('@').map_or(env.helo, |(_, d)| d);
+                mail_auth::SpfOutput::new(domain.to_ascii_lowercase()).with_result(r)
+            };
             let signatures = async {
                 match &parsed {
                     Some(msg) => {
@@ -288,8 +296,10 @@ impl Verifier {
     }
 }
 
+/// What Authentication-Results reports SPF for: the MAIL FROM identity (`postmaster@<HELO>`
+/// for the null reverse-path), as [`super::spf::check_mail_from`] evaluates it.
 fn spf_parameters<'a>(env: &Envelope<'a>, host: &'a str) -> SpfParameters<'a> {
-    SpfParameters::helo_and_mail_from(env.client_ip, env.helo, host, env.mail_from)
+    SpfParameters::mail_from(env.client_ip, env.helo, host, env.mail_from)
 }
 
 fn spf_label(r: SpfResult) -> &'static str {

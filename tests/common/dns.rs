@@ -29,6 +29,14 @@ pub struct TestDns {
 
 /// The lookup key of a name: its presentation form (labels with spaces and the like escaped
 /// the way hickory prints a query name), lower case, fully qualified.
+/// The key of a name from a query: its labels as they are (`to_ascii` escapes ':', '/' and
+/// spaces, which [`key`] would escape again).
+fn name_key(name: &Name) -> String {
+    let labels: Vec<String> =
+        name.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    key(&labels.join("."))
+}
+
 fn key(name: &str) -> String {
     let plain = name.trim_end_matches('.');
     match Name::from_labels(plain.split('.').map(str::as_bytes)) {
@@ -143,7 +151,7 @@ fn answer(zone: &Mutex<Zone>, q: &Message) -> Message {
         return m;
     };
     m.add_query(query.clone());
-    let name = key(&query.name().to_ascii());
+    let name = name_key(query.name());
     if z.servfail_all
         || z.servfail.contains(&name)
         || z.servfail_types.contains(&(name.clone(), query.query_type()))
@@ -159,7 +167,7 @@ fn answer(zone: &Mutex<Zone>, q: &Message) -> Message {
         for c in cnames {
             m.add_answer(Record::from_rdata(query.name().clone(), 60, c.clone()));
             if let RData::CNAME(target) = c
-                && let Some(rdatas) = z.records.get(&(key(&target.to_ascii()), query.query_type()))
+                && let Some(rdatas) = z.records.get(&(name_key(&target.0), query.query_type()))
             {
                 for r in rdatas {
                     m.add_answer(Record::from_rdata(target.0.clone(), 60, r.clone()));
