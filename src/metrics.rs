@@ -86,7 +86,7 @@ metrics! {
     /// Messages accepted (answered 250 after the spool made them durable), by listener.
     MESSAGES_RECEIVED: IntCounterVec = counter_vec(
         "sluice_messages_received_total",
-        "Messages accepted (250 after they were durable), by listener.",
+        "Messages accepted (250 after they were durable), by listener; HTTP injection as listener \"inject\".",
         &["listener"],
     );
     /// Commands or messages refused, by reason (syntax, sequence, size, bare_cr_lf, relay_denied, ...).
@@ -389,6 +389,8 @@ pub fn init_labels(listeners: &[String]) {
             SMTP_TLS.with_label_values(&[l, r]);
         }
     }
+    // HTTP injection counts its stored messages under its own listener name.
+    MESSAGES_RECEIVED.with_label_values(&["inject"]);
     for r in crate::proto::smtp::session::RejectReason::ALL {
         MESSAGES_REJECTED.with_label_values(&[r.label()]);
     }

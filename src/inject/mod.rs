@@ -317,13 +317,17 @@ impl Injector {
                 }
             };
             let msg = self.new_message(a, signed, body, &origin);
+            let size = msg.envelope.size;
             let ticket = self.spool.store(msg);
-            tickets.push((a, ticket));
+            tickets.push((a, ticket, size));
         }
         let mut refused = None;
-        for (a, ticket) in tickets {
+        for (a, ticket, size) in tickets {
             match ticket.await {
                 Ok(()) => {
+                    // Counted as SMTP counts what it answers 250 (listener "inject").
+                    crate::metrics::MESSAGES_RECEIVED.with_label_values(&["inject"]).inc();
+                    crate::metrics::BYTES_RECEIVED.inc_by(size);
                     self.log_reception(a, from.sender, tags, client);
                     resp.messages
                         .push(Stored { recipient: a.spec.email.clone(), id: a.id.to_string() });
