@@ -790,59 +790,53 @@ impl HickorySpf<'_> {
     }
 }
 
+impl HickorySpf<'_> {
+    /// The records of type `t` at `name`, each turned into what SPF needs by `pick`.
+    async fn records<T>(
+        &self,
+        name: &str,
+        t: hickory_resolver::proto::rr::RecordType,
+        pick: impl Fn(hickory_resolver::proto::rr::RData) -> Option<T>,
+    ) -> Lookup<T> {
+        Ok(self.lookup(name, t).await?.into_iter().filter_map(pick).collect())
+    }
+}
+
 impl SpfDns for HickorySpf<'_> {
     async fn txt(&self, name: &str) -> Lookup<String> {
         use hickory_resolver::proto::rr::{RData, RecordType};
-        Ok(self
-            .lookup(name, RecordType::TXT)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
-                RData::TXT(t) => {
-                    Some(t.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect())
-                }
-                _ => None,
-            })
-            .collect())
+        self.records(name, RecordType::TXT, |d| match d {
+            RData::TXT(t) => Some(t.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect()),
+            _ => None,
+        })
+        .await
     }
 
     async fn a(&self, name: &str) -> Lookup<Ipv4Addr> {
         use hickory_resolver::proto::rr::{RData, RecordType};
-        Ok(self
-            .lookup(name, RecordType::A)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect())
+        self.records(name, RecordType::A, |d| match d {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .await
     }
 
     async fn aaaa(&self, name: &str) -> Lookup<Ipv6Addr> {
         use hickory_resolver::proto::rr::{RData, RecordType};
-        Ok(self
-            .lookup(name, RecordType::AAAA)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
-                RData::AAAA(a) => Some(a.0),
-                _ => None,
-            })
-            .collect())
+        self.records(name, RecordType::AAAA, |d| match d {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .await
     }
 
     async fn mx(&self, name: &str) -> Lookup<String> {
         use hickory_resolver::proto::rr::{RData, RecordType};
-        Ok(self
-            .lookup(name, RecordType::MX)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
-                RData::MX(m) => Some(labels(&m.exchange)),
-                _ => None,
-            })
-            .collect())
+        self.records(name, RecordType::MX, |d| match d {
+            RData::MX(m) => Some(labels(&m.exchange)),
+            _ => None,
+        })
+        .await
     }
 
     async fn ptr(&self, ip: IpAddr) -> Lookup<String> {
@@ -863,15 +857,11 @@ impl SpfDns for HickorySpf<'_> {
                 format!("{}.ip6.arpa", n.join("."))
             }
         };
-        Ok(self
-            .lookup(&name, RecordType::PTR)
-            .await?
-            .into_iter()
-            .filter_map(|d| match d {
-                RData::PTR(p) => Some(labels(&p.0)),
-                _ => None,
-            })
-            .collect())
+        self.records(&name, RecordType::PTR, |d| match d {
+            RData::PTR(p) => Some(labels(&p.0)),
+            _ => None,
+        })
+        .await
     }
 }
 
