@@ -210,10 +210,13 @@ impl<'a, D: SpfDns> Eval<'a, D> {
         pick.cloned().unwrap_or_else(|| "unknown".to_string())
     }
 
-    async fn target(&mut self, spec: &Option<String>, domain: &str) -> Option<String> {
+    /// A DNS-querying term's target: counted toward the 10-term limit, then `spec` expanded
+    /// (the current domain without one); a spec that does not expand is a permerror.
+    async fn term_target(&mut self, spec: Option<&str>, domain: &str) -> Result<String, SpfResult> {
+        self.count_term()?;
         match spec {
-            Some(spec) => self.expand_target(spec, domain).await,
-            None => Some(domain.to_string()),
+            Some(spec) => self.expand_target(spec, domain).await.ok_or(SpfResult::PermError),
+            None => Ok(domain.to_string()),
         }
     }
 
@@ -246,11 +249,9 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 }
             }
             Mechanism::A(spec, c4, c6) => {
-                if let Err(e) = self.count_term() {
-                    return Step::Done(e);
-                }
-                let Some(t) = self.target(spec, domain).await else {
-                    return Step::Done(SpfResult::PermError);
+                let t = match self.term_target(spec.as_deref(), domain).await {
+                    Ok(t) => t,
+                    Err(e) => return Step::Done(e),
                 };
                 if !valid_name(&t) {
                     return Step::Match(false);
@@ -261,11 +262,9 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 }
             }
             Mechanism::Mx(spec, c4, c6) => {
-                if let Err(e) = self.count_term() {
-                    return Step::Done(e);
-                }
-                let Some(t) = self.target(spec, domain).await else {
-                    return Step::Done(SpfResult::PermError);
+                let t = match self.term_target(spec.as_deref(), domain).await {
+                    Ok(t) => t,
+                    Err(e) => return Step::Done(e),
                 };
                 if !valid_name(&t) {
                     return Step::Match(false);
@@ -293,11 +292,9 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 Step::Match(false)
             }
             Mechanism::Ptr(spec) => {
-                if let Err(e) = self.count_term() {
-                    return Step::Done(e);
-                }
-                let Some(t) = self.target(spec, domain).await else {
-                    return Step::Done(SpfResult::PermError);
+                let t = match self.term_target(spec.as_deref(), domain).await {
+                    Ok(t) => t,
+                    Err(e) => return Step::Done(e),
                 };
                 let t = t.to_ascii_lowercase();
                 let validated = self.validated_names().await;
@@ -307,11 +304,9 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 }))
             }
             Mechanism::Exists(spec) => {
-                if let Err(e) = self.count_term() {
-                    return Step::Done(e);
-                }
-                let Some(t) = self.expand_target(spec, domain).await else {
-                    return Step::Done(SpfResult::PermError);
+                let t = match self.term_target(Some(spec), domain).await {
+                    Ok(t) => t,
+                    Err(e) => return Step::Done(e),
                 };
                 if !valid_name(&t) {
                     return Step::Match(false);
