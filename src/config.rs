@@ -5,10 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
+
+use crate::net::proxy::ProxyPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +93,9 @@ pub struct Config {
     /// How long a graceful stop waits for sessions and commits before exiting anyway.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// `[tenant.NAME]`: tenants' sending limits.
+    #[serde(default)]
+    pub tenant: std::collections::BTreeMap<String, crate::tenant::quota::TenantConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,12 +131,38 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Name used in metrics; defaults to the mode.
     pub name: Option<String>,
+    /// Each connection starts with a PROXY protocol header (v1 or v2) naming the client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The load balancers allowed to send it; connections from anywhere else are closed.
+    #[serde(default)]
+    pub proxy_networks: Vec<IpNet>,
 }
 
 impl Listener {
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| format!("{:?}", self.mode).to_lowercase())
     }
+
+    pub fn proxy(&self) -> Option<Arc<ProxyPolicy>> {
+        proxy_policy(self.proxy_protocol, &self.proxy_networks)
+    }
+}
+
+/// The PROXY settings of a listener, if it takes the header.
+fn proxy_policy(on: bool, networks: &[IpNet]) -> Option<Arc<ProxyPolicy>> {
+    on.then(|| Arc::new(ProxyPolicy::new(networks.to_vec())))
+}
+
+/// `proxy_protocol = true` needs the balancers' networks: without them nobody could connect.
+fn check_proxy(key: &str, on: bool, networks: &[IpNet]) -> Check {
+    if on && networks.is_empty() {
+        return invalid_key(
+            &format!("{key}.proxy_networks"),
+            "proxy_protocol = true needs the load balancers' networks".into(),
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +181,17 @@ pub struct Admin {
     /// management network).
     #[serde(default)]
     pub metrics_need_token: bool,
+    /// PROXY protocol, as on `[[listener]]`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_networks: Vec<IpNet>,
+}
+
+impl Admin {
+    pub fn proxy(&self) -> Option<Arc<ProxyPolicy>> {
+        proxy_policy(self.proxy_protocol, &self.proxy_networks)
+    }
 }
 
 /// `[http]`: what each HTTP listener (admin, unsubscribe) allows; each keeps its own counts.
@@ -289,6 +332,11 @@ impl Config {
     /// `<data_dir>/suppression.redb`.
     pub fn suppression_file(&self) -> PathBuf {
         self.data_dir.join("suppression.redb")
+    }
+
+    /// The sending-quota counters (`[tenant.NAME]`, `sluice user limit`).
+    pub fn quota_file(&self) -> PathBuf {
+        self.data_dir.join("quotas.json")
     }
 
     pub fn mailbox_dir(&self) -> PathBuf {
@@ -679,6 +727,17 @@ pub struct UnsubscribeConfig {
     pub mailto: Option<String>,
     /// The HMAC key (default `<data_dir>/unsubscribe.key`, made on first start).
     pub key_file: Option<PathBuf>,
+    /// PROXY protocol, as on `[[listener]]`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_networks: Vec<IpNet>,
+}
+
+impl UnsubscribeConfig {
+    pub fn proxy(&self) -> Option<Arc<ProxyPolicy>> {
+        proxy_policy(self.proxy_protocol, &self.proxy_networks)
+    }
 }
 
 fn default_unsubscribe_address() -> SocketAddr {
@@ -888,7 +947,13 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 fn default_listeners() -> Vec<Listener> {
-    vec![Listener { mode: ListenerMode::Smtp, address: ([127, 0, 0, 1], 2525).into(), name: None }]
+    vec![Listener {
+        mode: ListenerMode::Smtp,
+        address: ([127, 0, 0, 1], 2525).into(),
+        name: None,
+        proxy_protocol: false,
+        proxy_networks: Vec::new(),
+    }]
 }
 fn default_admin_address() -> SocketAddr {
     ([127, 0, 0, 1], 8025).into()
@@ -1102,6 +1167,7 @@ impl Config {
             .and_then(|()| self.check_bounce())
             .and_then(|()| self.check_unsubscribe())
             .and_then(|()| self.check_verp())
+            .and_then(|()| self.check_tenants())
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1110,7 +1176,14 @@ impl Config {
         if self.listener.is_empty() {
             return invalid_key("listener", "at least one [[listener]] is needed".into());
         }
+        check_proxy("admin", self.admin.proxy_protocol, &self.admin.proxy_networks)?;
+        check_proxy(
+            "unsubscribe",
+            self.unsubscribe.proxy_protocol,
+            &self.unsubscribe.proxy_networks,
+        )?;
         for (i, l) in self.listener.iter().enumerate() {
+            check_proxy(&format!("listener[{i}]"), l.proxy_protocol, &l.proxy_networks)?;
             let plaintext_ok = matches!(
                 l.mode,
                 ListenerMode::Submission | ListenerMode::Pop3 | ListenerMode::Imap
@@ -1332,6 +1405,16 @@ impl Config {
                 "unsubscribe.enabled",
                 "needs [suppression] enabled = true (unsubscribes are recorded there)".into(),
             );
+        }
+        Ok(())
+    }
+
+    /// `[tenant.NAME]`: names usable as labels and scopes, rates that parse.
+    fn check_tenants(&self) -> Check {
+        for (name, t) in &self.tenant {
+            let key = format!("tenant.{name}");
+            crate::tenant::check_name("name", name.clone()).map_err(|e| (key.clone(), e))?;
+            t.limits().map_err(|e| (format!("{key}.rate"), e))?;
         }
         Ok(())
     }

@@ -62,6 +62,9 @@ pub struct LogEntry {
     pub tenant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign: Option<String>,
+    /// The listener a message came in on (`inject` for HTTP), in reception events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
 }
 
 impl LogEntry {
@@ -84,6 +87,7 @@ impl LogEntry {
             category: None,
             tenant: None,
             campaign: None,
+            listener: None,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`config`]: TOML configuration, embedded defaults, validation (`sluice check-config`).
 //! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
+//! - [`intake`]: the one path to the spool for SMTP and HTTP (policy, signing, store).
+//! - [`tenant`]: tenants bound to credentials, their quotas.
 //! - [`smtp`]: the SMTP server: listeners, connection limits, the per-connection driver.
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
@@ -28,6 +30,7 @@ pub mod domain;
 pub mod domain_labels;
 pub mod imap;
 pub mod inject;
+pub mod intake;
 pub mod local;
 pub mod mailauth;
 pub mod mailbox_listener;
@@ -42,6 +45,7 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
+pub mod tenant;
 pub mod tls;
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct MailboxListener {
     pub max_append: usize,
     /// Folders per user (`[local] max_folders`).
     pub max_folders: usize,
+    /// PROXY protocol (`proxy_protocol`, `proxy_networks`).
+    pub proxy: Option<Arc<crate::net::proxy::ProxyPolicy>>,
 }
 
 impl MailboxListener {
@@ -46,9 +48,9 @@ impl MailboxListener {
     }
 }
 
-/// Accepts until `shutdown`: each admitted connection runs `serve` on `tracker` (so a
-/// graceful stop waits for it) and holds its admission until it ends; over a limit the client
-/// gets `refusal` at once. `sessions` counts connections per listener.
+/// Accepts until `shutdown` (`net::accept`): each admitted connection runs `serve` and holds
+/// its admission until it ends; over a limit the client gets `refusal` at once. `sessions`
+/// counts connections per listener.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     ctx: Arc<MailboxListener>,
@@ -58,36 +60,35 @@ pub async fn accept_loop<F, Fut>(
     refusal: &'static [u8],
     serve: F,
 ) where
-    F: Fn(TcpStream, IpAddr, Arc<MailboxListener>, CancellationToken) -> Fut,
+    F: Fn(TcpStream, IpAddr, Arc<MailboxListener>, CancellationToken) -> Fut
+        + Send
+        + Sync
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut stream, peer)) = accepted else {
-            // EMFILE and friends: wait a little instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let ip = peer.ip().to_canonical();
-        sessions.with_label_values(&[&ctx.name]).inc();
-        match ctx.limits.admit(ip) {
-            Ok(admission) => {
-                let _ = stream.set_nodelay(true);
-                let session = serve(stream, ip, ctx.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    session.await;
+    let (name, proxy, stop) = (ctx.name.clone(), ctx.proxy.clone(), shutdown.clone());
+    let serve = Arc::new(serve);
+    crate::net::accept::serve(listener, name, proxy, shutdown, tracker, move |mut stream, peer| {
+        let (ctx, stop, serve) = (ctx.clone(), stop.clone(), serve.clone());
+        async move {
+            let ip = peer.ip().to_canonical();
+            sessions.with_label_values(&[&ctx.name]).inc();
+            match ctx.limits.admit(ip) {
+                Ok(admission) => {
+                    serve(stream, ip, ctx, stop).await;
                     drop(admission);
-                });
-            }
-            Err(_) => {
-                let _ = stream.write_all(refusal).await;
+                }
+                Err(_) => {
+                    let _ = tokio::time::timeout(REFUSAL_WRITE, stream.write_all(refusal)).await;
+                }
             }
         }
-    }
+    })
+    .await
 }
+
+/// How long a refused client gets to take its one line.
+const REFUSAL_WRITE: Duration = Duration::from_secs(5);
 
 /// A POP3 or IMAP listener driven in-process over an in-memory pipe, for tests on tokio's
 /// paused clock.

@@ -125,7 +125,23 @@ enum UserCommand {
         /// The mailbox quota of this user (`2GiB`, `500MB`; `0`: none), over `[local] quota`.
         #[arg(long)]
         quota: Option<String>,
+        /// The tenant this user's mail is sent for (suppression, VERP, metrics, quotas).
+        #[arg(long)]
+        tenant: Option<String>,
     },
+    /// Set a user's sending limits (`0` removes one); over them MAIL and RCPT get 452 4.7.1.
+    Limit {
+        name: String,
+        #[arg(long)]
+        max_messages_per_hour: Option<u64>,
+        #[arg(long)]
+        max_recipients_per_day: Option<u64>,
+        /// Messages per interval, as `[shaping]` (`100/1m`).
+        #[arg(long)]
+        rate: Option<String>,
+    },
+    /// Bind a user to a tenant (`-` for none).
+    Tenant { name: String, tenant: String },
     /// Set a user's mailbox quota (`2GiB`; `0`: none; `default`: back to `[local] quota`).
     Quota { name: String, quota: String },
     /// Change a user's password (from stdin).
@@ -142,6 +158,9 @@ enum TokenCommand {
         name: String,
         #[arg(long, value_enum)]
         scope: sluice::admin::auth::Scope,
+        /// A tenant this `inject` token may send for; repeat for several. None: any tenant.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
     },
 }
 
@@ -331,10 +350,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config, data_dir } => serve(config, data_dir),
         Command::CheckConfig { file } => check_config(file),
         Command::User { config, data_dir, command } => user(config, data_dir, command),
-        Command::Token { config, data_dir, command: TokenCommand::Add { name, scope } } => {
+        Command::Token {
+            config,
+            data_dir,
+            command: TokenCommand::Add { name, scope, tenants },
+        } => {
             let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
             let file = cfg.tokens_file();
-            let token = sluice::admin::auth::add_token(&file, &name, scope)?;
+            let token = sluice::admin::auth::add_token(&file, &name, scope, &tenants)?;
             println!("added token {name:?} (scope {scope:?}) to {}: {token}", file.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -421,9 +444,18 @@ fn user(
     let path = cfg.users_file();
     let mut ed = sluice::auth::users::UsersFileEditor::open(&path)?;
     let what = match command {
-        UserCommand::Add { name, senders, quota } => {
+        UserCommand::Add { name, senders, quota, tenant } => {
             ed.add(&name, &read_password()?, senders, quota)?;
+            ed.set_tenant(&name, tenant)?;
             format!("added user {name:?}")
+        }
+        UserCommand::Tenant { name, tenant } => {
+            ed.set_tenant(&name, (tenant != "-").then(|| tenant.clone()))?;
+            format!("bound {name:?} to tenant {tenant:?}")
+        }
+        UserCommand::Limit { name, max_messages_per_hour, max_recipients_per_day, rate } => {
+            ed.set_limits(&name, max_messages_per_hour, max_recipients_per_day, rate)?;
+            format!("set the sending limits of {name:?}")
         }
         UserCommand::Quota { name, quota } => {
             let q = (quota != "default").then_some(quota);

@@ -86,8 +86,8 @@ metrics! {
     /// Messages accepted (answered 250 after the spool made them durable), by listener.
     MESSAGES_RECEIVED: IntCounterVec = counter_vec(
         "sluice_messages_received_total",
-        "Messages accepted (250 after they were durable), by listener; HTTP injection as listener \"inject\".",
-        &["listener"],
+        "Messages accepted (250 after they were durable), by listener and tenant; HTTP injection as listener \"inject\"; untagged mail has tenant \"\".",
+        &["listener", "tenant"],
     );
     /// Commands or messages refused, by reason (syntax, sequence, size, bare_cr_lf, relay_denied, ...).
     MESSAGES_REJECTED: IntCounterVec = counter_vec(
@@ -212,6 +212,11 @@ metrics! {
         "Local deliveries found already in the mailbox and not written again: a crash between the mailbox write and the spool's record of it, or an alias delivered to some of its users before a failure.",
     );
     /// HTTP connections closed at accept: the listener or the client was at its cap.
+    PROXY_REFUSED: IntCounterVec = counter_vec(
+        "sluice_proxy_refused_total",
+        "Connections to a proxy_protocol listener closed before their session: the peer is not in proxy_networks (not_a_proxy), its PROXY header is malformed or missing (malformed), late (timeout) or cut off (io).",
+        &["listener", "reason"],
+    );
     HTTP_REFUSED: IntCounterVec = counter_vec(
         "sluice_http_refused_total",
         "HTTP connections closed at accept because the listener (admin, unsubscribe) or the client address was at its connection cap ([http] max_connections, max_connections_per_ip).",
@@ -384,13 +389,13 @@ pub fn init_labels(listeners: &[String]) {
     for l in listeners {
         SMTP_CONNECTIONS.with_label_values(&[l]);
         SMTP_CONNECTIONS_ACTIVE.with_label_values(&[l]);
-        MESSAGES_RECEIVED.with_label_values(&[l]);
+        MESSAGES_RECEIVED.with_label_values(&[l, ""]);
         for r in ["TLSv1_2", "TLSv1_3", "failed"] {
             SMTP_TLS.with_label_values(&[l, r]);
         }
     }
     // HTTP injection counts its stored messages under its own listener name.
-    MESSAGES_RECEIVED.with_label_values(&["inject"]);
+    MESSAGES_RECEIVED.with_label_values(&["inject", ""]);
     for r in crate::proto::smtp::session::RejectReason::ALL {
         MESSAGES_REJECTED.with_label_values(&[r.label()]);
     }

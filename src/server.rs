@@ -109,7 +109,7 @@ pub async fn run(
     // One owner per data dir, before anything in it is opened (a second daemon touches nothing).
     let _lock = DataDirLock::acquire(&cfg.data_dir, LockMode::Exclusive)?;
     let spool = open_spool(&cfg, hooks).await?;
-    let intake = Intake::load(&cfg, spool.clone())?;
+    let intake = Front::load(&cfg, spool.clone())?;
     let reload_task = tokio::spawn(reload_on_sighup(
         intake.tls.clone(),
         intake.auth.clone(),
@@ -117,6 +117,7 @@ pub async fn run(
         intake.dkim.clone(),
     ));
     let stop = CancellationToken::new();
+    let quota_task = intake.path.quota.clone().map(|q| tokio::spawn(q.keep_saved(stop.clone())));
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     let mut accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
@@ -144,6 +145,9 @@ pub async fn run(
         let _ = t.await;
     }
     reload_task.abort();
+    if let Some(t) = quota_task {
+        let _ = t.await;
+    }
     let s = spool.clone();
     tokio::task::spawn_blocking(move || s.close()).await.step("closing the spool")?;
     let _ = std::fs::remove_file(&addr_file);
@@ -155,7 +159,7 @@ pub async fn run(
 /// injector adds; nothing unless `[unsubscribe] enabled`.
 async fn start_unsubscribe(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     stop: &CancellationToken,
     sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
@@ -182,6 +186,7 @@ async fn start_unsubscribe(
     let app = router(tokens, list.clone());
     let task = tokio::spawn(crate::net::http::serve(
         sock,
+        u.proxy(),
         Some(tls.clone()),
         app,
         cfg.http.clone(),
@@ -252,15 +257,14 @@ async fn open_spool(cfg: &Config, hooks: TestHooks) -> Result<Arc<dyn Spool>, Se
 
 /// What every listener shares: the spool, the session policy, certificates, users, keys, the
 /// verifier, connection limits, the memory budget and the delivery log.
-struct Intake {
+struct Front {
     spool: Arc<dyn Spool>,
     session: Arc<SessionConfig>,
     tls: Option<Arc<crate::tls::ReloadableServer>>,
     auth: Arc<crate::smtp::AuthContext>,
     dkim: Arc<crate::mailauth::SigningService>,
-    verifier: Option<Arc<crate::mailauth::verify::Verifier>>,
     limits: Arc<crate::smtp::admission::ConnectionLimits>,
-    budget: Arc<crate::smtp::MemoryBudget>,
+    budget: Arc<crate::intake::budget::MemoryBudget>,
     /// Woken after each stored message, so delivery starts at once.
     stored: Arc<tokio::sync::Notify>,
     log: crate::delivery_log::DeliveryLog,
@@ -270,11 +274,14 @@ struct Intake {
     classifier: Arc<crate::bounce::Classifier>,
     /// VERP return paths (`[verp] enabled`) and where their bounces go.
     verp: Option<Arc<crate::bounce::verp::Verp>>,
-    bounces: Option<Arc<crate::bounce::verp::BounceInbox>>,
     /// Unsubscribe tokens (`[unsubscribe] enabled`): the links, the endpoint and the inbox.
     unsubscribe_tokens: Option<Arc<crate::bounce::unsubscribe::Tokens>>,
     /// Local mailboxes (`[local] domains` with `mailboxes = true`).
     mailboxes: Option<Arc<crate::local::Mailboxes>>,
+    /// The one path to the spool, shared by the SMTP listeners and HTTP injection.
+    path: Arc<crate::intake::Intake>,
+    /// Bounded tenant labels, shared by the intake and delivery metrics.
+    tenant_labels: Arc<crate::domain_labels::DomainLabels>,
 }
 
 /// The local mailboxes, when there are mailbox domains.
@@ -302,8 +309,8 @@ fn mailboxes(
     Some(Arc::new(m))
 }
 
-impl Intake {
-    fn load(cfg: &Config, spool: Arc<dyn Spool>) -> Result<Intake, ServerError> {
+impl Front {
+    fn load(cfg: &Config, spool: Arc<dyn Spool>) -> Result<Front, ServerError> {
         let tls = match &cfg.tls {
             Some(t) => Some(Arc::new(
                 crate::tls::ReloadableServer::load(&t.cert, &t.key).step("loading [tls]")?,
@@ -335,31 +342,69 @@ impl Intake {
             session.local_domains.insert(v.domain.clone());
         }
         let auth = load_auth(cfg)?;
+        let quota = Arc::new(crate::intake::quota::QuotaPolicy {
+            quotas: crate::tenant::quota::Quotas::open(&cfg.quota_file()),
+            tenants: cfg
+                .tenant
+                .iter()
+                .filter_map(|(name, t)| Some((name.clone(), t.limits().ok()?)))
+                .collect(),
+            users: auth.users.clone(),
+        });
+        session.quota = Some(quota.clone());
         let mailboxes = mailboxes(cfg, &auth);
         if let Some(m) = &mailboxes {
             session.local_recipients = Some(m.clone());
         }
-        Ok(Intake {
+        let budget = crate::intake::budget::MemoryBudget::new(cfg.limits.memory_budget as usize);
+        let stored = Arc::new(tokio::sync::Notify::new());
+        let tenant_labels = Arc::new(crate::domain_labels::DomainLabels::new(
+            &cfg.metrics.tenants,
+            cfg.metrics.tenant_labels,
+            cfg.metrics.promote_after,
+        ));
+        let path = Arc::new(crate::intake::Intake {
+            spool: spool.clone(),
+            hostname: cfg.hostname.clone(),
+            max_message_size: cfg.limits.max_message_size as usize,
+            max_hops: session.max_hops,
+            dkim: dkim.clone(),
+            unaligned_from: cfg.signing.unaligned_from,
+            verifier: verifier.clone(),
+            verify_scope: cfg.verify.scope,
+            local_domains: session.local_domains.clone(),
+            bounces: bounces.clone(),
+            suppressions: suppressions.clone(),
+            suppression: cfg.suppression.clone(),
+            verp: verp.clone(),
+            verp_config: cfg.verp.clone(),
+            budget: budget.clone(),
+            log: log.clone(),
+            stored: stored.clone(),
+            tenant_labels: tenant_labels.clone(),
+            quota: Some(quota),
+        });
+        Ok(Front {
+            path,
+            tenant_labels,
             spool,
             session: Arc::new(session),
             tls,
             auth,
             mailboxes,
             dkim,
-            verifier,
             limits: crate::smtp::admission::ConnectionLimits::new(
                 cfg.limits.max_sessions,
                 cfg.limits.max_sessions_per_ip,
                 rate,
                 exempt,
             ),
-            budget: crate::smtp::MemoryBudget::new(cfg.limits.memory_budget as usize),
-            stored: Arc::new(tokio::sync::Notify::new()),
+            budget,
+            stored,
             log,
             suppressions,
             classifier,
             verp,
-            bounces,
             unsubscribe_tokens,
         })
     }
@@ -507,7 +552,7 @@ async fn bind(
 /// Binds every `[[listener]]` and starts its accept loop.
 async fn bind_listeners(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     stop: &CancellationToken,
     sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
@@ -525,7 +570,7 @@ async fn bind_listeners(
 /// local mailboxes.
 async fn bind_mailbox_listeners(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     stop: &CancellationToken,
     sessions: &TaskTracker,
     bound: &mut BTreeMap<String, Vec<SocketAddr>>,
@@ -559,7 +604,7 @@ async fn bind_mailbox_listeners(
 /// What one POP3 or IMAP listener's sessions share.
 fn mailbox_listener_context(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     l: &crate::config::Listener,
     mailboxes: Arc<crate::local::Mailboxes>,
 ) -> Arc<crate::mailbox_listener::MailboxListener> {
@@ -574,6 +619,7 @@ fn mailbox_listener_context(
         limits: intake.limits.clone(),
         max_append: cfg.limits.max_message_size as usize,
         max_folders: cfg.local.max_folders,
+        proxy: l.proxy(),
     })
 }
 
@@ -584,7 +630,7 @@ pub(crate) async fn test_mailbox_listener(
     cfg: &Config,
 ) -> Arc<crate::mailbox_listener::MailboxListener> {
     let spool = open_spool(cfg, TestHooks::default()).await.expect("spool");
-    let intake = Intake::load(cfg, spool).expect("intake");
+    let intake = Front::load(cfg, spool).expect("intake");
     let l = cfg.listener.iter().find(|l| !l.mode.is_smtp()).expect("a mailbox listener");
     let mailboxes = intake.mailboxes.clone().expect("mailbox domains");
     mailbox_listener_context(cfg, &intake, l, mailboxes)
@@ -593,7 +639,7 @@ pub(crate) async fn test_mailbox_listener(
 /// What one listener's sessions share: the intake plus the listener's mode and limits.
 fn listener_context(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     l: &crate::config::Listener,
 ) -> Arc<ListenerContext> {
     let has_users = !intake.auth.users.read().unwrap_or_else(|e| e.into_inner()).is_empty();
@@ -610,23 +656,18 @@ fn listener_context(
     Arc::new(ListenerContext {
         name: l.name(),
         session: listener_session,
-        spool: intake.spool.clone(),
+        intake: intake.path.clone(),
         command_timeout: cfg.limits.command_timeout,
         data_timeout: cfg.limits.data_timeout,
         limits: intake.limits.clone(),
         budget: intake.budget.clone(),
-        stored: intake.stored.clone(),
-        log: intake.log.clone(),
         tls: intake.tls.clone(),
         implicit_tls: l.mode == ListenerMode::Submissions,
         greet_pause: cfg.limits.greet_pause,
         min_data_rate: cfg.limits.min_data_rate,
         auth: intake.auth.clone(),
-        dkim: intake.dkim.clone(),
-        verify: intake.verifier.clone().filter(|_| l.mode == ListenerMode::Smtp),
-        bounces: intake.bounces.clone(),
-        verify_scope: cfg.verify.scope,
-        unaligned_from: cfg.signing.unaligned_from,
+        verify: l.mode == ListenerMode::Smtp,
+        proxy: l.proxy(),
     })
 }
 
@@ -635,7 +676,7 @@ fn listener_context(
 #[cfg(test)]
 pub(crate) async fn test_listener(cfg: &Config) -> Arc<ListenerContext> {
     let spool = open_spool(cfg, TestHooks::default()).await.expect("spool");
-    let intake = Intake::load(cfg, spool).expect("intake");
+    let intake = Front::load(cfg, spool).expect("intake");
     listener_context(cfg, &intake, &cfg.listener[0])
 }
 
@@ -643,7 +684,7 @@ pub(crate) async fn test_listener(cfg: &Config) -> Arc<ListenerContext> {
 /// false`).
 fn start_delivery(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     stop: &CancellationToken,
     deliveries: &TaskTracker,
 ) -> Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>), ServerError> {
@@ -669,11 +710,7 @@ fn start_delivery(
             cfg.metrics.domain_labels,
             cfg.metrics.promote_after,
         )),
-        tenant_labels: Arc::new(crate::domain_labels::DomainLabels::new(
-            &cfg.metrics.tenants,
-            cfg.metrics.tenant_labels,
-            cfg.metrics.promote_after,
-        )),
+        tenant_labels: intake.tenant_labels.clone(),
     };
     let dispatcher = Dispatcher::new(
         recorder,
@@ -720,7 +757,7 @@ async fn count_mailboxes(m: Arc<crate::local::Mailboxes>, stop: CancellationToke
 /// The admin HTTP listener (metrics, health, queue API), behind its token guard.
 async fn start_admin(
     cfg: &Config,
-    intake: &Intake,
+    intake: &Front,
     dispatcher: Arc<Dispatcher>,
     unsubscribe: Option<Arc<crate::bounce::unsubscribe::Links>>,
     stop: &CancellationToken,
@@ -739,22 +776,14 @@ async fn start_admin(
     let (spool, suppressions) = (intake.spool.clone(), intake.suppressions.clone());
     let injector = cfg.inject.enabled.then(|| {
         Arc::new(crate::inject::Injector {
-            spool: intake.spool.clone(),
-            dkim: intake.dkim.clone(),
-            suppressions: intake.suppressions.clone(),
-            suppression: cfg.suppression.clone(),
+            intake: intake.path.clone(),
             config: cfg.inject.clone(),
             hostname: cfg.hostname.clone(),
-            log: intake.log.clone(),
-            stored: intake.stored.clone(),
             unsubscribe,
-            verp: intake.verp.clone(),
-            verp_config: cfg.verp.clone(),
             render_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             max_message_size: cfg.limits.max_message_size as usize,
-            budget: intake.budget.clone(),
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file()).step("admin token")?;
@@ -778,6 +807,7 @@ async fn start_admin(
     });
     Ok(tokio::spawn(crate::net::http::serve(
         admin_sock,
+        cfg.admin.proxy(),
         None,
         app,
         cfg.http.clone(),

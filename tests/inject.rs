@@ -74,7 +74,10 @@ fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
     // every injected message).
     let (_, m) = s.http_get("/metrics");
     let m = String::from_utf8(m).unwrap();
-    assert!(m.contains("sluice_messages_received_total{listener=\"inject\"} 2"), "{m}");
+    assert!(
+        m.contains("sluice_messages_received_total{listener=\"inject\",tenant=\"acme\"} 2"),
+        "{m}"
+    );
     assert!(resp["errors"][0].as_str().unwrap().starts_with("recipients[2].email"), "{resp}");
     let ids: Vec<(String, String)> = resp["messages"]
         .as_array()

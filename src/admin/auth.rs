@@ -61,6 +61,19 @@ struct NamedToken {
     sha256: String,
     /// Unix seconds.
     created: u64,
+    /// The tenants an `inject` token may send for (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tenants: Vec<String>,
+}
+
+/// Who presented a valid token: the handlers see it as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name (`admin` for the admin token).
+    pub name: String,
+    pub scope: Scope,
+    /// The tenants it is bound to (empty: any).
+    pub tenants: Vec<String>,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -110,8 +123,18 @@ fn read_tokens_file(path: &Path) -> Result<TokensFile, TokenError> {
     }
 }
 
-/// Makes a named token, stores its hash in `tokens_file`, and returns the token.
-pub fn add_token(tokens_file: &Path, name: &str, scope: Scope) -> Result<String, TokenError> {
+/// Makes a named token (bound to `tenants`, if any), stores its hash in `tokens_file`, and
+/// returns the token.
+pub fn add_token(
+    tokens_file: &Path,
+    name: &str,
+    scope: Scope,
+    tenants: &[String],
+) -> Result<String, TokenError> {
+    let format = |msg: String| TokenError::Format { path: tokens_file.to_path_buf(), msg };
+    for t in tenants {
+        crate::tenant::check_name("--tenant", t.clone()).map_err(format)?;
+    }
     let mut file = read_tokens_file(tokens_file)?;
     if file.token.iter().any(|t| t.name == name) {
         return Err(TokenError::Exists(name.to_string()));
@@ -120,15 +143,21 @@ pub fn add_token(tokens_file: &Path, name: &str, scope: Scope) -> Result<String,
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    file.token.push(NamedToken { name: name.into(), scope, sha256: sha256_hex(&token), created });
+    file.token.push(NamedToken {
+        name: name.into(),
+        scope,
+        sha256: sha256_hex(&token),
+        created,
+        tenants: tenants.to_vec(),
+    });
     let text = toml::to_string(&file)
         .map_err(|e| TokenError::Format { path: tokens_file.to_path_buf(), msg: e.to_string() })?;
     write_private(tokens_file, &text)?;
     Ok(token)
 }
 
-/// Hashes of the named tokens with their scopes, and the file's mtime when it was read.
-type NamedTokens = (Vec<(String, Scope)>, Option<SystemTime>);
+/// The named tokens by hash, and the file's mtime when it was read.
+type NamedTokens = (Vec<(String, Caller)>, Option<SystemTime>);
 
 /// The request guard: tokens (with their scopes) and the host names this listener answers to.
 pub struct Guard {
@@ -166,20 +195,23 @@ impl Guard {
         fs::metadata(path).and_then(|m| m.modified()).ok()
     }
 
-    fn load_named(path: &Path) -> Result<Vec<(String, Scope)>, TokenError> {
-        Ok(read_tokens_file(path)?.token.into_iter().map(|t| (t.sha256, t.scope)).collect())
+    fn load_named(path: &Path) -> Result<Vec<(String, Caller)>, TokenError> {
+        let tokens = read_tokens_file(path)?.token.into_iter();
+        Ok(tokens
+            .map(|t| (t.sha256, Caller { name: t.name, scope: t.scope, tenants: t.tenants }))
+            .collect())
     }
 
-    /// The scope of a presented token, if it is one of ours.
-    fn scope_of(&self, token: &str) -> Option<Scope> {
+    /// Who a presented token is, if it is one of ours.
+    fn caller(&self, token: &str) -> Option<Caller> {
         let h = sha256_hex(token);
         // Hashes are compared, never the secrets: no timing signal about a token's bytes.
         if h == self.admin_hash {
-            return Some(Scope::Admin);
+            return Some(Caller { name: "admin".into(), scope: Scope::Admin, tenants: vec![] });
         }
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&(_, s)) = named.0.iter().find(|(x, _)| *x == h) {
-            return Some(s);
+        if let Some((_, c)) = named.0.iter().find(|(x, _)| *x == h) {
+            return Some(c.clone());
         }
         let mtime = Self::mtime(&self.tokens_file);
         if mtime != named.1 {
@@ -188,7 +220,7 @@ impl Guard {
                 Ok(n) => named.0 = n,
                 Err(e) => tracing::warn!(error = %e, "admin tokens file unreadable"),
             }
-            return named.0.iter().find(|(x, _)| *x == h).map(|&(_, s)| s);
+            return named.0.iter().find(|(x, _)| *x == h).map(|(_, c)| c.clone());
         }
         None
     }
@@ -222,7 +254,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The middleware in front of every route.
-pub async fn guard(State(g): State<std::sync::Arc<Guard>>, req: Request, next: Next) -> Response {
+pub async fn guard(
+    State(g): State<std::sync::Arc<Guard>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if !g.host_allowed(req.headers()) {
         return (StatusCode::MISDIRECTED_REQUEST, "Host does not name this server\n")
             .into_response();
@@ -231,7 +267,7 @@ pub async fn guard(State(g): State<std::sync::Arc<Guard>>, req: Request, next: N
     if path == "/health" || (path == "/metrics" && !g.metrics_need_token) {
         return next.run(req).await;
     }
-    let Some(scope) = bearer(req.headers()).and_then(|t| g.scope_of(t)) else {
+    let Some(caller) = bearer(req.headers()).and_then(|t| g.caller(t)) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -239,9 +275,10 @@ pub async fn guard(State(g): State<std::sync::Arc<Guard>>, req: Request, next: N
         )
             .into_response();
     };
-    if scope == Scope::Inject && !path.starts_with("/api/inject") {
+    if caller.scope == Scope::Inject && !path.starts_with("/api/inject") {
         return (StatusCode::FORBIDDEN, "this token may only inject\n").into_response();
     }
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -282,14 +319,19 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let file = dir.path().join("tokens.toml");
         let g = Guard::new(&admin, file.clone(), 8025, &[], false).unwrap();
-        let inject = add_token(&file, "campaigns", Scope::Inject).unwrap();
-        assert!(matches!(add_token(&file, "campaigns", Scope::Admin), Err(TokenError::Exists(_))));
+        let inject = add_token(&file, "campaigns", Scope::Inject, &[]).unwrap();
+        let again = add_token(&file, "campaigns", Scope::Admin, &[]);
+        assert!(matches!(again, Err(TokenError::Exists(_))));
+        let bound = add_token(&file, "acme", Scope::Inject, &["acme".into()]).unwrap();
+        assert!(add_token(&file, "bad", Scope::Inject, &["a b".into()]).is_err());
         assert!(
             !fs::read_to_string(&file).unwrap().contains(&inject),
             "the token itself was stored"
         );
-        assert_eq!(g.scope_of(&admin), Some(Scope::Admin));
-        assert_eq!(g.scope_of(&inject), Some(Scope::Inject), "picked up without a restart");
-        assert_eq!(g.scope_of("guess"), None);
+        let scope = |t: &str| g.caller(t).map(|c| c.scope);
+        assert_eq!(scope(&admin), Some(Scope::Admin));
+        assert_eq!(scope(&inject), Some(Scope::Inject), "picked up without a restart");
+        assert_eq!(g.caller(&bound).unwrap().tenants, ["acme"]);
+        assert_eq!(scope("guess"), None);
     }
 }

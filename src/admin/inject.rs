@@ -5,17 +5,19 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 
-use crate::inject::{InjectError, Injector, request::InjectRequest};
+use crate::admin::auth::{Caller, Scope};
+use crate::inject::{InjectError, Injector, Sender, request::InjectRequest};
 
 pub async fn inject_v1(
     State(injector): State<Option<Arc<Injector>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -57,11 +59,24 @@ pub async fn inject_v1(
             return text(StatusCode::BAD_REQUEST, &format!("{what}{}", e.inner()));
         }
     };
-    match injector.inject(req, peer.ip()).await {
+    // The guard put the caller here; without it (no guard in front) nothing is allowed.
+    let Some(Extension(caller)) = caller else {
+        return text(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    };
+    let who =
+        Sender { name: caller.name, admin: caller.scope == Scope::Admin, tenants: caller.tenants };
+    match injector.inject(req, peer.ip(), &who).await {
         Ok(resp) => Json(resp).into_response(),
         Err(e @ (InjectError::BadRequest(_) | InjectError::Template(_))) => {
             text(StatusCode::BAD_REQUEST, &e.to_string())
         }
+        Err(e @ InjectError::Forbidden(_)) => text(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(InjectError::Quota(e)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, e.retry_after.to_string())],
+            format!("{e}\n"),
+        )
+            .into_response(),
         Err(e @ InjectError::Unavailable(_)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }

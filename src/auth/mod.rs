@@ -22,9 +22,11 @@ pub struct AuthContext {
 /// A password check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Right; `senders` are the MAIL FROM addresses or `@domains` the user may use.
+    /// Right; `senders` are the MAIL FROM addresses or `@domains` the user may use, `tenant`
+    /// the one its mail is sent for.
     Ok {
         senders: Vec<String>,
+        tenant: Option<String>,
     },
     Invalid,
     /// Too many failures from this client or for this user.
@@ -93,11 +95,11 @@ pub async fn authenticate(
             .flatten()
     };
     match verdict {
-        Some(senders) => {
+        Some(grant) => {
             attempt.succeeded();
             metrics::SMTP_AUTH.with_label_values(&["ok"]).inc();
             tracing::info!(%ip, user, protocol, "authenticated");
-            Verdict::Ok { senders }
+            Verdict::Ok { senders: grant.senders, tenant: grant.tenant }
         }
         None => {
             let now = std::time::Instant::now();

@@ -31,6 +31,25 @@ pub struct User {
     /// The user's mailbox quota (`"2GiB"`), over `[local] quota`; "0" for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
+    /// The tenant the user's mail is sent for (suppression scope, VERP, metrics, quotas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Sending limits of this user (`sluice user limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_hour: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_recipients_per_day: Option<u64>,
+    /// GCRA rate, as `[shaping]` (`"100/1m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+}
+
+/// What a right password grants: the senders the user may use and the tenant its mail goes
+/// under.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub senders: Vec<String>,
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -52,6 +71,10 @@ pub enum UsersError {
     BadName,
     #[error("bad quota: {0}")]
     BadQuota(String),
+    #[error("bad tenant: {0}")]
+    BadTenant(String),
+    #[error("bad rate: {0}")]
+    BadRate(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
@@ -101,6 +124,14 @@ impl Users {
                     .map_err(|e| file_err(path, format!("user {:?}: quota: {e}", u.name)))?;
                 quotas.insert(key.clone(), bytes);
             }
+            if let Some(t) = &u.tenant {
+                crate::tenant::check_name("tenant", t.clone())
+                    .map_err(|e| file_err(path, format!("user {:?}: {e}", u.name)))?;
+            }
+            if let Some(r) = &u.rate {
+                crate::rate::parse_rate(r)
+                    .map_err(|e| file_err(path, format!("user {:?}: rate: {e}", u.name)))?;
+            }
             PasswordHash::new(&u.password).map_err(|e| {
                 file_err(path, format!("user {:?}: bad password hash: {e}", u.name))
             })?;
@@ -142,15 +173,20 @@ impl Users {
         self.by_name.len()
     }
 
-    /// The user's allowed senders if the password is right. Slow on purpose (argon2id), and
+    /// The user, by any spelling of its name.
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.by_name.get(&normal_name(name))
+    }
+
+    /// What the user is granted if the password is right. Slow on purpose (argon2id), and
     /// as slow for unknown users, so timing does not tell which names exist.
-    pub fn verify(&self, name: &str, password: &str) -> Option<Vec<String>> {
+    pub fn verify(&self, name: &str, password: &str) -> Option<Grant> {
         let argon = Argon2::default();
         match self.by_name.get(&normal_name(name)) {
             Some(u) => {
                 let hash = PasswordHash::new(&u.password).ok()?;
                 argon.verify_password(password.as_bytes(), &hash).ok()?;
-                Some(u.senders.clone())
+                Some(Grant { senders: u.senders.clone(), tenant: u.tenant.clone() })
             }
             None => {
                 if let Ok(h) = PasswordHash::new(dummy_hash()) {
@@ -206,7 +242,57 @@ impl UsersFileEditor {
         }
         check_quota(quota.as_deref())?;
         let password = hash_password(password)?;
-        self.users.push(User { name: name.into(), password, senders, quota });
+        self.users.push(User {
+            name: name.into(),
+            password,
+            senders,
+            quota,
+            tenant: None,
+            max_messages_per_hour: None,
+            max_recipients_per_day: None,
+            rate: None,
+        });
+        Ok(())
+    }
+
+    fn user_mut(&mut self, name: &str) -> Result<&mut User, UsersError> {
+        self.users
+            .iter_mut()
+            .find(|u| normal_name(&u.name) == normal_name(name))
+            .ok_or_else(|| UsersError::NoSuchUser(name.into()))
+    }
+
+    /// Binds (or with None unbinds) a user to a tenant.
+    pub fn set_tenant(&mut self, name: &str, tenant: Option<String>) -> Result<(), UsersError> {
+        if let Some(t) = &tenant {
+            crate::tenant::check_name("tenant", t.clone()).map_err(UsersError::BadTenant)?;
+        }
+        self.user_mut(name)?.tenant = tenant;
+        Ok(())
+    }
+
+    /// Sets a user's sending limits; a None leaves that limit as it is, 0 (or rate "0")
+    /// removes it.
+    pub fn set_limits(
+        &mut self,
+        name: &str,
+        per_hour: Option<u64>,
+        per_day: Option<u64>,
+        rate: Option<String>,
+    ) -> Result<(), UsersError> {
+        if let Some(r) = rate.as_deref().filter(|r| *r != "0") {
+            crate::rate::parse_rate(r).map_err(|e| UsersError::BadRate(e.to_string()))?;
+        }
+        let u = self.user_mut(name)?;
+        if let Some(n) = per_hour {
+            u.max_messages_per_hour = (n > 0).then_some(n);
+        }
+        if let Some(n) = per_day {
+            u.max_recipients_per_day = (n > 0).then_some(n);
+        }
+        if let Some(r) = rate {
+            u.rate = (r != "0").then_some(r);
+        }
         Ok(())
     }
 
@@ -298,7 +384,8 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("$argon2id$") && !text.contains("s3cret"));
         let users = Users::load(&path).unwrap();
-        assert_eq!(users.verify("app", "s3cret"), Some(vec!["@example.com".to_string()]));
+        let grant = Grant { senders: vec!["@example.com".to_string()], tenant: None };
+        assert_eq!(users.verify("app", "s3cret"), Some(grant));
         assert_eq!(users.verify("app", "wrong"), None);
         assert_eq!(users.verify("nobody", "s3cret"), None);
         assert_eq!((users.quota("Big@Example.com"), users.quota("app")), (Some(2 << 30), None));

@@ -464,8 +464,8 @@ pub fn from_csv(text: &str, tenant: Option<&str>) -> Result<Vec<NewEntry>, Strin
 
 /// SMTP RCPT from trusted clients checks the global entries (SMTP carries no tenant at RCPT).
 impl crate::proto::smtp::session::RecipientPolicy for Suppressions {
-    fn refusal(&self, rcpt: &str) -> Option<String> {
-        let e = self.check(None, rcpt)?;
+    fn refusal(&self, tenant: Option<&str>, rcpt: &str) -> Option<String> {
+        let e = self.check(tenant, rcpt)?;
         crate::metrics::SUPPRESSED.with_label_values(&["rcpt"]).inc();
         Some(refusal_text(rcpt, &e))
     }

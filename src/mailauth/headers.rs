@@ -115,22 +115,27 @@ pub fn authserv_id_of(value: &[u8]) -> Option<String> {
 /// there are none (the usual case: no copy).
 pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
     let ours = authserv_id.trim_end_matches('.').to_ascii_lowercase();
-    let forged = |name: &str, value: &[u8]| {
+    remove_fields(message, |name, value| {
         name.eq_ignore_ascii_case("Authentication-Results")
             && authserv_id_of(value).is_some_and(|id| id == ours)
-    };
-    if !fields(message).any(|(n, v)| forged(n, v)) {
+    })
+}
+
+/// `message` without the header fields `drop` picks (given name and raw value); `None` when it
+/// picks none (no copy).
+pub fn remove_fields(message: &[u8], drop: impl Fn(&str, &[u8]) -> bool) -> Option<Vec<u8>> {
+    if !fields(message).any(|(n, v)| drop(n, v)) {
         return None;
     }
     let mut out = Vec::with_capacity(message.len());
     let mut rest = message;
     for (name, value) in fields(message) {
-        // Each field is a contiguous slice of `message`: copy up to it, then skip it if forged.
+        // Each field is a contiguous slice of `message`: copy up to it, then skip it if dropped.
         let start = name.as_ptr() as usize - message.as_ptr() as usize;
         let end = value.as_ptr() as usize - message.as_ptr() as usize + value.len();
         let done = message.len() - rest.len();
         out.extend_from_slice(&message[done..start]);
-        if !forged(name, value) {
+        if !drop(name, value) {
             out.extend_from_slice(&message[start..end]);
         }
         rest = &message[end..];

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::proxy::ProxyPolicy;
 use crate::config::HttpConfig;
 use crate::metrics;
 use crate::tls::ReloadableServer;
@@ -63,10 +63,12 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `router` on `listener` until `stop`; then open connections finish their request
-/// (graceful), within `tracker`'s wait. `name` labels logs and metrics.
+/// Serves `router` on `listener` until `stop` (`net::accept`); then open connections finish
+/// their request (graceful), within `tracker`'s wait. `name` labels logs and metrics.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    proxy: Option<Arc<ProxyPolicy>>,
     tls: Option<Arc<ReloadableServer>>,
     router: Router,
     cfg: HttpConfig,
@@ -75,29 +77,17 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let open = Arc::new(Mutex::new(Open::default()));
-    loop {
-        let (sock, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors, most likely: wait rather than spin.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = Slot::take(&open, peer.ip(), &cfg) else {
-            metrics::HTTP_REFUSED.with_label_values(&[name]).inc();
-            // Closed at once: the descriptor goes back now, whatever the client does.
-            drop(sock);
-            continue;
-        };
-        let (tls, router, cfg, stop) = (tls.clone(), router.clone(), cfg.clone(), stop.clone());
-        tracker.spawn(async move {
-            let _slot = slot;
-            let _ = sock.set_nodelay(true);
+    let conn_stop = stop.clone();
+    super::accept::serve(listener, name.into(), proxy, stop, tracker, move |sock, peer| {
+        let slot = Slot::take(&open, peer.ip().to_canonical(), &cfg);
+        let (tls, router, cfg, stop) =
+            (tls.clone(), router.clone(), cfg.clone(), conn_stop.clone());
+        async move {
+            let Some(_slot) = slot else {
+                metrics::HTTP_REFUSED.with_label_values(&[name]).inc();
+                // Closed at once: the descriptor goes back now, whatever the client does.
+                return;
+            };
             match tls {
                 None => connection(sock, peer, router, &cfg, stop).await,
                 Some(tls) => {
@@ -108,8 +98,9 @@ pub async fn serve(
                     }
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// One connection: hyper's HTTP/1.1 server with the header deadline, over the stream with

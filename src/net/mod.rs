@@ -1,5 +1,9 @@
-//! What every listener shares: for now, serving HTTP with timeouts and connection caps
-//! ([`http`]). The SMTP, IMAP and POP3 accept loops have their own limits (`smtp::listener`,
-//! `mailbox_listener`).
+//! What every listener shares: the one accept loop ([`accept`]) with the PROXY protocol
+//! ([`proxy`]), and serving HTTP with timeouts and connection caps ([`http`]). Each listener
+//! kind keeps its own admission (SMTP's and the mailbox listeners' `ConnectionLimits`,
+//! HTTP's slots) and session code; TLS handshakes have deadlines in `smtp::conn::accept_tls`
+//! (SMTP, IMAP, POP3) and [`http`].
 
+pub mod accept;
 pub mod http;
+pub mod proxy;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -15,15 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::{Charge, ListenerContext};
-use crate::delivery_log::LogEntry;
-use crate::mailauth::verify::{Disposition, Envelope as VerifyEnvelope, Scope};
+use crate::intake::{Origin, Rcpt, Refusal, Submission};
 use crate::metrics;
 use crate::proto::smtp::client::Credentials;
-use crate::proto::smtp::message;
 use crate::proto::smtp::session::{
     AuthResult, Event, Session, Step, StoreError, Transaction, Waiting,
 };
-use crate::spool::{self, Envelope, NewMessage, Recipient, SpoolError};
 use crate::stream::Stream;
 
 /// The client's connection: TCP in the server, an in-memory pipe in driver tests.
@@ -64,7 +60,7 @@ pub async fn run<P: Transport>(
     loop {
         let step = session.advance();
         charge.set(session.held_bytes());
-        record_events(&mut session, &ctx.name);
+        record_events(&mut session);
         match step {
             Step::NeedInput => {
                 if flush(&mut stream, &mut session, &ctx).await.is_err() {
@@ -116,7 +112,7 @@ pub async fn run<P: Transport>(
     }
 }
 
-/// Stores a finished message and gives the session the store's verdict.
+/// Hands a finished message to the intake and gives the session its verdict.
 async fn commit(
     ctx: &ListenerContext,
     session: &mut Session,
@@ -124,15 +120,13 @@ async fn commit(
     tx: Transaction,
 ) {
     let size = tx.body.len();
-    // The body stays in memory until the commit answers: it stays charged until then
+    // From here the intake charges the body to the budget until the commit answers
     // (DESIGN.md invariant 5), so a slow disk turns into 452s, not into RAM.
-    charge.set(session.held_bytes() + size);
-    let (id, result) = Box::pin(store(ctx, tx)).await;
-    let id = id.to_string();
-    let stored = result.is_ok();
-    session.handle_stored(result.map(|()| id.as_str()), size);
-    if stored {
-        ctx.stored.notify_one();
+    charge.set(session.held_bytes());
+    let result = Box::pin(ctx.intake.submit(submission(ctx, tx))).await;
+    match result {
+        Ok(a) => session.handle_stored(Ok(&a.id.to_string()), size),
+        Err(r) => session.handle_stored(Err(store_error(r)), size),
     }
 }
 
@@ -276,7 +270,7 @@ pub(crate) async fn accept_tls<P: Transport>(
 /// failures. Passwords are never logged.
 async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> AuthResult {
     match crate::auth::authenticate(&ctx.auth, ip, "smtp", creds).await {
-        crate::auth::Verdict::Ok { senders } => AuthResult::Ok { senders },
+        crate::auth::Verdict::Ok { senders, tenant } => AuthResult::Ok { senders, tenant },
         crate::auth::Verdict::Invalid => AuthResult::Invalid,
         crate::auth::Verdict::LockedOut => AuthResult::LockedOut,
     }
@@ -303,200 +297,68 @@ async fn flush(
     }
 }
 
-fn record_events(session: &mut Session, listener: &str) {
+/// Counts refusals (accepted messages are counted by the intake, with their tenant).
+fn record_events(session: &mut Session) {
     for ev in session.drain_events() {
-        match ev {
-            Event::Accepted { bytes } => {
-                metrics::MESSAGES_RECEIVED.with_label_values(&[listener]).inc();
-                metrics::BYTES_RECEIVED.inc_by(bytes as u64);
-            }
-            Event::Rejected(why) => {
-                metrics::MESSAGES_REJECTED.with_label_values(&[why.label()]).inc()
-            }
+        if let Event::Rejected(why) = ev {
+            metrics::MESSAGES_REJECTED.with_label_values(&[why.label()]).inc()
         }
     }
 }
 
-/// SPF/DKIM/ARC/DMARC of mail in the verification scope: the Authentication-Results field to
-/// add, or the refusal the policy asks for (forged results under our name are gone by now).
-async fn verify_inbound(ctx: &ListenerContext, tx: &mut Transaction) -> Result<String, StoreError> {
-    let Some(verifier) = &ctx.verify else { return Ok(String::new()) };
-    let local = &ctx.session.local_domains;
-    let in_scope = match ctx.verify_scope {
-        Scope::All => true,
-        Scope::Local => tx
-            .rcpts
-            .iter()
-            .any(|r| local.contains(&r.to.domain().trim_end_matches('.').to_ascii_lowercase())),
-        Scope::Off => false,
-    };
-    if !in_scope {
-        return Ok(String::new());
-    }
-    let env = VerifyEnvelope {
+/// The session's finished transaction as the intake's submission.
+fn submission(ctx: &ListenerContext, tx: Transaction) -> Submission {
+    let relay = ctx.session.relay_networks.iter().any(|n| n.contains(&tx.client_ip));
+    let origin = Origin {
+        listener: ctx.name.as_str().into(),
         client_ip: tx.client_ip,
-        helo: &tx.helo,
-        mail_from: tx.mail.from.as_ref().map_or("", |m| m.as_str()),
+        protocol: tx.protocol(),
+        helo: tx.helo.as_str().into(),
+        user: tx.auth_user,
+        senders: tx.auth_senders,
+        trusted: tx.trusted,
+        verify: ctx.verify,
+        tenant: tx.auth_tenant.map(Into::into),
+        campaign: None,
+        meta: None,
+        may_declare_tenant: relay,
     };
-    let verdict = verifier.verify(&env, &tx.body).await;
-    let refused = match verdict.disposition {
-        Disposition::RejectDmarc => Some(StoreError::DmarcReject),
-        Disposition::RejectSpf => Some(StoreError::SpfReject),
-        Disposition::Accept | Disposition::Quarantine => None,
-    };
-    if let Some(e) = refused {
-        tracing::info!(ip = %tx.client_ip, spf = verdict.spf, dmarc = verdict.dmarc, "message refused by policy: {e:?}");
-        return Err(e);
-    }
-    Ok(verdict.headers)
-}
-
-/// DKIM signatures for mail from trusted clients (authenticated, or in relay networks).
-async fn sign_outbound(ctx: &ListenerContext, tx: &Transaction) -> Result<String, StoreError> {
-    if !tx.trusted {
-        return Ok(String::new());
-    }
-    // A user limited to some senders gets signatures only for From: domains among them: a
-    // signature follows the From domain, so anything else would be a DMARC-aligned forgery of
-    // another customer's domain.
-    if !tx.auth_senders.is_empty() {
-        let from = crate::mailauth::headers::from_domain(&tx.body);
-        let allowed = from.as_deref().is_some_and(|d| sender_domain_allowed(&tx.auth_senders, d));
-        if !allowed {
-            let user = tx.auth_user.as_deref().unwrap_or("");
-            return match ctx.unaligned_from {
-                crate::config::UnalignedFrom::Refuse => {
-                    tracing::info!(ip = %tx.client_ip, user, from = ?from, "message refused: From: domain not among the user's senders");
-                    Err(StoreError::UnalignedFrom)
-                }
-                crate::config::UnalignedFrom::Unsigned => {
-                    tracing::info!(ip = %tx.client_ip, user, from = ?from, "not signed: From: domain not among the user's senders");
-                    Ok(String::new())
-                }
-            };
-        }
-    }
-    match ctx.dkim.sign(tx.body.clone()).await {
-        Ok(signed) => Ok(signed.headers),
-        Err(e) => {
-            tracing::error!(ip = %tx.client_ip, error = %e, "message refused: DKIM signing failed");
-            Err(StoreError::Signing)
-        }
-    }
-}
-
-/// Whether `domain` (the From: domain, lower case) is the domain of one of `senders`
-/// (`user@domain` or `@domain`).
-fn sender_domain_allowed(senders: &[String], domain: &str) -> bool {
-    senders.iter().any(|s| {
-        let d = s.rsplit_once('@').map_or(s.as_str(), |(_, d)| d);
-        crate::domain::normalize(d) == domain
-    })
-}
-
-fn spool_error(e: &SpoolError) -> StoreError {
-    match e {
-        SpoolError::NoSpace => StoreError::NoSpace,
-        SpoolError::Closed => StoreError::ShuttingDown,
-        SpoolError::Io(_)
-        | SpoolError::TooLarge
-        | SpoolError::Disabled
-        | SpoolError::Index(_)
-        | SpoolError::Corrupt(_)
-        | SpoolError::NotFound
-        | SpoolError::Conflict => StoreError::Failed,
-    }
-}
-
-/// Mail to the bounce domain (VERP bounces, complaints, mailto unsubscribes) is processed, not
-/// queued: its recipients leave the transaction. `Some` when nothing is left to store.
-async fn take_bounces(
-    ctx: &ListenerContext,
-    tx: &mut Transaction,
-) -> Option<Result<(), StoreError>> {
-    let inbox = ctx.bounces.as_ref()?;
-    let (bounces, rest): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut tx.rcpts).into_iter().partition(|r| inbox.verp.is_ours(r.to.as_str()));
-    tx.rcpts = rest;
-    if bounces.is_empty() {
-        return None;
-    }
-    let to: Vec<String> = bounces.iter().map(|r| r.to.as_str().to_string()).collect();
-    if let Err(e) = inbox.consume(&to, tx.body.clone()).await {
-        tracing::error!(error = %e, "a bounce could not be recorded; asking the sender to retry");
-        return Some(Err(StoreError::Failed));
-    }
-    // Recorded (durably, where it suppresses); nothing to queue if no one else is left.
-    tx.rcpts.is_empty().then_some(Ok(()))
-}
-
-/// Verifies (inbound) and signs (trusted clients), builds the envelope and trace header, and
-/// waits until the spool has made them durable. Refusals are logged here.
-async fn store(
-    ctx: &ListenerContext,
-    mut tx: Transaction,
-) -> (spool::QueueId, Result<(), StoreError>) {
-    let id = ctx.spool.next_id();
-    let now = spool::unix_millis();
-    if let Some(done) = take_bounces(ctx, &mut tx).await {
-        return (id, done);
-    }
-    // RFC 8601 5: results under our name come only from us, on every listener and whatever
-    // the verification scope (a submission user could deliver forged dkim=pass locally).
-    if let Some(stripped) =
-        crate::mailauth::headers::strip_forged_results(&tx.body, &ctx.session.hostname)
-    {
-        tracing::info!(ip = %tx.client_ip, "removed Authentication-Results claiming our name");
-        tx.body = Bytes::from(stripped);
-    }
-    // Added by sluice, prepended as one buffer ahead of the body as received: retries never
-    // sign or verify again. Signatures first, then our results, then the Received field.
-    let results = match verify_inbound(ctx, &mut tx).await {
-        Ok(headers) => headers,
-        Err(e) => return (id, Err(e)),
-    };
-    let mut trace = match sign_outbound(ctx, &tx).await {
-        Ok(signatures) => signatures,
-        Err(e) => return (id, Err(e)),
-    };
-    trace.push_str(&results);
-    trace.push_str(&tx.trace_header(&ctx.session.hostname, &id.to_string(), now / 1000));
-    let envelope = Envelope {
-        id,
-        received_at: now,
+    Submission {
+        origin: Arc::new(origin),
         sender: tx.mail.from.map(|m| m.into_string().into()).unwrap_or_default(),
         recipients: tx
             .rcpts
             .into_iter()
-            .map(|r| Recipient::queued(r.to.into_string(), r.orcpt, r.notify.map(Into::into)))
+            .map(|r| Rcpt {
+                address: r.to.into_string(),
+                orcpt: r.orcpt,
+                notify: r.notify.map(Into::into),
+            })
             .collect(),
-        message_id: message::message_id(&tx.body).map(Into::into),
-        size: (trace.len() + tx.body.len()) as u64,
-        helo: tx.helo.into(),
-        client_ip: tx.client_ip,
+        content: tx.body,
         body_type: tx.mail.body.map(Into::into),
         smtputf8: tx.mail.smtputf8,
         ret: tx.mail.ret.map(Into::into),
         envid: tx.mail.envid,
-        tags: None,
-    };
-    let event = ctx.log.enabled().then(|| {
-        let mut e = LogEntry::new("reception", id);
-        e.sender = Some(envelope.sender.to_string());
-        e.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
-        e.remote = Some(envelope.client_ip.to_string());
-        e.size = Some(envelope.size);
-        e
-    });
-    let ip = envelope.client_ip;
-    let msg = NewMessage { envelope, trace: Bytes::from(trace), body: tx.body };
-    let result = ctx.spool.store(msg).await;
-    match (&result, event) {
-        (Ok(()), Some(e)) => ctx.log.log(e),
-        (Err(e), _) => tracing::warn!(%ip, error = %e, "message refused: spool did not store it"),
-        _ => {}
+        id: None,
     }
-    (id, result.map_err(|e| spool_error(&e)))
+}
+
+/// The intake's refusal as the session's store error (each has its SMTP reply).
+fn store_error(r: Refusal) -> StoreError {
+    match r {
+        Refusal::TooBig => StoreError::TooBig,
+        Refusal::Loop => StoreError::Loop,
+        Refusal::OverBudget => StoreError::OverBudget,
+        Refusal::Suppressed(why) => StoreError::Suppressed(why),
+        Refusal::DmarcReject => StoreError::DmarcReject,
+        Refusal::SpfReject => StoreError::SpfReject,
+        Refusal::UnalignedFrom => StoreError::UnalignedFrom,
+        Refusal::Signing => StoreError::Signing,
+        Refusal::NoSpace => StoreError::NoSpace,
+        Refusal::ShuttingDown => StoreError::ShuttingDown,
+        Refusal::Failed => StoreError::Failed,
+    }
 }
 
 #[cfg(test)]

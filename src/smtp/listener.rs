@@ -1,6 +1,7 @@
 //! Accept loop: over a connection limit the client gets `421` at once and the accept loop
 //! never blocks (RFC 5321 3.8: a server may refuse with 421 when it cannot serve).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,53 +15,40 @@ use super::{ListenerContext, conn};
 use crate::metrics;
 use crate::proto::smtp::reply;
 
-/// Accepts until `shutdown`; every session runs on `tracker` so a graceful stop can wait for it.
+/// Accepts until `shutdown` (`net::accept`); every session runs on `tracker` so a graceful
+/// stop can wait for it.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                // EMFILE and friends: wait a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let ip = peer.ip().to_canonical();
-        metrics::SMTP_CONNECTIONS.with_label_values(&[&ctx.name]).inc();
-        match ctx.limits.admit(ip) {
-            Ok(admission) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                let _ = stream.set_nodelay(true);
-                tracker.spawn(conn::run(stream, ip, ctx, shutdown, admission));
-            }
-            Err(why) => {
-                let (label, r) = match why {
-                    Refusal::MaxSessions => ("max_sessions", reply::TOO_MANY_SESSIONS),
-                    Refusal::MaxSessionsPerIp => {
-                        ("max_sessions_per_ip", reply::TOO_MANY_SESSIONS_IP)
-                    }
-                    Refusal::ConnectionRate => ("connection_rate", reply::CONNECTION_RATE),
-                };
-                metrics::SMTP_CONNECTIONS_REFUSED.with_label_values(&[label]).inc();
-                tracing::debug!(%ip, reason = label, "connection refused");
-                tracker.spawn(refuse(stream, r));
-            }
+    let (name, proxy, stop) = (ctx.name.clone(), ctx.proxy.clone(), shutdown.clone());
+    crate::net::accept::serve(listener, name, proxy, shutdown, tracker, move |stream, peer| {
+        session(stream, peer.ip().to_canonical(), ctx.clone(), stop.clone())
+    })
+    .await
+}
+
+/// Admits the client at `ip` and serves its session, or refuses it with 421.
+async fn session(
+    stream: TcpStream,
+    ip: IpAddr,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
+    metrics::SMTP_CONNECTIONS.with_label_values(&[&ctx.name]).inc();
+    match ctx.limits.admit(ip) {
+        Ok(admission) => conn::run(stream, ip, ctx, shutdown, admission).await,
+        Err(why) => {
+            let (label, r) = match why {
+                Refusal::MaxSessions => ("max_sessions", reply::TOO_MANY_SESSIONS),
+                Refusal::MaxSessionsPerIp => ("max_sessions_per_ip", reply::TOO_MANY_SESSIONS_IP),
+                Refusal::ConnectionRate => ("connection_rate", reply::CONNECTION_RATE),
+            };
+            metrics::SMTP_CONNECTIONS_REFUSED.with_label_values(&[label]).inc();
+            tracing::debug!(%ip, reason = label, "connection refused");
+            refuse(stream, r).await;
         }
     }
 }

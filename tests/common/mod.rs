@@ -56,7 +56,7 @@ pub struct Sluice {
     pub smtp: SocketAddr,
     pub admin: SocketAddr,
     env: Vec<(String, String)>,
-    agent: ureq::Agent,
+    pub agent: ureq::Agent,
     /// Unless a test brings its own `[dns]`, sluice asks this server, which fails every lookup
     /// temporarily: no test ever queries real DNS.
     _dns: Option<dns::TestDns>,
@@ -154,6 +154,18 @@ impl Sluice {
         v[name][0].as_str().unwrap_or_else(|| panic!("no {name} listener: {v}")).parse().unwrap()
     }
 
+    /// `sluice queue cat ID`: the stored record as the CLI prints it.
+    pub fn queue_cat(&self, id: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["queue", "cat", id, "--config"])
+            .arg(&self.config)
+            .args(["--admin", &self.admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
@@ -194,8 +206,15 @@ impl Sluice {
 
     /// A new named token of scope `inject`, made with `sluice token add` (its last word).
     pub fn inject_token(&self, name: &str) -> String {
+        self.token_with(name, &["--scope", "inject"])
+    }
+
+    /// A new named token made with `sluice token add NAME ARGS...`.
+    pub fn token_with(&self, name: &str, args: &[&str]) -> String {
         let out = Command::new(BIN)
-            .args(["token", "add", name, "--scope", "inject", "--config"])
+            .args(["token", "add", name])
+            .args(args)
+            .arg("--config")
             .arg(&self.config)
             .output()
             .unwrap();
@@ -329,6 +348,23 @@ impl Client {
         Client { reader, stream }
     }
 
+    /// Connects from a given local address (any of 127.0.0.0/8 on Linux), as a client
+    /// somewhere else would.
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { reader, stream }
+    }
+
     /// Connects, reads the greeting and says EHLO.
     pub fn ehlo(addr: SocketAddr) -> Client {
         let mut c = Client::connect(addr);
@@ -444,13 +480,16 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 /// `sluice user add` with the password on stdin (never argv).
 pub fn add_user(users: &Path, name: &str, password: &str, senders: &[&str]) {
+    let args: Vec<String> = senders.iter().map(|s| format!("--sender={s}")).collect();
+    add_user_with(users, name, password, &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// `sluice user add NAME ARGS...` with the password on stdin.
+pub fn add_user_with(users: &Path, name: &str, password: &str, args: &[&str]) {
     let cfg = users.with_file_name("user-cli.toml");
     std::fs::write(&cfg, format!("[auth]\nusers_file = \"{}\"\n", users.display())).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["user", "add", name, "--config"]).arg(&cfg);
-    for s in senders {
-        cmd.args(["--sender", s]);
-    }
+    cmd.args(["user", "add", name, "--config"]).arg(&cfg).args(args);
     let mut child =
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();

@@ -134,6 +134,8 @@ reject_reasons! {
     Suppressed => "suppressed",
     /// A local mailbox over its quota.
     MailboxFull => "mailbox_full",
+    /// A tenant's or user's sending quota or rate is spent.
+    Quota => "quota",
 }
 
 /// A negative reply and the reason it is counted under: the pair is fixed here, once, so no
@@ -160,6 +162,11 @@ impl Rejection {
     }
 
     /// RCPT of an address on the suppression list; `why` names the entry.
+    /// A sending quota is spent: 452 4.7.1, the client tries again later.
+    pub fn quota(why: String) -> Self {
+        Rejection::owned(452, "4.7.1", why, RejectReason::Quota)
+    }
+
     pub fn suppressed(why: String) -> Self {
         Rejection::owned(550, "5.7.1", why, RejectReason::Suppressed)
     }

@@ -73,6 +73,17 @@ pub struct SessionConfig {
     pub recipient_policy: Option<Arc<dyn RecipientPolicy>>,
     /// The local mailboxes, when `[local] mailboxes` is on.
     pub local_recipients: Option<Arc<dyn LocalRecipients>>,
+    /// Sending quotas of tenants and users (`[tenant.NAME]`, `sluice user limit`).
+    pub quota: Option<Arc<dyn SendQuota>>,
+}
+
+/// Sending quotas as MAIL and RCPT see them, decided in memory: why a transaction of the
+/// authenticated `user` (whose mail goes under `tenant`) must wait, for the 452 4.7.1 reply.
+pub trait SendQuota: Send + Sync + std::fmt::Debug {
+    /// Before a transaction starts (counts one message against rates and hourly limits).
+    fn mail(&self, user: &str, tenant: Option<&str>) -> Option<String>;
+    /// Before the transaction's `nth` recipient (1-based) is accepted.
+    fn rcpt(&self, user: &str, tenant: Option<&str>, nth: usize) -> Option<String>;
 }
 
 /// Local mailboxes as RCPT sees them, decided in memory (users, aliases, known quota use).
@@ -95,8 +106,9 @@ pub enum LocalCheck {
 /// A refusal of recipients that is decided in memory, with no network I/O (the suppression
 /// list), and applies to trusted clients: mail sluice would send on their behalf.
 pub trait RecipientPolicy: Send + Sync + std::fmt::Debug {
-    /// Why `rcpt` must not be accepted, for the 550 5.7.1 reply; None to accept it.
-    fn refusal(&self, rcpt: &str) -> Option<String>;
+    /// Why `rcpt` must not be accepted for `tenant` (its entries and the global ones), for
+    /// the 550 5.7.1 reply; None to accept it.
+    fn refusal(&self, tenant: Option<&str>, rcpt: &str) -> Option<String>;
 }
 
 impl Default for SessionConfig {
@@ -121,6 +133,7 @@ impl Default for SessionConfig {
             auth_needs_tls: true,
             recipient_policy: None,
             local_recipients: None,
+            quota: None,
         }
     }
 }
@@ -147,12 +160,20 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthResult {
     /// Accepted; `senders` are the MAIL FROM addresses (`user@dom`) or domains (`@dom`) the user
-    /// may use (empty: any).
-    Ok { senders: Vec<String> },
+    /// may use (empty: any); `tenant` the one the user's mail is sent for.
+    Ok { senders: Vec<String>, tenant: Option<String> },
     /// 535 5.7.8
     Invalid,
     /// Too many failures from this client or for this user: 454 4.7.0.
     LockedOut,
+}
+
+/// The user a session authenticated as, and what it was granted.
+#[derive(Debug)]
+struct Authenticated {
+    user: String,
+    senders: Vec<String>,
+    tenant: Option<String>,
 }
 
 /// What the session waits for, so the driver can pick the RFC 5321 4.5.3.2 timeout.
@@ -186,12 +207,25 @@ pub struct Transaction {
     pub auth_user: Option<String>,
     /// The addresses (`user@dom`) and domains (`@dom`) that user may send as (empty: any).
     pub auth_senders: Vec<String>,
+    /// The tenant that user's mail is sent for.
+    pub auth_tenant: Option<String>,
     /// Authenticated or from a relay network: mail sluice sends on the client's behalf, and
     /// so signs (DKIM).
     pub trusted: bool,
 }
 
 impl Transaction {
+    /// RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
+    pub fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.tls, self.auth_user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
     /// The `Received:` header for this transaction, as its own buffer.
     pub fn trace_header(&self, hostname: &str, queue_id: &str, unix_time: u64) -> String {
         let single = match self.rcpts.as_slice() {
@@ -202,14 +236,7 @@ impl Transaction {
             helo: &self.helo,
             client_ip: self.client_ip,
             hostname,
-            // RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
-            protocol: match (self.esmtp, self.tls, self.auth_user.is_some()) {
-                (false, _, _) => "SMTP",
-                (true, false, false) => "ESMTP",
-                (true, true, false) => "ESMTPS",
-                (true, false, true) => "ESMTPA",
-                (true, true, true) => "ESMTPSA",
-            },
+            protocol: self.protocol(),
             queue_id,
             single_recipient: single,
             unix_time,
@@ -218,8 +245,16 @@ impl Transaction {
 }
 
 /// Why storing failed, as the driver reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
+    /// Larger than the server's limit: 552 5.3.4.
+    TooBig,
+    /// Too many trace fields (a loop): 554 5.4.6.
+    Loop,
+    /// The memory budget is spent: 452 4.3.1.
+    OverBudget,
+    /// Every recipient is suppressed for the message's tenant: 550 5.7.1 with the reason.
+    Suppressed(String),
     /// Disk full or over a storage limit: 452 4.3.1.
     NoSpace,
     /// Any other storage failure: 451 4.3.0.
@@ -287,7 +322,7 @@ pub struct Session {
     events: Vec<Event>,
     tls: bool,
     /// The authenticated user and the senders they own (empty: any).
-    auth: Option<(String, Vec<String>)>,
+    auth: Option<Authenticated>,
     /// The user whose credentials the driver is checking.
     auth_pending: Option<String>,
     rcpts_in_session: usize,
@@ -343,8 +378,8 @@ impl Session {
         self.state = State::Command;
         let user = self.auth_pending.take().unwrap_or_default();
         match result {
-            AuthResult::Ok { senders } => {
-                self.auth = Some((user, senders));
+            AuthResult::Ok { senders, tenant } => {
+                self.auth = Some(Authenticated { user, senders, tenant });
                 self.reply(reply::AUTH_OK);
             }
             AuthResult::Invalid => self.reject(reply::AUTH_INVALID),
@@ -354,7 +389,7 @@ impl Session {
 
     /// The authenticated user, if any.
     pub fn auth_user(&self) -> Option<&str> {
-        self.auth.as_ref().map(|a| a.0.as_str())
+        self.auth.as_ref().map(|a| a.user.as_str())
     }
 
     /// The read buffer: the driver appends what it reads here.
@@ -442,6 +477,10 @@ impl Session {
             // Our resources or our fault, not the client's: no count toward max_errors (a
             // trusted injector retrying into a full spool must not be disconnected for it).
             Err(StoreError::NoSpace) => self.refuse(reply::STORAGE_FULL),
+            Err(StoreError::OverBudget) => self.refuse(reply::MEMORY_BUDGET),
+            Err(StoreError::Suppressed(why)) => self.refuse(Rejection::suppressed(why)),
+            Err(StoreError::TooBig) => self.reject(reply::MESSAGE_TOO_BIG),
+            Err(StoreError::Loop) => self.reject(reply::TOO_MANY_HOPS),
             Err(StoreError::Failed) => self.refuse(reply::STORAGE_ERROR),
             Err(StoreError::Signing) => self.refuse(reply::SIGNING_ERROR),
             Err(StoreError::DmarcReject) => self.reject(reply::DMARC_REJECT),
@@ -705,11 +744,16 @@ impl Session {
         if self.cfg.auth_required && self.auth.is_none() {
             return self.reject(reply::AUTH_REQUIRED);
         }
-        if let Some((_, senders)) = &self.auth
+        if let Some(Authenticated { senders, .. }) = &self.auth
             && !senders.is_empty()
             && !mail.from.as_ref().is_some_and(|f| owns(senders, f.as_str()))
         {
             return self.reject(reply::SENDER_NOT_OWNED);
+        }
+        if let (Some(q), Some(a)) = (&self.cfg.quota, &self.auth)
+            && let Some(why) = q.mail(&a.user, a.tenant.as_deref())
+        {
+            return self.refuse(Rejection::quota(why));
         }
         self.draft = Some(Draft { mail, ..Default::default() });
         self.reply(reply::SENDER_OK);
@@ -745,7 +789,8 @@ impl Session {
         }
         if self.trusted()
             && let Some(policy) = &self.cfg.recipient_policy
-            && let Some(why) = policy.refusal(rcpt.to.as_str())
+            && let Some(why) = policy
+                .refusal(self.auth.as_ref().and_then(|a| a.tenant.as_deref()), rcpt.to.as_str())
         {
             // Not a client error: a bulk sender's list may hold many of these.
             return self.refuse(Rejection::suppressed(why));
@@ -757,6 +802,11 @@ impl Session {
                 Some(m) => rcpt.to = m.clone(),
                 None => return self.reject(reply::NO_POSTMASTER),
             }
+        }
+        if let (Some(q), Some(a), Some(d)) = (&self.cfg.quota, &self.auth, &self.draft)
+            && let Some(why) = q.rcpt(&a.user, a.tenant.as_deref(), d.rcpts.len() + 1)
+        {
+            return self.refuse(Rejection::quota(why));
         }
         if let Some(local) = &self.cfg.local_recipients {
             let size = self.draft.as_ref().and_then(|d| d.mail.size);
@@ -919,8 +969,9 @@ impl Session {
             client_ip: self.client_ip,
             chunking,
             tls: self.tls,
-            auth_user: self.auth.as_ref().map(|a| a.0.clone()),
-            auth_senders: self.auth.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
+            auth_user: self.auth.as_ref().map(|a| a.user.clone()),
+            auth_senders: self.auth.as_ref().map(|a| a.senders.clone()).unwrap_or_default(),
+            auth_tenant: self.auth.as_ref().and_then(|a| a.tenant.clone()),
             trusted: self.trusted(),
         })))
     }

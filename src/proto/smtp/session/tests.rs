@@ -61,7 +61,7 @@ impl Harness {
                     let r = if self.locked_out {
                         AuthResult::LockedOut
                     } else if c.password.expose() == "s3cret" {
-                        AuthResult::Ok { senders: self.auth_senders.clone() }
+                        AuthResult::Ok { senders: self.auth_senders.clone(), tenant: None }
                     } else {
                         AuthResult::Invalid
                     };
@@ -768,7 +768,7 @@ fn rfc6409_submission_needs_auth_and_owned_senders() {
 struct RefuseOne(&'static str);
 
 impl RecipientPolicy for RefuseOne {
-    fn refusal(&self, rcpt: &str) -> Option<String> {
+    fn refusal(&self, _tenant: Option<&str>, rcpt: &str) -> Option<String> {
         (rcpt.eq_ignore_ascii_case(self.0)).then(|| format!("{rcpt} is suppressed"))
     }
 }

@@ -1,0 +1,107 @@
+//! The quotas as the intake applies them: `[tenant.NAME]` limits and the users file's limits
+//! over [`Quotas`] counters. SMTP asks at MAIL and RCPT (452 4.7.1), HTTP per request (429);
+//! every stored message is counted here, whichever way it came.
+
+use std::collections::BTreeMap;
+
+use crate::auth::users::SharedUsers;
+use crate::proto::smtp::session::SendQuota;
+use crate::tenant::quota::{Exceeded, Limits, Quotas};
+
+pub struct QuotaPolicy {
+    pub quotas: Quotas,
+    /// `[tenant.NAME]` limits.
+    pub tenants: BTreeMap<String, Limits>,
+    /// The users file, for `sluice user limit`s (replaced on SIGHUP).
+    pub users: SharedUsers,
+}
+
+impl std::fmt::Debug for QuotaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaPolicy").field("tenants", &self.tenants).finish_non_exhaustive()
+    }
+}
+
+fn now() -> f64 {
+    crate::spool::unix_millis() as f64 / 1000.0
+}
+
+impl QuotaPolicy {
+    /// The subjects with limits among `user` and `tenant`: (key, limits).
+    fn subjects(&self, user: Option<&str>, tenant: Option<&str>) -> Vec<(String, Limits)> {
+        let mut out = Vec::new();
+        if let Some(u) = user {
+            let users = self.users.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(rec) = users.get(u) {
+                let limits = Limits {
+                    max_messages_per_hour: rec.max_messages_per_hour,
+                    max_recipients_per_day: rec.max_recipients_per_day,
+                    // Checked when the file was loaded.
+                    rate: rec.rate.as_deref().and_then(|r| crate::rate::parse_rate(r).ok()),
+                };
+                if !limits.is_empty() {
+                    out.push((format!("user {}", crate::auth::users::normal_name(u)), limits));
+                }
+            }
+        }
+        if let Some(t) = tenant
+            && let Some(limits) = self.tenants.get(t)
+        {
+            out.push((format!("tenant {t}"), limits.clone()));
+        }
+        out
+    }
+
+    /// Whether `messages` more messages with `recipients` recipients may go now.
+    pub fn check(
+        &self,
+        user: Option<&str>,
+        tenant: Option<&str>,
+        messages: u64,
+        recipients: u64,
+    ) -> Result<(), Exceeded> {
+        let subjects = self.subjects(user, tenant);
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(&str, &Limits)> = subjects.iter().map(|(k, l)| (k.as_str(), l)).collect();
+        self.quotas.check(&refs, messages, recipients, now())
+    }
+
+    /// Counts one stored message.
+    pub fn record(&self, user: Option<&str>, tenant: Option<&str>, recipients: usize) {
+        let subjects = self.subjects(user, tenant);
+        let refs: Vec<(&str, &Limits)> = subjects.iter().map(|(k, l)| (k.as_str(), l)).collect();
+        self.quotas.record(&refs, 1, recipients as u64, now());
+    }
+
+    /// Saves the counters every second until `stop`, and once more then.
+    pub async fn keep_saved(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.quotas.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "quota counters not saved"),
+                Err(e) => tracing::warn!(error = %e, "quota counters not saved"),
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+impl SendQuota for QuotaPolicy {
+    fn mail(&self, user: &str, tenant: Option<&str>) -> Option<String> {
+        self.check(Some(user), tenant, 1, 0).err().map(|e| e.to_string())
+    }
+
+    fn rcpt(&self, user: &str, tenant: Option<&str>, nth: usize) -> Option<String> {
+        self.check(Some(user), tenant, 0, nth as u64).err().map(|e| e.to_string())
+    }
+}
