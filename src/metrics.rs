@@ -212,6 +212,11 @@ metrics! {
         "Local deliveries found already in the mailbox and not written again: a crash between the mailbox write and the spool's record of it, or an alias delivered to some of its users before a failure.",
     );
     /// HTTP connections closed at accept: the listener or the client was at its cap.
+    QUOTA_REFUSED: IntCounterVec = counter_vec(
+        "sluice_quota_refused_total",
+        "Submissions refused by a quota ([tenant.NAME] or sluice user limit): limit is max_messages_per_hour, max_recipients_per_day, rate or max_sessions; tenant is the bounded tenant label (\"\" for users without one).",
+        &["tenant", "limit"],
+    );
     PROXY_REFUSED: IntCounterVec = counter_vec(
         "sluice_proxy_refused_total",
         "Connections to a proxy_protocol listener closed before their session: the peer is not in proxy_networks (not_a_proxy), its PROXY header is malformed or missing (malformed), late (timeout) or cut off (io).",

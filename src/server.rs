@@ -342,6 +342,11 @@ impl Front {
             session.local_domains.insert(v.domain.clone());
         }
         let auth = load_auth(cfg)?;
+        let tenant_labels = Arc::new(crate::domain_labels::DomainLabels::new(
+            &cfg.metrics.tenants,
+            cfg.metrics.tenant_labels,
+            cfg.metrics.promote_after,
+        ));
         let quota = Arc::new(crate::intake::quota::QuotaPolicy {
             quotas: crate::tenant::quota::Quotas::open(&cfg.quota_file()),
             tenants: cfg
@@ -350,6 +355,13 @@ impl Front {
                 .filter_map(|(name, t)| Some((name.clone(), t.limits().ok()?)))
                 .collect(),
             users: auth.users.clone(),
+            max_sessions: cfg
+                .tenant
+                .iter()
+                .filter_map(|(name, t)| Some((name.clone(), t.max_sessions?)))
+                .collect(),
+            sessions: Default::default(),
+            labels: tenant_labels.clone(),
         });
         session.quota = Some(quota.clone());
         let mailboxes = mailboxes(cfg, &auth);
@@ -358,11 +370,6 @@ impl Front {
         }
         let budget = crate::intake::budget::MemoryBudget::new(cfg.limits.memory_budget as usize);
         let stored = Arc::new(tokio::sync::Notify::new());
-        let tenant_labels = Arc::new(crate::domain_labels::DomainLabels::new(
-            &cfg.metrics.tenants,
-            cfg.metrics.tenant_labels,
-            cfg.metrics.promote_after,
-        ));
         let path = Arc::new(crate::intake::Intake {
             spool: spool.clone(),
             hostname: cfg.hostname.clone(),

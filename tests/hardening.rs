@@ -159,12 +159,16 @@ fn http_listeners_have_timeouts_and_caps_and_smtp_keeps_greeting() {
 }
 
 /// Issue #22: Authentication-Results fields claiming our authserv-id are removed on every
-/// intake path (port 25, authenticated submission, HTTP injection), whichever way RFC 8601
+/// intake path (port 25, submission with STARTTLS, submissions with implicit TLS, HTTP
+/// injection built and raw: every listener mode that takes mail), whichever way RFC 8601
 /// lets a field spell it: a comment before or glued to the id, a quoted id, a trailing dot,
 /// another case. Before, only smtp listeners stripped them, and only the first word.
 #[test]
 fn forged_authentication_results_are_removed_on_every_intake_path() {
-    let t = start("[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:0\"\n");
+    let t = start(
+        "[[listener]]\nmode = \"submission\"\naddress = \"127.0.0.1:0\"\n\
+         [[listener]]\nmode = \"submissions\"\naddress = \"127.0.0.1:0\"\n",
+    );
     let forms = [
         "(c) sluice.test; dkim=pass header.d=bank.example",
         "(glued)sluice.test; dkim=pass header.d=bank.example",
@@ -176,7 +180,7 @@ fn forged_authentication_results_are_removed_on_every_intake_path() {
     let forged: String = forms.iter().map(|f| format!("Authentication-Results: {f}\r\n")).collect();
     let script = r#"
 import smtplib, ssl, sys
-smtp, sub, forged = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+smtp, sub, subs, forged = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 msg = forged + "From: boss@example.com\r\nSubject: {}\r\nMessage-ID: <{}@t>\r\n\r\nx\r\n"
 with smtplib.SMTP("127.0.0.1", smtp) as s:
     s.sendmail("a@example.org", ["alice@example.com"], msg.format("port25", "port25"))
@@ -184,10 +188,14 @@ ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode 
 with smtplib.SMTP("127.0.0.1", sub) as s:
     s.starttls(context=ctx); s.login("bob@example.com", "pw")
     s.sendmail("bob@example.com", ["alice@example.com"], msg.format("submission", "submission"))
+with smtplib.SMTP_SSL("127.0.0.1", subs, context=ctx) as s:
+    s.login("bob@example.com", "pw")
+    s.sendmail("bob@example.com", ["alice@example.com"], msg.format("submissions", "submissions"))
 print("sent")
 "#;
     let sub = t.s.listener("submission").port().to_string();
-    let out = python(script, &[&t.s.smtp.port().to_string(), &sub, &forged]);
+    let subs = t.s.listener("submissions").port().to_string();
+    let out = python(script, &[&t.s.smtp.port().to_string(), &sub, &subs, &forged]);
     assert_eq!(out.trim(), "sent");
     let token = t.s.inject_token("forger");
     let headers: serde_json::Map<String, serde_json::Value> = forms
@@ -203,9 +211,17 @@ print("sent")
     });
     let resp = t.s.agent_post_json("/api/inject/v1", &token, &req);
     assert_eq!(resp.0, 200, "{}", resp.1);
+    let raw = format!("{forged}From: news@example.com\r\nSubject: raw\r\n\r\nx\r\n");
+    let req = serde_json::json!({
+        "envelope_sender": "news@example.com",
+        "content": raw,
+        "recipients": [{"email": "alice@example.com"}],
+    });
+    let resp = t.s.agent_post_json("/api/inject/v1", &token, &req);
+    assert_eq!(resp.0, 200, "{}", resp.1);
     t.s.wait_queue(30, |q| q.is_empty());
     let mailbox = t.mailbox("alice");
-    assert_eq!(mailbox.len(), 3, "{mailbox:?}");
+    assert_eq!(mailbox.len(), 5, "{mailbox:?}");
     for m in &mailbox {
         assert!(!m.contains("bank.example"), "a forged result survived:\n{m}");
     }

@@ -311,3 +311,32 @@ fn quotas_refuse_message_n_plus_one_also_after_a_restart() {
     assert_eq!(status, 200, "{body}");
     s.assert_no_panic();
 }
+
+/// `[tenant.NAME] max_sessions`: a tenant's users hold at most that many SMTP sessions at
+/// once; one more gets 454 4.7.0 at AUTH (valid credentials, try later), and a session that
+/// ends gives its place back before its 221.
+#[test]
+fn a_tenants_sessions_are_capped_at_auth() {
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = users_dir.path().join("users.toml");
+    add_user_with(&users, "acme-app", "pw", &["--tenant", "acme"]);
+    add_user_with(&users, "other", "pw", &[]);
+    let s = start(&users, "[tenant.acme]\nmax_sessions = 1\n");
+    let mut first = Client::ehlo(s.smtp);
+    assert_eq!(code(&first.cmd(&auth_plain("acme-app", "pw"))), 235);
+    let mut second = Client::ehlo(s.smtp);
+    let r = second.cmd(&auth_plain("acme-app", "pw"));
+    assert!(r.starts_with("454 4.7.0") && r.contains("tenant acme: 1 sessions"), "{r}");
+    let mut untenanted = Client::ehlo(s.smtp);
+    assert_eq!(code(&untenanted.cmd(&auth_plain("other", "pw"))), 235, "not acme's");
+    assert_eq!(code(&first.cmd("QUIT")), 221);
+    let mut third = Client::ehlo(s.smtp);
+    assert_eq!(code(&third.cmd(&auth_plain("acme-app", "pw"))), 235, "the place was given back");
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("sluice_quota_refused_total{limit=\"max_sessions\",tenant=\"acme\"} 1"),
+        "{m}"
+    );
+    s.assert_no_panic();
+}

@@ -49,6 +49,7 @@ pub async fn run<P: Transport>(
     admission: Admission,
 ) {
     let mut admission = Some(admission);
+    let mut tenant_session = None;
     metrics::SMTP_CONNECTIONS_ACTIVE.with_label_values(&[&ctx.name]).inc();
     let _active = ActiveGuard(ctx.name.clone());
     let mut stream = Stream::Plain(io);
@@ -98,12 +99,13 @@ pub async fn run<P: Transport>(
             }
             Step::Authenticate(creds) => {
                 // Boxed, like the handshake: rare steps keep their state off every idle task.
-                let result = Box::pin(authenticate(&ctx, ip, creds)).await;
+                let result = Box::pin(authenticate(&ctx, ip, creds, &mut tenant_session)).await;
                 session.handle_auth(result);
             }
             Step::Close => {
-                // Free the slot before the client reads 221 and reconnects.
+                // Free the slots before the client reads 221 and reconnects.
                 drop(admission.take());
+                drop(tenant_session.take());
                 let _ = flush(&mut stream, &mut session, &ctx).await;
                 let _ = stream.shutdown().await;
                 return;
@@ -267,10 +269,24 @@ pub(crate) async fn accept_tls<P: Transport>(
 }
 
 /// Checks credentials (argon2 on a blocking thread), with lockout and a growing delay after
-/// failures. Passwords are never logged.
-async fn authenticate(ctx: &ListenerContext, ip: IpAddr, creds: Credentials) -> AuthResult {
+/// failures. Passwords are never logged. A user of a tenant takes one of the tenant's
+/// sessions (`max_sessions`), held in `slot` until the connection ends.
+async fn authenticate(
+    ctx: &ListenerContext,
+    ip: IpAddr,
+    creds: Credentials,
+    slot: &mut Option<crate::intake::quota::SessionSlot>,
+) -> AuthResult {
     match crate::auth::authenticate(&ctx.auth, ip, "smtp", creds).await {
-        crate::auth::Verdict::Ok { senders, tenant } => AuthResult::Ok { senders, tenant },
+        crate::auth::Verdict::Ok { senders, tenant } => {
+            if let (Some(t), Some(q)) = (&tenant, &ctx.intake.quota) {
+                match q.open_session(t) {
+                    Ok(s) => *slot = s,
+                    Err(e) => return AuthResult::TenantBusy(e.to_string()),
+                }
+            }
+            AuthResult::Ok { senders, tenant }
+        }
         crate::auth::Verdict::Invalid => AuthResult::Invalid,
         crate::auth::Verdict::LockedOut => AuthResult::LockedOut,
     }

@@ -39,6 +39,8 @@ pub struct TenantConfig {
     pub max_recipients_per_day: Option<u64>,
     /// Messages per interval, as `[shaping]` (`"10/s"`, `"600/m"`).
     pub rate: Option<String>,
+    /// SMTP sessions authenticated as the tenant's users open at once.
+    pub max_sessions: Option<usize>,
 }
 
 impl TenantConfig {
@@ -60,6 +62,8 @@ pub struct Exceeded {
     pub who: String,
     /// `100 messages per hour`, `1000 recipients per day`, `rate 10/s`.
     pub what: String,
+    /// The limit's key, the `limit` label of `sluice_quota_refused_total`.
+    pub limit: &'static str,
     /// Seconds until the limit lets this through.
     pub retry_after: u64,
 }
@@ -126,18 +130,18 @@ impl Quotas {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (who, limits) in subjects {
             let c = st.counters.get(*who).copied().unwrap_or_default();
-            let over = |what: String, retry_after: u64| {
-                Err(Exceeded { who: who.to_string(), what, retry_after: retry_after.max(1) })
+            let over = |what: String, limit: &'static str, retry_after: u64| {
+                Err(Exceeded { who: who.to_string(), what, limit, retry_after: retry_after.max(1) })
             };
             if let Some(max) = limits.max_messages_per_hour.filter(|_| messages > 0)
                 && let Err(wait) = bucket(c.messages, messages, max, 3600.0, now)
             {
-                return over(format!("{max} messages per hour"), wait);
+                return over(format!("{max} messages per hour"), "max_messages_per_hour", wait);
             }
             if let Some(max) = limits.max_recipients_per_day.filter(|_| recipients > 0)
                 && let Err(wait) = bucket(c.recipients, recipients, max, 86_400.0, now)
             {
-                return over(format!("{max} recipients per day"), wait);
+                return over(format!("{max} recipients per day"), "max_recipients_per_day", wait);
             }
             if let Some(rate) = limits.rate
                 && messages > 0
@@ -145,7 +149,8 @@ impl Quotas {
                 let tolerance = (rate.floor().max(1.0) - 1.0) / rate;
                 let tat = st.tat.get(*who).copied().unwrap_or(now).max(now);
                 if tat > now + tolerance {
-                    return over(format!("rate {rate}/s"), (tat - tolerance - now).ceil() as u64);
+                    let wait = (tat - tolerance - now).ceil() as u64;
+                    return over(format!("rate {rate}/s"), "rate", wait);
                 }
             }
         }

@@ -161,12 +161,18 @@ impl Rejection {
         Rejection { reply: Reply::owned(code, enhanced, text), reason }
     }
 
-    /// RCPT of an address on the suppression list; `why` names the entry.
     /// A sending quota is spent: 452 4.7.1, the client tries again later.
     pub fn quota(why: String) -> Self {
         Rejection::owned(452, "4.7.1", why, RejectReason::Quota)
     }
 
+    /// Valid credentials whose tenant has all its sessions open (`[tenant.NAME]
+    /// max_sessions`): 454 4.7.0, a temporary AUTH failure (RFC 4954 6).
+    pub fn tenant_sessions(why: String) -> Self {
+        Rejection::owned(454, "4.7.0", why, RejectReason::Quota)
+    }
+
+    /// RCPT of an address on the suppression list; `why` names the entry.
     pub fn suppressed(why: String) -> Self {
         Rejection::owned(550, "5.7.1", why, RejectReason::Suppressed)
     }

@@ -166,6 +166,8 @@ pub enum AuthResult {
     Invalid,
     /// Too many failures from this client or for this user: 454 4.7.0.
     LockedOut,
+    /// Valid, but the user's tenant is at its session cap (the text says so): 454 4.7.0.
+    TenantBusy(String),
 }
 
 /// The user a session authenticated as, and what it was granted.
@@ -384,6 +386,7 @@ impl Session {
             }
             AuthResult::Invalid => self.reject(reply::AUTH_INVALID),
             AuthResult::LockedOut => self.reject(reply::AUTH_LOCKED_OUT),
+            AuthResult::TenantBusy(why) => self.reject(Rejection::tenant_sessions(why)),
         }
     }
 
