@@ -9,9 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+pub use crate::bounce::suppression::{SuppressionConfig, SuppressionScope, TenantSuppression};
+pub use crate::bounce::verp::VerpConfig;
+pub use crate::delivery::route::{RouteAuth, RouteConfig};
+pub use crate::delivery::shaping::{ShapingConfig, ShapingParams, ShapingRule};
+pub use crate::inject::InjectConfig;
+pub use crate::mailauth::sign::{DkimConfig, SigningConfig, UnalignedFrom};
+pub use crate::mailauth::verify::VerifyConfig;
+pub use crate::net::http::HttpConfig;
 use crate::net::proxy::ProxyPolicy;
+pub use crate::units::parse_size;
+use crate::units::{default_from_serde, default_true, duration, durations, opt_duration, size};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -194,57 +204,8 @@ impl Admin {
     }
 }
 
-/// `[http]`: what each HTTP listener (admin, unsubscribe) allows; each keeps its own counts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// A request's header must arrive within this, from the connection's first byte.
-    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
-    pub header_timeout: Duration,
-    /// A connection that reads or writes nothing for this long is closed (keep-alive too).
-    #[serde(default = "default_http_idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
-    /// The TLS handshake of the unsubscribe endpoint must end within this.
-    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
-    pub tls_handshake_timeout: Duration,
-    /// Connections open at once per listener; more are closed at accept.
-    #[serde(default = "default_http_max_connections")]
-    pub max_connections: usize,
-    /// Connections open at once per client address per listener.
-    #[serde(default = "default_http_max_connections_per_ip")]
-    pub max_connections_per_ip: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            header_timeout: default_http_header_timeout(),
-            idle_timeout: default_http_idle_timeout(),
-            tls_handshake_timeout: default_http_header_timeout(),
-            max_connections: default_http_max_connections(),
-            max_connections_per_ip: default_http_max_connections_per_ip(),
-        }
-    }
-}
-
 fn default_max_folders() -> usize {
     1000
-}
-
-fn default_http_header_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_http_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_http_max_connections() -> usize {
-    256
-}
-
-fn default_http_max_connections_per_ip() -> usize {
-    32
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,7 +448,7 @@ pub struct DeliveryConfig {
     #[serde(default = "default_scan_interval", deserialize_with = "duration")]
     pub scan_interval: Duration,
     /// STARTTLS for MX delivery without a matching route.
-    #[serde(default = "default_tls_mode")]
+    #[serde(default = "crate::delivery::route::default_tls_mode")]
     pub tls: TlsPolicy,
 }
 
@@ -546,75 +507,6 @@ fn default_log_keep() -> usize {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ShapingConfig {
-    #[serde(default)]
-    pub default: ShapingParams,
-    /// Overrides; the first rule whose `match` fits the destination wins.
-    #[serde(default)]
-    pub rule: Vec<ShapingRule>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShapingParams {
-    /// Connections open at once to one destination.
-    #[serde(default = "default_shaping_connections")]
-    pub connections: usize,
-    /// Messages sent over one connection before it is closed.
-    #[serde(default = "default_messages_per_connection")]
-    pub messages_per_connection: usize,
-    /// Messages per second to the destination ("100/s", "6000/m"); absent = unlimited.
-    #[serde(default, deserialize_with = "rate")]
-    pub rate: Option<f64>,
-    /// How long an idle connection waits for more mail before QUIT.
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShapingRule {
-    /// Destination patterns: a domain, "*.example.org" or "*" (the default).
-    #[serde(rename = "match", default = "every_destination")]
-    pub patterns: Vec<String>,
-    /// Only for mail of these tenants (HTTP injection's `tenant`), which then gets connections
-    /// and a rate of its own to each destination. Empty: all mail.
-    #[serde(default)]
-    pub tenants: Vec<String>,
-    /// Each setting left out is taken from `[shaping.default]`.
-    pub connections: Option<usize>,
-    pub messages_per_connection: Option<usize>,
-    #[serde(default, deserialize_with = "rate")]
-    pub rate: Option<f64>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub idle_timeout: Option<Duration>,
-}
-
-fn every_destination() -> Vec<String> {
-    vec!["*".into()]
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
-fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::rate::parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn default_shaping_connections() -> usize {
-    10
-}
-fn default_messages_per_connection() -> usize {
-    100
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty = the system configuration (/etc/resolv.conf).
     #[serde(default)]
@@ -623,90 +515,12 @@ pub struct DnsConfig {
 
 pub use crate::proto::smtp::client::TlsPolicy;
 
-/// SMTP AUTH credentials for a smart host; the password lives in its own file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteAuth {
-    pub username: String,
-    pub password_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Exact domains, `*.example.org` (subdomains) or `*`.
-    pub domains: Vec<String>,
-    /// `host:port` of a relay; absent = MX delivery.
-    pub smarthost: Option<String>,
-    #[serde(default = "default_tls_mode")]
-    pub tls: TlsPolicy,
-    /// Credentials for the smart host (sent only over TLS).
-    pub auth: Option<RouteAuth>,
-    /// Extra trusted CA certificates (PEM) for `tls = "required"`, e.g. a private CA.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// One DKIM signing key: mail whose From domain is `domain` (or a subdomain without a key of
-/// its own) is signed with it at intake.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DkimConfig {
-    /// The signing domain (`d=`); the public key is published at
-    /// `<selector>._domainkey.<domain>`.
-    pub domain: String,
-    pub selector: String,
-    /// PEM private key (PKCS#8, or PKCS#1 for RSA); `sluice dkim keygen` makes one.
-    pub key: PathBuf,
-    pub algorithm: crate::mailauth::key::DkimAlgorithm,
-    /// Also sign mail whose From domain has no key of its own (not DMARC-aligned, but signed).
-    #[serde(default)]
-    pub default: bool,
-    /// Signature lifetime (`x=` tag); absent = no expiry.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub expire: Option<Duration>,
-}
-
 /// Bounce classification (README, "Bounce categories").
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BounceConfig {
     /// The operator's rules file, tried before the shipped rules.
     pub rules: Option<PathBuf>,
-}
-
-/// VERP (README, "VERP and asynchronous bounces").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerpConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    /// The bounce domain: sluice accepts mail for it (point its MX here).
-    #[serde(default)]
-    pub domain: String,
-    /// The local part before `+`.
-    #[serde(default = "default_verp_local")]
-    pub local: String,
-    /// Tenants whose injected mail gets VERP return paths (empty: all injected mail).
-    #[serde(default)]
-    pub tenants: Vec<String>,
-    /// How long a message's VERP address is remembered.
-    #[serde(default = "default_verp_keep", deserialize_with = "duration")]
-    pub keep: Duration,
-}
-
-fn default_verp_local() -> String {
-    "bounces".into()
-}
-fn default_verp_keep() -> Duration {
-    Duration::from_secs(30 * 86_400)
-}
-
-impl VerpConfig {
-    pub fn applies_to(&self, tenant: Option<&str>) -> bool {
-        self.enabled
-            && (self.tenants.is_empty()
-                || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
-    }
 }
 
 /// One-click unsubscribe (README, "One-click unsubscribe").
@@ -742,147 +556,6 @@ impl UnsubscribeConfig {
 
 fn default_unsubscribe_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8443))
-}
-
-/// HTTP injection (README, "HTTP injection").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Largest request body, after gzip decompression.
-    #[serde(default = "default_inject_size", deserialize_with = "size")]
-    pub max_request_size: u64,
-    /// Recipients per request.
-    #[serde(default = "default_inject_recipients")]
-    pub max_recipients: usize,
-    /// Messages rendered, signed and committed together (bounds the memory of one request).
-    #[serde(default = "default_inject_batch")]
-    pub batch_size: usize,
-}
-
-fn default_inject_size() -> u64 {
-    64 << 20
-}
-fn default_inject_recipients() -> usize {
-    100_000
-}
-fn default_inject_batch() -> usize {
-    1000
-}
-
-/// The suppression list (README, "Suppression").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuppressionConfig {
-    /// Keep and apply the list.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Hard-bounce categories that add the recipient.
-    #[serde(default = "default_suppress_categories")]
-    pub categories: Vec<crate::bounce::classify::Category>,
-    /// Where bounce-fed entries go: "tenant" (the message's tenant; global for untagged mail)
-    /// or "global".
-    #[serde(default)]
-    pub scope: SuppressionScope,
-    /// Refuse suppressed recipients at RCPT for authenticated and relay clients (550 5.7.1).
-    #[serde(default = "default_true")]
-    pub check_rcpt: bool,
-    /// Per-tenant overrides.
-    #[serde(default)]
-    pub tenant: std::collections::BTreeMap<String, TenantSuppression>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SuppressionScope {
-    #[default]
-    Tenant,
-    Global,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantSuppression {
-    /// Refuse this tenant's suppressed recipients at injection.
-    #[serde(default = "default_true")]
-    pub check: bool,
-    /// Hard-bounce categories that add this tenant's recipients (default: the global list).
-    pub categories: Option<Vec<crate::bounce::classify::Category>>,
-}
-
-fn default_suppress_categories() -> Vec<crate::bounce::classify::Category> {
-    use crate::bounce::classify::Category::*;
-    vec![InvalidRecipient, BadDomain, InactiveMailbox]
-}
-
-impl SuppressionConfig {
-    /// Whether injected mail of `tenant` is checked against the list.
-    pub fn checks(&self, tenant: Option<&str>) -> bool {
-        self.enabled && tenant.and_then(|t| self.tenant.get(t)).is_none_or(|t| t.check)
-    }
-
-    /// Whether a hard bounce of `category` for `tenant` suppresses the recipient.
-    pub fn suppresses(
-        &self,
-        tenant: Option<&str>,
-        category: crate::bounce::classify::Category,
-    ) -> bool {
-        let own = tenant.and_then(|t| self.tenant.get(t)).and_then(|t| t.categories.as_ref());
-        self.enabled && own.unwrap_or(&self.categories).contains(&category)
-    }
-}
-
-/// `[signing]`: what happens to mail from a user with `senders` whose From: domain is not one
-/// of them (signing it would give a DMARC-aligned signature for someone else's domain).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SigningConfig {
-    #[serde(default)]
-    pub unaligned_from: UnalignedFrom,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnalignedFrom {
-    /// 550 5.7.1 at the end of DATA.
-    #[default]
-    Refuse,
-    /// Accepted and sent without our signatures.
-    Unsigned,
-}
-
-/// Verification of mail received on `smtp` listeners (submission is authenticated instead).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyConfig {
-    /// "local" (mail with a recipient in `[local] domains`), "all", or "off".
-    #[serde(default = "default_verify_scope")]
-    pub scope: crate::mailauth::verify::Scope,
-    /// DMARC failure under `p=reject`: "reject" (550 5.7.1), "quarantine" or "tag".
-    #[serde(default = "default_dmarc_reject")]
-    pub dmarc_reject: crate::mailauth::verify::DmarcAction,
-    /// SPF `fail`: "tag" (Authentication-Results only) or "reject" (550 5.7.23).
-    #[serde(default = "default_spf_fail")]
-    pub spf_fail: crate::mailauth::verify::SpfAction,
-    /// All DNS lookups of one message's verification end within this; past it the results
-    /// not in yet are `temperror` (which never refuses mail).
-    #[serde(default = "default_verify_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
-}
-
-fn default_verify_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_verify_scope() -> crate::mailauth::verify::Scope {
-    crate::mailauth::verify::Scope::Local
-}
-fn default_dmarc_reject() -> crate::mailauth::verify::DmarcAction {
-    crate::mailauth::verify::DmarcAction::Reject
-}
-fn default_spf_fail() -> crate::mailauth::verify::SpfAction {
-    crate::mailauth::verify::SpfAction::Tag
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1026,32 +699,14 @@ fn default_connect_timeout() -> Duration {
 fn default_data_end_timeout() -> Duration {
     Duration::from_secs(600)
 }
-fn default_true() -> bool {
-    true
-}
 fn default_mx_port() -> u16 {
     25
 }
 fn default_scan_interval() -> Duration {
     Duration::from_secs(1)
 }
-fn default_tls_mode() -> TlsPolicy {
-    TlsPolicy::Opportunistic
-}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
-}
-
-/// `Default` for sections whose every field has a serde default: the defaults live in one
-/// place (the `#[serde(default = ...)]` attributes), never restated.
-macro_rules! default_from_serde {
-    ($($t:ty),* $(,)?) => {$(
-        impl Default for $t {
-            fn default() -> Self {
-                toml::from_str("").expect("defaults deserialize")
-            }
-        }
-    )*};
 }
 
 default_from_serde!(
@@ -1061,12 +716,7 @@ default_from_serde!(
     AuthConfig,
     MetricsConfig,
     DeliveryLogConfig,
-    ShapingParams,
-    VerifyConfig,
-    SuppressionConfig,
-    InjectConfig,
     UnsubscribeConfig,
-    VerpConfig,
     Limits,
     Queue,
     SpoolConfig,
@@ -1084,59 +734,6 @@ fn system_hostname() -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
     (!name.is_empty()).then_some(name)
-}
-
-/// "50MiB", "10MB", "512KiB", "1024" -> bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (e.g. \"50MiB\")"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(n),
-        Raw::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")"))
-    })
-}
-
-fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    v.iter()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
-        })
-        .collect()
 }
 
 impl Config {

@@ -1,21 +1,25 @@
 //! sluice: a high-throughput outbound mail transfer agent that never loses acknowledged mail.
 //!
 //! # Layout
-//! - [`config`]: TOML configuration, embedded defaults, validation (`sluice check-config`).
+//! - [`config`]: the TOML file composed of the sections each module owns (`ShapingConfig` in
+//!   `delivery::shaping`, `HttpConfig` in `net::http`, ...), embedded defaults, validation
+//!   (`sluice check-config`). Only `server` and the binary import it (tests/import_graph.rs).
+//! - [`units`]: sizes, durations and rates as the configuration spells them.
 //! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
 //! - [`intake`]: the one path to the spool for SMTP and HTTP (policy, signing, store).
 //! - [`tenant`]: tenants bound to credentials, their quotas.
 //! - [`smtp`]: the SMTP server: listeners, connection limits, the per-connection driver.
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
-//! - [`delivery`]: routes, the outbound SMTP driver, outcome classification.
+//! - [`delivery`]: routes, the outbound SMTP driver.
+//! - [`delivery_error`]: how a delivery attempt ended and what that means for the recipient.
 //! - [`dns`]: the `Resolver` trait for MX, address and TXT lookups; hickory-resolver in the
 //!   server, an in-memory table in unit tests.
 //! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`admin`]: HTTP `/metrics`, `/health` and the queue API.
 //! - [`metrics`]: every Prometheus metric, declared once.
-//! - [`net`]: HTTP serving with timeouts and connection caps for the admin and unsubscribe
-//!   listeners.
+//! - [`net`]: the one accept loop of every listener, the PROXY protocol, HTTP serving with
+//!   timeouts and connection caps.
 //! - [`server`]: `sluice serve`: start-up, graceful shutdown.
 //! - [`cli`]: `sluice queue ...`.
 
@@ -24,6 +28,7 @@ pub mod auth;
 pub mod bounce;
 pub mod config;
 pub mod delivery;
+pub mod delivery_error;
 pub mod delivery_log;
 pub mod dns;
 pub mod domain;
@@ -47,6 +52,7 @@ pub mod spool;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
+pub mod units;
 
 #[cfg(test)]
 mod test_rng;

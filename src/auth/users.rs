@@ -120,7 +120,7 @@ impl Users {
         for u in f.user {
             let key = normal_name(&u.name);
             if let Some(q) = &u.quota {
-                let bytes = crate::config::parse_size(q)
+                let bytes = crate::units::parse_size(q)
                     .map_err(|e| file_err(path, format!("user {:?}: quota: {e}", u.name)))?;
                 quotas.insert(key.clone(), bytes);
             }
@@ -350,7 +350,7 @@ impl UsersFileEditor {
 }
 
 fn check_quota(quota: Option<&str>) -> Result<(), UsersError> {
-    match quota.map(crate::config::parse_size) {
+    match quota.map(crate::units::parse_size) {
         Some(Err(e)) => Err(UsersError::BadQuota(e)),
         _ => Ok(()),
     }

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::delivery::error::DeliveryError;
+use crate::delivery_error::DeliveryError;
 use crate::proto::smtp::Reply;
 
 /// Why a delivery failed.

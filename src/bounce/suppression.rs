@@ -22,6 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use super::Category;
+use crate::units::default_true;
 
 /// `tenant \0 address` -> [`Stored`] (postcard). The global scope is the empty tenant.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("suppression");
@@ -479,6 +480,70 @@ pub fn refusal_text(address: &str, e: &Entry) -> String {
     .to_string();
     format!("{address} is on the suppression list ({} since {})", e.reason.as_str(), &since[..10])
 }
+
+/// The suppression list (README, "Suppression").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    /// Keep and apply the list.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Hard-bounce categories that add the recipient.
+    #[serde(default = "default_suppress_categories")]
+    pub categories: Vec<crate::bounce::classify::Category>,
+    /// Where bounce-fed entries go: "tenant" (the message's tenant; global for untagged mail)
+    /// or "global".
+    #[serde(default)]
+    pub scope: SuppressionScope,
+    /// Refuse suppressed recipients at RCPT for authenticated and relay clients (550 5.7.1).
+    #[serde(default = "default_true")]
+    pub check_rcpt: bool,
+    /// Per-tenant overrides.
+    #[serde(default)]
+    pub tenant: std::collections::BTreeMap<String, TenantSuppression>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuppressionScope {
+    #[default]
+    Tenant,
+    Global,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSuppression {
+    /// Refuse this tenant's suppressed recipients at injection.
+    #[serde(default = "default_true")]
+    pub check: bool,
+    /// Hard-bounce categories that add this tenant's recipients (default: the global list).
+    pub categories: Option<Vec<crate::bounce::classify::Category>>,
+}
+
+fn default_suppress_categories() -> Vec<crate::bounce::classify::Category> {
+    use crate::bounce::classify::Category::*;
+    vec![InvalidRecipient, BadDomain, InactiveMailbox]
+}
+
+impl SuppressionConfig {
+    /// Whether injected mail of `tenant` is checked against the list.
+    pub fn checks(&self, tenant: Option<&str>) -> bool {
+        self.enabled && tenant.and_then(|t| self.tenant.get(t)).is_none_or(|t| t.check)
+    }
+
+    /// Whether a hard bounce of `category` for `tenant` suppresses the recipient.
+    pub fn suppresses(
+        &self,
+        tenant: Option<&str>,
+        category: crate::bounce::classify::Category,
+    ) -> bool {
+        let own = tenant.and_then(|t| self.tenant.get(t)).and_then(|t| t.categories.as_ref());
+        self.enabled && own.unwrap_or(&self.categories).contains(&category)
+    }
+}
+
+crate::units::default_from_serde!(SuppressionConfig);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! window in one transaction, and pruned after `[verp] keep`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -17,6 +18,7 @@ use super::classify::{Category, Classifier};
 use super::suppression::{NewEntry, Reason, SuppressionError, Suppressions};
 use crate::proto::smtp::Reply;
 use crate::spool::QueueId;
+use crate::units::duration;
 
 /// queue id -> [`Sent`] (postcard).
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("verp");
@@ -237,13 +239,13 @@ fn first_reply(text: &str) -> Option<Reply> {
 pub fn suppression_for(
     sent: &Sent,
     r: &Reported,
-    config: &crate::config::SuppressionConfig,
+    config: &crate::bounce::suppression::SuppressionConfig,
 ) -> Option<NewEntry> {
     (r.failed && config.suppresses(sent.tenant.as_deref(), r.category)).then(|| NewEntry {
         address: sent.recipient.clone(),
         tenant: match config.scope {
-            crate::config::SuppressionScope::Tenant => sent.tenant.clone(),
-            crate::config::SuppressionScope::Global => None,
+            crate::bounce::suppression::SuppressionScope::Tenant => sent.tenant.clone(),
+            crate::bounce::suppression::SuppressionScope::Global => None,
         },
         reason: Reason::Bounce(r.category),
         detail: Some(r.diagnostic.chars().take(300).collect()),
@@ -255,7 +257,7 @@ pub fn suppression_for(
 pub struct BounceInbox {
     pub verp: Arc<Verp>,
     pub classifier: Arc<Classifier>,
-    pub suppression: crate::config::SuppressionConfig,
+    pub suppression: crate::bounce::suppression::SuppressionConfig,
     pub log: crate::delivery_log::DeliveryLog,
     /// Checks the tokens of mailto unsubscribes (`[unsubscribe] enabled`).
     pub unsubscribe: Option<Arc<super::unsubscribe::Tokens>>,
@@ -361,8 +363,8 @@ impl BounceInbox {
         vec![NewEntry {
             address: sent.recipient,
             tenant: match self.suppression.scope {
-                crate::config::SuppressionScope::Tenant => sent.tenant,
-                crate::config::SuppressionScope::Global => None,
+                crate::bounce::suppression::SuppressionScope::Tenant => sent.tenant,
+                crate::bounce::suppression::SuppressionScope::Global => None,
             },
             reason: Reason::Complaint,
             detail: Some("abuse report (ARF)".into()),
@@ -421,6 +423,44 @@ impl Kind {
         }
     }
 }
+
+/// VERP (README, "VERP and asynchronous bounces").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerpConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The bounce domain: sluice accepts mail for it (point its MX here).
+    #[serde(default)]
+    pub domain: String,
+    /// The local part before `+`.
+    #[serde(default = "default_verp_local")]
+    pub local: String,
+    /// Tenants whose injected mail gets VERP return paths (empty: all injected mail).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// How long a message's VERP address is remembered.
+    #[serde(default = "default_verp_keep", deserialize_with = "duration")]
+    pub keep: Duration,
+}
+
+fn default_verp_local() -> String {
+    "bounces".into()
+}
+
+fn default_verp_keep() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl VerpConfig {
+    pub fn applies_to(&self, tenant: Option<&str>) -> bool {
+        self.enabled
+            && (self.tenants.is_empty()
+                || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
+    }
+}
+
+crate::units::default_from_serde!(VerpConfig);
 
 #[cfg(test)]
 mod tests {
@@ -490,10 +530,10 @@ mod tests {
         let inbox = BounceInbox {
             verp: v.clone(),
             classifier: Arc::new(Classifier::default()),
-            suppression: crate::config::SuppressionConfig {
+            suppression: crate::bounce::suppression::SuppressionConfig {
                 enabled: true,
                 categories: Category::ALL.to_vec(),
-                scope: crate::config::SuppressionScope::Global,
+                scope: crate::bounce::suppression::SuppressionScope::Global,
                 check_rcpt: true,
                 tenant: Default::default(),
             },

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::error::DeliveryError;
+use crate::delivery_error::DeliveryError;
 use crate::metrics;
 use crate::proto::smtp::Reply;
 use crate::proto::smtp::client::{

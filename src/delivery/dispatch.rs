@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{Connection, Target, Timeouts};
-use super::error::DeliveryError;
 use super::route::Routes;
 pub use super::route::Via;
 use super::shaping::{Backoff, Gcra, Limits};
 use crate::bounce::{Action, Notice, wants_failure_notice};
-use crate::config::ShapingConfig;
+use crate::delivery::shaping::ShapingConfig;
+use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
@@ -660,7 +660,7 @@ impl Dispatcher {
     /// The next hop cannot be reached: defer everything queued for it, and pause before
     /// trying again.
     async fn unreachable(&self, dest: &Destination, e: DeliveryError) {
-        if e.classify() == crate::delivery::error::Disposition::Temporary {
+        if e.classify() == crate::delivery_error::Disposition::Temporary {
             self.back_off(dest, &e);
         }
         let jobs: Vec<Job> =

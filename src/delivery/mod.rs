@@ -1,13 +1,13 @@
 //! Outbound delivery: where a recipient goes ([`route`]: smart host or MX, with its TLS policy
 //! and AUTH; [`mx`]: the MX hosts' addresses), the dispatcher that groups due recipients by
 //! destination and runs connections within their limits ([`dispatch`], [`shaping`]), the tokio
-//! driver around the sans-IO SMTP client ([`conn`]: STARTTLS, AUTH, pipelining, BDAT) and what an
-//! outcome means for the recipient ([`error`]). DNS queries are in `crate::dns`; retry schedule
-//! and outcome recording in `crate::queue`; DSNs in `crate::bounce`.
+//! driver around the sans-IO SMTP client ([`conn`]: STARTTLS, AUTH, pipelining, BDAT). What an
+//! outcome means for the recipient is `crate::delivery_error` (queue and bounce read it too);
+//! DNS queries are in `crate::dns`; retry schedule and outcome recording in `crate::queue`;
+//! DSNs in `crate::bounce`. Its configuration sections ([`shaping`], [`route`]) live here.
 
 pub mod conn;
 pub mod dispatch;
-pub mod error;
 pub mod mx;
 pub mod route;
 pub mod shaping;

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::conn::Target;
-use super::error::DeliveryError;
+use crate::delivery_error::DeliveryError;
 use crate::dns::{DnsError, MxAnswer, Resolver};
 
 /// `ip:port` candidates (with the MX host name, for TLS) for MX delivery to `domain`, most

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use super::conn::HopPolicy;
-use crate::config::RouteConfig;
 use crate::domain::pattern_matches as matches;
 use crate::proto::smtp::client::{Credentials, SessionPolicy, TlsPolicy};
 use crate::tls::TlsError;
+use serde::Deserialize;
+use std::path::PathBuf;
 
 /// Where mail for a recipient domain goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +104,33 @@ impl Routes {
     }
 }
 
+/// SMTP AUTH credentials for a smart host; the password lives in its own file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact domains, `*.example.org` (subdomains) or `*`.
+    pub domains: Vec<String>,
+    /// `host:port` of a relay; absent = MX delivery.
+    pub smarthost: Option<String>,
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsPolicy,
+    /// Credentials for the smart host (sent only over TLS).
+    pub auth: Option<RouteAuth>,
+    /// Extra trusted CA certificates (PEM) for `tls = "required"`, e.g. a private CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+pub fn default_tls_mode() -> TlsPolicy {
+    TlsPolicy::Opportunistic
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +170,7 @@ mod tests {
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "s3cret\n").unwrap();
         let mut r = route(&["*"], Some("relay:587"));
-        r.auth = Some(crate::config::RouteAuth { username: "app".into(), password_file: pw });
+        r.auth = Some(RouteAuth { username: "app".into(), password_file: pw });
         let routes = Routes::new(vec![r.clone()], TlsPolicy::Opportunistic).unwrap();
         let creds = routes.smarthost_policy("relay:587").session.auth.unwrap();
         assert_eq!((creds.username.as_str(), creds.password.expose()), ("app", "s3cret"));

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::ShapingConfig;
 use crate::domain::pattern_matches as matches;
 pub use crate::rate::Gcra;
+use crate::units::{duration, opt_duration, rate};
+use serde::Deserialize;
 
 /// The effective limits for one destination.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +33,7 @@ impl Limits {
             idle_timeout: d.idle_timeout,
         };
         let name = crate::domain::normalize(name);
-        let fits = |r: &&crate::config::ShapingRule| {
+        let fits = |r: &&ShapingRule| {
             r.patterns.iter().any(|p| matches(p, &name))
                 && (r.tenants.is_empty()
                     || tenant.is_some_and(|t| r.tenants.iter().any(|x| x == t)))
@@ -47,6 +48,70 @@ impl Limits {
         l
     }
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingConfig {
+    #[serde(default)]
+    pub default: ShapingParams,
+    /// Overrides; the first rule whose `match` fits the destination wins.
+    #[serde(default)]
+    pub rule: Vec<ShapingRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingParams {
+    /// Connections open at once to one destination.
+    #[serde(default = "default_shaping_connections")]
+    pub connections: usize,
+    /// Messages sent over one connection before it is closed.
+    #[serde(default = "default_messages_per_connection")]
+    pub messages_per_connection: usize,
+    /// Messages per second to the destination ("100/s", "6000/m"); absent = unlimited.
+    #[serde(default, deserialize_with = "rate")]
+    pub rate: Option<f64>,
+    /// How long an idle connection waits for more mail before QUIT.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingRule {
+    /// Destination patterns: a domain, "*.example.org" or "*" (the default).
+    #[serde(rename = "match", default = "every_destination")]
+    pub patterns: Vec<String>,
+    /// Only for mail of these tenants (HTTP injection's `tenant`), which then gets connections
+    /// and a rate of its own to each destination. Empty: all mail.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Each setting left out is taken from `[shaping.default]`.
+    pub connections: Option<usize>,
+    pub messages_per_connection: Option<usize>,
+    #[serde(default, deserialize_with = "rate")]
+    pub rate: Option<f64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+fn every_destination() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_shaping_connections() -> usize {
+    10
+}
+
+fn default_messages_per_connection() -> usize {
+    100
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+crate::units::default_from_serde!(ShapingParams);
 
 #[cfg(test)]
 mod tests {

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use compact_str::CompactString;
 
-use crate::config::InjectConfig;
 use crate::intake::{Intake, Origin, Rcpt, Refusal, Submission};
 use crate::spool::{BodyType, QueueId, Tags};
+use crate::units::{default_true, size};
 use render::{Plan, Target};
 use request::{Content, InjectRequest, InjectResponse, RecipientSpec, Stored};
+use serde::Deserialize;
 
 /// Why a request was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -412,3 +413,34 @@ fn random_suffix() -> String {
     let _ = aws_lc_rs::rand::fill(&mut b);
     format!("{:08x}", u32::from_le_bytes(b))
 }
+
+/// HTTP injection (README, "HTTP injection").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Largest request body, after gzip decompression.
+    #[serde(default = "default_inject_size", deserialize_with = "size")]
+    pub max_request_size: u64,
+    /// Recipients per request.
+    #[serde(default = "default_inject_recipients")]
+    pub max_recipients: usize,
+    /// Messages rendered, signed and committed together (bounds the memory of one request).
+    #[serde(default = "default_inject_batch")]
+    pub batch_size: usize,
+}
+
+fn default_inject_size() -> u64 {
+    64 << 20
+}
+
+fn default_inject_recipients() -> usize {
+    100_000
+}
+
+fn default_inject_batch() -> usize {
+    1000
+}
+
+crate::units::default_from_serde!(InjectConfig);

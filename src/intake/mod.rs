@@ -25,12 +25,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use compact_str::CompactString;
 
+use crate::bounce::suppression::SuppressionConfig;
 use crate::bounce::suppression::{Suppressions, refusal_text};
+use crate::bounce::verp::VerpConfig;
 use crate::bounce::verp::{BounceInbox, Sent, Verp};
-use crate::config::{SuppressionConfig, UnalignedFrom, VerpConfig};
 use crate::delivery_log::{DeliveryLog, LogEntry};
 use crate::domain_labels::DomainLabels;
 use crate::mailauth::SigningService;
+use crate::mailauth::sign::UnalignedFrom;
 use crate::mailauth::verify::{Disposition, Envelope as VerifyEnvelope, Scope, Verifier};
 use crate::metrics;
 use crate::proto::smtp::message::{self, TraceInfo, received_header};

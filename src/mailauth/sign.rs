@@ -17,8 +17,10 @@ use mail_auth::signer::Ready;
 
 use super::headers;
 use super::key::{DkimAlgorithm, DkimKey, KeyError, KeySigner};
-use crate::config::DkimConfig;
 use crate::metrics;
+use crate::units::opt_duration;
+use serde::Deserialize;
+use std::path::PathBuf;
 
 /// Signed when present (RFC 6376 5.4.1's list, plus the bulk-sending headers receivers look
 /// at). From is always signed, and once more than it occurs.
@@ -258,6 +260,45 @@ impl SigningService {
         }
         result
     }
+}
+
+/// One DKIM signing key: mail whose From domain is `domain` (or a subdomain without a key of
+/// its own) is signed with it at intake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`); the public key is published at
+    /// `<selector>._domainkey.<domain>`.
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA); `sluice dkim keygen` makes one.
+    pub key: PathBuf,
+    pub algorithm: crate::mailauth::key::DkimAlgorithm,
+    /// Also sign mail whose From domain has no key of its own (not DMARC-aligned, but signed).
+    #[serde(default)]
+    pub default: bool,
+    /// Signature lifetime (`x=` tag); absent = no expiry.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub expire: Option<Duration>,
+}
+
+/// `[signing]`: what happens to mail from a user with `senders` whose From: domain is not one
+/// of them (signing it would give a DMARC-aligned signature for someone else's domain).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    #[serde(default)]
+    pub unaligned_from: UnalignedFrom,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnalignedFrom {
+    /// 550 5.7.1 at the end of DATA.
+    #[default]
+    Refuse,
+    /// Accepted and sent without our signatures.
+    Unsigned,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! a DNS failure is a `temperror`, which never rejects mail.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -18,6 +19,7 @@ use mail_auth::{
 use serde::Deserialize;
 
 use crate::metrics;
+use crate::units::duration;
 
 /// Which messages are verified (on `smtp` listeners; submission is authenticated instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -336,3 +338,40 @@ fn random_percent() -> u32 {
     h.write_u64(0);
     (h.finish() % 100) as u32
 }
+
+/// Verification of mail received on `smtp` listeners (submission is authenticated instead).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// "local" (mail with a recipient in `[local] domains`), "all", or "off".
+    #[serde(default = "default_verify_scope")]
+    pub scope: crate::mailauth::verify::Scope,
+    /// DMARC failure under `p=reject`: "reject" (550 5.7.1), "quarantine" or "tag".
+    #[serde(default = "default_dmarc_reject")]
+    pub dmarc_reject: crate::mailauth::verify::DmarcAction,
+    /// SPF `fail`: "tag" (Authentication-Results only) or "reject" (550 5.7.23).
+    #[serde(default = "default_spf_fail")]
+    pub spf_fail: crate::mailauth::verify::SpfAction,
+    /// All DNS lookups of one message's verification end within this; past it the results
+    /// not in yet are `temperror` (which never refuses mail).
+    #[serde(default = "default_verify_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_verify_scope() -> crate::mailauth::verify::Scope {
+    crate::mailauth::verify::Scope::Local
+}
+
+fn default_dmarc_reject() -> crate::mailauth::verify::DmarcAction {
+    crate::mailauth::verify::DmarcAction::Reject
+}
+
+fn default_spf_fail() -> crate::mailauth::verify::SpfAction {
+    crate::mailauth::verify::SpfAction::Tag
+}
+
+crate::units::default_from_serde!(VerifyConfig);

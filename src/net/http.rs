@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::proxy::ProxyPolicy;
-use crate::config::HttpConfig;
 use crate::metrics;
 use crate::tls::ReloadableServer;
+use crate::units::duration;
+use serde::Deserialize;
 
 /// Connections open now, in all and by client address, for one listener.
 #[derive(Default)]
@@ -135,6 +137,55 @@ async fn connection<S>(
             let _ = tokio::time::timeout(cfg.idle_timeout, conn).await;
         }
     }
+}
+
+/// `[http]`: what each HTTP listener (admin, unsubscribe) allows; each keeps its own counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's header must arrive within this, from the connection's first byte.
+    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// A connection that reads or writes nothing for this long is closed (keep-alive too).
+    #[serde(default = "default_http_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake of the unsubscribe endpoint must end within this.
+    #[serde(default = "default_http_header_timeout", deserialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once per listener; more are closed at accept.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once per client address per listener.
+    #[serde(default = "default_http_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: default_http_header_timeout(),
+            idle_timeout: default_http_idle_timeout(),
+            tls_handshake_timeout: default_http_header_timeout(),
+            max_connections: default_http_max_connections(),
+            max_connections_per_ip: default_http_max_connections_per_ip(),
+        }
+    }
+}
+
+fn default_http_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_http_max_connections() -> usize {
+    256
+}
+
+fn default_http_max_connections_per_ip() -> usize {
+    32
 }
 
 #[cfg(test)]

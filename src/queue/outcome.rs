@@ -15,12 +15,12 @@ use tokio::sync::Notify;
 
 use super::schedule::RetrySchedule;
 use crate::bounce::suppression::{NewEntry, Reason, Suppressions};
+use crate::bounce::suppression::{SuppressionConfig, SuppressionScope};
 use crate::bounce::{
     Action, Category, Classifier, Notice, build_dsn, wants_delay_notice, wants_failure_notice,
     wants_success_notice,
 };
-use crate::config::{SuppressionConfig, SuppressionScope};
-use crate::delivery::error::{DeliveryError, Disposition, classify_reply, reply_status};
+use crate::delivery_error::{DeliveryError, Disposition, classify_reply, reply_status};
 use crate::delivery_log::{DeliveryLog, LogEntry};
 use crate::domain_labels::DomainLabels;
 use crate::metrics;
