@@ -16,7 +16,8 @@ recipients="${1:-20000}"
 concurrency="${CAMPAIGN_CONCURRENCY:-4}"
 smtp_sessions="${CAMPAIGN_SMTP_SESSIONS:-100}"
 cargo build --release --workspace --locked --quiet --ignore-rust-version
-bin=$PWD/target/release/sluice
+# SLUICE_BIN=PATH runs another build (an older commit, say) in the same harness.
+bin=${SLUICE_BIN:-$PWD/target/release/sluice}
 lt=$PWD/target/release/loadtest
 work=$(mktemp -d "$PWD/target/campaign.XXXXXX") # not /tmp: fsync must reach a real disk
 sluice_pid=""
