@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`config`]: the TOML file composed of the sections each module owns (`ShapingConfig` in
 //!   `delivery::shaping`, `HttpConfig` in `net::http`, ...), embedded defaults, validation
-//!   (`sluice check-config`). Only `server` and the binary import it (tests/import_graph.rs).
+//!   (`sluice check-config`). Only `server` and the binary import it (tests/it/import_graph.rs).
 //! - [`units`]: sizes, durations and rates as the configuration spells them.
 //! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
 //! - [`intake`]: the one path to the spool for SMTP and HTTP (policy, signing, store).

@@ -1,8 +1,6 @@
 //! Relay control over a real socket: nothing relays without a relay network or AUTH.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Issue #4 item 4: with no relay networks and no AUTH, no address form that has fooled relays
 /// gets through, and nothing is queued; a plain local address is the control.

@@ -3,12 +3,10 @@
 //! run against sluice and against Dovecot's imapd on a copy of the same Maildir, so the
 //! script itself is checked against a server known to pass.
 
-mod common;
-
 use std::process::Command;
 
-use common::mailboxes::*;
-use common::*;
+use crate::common::mailboxes::*;
+use crate::common::*;
 
 /// The scenarios, each in its own folder (made by the script) so they do not see each other.
 /// argv: host port user.

@@ -2,12 +2,10 @@
 //! HTTP injection for the same tenant is stored alike, counted alike and logged alike; tenants
 //! come from credentials (users, tokens) and only trusted origins may declare one in a header.
 
-mod common;
-
 use std::process::Command;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 
 /// One raw message, CRLF, with the Date and Message-ID injection would otherwise add.

@@ -1,12 +1,10 @@
 //! Real clients against a real sluice: Python's smtplib, swaks, and raw sockets for what neither
 //! speaks (BDAT). Afterwards `sluice queue list --json` must show exactly what was acknowledged.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn queued_message_ids(s: &Sluice) -> BTreeSet<String> {
     s.queue_list().iter().map(|m| m["message_id"].as_str().unwrap_or("").to_string()).collect()
@@ -139,7 +137,7 @@ fn pipelined_transactions_in_one_packet() {
 }
 
 /// RFC 3030: BDAT chunks (no client we install speaks CHUNKING). A CRLF may be split across
-/// chunks; bare CR/LF is refused as in DATA (tests/smuggling.rs).
+/// chunks; bare CR/LF is refused as in DATA (tests/it/smuggling.rs).
 #[test]
 fn bdat_chunks_over_a_socket() {
     let s = Sluice::start("");

@@ -2,11 +2,9 @@
 //! /health (and /metrics by default), a Host that names the listener (DNS rebinding), no
 //! cross-origin form posts, scoped tokens. Driven with curl, a client nobody here wrote.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// `curl` with extra arguments; returns the HTTP status.
 fn curl(args: &[&str]) -> u16 {

@@ -210,7 +210,7 @@ fn top_level_modules_are_layered_and_config_is_composed_at_the_top() {
     let edges = top_level(&graph());
     let layer_of = |m: &str| {
         LAYERS.iter().position(|(_, ms)| ms.contains(&m)).unwrap_or_else(|| {
-            panic!("module {m} is in no layer of tests/import_graph.rs: place it")
+            panic!("module {m} is in no layer of tests/it/import_graph.rs: place it")
         })
     };
     // The real graph: a parser that found no edges would fail here.

@@ -1,12 +1,10 @@
 //! The suppression list end to end: hard bounces feed it, RCPT from trusted clients is refused,
 //! and `sluice suppression` manages it with and without a running daemon.
 
-mod common;
-
 use std::process::Command;
 
-use common::sink::{Behavior, Sink};
-use common::*;
+use crate::common::sink::{Behavior, Sink};
+use crate::common::*;
 
 fn cli(s: &Sluice, args: &[&str], daemon: bool) -> String {
     let mut cmd = Command::new(BIN);

@@ -2,14 +2,12 @@
 //! smtplib, openssl s_client, and a raw rustls client for what those cannot do (STARTTLS
 //! injection, comparing certificates across a SIGHUP).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Python preamble: smtplib and an SSL context that accepts the test's self-signed certificate.
 const PY_TLS: &str = "import smtplib, ssl, sys

@@ -1,10 +1,8 @@
 //! The command line: --version, check-config, queue list/show/stats online and offline.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()

@@ -1,12 +1,10 @@
 //! HTTP injection (`POST /api/inject/v1`) over real HTTP: curl and Python's urllib, messages
 //! checked where they arrive (a loopback SMTP sink) and parsed with Python's `email` package.
 
-mod common;
-
 use std::process::Command;
 
-use common::sink::{Behavior, Sink};
-use common::*;
+use crate::common::sink::{Behavior, Sink};
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// POST with curl; returns (status, body).

@@ -1,11 +1,9 @@
 //! Delivery over smart-host routes to scripted sinks on loopback (no DNS, no internet).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::sink::{Behavior, Sink};
-use common::*;
+use crate::common::sink::{Behavior, Sink};
+use crate::common::*;
 
 fn route_to(sink: &Sink, extra: &str) -> String {
     sink.route(extra)
@@ -232,7 +230,7 @@ fn unreachable_smarthost_defers_with_the_reason() {
 /// MX delivery (RFC 5321 5.1): preference order, the next MX when one is down, A fallback.
 #[test]
 fn mx_preference_fallback_and_implicit_mx() {
-    let dns = common::dns::TestDns::start();
+    let dns = crate::common::dns::TestDns::start();
     // Two MX hosts on one port at different loopback addresses; mx1 (preferred) is down at first.
     let mx2 = Sink::start_on("127.0.0.3:0".parse().unwrap(), Behavior::default());
     let port = mx2.addr.port();
@@ -280,7 +278,7 @@ fn mx_preference_fallback_and_implicit_mx() {
 /// Null MX (RFC 7505) and NXDOMAIN fail permanently; SERVFAIL defers.
 #[test]
 fn null_mx_nxdomain_fail_and_servfail_defers() {
-    let dns = common::dns::TestDns::start();
+    let dns = crate::common::dns::TestDns::start();
     dns.null_mx("nullmx.test").servfail("broken.test");
     let cfg = format!(
         "{}[queue]\nretry = [\"1h\"]\n[delivery]\nscan_interval = \"100ms\"\n",
@@ -311,7 +309,7 @@ fn null_mx_nxdomain_fail_and_servfail_defers() {
 /// Python's email package.
 #[test]
 fn bounces_after_nxdomain_return_the_original() {
-    let dns = common::dns::TestDns::start();
+    let dns = crate::common::dns::TestDns::start();
     dns.servfail("example.com"); // the DSNs stay queued, to be read
     let cfg = format!(
         "{}[queue]\nretry = [\"1h\"]\n[delivery]\nscan_interval = \"100ms\"\n",

@@ -1,12 +1,10 @@
 //! Spool integrity against operator mistakes and bit rot (issue #10): one owner per data dir,
 //! damage that costs one record and never the ones after it, versioned records.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn queue_list_offline(cfg: &std::path::Path) -> std::process::Output {
     Command::new(BIN).args(["queue", "list", "--json", "--config"]).arg(cfg).output().unwrap()
@@ -85,7 +83,7 @@ fn kill_9_leaves_no_lock_behind() {
 /// quarantine/, an ERROR naming the message, the metric, and a DSN to the sender at once.
 #[test]
 fn damage_found_on_read_is_quarantined_and_bounced_at_once() {
-    use common::sink::{Behavior, Sink};
+    use crate::common::sink::{Behavior, Sink};
     let mut b = Behavior::default();
     b.rcpt.insert("slow@example.org".into(), vec!["451 4.2.0 try later".into()]);
     let sink = Sink::start(b);

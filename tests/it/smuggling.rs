@@ -1,9 +1,7 @@
 //! SMTP smuggling over a real socket: a bare CR or LF in DATA refuses the message and closes
 //! the session, so nothing after it can be read as a command and nothing smuggled is queued.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn smuggling_variants_are_refused_and_nothing_is_queued() {
@@ -51,7 +49,7 @@ fn smuggling_variants_are_refused_and_nothing_is_queued() {
 /// for byte: only the clean message, exactly as sent.
 #[test]
 fn data_and_bdat_refuse_the_same_variants_and_the_next_hop_gets_only_clean_mail() {
-    use common::sink::{Behavior, Sink};
+    use crate::common::sink::{Behavior, Sink};
     let sink = Sink::start(Behavior::default()); // no CHUNKING: the next hop gets DATA
     let s = Sluice::start(&format!(
         "[[route]]\ndomains = [\"*\"]\nsmarthost = \"{}\"\ntls = \"disabled\"\n[delivery]\nscan_interval = \"200ms\"\n",

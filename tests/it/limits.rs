@@ -1,10 +1,8 @@
 //! Connection limits and timeouts over real sockets (RFC 5321 4.5.3.2, 3.8).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn too_many_sessions_from_one_ip_get_421() {

@@ -2,15 +2,13 @@
 //! 20 rounds of load, SIGKILL, power cut, restart on the durable view; every message answered 250
 //! must be there and intact, and a torn tail must be cut, never served.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 
-use common::load::{self, Acked};
-use common::*;
+use crate::common::load::{self, Acked};
+use crate::common::*;
 
 /// Builds (once) and returns the plfs binary, or None (loudly) where it cannot run.
 fn plfs() -> Option<PathBuf> {

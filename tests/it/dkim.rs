@@ -2,14 +2,12 @@
 //! loopback sink, and what the sink received verified by dkimpy (a verifier nobody here wrote),
 //! with the key records served from the test's own DNS.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::dns::TestDns;
-use common::sink::{Behavior, Sink};
-use common::*;
+use crate::common::dns::TestDns;
+use crate::common::sink::{Behavior, Sink};
+use crate::common::*;
 
 /// Makes a key with the CLI; returns (key file, TXT value as printed, joined).
 fn keygen(dir: &Path, selector: &str, algorithm: &str) -> (PathBuf, String) {

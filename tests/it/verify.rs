@@ -2,13 +2,11 @@
 //! DNS server, the action each DMARC policy leads to, and the Authentication-Results field as
 //! Python's `authres` parses it. Incoming signatures are made by dkimpy.
 
-mod common;
-
 use std::process::Command;
 
-use common::dns::TestDns;
-use common::sink::{Behavior, Sink};
-use common::*;
+use crate::common::dns::TestDns;
+use crate::common::sink::{Behavior, Sink};
+use crate::common::*;
 
 /// A PKCS#1 RSA key for dkimpy to sign with, and its DNS record.
 fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {

@@ -8,12 +8,10 @@
 //! `$w<n>` (only session n sets or clears it, on any message), the messages it appended (only
 //! it deletes, copies or moves them) and subscriptions `w<n>/s<k>`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::mailboxes::*;
-use common::*;
+use crate::common::mailboxes::*;
+use crate::common::*;
 
 /// argv: host port seconds seed model-path. Runs the load and writes what the tagged answers
 /// promised to model-path as JSON; exits early (writing the model) when the server goes away.

@@ -1,12 +1,10 @@
 //! Crash test: concurrent sessions, SIGKILL at a random moment, restart; every message answered
 //! 250 must be queued with an intact body (DESIGN.md invariants 1 and 2).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::load::{self, Acked};
-use common::*;
+use crate::common::load::{self, Acked};
+use crate::common::*;
 
 /// Runs `rounds` kill -9 rounds on one spool; returns the messages lost (empty = none).
 fn kill9_rounds(rounds: usize, env: &[(&str, &str)]) -> Vec<String> {

@@ -1,12 +1,10 @@
 //! Outbound STARTTLS (RFC 3207) and AUTH (RFC 4954) against sinks on loopback that offer or
 //! require them, with certificates made at test time.
 
-mod common;
-
 use std::path::Path;
 
-use common::sink::{Behavior, Sink, tls_identity};
-use common::*;
+use crate::common::sink::{Behavior, Sink, tls_identity};
+use crate::common::*;
 
 fn route(sink: &Sink, tls: &str, extra_route: &str) -> String {
     format!(
@@ -114,7 +112,7 @@ fn mx_delivery_uses_opportunistic_starttls() {
     let with_tls = Sink::start(Behavior { tls: Some(tls), ..Default::default() });
     let port = with_tls.addr.port();
     let without = Sink::start_on(format!("127.0.0.2:{port}").parse().unwrap(), Behavior::default());
-    let dns = common::dns::TestDns::start();
+    let dns = crate::common::dns::TestDns::start();
     dns.mx("tls.test", 10, "mx.tls.test").a("mx.tls.test", "127.0.0.1");
     dns.mx("plain.test", 10, "mx.plain.test").a("mx.plain.test", "127.0.0.2");
     let s = Sluice::start(&format!(

@@ -1,12 +1,10 @@
 //! Issue #22, tried as an attacker would, over real sockets: login names of any length, case
 //! and Unicode twins of accounts, mailbox logins outside the local domains.
 
-mod common;
-
 use std::io::Write;
 
-use common::mailboxes::*;
-use common::*;
+use crate::common::mailboxes::*;
+use crate::common::*;
 
 fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS")

@@ -1,8 +1,6 @@
 //! Every metric a dashboard queries must exist in `/metrics`, so dashboards never go blank.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn dashboard_queries_only_exported_metrics() {

@@ -2,14 +2,12 @@
 //! curl's imap://, mbsync syncing both ways, raw sessions for concurrency and IDLE, Dovecot's
 //! imapd as the reference for ENVELOPE and BODYSTRUCTURE, and kill -9 during EXPUNGE.
 
-mod common;
-
 use std::io::{BufRead, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::mailboxes::*;
-use common::*;
+use crate::common::mailboxes::*;
+use crate::common::*;
 
 const IMAPLIB: &str = r#"
 import imaplib, re, ssl, sys

@@ -7,13 +7,11 @@
 //! by a fresh DNS server on 127.0.0.1; "TIMEOUT" entries answer SERVFAIL, which a resolver treats
 //! the same way (a temporary error) without the wait.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use common::dns::TestDns;
-use common::*;
+use crate::common::dns::TestDns;
+use crate::common::*;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
 use sluice::mailauth::verify::{DmarcAction, Envelope, SpfAction, Verifier};

@@ -2,14 +2,12 @@
 //! Maildirs, and read over POP3 by the clients people use: Python's poplib, curl and
 //! fetchmail (with STLS). Plus the durability of local delivery under kill -9 and the quota.
 
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mailboxes::*;
-use common::*;
+use crate::common::mailboxes::*;
+use crate::common::*;
 
 /// RCPT: users and aliases are accepted, strangers refused at once (no backscatter later).
 #[test]
