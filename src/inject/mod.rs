@@ -122,6 +122,8 @@ impl Injector {
             meta: checked.tags.meta.clone(),
             // Raw content may name its tenant in X-Sluice-Tenant only for an admin token.
             may_declare_tenant: who.admin,
+            // `screen` below checks every recipient, as the intake would.
+            screened: true,
         });
         let accepted = self.screen(checked.recipients, &origin, &mut resp);
         // A request is one batch of messages: it fits the tenant's quota as a whole or waits.

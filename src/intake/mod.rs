@@ -71,6 +71,10 @@ pub struct Origin {
     /// `X-Sluice-Tenant`/`X-Sluice-Campaign` are believed (relay networks, admin tokens) when
     /// no tenant is set; otherwise they are only removed.
     pub may_declare_tenant: bool,
+    /// The recipients were checked against the suppression list for `tenant` already (at
+    /// RCPT, or by the injector before rendering): the intake need not look them up again
+    /// unless a header changed the tenant.
+    pub screened: bool,
 }
 
 /// One recipient of a submission.
@@ -311,7 +315,8 @@ impl Intake {
         }
         let results = self.verify_inbound(&origin, &sender, &recipients, &content).await?;
         let mut suppressed = Vec::new();
-        if self.checks_suppression(&origin, tenant.as_deref()) {
+        let screened = origin.screened && tenant == origin.tenant;
+        if !screened && self.checks_suppression(&origin, tenant.as_deref()) {
             recipients.retain(|r| match self.suppressed(tenant.as_deref(), &r.address) {
                 Some(why) => {
                     metrics::SUPPRESSED.with_label_values(&[suppressed_where(&origin)]).inc();
@@ -361,34 +366,53 @@ impl Intake {
         origin.trusted && smtp_allows && self.suppression.checks(tenant)
     }
 
-    /// Removes forged results and the tenant headers (one copy of the message at most); the
-    /// tenant and campaign the message goes under.
+    /// Removes forged results and the tenant headers (one pass over the header, one copy of
+    /// the message when there is something to remove); the tenant and campaign the message
+    /// goes under.
     fn clean_headers(
         &self,
         origin: &Origin,
         content: &mut Bytes,
     ) -> (Option<CompactString>, Option<CompactString>) {
-        let declared = |name: &str| {
-            message::header_value(content, name)
-                .and_then(|v| crate::tenant::check_name(name, v.trim().to_string()).ok())
+        let ours = self.hostname.trim_end_matches('.');
+        let is_ours = |value: &[u8]| {
+            crate::mailauth::headers::authserv_id_of(value)
+                .is_some_and(|id| id.eq_ignore_ascii_case(ours))
         };
+        let (mut declared_tenant, mut declared_campaign, mut remove) = (None, None, false);
+        for (name, value) in crate::mailauth::headers::fields(content) {
+            let slot = if name.eq_ignore_ascii_case(TENANT_HEADER) {
+                &mut declared_tenant
+            } else if name.eq_ignore_ascii_case(CAMPAIGN_HEADER) {
+                &mut declared_campaign
+            } else {
+                remove |= name.eq_ignore_ascii_case("Authentication-Results") && is_ours(value);
+                continue;
+            };
+            remove = true;
+            if slot.is_none() {
+                // A folded or non-UTF-8 value is not a name: check_name refuses it.
+                let v = String::from_utf8_lossy(value).trim().to_string();
+                *slot = Some(crate::tenant::check_name(name, v).ok());
+            }
+        }
         let believed = origin.may_declare_tenant && origin.tenant.is_none();
         let tenant =
-            origin.tenant.clone().or_else(|| believed.then(|| declared(TENANT_HEADER)).flatten());
+            origin.tenant.clone().or_else(|| believed.then(|| declared_tenant.flatten()).flatten());
         let campaign = origin
             .campaign
             .clone()
-            .or_else(|| (origin.may_declare_tenant).then(|| declared(CAMPAIGN_HEADER)).flatten());
-        let ours = self.hostname.trim_end_matches('.').to_ascii_lowercase();
-        let drop = |name: &str, value: &[u8]| {
-            name.eq_ignore_ascii_case(TENANT_HEADER)
-                || name.eq_ignore_ascii_case(CAMPAIGN_HEADER)
-                || (name.eq_ignore_ascii_case("Authentication-Results")
-                    && crate::mailauth::headers::authserv_id_of(value).is_some_and(|id| id == ours))
-        };
-        if let Some(cleaned) = crate::mailauth::headers::remove_fields(content, drop) {
-            tracing::debug!(ip = %origin.client_ip, "removed our own header fields from a submission");
-            *content = Bytes::from(cleaned);
+            .or_else(|| origin.may_declare_tenant.then(|| declared_campaign.flatten()).flatten());
+        if remove {
+            let drop = |name: &str, value: &[u8]| {
+                name.eq_ignore_ascii_case(TENANT_HEADER)
+                    || name.eq_ignore_ascii_case(CAMPAIGN_HEADER)
+                    || (name.eq_ignore_ascii_case("Authentication-Results") && is_ours(value))
+            };
+            if let Some(cleaned) = crate::mailauth::headers::remove_fields(content, drop) {
+                tracing::debug!(ip = %origin.client_ip, "removed our own header fields from a submission");
+                *content = Bytes::from(cleaned);
+            }
         }
         (tenant, campaign)
     }
