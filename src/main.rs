@@ -162,6 +162,10 @@ enum TokenCommand {
         #[arg(long = "tenant")]
         tenants: Vec<String>,
     },
+    /// The named tokens: name, scope, creation time and tenants (never the tokens or hashes).
+    List,
+    /// Remove a named token; a running daemon refuses it from its next request on.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -350,15 +354,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config, data_dir } => serve(config, data_dir),
         Command::CheckConfig { file } => check_config(file),
         Command::User { config, data_dir, command } => user(config, data_dir, command),
-        Command::Token {
-            config,
-            data_dir,
-            command: TokenCommand::Add { name, scope, tenants },
-        } => {
+        Command::Token { config, data_dir, command } => {
             let cfg = cli::load_config_with(config.as_deref(), data_dir)?;
             let file = cfg.tokens_file();
-            let token = sluice::admin::auth::add_token(&file, &name, scope, &tenants)?;
-            println!("added token {name:?} (scope {scope:?}) to {}: {token}", file.display());
+            use sluice::admin::auth;
+            match command {
+                TokenCommand::Add { name, scope, tenants } => {
+                    let token = auth::add_token(&file, &name, scope, &tenants)?;
+                    let scope = scope.as_str();
+                    println!("added token {name:?} (scope {scope}) to {}: {token}", file.display());
+                }
+                TokenCommand::List => {
+                    println!("{:<24} {:<8} {:<20} tenants", "name", "scope", "created");
+                    for t in auth::list_tokens(&file)? {
+                        let created = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.created),
+                        );
+                        let tenants =
+                            if t.tenants.is_empty() { "-".into() } else { t.tenants.join(",") };
+                        println!("{:<24} {:<8} {created:<20} {tenants}", t.name, t.scope.as_str());
+                    }
+                }
+                TokenCommand::Revoke { name } => {
+                    auth::revoke_token(&file, &name)?;
+                    println!("revoked token {name:?} in {}", file.display());
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dkim { command } => dkim(command),

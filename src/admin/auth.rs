@@ -34,6 +34,27 @@ pub enum Scope {
     Admin,
     /// The injection API only.
     Inject,
+    /// `GET /metrics` only (for a Prometheus scraper with `[admin] metrics_need_token`).
+    Metrics,
+}
+
+impl Scope {
+    /// Whether a token of this scope may call `path`.
+    pub fn allows(self, path: &str) -> bool {
+        match self {
+            Scope::Admin => true,
+            Scope::Inject => path.starts_with("/api/inject"),
+            Scope::Metrics => path == "/metrics",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Inject => "inject",
+            Scope::Metrics => "metrics",
+        }
+    }
 }
 
 /// Why a token file could not be used.
@@ -45,6 +66,40 @@ pub enum TokenError {
     Format { path: PathBuf, msg: String },
     #[error("a token named {0:?} exists already")]
     Exists(String),
+    #[error("no token named {0:?}")]
+    NotFound(String),
+}
+
+/// A named token as `sluice token list` shows it (never its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub scope: Scope,
+    /// Unix seconds.
+    pub created: u64,
+    pub tenants: Vec<String>,
+}
+
+/// The named tokens of `tokens_file`, in the order they were made.
+pub fn list_tokens(tokens_file: &Path) -> Result<Vec<TokenInfo>, TokenError> {
+    Ok(read_tokens_file(tokens_file)?
+        .token
+        .into_iter()
+        .map(|t| TokenInfo { name: t.name, scope: t.scope, created: t.created, tenants: t.tenants })
+        .collect())
+}
+
+/// Removes the token `name`; a running daemon refuses it from its next request on.
+pub fn revoke_token(tokens_file: &Path, name: &str) -> Result<(), TokenError> {
+    let mut file = read_tokens_file(tokens_file)?;
+    let before = file.token.len();
+    file.token.retain(|t| t.name != name);
+    if file.token.len() == before {
+        return Err(TokenError::NotFound(name.to_string()));
+    }
+    let text = toml::to_string(&file)
+        .map_err(|e| TokenError::Format { path: tokens_file.to_path_buf(), msg: e.to_string() })?;
+    write_private(tokens_file, &text)
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -156,15 +211,16 @@ pub fn add_token(
     Ok(token)
 }
 
-/// The named tokens by hash, and the file's mtime when it was read.
-type NamedTokens = (Vec<(String, Caller)>, Option<SystemTime>);
+/// The named tokens by hash, and the file's version (mtime, length) when it was read.
+type NamedTokens = (Vec<(String, Caller)>, Option<(SystemTime, u64)>);
 
 /// The request guard: tokens (with their scopes) and the host names this listener answers to.
 pub struct Guard {
     admin_hash: String,
     tokens_file: PathBuf,
-    /// Hashes of the named tokens, re-read when an unknown token is presented and the file
-    /// changed since (one `stat`), so `sluice token add` needs no restart.
+    /// Hashes of the named tokens, re-read whenever the file changed (one `stat` per
+    /// request), so `sluice token add` and `revoke` need no restart and a revoked token is
+    /// refused from the next request on.
     named: Mutex<NamedTokens>,
     port: u16,
     hostnames: Vec<String>,
@@ -191,8 +247,9 @@ impl Guard {
         })
     }
 
-    fn mtime(path: &Path) -> Option<SystemTime> {
-        fs::metadata(path).and_then(|m| m.modified()).ok()
+    fn mtime(path: &Path) -> Option<(SystemTime, u64)> {
+        let m = fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
     }
 
     fn load_named(path: &Path) -> Result<Vec<(String, Caller)>, TokenError> {
@@ -210,19 +267,19 @@ impl Guard {
             return Some(Caller { name: "admin".into(), scope: Scope::Admin, tenants: vec![] });
         }
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = named.0.iter().find(|(x, _)| *x == h) {
-            return Some(c.clone());
-        }
-        let mtime = Self::mtime(&self.tokens_file);
-        if mtime != named.1 {
-            named.1 = mtime;
+        let version = Self::mtime(&self.tokens_file);
+        if version != named.1 {
+            named.1 = version;
             match Self::load_named(&self.tokens_file) {
                 Ok(n) => named.0 = n,
-                Err(e) => tracing::warn!(error = %e, "admin tokens file unreadable"),
+                // Fail closed: a file that cannot be read grants nothing.
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin tokens file unreadable");
+                    named.0.clear();
+                }
             }
-            return named.0.iter().find(|(x, _)| *x == h).map(|(_, c)| c.clone());
         }
-        None
+        named.0.iter().find(|(x, _)| *x == h).map(|(_, c)| c.clone())
     }
 
     /// `Host` names this listener: an IP literal or `localhost` with our port, or a configured
@@ -275,8 +332,9 @@ pub async fn guard(
         )
             .into_response();
     };
-    if caller.scope == Scope::Inject && !path.starts_with("/api/inject") {
-        return (StatusCode::FORBIDDEN, "this token may only inject\n").into_response();
+    if !caller.scope.allows(path) {
+        let why = format!("this token's scope ({}) does not cover {path}\n", caller.scope.as_str());
+        return (StatusCode::FORBIDDEN, why).into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
@@ -333,5 +391,14 @@ mod tests {
         assert_eq!(scope(&inject), Some(Scope::Inject), "picked up without a restart");
         assert_eq!(g.caller(&bound).unwrap().tenants, ["acme"]);
         assert_eq!(scope("guess"), None);
+        let metrics = add_token(&file, "prometheus", Scope::Metrics, &[]).unwrap();
+        assert_eq!(scope(&metrics), Some(Scope::Metrics));
+        assert!(Scope::Metrics.allows("/metrics") && !Scope::Metrics.allows("/api/queue"));
+        let names: Vec<String> = list_tokens(&file).unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["campaigns", "acme", "prometheus"]);
+        revoke_token(&file, "campaigns").unwrap();
+        assert_eq!(scope(&inject), None, "a revoked token is refused at once");
+        assert_eq!(scope(&metrics), Some(Scope::Metrics));
+        assert!(matches!(revoke_token(&file, "campaigns"), Err(TokenError::NotFound(_))));
     }
 }

@@ -89,3 +89,48 @@ fn a_non_loopback_admin_address_is_warned_about() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning") && err.contains("not loopback"), "{err}");
 }
+
+/// Tokens for scrapers (issue #29): a `metrics` token reads `/metrics` (when it needs a token)
+/// and nothing else; `sluice token list` shows names and scopes, never secrets or hashes;
+/// `sluice token revoke` takes effect at the daemon's next request, without a restart.
+#[test]
+fn a_metrics_token_scrapes_only_and_a_revoked_token_is_refused_at_once() {
+    let mut s = Sluice::start("");
+    // The harness writes the [admin] table itself: add the key there and restart.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("[admin]\n", "[admin]\nmetrics_need_token = true\n"))
+        .unwrap();
+    s.terminate();
+    s.spawn();
+    let scraper = s.token_with("prometheus", &["--scope", "metrics"]);
+    let inject = s.inject_token("campaigns");
+    let url = |path: &str| format!("http://{}{path}", s.admin);
+    let get = |token: &str, path: &str| {
+        curl(&["-H", &format!("Authorization: Bearer {token}"), &url(path)])
+    };
+    assert_eq!(curl(&[&url("/metrics")]), 401, "metrics need a token here");
+    assert_eq!(get(&scraper, "/metrics"), 200);
+    assert_eq!(get(&scraper, "/api/queue"), 403);
+    assert_eq!(get(&scraper, "/api/queue/stats"), 403);
+    assert_eq!(get(&inject, "/metrics"), 403, "an inject token does not scrape");
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--config").arg(&s.config).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, list) = cli(&["token", "list"]);
+    assert!(ok, "{list}");
+    assert!(list.contains("prometheus") && list.contains("metrics"), "{list}");
+    assert!(list.contains("campaigns") && list.contains("inject"), "{list}");
+    assert!(!list.contains(&scraper) && !list.contains(&inject), "secrets listed: {list}");
+    let stored = std::fs::read_to_string(s.data_dir.join("tokens.toml")).unwrap();
+    let hash = stored.lines().find(|l| l.starts_with("sha256")).unwrap();
+    let hash = hash.split('"').nth(1).unwrap();
+    assert!(!list.contains(hash), "hashes listed: {list}");
+
+    assert!(cli(&["token", "revoke", "prometheus"]).0);
+    assert_eq!(get(&scraper, "/metrics"), 401, "revoked without a restart");
+    assert_eq!(get(&inject, "/api/queue"), 403, "the other token is untouched");
+    assert!(!cli(&["token", "revoke", "prometheus"]).0, "revoking twice is an error");
+    s.assert_no_panic();
+}
