@@ -298,6 +298,33 @@ fn quotas_refuse_message_n_plus_one_also_after_a_restart() {
     assert!(r.starts_with("452 4.7.1"), "the count survived the restart: {r}");
     let (status, _, body) = inject(&s, &["c@example.org"]);
     assert_eq!(status, 429, "the count survived the restart: {body}");
+
+    // And a kill -9, once the counters are saved (every second): the event is quotas.json
+    // holding both full hours (2 messages at 1,800 s each put the bucket an hour ahead).
+    let file = s.data_dir.join("quotas.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let saved: Value = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let full = |who: &str| saved[who]["messages"].as_f64().is_some_and(|t| t > now + 3000.0);
+        if full("user app") && full("tenant acme") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters never saved: {saved}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s.kill9();
+    s.spawn();
+    let r = mail_reply(&s);
+    assert!(r.starts_with("452 4.7.1"), "the count survived kill -9: {r}");
+    let (status, _, body) = inject(&s, &["c@example.org"]);
+    assert_eq!(status, 429, "the count survived kill -9: {body}");
     // Another user and an untagged injection are not limited.
     let (status, _, body) = {
         let free = s.inject_token("free");
