@@ -106,6 +106,15 @@ pub struct Config {
     /// `[tenant.NAME]`: tenants' sending limits.
     #[serde(default)]
     pub tenant: std::collections::BTreeMap<String, crate::tenant::quota::TenantConfig>,
+    /// `[[source]]`: local addresses to send from.
+    #[serde(default)]
+    pub source: Vec<crate::egress::SourceConfig>,
+    /// `[[pool]]`: weighted sets of sources.
+    #[serde(default)]
+    pub pool: Vec<crate::egress::PoolConfig>,
+    /// The pool of mail that gets none from its injection, tenant or route; absent: the
+    /// system's default address.
+    pub default_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -765,6 +774,7 @@ impl Config {
             .and_then(|()| self.check_unsubscribe())
             .and_then(|()| self.check_verp())
             .and_then(|()| self.check_tenants())
+            .and_then(|()| self.egress().map(drop))
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1006,6 +1016,17 @@ impl Config {
         Ok(())
     }
 
+    /// `[[source]]`, `[[pool]]`, `default_pool` and the pools tenants and routes name.
+    pub fn egress(&self) -> Result<crate::egress::Egress, (String, String)> {
+        crate::egress::Egress::new(
+            &self.source,
+            &self.pool,
+            self.default_pool.as_deref(),
+            self.tenant.iter().filter_map(|(t, c)| Some((t.as_str(), c.pool.as_deref()?))),
+            self.route.iter().enumerate().filter_map(|(i, r)| Some((i, r.pool.as_deref()?))),
+        )
+    }
+
     /// `[tenant.NAME]`: names usable as labels and scopes, rates that parse.
     fn check_tenants(&self) -> Check {
         for (name, t) in &self.tenant {
@@ -1158,6 +1179,16 @@ mod tests {
                 "[local]\ndomains = [\"x.org\"]\naliases = { \"info\" = \"nobody\" }\n",
                 &["local.aliases.info", "not an address"],
             ),
+            (
+                "[[source]]\nname = \"ip1\"\naddress = \"127.0.0.2\"\n[[pool]]\nname = \"bulk\"\nsources = [{ name = \"ip2\" }]\n",
+                &["pool[0].sources[0].name", "no [[source]] is named \"ip2\""],
+            ),
+            (
+                "[tenant.acme]\npool = \"bulk\"\n",
+                &["tenant.acme.pool", "no [[pool]] is named \"bulk\""],
+            ),
+            ("[[route]]\ndomains = [\"*\"]\npool = \"tx\"\n", &["route[0].pool", "no [[pool]]"]),
+            ("default_pool = \"tx\"\n", &["default_pool", "no [[pool]]"]),
         ];
         for (text, needles) in cases {
             let err = Config::parse(text, "f.toml").unwrap_err().to_string();

@@ -35,6 +35,9 @@ pub struct LogEntry {
     /// The destination: a recipient domain (MX) or a smart host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// The `[[source]]` an attempt was made from (delivery events with egress pools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The server that answered (`ip:port`), or the client for a reception.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
@@ -77,6 +80,7 @@ impl LogEntry {
             recipient: None,
             recipients: Vec::new(),
             destination: None,
+            source: None,
             remote: None,
             reply: None,
             attempt: None,

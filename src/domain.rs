@@ -12,6 +12,11 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A host name (an EHLO argument): dot-separated DNS labels, at most 253 bytes.
+pub fn is_hostname(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// The normal form used for every comparison.
 pub fn normalize(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()

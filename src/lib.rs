@@ -11,6 +11,7 @@
 //! - [`smtp`]: the SMTP server: listeners, connection limits, the per-connection driver.
 //! - [`spool`]: the durable queue (segment log + group commit + redb index checkpoint).
 //! - [`queue`]: retry schedule and the dispatcher of due recipients.
+//! - [`egress`]: the local addresses mail leaves from (sources) and weighted pools of them.
 //! - [`delivery`]: routes, the outbound SMTP driver.
 //! - [`delivery_error`]: how a delivery attempt ended and what that means for the recipient.
 //! - [`dns`]: the `Resolver` trait for MX, address and TXT lookups; hickory-resolver in the
@@ -33,6 +34,7 @@ pub mod delivery_log;
 pub mod dns;
 pub mod domain;
 pub mod domain_labels;
+pub mod egress;
 pub mod imap;
 pub mod inject;
 pub mod intake;

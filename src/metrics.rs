@@ -269,6 +269,12 @@ metrics! {
         "Delivery outcomes per recipient of mail injected with a tenant: the busiest tenants (see [metrics] in README) each get a label, the rest count as \"other\".",
         &["tenant", "outcome"],
     );
+    /// Delivery outcomes by egress source (labels bounded by the configured `[[source]]`s).
+    SOURCE_DELIVERIES: IntCounterVec = counter_vec(
+        "sluice_source_deliveries_total",
+        "Delivery outcomes per recipient by the [[source]] the attempt was made from (mail sent from a pool).",
+        &["source", "outcome"],
+    );
     /// Outbound connections open now, by destination (same bounded labels as above).
     DESTINATION_CONNECTIONS: IntGaugeVec = register(
         IntGaugeVec::new(

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -696,6 +696,15 @@ fn start_delivery(
     deliveries: &TaskTracker,
 ) -> Result<(Arc<Dispatcher>, tokio::task::JoinHandle<()>), ServerError> {
     let routes = Routes::new(cfg.route.clone(), cfg.delivery.tls).step("loading [[route]]")?;
+    let egress = cfg.egress().map_err(|(key, msg)| format!("{key}: {msg}")).step("[[source]]")?;
+    for s in egress.sources() {
+        if let Some(a) = s.address {
+            let socket = if a.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+            socket.and_then(|sock| sock.bind(SocketAddr::new(a, 0))).step_with(|| {
+                format!("binding source {:?} to {a} (not an address of this host?)", s.name)
+            })?;
+        }
+    }
     let dns =
         crate::dns::HickoryResolver::new(&cfg.dns.nameservers).step("starting the DNS resolver")?;
     let dns: Arc<dyn crate::dns::Resolver> = Arc::new(dns);
@@ -734,6 +743,7 @@ fn start_delivery(
             scan_interval: cfg.delivery.scan_interval,
             shaping: cfg.shaping.clone(),
             concurrency: cfg.delivery.concurrency,
+            egress: Arc::new(egress),
         },
     );
     if let Some(m) = intake.mailboxes.clone() {
@@ -791,6 +801,7 @@ async fn start_admin(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             max_message_size: cfg.limits.max_message_size as usize,
+            egress: dispatcher.egress.clone(),
         })
     });
     let token = admin::auth::ensure_admin_token(&cfg.admin_token_file()).step("admin token")?;

@@ -217,6 +217,9 @@ pub fn message_json(env: &Envelope) -> Value {
         v["meta"] = t.meta.as_deref().map_or(Value::Null, |m| {
             serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.to_string()))
         });
+        if let Some(p) = &t.pool {
+            v["pool"] = json!(p);
+        }
     }
     v
 }

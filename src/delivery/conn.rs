@@ -2,6 +2,7 @@
 //! any number of messages, then QUIT. Each wait has its RFC 5321 4.5.3.2 timeout. STARTTLS and
 //! AUTH happen while opening, as the hop's [`HopPolicy`] says.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -50,6 +51,31 @@ pub struct Timeouts {
     pub data_end: Duration,
 }
 
+/// A TCP connection to `address` (`ip:port` or `host:port`), from the local address `bind`
+/// when one is given (an egress source): only peers of its address family are tried.
+async fn connect_from(address: &str, bind: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else { return TcpStream::connect(address).await };
+    let mut last = None;
+    for peer in tokio::net::lookup_host(address).await? {
+        if peer.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if local.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(local, 0))?;
+        match socket.connect(peer).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        let family = if local.is_ipv4() { "IPv4" } else { "IPv6" };
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no {family} address to reach from source address {local}"),
+        )
+    }))
+}
+
 pub struct Connection {
     stream: Stream<TlsStream<TcpStream>>,
     tls: Arc<ClientConfig>,
@@ -69,18 +95,19 @@ impl Connection {
     /// (RFC 7435: never worse than no TLS).
     pub async fn open(
         target: &Target,
+        bind: Option<IpAddr>,
         helo: &str,
         t: &Timeouts,
         policy: &HopPolicy,
     ) -> Result<Connection, DeliveryError> {
-        match Self::open_with(target, helo, t, policy, policy.session.clone()).await {
+        match Self::open_with(target, bind, helo, t, policy, policy.session.clone()).await {
             Err(DeliveryError::Tls(reason))
                 if policy.session.tls == TlsPolicy::Opportunistic
                     && policy.session.auth.is_none() =>
             {
                 tracing::info!(peer = %target.address, %reason, "TLS handshake failed; retrying in plaintext");
                 let plain = SessionPolicy { tls: TlsPolicy::Disabled, auth: None };
-                Self::open_with(target, helo, t, policy, plain).await
+                Self::open_with(target, bind, helo, t, policy, plain).await
             }
             other => other,
         }
@@ -88,6 +115,7 @@ impl Connection {
 
     async fn open_with(
         target: &Target,
+        bind: Option<IpAddr>,
         helo: &str,
         t: &Timeouts,
         policy: &HopPolicy,
@@ -96,7 +124,7 @@ impl Connection {
         let address = target.address.as_str();
         let connect_err =
             |reason: String| DeliveryError::Connect { host: address.to_string(), reason };
-        let stream = match tokio::time::timeout(t.connect, TcpStream::connect(address)).await {
+        let stream = match tokio::time::timeout(t.connect, connect_from(address, bind)).await {
             Err(_) => return Err(connect_err("timed out".into())),
             Ok(Err(e)) => return Err(connect_err(e.to_string())),
             Ok(Ok(s)) => s,

@@ -25,18 +25,22 @@ use crate::bounce::{Action, Notice, wants_failure_notice};
 use crate::delivery::shaping::ShapingConfig;
 use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
+use crate::egress::Egress;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
 use crate::spool::{BodyType, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
 
-/// Where a group of recipients goes, and in which lane: mail of a tenant that has shaping
-/// rules of its own gets its own connections and rate to the destination.
+/// Where a group of recipients goes, in which lane and from which source: mail of a tenant
+/// that has shaping rules of its own gets its own connections and rate to the destination, and
+/// each egress source has its own connections and limits to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hop {
     pub via: Via,
     /// The tenant, when `[[shaping.rule]] tenants` names it; None: the shared lane.
     pub lane: Option<CompactString>,
+    /// The `[[source]]` it leaves from; None: the system's default address.
+    pub source: Option<CompactString>,
 }
 
 impl Hop {
@@ -106,6 +110,8 @@ pub struct Dispatcher {
     timeouts: Timeouts,
     scan_interval: Duration,
     shaping: ShapingConfig,
+    /// Sources and pools (`[[source]]`, `[[pool]]`).
+    pub egress: Arc<Egress>,
     /// All delivery connections together (`[delivery] concurrency`).
     concurrency: Arc<Semaphore>,
     destinations: Mutex<HashMap<Hop, Arc<Destination>>>,
@@ -170,6 +176,7 @@ pub struct DispatcherConfig {
     pub scan_interval: Duration,
     pub shaping: ShapingConfig,
     pub concurrency: usize,
+    pub egress: Arc<Egress>,
 }
 
 impl Dispatcher {
@@ -184,6 +191,7 @@ impl Dispatcher {
             timeouts: cfg.timeouts,
             scan_interval: cfg.scan_interval,
             shaping: cfg.shaping,
+            egress: cfg.egress,
             concurrency: Arc::new(Semaphore::new(cfg.concurrency)),
             destinations: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(InFlight::default()),
@@ -422,6 +430,7 @@ impl Dispatcher {
                     local: false,
                     answered_by: "",
                     destination: dest.hop.name(),
+                    source: dest.hop.source.as_deref(),
                     elapsed: Duration::ZERO,
                 };
                 me.finish_job(&dest, job, Err(error), &attempt, None).await;
@@ -434,13 +443,14 @@ impl Dispatcher {
         }
     }
 
-    /// The message's recipients that are due now, grouped by where (and in which lane) they go.
+    /// The message's recipients that are due now, grouped by where (in which lane, from which
+    /// source) they go.
     fn due_groups(&self, env: &crate::spool::Envelope, now: u64) -> BTreeMap<Hop, Vec<u32>> {
         let lane = env
             .tenant()
             .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
             .map(CompactString::from);
-        let mut groups: BTreeMap<Hop, Vec<u32>> = BTreeMap::new();
+        let mut groups: BTreeMap<(Via, Option<&str>), Vec<u32>> = BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state != RecipientState::Queued || r.next_attempt > now {
                 continue;
@@ -450,9 +460,39 @@ impl Dispatcher {
                 Some(m) if m.is_local_domain(domain) => Via::Local,
                 _ => self.routes.via(domain),
             };
-            groups.entry(Hop { via, lane: lane.clone() }).or_default().push(i as u32);
+            let pool = match via {
+                Via::Local => None,
+                _ if !self.egress.is_enabled() => None,
+                _ => self.egress.pool_for(env.pool(), env.tenant(), || self.routes.pool(domain)),
+            };
+            groups.entry((via, pool)).or_default().push(i as u32);
         }
         groups
+            .into_iter()
+            .map(|((via, pool), rcpts)| {
+                let source = pool.and_then(|p| self.choose_source(p, &via, &lane));
+                (Hop { via, lane: lane.clone(), source }, rcpts)
+            })
+            .collect()
+    }
+
+    /// The next source of `pool` for a group going to `via`, by weight among the sources whose
+    /// connections to it are not in a back-off pause.
+    fn choose_source(
+        &self,
+        pool: &str,
+        via: &Via,
+        lane: &Option<CompactString>,
+    ) -> Option<CompactString> {
+        let now = Instant::now();
+        let dests = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        let allowed = |s: &crate::egress::Source| {
+            let hop = Hop { via: via.clone(), lane: lane.clone(), source: Some(s.name.clone()) };
+            dests
+                .get(&hop)
+                .is_none_or(|d| !d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now))
+        };
+        self.egress.choose(pool, allowed).map(|s| s.name.clone())
     }
 
     fn destination(&self, hop: &Hop) -> Arc<Destination> {
@@ -523,7 +563,8 @@ impl Dispatcher {
         if let (Via::Local, Some(m)) = (&dest.hop.via, &self.mailboxes) {
             return self.serve_mailboxes(dest, m, tracker).await;
         }
-        let mut conn = match self.connect(&dest.hop).await {
+        let source = dest.hop.source.as_deref().and_then(|s| self.egress.source(s));
+        let mut conn = match self.connect(&dest.hop, source).await {
             Ok(c) => {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
                 c
@@ -651,6 +692,7 @@ impl Dispatcher {
                 local: by.local,
                 answered_by: &by.answered_by,
                 destination: d.hop.name(),
+                source: d.hop.source.as_deref(),
                 elapsed,
             };
             me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
@@ -670,6 +712,7 @@ impl Dispatcher {
             local: false,
             answered_by: "",
             destination: dest.hop.name(),
+            source: dest.hop.source.as_deref(),
             elapsed: Duration::ZERO,
         };
         for job in jobs {
@@ -732,8 +775,13 @@ impl Dispatcher {
         }
     }
 
-    /// Opens a connection to the destination, trying its addresses in order (RFC 5321 5.1).
-    async fn connect(&self, hop: &Hop) -> Result<Connection, DeliveryError> {
+    /// Opens a connection to the destination from `source` (its address and EHLO name), trying
+    /// the destination's addresses in order (RFC 5321 5.1).
+    async fn connect(
+        &self,
+        hop: &Hop,
+        source: Option<&Arc<crate::egress::Source>>,
+    ) -> Result<Connection, DeliveryError> {
         let (candidates, policy) = match &hop.via {
             Via::SmartHost(a) => {
                 let name = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
@@ -746,9 +794,17 @@ impl Dispatcher {
                 return Err(DeliveryError::Protocol("local delivery opens no connection".into()));
             }
         };
+        let helo = source.and_then(|s| s.ehlo.as_deref()).unwrap_or(&self.recorder.helo);
+        let bind = source.and_then(|s| s.address);
         let mut last = DeliveryError::DnsTemporary("no address to try".into());
-        for target in candidates.into_iter().take(MAX_ADDRESSES_PER_ATTEMPT) {
-            match Connection::open(&target, &self.recorder.helo, &self.timeouts, &policy).await {
+        // A source reaches only addresses of its own family.
+        let reachable = |t: &Target| {
+            let peer = t.address.parse::<std::net::SocketAddr>();
+            bind.is_none_or(|b| peer.is_err() || peer.is_ok_and(|p| p.is_ipv4() == b.is_ipv4()))
+        };
+        let candidates = candidates.into_iter().filter(reachable);
+        for target in candidates.take(MAX_ADDRESSES_PER_ATTEMPT) {
+            match Connection::open(&target, bind, helo, &self.timeouts, &policy).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }

@@ -95,6 +95,11 @@ impl Routes {
         self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
     }
 
+    /// The egress pool of the route for `domain`, if it names one.
+    pub fn pool(&self, domain: &str) -> Option<&str> {
+        self.route(domain).and_then(|(r, _)| r.pool.as_deref())
+    }
+
     /// Where mail for a recipient domain goes (case-insensitive, trailing dot ignored).
     pub fn via(&self, domain: &str) -> Via {
         match self.route(domain).and_then(|(r, _)| r.smarthost.as_ref()) {
@@ -125,6 +130,8 @@ pub struct RouteConfig {
     pub auth: Option<RouteAuth>,
     /// Extra trusted CA certificates (PEM) for `tls = "required"`, e.g. a private CA.
     pub ca_file: Option<PathBuf>,
+    /// The egress pool for mail on this route (unless its injection or tenant names one).
+    pub pool: Option<String>,
 }
 
 pub fn default_tls_mode() -> TlsPolicy {
@@ -142,6 +149,7 @@ mod tests {
             tls: TlsPolicy::Opportunistic,
             auth: None,
             ca_file: None,
+            pool: None,
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Injector {
     pub render_slots: Arc<tokio::sync::Semaphore>,
     /// `[limits] max_message_size`: rendering stops past it (the intake refuses the message).
     pub max_message_size: usize,
+    /// Sources and pools: the request's `pool` must name one.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 /// Rendered messages held at once by one request before they are stored (a window is cut
@@ -120,6 +122,7 @@ impl Injector {
             tenant: checked.tags.tenant.clone(),
             campaign: checked.tags.campaign.clone(),
             meta: checked.tags.meta.clone(),
+            pool: checked.tags.pool.clone(),
             // Raw content may name its tenant in X-Sluice-Tenant only for an admin token.
             may_declare_tenant: who.admin,
             // `screen` below checks every recipient, as the intake would.
@@ -254,6 +257,13 @@ impl Injector {
                 Some(text)
             }
         };
+        let pool =
+            req.pool.map(|p| crate::tenant::check_name("pool", p)).transpose().map_err(bad)?;
+        if let Some(p) = &pool
+            && !self.egress.has_pool(p)
+        {
+            return Err(bad(format!("pool: no [[pool]] is named {p:?}")));
+        }
         let content = Content::from_value(req.content).map_err(bad)?;
         if let Content::Builder(b) = &content {
             render::check_builder(b).map_err(bad)?;
@@ -264,7 +274,7 @@ impl Injector {
             content,
             templated,
             globals: req.substitutions,
-            tags: Tags { tenant, campaign, meta },
+            tags: Tags { tenant, campaign, meta, pool },
             list_unsubscribe: req.list_unsubscribe.unwrap_or(true),
         })
     }

@@ -25,6 +25,8 @@ pub struct InjectRequest {
     pub tenant: Option<String>,
     /// Any JSON, kept with the message and written to the delivery log.
     pub meta: Option<Value>,
+    /// The egress pool to send from (a `[[pool]]` name); absent: by tenant, route or default.
+    pub pool: Option<String>,
     /// Add one-click `List-Unsubscribe` fields (when `[unsubscribe] enabled`; default true).
     pub list_unsubscribe: Option<bool>,
 }

@@ -68,6 +68,8 @@ pub struct Origin {
     pub campaign: Option<CompactString>,
     /// Free-form JSON from an HTTP request (at most 4 KiB).
     pub meta: Option<String>,
+    /// The egress pool asked for (HTTP injection's `pool`, checked against `[[pool]]`).
+    pub pool: Option<CompactString>,
     /// `X-Sluice-Tenant`/`X-Sluice-Campaign` are believed (relay networks, admin tokens) when
     /// no tenant is set; otherwise they are only removed.
     pub may_declare_tenant: bool,
@@ -602,8 +604,12 @@ impl Intake {
             (Some(v), true) => CompactString::from(v.address(id)),
             _ => sender.clone(),
         };
-        let tags =
-            Tags { tenant: tenant.clone(), campaign: campaign.clone(), meta: origin.meta.clone() };
+        let tags = Tags {
+            tenant: tenant.clone(),
+            campaign: campaign.clone(),
+            meta: origin.meta.clone(),
+            pool: origin.pool.clone(),
+        };
         let event = self.log.enabled().then(|| {
             let mut e = LogEntry::new("reception", id);
             e.sender = Some(sender.to_string());

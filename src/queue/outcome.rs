@@ -64,6 +64,8 @@ pub struct Attempt<'a> {
     pub answered_by: &'a str,
     /// The recipient domain (MX) or smart host.
     pub destination: &'a str,
+    /// The `[[source]]` the attempt was made from, if any.
+    pub source: Option<&'a str>,
     pub elapsed: std::time::Duration,
 }
 
@@ -269,6 +271,9 @@ impl Recorder {
         let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
         let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
         metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
+        if let Some(s) = attempt.source {
+            metrics::SOURCE_DELIVERIES.with_label_values(&[s, f.label]).inc();
+        }
         if let Some(t) = env.tenant() {
             let tenant = self.tenant_labels.label(t);
             metrics::TENANT_DELIVERIES.with_label_values(&[&tenant, f.label]).inc();
@@ -277,6 +282,7 @@ impl Recorder {
             let mut e = LogEntry::new(f.label, env.id);
             e.recipient = Some(env.recipients[f.index as usize].address.to_string());
             e.destination = Some(attempt.destination.to_string());
+            e.source = attempt.source.map(str::to_string);
             e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
             e.reply = Some(f.reply.clone());
             e.attempt = Some(f.attempts);

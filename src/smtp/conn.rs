@@ -337,6 +337,7 @@ fn submission(ctx: &ListenerContext, tx: Transaction) -> Submission {
         tenant: tx.auth_tenant.map(Into::into),
         campaign: None,
         meta: None,
+        pool: None,
         may_declare_tenant: relay,
         screened: tx.trusted && ctx.session.recipient_policy.is_some(),
     };

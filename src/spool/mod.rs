@@ -90,6 +90,9 @@ pub struct Tags {
     pub campaign: Option<CompactString>,
     /// The injector's own metadata, as JSON text, returned in the delivery log.
     pub meta: Option<String>,
+    /// The egress pool the injector asked for (payload version 3); None: chosen by tenant,
+    /// route or `default_pool` at delivery.
+    pub pool: Option<CompactString>,
 }
 
 impl Envelope {
@@ -99,6 +102,10 @@ impl Envelope {
 
     pub fn campaign(&self) -> Option<&str> {
         self.tags.as_ref().and_then(|t| t.campaign.as_deref())
+    }
+
+    pub fn pool(&self) -> Option<&str> {
+        self.tags.as_ref().and_then(|t| t.pool.as_deref())
     }
 }
 

@@ -7,8 +7,8 @@
 //!             header octets before it (so a damaged length is never trusted)
 //!   payload, by kind:
 //!     1 message: meta_len:u32 meta (postcard Envelope) trace_len:u32 trace body
-//!                (payload version 1: the Envelope without `tags`)
-//!     2 update:  postcard RecipientUpdate
+//!                (payload version 1: the Envelope without `tags`; 2: tags without `pool`)
+//!     2 update:  postcard RecipientUpdate (the same in payload versions 1 to 3)
 //!     3 remove:  id:u64
 //! format 1 ("SLR1", written until 2026-12; read, never written):
 //!   header  = magic:u32 len:u32 crc:u32;  payload = kind:u8 data, data as above for version 1
@@ -35,7 +35,8 @@ pub const HEADER_LEN: usize = 20;
 const HEADER_LEN_V1: usize = 12;
 /// The payload encoding this build writes; it reads this one and every older one.
 /// 2 (2026-12): the envelope gained `tags` (tenant, campaign, metadata).
-pub const VERSION: u8 = 2;
+/// 3 (2026-12): the tags gained `pool` (the egress pool asked for at injection).
+pub const VERSION: u8 = 3;
 /// Payload length is a u32; messages are capped well below it in config.
 pub const MAX_PAYLOAD: usize = u32::MAX as usize - 64;
 
@@ -130,7 +131,7 @@ pub enum Invalid {
 pub fn decode(buf: &[u8]) -> Result<(Record, usize), Invalid> {
     let (kind, version, payload, total) = frame(buf)?;
     let record = match (kind, version) {
-        (KIND_MESSAGE, 0..=2) => {
+        (KIND_MESSAGE, 0..=3) => {
             let meta_len = read_u32(payload, 0)? as usize;
             let meta = payload.get(4..4 + meta_len).ok_or(Invalid::BadPayload)?;
             let envelope = decode_envelope(version, meta).ok_or(Invalid::BadPayload)?;
@@ -144,10 +145,10 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Invalid> {
         (KIND_UPDATE, 0) => Record::Update(
             postcard::from_bytes::<UpdateV0>(payload).map_err(|_| Invalid::BadPayload)?.into(),
         ),
-        (KIND_UPDATE, 1 | 2) => {
+        (KIND_UPDATE, 1..=3) => {
             Record::Update(postcard::from_bytes(payload).map_err(|_| Invalid::BadPayload)?)
         }
-        (KIND_REMOVE, 0..=2) => {
+        (KIND_REMOVE, 0..=3) => {
             let id: [u8; 8] = payload.try_into().map_err(|_| Invalid::BadPayload)?;
             Record::Remove(QueueId(u64::from_le_bytes(id)))
         }
@@ -240,10 +241,63 @@ pub fn salvage_envelope(buf: &[u8]) -> Option<Envelope> {
 
 /// The envelope of a message record of payload `version`.
 fn decode_envelope(version: u8, meta: &[u8]) -> Option<Envelope> {
-    if version >= 2 {
-        postcard::from_bytes(meta).ok()
-    } else {
-        postcard::from_bytes::<EnvelopeV1>(meta).ok().map(Into::into)
+    match version {
+        3.. => postcard::from_bytes(meta).ok(),
+        2 => postcard::from_bytes::<EnvelopeV2>(meta).ok().map(Into::into),
+        _ => postcard::from_bytes::<EnvelopeV1>(meta).ok().map(Into::into),
+    }
+}
+
+/// An envelope as payload version 2 wrote it: version 1's fields, then tags without `pool`.
+#[derive(Deserialize)]
+struct EnvelopeV2 {
+    id: QueueId,
+    received_at: u64,
+    sender: compact_str::CompactString,
+    recipients: Vec<super::Recipient>,
+    message_id: Option<compact_str::CompactString>,
+    size: u64,
+    helo: compact_str::CompactString,
+    client_ip: std::net::IpAddr,
+    body_type: Option<super::BodyType>,
+    smtputf8: bool,
+    ret: Option<super::Ret>,
+    envid: Option<String>,
+    tags: Option<Box<TagsV2>>,
+}
+
+#[derive(Deserialize)]
+struct TagsV2 {
+    tenant: Option<compact_str::CompactString>,
+    campaign: Option<compact_str::CompactString>,
+    meta: Option<String>,
+}
+
+impl From<EnvelopeV2> for Envelope {
+    fn from(e: EnvelopeV2) -> Self {
+        let v1 = EnvelopeV1 {
+            id: e.id,
+            received_at: e.received_at,
+            sender: e.sender,
+            recipients: e.recipients,
+            message_id: e.message_id,
+            size: e.size,
+            helo: e.helo,
+            client_ip: e.client_ip,
+            body_type: e.body_type,
+            smtputf8: e.smtputf8,
+            ret: e.ret,
+            envid: e.envid,
+        };
+        let tags = e.tags.map(|t| {
+            Box::new(super::Tags {
+                tenant: t.tenant,
+                campaign: t.campaign,
+                meta: t.meta,
+                pool: None,
+            })
+        });
+        Envelope { tags, ..v1.into() }
     }
 }
 
@@ -438,6 +492,7 @@ mod tests {
                     tenant: Some(text.as_str().into()),
                     campaign: next().is_multiple_of(2).then(|| "c".into()),
                     meta: Some(format!("{{\"k\":{}}}", next())),
+                    pool: next().is_multiple_of(2).then(|| "p".into()),
                 })
             });
             let body: Vec<u8> = (0..next() % 2000).map(|_| next() as u8).collect();

@@ -41,6 +41,8 @@ pub struct TenantConfig {
     pub rate: Option<String>,
     /// SMTP sessions authenticated as the tenant's users open at once.
     pub max_sessions: Option<usize>,
+    /// The egress pool the tenant's mail leaves from (unless its injection names one).
+    pub pool: Option<String>,
 }
 
 impl TenantConfig {

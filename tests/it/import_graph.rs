@@ -169,7 +169,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("storage and lookups", &["dns", "spool", "delivery_log", "net"]),
-    ("policies", &["mailauth", "tenant", "auth", "bounce", "local"]),
+    ("policies", &["mailauth", "tenant", "auth", "bounce", "local", "egress"]),
     (
         "paths",
         &[

@@ -12,6 +12,7 @@ mod dashboards;
 mod delivery;
 mod delivery_tls;
 mod dkim;
+mod egress;
 mod hardening;
 mod imap;
 mod imap_sessions;

@@ -388,6 +388,12 @@ fn reads_a_spool_written_by_format_2_version_1() {
     reads_fixture_spool("tests/fixtures/spool-format2-v1");
 }
 
+/// The same for payload version 2 (tags without `pool`): tenant, campaign and metadata intact.
+#[test]
+fn reads_a_spool_written_by_format_2_version_2() {
+    reads_fixture_spool("tests/fixtures/spool-format2-v2");
+}
+
 fn reads_fixture_spool(path: &str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let dir = tempfile::tempdir().unwrap();

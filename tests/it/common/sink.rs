@@ -112,6 +112,9 @@ pub struct Received {
     /// Parameters after MAIL FROM:<...>, and after each accepted RCPT TO:<...>.
     pub mail_params: String,
     pub rcpt_params: Vec<String>,
+    /// The client's address (the source it bound) and the name it gave in EHLO/HELO.
+    pub peer: Option<SocketAddr>,
+    pub ehlo: String,
 }
 
 #[derive(Default)]
@@ -221,10 +224,11 @@ impl Sink {
 
 fn serve(stream: TcpStream, b: &Behavior, st: &Mutex<State>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let peer = stream.peer_addr().ok();
     let mut r = BufReader::new(Conn::Plain(stream));
     r.get_mut().write_all(b"220 sink.test ESMTP\r\n")?;
     let mut carried = 0usize;
-    let result = serve_inner(&mut r, b, st, &mut carried);
+    let result = serve_inner(&mut r, b, st, &mut carried, peer);
     let mut s = st.lock().unwrap();
     s.per_connection.push(carried & !QUIT_SEEN);
     if carried & QUIT_SEEN == 0 {
@@ -243,6 +247,8 @@ struct Txn {
     rcpts: Vec<String>,
     mail_params: String,
     rcpt_params: Vec<String>,
+    peer: Option<SocketAddr>,
+    ehlo: String,
 }
 
 impl Txn {
@@ -257,6 +263,8 @@ impl Txn {
             auth_user: user.clone(),
             mail_params: self.mail_params.clone(),
             rcpt_params: self.rcpt_params.clone(),
+            peer: self.peer,
+            ehlo: self.ehlo.clone(),
         }
     }
 }
@@ -284,8 +292,9 @@ fn serve_inner(
     b: &Behavior,
     st: &Mutex<State>,
     carried: &mut usize,
+    peer: Option<SocketAddr>,
 ) -> std::io::Result<()> {
-    let mut t = Txn::default();
+    let mut t = Txn { peer, ..Txn::default() };
     let mut chunks = Vec::new();
     let params = |cmd: &str| cmd.split_once('>').map_or("", |(_, p)| p.trim()).to_string();
     let mut tls = false;
@@ -358,6 +367,9 @@ fn serve_inner(
                 continue;
             }
         }
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            t.ehlo = cmd.get(5..).unwrap_or("").trim().to_string();
+        }
         if upper.starts_with("EHLO") {
             let mut caps = String::from("250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
             if b.tls.is_some() && !tls {
@@ -383,6 +395,8 @@ fn serve_inner(
             t = Txn {
                 from: cmd[10..].split('>').next().unwrap_or("").trim_start_matches('<').to_string(),
                 mail_params: params(&cmd),
+                peer: t.peer,
+                ehlo: std::mem::take(&mut t.ehlo),
                 ..Txn::default()
             };
             chunks.clear();
