@@ -115,6 +115,9 @@ pub struct Config {
     /// The pool of mail that gets none from its injection, tenant or route; absent: the
     /// system's default address.
     pub default_pool: Option<String>,
+    /// `[[site]]`: providers (MX host patterns) and their limits.
+    #[serde(default)]
+    pub site: Vec<crate::egress::site::SiteConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -459,6 +462,13 @@ pub struct DeliveryConfig {
     /// STARTTLS for MX delivery without a matching route.
     #[serde(default = "crate::delivery::route::default_tls_mode")]
     pub tls: TlsPolicy,
+    /// Queue MX domains by their MX host set (domains on the same exchangers share one
+    /// destination) instead of one destination per domain.
+    #[serde(default = "default_true")]
+    pub mx_rollup: bool,
+    /// Use the shipped provider table (`crate::egress::site::PROVIDERS`) as named sites.
+    #[serde(default = "default_true")]
+    pub builtin_sites: bool,
 }
 
 /// Per-domain metric labels (bounded: the rest is "other").
@@ -775,6 +785,7 @@ impl Config {
             .and_then(|()| self.check_verp())
             .and_then(|()| self.check_tenants())
             .and_then(|()| self.egress().map(drop))
+            .and_then(|()| self.sites().map(drop))
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1025,6 +1036,11 @@ impl Config {
             self.tenant.iter().filter_map(|(t, c)| Some((t.as_str(), c.pool.as_deref()?))),
             self.route.iter().enumerate().filter_map(|(i, r)| Some((i, r.pool.as_deref()?))),
         )
+    }
+
+    /// `[[site]]` over the shipped provider table (unless `[delivery] builtin_sites = false`).
+    pub fn sites(&self) -> Result<crate::egress::site::Sites, (String, String)> {
+        crate::egress::site::Sites::new(&self.site, self.delivery.builtin_sites)
     }
 
     /// `[tenant.NAME]`: names usable as labels and scopes, rates that parse.

@@ -35,6 +35,9 @@ pub struct LogEntry {
     /// The destination: a recipient domain (MX) or a smart host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// The site of an MX destination: a named one (`google`) or its MX host set, joined by `,`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// The `[[source]]` an attempt was made from (delivery events with egress pools).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -80,6 +83,7 @@ impl LogEntry {
             recipient: None,
             recipients: Vec::new(),
             destination: None,
+            site: None,
             source: None,
             remote: None,
             reply: None,

@@ -744,6 +744,8 @@ fn start_delivery(
             shaping: cfg.shaping.clone(),
             concurrency: cfg.delivery.concurrency,
             egress: Arc::new(egress),
+            sites: cfg.sites().map_err(|(key, msg)| format!("{key}: {msg}")).step("[[site]]")?,
+            mx_rollup: cfg.delivery.mx_rollup,
         },
     );
     if let Some(m) = intake.mailboxes.clone() {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{Connection, Target, Timeouts};
+use super::rollup::{Placement, Placements, Share};
 use super::route::Routes;
 pub use super::route::Via;
 use super::shaping::{Backoff, Gcra, Limits};
@@ -26,6 +27,7 @@ use crate::delivery::shaping::ShapingConfig;
 use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
 use crate::egress::Egress;
+use crate::egress::site::Sites;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
@@ -47,19 +49,41 @@ impl Hop {
     /// The destination's name in logs: the domain, or the smart host's `host:port`.
     pub fn name(&self) -> &str {
         match &self.via {
-            Via::SmartHost(a) | Via::Mx(a) => a,
+            Via::SmartHost(a) | Via::Mx(a) | Via::Rollup(a) => a,
             Via::Local => "local",
         }
     }
 
-    /// The name shaping rules match: the domain, or the smart host's host.
-    fn shaping_name(&self) -> &str {
+    /// The destination the delivery log names: the smart host, `local`, or None for MX
+    /// delivery (each recipient's domain).
+    fn logged_name(&self) -> Option<&str> {
         match &self.via {
-            Via::SmartHost(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h),
-            Via::Mx(d) => d,
-            Via::Local => "local",
+            Via::SmartHost(a) => Some(a),
+            Via::Local => Some("local"),
+            Via::Mx(_) | Via::Rollup(_) => None,
         }
     }
+}
+
+/// The shaping name of a group: the domain (MX; for a rolled-up destination, the domain whose
+/// mail created it), or the smart host's host.
+fn shaping_name<'a>(via: &'a Via, domain: &'a str) -> &'a str {
+    match via {
+        Via::SmartHost(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h),
+        Via::Mx(_) | Via::Rollup(_) => domain,
+        Via::Local => "local",
+    }
+}
+
+/// The recipients of one message for one hop, and what the hop's destination is made from if
+/// it does not exist yet.
+struct Group {
+    rcpts: Vec<u32>,
+    /// A recipient domain of the group (MX lookups and shaping rules of a rolled-up
+    /// destination use the domain that created it: all its domains share the MX hosts).
+    domain: String,
+    /// The named site (`[[site]]` or the provider table).
+    site: Option<String>,
 }
 
 /// At most this many addresses are tried to open one connection (RFC 5321 5.1 asks for
@@ -73,7 +97,6 @@ const MAX_IN_FLIGHT: usize = 20_000;
 /// How an attempt was made, for its record.
 struct AttemptBy {
     next_hop_dsn: bool,
-    local: bool,
     /// The server that answered (`ip:port`); empty for local delivery.
     answered_by: String,
 }
@@ -98,7 +121,40 @@ struct Destination {
     /// What put the destination into its back-off pause (the reason given to work deferred
     /// during the pause).
     last_error: Mutex<Option<DeliveryError>>,
+    /// The domain whose MX hosts a rolled-up destination connects to (any of its domains would
+    /// do: they share the MX host set), and its named site.
+    domain: String,
+    site: Option<String>,
+    /// The limits its named site shares with the site's other destinations (per source, and
+    /// across sources); empty without a named site.
+    shares: Vec<Arc<Share>>,
 }
+
+impl Destination {
+    /// The record of an attempt made to this destination.
+    fn attempt<'a>(
+        &'a self,
+        next_hop_dsn: bool,
+        answered_by: &'a str,
+        elapsed: Duration,
+    ) -> Attempt<'a> {
+        Attempt {
+            next_hop_dsn,
+            local: self.hop.via == Via::Local,
+            answered_by,
+            destination: self.hop.logged_name(),
+            source: self.hop.source.as_deref(),
+            site: self.site.as_deref().or(match &self.hop.via {
+                Via::Rollup(key) => Some(key.as_str()),
+                _ => None,
+            }),
+            elapsed,
+        }
+    }
+}
+
+/// A named site's share per source and lane: (site, source, lane).
+type ShareKey = (String, Option<CompactString>, Option<CompactString>);
 
 pub struct Dispatcher {
     pub recorder: Recorder,
@@ -115,6 +171,13 @@ pub struct Dispatcher {
     /// All delivery connections together (`[delivery] concurrency`).
     concurrency: Arc<Semaphore>,
     destinations: Mutex<HashMap<Hop, Arc<Destination>>>,
+    /// MX rollup: where each domain's mail is queued (`None`: per domain, `[delivery]
+    /// mx_rollup = false`), and the named sites.
+    placements: Option<Arc<Placements>>,
+    sites: Arc<Sites>,
+    /// Named sites' shared limits: by (site, source, lane), and by site for `total`.
+    shares: Mutex<HashMap<ShareKey, Arc<Share>>>,
+    totals: Mutex<HashMap<String, Arc<Share>>>,
     /// What is being delivered, and what an operator holds back.
     in_flight: Mutex<InFlight>,
     /// Woken whenever a job is released (operator actions wait for in-flight attempts).
@@ -177,6 +240,10 @@ pub struct DispatcherConfig {
     pub shaping: ShapingConfig,
     pub concurrency: usize,
     pub egress: Arc<Egress>,
+    /// Named sites (`[[site]]` over the provider table).
+    pub sites: Sites,
+    /// Roll MX domains up by their MX host set (`[delivery] mx_rollup`).
+    pub mx_rollup: bool,
 }
 
 impl Dispatcher {
@@ -194,6 +261,10 @@ impl Dispatcher {
             egress: cfg.egress,
             concurrency: Arc::new(Semaphore::new(cfg.concurrency)),
             destinations: Mutex::new(HashMap::new()),
+            placements: cfg.mx_rollup.then(Default::default),
+            sites: Arc::new(cfg.sites),
+            shares: Mutex::new(HashMap::new()),
+            totals: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(InFlight::default()),
             released: Notify::new(),
         })
@@ -373,7 +444,8 @@ impl Dispatcher {
     }
 
     /// One pass: queue every due (message, destination) group, then open connections where a
-    /// destination has work, room under its limits and no back-off.
+    /// destination has work, room under its limits and no back-off. Messages with an MX domain
+    /// whose site is not known yet wait (leased) for its MX lookup, on a task of their own.
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
         let now = unix_millis();
         // Leased: a message handed out here is not found again until its last job ends, so a
@@ -383,37 +455,112 @@ impl Dispatcher {
         // deferral tasks, so a million due messages after a restart never sit in memory at once).
         let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).per_message.len();
         let room = MAX_IN_FLIGHT.saturating_sub(in_flight).min(10_000);
+        let (mut unplaced, mut lookups) = (Vec::new(), HashSet::new());
         for env in self.recorder.spool.lease_due(now, room) {
             if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).held.contains(&env.id) {
                 self.recorder.spool.release(env.id); // an operator is changing it
                 continue;
             }
-            let groups = self.due_groups(&env, now);
-            if groups.is_empty() {
-                self.recorder.spool.release(env.id);
+            if self.unplaced_domains(&env, now, &mut lookups) {
+                unplaced.push(env);
                 continue;
             }
-            {
-                let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                f.per_message.insert(env.id, groups.len());
-                f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
-            }
-            for (hop, rcpts) in groups {
-                let dest = self.destination(&hop);
-                let job = Job { id: env.id, rcpts };
-                // A destination in its back-off pause gets no connection now: its work is
-                // deferred at once on the retry schedule, with the error that paused it (as
-                // Postfix defers mail for a dead destination), rather than held in memory.
-                let paused =
-                    dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(Instant::now());
-                if paused {
-                    deferrals.push((dest, job));
-                } else {
-                    dest.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
-                    dest.work.notify_one();
+            self.place(env, now, &mut deferrals);
+        }
+        self.defer(deferrals, tracker);
+        if let (false, Some(placements)) = (unplaced.is_empty(), self.placements.clone()) {
+            let (me, t) = (self.clone(), tracker.clone());
+            tracker.spawn(async move {
+                placements.resolve(&me.dns, &me.sites, lookups.into_iter().collect()).await;
+                let mut deferrals = Vec::new();
+                for env in unplaced {
+                    me.place(env, now, &mut deferrals);
                 }
+                me.defer(deferrals, &t);
+                me.open_all(&t);
+            });
+        }
+        self.open_all(tracker);
+    }
+
+    fn open_all(self: &Arc<Self>, tracker: &TaskTracker) {
+        let dests: Vec<Arc<Destination>> =
+            self.destinations.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for dest in dests {
+            self.open_connections(&dest, tracker);
+        }
+    }
+
+    /// Adds to `out` the rolled-up MX domains of the message's due recipients whose site is
+    /// not known (or no longer fresh); true if it has any.
+    fn unplaced_domains(
+        &self,
+        env: &crate::spool::Envelope,
+        now: u64,
+        out: &mut HashSet<String>,
+    ) -> bool {
+        let Some(placements) = &self.placements else { return false };
+        let instant = Instant::now();
+        let mut any = false;
+        for r in env.recipients.iter() {
+            if r.state != RecipientState::Queued || r.next_attempt > now {
+                continue;
+            }
+            let domain =
+                crate::domain::normalize(r.address.rsplit_once('@').map_or("", |(_, d)| d));
+            if self.rolls_up(&domain) && placements.get(&domain, instant).is_none() {
+                out.insert(domain);
+                any = true;
             }
         }
+        any
+    }
+
+    /// Whether mail for `domain` is queued by its MX host set (MX delivery without a route of
+    /// its own, not a local domain).
+    fn rolls_up(&self, domain: &str) -> bool {
+        self.placements.is_some()
+            && !self.mailboxes.as_ref().is_some_and(|m| m.is_local_domain(domain))
+            && !self.routes.is_routed(domain)
+    }
+
+    /// Queues a leased message's due groups on their destinations (or defers them when the
+    /// destination is paused).
+    fn place(
+        &self,
+        env: crate::spool::Envelope,
+        now: u64,
+        deferrals: &mut Vec<(Arc<Destination>, Job)>,
+    ) {
+        let groups = self.due_groups(&env, now);
+        if groups.is_empty() {
+            self.recorder.spool.release(env.id);
+            return;
+        }
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            f.per_message.insert(env.id, groups.len());
+            f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
+        }
+        for (hop, group) in groups {
+            let dest = self.destination(&hop, &group);
+            let job = Job { id: env.id, rcpts: group.rcpts };
+            // A destination in its back-off pause gets no connection now: its work is
+            // deferred at once on the retry schedule, with the error that paused it (as
+            // Postfix defers mail for a dead destination), rather than held in memory.
+            let paused =
+                dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(Instant::now());
+            if paused {
+                deferrals.push((dest, job));
+            } else {
+                dest.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
+                dest.work.notify_one();
+            }
+        }
+    }
+
+    /// Records the jobs of paused destinations as deferred, with the error that paused them.
+    fn defer(self: &Arc<Self>, deferrals: Vec<(Arc<Destination>, Job)>, tracker: &TaskTracker) {
         for (dest, job) in deferrals {
             let me = self.clone();
             tracker.spawn(async move {
@@ -425,32 +572,21 @@ impl Dispatcher {
                     .unwrap_or_else(|| {
                         DeliveryError::ConnectionLost("destination backed off".into())
                     });
-                let attempt = Attempt {
-                    next_hop_dsn: false,
-                    local: false,
-                    answered_by: "",
-                    destination: dest.hop.name(),
-                    source: dest.hop.source.as_deref(),
-                    elapsed: Duration::ZERO,
-                };
+                let attempt = dest.attempt(false, "", Duration::ZERO);
                 me.finish_job(&dest, job, Err(error), &attempt, None).await;
             });
-        }
-        let dests: Vec<Arc<Destination>> =
-            self.destinations.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for dest in dests {
-            self.open_connections(&dest, tracker);
         }
     }
 
     /// The message's recipients that are due now, grouped by where (in which lane, from which
     /// source) they go.
-    fn due_groups(&self, env: &crate::spool::Envelope, now: u64) -> BTreeMap<Hop, Vec<u32>> {
+    fn due_groups(&self, env: &crate::spool::Envelope, now: u64) -> BTreeMap<Hop, Group> {
         let lane = env
             .tenant()
             .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
             .map(CompactString::from);
-        let mut groups: BTreeMap<(Via, Option<&str>), Vec<u32>> = BTreeMap::new();
+        let instant = Instant::now();
+        let mut groups: BTreeMap<(Via, Option<&str>), Group> = BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state != RecipientState::Queued || r.next_attempt > now {
                 continue;
@@ -460,18 +596,33 @@ impl Dispatcher {
                 Some(m) if m.is_local_domain(domain) => Via::Local,
                 _ => self.routes.via(domain),
             };
+            let (via, site) = match (via, &self.placements) {
+                (Via::Mx(d), Some(p)) if self.rolls_up(&d) => match p.get(&d, instant) {
+                    Some(Placement { key: Some(key), site }) => (Via::Rollup(key), site),
+                    _ => (Via::Mx(d), None),
+                },
+                (via, _) => (via, None),
+            };
             let pool = match via {
                 Via::Local => None,
                 _ if !self.egress.is_enabled() => None,
                 _ => self.egress.pool_for(env.pool(), env.tenant(), || self.routes.pool(domain)),
             };
-            groups.entry((via, pool)).or_default().push(i as u32);
+            groups
+                .entry((via, pool))
+                .or_insert_with(|| Group {
+                    rcpts: Vec::new(),
+                    domain: crate::domain::normalize(domain),
+                    site,
+                })
+                .rcpts
+                .push(i as u32);
         }
         groups
             .into_iter()
-            .map(|((via, pool), rcpts)| {
+            .map(|((via, pool), group)| {
                 let source = pool.and_then(|p| self.choose_source(p, &via, &lane));
-                (Hop { via, lane: lane.clone(), source }, rcpts)
+                (Hop { via, lane: lane.clone(), source }, group)
             })
             .collect()
     }
@@ -495,12 +646,15 @@ impl Dispatcher {
         self.egress.choose(pool, allowed).map(|s| s.name.clone())
     }
 
-    fn destination(&self, hop: &Hop) -> Arc<Destination> {
+    fn destination(&self, hop: &Hop, group: &Group) -> Arc<Destination> {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(hop.clone())
             .or_insert_with(|| {
-                let limits =
-                    Limits::for_destination(&self.shaping, hop.shaping_name(), hop.lane.as_deref());
+                let name = shaping_name(&hop.via, &group.domain);
+                let mut limits = Limits::for_destination(&self.shaping, name, hop.lane.as_deref());
+                let site = group.site.as_deref().and_then(|s| self.sites.get(s));
+                let shares =
+                    site.map_or_else(Vec::new, |site| self.site_shares(site, hop, &mut limits));
                 Arc::new(Destination {
                     hop: hop.clone(),
                     gcra: limits.rate.map(|r| Mutex::new(Gcra::new(r))),
@@ -510,9 +664,51 @@ impl Dispatcher {
                     backoff: Mutex::new(Backoff::default()),
                     work: Notify::new(),
                     last_error: Mutex::new(None),
+                    domain: group.domain.clone(),
+                    site: group.site.clone(),
+                    shares,
                 })
             })
             .clone()
+    }
+
+    /// The limits a destination of a named site shares with the site's others: connections and
+    /// rate per source (the site's, else the shaping limits of the destination), and `total`
+    /// across sources. The destination's own rate is left to the share.
+    fn site_shares(
+        &self,
+        site: &crate::egress::site::Site,
+        hop: &Hop,
+        limits: &mut Limits,
+    ) -> Vec<Arc<Share>> {
+        limits.connections = site.connections.unwrap_or(limits.connections);
+        limits.messages_per_connection =
+            site.messages_per_connection.unwrap_or(limits.messages_per_connection);
+        let rate = site.rate.or(limits.rate.take());
+        let key = (site.name.clone(), hop.source.clone(), hop.lane.clone());
+        let mut shares = vec![
+            self.shares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(Share::new(Some(limits.connections), rate, site.connect_rate))
+                })
+                .clone(),
+        ];
+        if site.total_connections.is_some() || site.total_rate.is_some() {
+            let total = self
+                .totals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(site.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Share::new(site.total_connections, site.total_rate, None))
+                })
+                .clone();
+            shares.push(total);
+        }
+        shares
     }
 
     fn open_connections(self: &Arc<Self>, dest: &Arc<Destination>, tracker: &TaskTracker) {
@@ -531,19 +727,28 @@ impl Dispatcher {
                 return;
             }
             let Ok(permit) = self.concurrency.clone().try_acquire_owned() else { return };
+            // A named site's slots are shared with its other destinations.
+            if !Share::take_all(&dest.shares) {
+                return;
+            }
             *open += 1;
             drop(open);
             metrics::DELIVERY_CONNECTIONS.inc();
             let label = match &dest.hop.via {
                 Via::SmartHost(a) => a.clone(),
                 Via::Mx(d) => self.recorder.labels.peek(d),
+                Via::Rollup(_) => {
+                    dest.site.clone().unwrap_or_else(|| self.recorder.labels.peek(&dest.domain))
+                }
                 Via::Local => "local".to_string(),
             };
             let gauge = metrics::DESTINATION_CONNECTIONS.with_label_values(&[&label]);
             gauge.inc();
             let (me, d, t) = (self.clone(), dest.clone(), tracker.clone());
             tracker.spawn(async move {
+                tokio::time::sleep(Share::connect_wait(&d.shares, Instant::now())).await;
                 me.serve_destination(&d, permit, &t).await;
+                Share::put_all(&d.shares);
                 *d.connections.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 metrics::DELIVERY_CONNECTIONS.dec();
                 gauge.dec();
@@ -564,7 +769,7 @@ impl Dispatcher {
             return self.serve_mailboxes(dest, m, tracker).await;
         }
         let source = dest.hop.source.as_deref().and_then(|s| self.egress.source(s));
-        let mut conn = match self.connect(&dest.hop, source).await {
+        let mut conn = match self.connect(dest, source).await {
             Ok(c) => {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
                 c
@@ -573,8 +778,13 @@ impl Dispatcher {
         };
         while conn.sent < dest.limits.messages_per_connection && conn.is_usable() {
             let Some(job) = self.next_job(dest, &mut conn).await else { break };
-            if let Some(g) = &dest.gcra {
-                let wait = g.lock().unwrap_or_else(|e| e.into_inner()).reserve(Instant::now());
+            let now = Instant::now();
+            let own = dest
+                .gcra
+                .as_ref()
+                .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).reserve(now));
+            let wait = own.unwrap_or_default().max(Share::message_wait(&dest.shares, now));
+            if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let Some((env, content)) = self.load_job(dest, &job).await else { continue };
@@ -588,11 +798,8 @@ impl Dispatcher {
             {
                 self.back_off(dest, e);
             }
-            let by = AttemptBy {
-                next_hop_dsn: conn.capabilities().dsn,
-                local: false,
-                answered_by: conn.peer.clone(),
-            };
+            let by =
+                AttemptBy { next_hop_dsn: conn.capabilities().dsn, answered_by: conn.peer.clone() };
             self.finish_later(tracker, dest, job, (outcome, content), started, by);
         }
         conn.quit().await;
@@ -651,7 +858,7 @@ impl Dispatcher {
                 }
                 Err(e) => Err(e.clone()),
             };
-            let by = AttemptBy { next_hop_dsn: false, local: true, answered_by: String::new() };
+            let by = AttemptBy { next_hop_dsn: false, answered_by: String::new() };
             self.finish_later(tracker, dest, job, (outcome, content), started, by);
         }
     }
@@ -687,14 +894,7 @@ impl Dispatcher {
         metrics::DELIVERY_SECONDS.observe(elapsed.as_secs_f64());
         let (me, d) = (self.clone(), dest.clone());
         tracker.spawn(async move {
-            let attempt = Attempt {
-                next_hop_dsn: by.next_hop_dsn,
-                local: by.local,
-                answered_by: &by.answered_by,
-                destination: d.hop.name(),
-                source: d.hop.source.as_deref(),
-                elapsed,
-            };
+            let attempt = d.attempt(by.next_hop_dsn, &by.answered_by, elapsed);
             me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
         });
     }
@@ -707,14 +907,7 @@ impl Dispatcher {
         }
         let jobs: Vec<Job> =
             dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-        let attempt = Attempt {
-            next_hop_dsn: false,
-            local: false,
-            answered_by: "",
-            destination: dest.hop.name(),
-            source: dest.hop.source.as_deref(),
-            elapsed: Duration::ZERO,
-        };
+        let attempt = dest.attempt(false, "", Duration::ZERO);
         for job in jobs {
             self.finish_job(dest, job, Err(e.clone()), &attempt, None).await;
         }
@@ -779,10 +972,10 @@ impl Dispatcher {
     /// the destination's addresses in order (RFC 5321 5.1).
     async fn connect(
         &self,
-        hop: &Hop,
+        dest: &Destination,
         source: Option<&Arc<crate::egress::Source>>,
     ) -> Result<Connection, DeliveryError> {
-        let (candidates, policy) = match &hop.via {
+        let (candidates, policy) = match &dest.hop.via {
             Via::SmartHost(a) => {
                 let name = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
                 let name = name.trim_start_matches('[').trim_end_matches(']');
@@ -790,6 +983,11 @@ impl Dispatcher {
                 (vec![t], self.routes.smarthost_policy(a))
             }
             Via::Mx(domain) => (self.mx_addresses(domain).await?, self.routes.mx_policy(domain)),
+            // Every domain of a rolled-up destination has the same MX hosts.
+            Via::Rollup(_) => {
+                let d = &dest.domain;
+                (self.mx_addresses(d).await?, self.routes.mx_policy(d))
+            }
             Via::Local => {
                 return Err(DeliveryError::Protocol("local delivery opens no connection".into()));
             }

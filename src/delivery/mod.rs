@@ -9,5 +9,6 @@
 pub mod conn;
 pub mod dispatch;
 pub mod mx;
+pub mod rollup;
 pub mod route;
 pub mod shaping;

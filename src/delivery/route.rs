@@ -20,6 +20,9 @@ pub enum Via {
     Mx(String),
     /// The local mailboxes (`[local] domains` with `[local] mailboxes`).
     Local,
+    /// (The dispatcher's) MX delivery to the domains that share one MX host set: its rollup key
+    /// (`crate::egress::site::rollup_key`).
+    Rollup(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,6 +96,11 @@ impl Routes {
     fn route(&self, domain: &str) -> Option<&(RouteConfig, HopPolicy)> {
         let domain = crate::domain::normalize(domain);
         self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
+    }
+
+    /// Whether a route matches `domain` (its mail is not rolled up with other domains').
+    pub fn is_routed(&self, domain: &str) -> bool {
+        self.route(domain).is_some()
     }
 
     /// The egress pool of the route for `domain`, if it names one.

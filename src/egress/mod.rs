@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use compact_str::CompactString;
 use serde::Deserialize;
 
+pub mod site;
+
 /// `[[source]]`: one local address to send from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

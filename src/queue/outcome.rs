@@ -62,8 +62,11 @@ pub struct Attempt<'a> {
     pub local: bool,
     /// The server that answered (`ip:port`), empty if none did.
     pub answered_by: &'a str,
-    /// The recipient domain (MX) or smart host.
-    pub destination: &'a str,
+    /// The smart host, or `local`; None for MX delivery (the delivery log names each
+    /// recipient's domain).
+    pub destination: Option<&'a str>,
+    /// The site of an MX destination: a named one (`google`) or its MX host set.
+    pub site: Option<&'a str>,
     /// The `[[source]]` the attempt was made from, if any.
     pub source: Option<&'a str>,
     pub elapsed: std::time::Duration,
@@ -281,7 +284,11 @@ impl Recorder {
         if self.log.enabled() {
             let mut e = LogEntry::new(f.label, env.id);
             e.recipient = Some(env.recipients[f.index as usize].address.to_string());
-            e.destination = Some(attempt.destination.to_string());
+            e.destination = Some(attempt.destination.map_or_else(
+                || crate::domain::normalize(rcpt_domain.map_or("", |(_, d)| d)),
+                str::to_string,
+            ));
+            e.site = attempt.site.map(str::to_string);
             e.source = attempt.source.map(str::to_string);
             e.remote = (!answered_by.is_empty()).then(|| answered_by.to_string());
             e.reply = Some(f.reply.clone());

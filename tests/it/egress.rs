@@ -186,3 +186,76 @@ fn a_source_address_not_on_this_host_stops_start_up() {
     assert!(!out.status.success());
     assert!(err.contains("binding source \"far\" to 192.0.2.10"), "{err}");
 }
+
+/// Sites (MX rollup): twenty domains whose MX records name two Google hosts are one site of the
+/// shipped provider table, so `[[site]] name = "google" connections = 2` caps them together (per
+/// domain, as before, they could open 20 × 10); ten domains on one unnamed MX host set share one
+/// destination (`[shaping.default] connections = 1` holds across all ten), and a message to two
+/// of them goes in one transaction. Delivery events name each recipient's domain and the site.
+#[test]
+fn domains_on_one_providers_exchangers_share_one_set_of_limits() {
+    let dns = crate::common::dns::TestDns::start();
+    let slow = Behavior {
+        end_delay: std::time::Duration::from_millis(20),
+        pipelining: true,
+        ..Behavior::default()
+    };
+    let google = Sink::start_on("127.0.0.1:0".parse().unwrap(), slow.clone());
+    let port = google.addr.port();
+    let rolled = Sink::start_on(format!("127.0.0.3:{port}").parse().unwrap(), slow);
+    dns.a("aspmx.l.google.com", "127.0.0.1").a("alt1.aspmx.l.google.com", "127.0.0.1");
+    dns.a("mx1.rollup.test", "127.0.0.3").a("mx2.rollup.test", "127.0.0.3");
+    for i in 0..20 {
+        let d = format!("g{i}.test");
+        // Preferences differ between domains: the host set is what counts.
+        let (p1, p2) = if i % 2 == 0 { (10, 20) } else { (20, 10) };
+        dns.mx(&d, p1, "aspmx.l.google.com").mx(&d, p2, "alt1.aspmx.l.google.com");
+    }
+    for i in 0..10 {
+        let d = format!("r{i}.test");
+        let (a, b) = if i % 2 == 0 { ("mx1", "mx2") } else { ("mx2", "MX1") };
+        dns.mx(&d, 10, &format!("{a}.rollup.test")).mx(&d, 10, &format!("{b}.rollup.test."));
+    }
+    let cfg = format!(
+        "{}[delivery]\nmx_port = {port}\nscan_interval = \"100ms\"\n\
+         [shaping.default]\nconnections = 1\nidle_timeout = \"200ms\"\n\
+         [[site]]\nname = \"google\"\nconnections = 2\n",
+        dns.config()
+    );
+    let s = Sluice::start(&cfg);
+    let token = s.inject_token("sites");
+    let recipients: Vec<_> = (0..200)
+        .map(|i| json!({"email": format!("u{i}@g{}.test", i % 20)}))
+        .chain((0..50).map(|i| json!({"email": format!("v{i}@r{}.test", i % 10)})))
+        .collect();
+    let req = json!({
+        "envelope_sender": "news@sender.example",
+        "content": "From: news@sender.example\nSubject: sites\n\nbody\n",
+        "recipients": recipients,
+    });
+    let (status, body) = inject(&s, &token, req);
+    assert_eq!(status, 200, "{body}");
+    let mut c = Client::ehlo(s.smtp);
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_eq!(code(&c.cmd("RCPT TO:<both1@r1.test>")), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<both2@r2.test>")), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    assert_eq!(code(&c.cmd("Message-ID: <both@t>\r\n\r\nx\r\n.")), 250);
+    google.wait_for(200, 120);
+    let got = rolled.wait_for(51, 120);
+    assert_eq!(google.max_concurrent(), 2, "the google site's 2 connections, for 20 domains");
+    assert_eq!(rolled.max_concurrent(), 1, "one destination for ten domains on one MX set");
+    let both = got.iter().find(|m| m.rcpts.len() == 2).expect("one transaction for r1 and r2");
+    assert_eq!(both.rcpts, ["both1@r1.test", "both2@r2.test"]);
+    let log = s.delivery_log(251 + 251);
+    let delivered: Vec<_> = log.iter().filter(|e| e["event"] == "delivered").collect();
+    assert_eq!(delivered.len(), 252, "{delivered:?}");
+    for e in delivered {
+        let rcpt = e["recipient"].as_str().unwrap();
+        let domain = rcpt.rsplit_once('@').unwrap().1;
+        assert_eq!(e["destination"], domain, "{e}");
+        let site =
+            if domain.starts_with('g') { "google" } else { "mx1.rollup.test,mx2.rollup.test" };
+        assert_eq!(e["site"], site, "{e}");
+    }
+}
