@@ -115,6 +115,9 @@ pub struct Config {
     /// The pool of mail that gets none from its injection, tenant or route; absent: the
     /// system's default address.
     pub default_pool: Option<String>,
+    /// `[warmup.NAME]`: warm-up schedules of new sources.
+    #[serde(default)]
+    pub warmup: std::collections::BTreeMap<String, crate::egress::warmup::WarmupConfig>,
     /// `[[site]]`: providers (MX host patterns) and their limits.
     #[serde(default)]
     pub site: Vec<crate::egress::site::SiteConfig>,
@@ -1032,6 +1035,7 @@ impl Config {
         crate::egress::Egress::new(
             &self.source,
             &self.pool,
+            &self.warmup,
             self.default_pool.as_deref(),
             self.tenant.iter().filter_map(|(t, c)| Some((t.as_str(), c.pool.as_deref()?))),
             self.route.iter().enumerate().filter_map(|(i, r)| Some((i, r.pool.as_deref()?))),

@@ -51,6 +51,7 @@ pub mod secret_file;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod state_file;
 pub mod stream;
 pub mod tenant;
 pub mod tls;

@@ -275,6 +275,12 @@ metrics! {
         "Delivery outcomes per recipient by the [[source]] the attempt was made from (mail sent from a pool).",
         &["source", "outcome"],
     );
+    /// Mail of a warming source held to the next day (labels bounded by `[[source]]`).
+    WARMUP_POSTPONED: IntCounterVec = counter_vec(
+        "sluice_warmup_postponed_total",
+        "Messages for a site held to the next day because their warming [[source]] had sent its day's cap there (overflow = \"wait\", or no source of the pool had room).",
+        &["source"],
+    );
     /// Outbound connections open now, by destination (same bounded labels as above).
     DESTINATION_CONNECTIONS: IntGaugeVec = register(
         IntGaugeVec::new(

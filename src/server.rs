@@ -117,7 +117,10 @@ pub async fn run(
         intake.dkim.clone(),
     ));
     let stop = CancellationToken::new();
-    let quota_task = intake.path.quota.clone().map(|q| tokio::spawn(q.keep_saved(stop.clone())));
+    let quota_task =
+        intake.path.quota.clone().map(|q| {
+            tokio::spawn(crate::state_file::keep_saved(q, "quota counters", stop.clone()))
+        });
     let sessions = TaskTracker::new();
     let mut bound: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     let mut accept_loops = bind_listeners(&cfg, &intake, &stop, &sessions, &mut bound).await?;
@@ -705,6 +708,21 @@ fn start_delivery(
             })?;
         }
     }
+    // Warming sources' day counters, saved every second while they change and at shutdown.
+    let warmup = (!egress.warmups().is_empty()).then(|| {
+        let plans = egress.warmups().clone();
+        let w = Arc::new(crate::egress::warmup::Warmup::open(
+            &cfg.data_dir.join("warmup.json"),
+            plans,
+            crate::spool::unix_millis(),
+        ));
+        deliveries.spawn(crate::state_file::keep_saved(
+            w.clone(),
+            "warm-up counters",
+            stop.clone(),
+        ));
+        w
+    });
     let dns =
         crate::dns::HickoryResolver::new(&cfg.dns.nameservers).step("starting the DNS resolver")?;
     let dns: Arc<dyn crate::dns::Resolver> = Arc::new(dns);
@@ -746,6 +764,7 @@ fn start_delivery(
             egress: Arc::new(egress),
             sites: cfg.sites().map_err(|(key, msg)| format!("{key}: {msg}")).step("[[site]]")?,
             mx_rollup: cfg.delivery.mx_rollup,
+            warmup,
         },
     );
     if let Some(m) = intake.mailboxes.clone() {

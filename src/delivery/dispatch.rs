@@ -28,6 +28,7 @@ use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
 use crate::egress::Egress;
 use crate::egress::site::Sites;
+use crate::egress::warmup::{Overflow, Warmup};
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
@@ -73,6 +74,14 @@ fn shaping_name<'a>(via: &'a Via, domain: &'a str) -> &'a str {
         Via::Mx(_) | Via::Rollup(_) => domain,
         Via::Local => "local",
     }
+}
+
+/// Recipients of a message that wait without an attempt (a warming source's cap for the day).
+struct Postponed {
+    rcpts: Vec<u32>,
+    /// Unix milliseconds of their next attempt.
+    until: u64,
+    reason: String,
 }
 
 /// The recipients of one message for one hop, and what the hop's destination is made from if
@@ -175,6 +184,8 @@ pub struct Dispatcher {
     /// mx_rollup = false`), and the named sites.
     placements: Option<Arc<Placements>>,
     sites: Arc<Sites>,
+    /// Warming sources' day counters (None: no source is warming).
+    warmup: Option<Arc<Warmup>>,
     /// Named sites' shared limits: by (site, source, lane), and by site for `total`.
     shares: Mutex<HashMap<ShareKey, Arc<Share>>>,
     totals: Mutex<HashMap<String, Arc<Share>>>,
@@ -244,6 +255,7 @@ pub struct DispatcherConfig {
     pub sites: Sites,
     /// Roll MX domains up by their MX host set (`[delivery] mx_rollup`).
     pub mx_rollup: bool,
+    pub warmup: Option<Arc<Warmup>>,
 }
 
 impl Dispatcher {
@@ -263,6 +275,7 @@ impl Dispatcher {
             destinations: Mutex::new(HashMap::new()),
             placements: cfg.mx_rollup.then(Default::default),
             sites: Arc::new(cfg.sites),
+            warmup: cfg.warmup,
             shares: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(InFlight::default()),
@@ -465,7 +478,7 @@ impl Dispatcher {
                 unplaced.push(env);
                 continue;
             }
-            self.place(env, now, &mut deferrals);
+            self.place(env, now, &mut deferrals, tracker);
         }
         self.defer(deferrals, tracker);
         if let (false, Some(placements)) = (unplaced.is_empty(), self.placements.clone()) {
@@ -474,7 +487,7 @@ impl Dispatcher {
                 placements.resolve(&me.dns, &me.sites, lookups.into_iter().collect()).await;
                 let mut deferrals = Vec::new();
                 for env in unplaced {
-                    me.place(env, now, &mut deferrals);
+                    me.place(env, now, &mut deferrals, &t);
                 }
                 me.defer(deferrals, &t);
                 me.open_all(&t);
@@ -527,12 +540,29 @@ impl Dispatcher {
     /// Queues a leased message's due groups on their destinations (or defers them when the
     /// destination is paused).
     fn place(
-        &self,
+        self: &Arc<Self>,
         env: crate::spool::Envelope,
         now: u64,
         deferrals: &mut Vec<(Arc<Destination>, Job)>,
+        tracker: &TaskTracker,
     ) {
-        let groups = self.due_groups(&env, now);
+        let (groups, postponed) = self.due_groups(&env, now);
+        if !postponed.is_empty() {
+            // Rescheduled without an attempt; the lease is kept until that is recorded when
+            // nothing else of the message is under way.
+            let (me, env, keep_lease) = (self.clone(), env.clone(), groups.is_empty());
+            tracker.spawn(async move {
+                for p in postponed {
+                    me.recorder.postpone(&env, &p.rcpts, p.until, &p.reason).await;
+                }
+                if keep_lease {
+                    me.recorder.spool.release(env.id);
+                }
+            });
+            if groups.is_empty() {
+                return;
+            }
+        }
         if groups.is_empty() {
             self.recorder.spool.release(env.id);
             return;
@@ -580,7 +610,11 @@ impl Dispatcher {
 
     /// The message's recipients that are due now, grouped by where (in which lane, from which
     /// source) they go.
-    fn due_groups(&self, env: &crate::spool::Envelope, now: u64) -> BTreeMap<Hop, Group> {
+    fn due_groups(
+        &self,
+        env: &crate::spool::Envelope,
+        now: u64,
+    ) -> (BTreeMap<Hop, Group>, Vec<Postponed>) {
         let lane = env
             .tenant()
             .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
@@ -618,32 +652,77 @@ impl Dispatcher {
                 .rcpts
                 .push(i as u32);
         }
-        groups
-            .into_iter()
-            .map(|((via, pool), group)| {
-                let source = pool.and_then(|p| self.choose_source(p, &via, &lane));
-                (Hop { via, lane: lane.clone(), source }, group)
-            })
-            .collect()
+        let mut out = BTreeMap::new();
+        let mut postponed = Vec::new();
+        for ((via, pool), group) in groups {
+            let source = match pool {
+                None => None,
+                Some(p) => {
+                    let site = group.site.as_deref().unwrap_or(match &via {
+                        Via::Rollup(key) => key,
+                        _ => &group.domain,
+                    });
+                    match self.choose_source(p, &via, &lane, site, now) {
+                        Ok(s) => s,
+                        Err(p) => {
+                            postponed.push(Postponed { rcpts: group.rcpts, ..p });
+                            continue;
+                        }
+                    }
+                }
+            };
+            out.insert(Hop { via, lane: lane.clone(), source }, group);
+        }
+        (out, postponed)
     }
 
     /// The next source of `pool` for a group going to `via`, by weight among the sources whose
     /// connections to it are not in a back-off pause.
+    /// A warming source whose cap for the site is reached (`[warmup] overflow = "pool"`) is
+    /// skipped too; when the pick has no room today, the group waits for the next day (Err).
     fn choose_source(
         &self,
         pool: &str,
         via: &Via,
         lane: &Option<CompactString>,
-    ) -> Option<CompactString> {
+        site: &str,
+        now_ms: u64,
+    ) -> Result<Option<CompactString>, Postponed> {
         let now = Instant::now();
-        let dests = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-        let allowed = |s: &crate::egress::Source| {
-            let hop = Hop { via: via.clone(), lane: lane.clone(), source: Some(s.name.clone()) };
-            dests
-                .get(&hop)
-                .is_none_or(|d| !d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now))
+        let warmup = self.warmup.as_deref();
+        let chosen = {
+            let dests = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let allowed = |s: &crate::egress::Source| {
+                let hop =
+                    Hop { via: via.clone(), lane: lane.clone(), source: Some(s.name.clone()) };
+                let paused = dests.get(&hop).is_some_and(|d| {
+                    d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now)
+                });
+                let full = warmup.is_some_and(|w| {
+                    w.overflow(&s.name) == Some(Overflow::Pool)
+                        && !w.has_room(&s.name, site, now_ms)
+                });
+                !paused && !full
+            };
+            self.egress.choose(pool, allowed)
         };
-        self.egress.choose(pool, allowed).map(|s| s.name.clone())
+        let Some(source) = chosen else { return Ok(None) };
+        if let Some(w) = warmup {
+            if !w.has_room(&source.name, site, now_ms) {
+                metrics::WARMUP_POSTPONED.with_label_values(&[&source.name]).inc();
+                let cap = w.cap(&source.name, now_ms).unwrap_or(0);
+                return Err(Postponed {
+                    rcpts: Vec::new(),
+                    until: crate::egress::warmup::next_day_ms(now_ms),
+                    reason: format!(
+                        "4.7.0 warm-up: source {} has sent its {cap} messages to {site} today",
+                        source.name
+                    ),
+                });
+            }
+            w.count(&source.name, site, now_ms);
+        }
+        Ok(Some(source.name.clone()))
     }
 
     fn destination(&self, hop: &Hop, group: &Group) -> Arc<Destination> {

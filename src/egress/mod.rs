@@ -14,6 +14,7 @@ use compact_str::CompactString;
 use serde::Deserialize;
 
 pub mod site;
+pub mod warmup;
 
 /// `[[source]]`: one local address to send from.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +25,8 @@ pub struct SourceConfig {
     pub address: Option<IpAddr>,
     /// The name given in EHLO from this source (its PTR name); absent: `hostname`.
     pub ehlo: Option<String>,
+    /// Its `[warmup.NAME]`: a new address sends a growing number of messages per site per day.
+    pub warmup: Option<String>,
 }
 
 /// `[[pool]]`: sources chosen by weight.
@@ -75,6 +78,8 @@ pub struct Egress {
     pools: HashMap<CompactString, Pool>,
     tenants: HashMap<CompactString, CompactString>,
     default_pool: Option<CompactString>,
+    /// The warm-up of each warming source, by source name.
+    warmups: HashMap<String, warmup::WarmupConfig>,
 }
 
 impl Egress {
@@ -83,6 +88,7 @@ impl Egress {
     pub fn new<'a>(
         sources: &[SourceConfig],
         pools: &[PoolConfig],
+        warmups: &std::collections::BTreeMap<String, warmup::WarmupConfig>,
         default_pool: Option<&str>,
         tenants: impl IntoIterator<Item = (&'a str, &'a str)>,
         routes: impl IntoIterator<Item = (usize, &'a str)>,
@@ -103,6 +109,17 @@ impl Egress {
                 && !crate::domain::is_hostname(e)
             {
                 return Err((key("ehlo"), format!("{e:?} is not a host name")));
+            }
+            if let Some(w) = &s.warmup {
+                let Some(plan) = warmups.get(w) else {
+                    return Err((key("warmup"), format!("no [warmup.{w}] is defined")));
+                };
+                if plan.schedule.is_empty() || plan.schedule.len() > warmup::MAX_DAYS {
+                    let why =
+                        format!("1 to {} entries (messages per site per day)", warmup::MAX_DAYS);
+                    return Err((format!("warmup.{w}.schedule"), why));
+                }
+                out.warmups.insert(s.name.clone(), plan.clone());
             }
             out.sources.push(Arc::new(Source {
                 name: s.name.as_str().into(),
@@ -163,6 +180,11 @@ impl Egress {
 
     pub fn has_pool(&self, name: &str) -> bool {
         self.pools.contains_key(name)
+    }
+
+    /// The warm-up of each warming source.
+    pub fn warmups(&self) -> &HashMap<String, warmup::WarmupConfig> {
+        &self.warmups
     }
 
     pub fn sources(&self) -> &[Arc<Source>] {
@@ -229,7 +251,12 @@ mod tests {
     use super::*;
 
     fn source(name: &str, address: &str) -> SourceConfig {
-        SourceConfig { name: name.into(), address: Some(address.parse().unwrap()), ehlo: None }
+        SourceConfig {
+            name: name.into(),
+            address: Some(address.parse().unwrap()),
+            ehlo: None,
+            warmup: None,
+        }
     }
 
     fn pool(name: &str, members: &[(&str, u32)]) -> PoolConfig {
@@ -245,7 +272,15 @@ mod tests {
     fn egress() -> Egress {
         let sources = [source("a", "127.0.0.2"), source("b", "127.0.0.3"), source("c", "::1")];
         let pools = [pool("bulk", &[("a", 1), ("b", 3)]), pool("tx", &[("c", 1)])];
-        Egress::new(&sources, &pools, Some("bulk"), [("acme", "tx")], [(0, "tx")]).unwrap()
+        Egress::new(
+            &sources,
+            &pools,
+            &Default::default(),
+            Some("bulk"),
+            [("acme", "tx")],
+            [(0, "tx")],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -302,16 +337,28 @@ mod tests {
             (&s, &[pool("p", &[("a", 1)])], Some("q"), "default_pool"),
         ];
         for (sources, pools, default, want) in cases {
-            let err = Egress::new(sources, pools, *default, [], []).unwrap_err();
+            let err =
+                Egress::new(sources, pools, &Default::default(), *default, [], []).unwrap_err();
             assert_eq!(err.0, *want, "{err:?}");
         }
         let p = [pool("p", &[("a", 1)])];
-        let err = Egress::new(&s, &p, None, [("acme", "q")], []).unwrap_err();
+        let err = Egress::new(&s, &p, &Default::default(), None, [("acme", "q")], []).unwrap_err();
         assert_eq!(err.0, "tenant.acme.pool");
-        let err = Egress::new(&s, &p, None, [], [(3, "q")]).unwrap_err();
+        let err = Egress::new(&s, &p, &Default::default(), None, [], [(3, "q")]).unwrap_err();
         assert_eq!(err.0, "route[3].pool");
         let mut bad = source("a", "127.0.0.2");
         bad.ehlo = Some("not a name".into());
-        assert_eq!(Egress::new(&[bad], &[], None, [], []).unwrap_err().0, "source[0].ehlo");
+        let none = Default::default();
+        assert_eq!(Egress::new(&[bad], &[], &none, None, [], []).unwrap_err().0, "source[0].ehlo");
+        let mut warm = source("a", "127.0.0.2");
+        warm.warmup = Some("slow".into());
+        let err = Egress::new(&[warm.clone()], &[], &none, None, [], []).unwrap_err();
+        assert_eq!(err.0, "source[0].warmup");
+        let empty = std::collections::BTreeMap::from([(
+            "slow".to_string(),
+            warmup::WarmupConfig { schedule: vec![], overflow: warmup::Overflow::Pool },
+        )]);
+        let err = Egress::new(&[warm], &[], &empty, None, [], []).unwrap_err();
+        assert_eq!(err.0, "warmup.slow.schedule");
     }
 }

@@ -126,25 +126,11 @@ impl QuotaPolicy {
         let refs: Vec<(&str, &Limits)> = subjects.iter().map(|(k, l)| (k.as_str(), l)).collect();
         self.quotas.record(&refs, 1, recipients as u64, now());
     }
+}
 
-    /// Saves the counters every second until `stop`, and once more then.
-    pub async fn keep_saved(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                _ = stop.cancelled() => true,
-            };
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.quotas.save()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "quota counters not saved"),
-                Err(e) => tracing::warn!(error = %e, "quota counters not saved"),
-            }
-            if stopping {
-                return;
-            }
-        }
+impl crate::state_file::Saved for QuotaPolicy {
+    fn save(&self) -> std::io::Result<()> {
+        self.quotas.save()
     }
 }
 

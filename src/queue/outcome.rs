@@ -73,6 +73,42 @@ pub struct Attempt<'a> {
 }
 
 impl Recorder {
+    /// Holds recipients of `env` until `until` (Unix ms) without counting an attempt (a warming
+    /// source's day is full): each stays queued with `reason` as its last reply, and a
+    /// `deferred` event says why. Conditional on the attempts seen, like every change made
+    /// outside an attempt.
+    pub async fn postpone(&self, env: &Envelope, rcpts: &[u32], until: u64, reason: &str) {
+        for &i in rcpts {
+            let r = &env.recipients[i as usize];
+            let update = RecipientUpdate {
+                id: env.id,
+                index: i,
+                state: RecipientState::Queued,
+                attempts: r.attempts,
+                next_attempt: until,
+                last_reply: Some(reason.to_string()),
+                delay_notified: r.delay_notified,
+                expect_attempts: Some(r.attempts),
+            };
+            match self.spool.update(update).await {
+                Ok(()) | Err(crate::spool::SpoolError::Conflict) => {}
+                Err(e) => {
+                    tracing::warn!(id = %env.id, error = %e, "could not postpone a recipient");
+                    continue;
+                }
+            }
+            if self.log.enabled() {
+                let mut e = LogEntry::new("deferred", env.id);
+                e.recipient = Some(r.address.to_string());
+                e.reply = Some(reason.to_string());
+                e.next_attempt = Some(until);
+                e.tenant = env.tenant().map(str::to_string);
+                e.campaign = env.campaign().map(str::to_string);
+                self.log.log(e);
+            }
+        }
+    }
+
     /// Records the outcome of one attempt for recipients `rcpts` of `env`; `content` is the
     /// stored message (for bounces).
     pub async fn record(

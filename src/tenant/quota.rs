@@ -10,7 +10,6 @@
 //! them, and a crash forgets at most the last second of counting.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -105,17 +104,7 @@ impl Quotas {
     /// The counters saved in `path`; an unreadable file is logged and counting starts again
     /// (a damaged counter file must not stop mail).
     pub fn open(path: &Path) -> Quotas {
-        let counters = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(file = %path.display(), error = %e, "quota counters unreadable; counting from zero");
-                HashMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "quota counters unreadable; counting from zero");
-                HashMap::new()
-            }
-        };
+        let counters = crate::state_file::read_json(path, "quota counters");
         let state = State { counters, ..State::default() };
         Quotas { path: path.to_path_buf(), state: Mutex::new(state) }
     }
@@ -197,15 +186,7 @@ impl Quotas {
             st.counters.retain(|_, c| c.messages > now || c.recipients > now);
             serde_json::to_vec(&st.counters).map_err(std::io::Error::other)?
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::state_file::write_atomic(&self.path, &text)
     }
 }
 

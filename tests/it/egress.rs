@@ -259,3 +259,107 @@ fn domains_on_one_providers_exchangers_share_one_set_of_limits() {
         assert_eq!(e["site"], site, "{e}");
     }
 }
+
+/// IP warm-up: a warming source (127.0.0.2, `schedule = [5]`) sends 5 messages per site today and
+/// the rest of its share goes to the pool's warmed source (127.0.0.3); the counts survive a
+/// restart (`<data_dir>/warmup.json`). With `overflow = "wait"` and no other source, the mail
+/// past the cap stays queued until the next UTC day, with the reason, and no attempt counted.
+/// (Day boundaries: `egress::warmup` unit tests, on a simulated clock.)
+#[test]
+fn a_warming_source_keeps_to_its_daily_cap_per_site() {
+    let dns = crate::common::dns::TestDns::start();
+    let sink = Sink::start(Behavior { pipelining: true, ..Behavior::default() });
+    let port = sink.addr.port();
+    dns.a("aspmx.l.google.com", "127.0.0.1").a("mx1.rollup.test", "127.0.0.1");
+    for i in 0..5 {
+        dns.mx(&format!("g{i}.test"), 10, "aspmx.l.google.com");
+        dns.mx(&format!("r{i}.test"), 10, "mx1.rollup.test");
+    }
+    let cfg = format!(
+        "{}[delivery]\nmx_port = {port}\nscan_interval = \"100ms\"\n{}\
+         [[source]]\nname = \"s6\"\naddress = \"127.0.0.6\"\nwarmup = \"waiting\"\n\
+         [warmup.new]\nschedule = [5, 100]\n[warmup.waiting]\nschedule = [3]\noverflow = \"wait\"\n\
+         [[pool]]\nname = \"warm\"\nsources = [{{ name = \"s2\" }}, {{ name = \"s3\" }}]\n\
+         [[pool]]\nname = \"wait\"\nsources = [{{ name = \"s6\" }}]\n",
+        dns.config(),
+        sources().replacen(
+            "ehlo = \"mta2.sluice.test\"\n",
+            "ehlo = \"mta2.sluice.test\"\nwarmup = \"new\"\n",
+            1
+        )
+    );
+    let mut s = Sluice::start(&cfg);
+    let token = s.inject_token("warm");
+    let send = |s: &Sluice, pool: &str, prefix: &str, n: usize, domains: &[&str]| {
+        let recipients: Vec<_> = (0..n)
+            .map(|i| json!({"email": format!("{prefix}{i}@{}{}.test", domains[i % domains.len()], i % 5)}))
+            .collect();
+        let req = json!({
+            "envelope_sender": "news@sender.example",
+            "content": "From: news@sender.example\nSubject: warm-up\n\nbody\n",
+            "recipients": recipients,
+            "pool": pool,
+        });
+        let (status, body) = inject(s, &token, req);
+        assert_eq!(status, 200, "{body}");
+    };
+    let count = |got: &[sink::Received], n: u8, site: char| {
+        got.iter()
+            .filter(|m| m.peer.unwrap().ip() == ip(n))
+            .filter(|m| m.rcpts[0].split('@').nth(1).unwrap().starts_with(site))
+            .count()
+    };
+    send(&s, "warm", "a", 40, &["g", "r"]);
+    let got = sink.wait_for(40, 60);
+    for site in ['g', 'r'] {
+        assert_eq!(count(&got, 2, site), 5, "the warming source's cap at site {site}");
+        assert_eq!(count(&got, 3, site), 15, "the rest to the warmed source at {site}");
+    }
+    // The counters are saved within a second; after kill -9 and a restart the cap still holds.
+    let saved = s.data_dir.join("warmup.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let google_count = || {
+        let text = std::fs::read_to_string(&saved).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["s2"]["sites"]["google"][1].as_u64()
+    };
+    while google_count() != Some(5) {
+        assert!(std::time::Instant::now() < deadline, "warmup.json not written");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s.kill9();
+    s.spawn();
+    send(&s, "warm", "b", 10, &["g"]);
+    let got = sink.wait_for(50, 60);
+    let later: Vec<_> = got.iter().filter(|m| m.rcpts[0].starts_with('b')).collect();
+    assert!(later.iter().all(|m| m.peer.unwrap().ip() == ip(3)), "capped after the restart too");
+
+    // overflow = "wait": 3 go today, 2 wait for tomorrow (00:00 UTC), no attempt counted.
+    send(&s, "wait", "c", 5, &["g"]);
+    let got = sink.wait_for(53, 60);
+    assert_eq!(got.iter().filter(|m| m.peer.unwrap().ip() == ip(6)).count(), 3);
+    let q = s.wait_queue(30, |q| {
+        q.len() == 2 && q.iter().all(|m| !m["recipients"][0]["last_reply"].is_null())
+    });
+    let tomorrow = {
+        let ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+        (ms / 86_400_000 + 1) * 86_400_000
+    };
+    for m in &q {
+        let r = &m["recipients"][0];
+        assert_eq!(r["attempts"], 0, "{r}");
+        assert!(r["last_reply"].as_str().unwrap().contains("warm-up: source s6"), "{r}");
+        let next = chrono_ms(r["next_attempt"].as_str().unwrap());
+        assert_eq!(next, tomorrow, "{r}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(sink.messages().len(), 53, "nothing more went out today");
+}
+
+/// Unix milliseconds of an RFC 3339 UTC time as the queue API prints it (`...T..:..:..sssZ`).
+fn chrono_ms(t: &str) -> u64 {
+    let out = Command::new("date").args(["-u", "-d", t, "+%s%3N"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}

@@ -160,6 +160,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "proto",
             "rate",
             "secret_file",
+            "state_file",
             "stream",
             "tls",
             "units",
