@@ -472,6 +472,9 @@ pub struct DeliveryConfig {
     /// Use the shipped provider table (`crate::egress::site::PROVIDERS`) as named sites.
     #[serde(default = "default_true")]
     pub builtin_sites: bool,
+    /// The least share of a destination's turns bulk mail gets while transactional mail waits.
+    #[serde(default = "default_bulk_share")]
+    pub bulk_share: f64,
 }
 
 /// Per-domain metric labels (bounded: the rest is "other").
@@ -724,6 +727,10 @@ fn default_data_end_timeout() -> Duration {
 fn default_mx_port() -> u16 {
     25
 }
+fn default_bulk_share() -> f64 {
+    0.2
+}
+
 fn default_scan_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -886,6 +893,9 @@ impl Config {
 
     /// `[shaping]`, `[delivery]` and `[[route]]`.
     fn check_delivery(&self) -> Check {
+        if !(0.0..=1.0).contains(&self.delivery.bulk_share) {
+            return invalid_key("delivery.bulk_share", "a share from 0 to 1 (e.g. 0.2)".into());
+        }
         let d = &self.shaping.default;
         if d.connections == 0 || d.messages_per_connection == 0 {
             return invalid_key(
@@ -1042,6 +1052,22 @@ impl Config {
         )
     }
 
+    /// Each tenant's weight and priority at the destinations' ready queues.
+    pub fn tenant_classes(
+        &self,
+    ) -> std::collections::HashMap<String, crate::delivery::dispatch::TenantClass> {
+        self.tenant
+            .iter()
+            .map(|(name, t)| {
+                let class = crate::delivery::dispatch::TenantClass {
+                    weight: t.weight.unwrap_or(1),
+                    priority: t.priority.as_deref().and_then(crate::spool::Priority::parse),
+                };
+                (name.clone(), class)
+            })
+            .collect()
+    }
+
     /// `[[site]]` over the shipped provider table (unless `[delivery] builtin_sites = false`).
     pub fn sites(&self) -> Result<crate::egress::site::Sites, (String, String)> {
         crate::egress::site::Sites::new(&self.site, self.delivery.builtin_sites)
@@ -1053,6 +1079,17 @@ impl Config {
             let key = format!("tenant.{name}");
             crate::tenant::check_name("name", name.clone()).map_err(|e| (key.clone(), e))?;
             t.limits().map_err(|e| (format!("{key}.rate"), e))?;
+            if t.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+                return invalid_key(&format!("{key}.weight"), "must be 1 to 1000".into());
+            }
+            if let Some(p) = &t.priority
+                && crate::spool::Priority::parse(p).is_none()
+            {
+                return invalid_key(
+                    &format!("{key}.priority"),
+                    format!("{p:?} (bulk or transactional)"),
+                );
+            }
         }
         Ok(())
     }

@@ -765,6 +765,8 @@ fn start_delivery(
             sites: cfg.sites().map_err(|(key, msg)| format!("{key}: {msg}")).step("[[site]]")?,
             mx_rollup: cfg.delivery.mx_rollup,
             warmup,
+            tenants: cfg.tenant_classes(),
+            bulk_share: cfg.delivery.bulk_share,
         },
     );
     if let Some(m) = intake.mailboxes.clone() {

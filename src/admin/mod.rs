@@ -220,6 +220,9 @@ pub fn message_json(env: &Envelope) -> Value {
         if let Some(p) = &t.pool {
             v["pool"] = json!(p);
         }
+        if let Some(p) = t.priority {
+            v["priority"] = json!(p.label());
+        }
     }
     v
 }

@@ -7,7 +7,7 @@
 //!
 //! Outcomes are recorded by [`crate::queue::outcome::Recorder`] (bounce first, then states, then removal).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,10 @@ use crate::egress::warmup::{Overflow, Warmup};
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
-use crate::spool::{BodyType, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis};
+use crate::queue::ready::Ready;
+use crate::spool::{
+    BodyType, Priority, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis,
+};
 
 /// Where a group of recipients goes, in which lane and from which source: mail of a tenant
 /// that has shaping rules of its own gets its own connections and rate to the destination, and
@@ -99,6 +102,8 @@ struct Group {
 /// "several").
 const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A destination without work for this long is forgotten.
+const IDLE_FORGET: Duration = Duration::from_secs(600);
 /// Messages in flight (leased from the spool, queued or being delivered) at most.
 const MAX_IN_FLIGHT: usize = 20_000;
 
@@ -119,7 +124,9 @@ struct Job {
 struct Destination {
     hop: Hop,
     limits: Limits,
-    ready: Mutex<VecDeque<Job>>,
+    ready: Mutex<Ready<Job>>,
+    /// When work was last queued here (an idle destination is forgotten after a while).
+    used: Mutex<Instant>,
     /// Connections open (or opening) now.
     connections: Mutex<usize>,
     gcra: Option<Mutex<Gcra>>,
@@ -186,6 +193,11 @@ pub struct Dispatcher {
     sites: Arc<Sites>,
     /// Warming sources' day counters (None: no source is warming).
     warmup: Option<Arc<Warmup>>,
+    /// Tenants' fair-share weights and priorities, and bulk's least share of the turns.
+    tenants: HashMap<String, TenantClass>,
+    bulk_share: f64,
+    /// When idle destinations were last looked for.
+    swept: Mutex<Instant>,
     /// Named sites' shared limits: by (site, source, lane), and by site for `total`.
     shares: Mutex<HashMap<ShareKey, Arc<Share>>>,
     totals: Mutex<HashMap<String, Arc<Share>>>,
@@ -256,11 +268,24 @@ pub struct DispatcherConfig {
     /// Roll MX domains up by their MX host set (`[delivery] mx_rollup`).
     pub mx_rollup: bool,
     pub warmup: Option<Arc<Warmup>>,
+    /// `[tenant.NAME] weight, priority`.
+    pub tenants: HashMap<String, TenantClass>,
+    /// `[delivery] bulk_share`.
+    pub bulk_share: f64,
+}
+
+/// A tenant's share of a destination's turns and its default priority.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantClass {
+    pub weight: u32,
+    pub priority: Option<Priority>,
 }
 
 impl Dispatcher {
     pub fn new(recorder: Recorder, cfg: DispatcherConfig) -> Arc<Self> {
         process_started_ms();
+        // A `*` route sends every domain by route: nothing to roll up (and no lookups).
+        let rollup = cfg.mx_rollup && !cfg.routes.catches_all();
         Arc::new(Dispatcher {
             recorder,
             routes: cfg.routes,
@@ -273,9 +298,12 @@ impl Dispatcher {
             egress: cfg.egress,
             concurrency: Arc::new(Semaphore::new(cfg.concurrency)),
             destinations: Mutex::new(HashMap::new()),
-            placements: cfg.mx_rollup.then(Default::default),
+            placements: rollup.then(Default::default),
             sites: Arc::new(cfg.sites),
             warmup: cfg.warmup,
+            tenants: cfg.tenants,
+            bulk_share: cfg.bulk_share,
+            swept: Mutex::new(Instant::now()),
             shares: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(InFlight::default()),
@@ -413,9 +441,7 @@ impl Dispatcher {
                 .values()
                 .filter(|d| {
                     let mut ready = d.ready.lock().unwrap_or_else(|e| e.into_inner());
-                    let before = ready.len();
-                    ready.retain(|j| j.id != id);
-                    ready.len() != before
+                    ready.retain(|j| j.id != id) > 0
                 })
                 .map(|d| d.hop.clone())
                 .collect()
@@ -460,6 +486,7 @@ impl Dispatcher {
     /// destination has work, room under its limits and no back-off. Messages with an MX domain
     /// whose site is not known yet wait (leased) for its MX lookup, on a task of their own.
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
+        self.forget_idle(Instant::now());
         let now = unix_millis();
         // Leased: a message handed out here is not found again until its last job ends, so a
         // scan costs what is due now, never what is already in flight (or deferred).
@@ -496,6 +523,28 @@ impl Dispatcher {
         self.open_all(tracker);
     }
 
+    /// Drops destinations with nothing queued, no connection and no back-off that have had no
+    /// work for [`IDLE_FORGET`], at most once a minute: the map holds the destinations in use,
+    /// not every domain ever mailed. (Their rate state has recovered by then.)
+    fn forget_idle(&self, now: Instant) {
+        {
+            let mut last = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if now.duration_since(*last) < Duration::from_secs(60) {
+                return;
+            }
+            *last = now;
+        }
+        let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, d| {
+            let idle = now.duration_since(*d.used.lock().unwrap_or_else(|e| e.into_inner()))
+                >= IDLE_FORGET;
+            !(idle
+                && d.ready.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                && *d.connections.lock().unwrap_or_else(|e| e.into_inner()) == 0
+                && !d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now))
+        });
+    }
+
     fn open_all(self: &Arc<Self>, tracker: &TaskTracker) {
         let dests: Vec<Arc<Destination>> =
             self.destinations.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
@@ -521,7 +570,7 @@ impl Dispatcher {
             }
             let domain =
                 crate::domain::normalize(r.address.rsplit_once('@').map_or("", |(_, d)| d));
-            if self.rolls_up(&domain) && placements.get(&domain, instant).is_none() {
+            if placements.get(&domain, instant).is_none() && self.rolls_up(&domain) {
                 out.insert(domain);
                 any = true;
             }
@@ -583,10 +632,22 @@ impl Dispatcher {
             if paused {
                 deferrals.push((dest, job));
             } else {
-                dest.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
+                *dest.used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                let (weight, transactional) = self.class_of(&env);
+                let mut ready = dest.ready.lock().unwrap_or_else(|e| e.into_inner());
+                ready.push(job, env.tenant(), weight, transactional);
+                drop(ready);
                 dest.work.notify_one();
             }
         }
+    }
+
+    /// A message's weight among its destination's tenants, and whether it goes ahead of bulk:
+    /// its own priority (injection), else its tenant's.
+    fn class_of(&self, env: &crate::spool::Envelope) -> (u32, bool) {
+        let tenant = env.tenant().and_then(|t| self.tenants.get(t));
+        let priority = env.priority().or(tenant.and_then(|t| t.priority));
+        (tenant.map_or(1, |t| t.weight), priority == Some(Priority::Transactional))
     }
 
     /// Records the jobs of paused destinations as deferred, with the error that paused them.
@@ -738,7 +799,8 @@ impl Dispatcher {
                     hop: hop.clone(),
                     gcra: limits.rate.map(|r| Mutex::new(Gcra::new(r))),
                     limits,
-                    ready: Mutex::new(VecDeque::new()),
+                    ready: Mutex::new(Ready::new(self.bulk_share)),
+                    used: Mutex::new(Instant::now()),
                     connections: Mutex::new(0),
                     backoff: Mutex::new(Backoff::default()),
                     work: Notify::new(),
@@ -893,7 +955,7 @@ impl Dispatcher {
         tracker: &TaskTracker,
     ) {
         loop {
-            let job = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let job = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(job) = job else { return };
             let Some((env, content)) = self.load_job(dest, &job).await else { continue };
             let started = Instant::now();
@@ -984,8 +1046,7 @@ impl Dispatcher {
         if e.classify() == crate::delivery_error::Disposition::Temporary {
             self.back_off(dest, &e);
         }
-        let jobs: Vec<Job> =
-            dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let jobs: Vec<Job> = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).drain();
         let attempt = dest.attempt(false, "", Duration::ZERO);
         for job in jobs {
             self.finish_job(dest, job, Err(e.clone()), &attempt, None).await;
@@ -1036,7 +1097,7 @@ impl Dispatcher {
     async fn next_job(&self, dest: &Destination, conn: &mut Connection) -> Option<Job> {
         let deadline = Instant::now() + dest.limits.idle_timeout;
         loop {
-            if let Some(j) = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+            if let Some(j) = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop() {
                 return Some(j);
             }
             let left = deadline.checked_duration_since(Instant::now())?;

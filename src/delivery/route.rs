@@ -98,6 +98,11 @@ impl Routes {
         self.routes.iter().find(|(r, _)| r.domains.iter().any(|p| matches(p, &domain)))
     }
 
+    /// Whether a route matches every domain (`*`).
+    pub fn catches_all(&self) -> bool {
+        self.routes.iter().any(|(r, _)| r.domains.iter().any(|p| p == "*"))
+    }
+
     /// Whether a route matches `domain` (its mail is not rolled up with other domains').
     pub fn is_routed(&self, domain: &str) -> bool {
         self.route(domain).is_some()

@@ -123,6 +123,7 @@ impl Injector {
             campaign: checked.tags.campaign.clone(),
             meta: checked.tags.meta.clone(),
             pool: checked.tags.pool.clone(),
+            priority: checked.tags.priority,
             // Raw content may name its tenant in X-Sluice-Tenant only for an admin token.
             may_declare_tenant: who.admin,
             // `screen` below checks every recipient, as the intake would.
@@ -264,6 +265,13 @@ impl Injector {
         {
             return Err(bad(format!("pool: no [[pool]] is named {p:?}")));
         }
+        let priority = match req.priority.as_deref() {
+            None => None,
+            Some(p) => Some(crate::spool::Priority::parse(p).ok_or_else(|| {
+                let shown: String = p.chars().take(32).collect();
+                bad(format!("priority: {shown:?} (bulk or transactional)"))
+            })?),
+        };
         let content = Content::from_value(req.content).map_err(bad)?;
         if let Content::Builder(b) = &content {
             render::check_builder(b).map_err(bad)?;
@@ -274,7 +282,7 @@ impl Injector {
             content,
             templated,
             globals: req.substitutions,
-            tags: Tags { tenant, campaign, meta, pool },
+            tags: Tags { tenant, campaign, meta, pool, priority },
             list_unsubscribe: req.list_unsubscribe.unwrap_or(true),
         })
     }

@@ -27,6 +27,8 @@ pub struct InjectRequest {
     pub meta: Option<Value>,
     /// The egress pool to send from (a `[[pool]]` name); absent: by tenant, route or default.
     pub pool: Option<String>,
+    /// `transactional` (ahead of bulk at each destination) or `bulk`; absent: the tenant's.
+    pub priority: Option<String>,
     /// Add one-click `List-Unsubscribe` fields (when `[unsubscribe] enabled`; default true).
     pub list_unsubscribe: Option<bool>,
 }

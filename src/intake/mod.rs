@@ -70,6 +70,8 @@ pub struct Origin {
     pub meta: Option<String>,
     /// The egress pool asked for (HTTP injection's `pool`, checked against `[[pool]]`).
     pub pool: Option<CompactString>,
+    /// HTTP injection's `priority`.
+    pub priority: Option<crate::spool::Priority>,
     /// `X-Sluice-Tenant`/`X-Sluice-Campaign` are believed (relay networks, admin tokens) when
     /// no tenant is set; otherwise they are only removed.
     pub may_declare_tenant: bool,
@@ -609,6 +611,7 @@ impl Intake {
             campaign: campaign.clone(),
             meta: origin.meta.clone(),
             pool: origin.pool.clone(),
+            priority: origin.priority,
         };
         let event = self.log.enabled().then(|| {
             let mut e = LogEntry::new("reception", id);

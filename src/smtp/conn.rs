@@ -338,6 +338,7 @@ fn submission(ctx: &ListenerContext, tx: Transaction) -> Submission {
         campaign: None,
         meta: None,
         pool: None,
+        priority: None,
         may_declare_tenant: relay,
         screened: tx.trusted && ctx.session.recipient_policy.is_some(),
     };

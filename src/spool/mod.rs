@@ -93,6 +93,34 @@ pub struct Tags {
     /// The egress pool the injector asked for (payload version 3); None: chosen by tenant,
     /// route or `default_pool` at delivery.
     pub pool: Option<CompactString>,
+    /// The injector's priority (payload version 3); None: the tenant's, else bulk.
+    pub priority: Option<Priority>,
+}
+
+/// Which ready work goes first within a destination: transactional mail ahead of bulk (which
+/// keeps a share of the turns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Priority {
+    Bulk,
+    Transactional,
+}
+
+impl Priority {
+    /// `bulk` or `transactional`, as the configuration and the injection API spell it.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "bulk" => Some(Priority::Bulk),
+            "transactional" => Some(Priority::Transactional),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Bulk => "bulk",
+            Priority::Transactional => "transactional",
+        }
+    }
 }
 
 impl Envelope {
@@ -106,6 +134,10 @@ impl Envelope {
 
     pub fn pool(&self) -> Option<&str> {
         self.tags.as_ref().and_then(|t| t.pool.as_deref())
+    }
+
+    pub fn priority(&self) -> Option<Priority> {
+        self.tags.as_ref().and_then(|t| t.priority)
     }
 }
 

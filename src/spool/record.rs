@@ -7,7 +7,7 @@
 //!             header octets before it (so a damaged length is never trusted)
 //!   payload, by kind:
 //!     1 message: meta_len:u32 meta (postcard Envelope) trace_len:u32 trace body
-//!                (payload version 1: the Envelope without `tags`; 2: tags without `pool`)
+//!                (payload version 1: the Envelope without `tags`; 2: tags without `pool`, `priority`)
 //!     2 update:  postcard RecipientUpdate (the same in payload versions 1 to 3)
 //!     3 remove:  id:u64
 //! format 1 ("SLR1", written until 2026-12; read, never written):
@@ -35,7 +35,7 @@ pub const HEADER_LEN: usize = 20;
 const HEADER_LEN_V1: usize = 12;
 /// The payload encoding this build writes; it reads this one and every older one.
 /// 2 (2026-12): the envelope gained `tags` (tenant, campaign, metadata).
-/// 3 (2026-12): the tags gained `pool` (the egress pool asked for at injection).
+/// 3 (2026-12): the tags gained `pool` and `priority` (asked for at injection).
 pub const VERSION: u8 = 3;
 /// Payload length is a u32; messages are capped well below it in config.
 pub const MAX_PAYLOAD: usize = u32::MAX as usize - 64;
@@ -248,7 +248,8 @@ fn decode_envelope(version: u8, meta: &[u8]) -> Option<Envelope> {
     }
 }
 
-/// An envelope as payload version 2 wrote it: version 1's fields, then tags without `pool`.
+/// An envelope as payload version 2 wrote it: version 1's fields, then tags without `pool` and
+/// `priority`.
 #[derive(Deserialize)]
 struct EnvelopeV2 {
     id: QueueId,
@@ -295,6 +296,7 @@ impl From<EnvelopeV2> for Envelope {
                 campaign: t.campaign,
                 meta: t.meta,
                 pool: None,
+                priority: None,
             })
         });
         Envelope { tags, ..v1.into() }
@@ -493,6 +495,9 @@ mod tests {
                     campaign: next().is_multiple_of(2).then(|| "c".into()),
                     meta: Some(format!("{{\"k\":{}}}", next())),
                     pool: next().is_multiple_of(2).then(|| "p".into()),
+                    priority: next()
+                        .is_multiple_of(2)
+                        .then_some(super::super::Priority::Transactional),
                 })
             });
             let body: Vec<u8> = (0..next() % 2000).map(|_| next() as u8).collect();

@@ -42,6 +42,10 @@ pub struct TenantConfig {
     pub max_sessions: Option<usize>,
     /// The egress pool the tenant's mail leaves from (unless its injection names one).
     pub pool: Option<String>,
+    /// Its share of each destination's turns against other tenants' (default 1).
+    pub weight: Option<u32>,
+    /// `transactional` (ahead of bulk) or `bulk` (the default), unless a message says.
+    pub priority: Option<String>,
 }
 
 impl TenantConfig {
