@@ -254,6 +254,16 @@ enum QueueCommand {
     Cat { id: String },
     /// Queue counters as JSON.
     Stats,
+    /// Where mail is going: each destination (site, source) with its ready work, connections,
+    /// rate, back-off state and warm-up day, busiest first. Needs the running daemon.
+    Destinations {
+        /// One JSON object per destination and line.
+        #[arg(long)]
+        json: bool,
+        /// At most this many destinations.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Retry queued recipients now (all, or one recipient domain). Needs the running daemon.
     Flush {
         #[arg(long)]
@@ -530,6 +540,9 @@ fn queue(
             println!("{}", source.change("POST", &format!("/api/queue/{id}/bounce"))?)
         }
         QueueCommand::Stats => println!("{}", serde_json::to_string_pretty(&source.stats()?)?),
+        QueueCommand::Destinations { json, limit } => {
+            cli::print_destinations(&source.destinations(limit)?, json)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

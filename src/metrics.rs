@@ -275,6 +275,12 @@ metrics! {
         "Delivery outcomes per recipient by the [[source]] the attempt was made from (mail sent from a pool).",
         &["source", "outcome"],
     );
+    /// MX delivery outcomes by named site (labels bounded by the provider table and `[[site]]`).
+    SITE_DELIVERIES: IntCounterVec = counter_vec(
+        "sluice_site_deliveries_total",
+        "MX delivery outcomes per recipient by named site (the provider table and [[site]]); other MX destinations count as \"other\".",
+        &["site", "outcome"],
+    );
     /// Mail of a warming source held to the next day (labels bounded by `[[source]]`).
     WARMUP_POSTPONED: IntCounterVec = counter_vec(
         "sluice_warmup_postponed_total",

@@ -36,6 +36,11 @@ impl Gcra {
         Gcra { interval: Duration::from_secs_f64(1.0 / per_second), tat: None }
     }
 
+    /// The rate, in messages per second.
+    pub fn rate(&self) -> f64 {
+        1.0 / self.interval.as_secs_f64()
+    }
+
     /// Reserves the next slot; returns how long to wait before sending.
     pub fn reserve(&mut self, now: Instant) -> Duration {
         let at = self.tat.map_or(now, |t| t.max(now));

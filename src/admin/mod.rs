@@ -71,6 +71,7 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/queue", get(queue_list))
         .route("/api/queue/stats", get(queue_stats))
+        .route("/api/queue/destinations", get(queue_destinations))
         .route("/api/queue/flush", post(queue_flush))
         .route("/api/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/queue/{id}/message", get(queue_message))
@@ -145,6 +146,20 @@ async fn queue_list(State(st): State<AppState>) -> Response {
 
 async fn queue_stats(State(st): State<AppState>) -> Response {
     axum::Json(st.spool.stats()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DestinationsQuery {
+    limit: Option<usize>,
+}
+
+/// The destinations in use, busiest first (`?limit=N`, default 1000).
+async fn queue_destinations(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<DestinationsQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    axum::Json(st.dispatcher.destinations(limit)).into_response()
 }
 
 fn parse_id(id: &str) -> Result<QueueId, Box<Response>> {

@@ -95,6 +95,15 @@ impl Source {
         Ok(serde_json::from_str(&http_send(method, &format!("{base}{path}"), token)?)?)
     }
 
+    /// The dispatcher's destinations (only the running daemon has them), busiest first.
+    pub fn destinations(&self, limit: usize) -> anyhow::Result<Vec<Value>> {
+        let Source::Daemon(base, token) = self else {
+            bail!("this command needs the running daemon (its admin API did not answer)");
+        };
+        let url = format!("{base}/api/queue/destinations?limit={limit}");
+        Ok(serde_json::from_str(&http_get(&url, token)?)?)
+    }
+
     pub fn stats(&self) -> anyhow::Result<Value> {
         match self {
             Source::Daemon(base, token) => {
@@ -208,4 +217,48 @@ pub fn write_private(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result
         false => sluice::secret_file::create_new(path, bytes),
     };
     written.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `sluice queue destinations`: one line per destination (or JSON lines).
+pub fn print_destinations(rows: &[Value], json: bool) {
+    if json {
+        for r in rows {
+            println!("{r}");
+        }
+        return;
+    }
+    println!(
+        "{:<40} {:<10} {:<8} {:>7} {:>9} {:>8}  {:<10} warm-up",
+        "destination", "site", "source", "ready", "conns", "rate/s", "state"
+    );
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    for r in rows {
+        let mut dest = text(&r["destination"]);
+        if dest.len() > 40 {
+            let mut cut = 37;
+            while !dest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            dest = format!("{}...", &dest[..cut]);
+        }
+        let rate = r["rate"].as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+        let conns = format!("{}/{}", r["connections"], r["connection_limit"]);
+        let mut state = text(&r["state"]);
+        if let Some(ms) = r["paused_ms"].as_u64() {
+            state = format!("{state} {}s", ms.div_ceil(1000));
+        }
+        let warm = match (r["warmup_day"].as_u64(), r["warmup_cap"].as_u64()) {
+            (Some(d), Some(c)) => format!("day {d} ({c}/site)"),
+            _ => "-".into(),
+        };
+        println!(
+            "{dest:<40} {:<10} {:<8} {:>7} {conns:>9} {rate:>8}  {state:<10} {warm}",
+            text(&r["site"]),
+            text(&r["source"]),
+            r["ready"],
+        );
+        if let Some(e) = r["last_error"].as_str() {
+            println!("{:<40} last error: {e}", "");
+        }
+    }
 }

@@ -164,9 +164,40 @@ impl Destination {
                 Via::Rollup(key) => Some(key.as_str()),
                 _ => None,
             }),
+            named_site: self.site.as_deref(),
             elapsed,
         }
     }
+}
+
+/// One destination as `sluice queue destinations` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DestinationState {
+    /// The domain, the MX host set (joined by `,`), the smart host, or `local`.
+    pub destination: String,
+    /// `mx` (one domain), `mx_set` (domains rolled up by MX host set), `smarthost`, `local`.
+    pub kind: &'static str,
+    /// The named site, if any.
+    pub site: Option<String>,
+    pub source: Option<String>,
+    /// The tenant lane (`[[shaping.rule]] tenants`), if any.
+    pub lane: Option<String>,
+    /// Jobs (a message's recipients for this destination) waiting for a connection.
+    pub ready: usize,
+    /// Connections open now, and the limit now (lower while backed off).
+    pub connections: usize,
+    pub connection_limit: usize,
+    /// Messages per second at most, from the destination's limits or its site's.
+    pub rate: Option<f64>,
+    /// `ok`, `backed_off` (after failures: fewer connections) or `paused` (no connection now).
+    pub state: &'static str,
+    /// Milliseconds left of the back-off pause.
+    pub paused_ms: Option<u64>,
+    /// The error that last backed it off.
+    pub last_error: Option<String>,
+    /// The source's warm-up day and today's cap per site, while it is warming.
+    pub warmup_day: Option<u64>,
+    pub warmup_cap: Option<u64>,
 }
 
 /// A named site's share per source and lane: (site, source, lane).
@@ -322,6 +353,59 @@ impl Dispatcher {
                 _ = tokio::time::sleep(self.scan_interval) => {}
             }
         }
+    }
+
+    /// The destinations in use, busiest (most ready work) first, at most `limit`.
+    pub fn destinations(&self, limit: usize) -> Vec<DestinationState> {
+        let now = Instant::now();
+        let now_ms = unix_millis();
+        let dests: Vec<Arc<Destination>> =
+            self.destinations.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut out: Vec<DestinationState> = dests
+            .iter()
+            .map(|d| {
+                let b = d.backoff.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let paused = b.pause_left(now);
+                let source = d.hop.source.as_deref();
+                let warm = |f: &dyn Fn(&Warmup, &str) -> Option<u64>| {
+                    source.and_then(|s| self.warmup.as_deref().and_then(|w| f(w, s)))
+                };
+                DestinationState {
+                    destination: d.hop.name().to_string(),
+                    kind: match &d.hop.via {
+                        Via::Mx(_) => "mx",
+                        Via::Rollup(_) => "mx_set",
+                        Via::SmartHost(_) => "smarthost",
+                        Via::Local => "local",
+                    },
+                    site: d.site.clone(),
+                    source: source.map(str::to_string),
+                    lane: d.hop.lane.as_deref().map(str::to_string),
+                    ready: d.ready.lock().unwrap_or_else(|e| e.into_inner()).len(),
+                    connections: *d.connections.lock().unwrap_or_else(|e| e.into_inner()),
+                    connection_limit: b.connection_limit(d.limits.connections),
+                    rate: d.limits.rate.or_else(|| d.shares.first().and_then(|s| s.rate())),
+                    state: match (paused.is_some(), b.level() > 0) {
+                        (true, _) => "paused",
+                        (false, true) => "backed_off",
+                        (false, false) => "ok",
+                    },
+                    paused_ms: paused.map(|p| p.as_millis() as u64),
+                    last_error: (b.level() > 0)
+                        .then(|| d.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                        .flatten()
+                        .map(|e| e.to_string()),
+                    warmup_day: warm(&|w, s| w.day(s, now_ms)),
+                    warmup_cap: warm(&|w, s| w.cap(s, now_ms)),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.ready + b.connections, &a.destination)
+                .cmp(&(a.ready + a.connections, &b.destination))
+        });
+        out.truncate(limit);
+        out
     }
 
     /// Makes queued recipients due now (all, or those of one domain); returns how many.

@@ -41,7 +41,7 @@ impl Placements {
         map.get(domain).filter(|(_, until)| *until > now).map(|(p, _)| p.clone())
     }
 
-    fn put(&self, domain: String, p: Placement, now: Instant) {
+    pub fn insert(&self, domain: String, p: Placement, now: Instant) {
         let ttl = if p.key.is_some() { PLACEMENT_TTL } else { FAILED_TTL };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_PLACEMENTS {
@@ -68,7 +68,7 @@ impl Placements {
             }
             let Some(done) = set.join_next().await else { return };
             if let Ok((d, p)) = done {
-                self.put(d, p, Instant::now());
+                self.insert(d, p, Instant::now());
             }
         }
     }
@@ -102,6 +102,11 @@ impl Share {
             rate: rate.map(|r| Mutex::new(Gcra::new(r))),
             connect_rate: connect_rate.map(|r| Mutex::new(Gcra::new(r))),
         }
+    }
+
+    /// The messages per second the share allows, if it paces them.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate.as_ref().map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).rate())
     }
 
     /// Takes a connection slot from every share, or none (and false) if one is full.
@@ -187,13 +192,13 @@ mod tests {
         let p = Placements::default();
         let now = Instant::now();
         let some = Placement { key: Some("k".into()), site: None };
-        p.put("a.example".into(), some.clone(), now);
+        p.insert("a.example".into(), some.clone(), now);
         assert_eq!(p.get("a.example", now), Some(some));
         assert_eq!(p.get("a.example", now + PLACEMENT_TTL), None);
-        p.put("f.example".into(), Placement { key: None, site: None }, now);
+        p.insert("f.example".into(), Placement { key: None, site: None }, now);
         assert_eq!(p.get("f.example", now + FAILED_TTL), None, "failures are retried sooner");
         for i in 0..MAX_PLACEMENTS + 10 {
-            p.put(format!("d{i}.example"), Placement { key: None, site: None }, now);
+            p.insert(format!("d{i}.example"), Placement { key: None, site: None }, now);
         }
         assert!(p.map.lock().unwrap().len() <= MAX_PLACEMENTS);
     }

@@ -187,6 +187,16 @@ impl Backoff {
         self.until.is_some_and(|t| now < t)
     }
 
+    /// What is left of the pause, if any.
+    pub fn pause_left(&self, now: Instant) -> Option<Duration> {
+        self.until.and_then(|t| t.checked_duration_since(now)).filter(|d| !d.is_zero())
+    }
+
+    /// The back-off level (0: none; each level halves the connection limit).
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
     /// The connection limit to use now, given the configured one.
     pub fn connection_limit(&self, configured: usize) -> usize {
         (configured >> self.level).max(1)

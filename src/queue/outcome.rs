@@ -67,6 +67,8 @@ pub struct Attempt<'a> {
     pub destination: Option<&'a str>,
     /// The site of an MX destination: a named one (`google`) or its MX host set.
     pub site: Option<&'a str>,
+    /// The named site (`[[site]]` or the provider table), for metrics.
+    pub named_site: Option<&'a str>,
     /// The `[[source]]` the attempt was made from, if any.
     pub source: Option<&'a str>,
     pub elapsed: std::time::Duration,
@@ -312,6 +314,10 @@ impl Recorder {
         metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();
         if let Some(s) = attempt.source {
             metrics::SOURCE_DELIVERIES.with_label_values(&[s, f.label]).inc();
+        }
+        if attempt.destination.is_none() {
+            let site = attempt.named_site.unwrap_or(crate::domain_labels::OTHER);
+            metrics::SITE_DELIVERIES.with_label_values(&[site, f.label]).inc();
         }
         if let Some(t) = env.tenant() {
             let tenant = self.tenant_labels.label(t);
