@@ -243,29 +243,14 @@ pub fn salvage_envelope(buf: &[u8]) -> Option<Envelope> {
 fn decode_envelope(version: u8, meta: &[u8]) -> Option<Envelope> {
     match version {
         3.. => postcard::from_bytes(meta).ok(),
-        2 => postcard::from_bytes::<EnvelopeV2>(meta).ok().map(Into::into),
+        2 => postcard::from_bytes::<EnvelopeV2>(meta).ok().map(from_v2),
         _ => postcard::from_bytes::<EnvelopeV1>(meta).ok().map(Into::into),
     }
 }
 
 /// An envelope as payload version 2 wrote it: version 1's fields, then tags without `pool` and
-/// `priority`.
-#[derive(Deserialize)]
-struct EnvelopeV2 {
-    id: QueueId,
-    received_at: u64,
-    sender: compact_str::CompactString,
-    recipients: Vec<super::Recipient>,
-    message_id: Option<compact_str::CompactString>,
-    size: u64,
-    helo: compact_str::CompactString,
-    client_ip: std::net::IpAddr,
-    body_type: Option<super::BodyType>,
-    smtputf8: bool,
-    ret: Option<super::Ret>,
-    envid: Option<String>,
-    tags: Option<Box<TagsV2>>,
-}
+/// `priority` (postcard writes a struct as its fields in order, so the pair reads the same bytes).
+type EnvelopeV2 = (EnvelopeV1, Option<Box<TagsV2>>);
 
 #[derive(Deserialize)]
 struct TagsV2 {
@@ -274,33 +259,17 @@ struct TagsV2 {
     meta: Option<String>,
 }
 
-impl From<EnvelopeV2> for Envelope {
-    fn from(e: EnvelopeV2) -> Self {
-        let v1 = EnvelopeV1 {
-            id: e.id,
-            received_at: e.received_at,
-            sender: e.sender,
-            recipients: e.recipients,
-            message_id: e.message_id,
-            size: e.size,
-            helo: e.helo,
-            client_ip: e.client_ip,
-            body_type: e.body_type,
-            smtputf8: e.smtputf8,
-            ret: e.ret,
-            envid: e.envid,
-        };
-        let tags = e.tags.map(|t| {
-            Box::new(super::Tags {
-                tenant: t.tenant,
-                campaign: t.campaign,
-                meta: t.meta,
-                pool: None,
-                priority: None,
-            })
-        });
-        Envelope { tags, ..v1.into() }
-    }
+fn from_v2((v1, tags): EnvelopeV2) -> Envelope {
+    let tags = tags.map(|t| {
+        Box::new(super::Tags {
+            tenant: t.tenant,
+            campaign: t.campaign,
+            meta: t.meta,
+            pool: None,
+            priority: None,
+        })
+    });
+    Envelope { tags, ..v1.into() }
 }
 
 /// An envelope as payload versions 0 and 1 wrote it (no tags).

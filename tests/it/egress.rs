@@ -30,6 +30,22 @@ fn inject(s: &Sluice, token: &str, req: serde_json::Value) -> (u16, String) {
     s.agent_post_json("/api/inject/v1", token, &req)
 }
 
+/// Injects one message per address, with `fields` (tenant, pool, priority...) added to the
+/// request; fails the test unless it is accepted.
+fn inject_ok(
+    s: &Sluice,
+    token: &str,
+    addresses: impl IntoIterator<Item = String>,
+    fields: serde_json::Value,
+) {
+    let recipients: Vec<_> = addresses.into_iter().map(|a| json!({"email": a})).collect();
+    let mut req = one("", "egress");
+    req["recipients"] = json!(recipients);
+    req.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    let (status, body) = inject(s, token, req);
+    assert_eq!(status, 200, "{body}");
+}
+
 fn one(rcpt: &str, subject: &str) -> serde_json::Value {
     json!({
         "envelope_sender": "news@sender.example",
@@ -52,15 +68,7 @@ fn a_pool_spreads_mail_over_its_sources_by_weight() {
     );
     let s = Sluice::start(&extra);
     let token = s.inject_token("bulk");
-    let recipients: Vec<_> =
-        (0..2000).map(|i| json!({"email": format!("r{i}@example.org")})).collect();
-    let req = json!({
-        "envelope_sender": "news@sender.example",
-        "content": "From: news@sender.example\nSubject: weights\n\nbody\n",
-        "recipients": recipients,
-    });
-    let (status, body) = inject(&s, &token, req);
-    assert_eq!(status, 200, "{body}");
+    inject_ok(&s, &token, (0..2000).map(|i| format!("r{i}@example.org")), json!({}));
     let got = sink.wait_for(2000, 180);
     let mut per_ip: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for m in &got {
@@ -120,16 +128,13 @@ fn the_pool_comes_from_injection_then_tenant_then_route_then_default() {
     );
     let mut s = Sluice::start(&extra);
     let token = s.inject_token("pools");
-    let with = |rcpt: &str, subject: &str, fields: serde_json::Value| {
-        let mut req = one(rcpt, subject);
-        req.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
-        let (status, body) = inject(&s, &token, req);
-        assert_eq!(status, 200, "{subject}: {body}");
+    let with = |rcpt: &str, fields: serde_json::Value| {
+        inject_ok(&s, &token, [rcpt.to_string()], fields);
     };
-    with("a@plain.test", "injection", json!({"tenant": "acme", "pool": "p2"}));
-    with("b@routed.test", "tenant", json!({"tenant": "acme"}));
-    with("c@routed.test", "route", json!({}));
-    with("d@plain.test", "default", json!({}));
+    with("a@plain.test", json!({"tenant": "acme", "pool": "p2"}));
+    with("b@routed.test", json!({"tenant": "acme"}));
+    with("c@routed.test", json!({}));
+    with("d@plain.test", json!({}));
     let mut c = Client::ehlo(s.smtp);
     let reply = c.send_message_to("<smtp-route@sender.example>", "e@routed.test", "x\r\n");
     assert_eq!(code(&reply), 250, "{reply}");
@@ -153,7 +158,7 @@ fn the_pool_comes_from_injection_then_tenant_then_route_then_default() {
 
     // Stored with the message: deferred once, then kill -9; after the restart the retry still
     // leaves from the injected pool, not the default.
-    with("later@plain.test", "kept", json!({"pool": "p2"}));
+    with("later@plain.test", json!({"pool": "p2"}));
     let q = s.wait_queue(30, |q| {
         q.iter().any(|m| m["recipients"][0]["attempts"].as_u64() >= Some(1) && m["pool"] == "p2")
     });
@@ -224,17 +229,9 @@ fn domains_on_one_providers_exchangers_share_one_set_of_limits() {
     );
     let s = Sluice::start(&cfg);
     let token = s.inject_token("sites");
-    let recipients: Vec<_> = (0..200)
-        .map(|i| json!({"email": format!("u{i}@g{}.test", i % 20)}))
-        .chain((0..50).map(|i| json!({"email": format!("v{i}@r{}.test", i % 10)})))
-        .collect();
-    let req = json!({
-        "envelope_sender": "news@sender.example",
-        "content": "From: news@sender.example\nSubject: sites\n\nbody\n",
-        "recipients": recipients,
-    });
-    let (status, body) = inject(&s, &token, req);
-    assert_eq!(status, 200, "{body}");
+    let to_google = (0..200).map(|i| format!("u{i}@g{}.test", i % 20));
+    let rolled_up = (0..50).map(|i| format!("v{i}@r{}.test", i % 10));
+    inject_ok(&s, &token, to_google.chain(rolled_up), json!({}));
     let mut c = Client::ehlo(s.smtp);
     c.cmd("MAIL FROM:<a@example.com>");
     assert_eq!(code(&c.cmd("RCPT TO:<both1@r1.test>")), 250);
@@ -312,17 +309,9 @@ fn a_warming_source_keeps_to_its_daily_cap_per_site() {
     let mut s = Sluice::start(&cfg);
     let token = s.inject_token("warm");
     let send = |s: &Sluice, pool: &str, prefix: &str, n: usize, domains: &[&str]| {
-        let recipients: Vec<_> = (0..n)
-            .map(|i| json!({"email": format!("{prefix}{i}@{}{}.test", domains[i % domains.len()], i % 5)}))
-            .collect();
-        let req = json!({
-            "envelope_sender": "news@sender.example",
-            "content": "From: news@sender.example\nSubject: warm-up\n\nbody\n",
-            "recipients": recipients,
-            "pool": pool,
-        });
-        let (status, body) = inject(s, &token, req);
-        assert_eq!(status, 200, "{body}");
+        let to =
+            (0..n).map(|i| format!("{prefix}{i}@{}{}.test", domains[i % domains.len()], i % 5));
+        inject_ok(s, &token, to, json!({ "pool": pool }));
     };
     let count = |got: &[sink::Received], n: u8, site: char| {
         got.iter()
@@ -400,17 +389,9 @@ fn a_tenants_backlog_does_not_hold_up_another_tenant_or_transactional_mail() {
     let s = Sluice::start(&cfg);
     let token = s.inject_token("fair");
     let batch = |tenant: &str, prefix: &str, n: usize, extra: serde_json::Value| {
-        let recipients: Vec<_> =
-            (0..n).map(|i| json!({"email": format!("{prefix}{i}@example.org")})).collect();
-        let mut req = json!({
-            "envelope_sender": "news@sender.example",
-            "content": "From: news@sender.example\nSubject: fair\n\nbody\n",
-            "recipients": recipients,
-            "tenant": tenant,
-        });
-        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (status, body) = inject(&s, &token, req);
-        assert_eq!(status, 200, "{body}");
+        let mut fields = json!({ "tenant": tenant });
+        fields.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        inject_ok(&s, &token, (0..n).map(|i| format!("{prefix}{i}@example.org")), fields);
     };
     let delivered =
         |prefix: &str| sink.messages().iter().filter(|m| m.rcpts[0].starts_with(prefix)).count();
