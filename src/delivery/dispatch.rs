@@ -246,14 +246,17 @@ struct InFlight {
     per_message: HashMap<QueueId, usize>,
     /// Messages an operator action is changing: not dispatched until it is done.
     held: HashSet<QueueId>,
+    /// Leased messages with other work under way: a site lookup before they are placed, or a
+    /// warm-up postponement being recorded. Operator actions wait for it as for jobs.
+    side: HashSet<QueueId>,
 }
 
 impl InFlight {
     fn busy(&self, id: QueueId) -> bool {
-        self.held.contains(&id) || self.per_message.contains_key(&id)
+        self.held.contains(&id) || self.per_message.contains_key(&id) || self.side.contains(&id)
     }
 
-    /// Ends a job; true when it was its message's last (the caller releases the lease).
+    /// Ends a job; true when the lease should end (its message's last job, no side work left).
     fn end(&mut self, id: QueueId, hop: &Hop) -> bool {
         if !self.jobs.remove(&(id, hop.clone())) {
             return false;
@@ -265,7 +268,7 @@ impl InFlight {
             }
             _ => {
                 self.per_message.remove(&id);
-                true
+                !self.side.contains(&id)
             }
         }
     }
@@ -540,7 +543,7 @@ impl Dispatcher {
                     last |= f.end(id, hop);
                 }
                 f.held.insert(id);
-                let done = !f.per_message.contains_key(&id);
+                let done = !f.per_message.contains_key(&id) && !f.side.contains(&id);
                 drop(f);
                 if last {
                     self.recorder.spool.release(id);
@@ -586,6 +589,7 @@ impl Dispatcher {
                 continue;
             }
             if self.unplaced_domains(&env, now, &mut lookups) {
+                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).side.insert(env.id);
                 unplaced.push(env);
                 continue;
             }
@@ -680,30 +684,35 @@ impl Dispatcher {
         tracker: &TaskTracker,
     ) {
         let (groups, postponed) = self.due_groups(&env, now);
+        {
+            // Registered under one lock with the check for an operator's hold, so a hold either
+            // sees this work (and waits for it) or this sees the hold (and backs off).
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            f.side.remove(&env.id); // its site lookup, if it had one, is over
+            if f.held.contains(&env.id) || (groups.is_empty() && postponed.is_empty()) {
+                drop(f);
+                self.recorder.spool.release(env.id);
+                self.released.notify_waiters();
+                return;
+            }
+            if !postponed.is_empty() {
+                f.side.insert(env.id);
+            }
+            if !groups.is_empty() {
+                f.per_message.insert(env.id, groups.len());
+                f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
+            }
+        }
         if !postponed.is_empty() {
-            // Rescheduled without an attempt; the lease is kept until that is recorded when
-            // nothing else of the message is under way.
-            let (me, env, keep_lease) = (self.clone(), env.clone(), groups.is_empty());
+            // Rescheduled without an attempt; the lease ends when that is recorded and the
+            // message's jobs, if any, are done.
+            let (me, env) = (self.clone(), env.clone());
             tracker.spawn(async move {
                 for p in postponed {
                     me.recorder.postpone(&env, &p.rcpts, p.until, &p.reason).await;
                 }
-                if keep_lease {
-                    me.recorder.spool.release(env.id);
-                }
+                me.side_done(env.id);
             });
-            if groups.is_empty() {
-                return;
-            }
-        }
-        if groups.is_empty() {
-            self.recorder.spool.release(env.id);
-            return;
-        }
-        {
-            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            f.per_message.insert(env.id, groups.len());
-            f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
         }
         for (hop, group) in groups {
             let dest = self.destination(&hop, &group);
@@ -1158,6 +1167,19 @@ impl Dispatcher {
             self.recorder.record(&env, &job.rcpts, &outcome, attempt, content.as_ref()).await;
         }
         self.release(&job, &dest.hop);
+    }
+
+    /// Ends a message's side work (a site lookup or a postponement); its spool lease ends
+    /// here unless jobs of it are still under way.
+    fn side_done(&self, id: QueueId) {
+        let release = {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            f.side.remove(&id) && !f.per_message.contains_key(&id)
+        };
+        if release {
+            self.recorder.spool.release(id);
+        }
+        self.released.notify_waiters();
     }
 
     /// Ends a job; the message's spool lease ends with its last job.
