@@ -1,5 +1,6 @@
-//! The dispatcher: finds due recipients in the spool and hands them, grouped per message and
-//! destination, to that destination's ready queue. Each destination is served by up to
+//! The dispatcher: leases due messages from the spool, has [`crate::queue::plan`] group each
+//! one's due recipients by hop (destination, lane, source), and queues the groups on their
+//! destinations' fair ready queues ([`crate::queue::ready`]). Each destination is served by up to
 //! `connections` SMTP connections, each carrying up to `messages_per_connection` messages, paced
 //! by the destination's rate (GCRA). A destination that cannot be reached is backed off: its
 //! queued work is deferred on the retry schedule and no connection is tried for a pause that
@@ -7,7 +8,7 @@
 //!
 //! Outcomes are recorded by [`crate::queue::outcome::Recorder`] (bounce first, then states, then removal).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
 use crate::egress::Egress;
 use crate::egress::site::Sites;
-use crate::egress::warmup::{Overflow, Warmup};
+use crate::egress::warmup::Warmup;
 use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
@@ -37,35 +38,40 @@ use crate::spool::{
     BodyType, Priority, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis,
 };
 
-/// Where a group of recipients goes, in which lane and from which source: mail of a tenant
-/// that has shaping rules of its own gets its own connections and rate to the destination, and
-/// each egress source has its own connections and limits to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Hop {
-    pub via: Via,
-    /// The tenant, when `[[shaping.rule]] tenants` names it; None: the shared lane.
-    pub lane: Option<CompactString>,
-    /// The `[[source]]` it leaves from; None: the system's default address.
-    pub source: Option<CompactString>,
+pub use crate::queue::plan::Hop;
+use crate::queue::plan::{Group, Lookups, Planner};
+
+/// The dispatcher's world as a message's plan sees it, at one instant.
+struct Now<'a> {
+    d: &'a Dispatcher,
+    at: Instant,
 }
 
-impl Hop {
-    /// The destination's name in logs: the domain, or the smart host's `host:port`.
-    pub fn name(&self) -> &str {
-        match &self.via {
-            Via::SmartHost(a) | Via::Mx(a) | Via::Rollup(a) => a,
-            Via::Local => "local",
+impl Lookups for Now<'_> {
+    fn via(&self, domain: &str) -> Via {
+        match &self.d.mailboxes {
+            Some(m) if m.is_local_domain(domain) => Via::Local,
+            _ => self.d.routes.via(domain),
         }
     }
 
-    /// The destination the delivery log names: the smart host, `local`, or None for MX
-    /// delivery (each recipient's domain).
-    fn logged_name(&self) -> Option<&str> {
-        match &self.via {
-            Via::SmartHost(a) => Some(a),
-            Via::Local => Some("local"),
-            Via::Mx(_) | Via::Rollup(_) => None,
+    fn placement(&self, domain: &str) -> Option<Placement> {
+        let placements = self.d.placements.as_ref()?;
+        if !self.d.rolls_up(domain) {
+            return None;
         }
+        placements.get(domain, self.at)
+    }
+
+    fn route_pool(&self, domain: &str) -> Option<&str> {
+        self.d.routes.pool(domain)
+    }
+
+    fn paused(&self, hop: &Hop) -> bool {
+        let dests = self.d.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        dests
+            .get(hop)
+            .is_some_and(|d| d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(self.at))
     }
 }
 
@@ -77,25 +83,6 @@ fn shaping_name<'a>(via: &'a Via, domain: &'a str) -> &'a str {
         Via::Mx(_) | Via::Rollup(_) => domain,
         Via::Local => "local",
     }
-}
-
-/// Recipients of a message that wait without an attempt (a warming source's cap for the day).
-struct Postponed {
-    rcpts: Vec<u32>,
-    /// Unix milliseconds of their next attempt.
-    until: u64,
-    reason: String,
-}
-
-/// The recipients of one message for one hop, and what the hop's destination is made from if
-/// it does not exist yet.
-struct Group {
-    rcpts: Vec<u32>,
-    /// A recipient domain of the group (MX lookups and shaping rules of a rolled-up
-    /// destination use the domain that created it: all its domains share the MX hosts).
-    domain: String,
-    /// The named site (`[[site]]` or the provider table).
-    site: Option<String>,
 }
 
 /// At most this many addresses are tried to open one connection (RFC 5321 5.1 asks for
@@ -222,8 +209,8 @@ pub struct Dispatcher {
     /// mx_rollup = false`), and the named sites.
     placements: Option<Arc<Placements>>,
     sites: Arc<Sites>,
-    /// Warming sources' day counters (None: no source is warming).
-    warmup: Option<Arc<Warmup>>,
+    /// Where each message's due recipients go (pools, sources, warm-up, lanes).
+    planner: Planner,
     /// Tenants' fair-share weights and priorities, and bulk's least share of the turns.
     tenants: HashMap<String, TenantClass>,
     bulk_share: f64,
@@ -320,6 +307,11 @@ impl Dispatcher {
         process_started_ms();
         // A `*` route sends every domain by route: nothing to roll up (and no lookups).
         let rollup = cfg.mx_rollup && !cfg.routes.catches_all();
+        let planner = Planner {
+            egress: cfg.egress.clone(),
+            warmup: cfg.warmup.clone(),
+            lanes: cfg.shaping.rule.iter().flat_map(|r| r.tenants.iter().cloned()).collect(),
+        };
         Arc::new(Dispatcher {
             recorder,
             routes: cfg.routes,
@@ -334,7 +326,7 @@ impl Dispatcher {
             destinations: Mutex::new(HashMap::new()),
             placements: rollup.then(Default::default),
             sites: Arc::new(cfg.sites),
-            warmup: cfg.warmup,
+            planner,
             tenants: cfg.tenants,
             bulk_share: cfg.bulk_share,
             swept: Mutex::new(Instant::now()),
@@ -371,7 +363,7 @@ impl Dispatcher {
                 let paused = b.pause_left(now);
                 let source = d.hop.source.as_deref();
                 let warm = |f: &dyn Fn(&Warmup, &str) -> Option<u64>| {
-                    source.and_then(|s| self.warmup.as_deref().and_then(|w| f(w, s)))
+                    source.and_then(|s| self.planner.warmup.as_deref().and_then(|w| f(w, s)))
                 };
                 DestinationState {
                     destination: d.hop.name().to_string(),
@@ -683,7 +675,8 @@ impl Dispatcher {
         deferrals: &mut Vec<(Arc<Destination>, Job)>,
         tracker: &TaskTracker,
     ) {
-        let (groups, postponed) = self.due_groups(&env, now);
+        let plan = self.planner.plan(&env, now, &Now { d: self, at: Instant::now() });
+        let (groups, postponed) = (plan.groups, plan.postponed);
         {
             // Registered under one lock with the check for an operator's hold, so a hold either
             // sees this work (and waits for it) or this sees the hold (and backs off).
@@ -760,123 +753,6 @@ impl Dispatcher {
                 me.finish_job(&dest, job, Err(error), &attempt, None).await;
             });
         }
-    }
-
-    /// The message's recipients that are due now, grouped by where (in which lane, from which
-    /// source) they go.
-    fn due_groups(
-        &self,
-        env: &crate::spool::Envelope,
-        now: u64,
-    ) -> (BTreeMap<Hop, Group>, Vec<Postponed>) {
-        let lane = env
-            .tenant()
-            .filter(|t| self.shaping.rule.iter().any(|r| r.tenants.iter().any(|x| x == t)))
-            .map(CompactString::from);
-        let instant = Instant::now();
-        let mut groups: BTreeMap<(Via, Option<&str>), Group> = BTreeMap::new();
-        for (i, r) in env.recipients.iter().enumerate() {
-            if r.state != RecipientState::Queued || r.next_attempt > now {
-                continue;
-            }
-            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-            let via = match &self.mailboxes {
-                Some(m) if m.is_local_domain(domain) => Via::Local,
-                _ => self.routes.via(domain),
-            };
-            let (via, site) = match (via, &self.placements) {
-                (Via::Mx(d), Some(p)) if self.rolls_up(&d) => match p.get(&d, instant) {
-                    Some(Placement { key: Some(key), site }) => (Via::Rollup(key), site),
-                    _ => (Via::Mx(d), None),
-                },
-                (via, _) => (via, None),
-            };
-            let pool = match via {
-                Via::Local => None,
-                _ if !self.egress.is_enabled() => None,
-                _ => self.egress.pool_for(env.pool(), env.tenant(), || self.routes.pool(domain)),
-            };
-            groups
-                .entry((via, pool))
-                .or_insert_with(|| Group {
-                    rcpts: Vec::new(),
-                    domain: crate::domain::normalize(domain),
-                    site,
-                })
-                .rcpts
-                .push(i as u32);
-        }
-        let mut out = BTreeMap::new();
-        let mut postponed = Vec::new();
-        for ((via, pool), group) in groups {
-            let source = match pool {
-                None => None,
-                Some(p) => {
-                    let site = group.site.as_deref().unwrap_or(match &via {
-                        Via::Rollup(key) => key,
-                        _ => &group.domain,
-                    });
-                    match self.choose_source(p, &via, &lane, site, now) {
-                        Ok(s) => s,
-                        Err(p) => {
-                            postponed.push(Postponed { rcpts: group.rcpts, ..p });
-                            continue;
-                        }
-                    }
-                }
-            };
-            out.insert(Hop { via, lane: lane.clone(), source }, group);
-        }
-        (out, postponed)
-    }
-
-    /// The next source of `pool` for a group going to `via`, by weight among the sources whose
-    /// connections to it are not in a back-off pause.
-    /// A warming source whose cap for the site is reached (`[warmup] overflow = "pool"`) is
-    /// skipped too; when the pick has no room today, the group waits for the next day (Err).
-    fn choose_source(
-        &self,
-        pool: &str,
-        via: &Via,
-        lane: &Option<CompactString>,
-        site: &str,
-        now_ms: u64,
-    ) -> Result<Option<CompactString>, Postponed> {
-        let now = Instant::now();
-        let warmup = self.warmup.as_deref();
-        let chosen = {
-            let dests = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-            let allowed = |s: &crate::egress::Source| {
-                let hop =
-                    Hop { via: via.clone(), lane: lane.clone(), source: Some(s.name.clone()) };
-                let paused = dests.get(&hop).is_some_and(|d| {
-                    d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now)
-                });
-                let full = warmup.is_some_and(|w| {
-                    w.overflow(&s.name) == Some(Overflow::Pool)
-                        && !w.has_room(&s.name, site, now_ms)
-                });
-                !paused && !full
-            };
-            self.egress.choose(pool, allowed)
-        };
-        let Some(source) = chosen else { return Ok(None) };
-        if let Some(w) = warmup {
-            if !w.has_room(&source.name, site, now_ms) {
-                metrics::WARMUP_POSTPONED.with_label_values(&[&source.name]).inc();
-                let cap = w.cap(&source.name, now_ms).unwrap_or(0);
-                return Err(Postponed {
-                    rcpts: Vec::new(),
-                    until: crate::egress::warmup::next_day_ms(now_ms),
-                    reason: format!(
-                        "4.7.0 warm-up: source {} has sent its {cap} messages to {site} today",
-                        source.name
-                    ),
-                });
-            }
-            w.count(&source.name, site, now_ms);
-        }
-        Ok(Some(source.name.clone()))
     }
 
     fn destination(&self, hop: &Hop, group: &Group) -> Arc<Destination> {

@@ -1,9 +1,11 @@
 //! Outbound delivery: where a recipient goes ([`route`]: smart host or MX, with its TLS policy
-//! and AUTH; [`mx`]: the MX hosts' addresses), the dispatcher that groups due recipients by
-//! destination and runs connections within their limits ([`dispatch`], [`shaping`]), the tokio
-//! driver around the sans-IO SMTP client ([`conn`]: STARTTLS, AUTH, pipelining, BDAT). What an
+//! and AUTH; [`mx`]: the MX hosts' addresses; [`rollup`]: MX placements and the limits a named
+//! site shares), the dispatcher that leases due messages, places them as `crate::queue::plan`
+//! says and runs connections within their limits ([`dispatch`], [`shaping`]), the tokio driver
+//! around the sans-IO SMTP client ([`conn`]: STARTTLS, AUTH, pipelining, BDAT). What an
 //! outcome means for the recipient is `crate::delivery_error` (queue and bounce read it too);
-//! DNS queries are in `crate::dns`; retry schedule and outcome recording in `crate::queue`;
+//! DNS queries are in `crate::dns`; the plan, the fair ready queues, retry schedule and outcome
+//! recording in `crate::queue`;
 //! DSNs in `crate::bounce`. Its configuration sections ([`shaping`], [`route`]) live here.
 
 pub mod conn;

@@ -18,15 +18,7 @@ const FAILED_TTL: Duration = Duration::from_secs(30);
 /// Domains remembered at most (a queue for a million domains must not grow this without bound).
 const MAX_PLACEMENTS: usize = 100_000;
 
-/// Where a domain's mail is queued.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placement {
-    /// The rollup key of its MX host set; None: per domain (no MX hosts known: the lookup
-    /// failed, null MX, no MX; the connection attempt reports it).
-    pub key: Option<String>,
-    /// The named site its MX hosts belong to.
-    pub site: Option<String>,
-}
+pub use crate::queue::plan::Placement;
 
 /// Placements by domain, with their expiry.
 #[derive(Default)]

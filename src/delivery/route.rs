@@ -11,19 +11,7 @@ use crate::tls::TlsError;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-/// Where mail for a recipient domain goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Via {
-    /// `host:port` of a relay.
-    SmartHost(String),
-    /// MX delivery to this recipient domain (normalized).
-    Mx(String),
-    /// The local mailboxes (`[local] domains` with `[local] mailboxes`).
-    Local,
-    /// (The dispatcher's) MX delivery to the domains that share one MX host set: its rollup key
-    /// (`crate::egress::site::rollup_key`).
-    Rollup(String),
-}
+pub use crate::queue::plan::Via;
 
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
