@@ -44,6 +44,13 @@ enum Command {
         /// The file to check (default: the embedded defaults).
         file: Option<PathBuf>,
     },
+    /// Print the metrics catalogue: every metric with its type, labels and help (markdown; README's
+    /// table is this).
+    Metrics {
+        /// One JSON object per metric and line: name, type, labels, help.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the queue (asks the running daemon; reads the spool directly if none runs).
     Queue {
         /// Configuration file, for the admin address and data_dir.
@@ -363,6 +370,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, data_dir } => serve(config, data_dir),
         Command::CheckConfig { file } => check_config(file),
+        Command::Metrics { json } => {
+            if json {
+                for m in sluice::metrics::catalogue() {
+                    println!("{}", serde_json::to_string(&m)?);
+                }
+            } else {
+                print!("{}", sluice::metrics::catalogue_markdown());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::User { config, data_dir, command } => user(config, data_dir, command),
         Command::Token { config, data_dir, command } => {
             let cfg = cli::load_config_with(config.as_deref(), data_dir)?;

@@ -58,11 +58,80 @@ macro_rules! metrics {
         /// Registers every metric, so `/metrics` lists them before their first event.
         pub fn init() {
             $( LazyLock::force(&$name); )*
+            BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SLUICE_GIT")]).set(1);
+            register_process_collector();
+        }
+
+        /// Every metric: name, type, labels and help, in declaration order.
+        pub fn catalogue() -> Vec<MetricInfo> {
+            vec![$( MetricInfo::of(&*$name, stringify!($ty)), )*]
         }
     };
 }
 
+/// The standard `process_*` metrics (CPU seconds, resident memory, open file descriptors, start
+/// time), once.
+fn register_process_collector() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = REGISTRY.register(Box::new(pc));
+    });
+}
+
+/// One metric of the catalogue (`sluice metrics`, README's table).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricInfo {
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+impl MetricInfo {
+    fn of(metric: &dyn prometheus::core::Collector, ty: &str) -> MetricInfo {
+        let desc = metric.desc()[0];
+        let kind = if ty.contains("Counter") {
+            "counter"
+        } else if ty.contains("Gauge") {
+            "gauge"
+        } else {
+            "histogram"
+        };
+        MetricInfo {
+            name: desc.fq_name.clone(),
+            kind,
+            labels: desc.variable_labels.clone(),
+            help: desc.help.clone(),
+        }
+    }
+}
+
+/// The catalogue as a markdown table (README's "Metrics" section is this, verbatim).
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from("| metric | type | meaning |\n|---|---|---|\n");
+    for m in catalogue() {
+        let labels =
+            if m.labels.is_empty() { String::new() } else { format!("{{{}}}", m.labels.join(",")) };
+        out.push_str(&format!("| `{}{labels}` | {} | {} |\n", m.name, m.kind, m.help));
+    }
+    out
+}
+
 metrics! {
+    /// Always 1; its labels say which build runs.
+    BUILD_INFO: IntGaugeVec = register(
+        IntGaugeVec::new(
+            Opts::new(
+                "sluice_build_info",
+                "Always 1: the version and git commit of the running build (`unknown` outside a git checkout).",
+            ),
+            &["version", "git"],
+        )
+        .expect("valid metric"),
+    );
     /// SMTP connections accepted, by listener.
     SMTP_CONNECTIONS: IntCounterVec = counter_vec(
         "sluice_smtp_connections_total",
@@ -80,19 +149,19 @@ metrics! {
     /// Connections refused at accept time (421), by reason: max_sessions, max_sessions_per_ip.
     SMTP_CONNECTIONS_REFUSED: IntCounterVec = counter_vec(
         "sluice_smtp_connections_refused_total",
-        "Connections refused with 421 at accept time, by reason.",
+        "421 at connect: `max_sessions`, `max_sessions_per_ip`, `connection_rate`",
         &["reason"],
     );
     /// Messages accepted (answered 250 after the spool made them durable), by listener.
     MESSAGES_RECEIVED: IntCounterVec = counter_vec(
         "sluice_messages_received_total",
-        "Messages accepted (250 after they were durable), by listener and tenant; HTTP injection as listener \"inject\"; untagged mail has tenant \"\".",
+        "messages stored (answered 250 after they were durable, or listed in an injection's answer), by listener (`inject` for HTTP) and tenant (bounded labels as `[metrics] tenants`; `\"\"` untagged)",
         &["listener", "tenant"],
     );
     /// Commands or messages refused, by reason (syntax, sequence, size, bare_cr_lf, relay_denied, ...).
     MESSAGES_REJECTED: IntCounterVec = counter_vec(
         "sluice_smtp_rejections_total",
-        "SMTP commands or messages refused, by reason.",
+        "refusals: `syntax`, `sequence`, `size`, `line_too_long`, `bare_cr_lf`, `relay_denied`, `too_many_recipients`, `too_many_errors`, `timeout`, `storage`, `not_implemented`, `auth_required`, `auth_failed`, `auth_locked_out`, `tls_required`, `sender_not_owned`, `pregreet`, `too_slow`, `no_mailbox`, `nul`, `mail_loop`, `improper_pipelining`, `dmarc`, `spf`, `suppressed`, `mailbox_full`",
         &["reason"],
     );
     /// Message octets accepted (body as received, without added headers).
@@ -130,12 +199,12 @@ metrics! {
     /// Damaged log records skipped (and copied to spool/quarantine/) by start-up recovery.
     SPOOL_DAMAGED_RECORDS: IntCounter = counter(
         "sluice_spool_damaged_records_total",
-        "Damaged spool log regions skipped at start-up and copied to spool/quarantine/.",
+        "damaged log regions skipped at start-up, records found damaged on read, and records missing from a segment cut short (copied to `spool/quarantine/` where there are bytes to copy)",
     );
     /// Which commit path the spool runs (io_uring or portable): 1 for the one in use.
     SPOOL_WRITER: IntGaugeVec = register(
         IntGaugeVec::new(
-            Opts::new("sluice_spool_writer", "The spool's commit path in use (value 1)."),
+            Opts::new("sluice_spool_writer", "1 for the commit path in use: `portable` or `io_uring`"),
             &["writer"],
         )
         .expect("valid metric"),
@@ -155,7 +224,7 @@ metrics! {
     MEMORY_BUDGET_USED: IntGauge = register(
         IntGauge::new(
             "sluice_memory_budget_used_bytes",
-            "Message bytes sessions hold in memory now: bodies being read or waiting for their commit.",
+            "message bytes sessions hold now (bodies being read, or waiting for their commit) against `[limits] memory_budget`",
         )
         .expect("valid metric"),
     );
@@ -168,7 +237,7 @@ metrics! {
     /// Local mailbox deliveries per recipient: stored, over_quota, no_such_user, loop, error.
     LOCAL_DELIVERIES: IntCounterVec = counter_vec(
         "sluice_local_deliveries_total",
-        "Local mailbox deliveries per recipient: stored, over_quota, no_such_user, loop, error.",
+        "local mailbox deliveries per recipient: `stored`, `over_quota`, `no_such_user`, `loop`, `error`",
         &["outcome"],
     );
     /// POP3 sessions by listener.
@@ -180,13 +249,13 @@ metrics! {
     /// POP3 logins: ok, invalid, locked_out (brute-force lockout), busy (maildrop in use).
     POP3_LOGINS: IntCounterVec = counter_vec(
         "sluice_pop3_logins_total",
-        "POP3 logins by result: ok, invalid, locked_out, busy.",
+        "POP3 logins: `ok`, `invalid`, `locked_out`, `busy` (maildrop held by another session)",
         &["result"],
     );
     /// Messages POP3 clients retrieved and deleted.
     POP3_MESSAGES: IntCounterVec = counter_vec(
         "sluice_pop3_messages_total",
-        "Messages retrieved (RETR) and deleted (at QUIT) over POP3.",
+        "messages `retrieved` (RETR) and `deleted` (at QUIT) over POP3",
         &["action"],
     );
     /// IMAP sessions by listener.
@@ -198,7 +267,7 @@ metrics! {
     /// Octets in the local mailboxes (INBOX and folders of every user).
     MAILBOX_BYTES: IntGauge = gauge(
         "sluice_mailbox_bytes",
-        "Octets in the local mailboxes (INBOX and folders of every user), counted every minute.",
+        "octets in the local mailboxes (INBOX and folders of every user), counted at start and every minute",
     );
     /// IMAP logins: ok, invalid, locked_out.
     IMAP_LOGINS: IntCounterVec = counter_vec(
@@ -209,7 +278,7 @@ metrics! {
     /// Local deliveries not written because the mailbox already had them.
     LOCAL_DUPLICATES: IntCounter = counter(
         "sluice_local_duplicates_total",
-        "Local deliveries found already in the mailbox and not written again: a crash between the mailbox write and the spool's record of it, or an alias delivered to some of its users before a failure.",
+        "local deliveries found already in the mailbox (by their `,X=` key) and not written again: a crash between the mailbox write and the spool's record, or an alias retried after some of its users got the message",
     );
     /// HTTP connections closed at accept: the listener or the client was at its cap.
     QUOTA_REFUSED: IntCounterVec = counter_vec(
@@ -254,7 +323,7 @@ metrics! {
     /// (handshake failed).
     DELIVERY_TLS: IntCounterVec = counter_vec(
         "sluice_delivery_tls_total",
-        "Outbound SMTP sessions by TLS outcome: yes (negotiated), no (plaintext), failed (handshake).",
+        "outbound sessions: `yes` (STARTTLS negotiated), `no` (plaintext), `failed` (handshake failed)",
         &["tls"],
     );
     /// Delivery outcomes by recipient domain (busiest domains, the rest as "other").
@@ -272,7 +341,7 @@ metrics! {
     /// Delivery outcomes by egress source (labels bounded by the configured `[[source]]`s).
     SOURCE_DELIVERIES: IntCounterVec = counter_vec(
         "sluice_source_deliveries_total",
-        "Delivery outcomes per recipient by the [[source]] the attempt was made from (mail sent from a pool).",
+        "outcomes per recipient of mail sent from a pool, by `[[source]]` name (labels bounded by the configuration)",
         &["source", "outcome"],
     );
     /// MX delivery outcomes by named site (labels bounded by the provider table and `[[site]]`).
@@ -292,7 +361,7 @@ metrics! {
         IntGaugeVec::new(
             Opts::new(
                 "sluice_destination_connections",
-                "Outbound SMTP connections open now, by destination (busiest domains or smart hosts, the rest as \"other\").",
+                "outbound connections open now per destination (labelled domains, named sites and smart hosts, else `other`)",
             ),
             &["destination"],
         )
@@ -366,7 +435,7 @@ metrics! {
     /// Delivery status notifications queued to senders, by action (failed, delayed, relayed).
     DSNS: IntCounterVec = counter_vec(
         "sluice_dsns_total",
-        "Delivery status notifications queued to senders, by action: failed (bounce), delayed, relayed.",
+        "DSNs queued to senders: `failed` (bounces), `delayed`, `relayed`, `delivered` (success of a local delivery)",
         &["action"],
     );
     /// Forces registration of every metric, so `/metrics` lists them all from the start.
@@ -391,7 +460,7 @@ metrics! {
     /// Verification results of inbound mail, by method (spf, dkim, arc, dmarc) and result.
     AUTH_RESULTS: IntCounterVec = counter_vec(
         "sluice_auth_results_total",
-        "Verification results of inbound mail, by method (spf, dkim, arc, dmarc) and result.",
+        "verification of inbound mail: `spf`, `dkim`, `arc`, `dmarc` × `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror`",
         &["method", "result"],
     );
     /// Messages in the queue now.
@@ -492,5 +561,35 @@ mod tests {
         super::init();
         let text = super::render();
         assert!(text.contains("# HELP sluice_spool_fsyncs_total"));
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!(
+                "sluice_build_info{{git=\"{}\",version=\"{version}\"}} 1",
+                env!("SLUICE_GIT")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+
+    /// README's metrics table is the catalogue, verbatim: a metric added, renamed or re-helped
+    /// without regenerating it (`sluice metrics`) fails here.
+    #[test]
+    fn readme_lists_the_catalogue() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let begin = "<!-- generated by `sluice metrics`; a test fails when they differ -->\n";
+        let start =
+            readme.find(begin).expect("README has the generated metrics table") + begin.len();
+        let end = start + readme[start..].find("<!-- end of generated metrics -->").unwrap();
+        let want = super::catalogue_markdown();
+        assert!(
+            readme[start..end] == want,
+            "README's metrics table differs from the catalogue; replace it with `sluice metrics`:\n{want}"
+        );
+        let names: std::collections::HashSet<_> =
+            super::catalogue().into_iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), super::catalogue().len(), "a metric name twice");
+        assert!(super::catalogue().iter().all(|m| !m.help.is_empty() && !m.help.contains('|')));
     }
 }
