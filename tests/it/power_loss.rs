@@ -34,6 +34,40 @@ fn plfs() -> Option<PathBuf> {
     Some(target.join("release/plfs"))
 }
 
+/// A mounted plfs: `mount` waits for MOUNTED, `cut` cuts the power and returns plfs's DUMPED line
+/// once the durable view is in the dump directory.
+struct Plfs {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Plfs {
+    fn mount(plfs: &Path, mnt: &Path, load_dir: &Path, dump: &Path) -> Plfs {
+        let mut child = Command::new(plfs)
+            .arg(mnt)
+            .arg(load_dir)
+            .arg(dump)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "MOUNTED");
+        Plfs { child, out }
+    }
+
+    fn cut(mut self) -> String {
+        self.child.stdin.as_mut().unwrap().write_all(b"CRASH\n").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("DUMPED"), "{line}");
+        self.child.wait().unwrap();
+        line
+    }
+}
+
 /// Intake durability: delivery is held so every acknowledged message stays to be counted.
 const HOLD: &str = "[delivery]\nenabled = false\n";
 
@@ -57,18 +91,7 @@ fn round(
 ) -> (Round, PathBuf) {
     let mnt = work.join(format!("mnt{n}"));
     let dump = work.join(format!("dump{n}"));
-    let mut fs = Command::new(plfs)
-        .arg(&mnt)
-        .arg(load_dir)
-        .arg(&dump)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(fs.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "MOUNTED");
+    let fs = Plfs::mount(plfs, &mnt, load_dir, &dump);
 
     let mut s = Sluice::start_in(tempfile::tempdir().unwrap(), mnt.join("data"), config, env);
     if config.contains("io_uring") {
@@ -83,11 +106,7 @@ fn round(
     s.kill9();
     stop.store(true, Ordering::Relaxed);
     let acked = loader.join().unwrap();
-    fs.stdin.as_mut().unwrap().write_all(b"CRASH\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("DUMPED"), "{line}");
-    fs.wait().unwrap();
+    let line = fs.cut();
     eprintln!(
         "round {n}: power cut after {target}+ acknowledgements, {} acknowledged; plfs: {}",
         acked.len(),
@@ -195,18 +214,7 @@ fn power_loss_keeps_the_last_saved_state_file() {
     let (mnt, load_dir, dump) =
         (work.path().join("mnt"), work.path().join("empty"), work.path().join("dump"));
     std::fs::create_dir_all(&load_dir).unwrap();
-    let mut fs = Command::new(plfs)
-        .arg(&mnt)
-        .arg(&load_dir)
-        .arg(&dump)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(fs.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "MOUNTED");
+    let fs = Plfs::mount(&plfs, &mnt, &load_dir, &dump);
     let path = mnt.join("warmup.json");
     let last = format!("{{\"s2\":{{\"start\":20000,\"sites\":{{\"google\":[20000,{}]}}}}}}", 49);
     for i in 0..50 {
@@ -214,10 +222,6 @@ fn power_loss_keeps_the_last_saved_state_file() {
         sluice::state_file::write_atomic(&path, text.as_bytes()).unwrap();
     }
     std::fs::write(&path, b"not synced").unwrap();
-    fs.stdin.as_mut().unwrap().write_all(b"CRASH\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("DUMPED"), "{line}");
-    fs.wait().unwrap();
+    fs.cut();
     assert_eq!(std::fs::read_to_string(dump.join("warmup.json")).unwrap(), last);
 }
