@@ -14,12 +14,12 @@ use serde::Deserialize;
 pub use crate::bounce::suppression::{SuppressionConfig, SuppressionScope, TenantSuppression};
 pub use crate::bounce::verp::VerpConfig;
 pub use crate::delivery::route::{RouteAuth, RouteConfig};
-pub use crate::delivery::shaping::{ShapingConfig, ShapingParams, ShapingRule};
 pub use crate::inject::InjectConfig;
 pub use crate::mailauth::sign::{DkimConfig, SigningConfig, UnalignedFrom};
 pub use crate::mailauth::verify::VerifyConfig;
 pub use crate::net::http::HttpConfig;
 use crate::net::proxy::ProxyPolicy;
+pub use crate::shaping::limits::{ShapingConfig, ShapingParams, ShapingRule};
 pub use crate::units::parse_size;
 use crate::units::{default_from_serde, default_true, duration, durations, opt_duration, size};
 

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file composed of the sections each module owns (`ShapingConfig` in
-//!   `delivery::shaping`, `HttpConfig` in `net::http`, ...), embedded defaults, validation
+//!   `shaping::limits`, `HttpConfig` in `net::http`, ...), embedded defaults, validation
 //!   (`sluice check-config`). Only `server` and the binary import it (tests/it/import_graph.rs).
 //! - [`units`]: sizes, durations and rates as the configuration spells them.
 //! - [`proto`]: sans-IO protocol cores (SMTP commands, DATA/BDAT receivers, replies, session).
@@ -49,6 +49,7 @@ pub mod queue;
 pub mod rate;
 pub mod secret_file;
 pub mod server;
+pub mod shaping;
 pub mod smtp;
 pub mod spool;
 pub mod state_file;

@@ -155,22 +155,58 @@ struct RuleSpec {
     text: Option<String>,
 }
 
-/// One rule: every pattern it has must match.
+/// Patterns on a reply, every one it has must match: on the RFC 3463 enhanced code, the
+/// three-digit code and the text (lines joined by spaces). Shared with the automation rules.
 #[derive(Debug)]
-struct Rule {
-    category: Category,
+pub struct ReplyPattern {
     code: Option<Regex>,
     reply: Option<Regex>,
     text: Option<Regex>,
 }
 
-impl Rule {
-    fn matches(&self, code: u16, enhanced: &str, text: &str) -> bool {
-        // A rule on the enhanced code never matches a reply without one.
+/// A pattern that cannot be used: which field, and why.
+#[derive(Debug)]
+pub struct PatternError {
+    pub field: &'static str,
+    pub error: String,
+}
+
+impl ReplyPattern {
+    /// Compiles the patterns given; None when none is.
+    pub fn new(
+        code: Option<&str>,
+        reply: Option<&str>,
+        text: Option<&str>,
+    ) -> Result<Option<Self>, PatternError> {
+        let compile = |field: &'static str, p: Option<&str>| {
+            p.map(Regex::new).transpose().map_err(|e| PatternError { field, error: e.to_string() })
+        };
+        let p = ReplyPattern {
+            code: compile("code", code)?,
+            reply: compile("reply", reply)?,
+            text: compile("text", text)?,
+        };
+        Ok((p.code.is_some() || p.reply.is_some() || p.text.is_some()).then_some(p))
+    }
+
+    pub fn matches(&self, reply: &Reply) -> bool {
+        let enhanced = reply.enhanced.as_deref().unwrap_or("");
+        self.matches_parts(reply.code, enhanced, &reply.text.replace('\n', " "))
+    }
+
+    fn matches_parts(&self, code: u16, enhanced: &str, text: &str) -> bool {
+        // A pattern on the enhanced code never matches a reply without one.
         self.code.as_ref().is_none_or(|r| !enhanced.is_empty() && r.is_match(enhanced))
             && self.reply.as_ref().is_none_or(|r| r.is_match(&code.to_string()))
             && self.text.as_ref().is_none_or(|r| r.is_match(text))
     }
+}
+
+/// One rule: every pattern it has must match.
+#[derive(Debug)]
+struct Rule {
+    category: Category,
+    pattern: ReplyPattern,
 }
 
 /// The ordered rules.
@@ -204,7 +240,7 @@ impl Classifier {
         let text = reply.text.replace('\n', " ");
         self.rules
             .iter()
-            .find(|r| r.matches(reply.code, enhanced, &text))
+            .find(|r| r.pattern.matches_parts(reply.code, enhanced, &text))
             .map_or(Category::Other, |r| r.category)
     }
 
@@ -233,24 +269,17 @@ fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RulesError> {
     for (i, spec) in file.rule.into_iter().enumerate() {
         let index = i + 1;
         let category = spec.category;
-        let compile = |field: &'static str, p: Option<String>| {
-            p.map(|p| Regex::new(&p)).transpose().map_err(|e| RulesError::Pattern {
-                origin: origin.into(),
-                index,
-                category,
-                field,
-                error: e.to_string(),
-            })
-        };
-        let rule = Rule {
-            category,
-            code: compile("code", spec.code)?,
-            reply: compile("reply", spec.reply)?,
-            text: compile("text", spec.text)?,
-        };
-        if rule.code.is_none() && rule.reply.is_none() && rule.text.is_none() {
-            return Err(RulesError::Empty { origin: origin.into(), index, category });
-        }
+        let pattern =
+            ReplyPattern::new(spec.code.as_deref(), spec.reply.as_deref(), spec.text.as_deref())
+                .map_err(|e| RulesError::Pattern {
+                    origin: origin.into(),
+                    index,
+                    category,
+                    field: e.field,
+                    error: e.error,
+                })?
+                .ok_or_else(|| RulesError::Empty { origin: origin.into(), index, category })?;
+        let rule = Rule { category, pattern };
         rules.push(rule);
     }
     Ok(rules)

@@ -22,9 +22,7 @@ use super::conn::{Connection, Target, Timeouts};
 use super::rollup::{Placement, Placements, Share};
 use super::route::Routes;
 pub use super::route::Via;
-use super::shaping::{Backoff, Gcra, Limits};
 use crate::bounce::{Action, Notice, wants_failure_notice};
-use crate::delivery::shaping::ShapingConfig;
 use crate::delivery_error::DeliveryError;
 use crate::dns::Resolver;
 use crate::egress::Egress;
@@ -34,6 +32,8 @@ use crate::metrics;
 use crate::proto::smtp::client::{DsnParams, Outbound};
 use crate::queue::outcome::{Attempt, Recorder};
 use crate::queue::ready::Ready;
+use crate::shaping::limits::ShapingConfig;
+use crate::shaping::limits::{Backoff, Gcra, Limits};
 use crate::spool::{
     BodyType, Priority, QueueId, RecipientState, RecipientUpdate, SpoolError, unix_millis,
 };

@@ -170,7 +170,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("storage and lookups", &["dns", "spool", "delivery_log", "net"]),
-    ("policies", &["mailauth", "tenant", "auth", "bounce", "local", "egress"]),
+    ("policies", &["mailauth", "tenant", "auth", "bounce", "local", "egress", "shaping"]),
     (
         "paths",
         &[
