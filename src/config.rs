@@ -121,6 +121,10 @@ pub struct Config {
     /// `[[site]]`: providers (MX host patterns) and their limits.
     #[serde(default)]
     pub site: Vec<crate::egress::site::SiteConfig>,
+    /// `[[automation]]`: reply rules that lower a source × site's limits (over the shipped
+    /// rules, unless `[delivery] builtin_automation = false`).
+    #[serde(default)]
+    pub automation: Vec<crate::shaping::automation::AutomationConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -472,6 +476,9 @@ pub struct DeliveryConfig {
     /// Use the shipped provider table (`crate::egress::site::PROVIDERS`) as named sites.
     #[serde(default = "default_true")]
     pub builtin_sites: bool,
+    /// Use the shipped automation rules (`config/automation_rules.toml`).
+    #[serde(default = "default_true")]
+    pub builtin_automation: bool,
     /// The least share of a destination's turns bulk mail gets while transactional mail waits.
     #[serde(default = "default_bulk_share")]
     pub bulk_share: f64,
@@ -796,6 +803,7 @@ impl Config {
             .and_then(|()| self.check_tenants())
             .and_then(|()| self.egress().map(drop))
             .and_then(|()| self.sites().map(drop))
+            .and_then(|()| self.automation_rules().map(drop))
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1071,6 +1079,17 @@ impl Config {
     /// `[[site]]` over the shipped provider table (unless `[delivery] builtin_sites = false`).
     pub fn sites(&self) -> Result<crate::egress::site::Sites, (String, String)> {
         crate::egress::site::Sites::new(&self.site, self.delivery.builtin_sites)
+    }
+
+    /// `[[automation]]` over the shipped rules, checked against the sites.
+    pub fn automation_rules(&self) -> Result<crate::shaping::automation::Rules, (String, String)> {
+        let sites = self.sites()?;
+        crate::shaping::automation::Rules::new(
+            &self.automation,
+            self.delivery.builtin_automation,
+            &|s| sites.get(s).is_some(),
+        )
+        .map_err(|e| ("automation".to_string(), e.to_string()))
     }
 
     /// `[tenant.NAME]`: names usable as labels and scopes, rates that parse.

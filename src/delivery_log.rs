@@ -23,6 +23,8 @@ pub struct LogEntry {
     pub time: u64,
     /// reception, delivered, deferred, failed, expired, bounce_queued.
     pub event: &'static str,
+    /// The queue id (left out of events about no message, such as `shaping_action`).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
@@ -71,6 +73,21 @@ pub struct LogEntry {
     /// The listener a message came in on (`inject` for HTTP), in reception events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
+    /// `shaping_action` events: the `[[automation]]` rule, its action (suspend, reduce, set,
+    /// bounce_tenant, recover, resume), the connection limit as a share of the configured
+    /// one, the limits after it, and the end of a suspension or a tenant's bounce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 impl LogEntry {
@@ -87,6 +104,12 @@ impl LogEntry {
             source: None,
             remote: None,
             reply: None,
+            rule: None,
+            action: None,
+            factor: None,
+            connections: None,
+            rate: None,
+            until: None,
             attempt: None,
             size: None,
             queued_ms: None,

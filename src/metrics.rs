@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -355,6 +355,34 @@ metrics! {
         "sluice_warmup_postponed_total",
         "Messages for a site held to the next day because their warming [[source]] had sent its day's cap there (overflow = \"wait\", or no source of the pool had room).",
         &["source"],
+    );
+    /// Automation rule actions and recovery steps (labels bounded by the rules).
+    SHAPING_ACTIONS: IntCounterVec = counter_vec(
+        "sluice_shaping_actions_total",
+        "Actions of [[automation]] rules (suspend, reduce, set, bounce_tenant) and their recovery steps (recover, resume), by rule.",
+        &["rule", "action"],
+    );
+    /// The connection limit a rule left a source × site, as a share of the configured one.
+    SHAPING_FACTOR: GaugeVec = register(
+        GaugeVec::new(
+            Opts::new(
+                "sluice_shaping_factor",
+                "The connection limit of a source × site an [[automation]] rule lowered, as a share of the configured one (1 while only suspended); present only while a rule holds it.",
+            ),
+            &["source", "site"],
+        )
+        .expect("valid metric"),
+    );
+    /// The rate a rule left a source × site.
+    SHAPING_RATE: GaugeVec = register(
+        GaugeVec::new(
+            Opts::new(
+                "sluice_shaping_rate",
+                "Messages per second a source × site may send while an [[automation]] rule has lowered its rate; present only then.",
+            ),
+            &["source", "site"],
+        )
+        .expect("valid metric"),
     );
     /// Outbound connections open now, by destination (same bounded labels as above).
     DESTINATION_CONNECTIONS: IntGaugeVec = register(

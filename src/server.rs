@@ -767,6 +767,10 @@ fn start_delivery(
             warmup,
             tenants: cfg.tenant_classes(),
             bulk_share: cfg.delivery.bulk_share,
+            automation: cfg
+                .automation_rules()
+                .map_err(|(key, msg)| format!("{key}: {msg}"))
+                .step("[[automation]]")?,
         },
     );
     if let Some(m) = intake.mailboxes.clone() {

@@ -194,7 +194,9 @@ impl ReplyPattern {
         self.matches_parts(reply.code, enhanced, &reply.text.replace('\n', " "))
     }
 
-    fn matches_parts(&self, code: u16, enhanced: &str, text: &str) -> bool {
+    /// As [`Self::matches`], on a reply's parts (the text with its lines joined by spaces), so
+    /// that many patterns can be tried on one reply without joining its lines for each.
+    pub fn matches_parts(&self, code: u16, enhanced: &str, text: &str) -> bool {
         // A pattern on the enhanced code never matches a reply without one.
         self.code.as_ref().is_none_or(|r| !enhanced.is_empty() && r.is_match(enhanced))
             && self.reply.as_ref().is_none_or(|r| r.is_match(&code.to_string()))

@@ -228,8 +228,8 @@ pub fn print_destinations(rows: &[Value], json: bool) {
         return;
     }
     println!(
-        "{:<40} {:<10} {:<8} {:>7} {:>9} {:>8}  {:<10} warm-up",
-        "destination", "site", "source", "ready", "conns", "rate/s", "state"
+        "{:<40} {:<10} {:<8} {:>7} {:>9} {:>8}  {:<14} {:<24} warm-up",
+        "destination", "site", "source", "ready", "conns", "rate/s", "state", "shaping"
     );
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     for r in rows {
@@ -244,15 +244,20 @@ pub fn print_destinations(rows: &[Value], json: bool) {
         let rate = r["rate"].as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
         let conns = format!("{}/{}", r["connections"], r["connection_limit"]);
         let mut state = text(&r["state"]);
-        if let Some(ms) = r["paused_ms"].as_u64() {
+        if let Some(ms) = r["paused_ms"].as_u64().or(r["suspended_ms"].as_u64()) {
             state = format!("{state} {}s", ms.div_ceil(1000));
         }
+        // The rule holding the source × site, and its connection limit's share.
+        let shaping = match (r["shaping_rule"].as_str(), r["shaping_factor"].as_f64()) {
+            (Some(rule), Some(f)) => format!("{rule} x{f:.2}"),
+            _ => "-".into(),
+        };
         let warm = match (r["warmup_day"].as_u64(), r["warmup_cap"].as_u64()) {
             (Some(d), Some(c)) => format!("day {d} ({c}/site)"),
             _ => "-".into(),
         };
         println!(
-            "{dest:<40} {:<10} {:<8} {:>7} {conns:>9} {rate:>8}  {state:<10} {warm}",
+            "{dest:<40} {:<10} {:<8} {:>7} {conns:>9} {rate:>8}  {state:<14} {shaping:<24} {warm}",
             text(&r["site"]),
             text(&r["source"]),
             r["ready"],

@@ -90,6 +90,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The host name connected to (the MX host, or the smart host).
+    pub fn host(&self) -> &str {
+        &self.name
+    }
+
     /// Connects and waits until the server is ready (greeting, EHLO, STARTTLS and AUTH as the
     /// policy says). With opportunistic TLS, a failed handshake is retried once in plaintext
     /// (RFC 7435: never worse than no TLS).

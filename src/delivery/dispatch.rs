@@ -39,12 +39,32 @@ use crate::spool::{
 };
 
 pub use crate::queue::plan::Hop;
-use crate::queue::plan::{Group, Lookups, Planner};
+use crate::queue::plan::{Group, Lookups, Planner, site_key};
+use crate::shaping::automation::{ActionKind, Automation, Event, Key, Scope};
 
 /// The dispatcher's world as a message's plan sees it, at one instant.
 struct Now<'a> {
     d: &'a Dispatcher,
     at: Instant,
+    /// The same instant in Unix milliseconds.
+    ms: u64,
+}
+
+impl<'a> Now<'a> {
+    fn new(d: &'a Dispatcher) -> Self {
+        Now { d, at: Instant::now(), ms: unix_millis() }
+    }
+
+    /// The site a recipient domain's mail is shaped by now (as the plan keys it).
+    fn site_of(&self, domain: &str) -> String {
+        match self.via(domain) {
+            Via::Mx(d) => match self.placement(&d) {
+                Some(Placement { key: Some(key), site }) => site.unwrap_or(key),
+                _ => d,
+            },
+            via => site_key(&via, None).to_string(),
+        }
+    }
 }
 
 impl Lookups for Now<'_> {
@@ -73,6 +93,52 @@ impl Lookups for Now<'_> {
             .get(hop)
             .is_some_and(|d| d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(self.at))
     }
+
+    fn suspended(&self, source: Option<&str>, site: &str) -> Option<(u64, String)> {
+        let a = self.d.automation();
+        if a.quiet() {
+            return None;
+        }
+        let key = Key { source: source.map(Into::into), site: site.to_string() };
+        let (until, rule) = a.suspended(&key, self.ms)?;
+        Some((until, suspension_reason(rule, &key, until)))
+    }
+
+    fn bounced(&self, tenant: &str, site: &str) -> Option<String> {
+        let a = self.d.automation();
+        if a.quiet() {
+            return None;
+        }
+        a.bounced(tenant, site, self.ms).map(str::to_string)
+    }
+}
+
+/// The last reply of mail held by a rule's suspension.
+fn suspension_reason(rule: &str, key: &Key, until: u64) -> String {
+    let from = key.source.as_deref().map(|s| format!(" from source {s}")).unwrap_or_default();
+    let left = Duration::from_millis(until.saturating_sub(unix_millis()) / 1000 * 1000);
+    format!(
+        "4.7.0 automation rule {rule} suspends delivery to {}{from} for {}",
+        key.site,
+        humantime::format_duration(left)
+    )
+}
+
+/// The failure a tenant's mail gets when a rule bounces it for a site: permanent (a DSN's
+/// status class 5), naming the provider's reply that fired the rule.
+fn tenant_bounce(line: &str) -> DeliveryError {
+    let enhanced = line
+        .split_whitespace()
+        .nth(1)
+        .filter(|e| e.len() <= 11 && e.split('.').count() == 3)
+        .and_then(|e| e.get(1..))
+        .map_or_else(|| "5.7.1".to_string(), |rest| format!("5{rest}"));
+    let text = format!("bounced by automation (bounce_tenant): the site replied {line}");
+    DeliveryError::Unsendable(crate::proto::smtp::Reply {
+        code: 550,
+        enhanced: Some(enhanced.into()),
+        text: text.into(),
+    })
 }
 
 /// The shaping name of a group: the domain (MX; for a rolled-up destination, the domain whose
@@ -105,6 +171,31 @@ struct AttemptBy {
 struct Job {
     id: QueueId,
     rcpts: Vec<u32>,
+    /// The message's tenant (a rule may bounce a tenant's queued mail).
+    tenant: Option<CompactString>,
+}
+
+/// One source × site's state, shared by its destinations: connections open, and the pace of
+/// the rate an automation rule lowered it to.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<usize>,
+    pace: Mutex<Option<Gcra>>,
+}
+
+impl Gate {
+    /// How long the next message waits for the lowered rate (None: not lowered).
+    fn wait(&self, rate: Option<f64>, now: Instant) -> Duration {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rate) = rate else {
+            *pace = None;
+            return Duration::ZERO;
+        };
+        if pace.as_ref().is_none_or(|g| (g.rate() - rate).abs() > rate * 1e-6) {
+            *pace = Some(Gcra::new(rate));
+        }
+        pace.as_mut().map_or(Duration::ZERO, |g| g.reserve(now))
+    }
 }
 
 /// One destination's ready queue and shaping state.
@@ -131,6 +222,9 @@ struct Destination {
     /// The limits its named site shares with the site's other destinations (per source, and
     /// across sources); empty without a named site.
     shares: Vec<Arc<Share>>,
+    /// The source × site automation rules act on, and its shared state.
+    key: Key,
+    gate: Arc<Gate>,
 }
 
 impl Destination {
@@ -185,6 +279,11 @@ pub struct DestinationState {
     /// The source's warm-up day and today's cap per site, while it is warming.
     pub warmup_day: Option<u64>,
     pub warmup_cap: Option<u64>,
+    /// The automation rule whose action holds the source × site now, the connection limit it
+    /// left as a share of the configured one, and what is left of its suspension.
+    pub shaping_rule: Option<String>,
+    pub shaping_factor: Option<f64>,
+    pub suspended_ms: Option<u64>,
 }
 
 /// A named site's share per source and lane: (site, source, lane).
@@ -223,6 +322,9 @@ pub struct Dispatcher {
     in_flight: Mutex<InFlight>,
     /// Woken whenever a job is released (operator actions wait for in-flight attempts).
     released: Notify,
+    /// Automation rules and what they hold (per source × site), and each key's shared state.
+    automation: Mutex<Automation>,
+    gates: Mutex<HashMap<Key, Arc<Gate>>>,
 }
 
 #[derive(Default)]
@@ -293,6 +395,8 @@ pub struct DispatcherConfig {
     pub tenants: HashMap<String, TenantClass>,
     /// `[delivery] bulk_share`.
     pub bulk_share: f64,
+    /// `[[automation]]` over the shipped rules.
+    pub automation: crate::shaping::automation::Rules,
 }
 
 /// A tenant's share of a destination's turns and its default priority.
@@ -334,7 +438,13 @@ impl Dispatcher {
             totals: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(InFlight::default()),
             released: Notify::new(),
+            automation: Mutex::new(Automation::new(cfg.automation)),
+            gates: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn automation(&self) -> std::sync::MutexGuard<'_, Automation> {
+        self.automation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs until `stop`; connections run on `tracker` so shutdown can wait for them.
@@ -361,6 +471,14 @@ impl Dispatcher {
             .map(|d| {
                 let b = d.backoff.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let paused = b.pause_left(now);
+                let shaping = self.automation().view(&d.key);
+                let suspended_ms = shaping
+                    .as_ref()
+                    .and_then(|v| v.suspended_until)
+                    .map(|u| u.saturating_sub(now_ms))
+                    .filter(|&ms| ms > 0);
+                let rate = d.limits.rate.or_else(|| d.shares.first().and_then(|s| s.rate()));
+                let lowered_rate = shaping.as_ref().and_then(|v| v.rate);
                 let source = d.hop.source.as_deref();
                 let warm = |f: &dyn Fn(&Warmup, &str) -> Option<u64>| {
                     source.and_then(|s| self.planner.warmup.as_deref().and_then(|w| f(w, s)))
@@ -378,12 +496,19 @@ impl Dispatcher {
                     lane: d.hop.lane.as_deref().map(str::to_string),
                     ready: d.ready.lock().unwrap_or_else(|e| e.into_inner()).len(),
                     connections: *d.connections.lock().unwrap_or_else(|e| e.into_inner()),
-                    connection_limit: b.connection_limit(d.limits.connections),
-                    rate: d.limits.rate.or_else(|| d.shares.first().and_then(|s| s.rate())),
-                    state: match (paused.is_some(), b.level() > 0) {
-                        (true, _) => "paused",
-                        (false, true) => "backed_off",
-                        (false, false) => "ok",
+                    connection_limit: b
+                        .connection_limit(d.limits.connections)
+                        .min(shaping.as_ref().and_then(|v| v.connections).unwrap_or(usize::MAX)),
+                    rate: match (rate, lowered_rate) {
+                        (Some(r), Some(l)) => Some(r.min(l)),
+                        (r, l) => r.or(l),
+                    },
+                    state: match (suspended_ms.is_some(), paused.is_some(), b.level() > 0) {
+                        (true, _, _) => "suspended",
+                        (false, true, _) => "paused",
+                        (false, false, true) => "backed_off",
+                        _ if shaping.is_some() => "throttled",
+                        _ => "ok",
                     },
                     paused_ms: paused.map(|p| p.as_millis() as u64),
                     last_error: (b.level() > 0)
@@ -392,6 +517,9 @@ impl Dispatcher {
                         .map(|e| e.to_string()),
                     warmup_day: warm(&|w, s| w.day(s, now_ms)),
                     warmup_cap: warm(&|w, s| w.cap(s, now_ms)),
+                    shaping_factor: shaping.as_ref().map(|v| v.factor),
+                    shaping_rule: shaping.map(|v| v.rule),
+                    suspended_ms,
                 }
             })
             .collect();
@@ -409,6 +537,15 @@ impl Dispatcher {
     /// delivered meanwhile is never queued again.
     pub async fn flush(&self, domain: Option<&str>) -> Result<usize, SpoolError> {
         let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        self.flush_where(|_, rd| domain.as_ref().is_none_or(|d| *d == rd)).await
+    }
+
+    /// Makes the queued recipients due now for which `pick(message, recipient domain)` holds
+    /// (as [`Self::flush`]).
+    async fn flush_where(
+        &self,
+        pick: impl Fn(&crate::spool::Envelope, &str) -> bool,
+    ) -> Result<usize, SpoolError> {
         let mut tickets = Vec::new();
         for env in self.recorder.spool.list() {
             if self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).busy(env.id) {
@@ -416,7 +553,7 @@ impl Dispatcher {
             }
             for (i, r) in env.recipients.iter().enumerate() {
                 let rd = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
-                if r.state != RecipientState::Queued || domain.as_ref().is_some_and(|d| *d != rd) {
+                if r.state != RecipientState::Queued || !pick(&env, &rd) {
                     continue;
                 }
                 tickets.push(self.recorder.spool.update(RecipientUpdate {
@@ -567,6 +704,8 @@ impl Dispatcher {
     fn scan(self: &Arc<Self>, tracker: &TaskTracker) {
         self.forget_idle(Instant::now());
         let now = unix_millis();
+        let events = self.automation().tick(now);
+        self.act(events, tracker);
         // Leased: a message handed out here is not found again until its last job ends, so a
         // scan costs what is due now, never what is already in flight (or deferred).
         let mut deferrals = Vec::new();
@@ -623,6 +762,12 @@ impl Dispatcher {
                 && *d.connections.lock().unwrap_or_else(|e| e.into_inner()) == 0
                 && !d.backoff.lock().unwrap_or_else(|e| e.into_inner()).paused(now))
         });
+        drop(map);
+        // A key's gate lives as long as one of its destinations.
+        self.gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, g| Arc::strong_count(g) > 1);
     }
 
     fn open_all(self: &Arc<Self>, tracker: &TaskTracker) {
@@ -675,20 +820,21 @@ impl Dispatcher {
         deferrals: &mut Vec<(Arc<Destination>, Job)>,
         tracker: &TaskTracker,
     ) {
-        let plan = self.planner.plan(&env, now, &Now { d: self, at: Instant::now() });
-        let (groups, postponed) = (plan.groups, plan.postponed);
+        let plan = self.planner.plan(&env, now, &Now::new(self));
+        let (groups, postponed, bounced) = (plan.groups, plan.postponed, plan.bounced);
+        let side_work = !postponed.is_empty() || !bounced.is_empty();
         {
             // Registered under one lock with the check for an operator's hold, so a hold either
             // sees this work (and waits for it) or this sees the hold (and backs off).
             let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             f.side.remove(&env.id); // its site lookup, if it had one, is over
-            if f.held.contains(&env.id) || (groups.is_empty() && postponed.is_empty()) {
+            if f.held.contains(&env.id) || (groups.is_empty() && !side_work) {
                 drop(f);
                 self.recorder.spool.release(env.id);
                 self.released.notify_waiters();
                 return;
             }
-            if !postponed.is_empty() {
+            if side_work {
                 f.side.insert(env.id);
             }
             if !groups.is_empty() {
@@ -696,20 +842,39 @@ impl Dispatcher {
                 f.jobs.extend(groups.keys().map(|h| (env.id, h.clone())));
             }
         }
-        if !postponed.is_empty() {
-            // Rescheduled without an attempt; the lease ends when that is recorded and the
-            // message's jobs, if any, are done.
+        if side_work {
+            // Rescheduled without an attempt, or bounced by a rule; the lease ends when that is
+            // recorded and the message's jobs, if any, are done.
             let (me, env) = (self.clone(), env.clone());
             tracker.spawn(async move {
                 for p in postponed {
                     me.recorder.postpone(&env, &p.rcpts, p.until, &p.reason).await;
+                }
+                if !bounced.is_empty() {
+                    let content = me.read_content(env.id).await.ok();
+                    for b in bounced {
+                        let attempt = Attempt {
+                            next_hop_dsn: false,
+                            local: false,
+                            answered_by: "",
+                            destination: None,
+                            site: None,
+                            named_site: None,
+                            source: None,
+                            elapsed: Duration::ZERO,
+                        };
+                        let outcome = Err(tenant_bounce(&b.reply));
+                        me.recorder
+                            .record(&env, &b.rcpts, &outcome, &attempt, content.as_ref())
+                            .await;
+                    }
                 }
                 me.side_done(env.id);
             });
         }
         for (hop, group) in groups {
             let dest = self.destination(&hop, &group);
-            let job = Job { id: env.id, rcpts: group.rcpts };
+            let job = Job { id: env.id, rcpts: group.rcpts, tenant: env.tenant().map(Into::into) };
             // A destination in its back-off pause gets no connection now: its work is
             // deferred at once on the retry schedule, with the error that paused it (as
             // Postfix defers mail for a dead destination), rather than held in memory.
@@ -764,6 +929,17 @@ impl Dispatcher {
                 let site = group.site.as_deref().and_then(|s| self.sites.get(s));
                 let shares =
                     site.map_or_else(Vec::new, |site| self.site_shares(site, hop, &mut limits));
+                let key = Key {
+                    source: hop.source.clone(),
+                    site: site_key(&hop.via, group.site.as_deref()).to_string(),
+                };
+                let gate = self
+                    .gates
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
                 Arc::new(Destination {
                     hop: hop.clone(),
                     gcra: limits.rate.map(|r| Mutex::new(Gcra::new(r))),
@@ -777,6 +953,8 @@ impl Dispatcher {
                     domain: group.domain.clone(),
                     site: group.site.clone(),
                     shares,
+                    key,
+                    gate,
                 })
             })
             .clone()
@@ -829,11 +1007,23 @@ impl Dispatcher {
             }
             b.connection_limit(dest.limits.connections)
         };
+        // A rule's suspension or lowered connection limit of the source × site.
+        let lowered = {
+            let a = self.automation();
+            if a.suspended(&dest.key, unix_millis()).is_some() {
+                return;
+            }
+            a.connections(&dest.key)
+        };
         loop {
             let queued = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
             let mut open = dest.connections.lock().unwrap_or_else(|e| e.into_inner());
             // One connection per queued job at most, within the destination's (backed-off) limit.
             if queued == 0 || *open >= limit || *open >= queued {
+                return;
+            }
+            let mut key_open = dest.gate.open.lock().unwrap_or_else(|e| e.into_inner());
+            if lowered.is_some_and(|l| *key_open >= l) {
                 return;
             }
             let Ok(permit) = self.concurrency.clone().try_acquire_owned() else { return };
@@ -842,7 +1032,8 @@ impl Dispatcher {
                 return;
             }
             *open += 1;
-            drop(open);
+            *key_open += 1;
+            drop((open, key_open));
             metrics::DELIVERY_CONNECTIONS.inc();
             let label = match &dest.hop.via {
                 Via::SmartHost(a) => a.clone(),
@@ -859,6 +1050,7 @@ impl Dispatcher {
                 tokio::time::sleep(Share::connect_wait(&d.shares, Instant::now())).await;
                 me.serve_destination(&d, permit, &t).await;
                 Share::put_all(&d.shares);
+                *d.gate.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 *d.connections.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 metrics::DELIVERY_CONNECTIONS.dec();
                 gauge.dec();
@@ -878,27 +1070,43 @@ impl Dispatcher {
         if let (Via::Local, Some(m)) = (&dest.hop.via, &self.mailboxes) {
             return self.serve_mailboxes(dest, m, tracker).await;
         }
+        if self.suspended(dest) {
+            return;
+        }
         let source = dest.hop.source.as_deref().and_then(|s| self.egress.source(s));
+        let connecting = unix_millis();
         let mut conn = match self.connect(dest, source).await {
             Ok(c) => {
                 dest.backoff.lock().unwrap_or_else(|e| e.into_inner()).succeeded();
                 c
             }
-            Err(e) => return self.unreachable(dest, e).await,
+            Err(e) => {
+                self.observe(dest, &Err(e.clone()), None, None, connecting, tracker);
+                return self.unreachable(dest, e).await;
+            }
         };
-        while conn.sent < dest.limits.messages_per_connection && conn.is_usable() {
+        // A rule's suspension ends the connection before its next message.
+        while conn.sent < dest.limits.messages_per_connection
+            && conn.is_usable()
+            && !self.suspended(dest)
+        {
             let Some(job) = self.next_job(dest, &mut conn).await else { break };
             let now = Instant::now();
             let own = dest
                 .gcra
                 .as_ref()
                 .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).reserve(now));
-            let wait = own.unwrap_or_default().max(Share::message_wait(&dest.shares, now));
+            let lowered = self.automation().rate(&dest.key);
+            let wait = own
+                .unwrap_or_default()
+                .max(Share::message_wait(&dest.shares, now))
+                .max(dest.gate.wait(lowered, now));
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let Some((env, content)) = self.load_job(dest, &job).await else { continue };
             let started = Instant::now();
+            let started_ms = unix_millis();
             let outcome = match &content {
                 Ok(content) => conn.send(outbound(&env, &job, content.clone())).await,
                 Err(e) => Err(e.clone()),
@@ -908,6 +1116,7 @@ impl Dispatcher {
             {
                 self.back_off(dest, e);
             }
+            self.observe(dest, &outcome, Some(conn.host()), env.tenant(), started_ms, tracker);
             let by =
                 AttemptBy { next_hop_dsn: conn.capabilities().dsn, answered_by: conn.peer.clone() };
             self.finish_later(tracker, dest, job, (outcome, content), started, by);
@@ -1007,6 +1216,175 @@ impl Dispatcher {
             let attempt = d.attempt(by.next_hop_dsn, &by.answered_by, elapsed);
             me.finish_job(&d, job, outcome, &attempt, content.ok()).await;
         });
+    }
+
+    /// Whether a rule suspends the destination's source × site now.
+    fn suspended(&self, dest: &Destination) -> bool {
+        let a = self.automation();
+        !a.quiet() && a.suspended(&dest.key, unix_millis()).is_some()
+    }
+
+    /// Shows an attempt's replies to the automation rules and carries out what they decide.
+    fn observe(
+        self: &Arc<Self>,
+        dest: &Destination,
+        outcome: &Result<Vec<crate::proto::smtp::Reply>, DeliveryError>,
+        mx_host: Option<&str>,
+        tenant: Option<&str>,
+        started: u64,
+        tracker: &TaskTracker,
+    ) {
+        let replies: Vec<&crate::proto::smtp::Reply> = match outcome {
+            Ok(replies) => replies.iter().filter(|r| !r.is_positive()).collect(),
+            Err(DeliveryError::Reply(r) | DeliveryError::Unsendable(r)) => vec![r],
+            Err(_) => Vec::new(),
+        };
+        let now = unix_millis();
+        let events = {
+            let mut a = self.automation();
+            if a.is_empty() {
+                return;
+            }
+            if mx_host.is_some() {
+                a.sent(&dest.key, now);
+            }
+            if replies.is_empty() {
+                return;
+            }
+            let scope = Scope {
+                key: &dest.key,
+                named_site: dest.site.as_deref(),
+                mx_host: mx_host.filter(|_| !matches!(dest.hop.via, Via::SmartHost(_))),
+                tenant,
+                connections: dest.limits.connections,
+                rate: dest.limits.rate.or_else(|| dest.shares.first().and_then(|s| s.rate())),
+                started,
+            };
+            a.observe(&scope, &replies, now)
+        };
+        self.act(events, tracker);
+    }
+
+    /// Logs, counts and carries out rule actions and recovery steps: a suspension sends the
+    /// key's queued work back to the queue until it ends, a tenant's bounce fails its mail
+    /// queued for the site.
+    fn act(self: &Arc<Self>, events: Vec<Event>, tracker: &TaskTracker) {
+        for e in events {
+            let action = e.action.as_str();
+            let source = e.key.source.as_deref().unwrap_or("");
+            metrics::SHAPING_ACTIONS.with_label_values(&[&e.rule, action]).inc();
+            let labels = [source, e.key.site.as_str()];
+            if e.recovered {
+                let _ = metrics::SHAPING_FACTOR.remove_label_values(&labels);
+                let _ = metrics::SHAPING_RATE.remove_label_values(&labels);
+            } else if e.action != ActionKind::BounceTenant {
+                metrics::SHAPING_FACTOR.with_label_values(&labels).set(e.factor);
+                match e.rate {
+                    Some(r) => metrics::SHAPING_RATE.with_label_values(&labels).set(r),
+                    None => {
+                        let _ = metrics::SHAPING_RATE.remove_label_values(&labels);
+                    }
+                }
+            }
+            tracing::warn!(
+                rule = %e.rule,
+                action,
+                source,
+                site = %e.key.site,
+                factor = e.factor,
+                connections = e.connections.unwrap_or(0),
+                rate = e.rate.unwrap_or(0.0),
+                "automation"
+            );
+            if self.recorder.log.enabled() {
+                let mut entry = crate::delivery_log::LogEntry::new("shaping_action", "");
+                entry.rule = Some(e.rule.clone());
+                entry.action = Some(action);
+                entry.source = e.key.source.as_deref().map(str::to_string);
+                entry.site = Some(e.key.site.clone());
+                entry.factor = Some(e.factor);
+                entry.connections = e.connections;
+                entry.rate = e.rate;
+                entry.until = e.until;
+                entry.tenant = e.tenant.clone();
+                entry.reply = e.reply.clone();
+                self.recorder.log.log(entry);
+            }
+            match (e.action, e.until, &e.tenant, &e.reply) {
+                (ActionKind::Suspend, _, _, _) => self.withdraw(&e.key),
+                (ActionKind::BounceTenant, _, Some(tenant), Some(reply)) => {
+                    self.bounce_tenant(tenant, &e.key.site, reply, tracker)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A suspended key's queued jobs go back to the queue unattempted: planned again, they go
+    /// from another source of their pool, or wait for the suspension's end.
+    fn withdraw(&self, key: &Key) {
+        for (dest, jobs) in self.drain(|d| d.key == *key, |_| true) {
+            for job in jobs {
+                self.release(&job, &dest.hop);
+            }
+        }
+        self.recorder.wake.notify_one();
+    }
+
+    /// `bounce_tenant`: the tenant's jobs queued for the site fail with the reply now; its
+    /// mail for the site waiting for a later retry is made due, and the plan bounces it.
+    fn bounce_tenant(
+        self: &Arc<Self>,
+        tenant: &str,
+        site: &str,
+        reply: &str,
+        tracker: &TaskTracker,
+    ) {
+        let error = tenant_bounce(reply);
+        let mine = |j: &Job| j.tenant.as_deref() == Some(tenant);
+        for (dest, jobs) in self.drain(|d| d.key.site == site, mine) {
+            let (me, error) = (self.clone(), error.clone());
+            tracker.spawn(async move {
+                let attempt = dest.attempt(false, "", Duration::ZERO);
+                for job in jobs {
+                    me.finish_job(&dest, job, Err(error.clone()), &attempt, None).await;
+                }
+            });
+        }
+        let (me, tenant, site) = (self.clone(), tenant.to_string(), site.to_string());
+        tracker.spawn(async move {
+            let picked = me
+                .flush_where(|env, domain| {
+                    env.tenant() == Some(tenant.as_str()) && Now::new(&me).site_of(domain) == site
+                })
+                .await;
+            if let Err(e) = picked {
+                tracing::warn!(error = %e, %tenant, %site, "could not queue a tenant's bounce");
+            }
+        });
+    }
+
+    /// Takes the jobs `job` picks from the ready queues of the destinations `dest` picks.
+    fn drain(
+        &self,
+        dest: impl Fn(&Destination) -> bool,
+        job: impl Fn(&Job) -> bool,
+    ) -> Vec<(Arc<Destination>, Vec<Job>)> {
+        let dests: Vec<Arc<Destination>> = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|d| dest(d))
+            .cloned()
+            .collect();
+        dests
+            .into_iter()
+            .filter_map(|d| {
+                let jobs = d.ready.lock().unwrap_or_else(|e| e.into_inner()).take(&job);
+                (!jobs.is_empty()).then_some((d, jobs))
+            })
+            .collect()
     }
 
     /// The next hop cannot be reached: defer everything queued for it, and pause before

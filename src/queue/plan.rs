@@ -90,6 +90,23 @@ pub struct Postponed {
     pub reason: String,
 }
 
+/// Recipients of a message bounced without an attempt: an automation rule bounces its tenant's
+/// mail for the site (`bounce_tenant`), with the provider's reply.
+#[derive(Debug, PartialEq)]
+pub struct Bounced {
+    pub rcpts: Vec<u32>,
+    pub reply: String,
+}
+
+/// The site a group's shaping is keyed by (with its source): its named site, else the MX host
+/// set, the domain, the smart host, or `local`.
+pub fn site_key<'a>(via: &'a Via, site: Option<&'a str>) -> &'a str {
+    site.unwrap_or(match via {
+        Via::SmartHost(a) | Via::Mx(a) | Via::Rollup(a) => a,
+        Via::Local => "local",
+    })
+}
+
 /// What the plan needs to know of the dispatcher's world.
 pub trait Lookups {
     /// Where mail for `domain` goes by `[[route]]` and the local domains (MX in normal form).
@@ -100,6 +117,10 @@ pub trait Lookups {
     fn route_pool(&self, domain: &str) -> Option<&str>;
     /// Whether connections to this hop are in a back-off pause.
     fn paused(&self, hop: &Hop) -> bool;
+    /// Until when (Unix ms) and why an automation rule suspends `source` for `site`.
+    fn suspended(&self, source: Option<&str>, site: &str) -> Option<(u64, String)>;
+    /// The reply `tenant`'s mail for `site` is bounced with, while a rule says so.
+    fn bounced(&self, tenant: &str, site: &str) -> Option<String>;
 }
 
 /// The message's plan.
@@ -107,6 +128,7 @@ pub trait Lookups {
 pub struct Plan {
     pub groups: BTreeMap<Hop, Group>,
     pub postponed: Vec<Postponed>,
+    pub bounced: Vec<Bounced>,
 }
 
 /// The choices that depend on configuration: pools and sources, warm-up, tenant lanes.
@@ -152,6 +174,11 @@ impl Planner {
         }
         let mut plan = Plan::default();
         for ((via, pool), group) in groups {
+            let shaped = site_key(&via, group.site.as_deref());
+            if let Some(reply) = env.tenant().and_then(|t| at.bounced(t, shaped)) {
+                plan.bounced.push(Bounced { rcpts: group.rcpts, reply });
+                continue;
+            }
             let source = match pool {
                 None => None,
                 Some(p) => {
@@ -159,7 +186,7 @@ impl Planner {
                         Via::Rollup(key) => key,
                         _ => &group.domain,
                     });
-                    match self.choose_source(p, &via, &lane, site, now_ms, at) {
+                    match self.choose_source(p, &via, &lane, (site, shaped), now_ms, at) {
                         Ok(s) => s,
                         Err((until, reason)) => {
                             plan.postponed.push(Postponed { rcpts: group.rcpts, until, reason });
@@ -168,13 +195,18 @@ impl Planner {
                     }
                 }
             };
+            // A suspended source × site: the mail waits for the suspension's end, unattempted.
+            if let Some((until, reason)) = at.suspended(source.as_deref(), shaped) {
+                plan.postponed.push(Postponed { rcpts: group.rcpts, until, reason });
+                continue;
+            }
             plan.groups.insert(Hop { via, lane: lane.clone(), source }, group);
         }
         plan
     }
 
     /// The next source of `pool` for a group going to `via`, by weight among the sources whose
-    /// connections to it are not in a back-off pause. A warming source whose cap for the site
+    /// connections to it are not in a back-off pause or suspended by a rule. A warming source whose cap for the site
     /// is reached (`overflow = "pool"`) is skipped too; when the pick has no room today, the
     /// group waits for the next day (Err: until when, and why).
     fn choose_source(
@@ -182,7 +214,7 @@ impl Planner {
         pool: &str,
         via: &Via,
         lane: &Option<CompactString>,
-        site: &str,
+        (site, shaped): (&str, &str),
         now_ms: u64,
         at: &impl Lookups,
     ) -> Result<Option<CompactString>, (u64, String)> {
@@ -192,7 +224,7 @@ impl Planner {
             let full = warmup.is_some_and(|w| {
                 w.overflow(&s.name) == Some(Overflow::Pool) && !w.has_room(&s.name, site, now_ms)
             });
-            !full && !at.paused(&hop)
+            !full && !at.paused(&hop) && at.suspended(Some(&s.name), shaped).is_none()
         };
         let Some(source) = self.egress.choose(pool, allowed) else { return Ok(None) };
         if let Some(w) = warmup {
@@ -227,6 +259,9 @@ mod tests {
     #[derive(Default)]
     struct World {
         paused: HashSet<Hop>,
+        /// (source, site) suspended until; (tenant, site) bounced.
+        suspended: HashMap<(Option<String>, String), u64>,
+        bounced: HashSet<(String, String)>,
     }
 
     impl Lookups for World {
@@ -257,6 +292,15 @@ mod tests {
         }
         fn paused(&self, hop: &Hop) -> bool {
             self.paused.contains(hop)
+        }
+        fn suspended(&self, source: Option<&str>, site: &str) -> Option<(u64, String)> {
+            let until = self.suspended.get(&(source.map(Into::into), site.to_string()))?;
+            Some((*until, format!("4.7.0 suspended for {site}")))
+        }
+        fn bounced(&self, tenant: &str, site: &str) -> Option<String> {
+            self.bounced
+                .contains(&(tenant.to_string(), site.to_string()))
+                .then(|| "421 4.7.0 [TS03] deferred".to_string())
         }
     }
 
@@ -432,5 +476,42 @@ mod tests {
             })
             .collect();
         assert_eq!(picks.iter().filter(|s| *s == "new").count(), 1, "{picks:?}");
+    }
+
+    /// A rule's suspension of one source × site sends the pool's mail to the other source;
+    /// with every source suspended the mail waits, unattempted, until the suspension ends.
+    #[test]
+    fn suspended_sources_are_skipped_then_waited_for() {
+        let p = planner(None);
+        let mut world = World::default();
+        let site = "mx1.shared,mx2.shared".to_string();
+        world.suspended.insert((Some("new".into()), site.clone()), T0 + 1_800_000);
+        for _ in 0..4 {
+            let plan = p.plan(&envelope(&[("a@x.shared", T0)], None), T0, &world);
+            assert_eq!(plan.groups.keys().next().unwrap().source.as_deref(), Some("old"));
+        }
+        world.suspended.insert((Some("old".into()), site), T0 + 600_000);
+        let plan = p.plan(&envelope(&[("a@x.shared", T0)], None), T0, &world);
+        assert!(plan.groups.is_empty());
+        assert_eq!(plan.postponed.len(), 1);
+        assert!([T0 + 600_000, T0 + 1_800_000].contains(&plan.postponed[0].until));
+        // Mail without a pool (local) is not keyed by a source there.
+        let local = p.plan(&envelope(&[("e@m.local", T0)], None), T0, &world);
+        assert_eq!(local.groups.len(), 1);
+    }
+
+    /// `bounce_tenant`: only that tenant's mail for that site is bounced.
+    #[test]
+    fn a_tenants_bounce_takes_its_mail_for_the_site_only() {
+        let p = planner(None);
+        let mut world = World::default();
+        world.bounced.insert(("acme".into(), "google".into()));
+        let env = envelope(&[("c@g.google", T0), ("a@x.shared", T0)], Some("acme"));
+        let plan = p.plan(&env, T0, &world);
+        assert_eq!(plan.bounced.len(), 1);
+        assert_eq!(plan.bounced[0].rcpts, [0]);
+        assert_eq!(plan.groups.len(), 1, "its mail for other sites goes on");
+        let other = p.plan(&envelope(&[("c@g.google", T0)], Some("zeta")), T0, &world);
+        assert!(other.bounced.is_empty() && other.groups.len() == 1);
     }
 }

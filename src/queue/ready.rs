@@ -81,6 +81,17 @@ impl<J> Class<J> {
         gone
     }
 
+    /// Takes out the jobs `pick` says, in order.
+    fn take(&mut self, pick: &impl Fn(&J) -> bool, out: &mut Vec<J>) {
+        self.lanes.retain(|_, lane| {
+            let (taken, kept): (VecDeque<J>, VecDeque<J>) =
+                std::mem::take(&mut lane.jobs).into_iter().partition(|j| pick(j));
+            out.extend(taken);
+            lane.jobs = kept;
+            !lane.jobs.is_empty()
+        });
+    }
+
     fn drain(&mut self) -> impl Iterator<Item = J> + '_ {
         std::mem::take(&mut self.lanes).into_values().flat_map(|l| l.jobs)
     }
@@ -150,6 +161,15 @@ impl<J> Ready<J> {
         let gone = self.transactional.retain(&mut keep) + self.bulk.retain(&mut keep);
         self.len -= gone;
         gone
+    }
+
+    /// Takes out the jobs `pick` says (a rule suspends or bounces them).
+    pub fn take(&mut self, pick: impl Fn(&J) -> bool) -> Vec<J> {
+        let mut out = Vec::new();
+        self.transactional.take(&pick, &mut out);
+        self.bulk.take(&pick, &mut out);
+        self.len -= out.len();
+        out
     }
 
     /// Everything, in no particular order (the destination is unreachable).

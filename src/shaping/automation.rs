@@ -279,8 +279,15 @@ pub struct Scope<'a> {
     pub mx_host: Option<&'a str>,
     /// The tenant of the message the reply was about.
     pub tenant: Option<&'a str>,
-    /// The destination's configured connection limit (the base a reduction starts from).
+    /// The destination's configured connection limit and rate (messages per second; None:
+    /// unlimited): the base a reduction starts from and recovery returns to. Without a
+    /// configured rate, the rate sent over the last minute is the base.
     pub connections: usize,
+    pub rate: Option<f64>,
+    /// When the attempt began (Unix ms): replies to mail sent before the key's last action
+    /// say nothing about the limits that action set, so they hold recovery back but do not
+    /// count towards another action.
+    pub started: u64,
 }
 
 /// What happened.
@@ -342,6 +349,8 @@ struct Throttle {
     suspended_until: Option<u64>,
     /// The last matching reply or recovery step: the next step is `recover_every` after it.
     since: u64,
+    /// The last action.
+    acted: u64,
     recover_every: u64,
     recover_step: f64,
 }
@@ -403,13 +412,24 @@ impl Automation {
         self.rules.is_empty()
     }
 
+    /// Nothing is suspended, lowered or bounced now (the planner's fast path).
+    pub fn quiet(&self) -> bool {
+        self.throttles.is_empty() && self.bounces.is_empty()
+    }
+
     /// One attempt's non-success replies from `scope`; each rule counts at most once per
     /// attempt. Returns the actions taken.
     pub fn observe(&mut self, scope: &Scope<'_>, replies: &[&Reply], now: u64) -> Vec<Event> {
         let mut events = Vec::new();
+        // Each reply's lines joined once, not once per rule.
+        let parts: Vec<(u16, &str, String)> = replies
+            .iter()
+            .map(|r| (r.code, r.enhanced.as_deref().unwrap_or(""), r.text.replace('\n', " ")))
+            .collect();
         for i in 0..self.rules.rules.len() {
             let rule = &self.rules.rules[i];
-            let Some(reply) = replies.iter().find(|r| rule.pattern.matches(r)) else { continue };
+            let matched = parts.iter().position(|(c, e, t)| rule.pattern.matches_parts(*c, e, t));
+            let Some(reply) = matched.map(|p| replies[p]) else { continue };
             if !rule.watches(scope) {
                 continue;
             }
@@ -418,6 +438,9 @@ impl Automation {
             // Any match holds the recovery of its key back.
             if let Some(t) = self.throttles.get_mut(scope.key) {
                 t.since = now;
+                if scope.started < t.acted {
+                    continue;
+                }
             }
             let wkey = (i, scope.key.clone());
             if !self.windows.contains_key(&wkey) && self.windows.len() >= MAX_KEYS {
@@ -469,7 +492,7 @@ impl Automation {
 
     fn fire(&mut self, i: usize, scope: &Scope<'_>, reply: &Reply, now: u64) -> Vec<Event> {
         let cfg = self.rules.rules[i].cfg.clone();
-        let observed = self.observed_rate(scope.key, now);
+        let observed = scope.rate.or_else(|| self.observed_rate(scope.key, now));
         if !self.throttles.contains_key(scope.key) && self.throttles.len() >= MAX_KEYS {
             return Vec::new();
         }
@@ -481,11 +504,13 @@ impl Automation {
             rate: None,
             suspended_until: None,
             since: now,
+            acted: now,
             recover_every: 0,
             recover_step: 0.0,
         });
         t.rule = cfg.name.clone();
         t.since = now;
+        t.acted = now;
         t.recover_every = cfg.recover_every.as_millis() as u64;
         t.recover_step = cfg.recover_step;
         let mut events = Vec::new();
@@ -640,6 +665,8 @@ mod tests {
             mx_host: None,
             tenant: Some("acme"),
             connections: 10,
+            rate: None,
+            started: T0,
         }
     }
 
@@ -708,6 +735,29 @@ mod tests {
         // +10 % of 10 connections per step: 5, 6, 7, 8, 9, back to the configured limit.
         assert_eq!(conns, [Some(5), Some(6), Some(7), Some(8), Some(9), None, None]);
         assert_eq!(a.view(&k), None, "recovered: no longer throttled");
+    }
+
+    /// Replies to mail sent before an action reflect the old limits: they hold recovery back
+    /// but do not count towards another action.
+    #[test]
+    fn replies_to_mail_sent_before_an_action_do_not_count_towards_the_next() {
+        let mut a = engine(&[GMAIL_RATE]);
+        let k = key("ip1", "google");
+        let r = reply("421 4.7.28 unusual rate");
+        let mut s = scope(&k);
+        for _ in 0..3 {
+            a.observe(&s, &[&r], T0 + 1000);
+        }
+        assert_eq!(a.connections(&k), Some(5));
+        for _ in 0..5 {
+            assert!(a.observe(&s, &[&r], T0 + 2000).is_empty(), "sent before the action");
+        }
+        s.started = T0 + 1500;
+        for _ in 0..2 {
+            assert!(a.observe(&s, &[&r], T0 + 3000).is_empty());
+        }
+        assert_eq!(a.observe(&s, &[&r], T0 + 3000).len(), 1);
+        assert_eq!(a.connections(&k), Some(2), "5 halved, rounded down");
     }
 
     #[test]

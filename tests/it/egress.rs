@@ -246,14 +246,14 @@ fn domains_on_one_providers_exchangers_share_one_set_of_limits() {
     assert_eq!(both.rcpts, ["both1@r1.test", "both2@r2.test"]);
     // `sluice queue destinations`: two Google MX host sets would be two destinations of one
     // site; here one host set for the 20 domains, and one for the ten rolled up.
-    let dests = destinations(&s);
+    let dests = s.destinations();
     let google_dests: Vec<_> = dests.iter().filter(|d| d["site"] == "google").collect();
     assert_eq!(google_dests.len(), 1, "{dests:?}");
     assert_eq!(google_dests[0]["kind"], "mx_set");
     assert_eq!(google_dests[0]["destination"], "alt1.aspmx.l.google.com,aspmx.l.google.com");
     assert_eq!(google_dests[0]["connection_limit"], 2);
     assert!(dests.iter().any(|d| d["destination"] == "mx1.rollup.test,mx2.rollup.test"));
-    let text = queue_cmd(&s, &["destinations"]);
+    let text = s.queue_cmd(&["destinations"]);
     assert!(text.starts_with("destination") && text.contains("google"), "{text}");
     let (_, m) = s.http_get("/metrics");
     let m = String::from_utf8(m).unwrap();
@@ -321,7 +321,7 @@ fn a_warming_source_keeps_to_its_daily_cap_per_site() {
     };
     send(&s, "warm", "a", 40, &["g", "r"]);
     let got = sink.wait_for(40, 60);
-    let warming: Vec<_> = destinations(&s).into_iter().filter(|d| d["source"] == "s2").collect();
+    let warming: Vec<_> = s.destinations().into_iter().filter(|d| d["source"] == "s2").collect();
     assert!(!warming.is_empty());
     assert!(warming.iter().all(|d| d["warmup_day"] == 1 && d["warmup_cap"] == 5), "{warming:?}");
     for site in ['g', 'r'] {
@@ -427,27 +427,4 @@ fn a_tenants_backlog_does_not_hold_up_another_tenant_or_transactional_mail() {
     let overtaken = delivered("a") - a_at_tx;
     assert!(overtaken < 1_000, "{overtaken} bulk messages went before the transactional one");
     assert!(delivered("a") < 20_000, "a's backlog was still there");
-}
-
-/// `sluice queue ARGS...` against the running daemon; its standard output.
-fn queue_cmd(s: &Sluice, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&s.config)
-        .arg("--admin")
-        .arg(s.admin.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `sluice queue destinations --json`, one object per destination.
-fn destinations(s: &Sluice) -> Vec<serde_json::Value> {
-    queue_cmd(s, &["destinations", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }

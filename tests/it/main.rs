@@ -25,6 +25,7 @@ mod mailbox;
 mod power_loss;
 mod proxy;
 mod relay_policy;
+mod shaping;
 mod smtp_clients;
 mod smuggling;
 mod spf_suite;

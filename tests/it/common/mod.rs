@@ -299,6 +299,51 @@ impl Sluice {
         }
     }
 
+    /// `sluice queue ARGS...` against the running daemon; its standard output.
+    pub fn queue_cmd(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `sluice queue destinations --json`, one object per destination.
+    pub fn destinations(&self) -> Vec<serde_json::Value> {
+        self.queue_cmd(&["destinations", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to `secs`) for a delivery log event that `pick` accepts; all events so far.
+    pub fn wait_event(
+        &self,
+        secs: u64,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let path = self.data_dir.join("log/delivery.jsonl");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // Whole lines only: the writer may be in the middle of one.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let events: Vec<serde_json::Value> =
+                whole.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+            if events.iter().any(&pick) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "no such event in {secs} s: {events:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `sluice queue list --json` against the running daemon, one object per message.
     pub fn queue_list(&self) -> Vec<serde_json::Value> {
         let out = Command::new(BIN)

@@ -15,6 +15,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// A self-signed certificate for `names` written to `dir`: the server config and the path of
 /// the certificate (to trust it as a CA).
 pub fn tls_identity(dir: &Path, names: &[&str]) -> (Arc<ServerConfig>, PathBuf) {
@@ -77,8 +81,22 @@ impl Write for Conn {
     }
 }
 
+/// One RCPT as a [`Behavior::script`] sees it.
+pub struct RcptSeen<'a> {
+    /// RCPT commands received so far, this one included (across all connections).
+    pub n: usize,
+    pub rcpt: &'a str,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Answers a RCPT (None: as `rcpt` says, else 250): a provider throttling by time or count.
+pub type Script = Arc<dyn Fn(&RcptSeen<'_>) -> Option<String> + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub struct Behavior {
+    /// Scripted RCPT replies, ahead of `rcpt`.
+    pub script: Option<Script>,
     /// Replies to RCPT for an address, one per attempt; the last one repeats. Default: 250.
     pub rcpt: HashMap<String, Vec<String>>,
     pub chunking: bool,
@@ -131,6 +149,9 @@ struct State {
     auth_failures: usize,
     /// DATA transfers received whole (counted before `end_delay`, i.e. before the reply).
     data_ends: usize,
+    /// RCPT commands received, and when each connection was accepted (Unix ms).
+    rcpt_commands: usize,
+    connected_ms: Vec<u64>,
 }
 
 pub struct Sink {
@@ -153,7 +174,11 @@ impl Sink {
         let st = state.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                st.lock().unwrap().connections += 1;
+                {
+                    let mut s = st.lock().unwrap();
+                    s.connections += 1;
+                    s.connected_ms.push(unix_ms());
+                }
                 let (st, b) = (st.clone(), b.clone());
                 std::thread::spawn(move || {
                     {
@@ -193,6 +218,11 @@ impl Sink {
 
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
+    }
+
+    /// When each connection was accepted (Unix ms), in order.
+    pub fn connected_ms(&self) -> Vec<u64> {
+        self.state.lock().unwrap().connected_ms.clone()
     }
 
     pub fn auth_failures(&self) -> usize {
@@ -405,11 +435,15 @@ fn serve_inner(
             let addr = cmd[8..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
             let reply = {
                 let mut s = st.lock().unwrap();
+                s.rcpt_commands += 1;
+                let seen = RcptSeen { n: s.rcpt_commands, rcpt: &addr, peer: t.peer };
+                let scripted = b.script.as_ref().and_then(|f| f(&seen));
                 let n = s.attempts.entry(addr.clone()).or_default();
                 *n += 1;
-                match b.rcpt.get(&addr) {
-                    Some(seq) => seq[(*n - 1).min(seq.len() - 1)].clone(),
-                    None => "250 2.1.5 ok".to_string(),
+                match (scripted, b.rcpt.get(&addr)) {
+                    (Some(r), _) => r,
+                    (None, Some(seq)) => seq[(*n - 1).min(seq.len() - 1)].clone(),
+                    (None, None) => "250 2.1.5 ok".to_string(),
                 }
             };
             if reply.starts_with('2') {
