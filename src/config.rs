@@ -125,6 +125,9 @@ pub struct Config {
     /// rules, unless `[delivery] builtin_automation = false`).
     #[serde(default)]
     pub automation: Vec<crate::shaping::automation::AutomationConfig>,
+    /// `[circuit_breaker]`: reputation breakers per tenant and campaign.
+    #[serde(default)]
+    pub circuit_breaker: crate::shaping::breaker::BreakerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -804,6 +807,7 @@ impl Config {
             .and_then(|()| self.egress().map(drop))
             .and_then(|()| self.sites().map(drop))
             .and_then(|()| self.automation_rules().map(drop))
+            .and_then(|()| self.check_breakers())
             .map_err(|(key, msg)| ConfigError::Invalid { file: file.into(), key, msg })
     }
 
@@ -1079,6 +1083,27 @@ impl Config {
     /// `[[site]]` over the shipped provider table (unless `[delivery] builtin_sites = false`).
     pub fn sites(&self) -> Result<crate::egress::site::Sites, (String, String)> {
         crate::egress::site::Sites::new(&self.site, self.delivery.builtin_sites)
+    }
+
+    /// `[circuit_breaker]` and each `[tenant.NAME.circuit_breaker]`.
+    fn check_breakers(&self) -> Check {
+        self.circuit_breaker.check("circuit_breaker")?;
+        for (name, t) in &self.tenant {
+            if let Some(b) = &t.circuit_breaker {
+                b.check(&format!("tenant.{name}.circuit_breaker"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenants' own breaker settings.
+    pub fn tenant_breakers(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::shaping::breaker::BreakerConfig> {
+        self.tenant
+            .iter()
+            .filter_map(|(n, t)| t.circuit_breaker.clone().map(|b| (n.clone(), b)))
+            .collect()
     }
 
     /// `[[automation]]` over the shipped rules, checked against the sites.

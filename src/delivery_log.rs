@@ -88,6 +88,11 @@ pub struct LogEntry {
     pub rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<u64>,
+    /// `circuit_open` / `circuit_closed`: `tenant` or `campaign`, and why it opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl LogEntry {
@@ -110,6 +115,8 @@ impl LogEntry {
             connections: None,
             rate: None,
             until: None,
+            scope: None,
+            reason: None,
             attempt: None,
             size: None,
             queued_ms: None,

@@ -108,6 +108,28 @@ enum Command {
         #[command(subcommand)]
         command: SuppressionCommand,
     },
+    /// A tenant's reputation circuit breaker (asks the running daemon).
+    Tenant {
+        /// Configuration file, for the admin address.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Admin API address of the daemon (default: from the configuration).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// A campaign's reputation circuit breaker (asks the running daemon).
+    Campaign {
+        /// Configuration file, for the admin address.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Admin API address of the daemon (default: from the configuration).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
     /// DKIM keys: make one and print its DNS record, or check the published record.
     Dkim {
         #[command(subcommand)]
@@ -117,6 +139,24 @@ enum Command {
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Close the tenant's open circuit breaker: its held mail is sent, new mail accepted.
+    Resume { name: String },
+    /// The open circuit breakers (tenants and campaigns), one JSON object per line.
+    Circuits,
+}
+
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// Close the campaign's open circuit breaker (of every tenant, unless --tenant).
+    Resume {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -451,7 +491,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { config, data_dir, admin, command } => {
             queue(config, data_dir, admin, command)
         }
+        Command::Tenant { config, admin, command } => {
+            let path = match command {
+                TenantCommand::Resume { name } => {
+                    format!("/api/tenant/{}/resume", cli::suppression::urlencode(&name))
+                }
+                TenantCommand::Circuits => "/api/circuits".into(),
+            };
+            circuit(config, admin, &path)
+        }
+        Command::Campaign { config, admin, command: CampaignCommand::Resume { name, tenant } } => {
+            let mut path = format!("/api/campaign/{}/resume", cli::suppression::urlencode(&name));
+            if let Some(t) = tenant {
+                path.push_str(&format!("?tenant={}", cli::suppression::urlencode(&t)));
+            }
+            circuit(config, admin, &path)
+        }
     }
+}
+
+/// `sluice tenant ...` / `sluice campaign ...`: one call to the daemon's circuit API.
+fn circuit(config: Option<PathBuf>, admin: Option<String>, path: &str) -> anyhow::Result<ExitCode> {
+    let cfg = cli::load_config_with(config.as_deref(), None)?;
+    let source = Source::connect(&cfg, admin.as_deref())?;
+    let answer = match path {
+        "/api/circuits" => source.get(path)?,
+        _ => source.change("POST", path)?,
+    };
+    match answer {
+        serde_json::Value::Array(open) => open.iter().for_each(|t| println!("{t}")),
+        other => println!("{other}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {

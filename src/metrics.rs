@@ -384,6 +384,17 @@ metrics! {
         )
         .expect("valid metric"),
     );
+    /// Open reputation circuit breakers.
+    CIRCUIT_OPEN: IntGaugeVec = register(
+        IntGaugeVec::new(
+            Opts::new(
+                "sluice_circuit_open",
+                "Open reputation circuit breakers by scope (tenant, campaign): their mail is held and new mail refused until an operator resumes them.",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric"),
+    );
     /// Outbound connections open now, by destination (same bounded labels as above).
     DESTINATION_CONNECTIONS: IntGaugeVec = register(
         IntGaugeVec::new(

@@ -285,6 +285,8 @@ struct Front {
     path: Arc<crate::intake::Intake>,
     /// Bounded tenant labels, shared by the intake and delivery metrics.
     tenant_labels: Arc<crate::domain_labels::DomainLabels>,
+    /// Reputation circuit breakers per tenant and campaign.
+    circuits: Arc<crate::shaping::breaker::Circuits>,
 }
 
 /// The local mailboxes, when there are mailbox domains.
@@ -332,8 +334,16 @@ impl Front {
             stdout: cfg.delivery_log.stdout,
         })
         .step("starting the delivery log")?;
+        let circuits = Arc::new(crate::shaping::breaker::Circuits::new(
+            crate::shaping::breaker::Breakers::open(
+                cfg.circuit_breaker.clone(),
+                cfg.tenant_breakers(),
+                Some(cfg.data_dir.join("circuits.json")),
+            ),
+            log.clone(),
+        ));
         let Bulk { suppressions, classifier, verp, bounces, unsubscribe_tokens } =
-            Bulk::load(cfg, &log)?;
+            Bulk::load(cfg, &log, &circuits)?;
         let mut session = session_config(cfg);
         if cfg.suppression.check_rcpt
             && let Some(s) = &suppressions
@@ -393,8 +403,10 @@ impl Front {
             stored: stored.clone(),
             tenant_labels: tenant_labels.clone(),
             quota: Some(quota),
+            circuits: Some(circuits.clone()),
         });
         Ok(Front {
+            circuits,
             path,
             tenant_labels,
             spool,
@@ -431,7 +443,11 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn load(cfg: &Config, log: &crate::delivery_log::DeliveryLog) -> Result<Bulk, ServerError> {
+    fn load(
+        cfg: &Config,
+        log: &crate::delivery_log::DeliveryLog,
+        circuits: &Arc<crate::shaping::breaker::Circuits>,
+    ) -> Result<Bulk, ServerError> {
         use crate::bounce::unsubscribe::{Tokens, load_or_create_key};
         use crate::bounce::verp::{BounceInbox, Verp};
         let suppressions = match cfg.suppression.enabled {
@@ -465,6 +481,12 @@ impl Bulk {
                 suppression: cfg.suppression.clone(),
                 log: log.clone(),
                 unsubscribe: unsubscribe_tokens.clone(),
+                on_complaint: Some({
+                    let c = circuits.clone();
+                    Arc::new(move |tenant: Option<&str>, campaign: Option<&str>| {
+                        c.record(tenant, campaign, crate::shaping::breaker::Outcome::Complaint);
+                    })
+                }),
             })
         });
         Ok(Bulk { suppressions, classifier, verp, bounces, unsubscribe_tokens })
@@ -734,6 +756,7 @@ fn start_delivery(
         log: intake.log.clone(),
         delay_notice: cfg.queue.delay_notice,
         classifier: intake.classifier.clone(),
+        circuits: Some(intake.circuits.clone()),
         verp: intake.verp.clone(),
         suppress: intake.suppressions.clone().map(|list| crate::queue::outcome::SuppressFeed {
             list,

@@ -21,6 +21,7 @@ mod procstat;
 mod relay;
 mod report;
 mod sink;
+mod throttle;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// One campaign through HTTP injection or SMTP, to a sink; recipients per second.
     Campaign(campaign::CampaignArgs),
+    /// A sink that throttles like a provider; how the MTA's rate follows it and recovers.
+    Throttle(throttle::ThrottleArgs),
 }
 
 #[tokio::main]
@@ -81,5 +84,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Relay(a) => relay::run(a).await,
         Cmd::Idle(a) => idle::run(a).await,
         Cmd::Campaign(a) => campaign::run(a).await,
+        Cmd::Throttle(a) => throttle::run(a).await,
     }
 }

@@ -168,28 +168,32 @@ pub struct Series<'a> {
     pub per_second: Vec<f64>,
 }
 
-/// Draws the throughput timeline (one line per series) above the latency histogram.
-pub fn plot(
+/// The throughput timeline alone (one line per series).
+pub fn plot_timeline(
     path: &Path,
     title: &str,
     bucket_ms: u32,
     series: &[Series<'_>],
-    latencies: &Samples,
 ) -> anyhow::Result<()> {
     register_font()?;
-    if latencies.len() == 0 {
-        bail!("nothing to plot: no message was accepted");
-    }
-    let root = BitMapBackend::new(path, (1000, 800)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 22))?;
-    let (top, bottom) = root.split_vertically(400);
+    let root = root.titled(title, ("sans-serif", 20))?;
+    timeline_chart(&root, bucket_ms, series)?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
 
+fn timeline_chart(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    bucket_ms: u32,
+    series: &[Series<'_>],
+) -> anyhow::Result<()> {
     let secs = series.iter().map(|s| s.per_second.len()).max().unwrap_or(1) as f64
         * bucket_ms as f64
         / 1000.0;
     let peak = series.iter().flat_map(|s| s.per_second.iter().copied()).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&top)
+    let mut chart = ChartBuilder::on(area)
         .margin(15)
         .caption(format!("throughput (msg/s, {bucket_ms} ms buckets)"), ("sans-serif", 16))
         .x_label_area_size(35)
@@ -209,6 +213,26 @@ pub fn plot(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    Ok(())
+}
+
+/// Draws the throughput timeline (one line per series) above the latency histogram.
+pub fn plot(
+    path: &Path,
+    title: &str,
+    bucket_ms: u32,
+    series: &[Series<'_>],
+    latencies: &Samples,
+) -> anyhow::Result<()> {
+    register_font()?;
+    if latencies.len() == 0 {
+        bail!("nothing to plot: no message was accepted");
+    }
+    let root = BitMapBackend::new(path, (1000, 800)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let (top, bottom) = root.split_vertically(400);
+    timeline_chart(&top, bucket_ms, series)?;
 
     // Latency histogram up to p99.9, so one outlier does not squash the shape.
     let hi = latencies.percentile_ms(0.999).max(0.01);

@@ -38,6 +38,20 @@ pub struct SinkArgs {
     /// Exit once this many messages arrived, printing when the first and the last came.
     #[arg(long)]
     pub exit_after: Option<u64>,
+    /// A throttling provider: accept at most this many recipients per window per client
+    /// address, and answer the rest with `--throttle-reply`.
+    #[arg(long)]
+    pub throttle_per_window: Option<u64>,
+    #[arg(long, default_value_t = 60)]
+    pub throttle_window_s: u64,
+    /// Stop throttling this many seconds after the sink started.
+    #[arg(long)]
+    pub throttle_lift_s: Option<u64>,
+    #[arg(
+        long,
+        default_value = "450 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address."
+    )]
+    pub throttle_reply: String,
 }
 
 impl SinkArgs {
@@ -52,6 +66,10 @@ impl SinkArgs {
             no_pipelining: false,
             chunking: false,
             exit_after: None,
+            throttle_per_window: None,
+            throttle_window_s: 60,
+            throttle_lift_s: None,
+            throttle_reply: String::new(),
         }
     }
 }
@@ -69,6 +87,10 @@ pub struct Counters {
     pub data_seq: AtomicU64,
     /// When each message arrived, in ms since `epoch` (for the throughput timeline).
     pub arrivals_ms: std::sync::Mutex<Vec<u32>>,
+    /// Throttling: recipients accepted per client address in the current window, and when each
+    /// recipient was refused (ms since `epoch`).
+    pub window: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, u64)>>,
+    pub refused_ms: std::sync::Mutex<Vec<u32>>,
 }
 
 pub struct Sink {
@@ -154,6 +176,7 @@ fn hit(seq: &AtomicU64, percent: u64) -> bool {
 
 async fn serve(s: TcpStream, a: &SinkArgs, c: &Counters, epoch: Instant) -> anyhow::Result<()> {
     s.set_nodelay(true)?;
+    let peer = s.peer_addr()?.ip();
     let (r, mut w) = s.into_split();
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let mut out: Vec<u8> = b"220 sink.loadtest ESMTP\r\n".to_vec();
@@ -184,7 +207,10 @@ async fn serve(s: TcpStream, a: &SinkArgs, c: &Counters, epoch: Instant) -> anyh
             rcpts = 0;
             out.extend_from_slice(b"250 2.1.0 ok\r\n");
         } else if upper.starts_with(b"RCPT") {
-            if hit(&c.rcpt_seq, a.tempfail_percent) {
+            if throttled(a, c, epoch, peer) {
+                out.extend_from_slice(a.throttle_reply.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            } else if hit(&c.rcpt_seq, a.tempfail_percent) {
                 out.extend_from_slice(b"451 4.3.0 sink says later\r\n");
             } else if hit(&c.rcpt_seq, a.reject_percent) {
                 out.extend_from_slice(b"550 5.1.1 sink says no\r\n");
@@ -241,6 +267,29 @@ async fn serve(s: TcpStream, a: &SinkArgs, c: &Counters, epoch: Instant) -> anyh
             out.extend_from_slice(b"500 5.5.2 unknown command\r\n");
         }
     }
+}
+
+/// Whether this recipient from `peer` is past the throttle's allowance for the window.
+fn throttled(a: &SinkArgs, c: &Counters, epoch: Instant, peer: std::net::IpAddr) -> bool {
+    let Some(limit) = a.throttle_per_window else { return false };
+    let elapsed = epoch.elapsed();
+    if a.throttle_lift_s.is_some_and(|l| elapsed.as_secs() >= l) {
+        return false;
+    }
+    let window = elapsed.as_secs() / a.throttle_window_s.max(1);
+    let mut w = c.window.lock().unwrap_or_else(|e| e.into_inner());
+    let (at, n) = w.entry(peer).or_insert((window, 0));
+    if *at != window {
+        (*at, *n) = (window, 0);
+    }
+    if *n < limit {
+        *n += 1;
+        return false;
+    }
+    drop(w);
+    let ms = elapsed.as_millis() as u32;
+    c.refused_ms.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+    true
 }
 
 async fn end_of_data(

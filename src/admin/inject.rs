@@ -77,6 +77,7 @@ pub async fn inject_v1(
             format!("{e}\n"),
         )
             .into_response(),
+        Err(e @ InjectError::CircuitOpen(_)) => text(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
         Err(e @ InjectError::Unavailable(_)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }

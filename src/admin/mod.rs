@@ -11,6 +11,9 @@
 //! | `POST /api/queue/flush[?domain=D]` | make queued recipients due now |
 //! | `DELETE /api/queue/{id}` | delete a message (no bounce) |
 //! | `POST /api/queue/{id}/bounce` | bounce a message's queued recipients to its sender, then delete it |
+//! | `GET /api/circuits` | the open reputation circuit breakers |
+//! | `POST /api/tenant/{name}/resume` | close a tenant's circuit breaker, release its mail |
+//! | `POST /api/campaign/{name}/resume[?tenant=T]` | close a campaign's circuit breaker(s) |
 //! | `/api/suppression...` | the suppression list ([`suppression`]) |
 //! | `POST /api/inject/v1` | HTTP injection ([`inject`]; tokens of scope `inject` too) |
 //!
@@ -76,6 +79,9 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/api/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/queue/{id}/message", get(queue_message))
         .route("/api/queue/{id}/bounce", post(queue_bounce))
+        .route("/api/circuits", get(circuits_list))
+        .route("/api/tenant/{name}/resume", post(tenant_resume))
+        .route("/api/campaign/{name}/resume", post(campaign_resume))
         .with_state(AppState { spool, dispatcher, stopping })
         .merge(suppression)
         .merge(inject)
@@ -92,6 +98,42 @@ async fn queue_flush(State(st): State<AppState>, Query(q): Query<FlushQuery>) ->
         Ok(n) => axum::Json(json!({ "flushed_recipients": n })).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
+}
+
+async fn circuits_list(State(st): State<AppState>) -> Response {
+    let open = st.dispatcher.recorder.circuits.as_ref().map(|c| c.list()).unwrap_or_default();
+    axum::Json(json!(open)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ResumeQuery {
+    tenant: Option<String>,
+}
+
+async fn resume(st: &AppState, kind: &str, name: &str, tenant: Option<&str>) -> Response {
+    match st.dispatcher.resume_circuit(kind, name, tenant).await {
+        Ok(closed) if closed.is_empty() => {
+            (StatusCode::NOT_FOUND, format!("no open circuit breaker for {kind} {name}\n"))
+                .into_response()
+        }
+        Ok(closed) => {
+            tracing::warn!(kind, name, "circuit breaker resumed by the operator");
+            axum::Json(json!({ "resumed": closed })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn tenant_resume(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    resume(&st, "tenant", &name, None).await
+}
+
+async fn campaign_resume(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ResumeQuery>,
+) -> Response {
+    resume(&st, "campaign", &name, q.tenant.as_deref()).await
 }
 
 async fn queue_delete(State(st): State<AppState>, Path(id): Path<String>) -> Response {

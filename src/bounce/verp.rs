@@ -261,6 +261,19 @@ pub struct BounceInbox {
     pub log: crate::delivery_log::DeliveryLog,
     /// Checks the tokens of mailto unsubscribes (`[unsubscribe] enabled`).
     pub unsubscribe: Option<Arc<super::unsubscribe::Tokens>>,
+    /// Told of each attributed complaint (tenant, campaign): the circuit breakers count them.
+    pub on_complaint: Option<ComplaintHook>,
+}
+
+/// What a complaint is reported to: its message's tenant and campaign.
+pub type ComplaintHook = Arc<dyn Fn(Option<&str>, Option<&str>) + Send + Sync>;
+
+impl std::fmt::Debug for BounceInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BounceInbox")
+            .field("suppression", &self.suppression)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BounceInbox {
@@ -360,6 +373,9 @@ impl BounceInbox {
         e.tenant = sent.tenant.clone();
         e.campaign = sent.campaign.clone();
         self.log.log(e);
+        if let Some(hook) = &self.on_complaint {
+            hook(sent.tenant.as_deref(), sent.campaign.as_deref());
+        }
         vec![NewEntry {
             address: sent.recipient,
             tenant: match self.suppression.scope {
@@ -539,6 +555,7 @@ mod tests {
             },
             log: crate::delivery_log::DeliveryLog::disabled(),
             unsubscribe: None,
+            on_complaint: None,
         };
         let now = crate::spool::unix_millis() / 1000;
         let sent = |r: &str| Sent { recipient: r.into(), tenant: None, campaign: None, time: now };

@@ -87,6 +87,14 @@ impl Source {
         }
     }
 
+    /// A GET of the daemon's API (only the running daemon answers it).
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let Source::Daemon(base, token) = self else {
+            bail!("this command needs the running daemon (its admin API did not answer)");
+        };
+        Ok(serde_json::from_str(&http_get(&format!("{base}{path}"), token)?)?)
+    }
+
     /// A change (flush, delete, bounce): only the running daemon may change its queue.
     pub fn change(&self, method: &str, path: &str) -> anyhow::Result<Value> {
         let Source::Daemon(base, token) = self else {

@@ -58,7 +58,7 @@ fn query(tenant: Option<&str>) -> String {
     tenant.map_or_else(String::new, |t| format!("?tenant={}", urlencode(t)))
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {

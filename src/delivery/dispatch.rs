@@ -157,6 +157,9 @@ const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A destination without work for this long is forgotten.
 const IDLE_FORGET: Duration = Duration::from_secs(600);
+/// How often mail held by an open circuit breaker is looked at again (a resume makes it due at
+/// once; this only bounds how long a missed wake-up could hold it).
+const CIRCUIT_RECHECK: Duration = Duration::from_secs(600);
 /// Messages in flight (leased from the spool, queued or being delivered) at most.
 const MAX_IN_FLIGHT: usize = 20_000;
 
@@ -171,8 +174,10 @@ struct AttemptBy {
 struct Job {
     id: QueueId,
     rcpts: Vec<u32>,
-    /// The message's tenant (a rule may bounce a tenant's queued mail).
+    /// The message's tenant and campaign (a rule may bounce a tenant's queued mail; a circuit
+    /// breaker holds a tenant's or a campaign's).
     tenant: Option<CompactString>,
+    campaign: Option<CompactString>,
 }
 
 /// One source × site's state, shared by its destinations: connections open, and the pace of
@@ -820,6 +825,9 @@ impl Dispatcher {
         deferrals: &mut Vec<(Arc<Destination>, Job)>,
         tracker: &TaskTracker,
     ) {
+        if self.held_by_circuit(&env, now, tracker) {
+            return;
+        }
         let plan = self.planner.plan(&env, now, &Now::new(self));
         let (groups, postponed, bounced) = (plan.groups, plan.postponed, plan.bounced);
         let side_work = !postponed.is_empty() || !bounced.is_empty();
@@ -874,7 +882,12 @@ impl Dispatcher {
         }
         for (hop, group) in groups {
             let dest = self.destination(&hop, &group);
-            let job = Job { id: env.id, rcpts: group.rcpts, tenant: env.tenant().map(Into::into) };
+            let job = Job {
+                id: env.id,
+                rcpts: group.rcpts,
+                tenant: env.tenant().map(Into::into),
+                campaign: env.campaign().map(Into::into),
+            };
             // A destination in its back-off pause gets no connection now: its work is
             // deferred at once on the retry schedule, with the error that paused it (as
             // Postfix defers mail for a dead destination), rather than held in memory.
@@ -891,6 +904,81 @@ impl Dispatcher {
                 dest.work.notify_one();
             }
         }
+    }
+
+    /// A leased message of a tenant or campaign whose circuit breaker is open: its due
+    /// recipients wait, unattempted, and are looked at again every [`CIRCUIT_RECHECK`] (a resume
+    /// makes them due at once). True when it was held.
+    fn held_by_circuit(
+        self: &Arc<Self>,
+        env: &crate::spool::Envelope,
+        now: u64,
+        tracker: &TaskTracker,
+    ) -> bool {
+        let Some(circuits) = &self.recorder.circuits else { return false };
+        if env.tenant().is_none() && env.campaign().is_none() {
+            return false;
+        }
+        let Some(why) = circuits.holding(env.tenant(), env.campaign()) else { return false };
+        let due: Vec<u32> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Queued && r.next_attempt <= now)
+            .map(|(i, _)| i as u32)
+            .collect();
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            f.side.remove(&env.id);
+            if f.held.contains(&env.id) || due.is_empty() {
+                drop(f);
+                self.recorder.spool.release(env.id);
+                self.released.notify_waiters();
+                return true;
+            }
+            f.side.insert(env.id);
+        }
+        let (me, env) = (self.clone(), env.clone());
+        let until = now + CIRCUIT_RECHECK.as_millis() as u64;
+        tracker.spawn(async move {
+            me.recorder.postpone(&env, &due, until, &format!("4.7.1 {why}")).await;
+            me.side_done(env.id);
+        });
+        true
+    }
+
+    /// Whether an open circuit breaker holds the job's tenant or campaign.
+    fn held(&self, job: &Job) -> bool {
+        (job.tenant.is_some() || job.campaign.is_some())
+            && self.recorder.circuits.as_ref().is_some_and(|c| {
+                c.holding(job.tenant.as_deref(), job.campaign.as_deref()).is_some()
+            })
+    }
+
+    /// Closes open circuit breakers (`sluice tenant resume`, `sluice campaign resume`) and makes
+    /// the mail they held due now. Returns the breakers closed.
+    pub async fn resume_circuit(
+        &self,
+        kind: &str,
+        name: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<crate::shaping::breaker::Trip>, SpoolError> {
+        use crate::shaping::breaker::Scope;
+        let Some(circuits) = &self.recorder.circuits else { return Ok(Vec::new()) };
+        let closed = circuits.resume(kind, name, tenant);
+        if !closed.is_empty() {
+            self.flush_where(|env, _| {
+                closed.iter().any(|t| match &t.scope {
+                    Scope::Tenant { tenant } => env.tenant() == Some(tenant.as_str()),
+                    Scope::Campaign { tenant, campaign } => {
+                        env.campaign() == Some(campaign.as_str())
+                            && env.tenant().unwrap_or("") == tenant
+                    }
+                })
+            })
+            .await?;
+        }
+        Ok(closed)
     }
 
     /// A message's weight among its destination's tenants, and whether it goes ahead of bulk:
@@ -1457,7 +1545,14 @@ impl Dispatcher {
     async fn next_job(&self, dest: &Destination, conn: &mut Connection) -> Option<Job> {
         let deadline = Instant::now() + dest.limits.idle_timeout;
         loop {
-            if let Some(j) = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            let job = dest.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(j) = job {
+                // Queued before its circuit breaker opened: planned again, it is held there.
+                if self.held(&j) {
+                    self.release(&j, &dest.hop);
+                    self.recorder.wake.notify_one();
+                    continue;
+                }
                 return Some(j);
             }
             let left = deadline.checked_duration_since(Instant::now())?;

@@ -37,6 +37,9 @@ pub enum InjectError {
     /// 429: the tenant's sending quota is spent; `Retry-After` says when there is room.
     #[error("{0}")]
     Quota(#[from] crate::tenant::quota::Exceeded),
+    /// 429: the tenant's or campaign's circuit breaker is open until an operator resumes it.
+    #[error("{0}")]
+    CircuitOpen(String),
     /// 503: nothing could be stored (full disk, shutting down); try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -129,6 +132,14 @@ impl Injector {
             // `screen` below checks every recipient, as the intake would.
             screened: true,
         });
+        if let Some(why) = self
+            .intake
+            .circuits
+            .as_ref()
+            .and_then(|c| c.holding(origin.tenant.as_deref(), checked.tags.campaign.as_deref()))
+        {
+            return Err(InjectError::CircuitOpen(why));
+        }
         let accepted = self.screen(checked.recipients, &origin, &mut resp);
         // A request is one batch of messages: it fits the tenant's quota as a whole or waits.
         if let Some(q) = &self.intake.quota {

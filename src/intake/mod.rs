@@ -146,6 +146,9 @@ pub enum Refusal {
     ShuttingDown,
     #[error("storage failed (try again)")]
     Failed,
+    /// The tenant's or campaign's circuit breaker is open (the reply text says why).
+    #[error("{0}")]
+    CircuitOpen(String),
 }
 
 impl Refusal {
@@ -189,6 +192,8 @@ pub struct Intake {
     pub tenant_labels: Arc<DomainLabels>,
     /// Sending quotas of tenants and users (None: none configured).
     pub quota: Option<Arc<quota::QuotaPolicy>>,
+    /// Reputation circuit breakers: an open one refuses its tenant's or campaign's mail.
+    pub circuits: Option<Arc<crate::shaping::breaker::Circuits>>,
 }
 
 /// A submission past the policy steps, waiting to be signed and stored.
@@ -314,6 +319,12 @@ impl Intake {
             return Err(Refusal::Loop);
         }
         let (tenant, campaign) = self.clean_headers(&origin, &mut content);
+        if let Some(why) =
+            self.circuits.as_ref().and_then(|c| c.holding(tenant.as_deref(), campaign.as_deref()))
+        {
+            tracing::info!(ip = %origin.client_ip, "message refused: {why}");
+            return Err(Refusal::CircuitOpen(why));
+        }
         if let Some(done) = self.take_bounces(&mut recipients, &content).await {
             return done.map(|()| None);
         }

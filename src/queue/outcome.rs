@@ -51,6 +51,8 @@ pub struct Recorder {
     pub labels: Arc<DomainLabels>,
     /// Bounded per-tenant metric labels.
     pub tenant_labels: Arc<DomainLabels>,
+    /// Final outcomes feed the reputation circuit breakers.
+    pub circuits: Option<Arc<crate::shaping::breaker::Circuits>>,
 }
 
 /// Where and how an attempt went, for the delivery log.
@@ -131,6 +133,7 @@ impl Recorder {
         if !self.store(env, &fates, &notified).await {
             return;
         }
+        self.count_final(env, &fates);
         self.suppress(env, &fates).await;
         // The message leaves the spool once every recipient is delivered or bounced.
         if let Some(current) = self.spool.get(env.id)
@@ -297,6 +300,25 @@ impl Recorder {
     }
 
     /// Metrics, the delivery log and the log line for one fate.
+    /// Final outcomes (delivered, failed, expired) count towards the message's tenant's and
+    /// campaign's circuit breakers.
+    fn count_final(&self, env: &Envelope, fates: &[Fate]) {
+        let Some(c) = &self.circuits else { return };
+        if env.tenant().is_none() && env.campaign().is_none() {
+            return;
+        }
+        for f in fates {
+            use crate::shaping::breaker::Outcome;
+            let outcome = match (f.state, f.category) {
+                (RecipientState::Delivered, _) => Outcome::Delivered,
+                (RecipientState::Failed, Some(c)) => Outcome::of_failure(c),
+                (RecipientState::Failed, None) => Outcome::OtherFailure,
+                _ => continue,
+            };
+            c.record(env.tenant(), env.campaign(), outcome);
+        }
+    }
+
     fn report(&self, env: &Envelope, f: &Fate, attempt: &Attempt<'_>, now: u64) {
         let answered_by = attempt.answered_by;
         metrics::DELIVERIES.with_label_values(&[f.label]).inc();

@@ -435,12 +435,17 @@ impl Automation {
             }
             let span = rule.cfg.threshold.window.as_millis() as u64;
             let count = rule.cfg.threshold.count as usize;
-            // Any match holds the recovery of its key back.
+            // Any match holds the recovery of its key back. Replies to mail sent before the
+            // last action do not count; and the rule judges the limits an action set over a
+            // whole window before it acts again (at most one action per window, as TCP halves
+            // its window at most once per round trip).
+            let mut settling = false;
             if let Some(t) = self.throttles.get_mut(scope.key) {
                 t.since = now;
                 if scope.started < t.acted {
                     continue;
                 }
+                settling = now < t.acted + span;
             }
             let wkey = (i, scope.key.clone());
             if !self.windows.contains_key(&wkey) && self.windows.len() >= MAX_KEYS {
@@ -454,7 +459,10 @@ impl Automation {
                 window.pop_front();
             }
             window.push_back(now);
-            if window.len() < count {
+            if window.len() > count {
+                window.pop_front();
+            }
+            if window.len() < count || settling {
                 continue;
             }
             self.windows.remove(&wkey);
@@ -738,7 +746,7 @@ mod tests {
     }
 
     /// Replies to mail sent before an action reflect the old limits: they hold recovery back
-    /// but do not count towards another action.
+    /// but do not count towards another action; and a rule acts at most once per window.
     #[test]
     fn replies_to_mail_sent_before_an_action_do_not_count_towards_the_next() {
         let mut a = engine(&[GMAIL_RATE]);
@@ -753,10 +761,13 @@ mod tests {
             assert!(a.observe(&s, &[&r], T0 + 2000).is_empty(), "sent before the action");
         }
         s.started = T0 + 1500;
-        for _ in 0..2 {
-            assert!(a.observe(&s, &[&r], T0 + 3000).is_empty());
+        for _ in 0..3 {
+            assert!(a.observe(&s, &[&r], T0 + 3000).is_empty(), "within the window of the action");
         }
-        assert_eq!(a.observe(&s, &[&r], T0 + 3000).len(), 1);
+        // A window after the action the threshold is still met: the rule acts again.
+        let later = T0 + 1000 + 5 * MIN;
+        s.started = later;
+        assert_eq!(a.observe(&s, &[&r], later).len(), 1);
         assert_eq!(a.connections(&k), Some(2), "5 halved, rounded down");
     }
 

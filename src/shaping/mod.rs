@@ -3,4 +3,5 @@
 //! ([`automation`]).
 
 pub mod automation;
+pub mod breaker;
 pub mod limits;

@@ -377,6 +377,7 @@ fn store_error(r: Refusal) -> StoreError {
         Refusal::NoSpace => StoreError::NoSpace,
         Refusal::ShuttingDown => StoreError::ShuttingDown,
         Refusal::Failed => StoreError::Failed,
+        Refusal::CircuitOpen(why) => StoreError::CircuitOpen(why),
     }
 }
 

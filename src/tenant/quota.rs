@@ -46,6 +46,9 @@ pub struct TenantConfig {
     pub weight: Option<u32>,
     /// `transactional` (ahead of bulk) or `bulk` (the default), unless a message says.
     pub priority: Option<String>,
+    /// `[tenant.NAME.circuit_breaker]`: replaces `[circuit_breaker]` for the tenant and its
+    /// campaigns.
+    pub circuit_breaker: Option<crate::shaping::breaker::BreakerConfig>,
 }
 
 impl TenantConfig {

@@ -472,8 +472,11 @@ fn asynchronous_bounces_to_verp_addresses_are_classified_and_suppress() {
     let mut b = Behavior::default();
     b.rcpt.insert("carl@example.org".into(), vec!["550 5.1.1 no such user".into()]);
     let sink = Sink::start(b);
-    let s =
-        Sluice::start(&sink.route("[verp]\nenabled = true\ndomain = \"bounces.sender.example\"\n"));
+    // The complaint also counts towards the circuit breakers (1 of 2 delivered is past 0.3).
+    let s = Sluice::start(&sink.route(
+        "[verp]\nenabled = true\ndomain = \"bounces.sender.example\"\n\
+         [circuit_breaker]\ncomplaint_min_sample = 2\ncomplaint_rate = 0.3\n",
+    ));
     let token = s.inject_token("campaigns");
     let req = json!({
         "envelope_sender": "news@sender.example", "tenant": "acme", "campaign": "c1",
@@ -569,6 +572,19 @@ s.quit()
     let bob_reason =
         log.iter().find(|e| e["event"] == "suppressed" && e["recipient"] == "bob@example.org");
     assert_eq!(bob_reason.unwrap()["category"], "complaint");
+    let log = s.wait_event(10, |e| e["event"] == "circuit_open" && e["scope"] == "campaign");
+    let mut opened: Vec<_> =
+        events(&log, "circuit_open").map(|e| e["scope"].as_str().unwrap()).collect();
+    opened.sort();
+    assert_eq!(opened, ["campaign", "tenant"], "{log:?}");
+    assert!(events(&log, "circuit_open").all(|e| {
+        e["reason"].as_str().unwrap().starts_with("complaint rate 0.5000 over 2 delivered")
+    }));
+    assert_eq!(inject(&s, &token, &req).0, 429, "acme's mail is refused now");
+    for path in ["/api/tenant/acme/resume", "/api/campaign/c1/resume"] {
+        let (status, body) = s.agent_post_json(path, &s.admin_token(), &json!({}));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
     // Neither the bounces received nor carl's synchronous failure produced mail: VERP mail
     // gets no DSN (it would only come back to us).
     assert_eq!(

@@ -203,8 +203,9 @@ fn power_loss_test_catches_a_spool_that_never_syncs() {
     eprintln!("as expected, the unsafe spool lost all {} acknowledged messages", lost.len());
 }
 
-/// The small state files (warm-up days, quota counters: `sluice::state_file::write_atomic`)
-/// under a power cut: the last version written is there, whole, and never a torn or empty file.
+/// The small state files (warm-up days, quota counters, open circuit breakers:
+/// `sluice::state_file::write_atomic`) under a power cut: the last version written is there,
+/// whole, and never a torn or empty file; a circuit breaker that opened is still open.
 /// Control: a later plain write that was not synced is gone after the cut, so plfs is really
 /// dropping what was not made durable.
 #[test]
@@ -221,7 +222,13 @@ fn power_loss_keeps_the_last_saved_state_file() {
         let text = format!("{{\"s2\":{{\"start\":20000,\"sites\":{{\"google\":[20000,{i}]}}}}}}");
         sluice::state_file::write_atomic(&path, text.as_bytes()).unwrap();
     }
+    use sluice::shaping::breaker::{BreakerConfig, Breakers, Outcome};
+    let tight = || BreakerConfig { min_sample: 1, ..BreakerConfig::default() };
+    let mut b = Breakers::open(tight(), Default::default(), Some(mnt.join("circuits.json")));
+    assert_eq!(b.record(Some("acme"), Some("c1"), Outcome::HardBounce, 1).len(), 2);
     std::fs::write(&path, b"not synced").unwrap();
     fs.cut();
     assert_eq!(std::fs::read_to_string(dump.join("warmup.json")).unwrap(), last);
+    let after = Breakers::open(tight(), Default::default(), Some(dump.join("circuits.json")));
+    assert_eq!(after.list().len(), 2, "the tenant's and the campaign's breakers stay open");
 }

@@ -23,13 +23,6 @@ fn inject_many(s: &Sluice, token: &str, tenant: &str, prefix: &str, n: usize) {
     assert_eq!(status, 200, "{body}");
 }
 
-fn events<'a>(
-    log: &'a [serde_json::Value],
-    event: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-    log.iter().filter(move |e| e["event"] == event)
-}
-
 /// Three "blocked" replies within the window suspend the source × site for 4 s: the connection
 /// ends before its next message, the queued mail waits unattempted (a `deferred` event naming
 /// the rule), no connection is opened until the suspension ends, `queue destinations` shows it,
@@ -200,4 +193,118 @@ fn bounce_tenant_bounces_that_tenants_mail_for_the_site_only() {
     // make it twice), not twenty times.
     let tried = acme_tries.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=2).contains(&tried), "acme's mail offered {tried} times");
+}
+
+/// A reputation circuit breaker: campaign "spring" has 20 % unknown recipients (`550 5.1.1`),
+/// "summer" of the same tenant none. After the minimum sample (20 recipients with a final
+/// outcome) spring's breaker opens: its queued mail is held (not bounced), new injections for it
+/// get 429, summer keeps flowing; `sluice campaign resume spring` releases the held mail.
+#[test]
+fn a_campaigns_breaker_holds_it_and_spares_its_sibling_until_resumed() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    // Everything is deferred until all of it is queued (`open`), so the breaker opens with
+    // spring's mail queued behind it.
+    let (open, reject) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)));
+    let (opened, rejecting) = (open.clone(), reject.clone());
+    let script: crate::common::sink::Script = Arc::new(move |r: &RcptSeen<'_>| {
+        if !opened.load(SeqCst) {
+            return Some("451 4.3.0 not yet".into());
+        }
+        (r.rcpt.starts_with("bad") && rejecting.load(SeqCst))
+            .then(|| "550 5.1.1 The email account that you tried to reach does not exist".into())
+    });
+    let sink = Sink::start(Behavior { script: Some(script), ..Behavior::default() });
+    let cfg = sink.route(
+        "builtin_automation = false\n\
+         [shaping.default]\nconnections = 1\nmessages_per_connection = 100000\n\
+         [circuit_breaker]\nmin_sample = 20\nhard_bounce_rate = 0.1\n",
+    );
+    let s = Sluice::start(&cfg);
+    let token = s.inject_token("breaker");
+    let inject = |campaign: &str, emails: Vec<String>| {
+        let recipients: Vec<_> = emails.iter().map(|e| json!({ "email": e })).collect();
+        let req = json!({
+            "envelope_sender": "news@sender.example",
+            "content": "From: news@sender.example\nSubject: breaker\n\nbody\n",
+            "recipients": recipients,
+            "tenant": "acme",
+            "campaign": campaign,
+        });
+        s.agent_post_json("/api/inject/v1", &token, &req)
+    };
+    // Interleaved, so the tenant as a whole stays at 5 % hard bounces.
+    for batch in 0..20 {
+        let spring = (0..5)
+            .map(|i| {
+                let n = batch * 5 + i;
+                if n % 5 == 0 { format!("bad{n}@example.org") } else { format!("s{n}@example.org") }
+            })
+            .collect();
+        assert_eq!(inject("spring", spring).0, 200);
+        let summer = (0..15).map(|i| format!("m{}@example.org", batch * 15 + i)).collect();
+        assert_eq!(inject("summer", summer).0, 200);
+    }
+    open.store(true, SeqCst);
+    let log = s.wait_event(60, |e| e["event"] == "circuit_open");
+    let open = events(&log, "circuit_open").next().unwrap().clone();
+    assert_eq!(
+        (open["scope"].as_str(), open["campaign"].as_str()),
+        (Some("campaign"), Some("spring"))
+    );
+    assert!(open["reason"].as_str().unwrap().starts_with("hard bounce rate"), "{open}");
+    let circuits = std::fs::read_to_string(s.data_dir.join("circuits.json")).unwrap();
+    assert!(circuits.contains("spring"), "{circuits}");
+    // New mail for spring is refused; summer's is not.
+    let (status, body) = inject("spring", vec!["late@example.org".into()]);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("circuit breaker"), "{body}");
+    let ended = |log: &[serde_json::Value], prefix: &str| {
+        log.iter()
+            .filter(|e| e["event"] == "delivered" || e["event"] == "failed")
+            .filter(|e| e["recipient"].as_str().is_some_and(|r| r.starts_with(prefix)))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let log = loop {
+        let log = s.wait_event(10, |_| true);
+        if ended(&log, "m") == 300 {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "summer: {} of 300", ended(&log, "m"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let spring_done = ended(&log, "s") + ended(&log, "bad");
+    assert!(spring_done < 60, "spring went on after its breaker opened: {spring_done} of 100");
+    let held = events(&log, "deferred")
+        .filter(|e| {
+            e["reply"].as_str().unwrap_or("").contains("circuit breaker of campaign spring")
+        })
+        .count();
+    assert!(held > 0, "no held spring mail");
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("sluice_circuit_open{scope=\"campaign\"} 1"), "{m}");
+    assert!(m.contains("sluice_circuit_open{scope=\"tenant\"} 0"), "{m}");
+    // The list is fixed now; resume releases the held mail and re-arms the breaker.
+    reject.store(false, SeqCst);
+    let out = std::process::Command::new(BIN)
+        .args(["campaign", "resume", "spring", "--config"])
+        .arg(&s.config)
+        .arg("--admin")
+        .arg(s.admin.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spring"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = s.wait_event(10, |_| true);
+        if ended(&log, "s") + ended(&log, "bad") == 100 {
+            assert_eq!(events(&log, "circuit_closed").count(), 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "spring after resume: {log:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(inject("spring", vec!["again@example.org".into()]).0, 200);
 }

@@ -136,6 +136,8 @@ reject_reasons! {
     MailboxFull => "mailbox_full",
     /// A tenant's or user's sending quota or rate is spent.
     Quota => "quota",
+    /// The tenant's or campaign's reputation circuit breaker is open.
+    CircuitOpen => "circuit_open",
 }
 
 /// A negative reply and the reason it is counted under: the pair is fixed here, once, so no
@@ -170,6 +172,12 @@ impl Rejection {
     /// max_sessions`): 454 4.7.0, a temporary AUTH failure (RFC 4954 6).
     pub fn tenant_sessions(why: String) -> Self {
         Rejection::owned(454, "4.7.0", why, RejectReason::Quota)
+    }
+
+    /// Mail of a tenant or campaign whose circuit breaker is open: 452 4.7.1 with the reason,
+    /// the client tries again later (after an operator resumes it).
+    pub fn circuit_open(why: String) -> Self {
+        Rejection::owned(452, "4.7.1", why, RejectReason::CircuitOpen)
     }
 
     /// RCPT of an address on the suppression list; `why` names the entry.

@@ -272,6 +272,8 @@ pub enum StoreError {
     /// The From: domain is not one the authenticated user may send as, and
     /// `[signing] unaligned_from = "refuse"`: 550 5.7.1.
     UnalignedFrom,
+    /// The tenant's or campaign's circuit breaker is open: 452 4.7.1 with the reason.
+    CircuitOpen(String),
 }
 
 #[derive(Debug)]
@@ -490,6 +492,7 @@ impl Session {
             Err(StoreError::SpfReject) => self.reject(reply::SPF_REJECT),
             Err(StoreError::UnalignedFrom) => self.reject(reply::FROM_NOT_OWNED),
             Err(StoreError::ShuttingDown) => self.close(reply::SHUTTING_DOWN),
+            Err(StoreError::CircuitOpen(why)) => self.refuse(Rejection::circuit_open(why)),
         }
     }
 

@@ -541,3 +541,11 @@ pub fn add_user_with(users: &Path, name: &str, password: &str, args: &[&str]) {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The events named `event` of a delivery log.
+pub fn events<'a>(
+    log: &'a [serde_json::Value],
+    event: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    log.iter().filter(move |e| e["event"] == event)
+}

@@ -516,6 +516,21 @@ fn timeout_shutdown_and_storage_errors() {
     assert_eq!(h.cmd("MAIL FROM:<a@b.c>"), vec![250]);
 }
 
+/// Mail of a tenant or campaign whose circuit breaker is open: 452 4.7.1 with the reason after
+/// DATA (RFC 5321 allows 452 there), counted as `circuit_open`; the session goes on.
+#[test]
+fn an_open_circuit_breaker_refuses_the_message_for_now() {
+    let mut h = Harness::new();
+    h.s.input()
+        .extend_from_slice(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n");
+    let Step::Store(_) = h.s.advance() else { panic!("expected a store") };
+    h.s.handle_stored(Err(StoreError::CircuitOpen("sending paused: campaign c".into())), 0);
+    assert!(h.take_output().ends_with("452 4.7.1 sending paused: campaign c\r\n"));
+    let events: Vec<Event> = h.s.drain_events().collect();
+    assert!(events.contains(&Event::Rejected(RejectReason::CircuitOpen)), "{events:?}");
+    assert_eq!(h.cmd("MAIL FROM:<a@b.c>"), vec![250]);
+}
+
 /// Issue #22: resource refusals (a full spool, a failed write or signature, the memory
 /// budget) are not client errors: 50 of them do not reach `max_errors` (3,648 refusals of a
 /// full spool gave a relay-network injector 182 disconnects).
