@@ -157,9 +157,10 @@ const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A destination without work for this long is forgotten.
 const IDLE_FORGET: Duration = Duration::from_secs(600);
-/// How often mail held by an open circuit breaker is looked at again (a resume makes it due at
-/// once; this only bounds how long a missed wake-up could hold it).
-const CIRCUIT_RECHECK: Duration = Duration::from_secs(600);
+/// How often mail held by an open circuit breaker is looked at again: a resume makes it due at
+/// once, so this only bounds the spool writes of a large held campaign (one per message per
+/// hour).
+const CIRCUIT_RECHECK: Duration = Duration::from_secs(3600);
 /// Messages in flight (leased from the spool, queued or being delivered) at most.
 const MAX_IN_FLIGHT: usize = 20_000;
 
@@ -421,6 +422,12 @@ impl Dispatcher {
             warmup: cfg.warmup.clone(),
             lanes: cfg.shaping.rule.iter().flat_map(|r| r.tenants.iter().cloned()).collect(),
         };
+        // Every rule's actions are series from the start (at zero), for rate() and dashboards.
+        for (rule, kinds) in cfg.automation.actions() {
+            for k in kinds {
+                metrics::SHAPING_ACTIONS.with_label_values(&[rule, k.as_str()]);
+            }
+        }
         Arc::new(Dispatcher {
             recorder,
             routes: cfg.routes,
@@ -938,10 +945,16 @@ impl Dispatcher {
             }
             f.side.insert(env.id);
         }
-        let (me, env) = (self.clone(), env.clone());
+        let (me, env, circuits) = (self.clone(), env.clone(), circuits.clone());
         let until = now + CIRCUIT_RECHECK.as_millis() as u64;
         tracker.spawn(async move {
             me.recorder.postpone(&env, &due, until, &format!("4.7.1 {why}")).await;
+            // Resumed while this was being written: the resume's flush skipped this message
+            // (it was busy), so it is made due here.
+            if circuits.holding(env.tenant(), env.campaign()).is_none() {
+                let why = "4.7.1 its circuit breaker was resumed";
+                me.recorder.postpone(&env, &due, crate::spool::unix_millis(), why).await;
+            }
             me.side_done(env.id);
         });
         true

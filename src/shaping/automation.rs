@@ -244,6 +244,33 @@ impl Rules {
         self.rules.is_empty()
     }
 
+    /// Each rule's name and the actions it can log (for metrics that exist from the start).
+    pub fn actions(&self) -> Vec<(&str, Vec<ActionKind>)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let c = &r.cfg;
+                let mut kinds = Vec::new();
+                if c.suspend.is_some() {
+                    kinds.extend([ActionKind::Suspend, ActionKind::Resume]);
+                }
+                if c.reduce.is_some() {
+                    kinds.push(ActionKind::Reduce);
+                }
+                if c.set.is_some() {
+                    kinds.push(ActionKind::Set);
+                }
+                if c.reduce.is_some() || c.set.is_some() {
+                    kinds.push(ActionKind::Recover);
+                }
+                if c.bounce_tenant {
+                    kinds.push(ActionKind::BounceTenant);
+                }
+                (c.name.as_str(), kinds)
+            })
+            .collect()
+    }
+
     /// The names of the rules whose patterns match `reply` (whatever they watch).
     pub fn matching(&self, reply: &Reply) -> Vec<&str> {
         self.rules

@@ -57,7 +57,10 @@ fn a_suspension_holds_new_connections_until_it_ends() {
         assert!(text.contains("suspended"), "{text}");
     }
     sink.wait_for(10, 60);
-    let log = s.wait_event(10, |e| e["event"] == "shaping_action" && e["action"] == "resume");
+    let log = s.wait_log(30, |log| {
+        events(log, "delivered").count() == 10
+            && events(log, "shaping_action").any(|e| e["action"] == "resume")
+    });
     let connected = sink.connected_ms();
     assert!(connected.len() >= 2, "{connected:?}");
     for &c in &connected[1..] {
@@ -170,15 +173,9 @@ fn bounce_tenant_bounces_that_tenants_mail_for_the_site_only() {
             .filter(|e| e["recipient"].as_str().is_some_and(|r| r.starts_with(prefix)))
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let log = loop {
-        let log = s.wait_event(10, |_| true);
-        if done(&log, "acme", "failed") == 20 && done(&log, "zeta", "delivered") == 20 {
-            break log;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = s.wait_log(60, |log| {
+        done(log, "acme", "failed") == 20 && done(log, "zeta", "delivered") == 20
+    });
     assert_eq!(done(&log, "acme", "delivered"), 0);
     assert_eq!(done(&log, "zeta", "failed"), 0);
     let action = events(&log, "shaping_action").next().unwrap();
@@ -264,15 +261,7 @@ fn a_campaigns_breaker_holds_it_and_spares_its_sibling_until_resumed() {
             .filter(|e| e["recipient"].as_str().is_some_and(|r| r.starts_with(prefix)))
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let log = loop {
-        let log = s.wait_event(10, |_| true);
-        if ended(&log, "m") == 300 {
-            break log;
-        }
-        assert!(std::time::Instant::now() < deadline, "summer: {} of 300", ended(&log, "m"));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = s.wait_log(60, |log| ended(log, "m") == 300);
     let spring_done = ended(&log, "s") + ended(&log, "bad");
     assert!(spring_done < 60, "spring went on after its breaker opened: {spring_done} of 100");
     let held = events(&log, "deferred")
@@ -296,15 +285,7 @@ fn a_campaigns_breaker_holds_it_and_spares_its_sibling_until_resumed() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("spring"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let log = s.wait_event(10, |_| true);
-        if ended(&log, "s") + ended(&log, "bad") == 100 {
-            assert_eq!(events(&log, "circuit_closed").count(), 1);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "spring after resume: {log:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let log = s.wait_log(60, |log| ended(log, "s") + ended(log, "bad") == 100);
+    assert_eq!(events(&log, "circuit_closed").count(), 1);
     assert_eq!(inject("spring", vec!["again@example.org".into()]).0, 200);
 }

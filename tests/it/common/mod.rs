@@ -328,6 +328,15 @@ impl Sluice {
         secs: u64,
         pick: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
+        self.wait_log(secs, |log| log.iter().any(&pick))
+    }
+
+    /// Waits (up to `secs`) until the delivery log's events so far satisfy `done`; returns them.
+    pub fn wait_log(
+        &self,
+        secs: u64,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let path = self.data_dir.join("log/delivery.jsonl");
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -336,10 +345,10 @@ impl Sluice {
             let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
             let events: Vec<serde_json::Value> =
                 whole.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-            if events.iter().any(&pick) {
+            if done(&events) {
                 return events;
             }
-            assert!(Instant::now() < deadline, "no such event in {secs} s: {events:?}");
+            assert!(Instant::now() < deadline, "not there in {secs} s: {events:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
