@@ -39,8 +39,9 @@ ${4:-}
 TOML
 }
 
-# relay_config FILE DATA_DIR SINK_PORT: sluice_config relaying everything to 127.0.0.1:SINK_PORT
-# over plain SMTP with 20 connections (the campaign benchmarks).
+# relay_config FILE DATA_DIR SINK_PORT [CONNECTIONS] [MORE]: sluice_config relaying everything
+# to 127.0.0.1:SINK_PORT over plain SMTP with CONNECTIONS (default 20, the campaign benchmarks);
+# MORE goes on inside [shaping.default] (more of its keys, then other tables).
 relay_config() {
   sluice_config "$1" "$2" "max_sessions_per_ip = 1000" "$(cat <<TOML
 [[route]]
@@ -48,7 +49,8 @@ domains = ["*"]
 smarthost = "127.0.0.1:$3"
 tls = "disabled"
 [shaping.default]
-connections = 20
+connections = ${4:-20}
+${5:-}
 TOML
 )"
 }

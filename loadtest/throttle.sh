@@ -8,6 +8,7 @@
 # refused recipients per accepted one (how hard sluice pushed past the limit), and the seconds
 # from the lift to 90 % of 30/s; PNG timelines in target/throttle-*.png.
 #   usage: bash loadtest/throttle.sh [per_minute] [lift_s] [duration_s]   (default 600 300 600)
+#   THROTTLE_VARIANTS="automation" runs one of the two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -46,7 +47,7 @@ TOML
   rm -rf "$work"
 }
 
-run automation "$(cat <<'TOML'
+automation=$(cat <<'TOML'
 [[automation]]
 name = "rate"
 match = { code = '^4\.7\.28$' }
@@ -55,5 +56,10 @@ reduce = 0.5
 recover_every = "30s"
 recover_step = 0.1
 TOML
-)"
-run fixed ""
+)
+for v in ${THROTTLE_VARIANTS:-automation fixed}; do
+  case $v in
+    automation) run automation "$automation" ;;
+    fixed) run fixed "" ;;
+  esac
+done

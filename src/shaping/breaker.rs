@@ -149,7 +149,7 @@ impl std::fmt::Display for Scope {
 pub struct Trip {
     #[serde(flatten)]
     pub scope: Scope,
-    /// Why, with the numbers: "hard bounce rate 0.20 over 500 recipients (limit 0.10)".
+    /// Why, with the numbers: "hard bounce rate 0.2000 over 500 recipients (limit 0.1)".
     pub reason: String,
     /// Unix ms.
     pub since: u64,
@@ -446,35 +446,26 @@ impl Circuits {
     }
 }
 
-/// Why the counts open a breaker under `cfg`, if they do.
+/// Why the counts open a breaker under `cfg`, if they do: the first rate past its limit with
+/// its minimum sample.
 fn tripped(cfg: &BreakerConfig, c: &Counts) -> Option<String> {
-    let share = |n: u64, of: u64| n as f64 / of.max(1) as f64;
-    if c.finals >= cfg.min_sample {
-        let hard = share(c.hard, c.finals);
-        if hard > cfg.hard_bounce_rate {
-            return Some(format!(
-                "hard bounce rate {hard:.3} over {} recipients (limit {})",
-                c.finals, cfg.hard_bounce_rate
-            ));
-        }
-        let blocked = share(c.blocked, c.finals);
-        if blocked > cfg.block_rate {
-            return Some(format!(
-                "block rate {blocked:.3} over {} recipients (limit {})",
-                c.finals, cfg.block_rate
-            ));
-        }
-    }
-    if c.delivered >= cfg.complaint_min_sample {
-        let complaints = share(c.complaints, c.delivered);
-        if complaints > cfg.complaint_rate {
-            return Some(format!(
-                "complaint rate {complaints:.4} over {} delivered (limit {})",
-                c.delivered, cfg.complaint_rate
-            ));
-        }
-    }
-    None
+    let checks = [
+        ("hard bounce rate", c.hard, c.finals, cfg.hard_bounce_rate, cfg.min_sample, "recipients"),
+        ("block rate", c.blocked, c.finals, cfg.block_rate, cfg.min_sample, "recipients"),
+        (
+            "complaint rate",
+            c.complaints,
+            c.delivered,
+            cfg.complaint_rate,
+            cfg.complaint_min_sample,
+            "delivered",
+        ),
+    ];
+    checks.into_iter().find_map(|(what, n, of, limit, min, unit)| {
+        let rate = n as f64 / of.max(1) as f64;
+        (of >= min && rate > limit)
+            .then(|| format!("{what} {rate:.4} over {of} {unit} (limit {limit})"))
+    })
 }
 
 #[cfg(test)]
@@ -507,7 +498,7 @@ mod tests {
             Scope::Campaign { tenant: "acme".into(), campaign: "spring".into() }
         );
         assert!(
-            trip[0].reason.starts_with("hard bounce rate 0.200 over 100"),
+            trip[0].reason.starts_with("hard bounce rate 0.2000 over 100"),
             "{}",
             trip[0].reason
         );
@@ -547,7 +538,7 @@ mod tests {
             let o = if i < 6 { Outcome::Blocked } else { Outcome::Delivered };
             trips.extend(b.record(Some("blk"), None, o, T0 + i));
         }
-        assert!(trips[0].reason.starts_with("block rate 0.060"), "{trips:?}");
+        assert!(trips[0].reason.starts_with("block rate 0.0600"), "{trips:?}");
     }
 
     #[test]
