@@ -23,16 +23,10 @@ run() { # $1 label, $2 extra configuration
   local work sink_port
   work=$(mktemp -d "$PWD/target/throttle.XXXXXX")
   sink_port=$(free_port)
-  sluice_config "$work/sluice.toml" "$work/data" "max_sessions_per_ip = 1000" "$(cat <<TOML
+  relay_config "$work/sluice.toml" "$work/data" "$sink_port" 4 "$(cat <<TOML
+rate = "30/s"
 [queue]
 retry = ["30s"]
-[[route]]
-domains = ["*"]
-smarthost = "127.0.0.1:$sink_port"
-tls = "disabled"
-[shaping.default]
-connections = 4
-rate = "30/s"
 [delivery]
 builtin_automation = false
 $2
