@@ -161,7 +161,7 @@ metrics! {
     /// Commands or messages refused, by reason (syntax, sequence, size, bare_cr_lf, relay_denied, ...).
     MESSAGES_REJECTED: IntCounterVec = counter_vec(
         "sluice_smtp_rejections_total",
-        "refusals: `syntax`, `sequence`, `size`, `line_too_long`, `bare_cr_lf`, `relay_denied`, `too_many_recipients`, `too_many_errors`, `timeout`, `storage`, `not_implemented`, `auth_required`, `auth_failed`, `auth_locked_out`, `tls_required`, `sender_not_owned`, `pregreet`, `too_slow`, `no_mailbox`, `nul`, `mail_loop`, `improper_pipelining`, `dmarc`, `spf`, `suppressed`, `mailbox_full`",
+        "refusals: `syntax`, `sequence`, `size`, `line_too_long`, `bare_cr_lf`, `relay_denied`, `too_many_recipients`, `too_many_errors`, `timeout`, `storage`, `not_implemented`, `auth_required`, `auth_failed`, `auth_locked_out`, `tls_required`, `sender_not_owned`, `pregreet`, `too_slow`, `no_mailbox`, `nul`, `mail_loop`, `improper_pipelining`, `dmarc`, `spf`, `suppressed`, `mailbox_full`, `quota`, `circuit_open`",
         &["reason"],
     );
     /// Message octets accepted (body as received, without added headers).
@@ -227,6 +227,11 @@ metrics! {
             "message bytes sessions hold now (bodies being read, or waiting for their commit) against `[limits] memory_budget`",
         )
         .expect("valid metric"),
+    );
+    /// The budget itself.
+    MEMORY_BUDGET: IntGauge = gauge(
+        "sluice_memory_budget_bytes",
+        "[limits] memory_budget: message bytes sessions may hold at once (the limit of sluice_memory_budget_used_bytes)."
     );
     /// Delivery outcomes per recipient: delivered, deferred (temporary failure), failed, expired.
     DELIVERIES: IntCounterVec = counter_vec(
@@ -509,6 +514,22 @@ metrics! {
     /// Bytes in segment files on disk.
     SPOOL_DISK_BYTES: IntGauge =
         gauge("sluice_spool_disk_bytes", "Bytes in segment log files on disk.");
+    /// Free space where the spool is, and the floor below which new mail is refused.
+    SPOOL_FREE_BYTES: IntGauge = gauge(
+        "sluice_spool_free_bytes",
+        "Free bytes on the spool's filesystem (measured after each group commit, and each second while below the floor)."
+    );
+    SPOOL_MIN_FREE_BYTES: IntGauge = gauge(
+        "sluice_spool_min_free_bytes",
+        "[spool] min_free_space: below it new mail gets 452 4.3.1."
+    );
+    /// Time in the queue of each recipient that reached a final outcome.
+    TIME_TO_OUTCOME: HistogramVec = histogram_vec(
+        "sluice_time_to_outcome_seconds",
+        "Time from reception to a recipient's final outcome: delivered, failed, expired.",
+        &["outcome"],
+        vec![1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0, 43200.0, 86400.0, 259200.0, 432000.0],
+    );
     /// Outbound SMTP connections open now.
     DELIVERY_CONNECTIONS: IntGauge =
         gauge("sluice_delivery_connections", "Outbound SMTP connections open now.");
@@ -532,6 +553,13 @@ pub fn init_labels(listeners: &[String]) {
     }
     for o in ["delivered", "deferred", "failed", "expired"] {
         DELIVERIES.with_label_values(&[o]);
+    }
+    for o in ["delivered", "failed", "expired"] {
+        TIME_TO_OUTCOME.with_label_values(&[o]);
+    }
+    // Named sites appear as they are used; `other` (the rest) exists from the start.
+    for o in ["delivered", "deferred", "failed", "expired"] {
+        SITE_DELIVERIES.with_label_values(&[crate::domain_labels::OTHER, o]);
     }
     for o in ["stored", "over_quota", "no_such_user", "loop", "error"] {
         LOCAL_DELIVERIES.with_label_values(&[o]);
@@ -609,6 +637,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+
+    /// The rejection counter's help names every reason it is counted under.
+    #[test]
+    fn rejection_help_lists_every_reason() {
+        let help = super::catalogue()
+            .into_iter()
+            .find(|m| m.name == "sluice_smtp_rejections_total")
+            .expect("declared")
+            .help;
+        for r in crate::proto::smtp::session::RejectReason::ALL {
+            assert!(
+                help.contains(&format!("`{}`", r.label())),
+                "{} missing from {help}",
+                r.label()
+            );
+        }
     }
 
     /// README's metrics table is the catalogue, verbatim: a metric added, renamed or re-helped

@@ -13,6 +13,7 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     pub fn new(limit: usize) -> Arc<Self> {
+        crate::metrics::MEMORY_BUDGET.set(limit as i64);
         Arc::new(MemoryBudget { used: AtomicUsize::new(0), limit })
     }
 

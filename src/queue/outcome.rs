@@ -331,6 +331,10 @@ impl Recorder {
             }
             _ => {}
         }
+        if f.state != RecipientState::Queued {
+            let queued = now.saturating_sub(env.received_at) as f64 / 1000.0;
+            metrics::TIME_TO_OUTCOME.with_label_values(&[f.label]).observe(queued);
+        }
         let rcpt_domain = env.recipients[f.index as usize].address.rsplit_once('@');
         let domain = self.labels.label(rcpt_domain.map_or("", |(_, d)| d));
         metrics::DOMAIN_DELIVERIES.with_label_values(&[&domain, f.label]).inc();

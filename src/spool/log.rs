@@ -175,7 +175,12 @@ impl LogSpool {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         let shared = Arc::new(Shared {
-            free_space: AtomicU64::new(free_space(&opts.dir)),
+            free_space: AtomicU64::new({
+                let free = free_space(&opts.dir);
+                metrics::SPOOL_FREE_BYTES.set(free.min(i64::MAX as u64) as i64);
+                metrics::SPOOL_MIN_FREE_BYTES.set(opts.min_free_space.min(i64::MAX as u64) as i64);
+                free
+            }),
             free_checked: AtomicU64::new(0),
             trouble: Mutex::new(Trouble::default()),
             damaged_seen: Mutex::new(HashSet::new()),
@@ -330,9 +335,16 @@ impl Shared {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+            self.measure_free_space();
         }
         self.free_space.load(Ordering::Relaxed) < self.opts.min_free_space
+    }
+
+    /// Measures the free space (and shows it in `sluice_spool_free_bytes`).
+    fn measure_free_space(&self) {
+        let free = free_space(&self.opts.dir);
+        self.free_space.store(free, Ordering::Relaxed);
+        metrics::SPOOL_FREE_BYTES.set(free.min(i64::MAX as u64) as i64);
     }
 
     /// Wakes the commit thread, whichever way it waits.
@@ -411,7 +423,7 @@ impl Shared {
                 let _ = done.send(result);
             }
         }
-        self.free_space.store(free_space(&self.opts.dir), Ordering::Relaxed);
+        self.measure_free_space();
         let mut t = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(since) = t.since {
             tracing::info!(

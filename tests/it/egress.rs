@@ -265,6 +265,8 @@ fn domains_on_one_providers_exchangers_share_one_set_of_limits() {
         m.contains("sluice_site_deliveries_total{outcome=\"delivered\",site=\"other\"} 52"),
         "{m}"
     );
+    // Every delivered recipient's time in the queue is in the histogram.
+    assert!(m.contains("sluice_time_to_outcome_seconds_count{outcome=\"delivered\"} 252"), "{m}");
     let log = s.delivery_log(251 + 251);
     let delivered: Vec<_> = log.iter().filter(|e| e["event"] == "delivered").collect();
     assert_eq!(delivered.len(), 252, "{delivered:?}");
