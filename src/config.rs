@@ -154,6 +154,15 @@ impl ListenerMode {
     pub fn is_smtp(self) -> bool {
         matches!(self, ListenerMode::Smtp | ListenerMode::Submission | ListenerMode::Submissions)
     }
+
+    /// The protocol it speaks, as metrics label it: `smtp`, `imap` or `pop3`.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            ListenerMode::Smtp | ListenerMode::Submission | ListenerMode::Submissions => "smtp",
+            ListenerMode::Pop3 | ListenerMode::Pop3s => "pop3",
+            ListenerMode::Imap | ListenerMode::Imaps => "imap",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

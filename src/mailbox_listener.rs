@@ -56,7 +56,7 @@ pub async fn accept_loop<F, Fut>(
     ctx: Arc<MailboxListener>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    sessions: &'static prometheus::IntCounterVec,
+    (protocol, sessions): (&'static str, &'static prometheus::IntCounterVec),
     refusal: &'static [u8],
     serve: F,
 ) where
@@ -73,6 +73,7 @@ pub async fn accept_loop<F, Fut>(
         async move {
             let ip = peer.ip().to_canonical();
             sessions.with_label_values(&[&ctx.name]).inc();
+            crate::metrics::SESSIONS.with_label_values(&[protocol, &ctx.name]).inc();
             match ctx.limits.admit(ip) {
                 Ok(admission) => {
                     serve(stream, ip, ctx, stop).await;

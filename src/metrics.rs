@@ -164,6 +164,18 @@ metrics! {
         "refusals: `syntax`, `sequence`, `size`, `line_too_long`, `bare_cr_lf`, `relay_denied`, `too_many_recipients`, `too_many_errors`, `timeout`, `storage`, `not_implemented`, `auth_required`, `auth_failed`, `auth_locked_out`, `tls_required`, `sender_not_owned`, `pregreet`, `too_slow`, `no_mailbox`, `nul`, `mail_loop`, `improper_pipelining`, `dmarc`, `spf`, `suppressed`, `mailbox_full`, `quota`, `circuit_open`",
         &["reason"],
     );
+    /// Sessions of every protocol, by listener.
+    SESSIONS: IntCounterVec = counter_vec(
+        "sluice_sessions_total",
+        "Connections accepted, by protocol (smtp, imap, pop3) and listener.",
+        &["protocol", "listener"],
+    );
+    /// Inbound TLS handshakes of every protocol.
+    TLS_HANDSHAKES: IntCounterVec = counter_vec(
+        "sluice_tls_handshakes_total",
+        "Inbound TLS handshakes (STARTTLS, STLS or implicit) by protocol, listener and result: the protocol version, or failed.",
+        &["protocol", "listener", "result"],
+    );
     /// Message octets accepted (body as received, without added headers).
     BYTES_RECEIVED: IntCounter = counter("sluice_received_bytes_total", "Message octets accepted, as received.");
     /// Time from handing a record to the spool until it is durable (group commit wait + write + fsync).
@@ -310,7 +322,7 @@ metrics! {
     /// Inbound TLS handshakes by listener and result (TLSv1_2, TLSv1_3, failed).
     SMTP_TLS: IntCounterVec = counter_vec(
         "sluice_smtp_tls_total",
-        "Inbound TLS handshakes (STARTTLS or implicit) by listener and result: the protocol version, or failed.",
+        "Inbound TLS handshakes (STARTTLS or implicit) of SMTP listeners by listener and result: the protocol version, or failed (all protocols: sluice_tls_handshakes_total).",
         &["listener", "result"],
     );
     /// AUTH attempts by result.
@@ -536,9 +548,18 @@ metrics! {
 }
 /// Creates every labelled series with its bounded label values, so dashboards show zeros rather
 /// than nothing before the first event.
-pub fn init_labels(listeners: &[String]) {
+/// `listeners`: each listener's name and protocol (`smtp`, `imap`, `pop3`); the `sluice_smtp_*`
+/// series exist for SMTP listeners only.
+pub fn init_labels(listeners: &[(String, &'static str)]) {
     init();
-    for l in listeners {
+    for (l, protocol) in listeners {
+        SESSIONS.with_label_values(&[*protocol, l.as_str()]);
+        for r in ["TLSv1_2", "TLSv1_3", "failed"] {
+            TLS_HANDSHAKES.with_label_values(&[*protocol, l.as_str(), r]);
+        }
+        if *protocol != "smtp" {
+            continue;
+        }
         SMTP_CONNECTIONS.with_label_values(&[l]);
         SMTP_CONNECTIONS_ACTIVE.with_label_values(&[l]);
         MESSAGES_RECEIVED.with_label_values(&[l, ""]);

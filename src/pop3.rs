@@ -42,7 +42,7 @@ pub async fn serve(
         ctx,
         shutdown,
         tracker,
-        &metrics::POP3_SESSIONS,
+        ("pop3", &metrics::POP3_SESSIONS),
         refusal,
         |s, ip, ctx, stop| async move { run(s, ip, &ctx, stop).await },
     )
@@ -65,9 +65,15 @@ pub async fn run<P: Transport>(
 ) {
     let mut stream: Conn<P> = Stream::Plain(io);
     if ctx.implicit_tls
-        && accept_tls(&mut stream, ctx.tls.as_deref(), AUTHORIZATION_TIMEOUT, &ctx.name, ip)
-            .await
-            .is_err()
+        && accept_tls(
+            &mut stream,
+            ctx.tls.as_deref(),
+            AUTHORIZATION_TIMEOUT,
+            ("pop3", &ctx.name),
+            ip,
+        )
+        .await
+        .is_err()
     {
         return;
     }
@@ -115,9 +121,15 @@ pub async fn run<P: Transport>(
                 }
             }
             Step::StartTls => {
-                if accept_tls(&mut stream, ctx.tls.as_deref(), AUTHORIZATION_TIMEOUT, &ctx.name, ip)
-                    .await
-                    .is_err()
+                if accept_tls(
+                    &mut stream,
+                    ctx.tls.as_deref(),
+                    AUTHORIZATION_TIMEOUT,
+                    ("pop3", &ctx.name),
+                    ip,
+                )
+                .await
+                .is_err()
                 {
                     return;
                 }

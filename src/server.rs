@@ -101,7 +101,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     hooks: TestHooks,
 ) -> Result<(), ServerError> {
-    metrics::init_labels(&cfg.listener.iter().map(|l| l.name()).collect::<Vec<_>>());
+    metrics::init_labels(
+        &cfg.listener.iter().map(|l| (l.name(), l.mode.protocol())).collect::<Vec<_>>(),
+    );
     descriptor_headroom(&cfg);
     crate::bounce::init_metric_labels();
     std::fs::create_dir_all(&cfg.data_dir)

@@ -63,7 +63,7 @@ pub async fn serve(
         ctx,
         shutdown,
         tracker,
-        &metrics::IMAP_SESSIONS,
+        ("imap", &metrics::IMAP_SESSIONS),
         refusal,
         |s, ip, ctx, stop| async move { run(s, ip, &ctx, stop).await },
     )
@@ -313,7 +313,7 @@ pub async fn run<P: Transport>(
         login_deadline: tokio::time::Instant::now() + LOGIN_DEADLINE,
     };
     if ctx.implicit_tls
-        && accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, ip)
+        && accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, ("imap", &ctx.name), ip)
             .await
             .is_err()
     {
@@ -471,9 +471,15 @@ async fn follow<P: Transport>(
                 }
                 // Anything sent after STARTTLS in the clear is dropped (RFC 3501 11.1).
                 c.buf.clear();
-                if accept_tls(&mut c.stream, ctx.tls.as_deref(), LOGIN_TIMEOUT, &ctx.name, c.ip)
-                    .await
-                    .is_err()
+                if accept_tls(
+                    &mut c.stream,
+                    ctx.tls.as_deref(),
+                    LOGIN_TIMEOUT,
+                    ("imap", &ctx.name),
+                    c.ip,
+                )
+                .await
+                .is_err()
                 {
                     return false;
                 }

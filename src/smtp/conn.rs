@@ -234,35 +234,40 @@ async fn handshake<P: Transport>(
     ctx: &ListenerContext,
     ip: IpAddr,
 ) -> Result<(), ()> {
-    accept_tls(stream, ctx.tls.as_deref(), ctx.command_timeout, &ctx.name, ip).await
+    accept_tls(stream, ctx.tls.as_deref(), ctx.command_timeout, ("smtp", &ctx.name), ip).await
 }
 
 /// The server side of a TLS handshake (implicit TLS, STARTTLS, STLS) within `timeout`,
-/// counted in `sluice_smtp_tls_total` under the listener's name.
+/// counted in `sluice_tls_handshakes_total` under the protocol and listener's name (and SMTP's
+/// also in `sluice_smtp_tls_total`).
 pub(crate) async fn accept_tls<P: Transport>(
     stream: &mut Conn<P>,
     tls: Option<&crate::tls::ReloadableServer>,
     timeout: Duration,
-    listener: &str,
+    (protocol, listener): (&str, &str),
     ip: IpAddr,
 ) -> Result<(), ()> {
     let (Some(tls), Some(tcp)) = (tls, stream.take_plain()) else { return Err(()) };
     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
+    let count = |result: &str| {
+        metrics::TLS_HANDSHAKES.with_label_values(&[protocol, listener, result]).inc();
+        if protocol == "smtp" {
+            metrics::SMTP_TLS.with_label_values(&[listener, result]).inc();
+        }
+    };
     match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(s)) => {
-            let version =
-                s.get_ref().1.protocol_version().map_or("?", |v| v.as_str().unwrap_or("?"));
-            metrics::SMTP_TLS.with_label_values(&[listener, version]).inc();
+            count(s.get_ref().1.protocol_version().map_or("?", |v| v.as_str().unwrap_or("?")));
             *stream = Stream::Tls(Box::new(s));
             Ok(())
         }
         Ok(Err(e)) => {
             tracing::info!(%ip, error = %e, "TLS handshake failed");
-            metrics::SMTP_TLS.with_label_values(&[listener, "failed"]).inc();
+            count("failed");
             Err(())
         }
         Err(_) => {
-            metrics::SMTP_TLS.with_label_values(&[listener, "failed"]).inc();
+            count("failed");
             Err(())
         }
     }

@@ -38,6 +38,7 @@ async fn session(
     shutdown: CancellationToken,
 ) {
     metrics::SMTP_CONNECTIONS.with_label_values(&[&ctx.name]).inc();
+    metrics::SESSIONS.with_label_values(&["smtp", &ctx.name]).inc();
     match ctx.limits.admit(ip) {
         Ok(admission) => conn::run(stream, ip, ctx, shutdown, admission).await,
         Err(why) => {

@@ -195,6 +195,27 @@ fn fetchmail_retrieves_over_pop3_with_stls() {
         assert!(fetched.contains(&format!("Message-ID: <f{i}>")), "{fetched}");
     }
     assert!(t.mailbox("alice").is_empty(), "fetchmail deletes what it fetched");
+    // Sessions and handshakes are counted under their protocol; the SMTP series carry SMTP
+    // listeners only.
+    let (_, metrics) = t.s.http_get("/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    let value = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(value("sluice_sessions_total{listener=\"pop3\",protocol=\"pop3\"}") >= 1, "{metrics}");
+    let tls = "sluice_tls_handshakes_total{listener=\"pop3\",protocol=\"pop3\",result=\"TLSv1_";
+    assert!(value(tls) >= 1, "{metrics}");
+    assert!(value("sluice_sessions_total{listener=\"smtp\",protocol=\"smtp\"}") >= 3, "{metrics}");
+    for smtp_only in [
+        "sluice_smtp_tls_total{listener=\"pop3\"",
+        "sluice_smtp_connections_total{listener=\"pop3\"",
+    ] {
+        assert!(!metrics.contains(smtp_only), "{smtp_only} in {metrics}");
+    }
 }
 
 /// kill -9 while local deliveries run: every acknowledged message reaches the mailbox after
