@@ -57,6 +57,12 @@ struct Maildrop {
 }
 
 /// Serves one connection until it closes.
+/// Implicit TLS or STLS, counted under this listener; false when the handshake failed.
+async fn start_tls<P: Transport>(stream: &mut Conn<P>, ctx: &MailboxListener, ip: IpAddr) -> bool {
+    let timeout = AUTHORIZATION_TIMEOUT;
+    accept_tls(stream, ctx.tls.as_deref(), timeout, ("pop3", &ctx.name), ip).await.is_ok()
+}
+
 pub async fn run<P: Transport>(
     io: P,
     ip: IpAddr,
@@ -64,17 +70,7 @@ pub async fn run<P: Transport>(
     shutdown: CancellationToken,
 ) {
     let mut stream: Conn<P> = Stream::Plain(io);
-    if ctx.implicit_tls
-        && accept_tls(
-            &mut stream,
-            ctx.tls.as_deref(),
-            AUTHORIZATION_TIMEOUT,
-            ("pop3", &ctx.name),
-            ip,
-        )
-        .await
-        .is_err()
-    {
+    if ctx.implicit_tls && !start_tls(&mut stream, ctx, ip).await {
         return;
     }
     let cfg = Pop3Config {
@@ -121,16 +117,7 @@ pub async fn run<P: Transport>(
                 }
             }
             Step::StartTls => {
-                if accept_tls(
-                    &mut stream,
-                    ctx.tls.as_deref(),
-                    AUTHORIZATION_TIMEOUT,
-                    ("pop3", &ctx.name),
-                    ip,
-                )
-                .await
-                .is_err()
-                {
+                if !start_tls(&mut stream, ctx, ip).await {
                     return;
                 }
                 session.tls_established();
