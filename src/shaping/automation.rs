@@ -500,17 +500,21 @@ impl Automation {
 
     /// A message was sent to `key` (an attempt was made): its rate before an action.
     pub fn sent(&mut self, key: &Key, now: u64) {
-        if !self.sends.contains_key(key) && self.sends.len() >= MAX_KEYS {
+        // Once per message: the key is cloned only the first time it is seen.
+        if let Some(s) = self.sends.get_mut(key) {
+            if s.len() == RATE_SAMPLES {
+                s.pop_front();
+            }
+            s.push_back(now);
+            return;
+        }
+        if self.sends.len() >= MAX_KEYS {
             self.sends.retain(|_, s| s.back().is_some_and(|&t| t + RATE_SPAN_MS > now));
             if self.sends.len() >= MAX_KEYS {
                 return;
             }
         }
-        let s = self.sends.entry(key.clone()).or_default();
-        if s.len() == RATE_SAMPLES {
-            s.pop_front();
-        }
-        s.push_back(now);
+        self.sends.insert(key.clone(), VecDeque::from([now]));
     }
 
     /// Messages per second sent to `key` over the last minute (None: too few to tell).
