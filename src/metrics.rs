@@ -176,6 +176,18 @@ metrics! {
         "Inbound TLS handshakes (STARTTLS, STLS or implicit) by protocol, listener and result: the protocol version, or failed.",
         &["protocol", "listener", "result"],
     );
+    /// HTTP injection requests by how they were answered.
+    INJECT_REQUESTS: IntCounterVec = counter_vec(
+        "sluice_inject_requests_total",
+        "HTTP injection requests by result: ok (200, some recipients may have failed), bad_request, template (400), forbidden (403), quota, circuit_open (429), unavailable (503).",
+        &["result"],
+    );
+    /// HTTP injection recipients by fate.
+    INJECT_RECIPIENTS: IntCounterVec = counter_vec(
+        "sluice_inject_recipients_total",
+        "Recipients of HTTP injection requests by result: stored, invalid (bad address), suppressed, render_error (its template failed), refused (the intake refused its message).",
+        &["result"],
+    );
     /// Message octets accepted (body as received, without added headers).
     BYTES_RECEIVED: IntCounter = counter("sluice_received_bytes_total", "Message octets accepted, as received.");
     /// Time from handing a record to the spool until it is durable (group commit wait + write + fsync).
@@ -577,6 +589,14 @@ pub fn init_labels(listeners: &[(String, &'static str)]) {
     }
     for o in ["delivered", "failed", "expired"] {
         TIME_TO_OUTCOME.with_label_values(&[o]);
+    }
+    let requests =
+        ["ok", "bad_request", "template", "forbidden", "quota", "circuit_open", "unavailable"];
+    for r in requests {
+        INJECT_REQUESTS.with_label_values(&[r]);
+    }
+    for r in ["stored", "invalid", "suppressed", "render_error", "refused"] {
+        INJECT_RECIPIENTS.with_label_values(&[r]);
     }
     // Named sites appear as they are used; `other` (the rest) exists from the start.
     for o in ["delivered", "deferred", "failed", "expired"] {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::admin::auth::{Caller, Scope};
 use crate::inject::{InjectError, Injector, Sender, request::InjectRequest};
+use crate::metrics;
 
 pub async fn inject_v1(
     State(injector): State<Option<Arc<Injector>>>,
@@ -56,6 +57,7 @@ pub async fn inject_v1(
         Err(e) => {
             let path = e.path().to_string();
             let what = if path == "." { String::new() } else { format!("{path}: ") };
+            metrics::INJECT_REQUESTS.with_label_values(&["bad_request"]).inc();
             return text(StatusCode::BAD_REQUEST, &format!("{what}{}", e.inner()));
         }
     };
@@ -65,7 +67,18 @@ pub async fn inject_v1(
     };
     let who =
         Sender { name: caller.name, admin: caller.scope == Scope::Admin, tenants: caller.tenants };
-    match injector.inject(req, peer.ip(), &who).await {
+    let answer = injector.inject(req, peer.ip(), &who).await;
+    let result = match &answer {
+        Ok(_) => "ok",
+        Err(InjectError::BadRequest(_)) => "bad_request",
+        Err(InjectError::Template(_)) => "template",
+        Err(InjectError::Forbidden(_)) => "forbidden",
+        Err(InjectError::Quota(_)) => "quota",
+        Err(InjectError::CircuitOpen(_)) => "circuit_open",
+        Err(InjectError::Unavailable(_)) => "unavailable",
+    };
+    metrics::INJECT_REQUESTS.with_label_values(&[result]).inc();
+    match answer {
         Ok(resp) => Json(resp).into_response(),
         Err(e @ (InjectError::BadRequest(_) | InjectError::Template(_))) => {
             text(StatusCode::BAD_REQUEST, &e.to_string())

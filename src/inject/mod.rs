@@ -189,15 +189,22 @@ impl Injector {
                     Err(e) => {
                         resp.errors.push(format!("{}: template {e}", a.spec.email));
                         resp.failed_recipients.push(a.spec.email.clone());
+                        recipients_counted("render_error");
                     }
                 }
             }
             for (a, answer) in for_whom.into_iter().zip(self.intake.submit_all(subs).await) {
                 match answer {
-                    Ok(_) => resp
-                        .messages
-                        .push(Stored { recipient: a.spec.email.clone(), id: a.id.to_string() }),
+                    Ok(_) => {
+                        recipients_counted("stored");
+                        resp.messages
+                            .push(Stored { recipient: a.spec.email.clone(), id: a.id.to_string() })
+                    }
                     Err(r) => {
+                        recipients_counted(match &r {
+                            Refusal::Suppressed(_) => "suppressed",
+                            _ => "refused",
+                        });
                         resp.errors.push(match &r {
                             Refusal::Suppressed(why) => why.clone(),
                             other => format!("{}: not stored: {other}", a.spec.email),
@@ -317,11 +324,13 @@ impl Injector {
                     resp.errors
                         .push(format!("recipients[{i}].email: {:?} has no domain", spec.email));
                     resp.failed_recipients.push(spec.email);
+                    recipients_counted("invalid");
                     continue;
                 }
                 Err(e) => {
                     resp.errors.push(format!("recipients[{i}].email: {:?}: {e}", spec.email));
                     resp.failed_recipients.push(spec.email);
+                    recipients_counted("invalid");
                     continue;
                 }
             };
@@ -329,6 +338,7 @@ impl Injector {
                 crate::metrics::SUPPRESSED.with_label_values(&["inject"]).inc();
                 resp.errors.push(why);
                 resp.failed_recipients.push(spec.email);
+                recipients_counted("suppressed");
                 continue;
             }
             spec.email = address;
@@ -475,3 +485,8 @@ fn default_inject_batch() -> usize {
 }
 
 crate::units::default_from_serde!(InjectConfig);
+
+/// Counts one injected recipient in `sluice_inject_recipients_total` under `result`.
+fn recipients_counted(result: &str) {
+    crate::metrics::INJECT_RECIPIENTS.with_label_values(&[result]).inc();
+}

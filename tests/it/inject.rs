@@ -76,6 +76,14 @@ fn raw_content_with_per_recipient_substitutions_and_one_bad_address() {
         m.contains("sluice_messages_received_total{listener=\"inject\",tenant=\"acme\"} 2"),
         "{m}"
     );
+    for line in [
+        "sluice_inject_requests_total{result=\"ok\"} 1",
+        "sluice_inject_recipients_total{result=\"stored\"} 2",
+        "sluice_inject_recipients_total{result=\"invalid\"} 1",
+        "sluice_inject_recipients_total{result=\"render_error\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
     assert!(resp["errors"][0].as_str().unwrap().starts_with("recipients[2].email"), "{resp}");
     let ids: Vec<(String, String)> = resp["messages"]
         .as_array()
@@ -173,6 +181,16 @@ fn bad_requests_name_the_field_and_bad_tokens_are_refused() {
     }
     let (status, body) = curl_post(&s, &token, b"{not json", &[]);
     assert_eq!(status, 400, "{body}");
+    // Every answer is counted by its result (the 401 never reached the injector).
+    let (_, m) = s.http_get("/metrics");
+    let m = String::from_utf8(m).unwrap();
+    for line in [
+        "sluice_inject_requests_total{result=\"ok\"} 1",
+        "sluice_inject_requests_total{result=\"template\"} 2",
+        "sluice_inject_requests_total{result=\"bad_request\"} 8",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
 }
 
 /// Builder content with templates, non-ASCII, HTML escaping and attachments, gzip'd, sent by
