@@ -1186,18 +1186,20 @@ impl Dispatcher {
                 return self.unreachable(dest, e).await;
             }
         };
-        // A rule's suspension ends the connection before its next message.
-        while conn.sent < dest.limits.messages_per_connection
-            && conn.is_usable()
-            && !self.suspended(dest)
-        {
+        while conn.sent < dest.limits.messages_per_connection && conn.is_usable() {
             let Some(job) = self.next_job(dest, &mut conn).await else { break };
+            // A rule's suspension ends the connection before its next message, which goes back
+            // to be planned again; else the rate a rule lowered (one look at the rules).
+            let Some(lowered) = self.pace(dest) else {
+                self.release(&job, &dest.hop);
+                self.recorder.wake.notify_one();
+                break;
+            };
             let now = Instant::now();
             let own = dest
                 .gcra
                 .as_ref()
                 .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).reserve(now));
-            let lowered = self.automation().rate(&dest.key);
             let wait = own
                 .unwrap_or_default()
                 .max(Share::message_wait(&dest.shares, now))
@@ -1321,8 +1323,20 @@ impl Dispatcher {
 
     /// Whether a rule suspends the destination's source × site now.
     fn suspended(&self, dest: &Destination) -> bool {
+        self.pace(dest).is_none()
+    }
+
+    /// None when a rule suspends the destination's source × site now, else the rate a rule
+    /// lowered it to, if any.
+    fn pace(&self, dest: &Destination) -> Option<Option<f64>> {
         let a = self.automation();
-        !a.quiet() && a.suspended(&dest.key, unix_millis()).is_some()
+        if a.quiet() {
+            return Some(None);
+        }
+        match a.suspended(&dest.key, unix_millis()) {
+            Some(_) => None,
+            None => Some(a.rate(&dest.key)),
+        }
     }
 
     /// Shows an attempt's replies to the automation rules and carries out what they decide.
